@@ -1,0 +1,154 @@
+//! Layers shared by model families: activations by their config name, attention masks.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::{Error, Result};
+
+/// An activation function named as in config.json's `hidden_act` / `activation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: the exact erf form (PyTorch's default).
+    Gelu,
+    /// `gelu_new`, `gelu_fast`, `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+    /// `quick_gelu`: x * sigmoid(1.702 x).
+    QuickGelu,
+    Tanh,
+}
+
+impl Activation {
+    /// Looks up an activation by the name Python's `ACT2FN` uses.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" | "gelu_python" => Self::Gelu,
+            "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Self::GeluTanh,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            "quick_gelu" => Self::QuickGelu,
+            "tanh" => Self::Tanh,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "unknown activation `{other}`; known: gelu, gelu_new, gelu_fast, \
+                     gelu_pytorch_tanh, relu, silu, swish, quick_gelu, tanh"
+                )))
+            }
+        })
+    }
+
+    /// Applies the activation.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Gelu => x.gelu_erf(),
+            Self::GeluTanh => x.gelu(),
+            Self::Relu => x.relu(),
+            Self::Silu => x.silu(),
+            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Self::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// Turns a `[batch, seq]` 0/1 attention mask into the additive `[batch, 1, 1, seq]` mask
+/// encoders add to attention scores: 0 where attended, the dtype's minimum elsewhere.
+pub fn extended_attention_mask(mask: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    let (b, s) = mask.dims2()?;
+    let min = match dtype {
+        DType::F16 => -65504.0,
+        DType::BF16 => -3.389_531_4e38,
+        DType::F64 => f64::MIN,
+        _ => f32::MIN as f64,
+    };
+    let m = mask.to_dtype(DType::F32)?.reshape((b, 1, 1, s))?;
+    let inverted = m.affine(-1.0, 1.0)?;
+    (inverted * min)?.to_dtype(dtype)
+}
+
+/// Scaled dot-product attention for encoders: `q, k, v` are `[batch, heads, seq, dim]`,
+/// `mask` an additive mask broadcastable to `[batch, heads, seq_q, seq_k]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> candle_core::Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
+    probs.matmul(v)
+}
+
+/// Layer normalisation over the last dimension with Python's semantics, computed in f32
+/// for half-precision inputs.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let mean = xf.mean_keepdim(D::Minus1)?;
+    let centered = xf.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed
+        .to_dtype(dtype)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+/// A LayerNorm module with checkpoint names `weight` and `bias`.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` of size `dim`.
+    pub fn load(vb: candle_nn::VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+        })
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn activations_by_name() {
+        let x = Tensor::new(&[-1.0f32, 0.0, 1.0], &Device::Cpu).unwrap();
+        let g = Activation::from_name("gelu").unwrap().forward(&x).unwrap();
+        let v = g.to_vec1::<f32>().unwrap();
+        assert!((v[2] - 0.841_344_7).abs() < 1e-5, "{v:?}");
+        assert!((v[0] + 0.158_655_3).abs() < 1e-5, "{v:?}");
+        assert!(Activation::from_name("nope").is_err());
+    }
+
+    #[test]
+    fn layer_norm_matches_definition() {
+        let x = Tensor::new(&[[1.0f32, 2.0, 3.0, 4.0]], &Device::Cpu).unwrap();
+        let w = Tensor::ones(4, DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        let y = layer_norm(&x, &w, &b, 0.0).unwrap().to_vec2::<f32>().unwrap();
+        let sd = (1.25f32).sqrt();
+        assert!((y[0][0] + 1.5 / sd).abs() < 1e-5);
+        assert!((y[0][3] - 1.5 / sd).abs() < 1e-5);
+    }
+
+    #[test]
+    fn mask_is_additive() {
+        let m = Tensor::new(&[[1u32, 0]], &Device::Cpu).unwrap();
+        let e = extended_attention_mask(&m, DType::F32).unwrap();
+        let v = e.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v[0], 0.0);
+        assert_eq!(v[1], f32::MIN);
+    }
+}

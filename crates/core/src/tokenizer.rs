@@ -1,0 +1,588 @@
+//! `AutoTokenizer`: tokenizer.json (the `tokenizers` crate, the same Rust code Python's
+//! fast tokenizers run) plus tokenizer_config.json and special_tokens_map.json, with the
+//! padding and truncation options of Python's `tokenizer(...)` call.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::Value;
+use tokenizers::{
+    PostProcessor,
+    PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
+    TruncationParams, TruncationStrategy,
+};
+
+use crate::error::{read_json, write_atomic, Error, Result};
+use crate::hub::ModelFiles;
+
+/// Python's `padding` argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Padding {
+    /// `padding=False`.
+    #[default]
+    None,
+    /// `padding=True` / `"longest"`: to the longest sequence of the batch.
+    Longest,
+    /// `padding="max_length"`: to `max_length` (or the model's maximum).
+    MaxLength,
+}
+
+/// Python's `truncation` argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Truncation {
+    /// `truncation=False`.
+    #[default]
+    None,
+    /// `truncation=True` / `"longest_first"`.
+    LongestFirst,
+    /// `"only_first"`.
+    OnlyFirst,
+    /// `"only_second"`.
+    OnlySecond,
+}
+
+impl Truncation {
+    /// Parses Python's spelling (`longest_first`, `only_first`, `only_second`, `true`, `false`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "longest_first" | "true" | "True" => Ok(Self::LongestFirst),
+            "only_first" => Ok(Self::OnlyFirst),
+            "only_second" => Ok(Self::OnlySecond),
+            "do_not_truncate" | "false" | "False" => Ok(Self::None),
+            other => Err(Error::invalid(format!(
+                "unknown truncation `{other}`; use longest_first, only_first, only_second or false"
+            ))),
+        }
+    }
+}
+
+/// Left or right, for padding and truncation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Side {
+    Left,
+    #[default]
+    Right,
+}
+
+/// Options of one tokenizer call, named as in Python.
+#[derive(Debug, Clone)]
+pub struct EncodeOptions {
+    pub add_special_tokens: bool,
+    pub padding: Padding,
+    pub truncation: Truncation,
+    /// Defaults to the tokenizer's `model_max_length` where padding or truncation needs one.
+    pub max_length: Option<usize>,
+    pub stride: usize,
+    pub return_overflowing_tokens: bool,
+    pub pad_to_multiple_of: Option<usize>,
+    /// Overrides the tokenizer's `padding_side`.
+    pub padding_side: Option<Side>,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            add_special_tokens: true,
+            padding: Padding::None,
+            truncation: Truncation::None,
+            max_length: None,
+            stride: 0,
+            return_overflowing_tokens: false,
+            pad_to_multiple_of: None,
+            padding_side: None,
+        }
+    }
+}
+
+/// One input: a text or a pair of texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextInput<'a> {
+    Single(&'a str),
+    Pair(&'a str, &'a str),
+}
+
+/// The result of a batch call, one row per (possibly overflowing) sequence.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchEncoding {
+    pub input_ids: Vec<Vec<u32>>,
+    pub attention_mask: Vec<Vec<u32>>,
+    pub token_type_ids: Vec<Vec<u32>>,
+    pub special_tokens_mask: Vec<Vec<u32>>,
+    /// Character offsets into the input text (as Python's `return_offsets_mapping`).
+    pub offsets: Vec<Vec<(usize, usize)>>,
+    pub word_ids: Vec<Vec<Option<u32>>>,
+    /// Which text of a pair each token comes from (`None` for special tokens).
+    pub sequence_ids: Vec<Vec<Option<usize>>>,
+    pub tokens: Vec<Vec<String>>,
+    /// For each row, the index of the input it comes from.
+    pub overflow_to_sample_mapping: Vec<usize>,
+}
+
+impl BatchEncoding {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+}
+
+/// Special tokens of a tokenizer, as tokenizer_config.json / special_tokens_map.json name them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecialTokens {
+    pub pad: Option<String>,
+    pub unk: Option<String>,
+    pub cls: Option<String>,
+    pub sep: Option<String>,
+    pub mask: Option<String>,
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+}
+
+/// A tokenizer with Python's call semantics.
+pub struct AutoTokenizer {
+    inner: Mutex<Tokenizer>,
+    /// tokenizer_config.json as read (written back on save).
+    config: serde_json::Map<String, Value>,
+    special_tokens_map: Option<Value>,
+    specials: SpecialTokens,
+    model_max_length: Option<usize>,
+    padding_side: Side,
+    truncation_side: Side,
+    clean_up_tokenization_spaces: bool,
+}
+
+impl std::fmt::Debug for AutoTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AutoTokenizer")
+            .field("specials", &self.specials)
+            .field("model_max_length", &self.model_max_length)
+            .finish()
+    }
+}
+
+fn token_content(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn parse_side(v: Option<&Value>, key: &str) -> Result<Side> {
+    match v.and_then(|v| v.as_str()) {
+        None | Some("right") => Ok(Side::Right),
+        Some("left") => Ok(Side::Left),
+        Some(other) => Err(Error::Tokenizer(format!(
+            "tokenizer_config.json: {key} must be \"left\" or \"right\", not \"{other}\""
+        ))),
+    }
+}
+
+impl AutoTokenizer {
+    /// Loads the tokenizer of a model reference (folder, file or Hub id).
+    pub fn from_pretrained(reference: &str) -> Result<Self> {
+        let files = ModelFiles::resolve(reference)?;
+        Self::from_files(&files)
+    }
+
+    /// Loads from resolved model files.
+    pub fn from_files(files: &ModelFiles) -> Result<Self> {
+        let tok = files.get("tokenizer.json")?.ok_or_else(|| Error::MissingFile {
+            reference: files.reference().to_string(),
+            file: "tokenizer.json".into(),
+            hint: " (only fast tokenizers are supported: save one from Python with \
+                   `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`)"
+                .into(),
+        })?;
+        let config = files.get("tokenizer_config.json")?;
+        let map = files.get("special_tokens_map.json")?;
+        Self::from_paths(&tok, config.as_deref(), map.as_deref())
+    }
+
+    /// Loads from explicit file paths.
+    pub fn from_paths(
+        tokenizer_json: &Path,
+        tokenizer_config: Option<&Path>,
+        special_tokens_map: Option<&Path>,
+    ) -> Result<Self> {
+        let bytes = std::fs::read(tokenizer_json).map_err(|e| Error::io(tokenizer_json, e))?;
+        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| {
+            Error::Tokenizer(format!("cannot load {}: {e}", tokenizer_json.display()))
+        })?;
+        let config = match tokenizer_config {
+            Some(p) => match read_json(p)? {
+                Value::Object(o) => o,
+                _ => {
+                    return Err(Error::Tokenizer(format!(
+                        "{} must hold a JSON object",
+                        p.display()
+                    )))
+                }
+            },
+            None => serde_json::Map::new(),
+        };
+        let special_tokens_map = match special_tokens_map {
+            Some(p) => Some(read_json(p)?),
+            None => None,
+        };
+        Self::new(inner, config, special_tokens_map)
+    }
+
+    fn new(
+        mut inner: Tokenizer,
+        config: serde_json::Map<String, Value>,
+        special_tokens_map: Option<Value>,
+    ) -> Result<Self> {
+        let lookup = |key: &str| -> Option<String> {
+            config
+                .get(key)
+                .and_then(token_content)
+                .or_else(|| special_tokens_map.as_ref()?.get(key).and_then(token_content))
+        };
+        let specials = SpecialTokens {
+            pad: lookup("pad_token"),
+            unk: lookup("unk_token"),
+            cls: lookup("cls_token"),
+            sep: lookup("sep_token"),
+            mask: lookup("mask_token"),
+            bos: lookup("bos_token"),
+            eos: lookup("eos_token"),
+        };
+        // Python treats model_max_length >= 1e30 (VERY_LARGE_INTEGER) as "no limit".
+        let model_max_length = config
+            .get("model_max_length")
+            .and_then(|v| v.as_f64())
+            .filter(|v| *v > 0.0 && *v < 1e15)
+            .map(|v| v as usize);
+        let padding_side = parse_side(config.get("padding_side"), "padding_side")?;
+        let truncation_side = parse_side(config.get("truncation_side"), "truncation_side")?;
+        let clean_up_tokenization_spaces = config
+            .get("clean_up_tokenization_spaces")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        // Per-call settings decide padding and truncation, as in Python.
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        inner.with_padding(None);
+        Ok(Self {
+            inner: Mutex::new(inner),
+            config,
+            special_tokens_map,
+            specials,
+            model_max_length,
+            padding_side,
+            truncation_side,
+            clean_up_tokenization_spaces,
+        })
+    }
+
+    /// The special tokens.
+    pub fn special_tokens(&self) -> &SpecialTokens {
+        &self.specials
+    }
+
+    /// `model_max_length` from tokenizer_config.json, when it is a real limit.
+    pub fn model_max_length(&self) -> Option<usize> {
+        self.model_max_length
+    }
+
+    /// The side padding goes on by default.
+    pub fn padding_side(&self) -> Side {
+        self.padding_side
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Tokenizer>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::Tokenizer("tokenizer lock poisoned".into()))
+    }
+
+    /// The id of a token string, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.lock().ok()?.token_to_id(token)
+    }
+
+    /// The token string of an id.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.lock().ok()?.id_to_token(id)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.lock().map(|t| t.get_vocab_size(true)).unwrap_or(0)
+    }
+
+    /// The pad token id (pad token, else 0 as Python's fast tokenizers fall back to).
+    pub fn pad_token_id(&self) -> Option<u32> {
+        self.specials.pad.as_deref().and_then(|p| self.token_to_id(p))
+    }
+
+    /// Ids of all special tokens (added tokens marked special).
+    pub fn all_special_ids(&self) -> Vec<u32> {
+        let Ok(t) = self.lock() else { return Vec::new() };
+        let mut ids: Vec<u32> = t
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, tok)| tok.special)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Tokenizes one text without special tokens, padding or truncation (Python's `tokenize`).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<String>> {
+        let enc = self
+            .lock()?
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_tokens().to_vec())
+    }
+
+    /// Encodes one input.
+    pub fn encode(&self, input: TextInput<'_>, opts: &EncodeOptions) -> Result<BatchEncoding> {
+        self.encode_batch(&[input], opts)
+    }
+
+    /// Encodes a batch with Python's padding and truncation semantics.
+    pub fn encode_batch(&self, inputs: &[TextInput<'_>], opts: &EncodeOptions) -> Result<BatchEncoding> {
+        let mut tok = self.lock()?;
+        let is_pair = inputs.iter().any(|i| matches!(i, TextInput::Pair(..)));
+        let max_length = opts.max_length.or(self.model_max_length);
+        let trunc = match opts.truncation {
+            Truncation::None => None,
+            t => {
+                let Some(max_length) = max_length else {
+                    return Err(Error::invalid(
+                        "truncation needs max_length: the tokenizer sets no model_max_length",
+                    ));
+                };
+                let added = if opts.add_special_tokens {
+                    tok.get_post_processor()
+                        .map(|p| p.added_tokens(is_pair))
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                if max_length <= added || max_length - added <= opts.stride {
+                    return Err(Error::invalid(format!(
+                        "max_length {max_length} leaves no room for text: {added} special \
+                         token(s) and stride {} must be smaller",
+                        opts.stride
+                    )));
+                }
+                Some(TruncationParams {
+                    direction: match self.truncation_side {
+                        Side::Left => TruncationDirection::Left,
+                        Side::Right => TruncationDirection::Right,
+                    },
+                    max_length,
+                    strategy: match t {
+                        Truncation::OnlyFirst => TruncationStrategy::OnlyFirst,
+                        Truncation::OnlySecond => TruncationStrategy::OnlySecond,
+                        _ => TruncationStrategy::LongestFirst,
+                    },
+                    stride: opts.stride,
+                })
+            }
+        };
+        let pad = match opts.padding {
+            Padding::None => None,
+            p => {
+                let strategy = match p {
+                    Padding::MaxLength => PaddingStrategy::Fixed(max_length.ok_or_else(|| {
+                        Error::invalid("padding=max_length needs max_length: the tokenizer sets no model_max_length")
+                    })?),
+                    _ => PaddingStrategy::BatchLongest,
+                };
+                let pad_token = self.specials.pad.clone().ok_or_else(|| {
+                    Error::invalid("padding needs a pad token and this tokenizer has none")
+                })?;
+                let pad_id = tok.token_to_id(&pad_token).ok_or_else(|| {
+                    Error::Tokenizer(format!("pad token `{pad_token}` is not in the vocabulary"))
+                })?;
+                Some(PaddingParams {
+                    strategy,
+                    direction: match opts.padding_side.unwrap_or(self.padding_side) {
+                        Side::Left => PaddingDirection::Left,
+                        Side::Right => PaddingDirection::Right,
+                    },
+                    pad_to_multiple_of: opts.pad_to_multiple_of,
+                    pad_id,
+                    pad_type_id: 0,
+                    pad_token,
+                })
+            }
+        };
+        tok.with_truncation(trunc)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tok.with_padding(pad);
+        let owned: Vec<tokenizers::EncodeInput> = inputs
+            .iter()
+            .map(|i| match i {
+                TextInput::Single(a) => tokenizers::EncodeInput::Single((*a).into()),
+                TextInput::Pair(a, b) => tokenizers::EncodeInput::Dual((*a).into(), (*b).into()),
+            })
+            .collect();
+        let encoded = tok.encode_batch_char_offsets(owned, opts.add_special_tokens);
+        // Leave the shared tokenizer without per-call state.
+        let _ = tok.with_truncation(None);
+        tok.with_padding(None);
+        drop(tok);
+        let encodings = encoded.map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut out = BatchEncoding::default();
+        for (sample, mut enc) in encodings.into_iter().enumerate() {
+            let overflow = enc.take_overflowing();
+            push_row(&mut out, &enc, sample);
+            if opts.return_overflowing_tokens {
+                for o in &overflow {
+                    push_row(&mut out, o, sample);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decodes ids to text, as Python's `decode` (with `clean_up_tokenization_spaces`
+    /// from tokenizer_config.json).
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        let text = self
+            .lock()?
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(if self.clean_up_tokenization_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        })
+    }
+
+    /// Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json into `dir`.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = self
+            .lock()?
+            .to_string(true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut written = Vec::new();
+        let p = dir.join("tokenizer.json");
+        write_atomic(&p, json.as_bytes())?;
+        written.push(p);
+        let mut config = self.config.clone();
+        if !config.contains_key("tokenizer_class") {
+            config.insert("tokenizer_class".into(), Value::String("PreTrainedTokenizerFast".into()));
+        }
+        let p = dir.join("tokenizer_config.json");
+        write_json_pretty(&p, &Value::Object(config))?;
+        written.push(p);
+        let map = match &self.special_tokens_map {
+            Some(m) => m.clone(),
+            None => {
+                let mut m = serde_json::Map::new();
+                let s = &self.specials;
+                for (k, v) in [
+                    ("bos_token", &s.bos),
+                    ("cls_token", &s.cls),
+                    ("eos_token", &s.eos),
+                    ("mask_token", &s.mask),
+                    ("pad_token", &s.pad),
+                    ("sep_token", &s.sep),
+                    ("unk_token", &s.unk),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(k.into(), Value::String(v.clone()));
+                    }
+                }
+                Value::Object(m)
+            }
+        };
+        let p = dir.join("special_tokens_map.json");
+        write_json_pretty(&p, &map)?;
+        written.push(p);
+        Ok(written)
+    }
+}
+
+fn write_json_pretty(path: &Path, v: &Value) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(v).map_err(|e| Error::Json {
+        context: format!("writing {}", path.display()),
+        source: e,
+    })?;
+    s.push('\n');
+    write_atomic(path, s.as_bytes())
+}
+
+fn push_row(out: &mut BatchEncoding, enc: &tokenizers::Encoding, sample: usize) {
+    out.input_ids.push(enc.get_ids().to_vec());
+    out.attention_mask.push(enc.get_attention_mask().to_vec());
+    out.token_type_ids.push(enc.get_type_ids().to_vec());
+    out.special_tokens_mask.push(enc.get_special_tokens_mask().to_vec());
+    out.offsets.push(enc.get_offsets().to_vec());
+    out.word_ids.push(enc.get_word_ids().to_vec());
+    out.sequence_ids.push(enc.get_sequence_ids());
+    out.tokens.push(enc.get_tokens().to_vec());
+    out.overflow_to_sample_mapping.push(sample);
+}
+
+/// Python's `clean_up_tokenization`: removes the spaces decoding puts before punctuation
+/// and English contractions.
+pub fn clean_up_tokenization(text: &str) -> String {
+    text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+}
+
+/// The byte range of `text` covered by a character-offset range (tokenizer offsets are
+/// in characters, as in Python).
+pub fn char_range_to_bytes(text: &str, start: usize, end: usize) -> (usize, usize) {
+    let mut indices = text.char_indices().map(|(b, _)| b).chain(std::iter::once(text.len()));
+    let mut bs = text.len();
+    let mut be = text.len();
+    for (ci, b) in (&mut indices).enumerate() {
+        if ci == start {
+            bs = b;
+        }
+        if ci == end {
+            be = b;
+            break;
+        }
+    }
+    (bs.min(be), be)
+}
+
+/// The substring of `text` between character offsets.
+pub fn slice_chars(text: &str, start: usize, end: usize) -> &str {
+    let (a, b) = char_range_to_bytes(text, start, end);
+    &text[a..b]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn char_slicing() {
+        let t = "héllo wörld";
+        assert_eq!(slice_chars(t, 0, 5), "héllo");
+        assert_eq!(slice_chars(t, 6, 11), "wörld");
+        assert_eq!(slice_chars(t, 6, 100), "wörld");
+        assert_eq!(slice_chars(t, 50, 100), "");
+    }
+
+    #[test]
+    fn clean_up() {
+        assert_eq!(clean_up_tokenization("hello , world . it 's"), "hello, world. it's");
+    }
+}

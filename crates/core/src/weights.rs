@@ -1,0 +1,400 @@
+//! Checkpoint weights: safetensors (single or sharded), memory-mapped, with the
+//! missing/unexpected key report Python gives and the `base_model_prefix` rules that
+//! let a base-model checkpoint load into a model with a head and the other way round.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::{read_json, Error, Result};
+use crate::hub::ModelFiles;
+
+/// Keys Python never reports as unexpected: non-persistent buffers some checkpoints hold.
+const IGNORED_UNEXPECTED_SUFFIXES: &[&str] = &["position_ids", "token_type_ids"];
+
+/// Finds the safetensors file(s) of a model: the single file named by the reference,
+/// `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+pub fn safetensors_files(files: &ModelFiles) -> Result<Vec<PathBuf>> {
+    if let Some(f) = files.single_file() {
+        if f.extension().and_then(|e| e.to_str()) == Some("safetensors") {
+            return Ok(vec![f.to_path_buf()]);
+        }
+    }
+    if let Some(p) = files.get("model.safetensors")? {
+        return Ok(vec![p]);
+    }
+    if let Some(index) = files.get("model.safetensors.index.json")? {
+        let v = read_json(&index)?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::Weights {
+                path: index.display().to_string(),
+                message: "no `weight_map` object".into(),
+            })?;
+        let shards: BTreeSet<String> = map
+            .values()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+        if shards.is_empty() {
+            return Err(Error::Weights {
+                path: index.display().to_string(),
+                message: "`weight_map` lists no shard".into(),
+            });
+        }
+        let mut out = Vec::with_capacity(shards.len());
+        for s in shards {
+            if s.contains("..") || s.starts_with('/') {
+                return Err(Error::Weights {
+                    path: index.display().to_string(),
+                    message: format!("shard name `{s}` escapes the model folder"),
+                });
+            }
+            out.push(files.require(&s)?);
+        }
+        return Ok(out);
+    }
+    let has_bin = files.get("pytorch_model.bin").ok().flatten().is_some();
+    Err(Error::MissingFile {
+        reference: files.reference().to_string(),
+        file: "model.safetensors".into(),
+        hint: if has_bin {
+            " (only pytorch_model.bin is present: convert it to safetensors, e.g. with \
+             Python `model.save_pretrained(dir, safe_serialization=True)`)"
+                .into()
+        } else {
+            String::new()
+        },
+    })
+}
+
+struct Tracker {
+    /// Canonical name → tensor handed to the model (for save_pretrained).
+    loaded: BTreeMap<String, Tensor>,
+    /// Checkpoint keys that were used.
+    used: BTreeSet<String>,
+    /// Canonical names the checkpoint lacks.
+    missing: Vec<String>,
+}
+
+/// A `SimpleBackend` over memory-mapped safetensors that records what the model asks
+/// for, maps names across `base_model_prefix`, and collects missing keys instead of
+/// failing at the first one.
+struct TrackingBackend {
+    st: MmapedSafetensors,
+    keys: BTreeSet<String>,
+    prefix: Option<String>,
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl TrackingBackend {
+    fn resolve(&self, name: &str) -> Option<String> {
+        let mut candidates = vec![name.to_string()];
+        if let Some(p) = &self.prefix {
+            let dotted = format!("{p}.");
+            match name.strip_prefix(&dotted) {
+                Some(rest) => candidates.push(rest.to_string()),
+                None => candidates.push(format!("{dotted}{name}")),
+            }
+        }
+        let legacy: Vec<String> = candidates
+            .iter()
+            .filter_map(|c| {
+                if let Some(s) = c.strip_suffix(".weight") {
+                    Some(format!("{s}.gamma"))
+                } else {
+                    c.strip_suffix(".bias").map(|s| format!("{s}.beta"))
+                }
+            })
+            .collect();
+        candidates.extend(legacy);
+        candidates.into_iter().find(|c| self.keys.contains(c))
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut tracker = self
+            .tracker
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("weight tracker poisoned".into()))?;
+        let Some(key) = self.resolve(name) else {
+            tracker.missing.push(name.to_string());
+            // Stand-in so that construction can go on and report every missing key.
+            return Tensor::zeros(s, dtype, dev);
+        };
+        let t = self.st.load(&key, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::Msg(format!(
+                "weight `{key}` has shape {:?} in the checkpoint but the config implies {:?}",
+                t.dims(),
+                s.dims()
+            )));
+        }
+        let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+        tracker.used.insert(key);
+        tracker.loaded.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut tracker = self
+            .tracker
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("weight tracker poisoned".into()))?;
+        let key = self.resolve(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("weight `{name}` is not in the checkpoint"))
+        })?;
+        let t = self.st.load(&key, dev)?;
+        let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+        tracker.used.insert(key);
+        tracker.loaded.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.resolve(name).is_some()
+    }
+}
+
+/// An open checkpoint: hands out a [`VarBuilder`] and, once the model is built,
+/// checks that every weight was found.
+pub struct Checkpoint {
+    paths: Vec<PathBuf>,
+    keys: BTreeSet<String>,
+    tracker: Arc<Mutex<Tracker>>,
+    vb: VarBuilder<'static>,
+}
+
+/// What a load produced besides the model: the tensors by canonical name (what
+/// save_pretrained writes) and the checkpoint keys the model did not use.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub unexpected: Vec<String>,
+}
+
+impl Checkpoint {
+    /// Memory-maps `paths`. `prefix` is the model's `base_model_prefix` (`bert`, ...).
+    pub fn open(paths: &[PathBuf], prefix: Option<&str>, dtype: DType, device: &Device) -> Result<Self> {
+        for p in paths {
+            let len = std::fs::metadata(p).map_err(|e| Error::io(p, e))?.len();
+            if len < 8 {
+                return Err(Error::Weights {
+                    path: p.display().to_string(),
+                    message: format!("file is {len} bytes, too short to be safetensors"),
+                });
+            }
+        }
+        // SAFETY: the files are mapped read-only; like Python and candle we assume they
+        // are not truncated or rewritten while the model is loading.
+        let st = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| Error::Weights {
+            path: describe(paths),
+            message: e.to_string(),
+        })?;
+        let keys: BTreeSet<String> = st.tensors().into_iter().map(|(k, _)| k).collect();
+        let tracker = Arc::new(Mutex::new(Tracker {
+            loaded: BTreeMap::new(),
+            used: BTreeSet::new(),
+            missing: Vec::new(),
+        }));
+        let backend = TrackingBackend {
+            st,
+            keys: keys.clone(),
+            prefix: prefix.map(str::to_string),
+            tracker: tracker.clone(),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+        Ok(Self {
+            paths: paths.to_vec(),
+            keys,
+            tracker,
+            vb,
+        })
+    }
+
+    /// The builder the model is constructed from.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        self.vb.clone()
+    }
+
+    /// All tensor names in the checkpoint.
+    pub fn keys(&self) -> &BTreeSet<String> {
+        &self.keys
+    }
+
+    /// Maps a model construction error to a weights error naming the checkpoint.
+    pub fn wrap_error(&self, e: candle_core::Error) -> Error {
+        Error::Weights {
+            path: describe(&self.paths),
+            message: e.to_string(),
+        }
+    }
+
+    /// Ends a load: an error listing every missing key, else the report (unexpected
+    /// keys are logged as a warning, as Python does).
+    pub fn finish(self) -> Result<LoadReport> {
+        let tracker = self
+            .tracker
+            .lock()
+            .map_err(|_| Error::Weights {
+                path: describe(&self.paths),
+                message: "weight tracker poisoned".into(),
+            })?;
+        if !tracker.missing.is_empty() {
+            let mut keys = tracker.missing.clone();
+            keys.sort();
+            keys.dedup();
+            let count = keys.len();
+            let shown: Vec<String> = keys.iter().take(12).cloned().collect();
+            let mut list = shown.join(", ");
+            if count > shown.len() {
+                list.push_str(&format!(", ... ({} more)", count - shown.len()));
+            }
+            return Err(Error::MissingWeights {
+                path: describe(&self.paths),
+                count,
+                keys: list,
+            });
+        }
+        let unexpected: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|k| !tracker.used.contains(*k))
+            .filter(|k| !IGNORED_UNEXPECTED_SUFFIXES.iter().any(|s| k.ends_with(s)))
+            .cloned()
+            .collect();
+        if !unexpected.is_empty() {
+            tracing::warn!(
+                "some weights of {} were not used: {}",
+                describe(&self.paths),
+                unexpected.join(", ")
+            );
+        }
+        Ok(LoadReport {
+            tensors: tracker.loaded.clone(),
+            unexpected,
+        })
+    }
+}
+
+fn describe(paths: &[PathBuf]) -> String {
+    match paths {
+        [one] => one.display().to_string(),
+        [first, ..] => format!("{} (+{} shards)", first.display(), paths.len() - 1),
+        [] => "<no file>".into(),
+    }
+}
+
+/// Writes tensors as model.safetensors with the `{"format": "pt"}` metadata Python expects.
+pub fn save_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    let mut data: Vec<(String, Tensor)> = Vec::with_capacity(tensors.len());
+    for (k, t) in tensors {
+        data.push((k.clone(), t.contiguous()?));
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::tensor::serialize(data, Some(meta)).map_err(|e| Error::Weights {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    crate::error::write_atomic(path, &bytes)
+}
+
+/// Parses a dtype name as Python writes it (`float32`, `bf16`, ...).
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "float" => Ok(DType::F32),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f64" | "float64" | "double" => Ok(DType::F64),
+        other => Err(Error::invalid(format!(
+            "unknown dtype `{other}`; use one of f32, f16, bf16"
+        ))),
+    }
+}
+
+/// The name Python uses for a dtype in config.json (`torch_dtype`).
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        DType::F64 => "float64",
+        DType::U8 => "uint8",
+        DType::U32 => "uint32",
+        DType::I64 => "int64",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, tensors: &[(&str, Tensor)]) {
+        let map: BTreeMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, t)| (k.to_string(), t.clone()))
+            .collect();
+        save_safetensors(&map, path).unwrap();
+    }
+
+    #[test]
+    fn prefix_mapping_missing_and_unexpected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("model.safetensors");
+        let dev = Device::Cpu;
+        write(
+            &p,
+            &[
+                ("embeddings.weight", Tensor::ones((2, 3), DType::F16, &dev).unwrap()),
+                ("LayerNorm.gamma", Tensor::ones(3, DType::F32, &dev).unwrap()),
+                ("cls.extra", Tensor::ones(1, DType::F32, &dev).unwrap()),
+            ],
+        );
+        // A model with a head (prefix `bert.`) loads a base checkpoint.
+        let ck = Checkpoint::open(&[p.clone()], Some("bert"), DType::F32, &dev).unwrap();
+        let vb = ck.var_builder();
+        let w = vb.pp("bert").get((2, 3), "embeddings.weight").unwrap();
+        assert_eq!(w.dtype(), DType::F32);
+        let g = vb.pp("bert.LayerNorm").get(3, "weight").unwrap();
+        assert_eq!(g.to_vec1::<f32>().unwrap(), vec![1.0; 3]);
+        let report = ck.finish().unwrap();
+        assert_eq!(report.unexpected, vec!["cls.extra".to_string()]);
+        assert!(report.tensors.contains_key("bert.embeddings.weight"));
+
+        // Missing keys are all listed in one error.
+        let ck = Checkpoint::open(&[p.clone()], None, DType::F32, &dev).unwrap();
+        let vb = ck.var_builder();
+        let _ = vb.get(4, "a.weight").unwrap();
+        let _ = vb.get(4, "b.bias").unwrap();
+        let err = ck.finish().unwrap_err().to_string();
+        assert!(err.contains("a.weight") && err.contains("b.bias") && err.contains("2 weight"), "{err}");
+
+        // Shape mismatch is an error, not a panic.
+        let ck = Checkpoint::open(&[p], None, DType::F32, &dev).unwrap();
+        assert!(ck.var_builder().get((3, 3), "embeddings.weight").is_err());
+    }
+
+    #[test]
+    fn malformed_files_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("model.safetensors");
+        for bytes in [&b""[..], b"garbage!", b"\xff\xff\xff\xff\xff\xff\xff\x7f{}", b"\x02\x00\x00\x00\x00\x00\x00\x00{]"] {
+            std::fs::write(&p, bytes).unwrap();
+            assert!(Checkpoint::open(&[p.clone()], None, DType::F32, &Device::Cpu).is_err());
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Auto classes: config.json → the right model, through explicit static tables (one
+//! line per model per task). An unknown `model_type` is an error listing the known ones.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use rustformers_core::config::{config_to_json_string, parse_config, peek_model_type};
+use rustformers_core::error::{read_to_string, write_atomic};
+use rustformers_core::weights::{dtype_name, safetensors_files, save_safetensors};
+use rustformers_core::{Checkpoint, Error, ModelFiles, PretrainedConfig, Result};
+
+use crate::bert;
+use crate::traits::{
+    EncoderModel, MaskedLmModel, QuestionAnsweringModel, SequenceClassificationModel,
+    TokenClassificationModel,
+};
+
+/// A parsed config.json, typed by `model_type`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Bert(bert::BertConfig),
+}
+
+/// `model_type` → parser. One line per family.
+type ConfigParser = fn(&str, &Path) -> Result<ModelConfig>;
+const CONFIGS: &[(&str, ConfigParser)] = &[("bert", |t, p| {
+    Ok(ModelConfig::Bert(parse_config(t, p)?))
+})];
+
+/// Known `model_type` values, for error messages.
+pub fn known_model_types() -> Vec<&'static str> {
+    CONFIGS.iter().map(|(k, _)| *k).collect()
+}
+
+/// Infers `model_type` from `architectures` for old configs that lack it
+/// (`BertForMaskedLM` → `bert`), as Python falls back on the name pattern.
+fn infer_model_type(archs: &[String]) -> Option<&'static str> {
+    let lower: Vec<String> = archs.iter().map(|a| a.to_ascii_lowercase()).collect();
+    CONFIGS
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| {
+            let key = k.replace(['-', '_'], "");
+            lower.iter().any(|a| a.starts_with(&key))
+        })
+        .max_by_key(|k| k.len())
+}
+
+impl ModelConfig {
+    /// Parses config.json text.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let (mut model_type, archs) = peek_model_type(text, path)?;
+        if model_type.is_empty() {
+            model_type = infer_model_type(&archs)
+                .ok_or_else(|| Error::Config {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "no `model_type` and no recognisable `architectures`; known model types: {}",
+                        known_model_types().join(", ")
+                    ),
+                })?
+                .to_string();
+        }
+        let parser = CONFIGS
+            .iter()
+            .find(|(k, _)| *k == model_type)
+            .map(|(_, p)| p)
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "model_type `{model_type}` ({}) is not supported; known model types: {}",
+                    path.display(),
+                    known_model_types().join(", ")
+                ))
+            })?;
+        let mut config = parser(text, path)?;
+        if config.base().model_type.is_empty() {
+            config.base_mut().model_type = model_type;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `AutoConfig.from_pretrained`: reads config.json of a model reference.
+    pub fn from_pretrained(reference: &str) -> Result<Self> {
+        Self::from_files(&ModelFiles::resolve(reference)?)
+    }
+
+    /// Reads config.json from resolved files.
+    pub fn from_files(files: &ModelFiles) -> Result<Self> {
+        let path = files.require("config.json")?;
+        Self::from_json_str(&read_to_string(&path)?, &path)
+    }
+
+    /// The fields every config has.
+    pub fn base(&self) -> &PretrainedConfig {
+        match self {
+            Self::Bert(c) => &c.base,
+        }
+    }
+
+    /// Mutable access to the shared fields.
+    pub fn base_mut(&mut self) -> &mut PretrainedConfig {
+        match self {
+            Self::Bert(c) => &mut c.base,
+        }
+    }
+
+    /// The `model_type`.
+    pub fn model_type(&self) -> &str {
+        &self.base().model_type
+    }
+
+    /// Python's `base_model_prefix` of the family.
+    pub fn base_model_prefix(&self) -> &'static str {
+        match self {
+            Self::Bert(_) => bert::modeling::BASE_MODEL_PREFIX,
+        }
+    }
+
+    /// Hidden size of the encoder output.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Bert(c) => c.hidden_size,
+        }
+    }
+
+    /// The longest input the position embeddings allow.
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            Self::Bert(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// Checks the config values.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::Bert(c) => c.validate(),
+        }
+    }
+
+    /// config.json text as Python writes it.
+    pub fn to_json_string(&self) -> Result<String> {
+        match self {
+            Self::Bert(c) => config_to_json_string(c),
+        }
+    }
+}
+
+/// Options of `from_pretrained`.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype; `None` keeps f32 (as Python without `torch_dtype`).
+    pub dtype: Option<DType>,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: None,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// A loaded model with what save_pretrained needs: its config and its tensors.
+pub struct PreTrainedModel<M: ?Sized> {
+    pub model: Box<M>,
+    pub config: ModelConfig,
+    pub files: ModelFiles,
+    pub dtype: DType,
+    pub device: Device,
+    tensors: BTreeMap<String, Tensor>,
+    architecture: &'static str,
+}
+
+impl<M: ?Sized> std::fmt::Debug for PreTrainedModel<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreTrainedModel")
+            .field("architecture", &self.architecture)
+            .field("model_type", &self.config.model_type())
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+impl<M: ?Sized> PreTrainedModel<M> {
+    /// The Python class name of the loaded architecture (`BertForMaskedLM`).
+    pub fn architecture(&self) -> &'static str {
+        self.architecture
+    }
+
+    /// Number of parameters (tied weights counted once).
+    pub fn num_parameters(&self) -> usize {
+        self.tensors.values().map(|t| t.elem_count()).sum()
+    }
+
+    /// Writes config.json and model.safetensors into `dir`, which Python's
+    /// `from_pretrained` loads back.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut config = self.config.clone();
+        config.base_mut().architectures = Some(vec![self.architecture.to_string()]);
+        config.base_mut().torch_dtype = Some(dtype_name(self.dtype).to_string());
+        save_safetensors(&self.tensors, &dir.join("model.safetensors"))?;
+        write_atomic(&dir.join("config.json"), config.to_json_string()?.as_bytes())
+    }
+}
+
+type Ctor<T> = fn(VarBuilder, &ModelConfig) -> candle_core::Result<Box<T>>;
+
+/// One row of a task table: model_type, Python class name, constructor.
+struct Entry<T: ?Sized + 'static> {
+    model_type: &'static str,
+    architecture: &'static str,
+    ctor: Ctor<T>,
+}
+
+fn load_with<T: ?Sized + 'static>(
+    task: &str,
+    table: &'static [Entry<T>],
+    files: ModelFiles,
+    opts: &LoadOptions,
+) -> Result<PreTrainedModel<T>> {
+    let config = ModelConfig::from_files(&files)?;
+    let entry = table
+        .iter()
+        .find(|e| e.model_type == config.model_type())
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{task} has no implementation for model_type `{}`; known for this task: {}",
+                config.model_type(),
+                table.iter().map(|e| e.model_type).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+    let dtype = opts.dtype.unwrap_or(DType::F32);
+    let paths = safetensors_files(&files)?;
+    let ckpt = Checkpoint::open(&paths, Some(config.base_model_prefix()), dtype, &opts.device)?;
+    let model = (entry.ctor)(ckpt.var_builder(), &config).map_err(|e| ckpt.wrap_error(e))?;
+    let report = ckpt.finish()?;
+    Ok(PreTrainedModel {
+        model,
+        config,
+        files,
+        dtype,
+        device: opts.device.clone(),
+        tensors: report.tensors,
+        architecture: entry.architecture,
+    })
+}
+
+macro_rules! auto_class {
+    ($(#[$doc:meta])* $name:ident, $trait:ident, $task:literal, $table:ident) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl $name {
+            /// Loads a model reference (folder, file or Hub id) with default options.
+            pub fn from_pretrained(reference: &str) -> Result<PreTrainedModel<dyn $trait>> {
+                Self::from_pretrained_with(reference, &LoadOptions::default())
+            }
+
+            /// Loads a model reference with explicit options.
+            pub fn from_pretrained_with(
+                reference: &str,
+                opts: &LoadOptions,
+            ) -> Result<PreTrainedModel<dyn $trait>> {
+                Self::from_files(ModelFiles::resolve(reference)?, opts)
+            }
+
+            /// Loads from resolved files.
+            pub fn from_files(
+                files: ModelFiles,
+                opts: &LoadOptions,
+            ) -> Result<PreTrainedModel<dyn $trait>> {
+                load_with($task, $table, files, opts)
+            }
+        }
+    };
+}
+
+static BASE: &[Entry<dyn EncoderModel>] = &[Entry {
+    model_type: "bert",
+    architecture: "BertModel",
+    ctor: |vb, c| match c {
+        ModelConfig::Bert(c) => Ok(Box::new(bert::BertModel::load(vb, c, true)?)),
+    },
+}];
+
+static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[Entry {
+    model_type: "bert",
+    architecture: "BertForSequenceClassification",
+    ctor: |vb, c| match c {
+        ModelConfig::Bert(c) => Ok(Box::new(bert::BertForSequenceClassification::load(vb, c)?)),
+    },
+}];
+
+static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[Entry {
+    model_type: "bert",
+    architecture: "BertForTokenClassification",
+    ctor: |vb, c| match c {
+        ModelConfig::Bert(c) => Ok(Box::new(bert::BertForTokenClassification::load(vb, c)?)),
+    },
+}];
+
+static QA: &[Entry<dyn QuestionAnsweringModel>] = &[Entry {
+    model_type: "bert",
+    architecture: "BertForQuestionAnswering",
+    ctor: |vb, c| match c {
+        ModelConfig::Bert(c) => Ok(Box::new(bert::BertForQuestionAnswering::load(vb, c)?)),
+    },
+}];
+
+static MLM: &[Entry<dyn MaskedLmModel>] = &[Entry {
+    model_type: "bert",
+    architecture: "BertForMaskedLM",
+    ctor: |vb, c| match c {
+        ModelConfig::Bert(c) => Ok(Box::new(bert::BertForMaskedLM::load(vb, c)?)),
+    },
+}];
+
+auto_class!(
+    /// `AutoModel`: the base encoder.
+    AutoModel, EncoderModel, "AutoModel", BASE
+);
+auto_class!(
+    /// `AutoModelForSequenceClassification`.
+    AutoModelForSequenceClassification,
+    SequenceClassificationModel,
+    "AutoModelForSequenceClassification",
+    SEQ_CLS
+);
+auto_class!(
+    /// `AutoModelForTokenClassification`.
+    AutoModelForTokenClassification,
+    TokenClassificationModel,
+    "AutoModelForTokenClassification",
+    TOKEN_CLS
+);
+auto_class!(
+    /// `AutoModelForQuestionAnswering`.
+    AutoModelForQuestionAnswering,
+    QuestionAnsweringModel,
+    "AutoModelForQuestionAnswering",
+    QA
+);
+auto_class!(
+    /// `AutoModelForMaskedLM`.
+    AutoModelForMaskedLM, MaskedLmModel, "AutoModelForMaskedLM", MLM
+);
+
+/// `AutoConfig`.
+pub type AutoConfig = ModelConfig;

@@ -1,0 +1,368 @@
+//! BERT, read top to bottom like Python's `modeling_bert.py`
+//! (transformers 4.46: src/transformers/models/bert/modeling_bert.py):
+//! embeddings → self-attention → layer → encoder → pooler → model → task heads.
+//! Field names are the checkpoint keys, so loading and saving need no rename table.
+//! Inference only: dropout is the identity.
+#![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+
+use rustformers_core::layers::{attention, extended_attention_mask, Activation, LayerNorm};
+
+use super::config::BertConfig;
+use crate::traits::{
+    token_types_or_zeros, BaseModelOutput, EncoderInputs, EncoderModel, MaskedLmModel,
+    QuestionAnsweringModel, QuestionAnsweringOutput, SequenceClassificationModel,
+    TokenClassificationModel,
+};
+
+/// Python's `base_model_prefix` for BERT.
+pub const BASE_MODEL_PREFIX: &str = "bert";
+
+fn act(config: &BertConfig) -> Result<Activation> {
+    Activation::from_name(&config.hidden_act).map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// Fails (instead of reading out of bounds) when an id is not below `limit`.
+fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
+    if ids.elem_count() == 0 {
+        return Ok(());
+    }
+    let max = ids.flatten_all()?.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()? as usize;
+    if max >= limit {
+        candle_core::bail!("{what} holds id {max} but the embedding has only {limit} rows");
+    }
+    Ok(())
+}
+
+/// Word + position + token type embeddings, then LayerNorm.
+#[derive(Debug, Clone)]
+pub struct BertEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    LayerNorm: LayerNorm,
+    max_positions: usize,
+}
+
+impl BertEmbeddings {
+    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            word_embeddings: embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
+            position_embeddings: embedding(
+                c.max_position_embeddings,
+                c.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: embedding(
+                c.type_vocab_size,
+                c.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
+            LayerNorm: LayerNorm::load(vb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+            max_positions: c.max_position_embeddings,
+        })
+    }
+
+    /// The word embedding matrix (tied to the MLM decoder).
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.word_embeddings.embeddings()
+    }
+
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
+        let (_b, s) = input_ids.dims2()?;
+        if s > self.max_positions {
+            candle_core::bail!(
+                "sequence of {s} tokens is longer than the model's max_position_embeddings ({}); truncate the input",
+                self.max_positions
+            );
+        }
+        check_ids(input_ids, self.word_embeddings.embeddings().dim(0)?, "input_ids")?;
+        check_ids(token_type_ids, self.token_type_embeddings.embeddings().dim(0)?, "token_type_ids")?;
+        let positions = Tensor::arange(0u32, s as u32, input_ids.device())?;
+        let words = self.word_embeddings.forward(input_ids)?;
+        let types = self.token_type_embeddings.forward(token_type_ids)?;
+        let pos = self.position_embeddings.forward(&positions)?;
+        let x = words.add(&types)?.broadcast_add(&pos)?;
+        self.LayerNorm.forward(&x)
+    }
+}
+
+/// Multi-head self-attention (`attention.self`).
+#[derive(Debug, Clone)]
+pub struct BertSelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl BertSelfAttention {
+    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            query: linear(h, h, vb.pp("query"))?,
+            key: linear(h, h, vb.pp("key"))?,
+            value: linear(h, h, vb.pp("value"))?,
+            num_heads: c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let q = self.split_heads(&self.query.forward(x)?)?;
+        let k = self.split_heads(&self.key.forward(x)?)?;
+        let v = self.split_heads(&self.value.forward(x)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let ctx = attention(&q, &k, &v, mask, scale)?;
+        ctx.transpose(1, 2)?.reshape((b, s, h))
+    }
+}
+
+/// Dense + residual + LayerNorm (`attention.output` and `output`).
+#[derive(Debug, Clone)]
+pub struct BertResidualOutput {
+    dense: Linear,
+    LayerNorm: LayerNorm,
+}
+
+impl BertResidualOutput {
+    pub fn load(vb: VarBuilder, in_dim: usize, c: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            dense: linear(in_dim, c.hidden_size, vb.pp("dense"))?,
+            LayerNorm: LayerNorm::load(vb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.LayerNorm.forward(&(self.dense.forward(x)? + residual)?)
+    }
+}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct BertLayer {
+    attention_self: BertSelfAttention,
+    attention_output: BertResidualOutput,
+    intermediate: Linear,
+    act: Activation,
+    output: BertResidualOutput,
+}
+
+impl BertLayer {
+    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            attention_self: BertSelfAttention::load(vb.pp("attention.self"), c)?,
+            attention_output: BertResidualOutput::load(vb.pp("attention.output"), c.hidden_size, c)?,
+            intermediate: linear(c.hidden_size, c.intermediate_size, vb.pp("intermediate.dense"))?,
+            act: act(c)?,
+            output: BertResidualOutput::load(vb.pp("output"), c.intermediate_size, c)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let a = self.attention_self.forward(x, mask)?;
+        let a = self.attention_output.forward(&a, x)?;
+        let i = self.act.forward(&self.intermediate.forward(&a)?)?;
+        self.output.forward(&i, &a)
+    }
+}
+
+/// The base model: embeddings, encoder layers and (optionally) the pooler.
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    pooler: Option<Linear>,
+    dtype: DType,
+}
+
+impl BertModel {
+    /// Loads the base model from `vb` (already at the model's prefix).
+    pub fn load(vb: VarBuilder, c: &BertConfig, add_pooling_layer: bool) -> Result<Self> {
+        let embeddings = BertEmbeddings::load(vb.pp("embeddings"), c)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| BertLayer::load(vb.pp(format!("encoder.layer.{i}")), c))
+            .collect::<Result<Vec<_>>>()?;
+        let pooler = if add_pooling_layer {
+            Some(linear(c.hidden_size, c.hidden_size, vb.pp("pooler.dense"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            embeddings,
+            layers,
+            pooler,
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn embeddings(&self) -> &BertEmbeddings {
+        &self.embeddings
+    }
+
+    pub fn forward(&self, inputs: EncoderInputs<'_>) -> Result<BaseModelOutput> {
+        let types = token_types_or_zeros(&inputs)?;
+        let mut x = self.embeddings.forward(inputs.input_ids, &types)?;
+        let mask = inputs
+            .attention_mask
+            .map(|m| extended_attention_mask(m, self.dtype))
+            .transpose()?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref())?;
+        }
+        let pooler_output = match &self.pooler {
+            Some(p) => Some(p.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
+            None => None,
+        };
+        Ok(BaseModelOutput {
+            last_hidden_state: x,
+            pooler_output,
+        })
+    }
+}
+
+impl EncoderModel for BertModel {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<BaseModelOutput> {
+        BertModel::forward(self, inputs)
+    }
+}
+
+/// `BertForSequenceClassification`: pooler output → classifier.
+#[derive(Debug, Clone)]
+pub struct BertForSequenceClassification {
+    bert: BertModel,
+    classifier: Linear,
+}
+
+impl BertForSequenceClassification {
+    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let n = c
+            .base
+            .num_labels()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Self {
+            bert: BertModel::load(vb.pp(BASE_MODEL_PREFIX), c, true)?,
+            classifier: linear(c.hidden_size, n, vb.pp("classifier"))?,
+        })
+    }
+}
+
+impl SequenceClassificationModel for BertForSequenceClassification {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
+        let out = self.bert.forward(inputs)?;
+        let pooled = out
+            .pooler_output
+            .ok_or_else(|| candle_core::Error::Msg("BERT pooler missing".into()))?;
+        self.classifier.forward(&pooled)
+    }
+}
+
+/// `BertForTokenClassification`: sequence output → classifier.
+#[derive(Debug, Clone)]
+pub struct BertForTokenClassification {
+    bert: BertModel,
+    classifier: Linear,
+}
+
+impl BertForTokenClassification {
+    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let n = c
+            .base
+            .num_labels()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Self {
+            bert: BertModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?,
+            classifier: linear(c.hidden_size, n, vb.pp("classifier"))?,
+        })
+    }
+}
+
+impl TokenClassificationModel for BertForTokenClassification {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
+        let out = self.bert.forward(inputs)?;
+        self.classifier.forward(&out.last_hidden_state)
+    }
+}
+
+/// `BertForQuestionAnswering`: sequence output → start/end logits.
+#[derive(Debug, Clone)]
+pub struct BertForQuestionAnswering {
+    bert: BertModel,
+    qa_outputs: Linear,
+}
+
+impl BertForQuestionAnswering {
+    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            bert: BertModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?,
+            qa_outputs: linear(c.hidden_size, 2, vb.pp("qa_outputs"))?,
+        })
+    }
+}
+
+impl QuestionAnsweringModel for BertForQuestionAnswering {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<QuestionAnsweringOutput> {
+        let out = self.bert.forward(inputs)?;
+        let logits = self.qa_outputs.forward(&out.last_hidden_state)?;
+        let start_logits = logits.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+        let end_logits = logits.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+        Ok(QuestionAnsweringOutput {
+            start_logits,
+            end_logits,
+        })
+    }
+}
+
+/// `BertForMaskedLM`: `cls.predictions` transform → decoder tied to the word embeddings.
+#[derive(Debug, Clone)]
+pub struct BertForMaskedLM {
+    bert: BertModel,
+    transform_dense: Linear,
+    transform_act: Activation,
+    transform_norm: LayerNorm,
+    decoder: Linear,
+}
+
+impl BertForMaskedLM {
+    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let bert = BertModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?;
+        let p = vb.pp("cls.predictions");
+        let transform_dense = linear(c.hidden_size, c.hidden_size, p.pp("transform.dense"))?;
+        let transform_norm =
+            LayerNorm::load(p.pp("transform.LayerNorm"), c.hidden_size, c.layer_norm_eps)?;
+        let weight = if c.base.tie_word_embeddings() || !p.contains_tensor("decoder.weight") {
+            bert.embeddings().word_embeddings().clone()
+        } else {
+            p.get((c.vocab_size, c.hidden_size), "decoder.weight")?
+        };
+        let bias = p.get(c.vocab_size, "bias")?;
+        Ok(Self {
+            bert,
+            transform_dense,
+            transform_act: act(c)?,
+            transform_norm,
+            decoder: Linear::new(weight, Some(bias)),
+        })
+    }
+}
+
+impl MaskedLmModel for BertForMaskedLM {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
+        let out = self.bert.forward(inputs)?;
+        let h = self.transform_dense.forward(&out.last_hidden_state)?;
+        let h = self.transform_act.forward(&h)?;
+        let h = self.transform_norm.forward(&h)?;
+        self.decoder.forward(&h)
+    }
+}

@@ -1,0 +1,13 @@
+//! rustformers model definitions: one folder per family, the shared trait set and the
+//! Auto classes.
+
+pub mod auto;
+pub mod bert;
+pub mod traits;
+
+pub use auto::{
+    AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification, AutoModelForTokenClassification, LoadOptions,
+    ModelConfig, PreTrainedModel,
+};
+pub use traits::*;

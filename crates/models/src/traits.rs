@@ -1,0 +1,73 @@
+//! The small trait set pipelines program against. Each trait is one task's forward
+//! signature; model families implement the ones they have heads for.
+
+use candle_core::Tensor;
+
+/// Inputs of an encoder forward pass. `input_ids`, `attention_mask` and
+/// `token_type_ids` are `[batch, seq]` u32 tensors.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderInputs<'a> {
+    pub input_ids: &'a Tensor,
+    pub attention_mask: Option<&'a Tensor>,
+    pub token_type_ids: Option<&'a Tensor>,
+}
+
+impl<'a> EncoderInputs<'a> {
+    /// Inputs with only ids (all tokens attended, token type 0).
+    pub fn ids(input_ids: &'a Tensor) -> Self {
+        Self {
+            input_ids,
+            attention_mask: None,
+            token_type_ids: None,
+        }
+    }
+}
+
+/// Output of a base encoder.
+#[derive(Debug, Clone)]
+pub struct BaseModelOutput {
+    /// `[batch, seq, hidden]`.
+    pub last_hidden_state: Tensor,
+    /// `[batch, hidden]`, for models with a pooler.
+    pub pooler_output: Option<Tensor>,
+}
+
+/// Output of a question-answering head: `[batch, seq]` logits each.
+#[derive(Debug, Clone)]
+pub struct QuestionAnsweringOutput {
+    pub start_logits: Tensor,
+    pub end_logits: Tensor,
+}
+
+/// A base encoder (Python's `AutoModel` for encoder families).
+pub trait EncoderModel: Send + Sync {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> candle_core::Result<BaseModelOutput>;
+}
+
+/// A sequence classification head: logits `[batch, num_labels]`.
+pub trait SequenceClassificationModel: Send + Sync {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> candle_core::Result<Tensor>;
+}
+
+/// A token classification head: logits `[batch, seq, num_labels]`.
+pub trait TokenClassificationModel: Send + Sync {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> candle_core::Result<Tensor>;
+}
+
+/// An extractive question-answering head.
+pub trait QuestionAnsweringModel: Send + Sync {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> candle_core::Result<QuestionAnsweringOutput>;
+}
+
+/// A masked language model head: logits `[batch, seq, vocab]`.
+pub trait MaskedLmModel: Send + Sync {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> candle_core::Result<Tensor>;
+}
+
+/// Token types, defaulting to zeros shaped like the ids.
+pub fn token_types_or_zeros(inputs: &EncoderInputs<'_>) -> candle_core::Result<Tensor> {
+    match inputs.token_type_ids {
+        Some(t) => Ok(t.clone()),
+        None => inputs.input_ids.zeros_like(),
+    }
+}

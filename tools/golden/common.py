@@ -1,0 +1,317 @@
+"""Shared helpers for the golden-fixture scripts in tools/golden/.
+
+Everything here is deterministic: fixed seeds, float32, CPU only, one thread.
+The recorded fixtures are compared by the Rust test-suite with explicit
+tolerances, so floats are written with the shortest representation that
+round-trips through float32 whenever the value is exactly a float32 (which is
+the case for every model output); other floats keep their full repr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+SEED = 1234
+
+
+# ---------------------------------------------------------------------------
+# Environment / determinism
+# ---------------------------------------------------------------------------
+
+def setup(seed: int = SEED) -> None:
+    """Seed every RNG, force float32 on CPU and keep CPU use modest."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+    seed_all(seed)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def meta(script: str, **extra: Any) -> dict:
+    """The "meta" object carried by every fixture JSON."""
+    import safetensors
+    import tokenizers
+    import transformers
+
+    out = {
+        "script": f"tools/golden/{script}",
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "tokenizers": tokenizers.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "seed": SEED,
+        "dtype": "float32",
+        "device": "cpu",
+    }
+    try:
+        import sentence_transformers
+
+        out["sentence_transformers"] = sentence_transformers.__version__
+    except ImportError:  # pragma: no cover - optional
+        pass
+    out.update(extra)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# JSON conversion and writing
+# ---------------------------------------------------------------------------
+
+def _short_float(x: float) -> float:
+    """Shortest float whose float32 value equals x, if x is exactly a float32."""
+    if not math.isfinite(x):
+        raise ValueError(f"non-finite float in fixture: {x}")
+    f32 = np.float32(x)
+    if float(f32) == x:
+        return float(str(f32))
+    return x
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert tensors, numpy values, tuples etc. into plain JSON values."""
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().numpy())
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "f":
+            return to_jsonable(obj.astype(np.float32).tolist())
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return _short_float(obj)
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "items"):  # BatchEncoding and friends
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    raise TypeError(f"cannot serialise {type(obj)!r}")
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _dump(obj: Any, indent: int, level: int) -> str:
+    """Pretty JSON, but lists of scalars (and lists of such lists) on one line."""
+    pad = " " * (indent * (level + 1))
+    end = " " * (indent * level)
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_dump(v, indent, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + end + "}"
+    if isinstance(obj, list):
+        if all(_is_scalar(v) for v in obj) or _is_numeric_tree(obj):
+            return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        items = [pad + _dump(v, indent, level + 1) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + end + "]"
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+
+def _is_numeric_tree(obj: Any) -> bool:
+    if isinstance(obj, list):
+        return all(_is_numeric_tree(v) for v in obj)
+    return obj is None or (isinstance(obj, (int, float)) and not isinstance(obj, bool))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = _dump(to_jsonable(obj), 1, 0) + "\n"
+    json.loads(text)  # sanity: valid JSON
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path.relative_to(REPO_ROOT)} ({len(text.encode()) / 1024:.1f} KiB)", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------
+# Shared test texts
+# ---------------------------------------------------------------------------
+
+# Words that must be whole tokens in the tiny WordPiece vocab. All lowercase.
+COMMON_WORDS = """
+the of and to a in is it you that he was for on are with as i his they be at one have
+this from or had by hot word but what some we can out other were all there when up use
+your how said an each she which do their time if will way about many then them write
+would like so these her long make thing see him two has look more day could go come did
+number sound no most people my over know water than call first who may down side been
+now find any new work part take get place made live where after back little only round
+man year came show every good me give our under name very through just form sentence
+great think say help low line differ turn cause much mean before move right boy old too
+same tell does set three want air well also play small end put home read hand port large
+spell add even land here must big high such follow act why ask men change went light
+kind off need house picture try us again animal point mother world near build self earth
+father john mary peter smith wolf paris london berlin york google apple company weather
+today sunny nice lives works capital france england germany sports politics technology
+business happy sad movie lazy fox jumps brown hello quick dog book reads am text example
+""".split()
+
+
+def dedupe(seq: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for s in seq:
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Tiny tokenizers
+# ---------------------------------------------------------------------------
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+TOKENIZER_MAX_LENGTH = 128
+
+
+def wordpiece_vocab() -> list[str]:
+    """The tiny shared WordPiece vocab: specials, characters, ##pieces, words."""
+    import string
+
+    chars = list(string.ascii_lowercase) + list(string.digits) + list(string.punctuation)
+    pieces = ["##" + c for c in string.ascii_lowercase + string.digits]
+    vocab = dedupe(BERT_SPECIALS + chars + pieces + COMMON_WORDS)
+    assert vocab[0] == "[PAD]"
+    return vocab
+
+
+def write_wordpiece_vocab(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(wordpiece_vocab()) + "\n", encoding="utf-8")
+    return path
+
+
+def make_wordpiece_tokenizer(workdir: Path, cls_name: str = "BertTokenizerFast"):
+    """A Bert/DistilBert fast tokenizer over the tiny vocab (lower-casing)."""
+    import transformers
+
+    vocab_file = write_wordpiece_vocab(workdir / "vocab.txt")
+    cls = getattr(transformers, cls_name)
+    return cls(
+        vocab_file=str(vocab_file),
+        do_lower_case=True,
+        model_max_length=TOKENIZER_MAX_LENGTH,
+    )
+
+
+def roberta_corpus() -> list[str]:
+    """Training corpus for the tiny byte-level BPE: test texts plus the word list."""
+    lines = list(ALL_TEXTS)
+    words = COMMON_WORDS
+    for i in range(0, len(words), 12):
+        chunk = " ".join(words[i : i + 12])
+        lines.append(chunk)
+        lines.append(chunk.capitalize() + ".")
+    return lines
+
+
+def make_roberta_tokenizer(workdir: Path, vocab_size: int = 400):
+    """Train a tiny byte-level BPE and wrap it as RobertaTokenizerFast."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False, trim_offsets=True)
+    bpe.train_from_iterator(
+        roberta_corpus(),
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=ROBERTA_SPECIALS,
+        show_progress=False,
+    )
+    bpe.save_model(str(workdir))
+    tok = RobertaTokenizerFast(
+        vocab_file=str(workdir / "vocab.json"),
+        merges_file=str(workdir / "merges.txt"),
+        model_max_length=TOKENIZER_MAX_LENGTH,
+    )
+    assert tok.convert_tokens_to_ids(ROBERTA_SPECIALS) == [0, 1, 2, 3, 4]
+    return tok
+
+
+# ---------------------------------------------------------------------------
+# Shared texts for the encoder fixtures
+# ---------------------------------------------------------------------------
+
+MODEL_TEXTS = [
+    "Hello world!",
+    "John lives in Paris.",
+    "The quick brown fox jumps over the lazy dog in London.",
+]
+MODEL_PAIR = ("Is the weather nice today?", "It is sunny in London.")
+
+CLS_TEXT = "I am happy today."
+CLS_TEXTS = [
+    "I am happy today.",
+    "This movie is sad.",
+    "John works for Google in London and the weather is nice.",
+]
+CLS_PAIR = {"text": "John lives in Paris.", "text_pair": "John lives in France."}
+
+ZS_TEXT = "John works for Google and loves technology."
+ZS_LABELS = ["technology", "sports", "politics"]
+ZS_TEMPLATE = "This text is about {}."
+
+NER_TEXTS = [
+    "My name is John Smith and I live in New York.",
+    "Wolfgang and Mary work for Google in Berlin.",
+]
+
+QA_QUESTION = "Where does John live?"
+QA_CONTEXT = "John lives in Paris and works for Google. Mary lives in London."
+
+
+def long_context(n_words: int = 300, seed: int = SEED) -> str:
+    """~n_words of vocab words in sentences, with the answer in the middle."""
+    rng = random.Random(seed)
+    words = [w for w in COMMON_WORDS if w.isalpha()]
+    sentences = []
+    count = 0
+    while count < n_words:
+        n = rng.randint(6, 14)
+        s = [rng.choice(words) for _ in range(n)]
+        sentences.append(" ".join(s).capitalize() + ".")
+        count += n
+        if len(sentences) == 12:
+            sentences.append("John lives in Paris and works for Google.")
+            count += 8
+    return " ".join(sentences)
+
+
+ALL_TEXTS = dedupe(
+    MODEL_TEXTS
+    + list(MODEL_PAIR)
+    + CLS_TEXTS
+    + [CLS_PAIR["text"], CLS_PAIR["text_pair"], ZS_TEXT]
+    + [ZS_TEMPLATE.format(x) for x in ZS_LABELS]
+    + NER_TEXTS
+    + [QA_QUESTION, QA_CONTEXT]
+)
