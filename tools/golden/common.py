@@ -264,7 +264,7 @@ def make_roberta_tokenizer(workdir: Path, vocab_size: int = 400):
 MODEL_TEXTS = [
     "Hello world!",
     "John lives in Paris.",
-    "The quick brown fox jumps over the lazy dog in London.",
+    "The quick brown fox jumps over the lazy dog.",
 ]
 MODEL_PAIR = ("Is the weather nice today?", "It is sunny in London.")
 

@@ -335,6 +335,39 @@ impl AutoTokenizer {
         ids
     }
 
+    /// Joins tokens back into text with the tokenizer's decoder (Python's
+    /// `convert_tokens_to_string` for fast tokenizers; a plain space join without one).
+    pub fn convert_tokens_to_string(&self, tokens: &[String]) -> Result<String> {
+        let tok = self.lock()?;
+        match tok.get_decoder() {
+            Some(d) => {
+                use tokenizers::Decoder;
+                d.decode(tokens.to_vec())
+                    .map_err(|e| Error::Tokenizer(e.to_string()))
+            }
+            None => Ok(tokens.join(" ")),
+        }
+    }
+
+    /// True when the tokenizer model marks word continuations with a prefix (`##` in
+    /// WordPiece); Python's token-classification uses this to find sub-words.
+    pub fn has_continuing_subword_prefix(&self) -> bool {
+        let Ok(tok) = self.lock() else { return false };
+        match tok.get_model() {
+            tokenizers::ModelWrapper::WordPiece(wp) => !wp.continuing_subword_prefix.is_empty(),
+            tokenizers::ModelWrapper::BPE(bpe) => bpe
+                .continuing_subword_prefix
+                .as_ref()
+                .is_some_and(|p| !p.is_empty()),
+            _ => false,
+        }
+    }
+
+    /// The unknown token's id.
+    pub fn unk_token_id(&self) -> Option<u32> {
+        self.specials.unk.as_deref().and_then(|u| self.token_to_id(u))
+    }
+
     /// Tokenizes one text without special tokens, padding or truncation (Python's `tokenize`).
     pub fn tokenize(&self, text: &str) -> Result<Vec<String>> {
         let enc = self

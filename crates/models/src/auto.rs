@@ -12,7 +12,7 @@ use rustformers_core::error::{read_to_string, write_atomic};
 use rustformers_core::weights::{dtype_name, safetensors_files, save_safetensors};
 use rustformers_core::{Checkpoint, Error, ModelFiles, PretrainedConfig, Result};
 
-use crate::bert;
+use crate::{bert, distilbert, roberta};
 use crate::traits::{
     EncoderModel, MaskedLmModel, QuestionAnsweringModel, SequenceClassificationModel,
     TokenClassificationModel,
@@ -22,13 +22,25 @@ use crate::traits::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     Bert(bert::BertConfig),
+    /// `roberta` and `xlm-roberta` (the same network; `model_type` tells them apart).
+    Roberta(roberta::RobertaConfig),
+    DistilBert(distilbert::DistilBertConfig),
 }
 
 /// `model_type` → parser. One line per family.
 type ConfigParser = fn(&str, &Path) -> Result<ModelConfig>;
-const CONFIGS: &[(&str, ConfigParser)] = &[("bert", |t, p| {
-    Ok(ModelConfig::Bert(parse_config(t, p)?))
-})];
+const CONFIGS: &[(&str, ConfigParser)] = &[
+    ("bert", |t, p| Ok(ModelConfig::Bert(parse_config(t, p)?))),
+    ("roberta", |t, p| {
+        Ok(ModelConfig::Roberta(roberta::RobertaConfig::from_json_str(t, p)?))
+    }),
+    ("xlm-roberta", |t, p| {
+        Ok(ModelConfig::Roberta(roberta::RobertaConfig::from_xlm_json_str(t, p)?))
+    }),
+    ("distilbert", |t, p| {
+        Ok(ModelConfig::DistilBert(distilbert::DistilBertConfig::from_json_str(t, p)?))
+    }),
+];
 
 /// Known `model_type` values, for error messages.
 pub fn known_model_types() -> Vec<&'static str> {
@@ -98,6 +110,8 @@ impl ModelConfig {
     pub fn base(&self) -> &PretrainedConfig {
         match self {
             Self::Bert(c) => &c.base,
+            Self::Roberta(c) => &c.base,
+            Self::DistilBert(c) => &c.base,
         }
     }
 
@@ -105,6 +119,8 @@ impl ModelConfig {
     pub fn base_mut(&mut self) -> &mut PretrainedConfig {
         match self {
             Self::Bert(c) => &mut c.base,
+            Self::Roberta(c) => &mut c.base,
+            Self::DistilBert(c) => &mut c.base,
         }
     }
 
@@ -117,6 +133,8 @@ impl ModelConfig {
     pub fn base_model_prefix(&self) -> &'static str {
         match self {
             Self::Bert(_) => bert::modeling::BASE_MODEL_PREFIX,
+            Self::Roberta(_) => roberta::modeling::BASE_MODEL_PREFIX,
+            Self::DistilBert(_) => distilbert::modeling::BASE_MODEL_PREFIX,
         }
     }
 
@@ -124,13 +142,18 @@ impl ModelConfig {
     pub fn hidden_size(&self) -> usize {
         match self {
             Self::Bert(c) => c.hidden_size,
+            Self::Roberta(c) => c.hidden_size,
+            Self::DistilBert(c) => c.dim,
         }
     }
 
-    /// The longest input the position embeddings allow.
+    /// The longest input the position embeddings allow (for RoBERTa, whose positions
+    /// start after `pad_token_id`, two fewer than `max_position_embeddings`: 512 of 514).
     pub fn max_position_embeddings(&self) -> usize {
         match self {
             Self::Bert(c) => c.max_position_embeddings,
+            Self::Roberta(c) => c.max_input_tokens(),
+            Self::DistilBert(c) => c.max_position_embeddings,
         }
     }
 
@@ -138,6 +161,8 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             Self::Bert(c) => c.validate(),
+            Self::Roberta(c) => c.validate(),
+            Self::DistilBert(c) => c.validate(),
         }
     }
 
@@ -145,6 +170,8 @@ impl ModelConfig {
     pub fn to_json_string(&self) -> Result<String> {
         match self {
             Self::Bert(c) => config_to_json_string(c),
+            Self::Roberta(c) => config_to_json_string(c),
+            Self::DistilBert(c) => config_to_json_string(c),
         }
     }
 }
@@ -282,45 +309,154 @@ macro_rules! auto_class {
     };
 }
 
-static BASE: &[Entry<dyn EncoderModel>] = &[Entry {
-    model_type: "bert",
-    architecture: "BertModel",
-    ctor: |vb, c| match c {
-        ModelConfig::Bert(c) => Ok(Box::new(bert::BertModel::load(vb, c, true)?)),
-    },
-}];
+/// The error a constructor gives when a table row meets another family's config
+/// (a table bug: rows are keyed by `model_type`).
+fn wrong_config(c: &ModelConfig) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "internal error: no constructor for a `{}` config in this row",
+        c.model_type()
+    ))
+}
 
-static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[Entry {
-    model_type: "bert",
-    architecture: "BertForSequenceClassification",
-    ctor: |vb, c| match c {
-        ModelConfig::Bert(c) => Ok(Box::new(bert::BertForSequenceClassification::load(vb, c)?)),
-    },
-}];
+/// `Entry` rows for the RoBERTa code under a Python class name (RoBERTa and
+/// XLM-RoBERTa share every constructor).
+macro_rules! roberta_entry {
+    ($model_type:literal, $arch:literal, $ty:ident) => {
+        Entry {
+            model_type: $model_type,
+            architecture: $arch,
+            ctor: |vb, c| match c {
+                ModelConfig::Roberta(c) => Ok(Box::new(roberta::$ty::load(vb, c)?)),
+                other => Err(wrong_config(other)),
+            },
+        }
+    };
+}
 
-static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[Entry {
-    model_type: "bert",
-    architecture: "BertForTokenClassification",
-    ctor: |vb, c| match c {
-        ModelConfig::Bert(c) => Ok(Box::new(bert::BertForTokenClassification::load(vb, c)?)),
+static BASE: &[Entry<dyn EncoderModel>] = &[
+    Entry {
+        model_type: "bert",
+        architecture: "BertModel",
+        ctor: |vb, c| match c {
+            ModelConfig::Bert(c) => Ok(Box::new(bert::BertModel::load(vb, c, true)?)),
+            other => Err(wrong_config(other)),
+        },
     },
-}];
+    Entry {
+        model_type: "roberta",
+        architecture: "RobertaModel",
+        ctor: |vb, c| match c {
+            ModelConfig::Roberta(c) => Ok(Box::new(roberta::RobertaModel::load(vb, c, true)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    Entry {
+        model_type: "xlm-roberta",
+        architecture: "XLMRobertaModel",
+        ctor: |vb, c| match c {
+            ModelConfig::Roberta(c) => Ok(Box::new(roberta::RobertaModel::load(vb, c, true)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    Entry {
+        model_type: "distilbert",
+        architecture: "DistilBertModel",
+        ctor: |vb, c| match c {
+            ModelConfig::DistilBert(c) => Ok(Box::new(distilbert::DistilBertModel::load(vb, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+];
 
-static QA: &[Entry<dyn QuestionAnsweringModel>] = &[Entry {
-    model_type: "bert",
-    architecture: "BertForQuestionAnswering",
-    ctor: |vb, c| match c {
-        ModelConfig::Bert(c) => Ok(Box::new(bert::BertForQuestionAnswering::load(vb, c)?)),
+static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[
+    Entry {
+        model_type: "bert",
+        architecture: "BertForSequenceClassification",
+        ctor: |vb, c| match c {
+            ModelConfig::Bert(c) => Ok(Box::new(bert::BertForSequenceClassification::load(vb, c)?)),
+            other => Err(wrong_config(other)),
+        },
     },
-}];
+    roberta_entry!("roberta", "RobertaForSequenceClassification", RobertaForSequenceClassification),
+    roberta_entry!("xlm-roberta", "XLMRobertaForSequenceClassification", RobertaForSequenceClassification),
+    Entry {
+        model_type: "distilbert",
+        architecture: "DistilBertForSequenceClassification",
+        ctor: |vb, c| match c {
+            ModelConfig::DistilBert(c) => {
+                Ok(Box::new(distilbert::DistilBertForSequenceClassification::load(vb, c)?))
+            }
+            other => Err(wrong_config(other)),
+        },
+    },
+];
 
-static MLM: &[Entry<dyn MaskedLmModel>] = &[Entry {
-    model_type: "bert",
-    architecture: "BertForMaskedLM",
-    ctor: |vb, c| match c {
-        ModelConfig::Bert(c) => Ok(Box::new(bert::BertForMaskedLM::load(vb, c)?)),
+static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[
+    Entry {
+        model_type: "bert",
+        architecture: "BertForTokenClassification",
+        ctor: |vb, c| match c {
+            ModelConfig::Bert(c) => Ok(Box::new(bert::BertForTokenClassification::load(vb, c)?)),
+            other => Err(wrong_config(other)),
+        },
     },
-}];
+    roberta_entry!("roberta", "RobertaForTokenClassification", RobertaForTokenClassification),
+    roberta_entry!("xlm-roberta", "XLMRobertaForTokenClassification", RobertaForTokenClassification),
+    Entry {
+        model_type: "distilbert",
+        architecture: "DistilBertForTokenClassification",
+        ctor: |vb, c| match c {
+            ModelConfig::DistilBert(c) => {
+                Ok(Box::new(distilbert::DistilBertForTokenClassification::load(vb, c)?))
+            }
+            other => Err(wrong_config(other)),
+        },
+    },
+];
+
+static QA: &[Entry<dyn QuestionAnsweringModel>] = &[
+    Entry {
+        model_type: "bert",
+        architecture: "BertForQuestionAnswering",
+        ctor: |vb, c| match c {
+            ModelConfig::Bert(c) => Ok(Box::new(bert::BertForQuestionAnswering::load(vb, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    roberta_entry!("roberta", "RobertaForQuestionAnswering", RobertaForQuestionAnswering),
+    roberta_entry!("xlm-roberta", "XLMRobertaForQuestionAnswering", RobertaForQuestionAnswering),
+    Entry {
+        model_type: "distilbert",
+        architecture: "DistilBertForQuestionAnswering",
+        ctor: |vb, c| match c {
+            ModelConfig::DistilBert(c) => {
+                Ok(Box::new(distilbert::DistilBertForQuestionAnswering::load(vb, c)?))
+            }
+            other => Err(wrong_config(other)),
+        },
+    },
+];
+
+static MLM: &[Entry<dyn MaskedLmModel>] = &[
+    Entry {
+        model_type: "bert",
+        architecture: "BertForMaskedLM",
+        ctor: |vb, c| match c {
+            ModelConfig::Bert(c) => Ok(Box::new(bert::BertForMaskedLM::load(vb, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    roberta_entry!("roberta", "RobertaForMaskedLM", RobertaForMaskedLM),
+    roberta_entry!("xlm-roberta", "XLMRobertaForMaskedLM", RobertaForMaskedLM),
+    Entry {
+        model_type: "distilbert",
+        architecture: "DistilBertForMaskedLM",
+        ctor: |vb, c| match c {
+            ModelConfig::DistilBert(c) => Ok(Box::new(distilbert::DistilBertForMaskedLM::load(vb, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+];
 
 auto_class!(
     /// `AutoModel`: the base encoder.

@@ -3,6 +3,8 @@
 
 pub mod auto;
 pub mod bert;
+pub mod distilbert;
+pub mod roberta;
 pub mod traits;
 
 pub use auto::{

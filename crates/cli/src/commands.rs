@@ -1,0 +1,221 @@
+//! The subcommands.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use rustformers_core::weights::{parse_dtype, safetensors_files};
+use rustformers_core::{hub, ModelFiles};
+use rustformers_models::{LoadOptions, ModelConfig};
+use rustformers_pipelines::{pipeline_with, task_info, Pipeline, TASKS};
+
+use crate::args::parse_run;
+
+const RUN_HELP: &str = "\
+Usage: rustformers run TASK [--model REF] [--dtype f32|f16|bf16] [--PARAM VALUE]... [INPUT]...
+
+Runs a pipeline and prints one JSON line per input, as Python's pipeline returns it.
+Inputs come from the arguments, else from stdin (one per line; a line starting with
+`{` is a JSON object, for structured inputs such as {\"text\": .., \"text_pair\": ..}).
+Parameters are Python's names with dashes: --top-k 3, --aggregation-strategy simple,
+--batch-size 32, --pooling mean, --normalize, --candidate-labels a,b,c.
+Without --model the task's default checkpoint is used (resolved through the Hub cache).";
+
+#[derive(Parser, Debug)]
+#[command(name = "rustformers", version, about = "Run Hugging Face Transformers checkpoints from Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline: rustformers run TASK [--model REF] [--param value]... [INPUT...]
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        words: Vec<String>,
+    },
+    /// Describe a checkpoint: architecture, config, parameter count, dtypes, files.
+    Inspect {
+        /// A folder, a .safetensors file or a Hub id (org/name[@revision]).
+        reference: String,
+    },
+    /// Print the environment: version, CPU features, threads, Hub cache.
+    Env,
+}
+
+pub fn main() -> Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("rustformers: {first} (see `rustformers --help`)");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match cli.command {
+        Command::Run { words } => run(&words),
+        Command::Inspect { reference } => inspect(&reference),
+        Command::Env => env(),
+    }
+}
+
+fn parse_input(line: &str, structured: bool, where_: &str) -> Result<Value> {
+    let t = line.trim_start();
+    if structured || t.starts_with('{') {
+        serde_json::from_str(line).with_context(|| format!("{where_}: not a valid JSON line"))
+    } else {
+        Ok(Value::String(line.to_string()))
+    }
+}
+
+fn emit(out: &mut impl Write, values: Vec<Value>) -> Result<()> {
+    for v in values {
+        serde_json::to_writer(&mut *out, &v)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn run(words: &[String]) -> Result<ExitCode> {
+    let before_sep: Vec<&String> = words.iter().take_while(|w| *w != "--").collect();
+    if before_sep.iter().any(|w| *w == "--help" || *w == "-h") {
+        println!("{RUN_HELP}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let args = parse_run(words)?;
+    let info = task_info(&args.task)?;
+    let structured = info.name == "question-answering";
+    let opts = LoadOptions {
+        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        ..Default::default()
+    };
+    let batch = match args.params.get("batch_size") {
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(1).max(1) as usize,
+        _ => 1,
+    };
+    // Check inputs given as arguments before the (slow) model load.
+    let arg_inputs: Vec<Value> = args
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_input(s, structured, &format!("input argument {}", i + 1)))
+        .collect::<Result<_>>()?;
+    let pipe: Box<dyn Pipeline> = pipeline_with(info.name, args.model.as_deref(), &opts)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !arg_inputs.is_empty() {
+        for chunk in arg_inputs.chunks(batch) {
+            emit(&mut out, pipe.run(chunk, &args.params)?)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stdin = std::io::stdin();
+    let mut pending = Vec::with_capacity(batch);
+    let mut any = false;
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line.with_context(|| format!("reading stdin line {}", n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        pending.push(parse_input(&line, structured, &format!("stdin line {}", n + 1))?);
+        if pending.len() == batch {
+            emit(&mut out, pipe.run(&pending, &args.params)?)?;
+            pending.clear();
+            any = true;
+        }
+    }
+    if !pending.is_empty() {
+        emit(&mut out, pipe.run(&pending, &args.params)?)?;
+        any = true;
+    }
+    if !any {
+        bail!("no input: pass inputs as arguments or one per line on stdin");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(reference: &str) -> Result<ExitCode> {
+    let files = ModelFiles::resolve(reference)?;
+    let config = ModelConfig::from_files(&files)?;
+    let config_json: Value = serde_json::from_str(&config.to_json_string()?)?;
+    let paths = safetensors_files(&files)?;
+    let mut dtypes = std::collections::BTreeMap::<String, usize>::new();
+    let mut params = 0usize;
+    let mut tensors = 0usize;
+    for p in &paths {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("invalid weights {}: {e}", p.display()))?;
+        for (_, view) in st.tensors() {
+            *dtypes.entry(format!("{:?}", view.dtype()).to_lowercase()).or_default() += 1;
+            params += view.shape().iter().product::<usize>();
+            tensors += 1;
+        }
+    }
+    let report = json!({
+        "reference": reference,
+        "folder": files.root().map(|p| p.display().to_string()),
+        "model_type": config.model_type(),
+        "architectures": config.base().architectures,
+        "parameters": params,
+        "tensors": tensors,
+        "dtypes": dtypes,
+        "weights": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "files": files.list_local(),
+        "config": config_json,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cpu_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! feat {
+            ($($name:tt),*) => {$(
+                if std::arch::is_x86_feature_detected!($name) { f.push($name); }
+            )*};
+        }
+        feat!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16", "avx512fp16");
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            f.push("neon");
+        }
+    }
+    f
+}
+
+fn env() -> Result<ExitCode> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let report = json!({
+        "rustformers": env!("CARGO_PKG_VERSION"),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "cpu_features": cpu_features(),
+        "threads": threads,
+        "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "hub_cache": hub::hub_cache_dir().display().to_string(),
+        "offline": hub::is_offline(),
+        "hf_token_set": std::env::var("HF_TOKEN").map(|t| !t.is_empty()).unwrap_or(false),
+        "tasks": TASKS.iter().map(|t| json!({"task": t.name, "default_model": t.default_model})).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,395 @@
+//! DistilBERT, read top to bottom like Python's `modeling_distilbert.py`
+//! (transformers 4.46: src/transformers/models/distilbert/modeling_distilbert.py):
+//! embeddings → multi-head self-attention → FFN → transformer block → model → heads.
+//! Field names are the checkpoint keys, so loading and saving need no rename table.
+//! Inference only: dropout is the identity.
+//!
+//! Differences from BERT worth knowing: no token type embeddings (token_type_ids are
+//! ignored), no pooler, every LayerNorm has eps 1e-12 whatever the config says, and
+//! the sequence classification head is `pre_classifier → ReLU → classifier` on the
+//! `[CLS]` hidden state.
+#![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+
+use rustformers_core::layers::{attention, extended_attention_mask, Activation, LayerNorm};
+
+use super::config::DistilBertConfig;
+use crate::traits::{
+    BaseModelOutput, EncoderInputs, EncoderModel, MaskedLmModel, QuestionAnsweringModel,
+    QuestionAnsweringOutput, SequenceClassificationModel, TokenClassificationModel,
+};
+
+/// Python's `base_model_prefix` for DistilBERT.
+pub const BASE_MODEL_PREFIX: &str = "distilbert";
+
+/// The LayerNorm epsilon Python hard-codes in every DistilBERT LayerNorm.
+const LAYER_NORM_EPS: f64 = 1e-12;
+
+fn act(config: &DistilBertConfig) -> Result<Activation> {
+    Activation::from_name(&config.activation).map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+fn num_labels(config: &DistilBertConfig) -> Result<usize> {
+    config
+        .base
+        .num_labels()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// Fails (instead of reading out of bounds) when an id is not below `limit`.
+fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
+    if ids.elem_count() == 0 {
+        return Ok(());
+    }
+    let max = ids.flatten_all()?.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()? as usize;
+    if max >= limit {
+        candle_core::bail!("{what} holds id {max} but the embedding has only {limit} rows");
+    }
+    Ok(())
+}
+
+/// Python's `_create_sinusoidal_embeddings`: `[n_pos, dim]` with
+/// `angle = pos / 10000^(2*(j/2)/dim)`, sine in even columns, cosine in odd ones.
+pub fn sinusoidal_position_table(n_pos: usize, dim: usize, vb: &VarBuilder) -> Result<Tensor> {
+    let mut data = Vec::with_capacity(n_pos * dim);
+    for pos in 0..n_pos {
+        for j in 0..dim {
+            let angle = pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
+            data.push(if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
+        }
+    }
+    Tensor::from_vec(data, (n_pos, dim), vb.device())?.to_dtype(vb.dtype())
+}
+
+/// Word + position embeddings, then LayerNorm (Python's `Embeddings`).
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    LayerNorm: LayerNorm,
+    max_positions: usize,
+}
+
+impl Embeddings {
+    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+        let pvb = vb.pp("position_embeddings");
+        let position_embeddings = if c.sinusoidal_pos_embds && !pvb.contains_tensor("weight") {
+            Embedding::new(
+                sinusoidal_position_table(c.max_position_embeddings, c.dim, &pvb)?,
+                c.dim,
+            )
+        } else {
+            embedding(c.max_position_embeddings, c.dim, pvb)?
+        };
+        Ok(Self {
+            word_embeddings: embedding(c.vocab_size, c.dim, vb.pp("word_embeddings"))?,
+            position_embeddings,
+            LayerNorm: LayerNorm::load(vb.pp("LayerNorm"), c.dim, LAYER_NORM_EPS)?,
+            max_positions: c.max_position_embeddings,
+        })
+    }
+
+    /// The word embedding matrix (tied to the MLM projector).
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.word_embeddings.embeddings()
+    }
+
+    pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (_b, s) = input_ids.dims2()?;
+        if s > self.max_positions {
+            candle_core::bail!(
+                "sequence of {s} tokens is longer than the model's max_position_embeddings ({}); truncate the input",
+                self.max_positions
+            );
+        }
+        check_ids(input_ids, self.word_embeddings.embeddings().dim(0)?, "input_ids")?;
+        let positions = Tensor::arange(0u32, s as u32, input_ids.device())?;
+        let words = self.word_embeddings.forward(input_ids)?;
+        let pos = self.position_embeddings.forward(&positions)?;
+        self.LayerNorm.forward(&words.broadcast_add(&pos)?)
+    }
+}
+
+/// `attention`: q/k/v projections, scaled dot-product attention, `out_lin`.
+#[derive(Debug, Clone)]
+pub struct MultiHeadSelfAttention {
+    q_lin: Linear,
+    k_lin: Linear,
+    v_lin: Linear,
+    out_lin: Linear,
+    n_heads: usize,
+    head_dim: usize,
+}
+
+impl MultiHeadSelfAttention {
+    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+        let d = c.dim;
+        Ok(Self {
+            q_lin: linear(d, d, vb.pp("q_lin"))?,
+            k_lin: linear(d, d, vb.pp("k_lin"))?,
+            v_lin: linear(d, d, vb.pp("v_lin"))?,
+            out_lin: linear(d, d, vb.pp("out_lin"))?,
+            n_heads: c.n_heads,
+            head_dim: d / c.n_heads,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.n_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `mask` is the additive `[batch, 1, 1, seq]` mask; Python fills masked scores
+    /// with the dtype minimum, which softmax turns into the same zeros.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        let q = self.split_heads(&self.q_lin.forward(x)?)?;
+        let k = self.split_heads(&self.k_lin.forward(x)?)?;
+        let v = self.split_heads(&self.v_lin.forward(x)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let ctx = attention(&q, &k, &v, mask, scale)?;
+        self.out_lin.forward(&ctx.transpose(1, 2)?.reshape((b, s, d))?)
+    }
+}
+
+/// `ffn`: `lin1` → activation → `lin2`.
+#[derive(Debug, Clone)]
+pub struct Ffn {
+    lin1: Linear,
+    lin2: Linear,
+    act: Activation,
+}
+
+impl Ffn {
+    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+        Ok(Self {
+            lin1: linear(c.dim, c.hidden_dim, vb.pp("lin1"))?,
+            lin2: linear(c.hidden_dim, c.dim, vb.pp("lin2"))?,
+            act: act(c)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.lin2.forward(&self.act.forward(&self.lin1.forward(x)?)?)
+    }
+}
+
+/// One transformer block: attention + residual + `sa_layer_norm`, then FFN + residual
+/// + `output_layer_norm`.
+#[derive(Debug, Clone)]
+pub struct TransformerBlock {
+    attention: MultiHeadSelfAttention,
+    sa_layer_norm: LayerNorm,
+    ffn: Ffn,
+    output_layer_norm: LayerNorm,
+}
+
+impl TransformerBlock {
+    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+        Ok(Self {
+            attention: MultiHeadSelfAttention::load(vb.pp("attention"), c)?,
+            sa_layer_norm: LayerNorm::load(vb.pp("sa_layer_norm"), c.dim, LAYER_NORM_EPS)?,
+            ffn: Ffn::load(vb.pp("ffn"), c)?,
+            output_layer_norm: LayerNorm::load(vb.pp("output_layer_norm"), c.dim, LAYER_NORM_EPS)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let sa = self.sa_layer_norm.forward(&(self.attention.forward(x, mask)? + x)?)?;
+        self.output_layer_norm.forward(&(self.ffn.forward(&sa)? + &sa)?)
+    }
+}
+
+/// The base model: embeddings and `transformer.layer.N` blocks; no pooler.
+#[derive(Debug, Clone)]
+pub struct DistilBertModel {
+    embeddings: Embeddings,
+    layers: Vec<TransformerBlock>,
+    dtype: DType,
+}
+
+impl DistilBertModel {
+    /// Loads the base model from `vb` (already at the model's prefix).
+    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+        let embeddings = Embeddings::load(vb.pp("embeddings"), c)?;
+        let layers = (0..c.n_layers)
+            .map(|i| TransformerBlock::load(vb.pp(format!("transformer.layer.{i}")), c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings,
+            layers,
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn embeddings(&self) -> &Embeddings {
+        &self.embeddings
+    }
+
+    /// Runs the encoder; `token_type_ids` are ignored, as in Python.
+    pub fn forward(&self, inputs: EncoderInputs<'_>) -> Result<BaseModelOutput> {
+        let mut x = self.embeddings.forward(inputs.input_ids)?;
+        let mask = inputs
+            .attention_mask
+            .map(|m| extended_attention_mask(m, self.dtype))
+            .transpose()?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref())?;
+        }
+        Ok(BaseModelOutput {
+            last_hidden_state: x,
+            pooler_output: None,
+        })
+    }
+}
+
+impl EncoderModel for DistilBertModel {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<BaseModelOutput> {
+        DistilBertModel::forward(self, inputs)
+    }
+}
+
+/// `DistilBertForSequenceClassification`: `[CLS]` hidden state → `pre_classifier` →
+/// ReLU → `classifier`.
+#[derive(Debug, Clone)]
+pub struct DistilBertForSequenceClassification {
+    distilbert: DistilBertModel,
+    pre_classifier: Linear,
+    classifier: Linear,
+}
+
+impl DistilBertForSequenceClassification {
+    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+        let n = num_labels(c)?;
+        Ok(Self {
+            distilbert: DistilBertModel::load(vb.pp(BASE_MODEL_PREFIX), c)?,
+            pre_classifier: linear(c.dim, c.dim, vb.pp("pre_classifier"))?,
+            classifier: linear(c.dim, n, vb.pp("classifier"))?,
+        })
+    }
+}
+
+impl SequenceClassificationModel for DistilBertForSequenceClassification {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
+        let out = self.distilbert.forward(inputs)?;
+        let cls = out.last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
+        let x = self.pre_classifier.forward(&cls)?.relu()?;
+        self.classifier.forward(&x)
+    }
+}
+
+/// `DistilBertForTokenClassification`: sequence output → classifier.
+#[derive(Debug, Clone)]
+pub struct DistilBertForTokenClassification {
+    distilbert: DistilBertModel,
+    classifier: Linear,
+}
+
+impl DistilBertForTokenClassification {
+    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+        let n = num_labels(c)?;
+        Ok(Self {
+            distilbert: DistilBertModel::load(vb.pp(BASE_MODEL_PREFIX), c)?,
+            classifier: linear(c.dim, n, vb.pp("classifier"))?,
+        })
+    }
+}
+
+impl TokenClassificationModel for DistilBertForTokenClassification {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
+        let out = self.distilbert.forward(inputs)?;
+        self.classifier.forward(&out.last_hidden_state)
+    }
+}
+
+/// `DistilBertForQuestionAnswering`: sequence output → start/end logits.
+#[derive(Debug, Clone)]
+pub struct DistilBertForQuestionAnswering {
+    distilbert: DistilBertModel,
+    qa_outputs: Linear,
+}
+
+impl DistilBertForQuestionAnswering {
+    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+        Ok(Self {
+            distilbert: DistilBertModel::load(vb.pp(BASE_MODEL_PREFIX), c)?,
+            qa_outputs: linear(c.dim, 2, vb.pp("qa_outputs"))?,
+        })
+    }
+}
+
+impl QuestionAnsweringModel for DistilBertForQuestionAnswering {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<QuestionAnsweringOutput> {
+        let out = self.distilbert.forward(inputs)?;
+        let logits = self.qa_outputs.forward(&out.last_hidden_state)?;
+        let start_logits = logits.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+        let end_logits = logits.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+        Ok(QuestionAnsweringOutput {
+            start_logits,
+            end_logits,
+        })
+    }
+}
+
+/// `DistilBertForMaskedLM`: `vocab_transform` → activation → `vocab_layer_norm` →
+/// `vocab_projector` (weight tied to the word embeddings, own bias).
+#[derive(Debug, Clone)]
+pub struct DistilBertForMaskedLM {
+    distilbert: DistilBertModel,
+    vocab_transform: Linear,
+    act: Activation,
+    vocab_layer_norm: LayerNorm,
+    vocab_projector: Linear,
+}
+
+impl DistilBertForMaskedLM {
+    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+        let distilbert = DistilBertModel::load(vb.pp(BASE_MODEL_PREFIX), c)?;
+        let vocab_transform = linear(c.dim, c.dim, vb.pp("vocab_transform"))?;
+        let vocab_layer_norm = LayerNorm::load(vb.pp("vocab_layer_norm"), c.dim, LAYER_NORM_EPS)?;
+        let p = vb.pp("vocab_projector");
+        let weight = if c.base.tie_word_embeddings() {
+            distilbert.embeddings().word_embeddings().clone()
+        } else {
+            p.get((c.vocab_size, c.dim), "weight")?
+        };
+        let bias = p.get(c.vocab_size, "bias")?;
+        Ok(Self {
+            distilbert,
+            vocab_transform,
+            act: act(c)?,
+            vocab_layer_norm,
+            vocab_projector: Linear::new(weight, Some(bias)),
+        })
+    }
+}
+
+impl MaskedLmModel for DistilBertForMaskedLM {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
+        let out = self.distilbert.forward(inputs)?;
+        let h = self.vocab_transform.forward(&out.last_hidden_state)?;
+        let h = self.act.forward(&h)?;
+        let h = self.vocab_layer_norm.forward(&h)?;
+        self.vocab_projector.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sinusoidal_table_matches_definition() {
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let t = sinusoidal_position_table(4, 6, &vb).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(t[0], vec![0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
+        let a = 3.0f64 / 10000f64.powf(2.0 / 6.0);
+        assert!((t[3][2] as f64 - a.sin()).abs() < 1e-6);
+        assert!((t[3][3] as f64 - a.cos()).abs() < 1e-6);
+    }
+}
