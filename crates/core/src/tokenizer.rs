@@ -260,10 +260,11 @@ impl AutoTokenizer {
             .map(|v| v as usize);
         let padding_side = parse_side(config.get("padding_side"), "padding_side")?;
         let truncation_side = parse_side(config.get("truncation_side"), "truncation_side")?;
+        // Python 4.46's default when tokenizer_config.json does not say.
         let clean_up_tokenization_spaces = config
             .get("clean_up_tokenization_spaces")
             .and_then(|v| v.as_bool())
-            .unwrap_or(true);
+            .unwrap_or(false);
         // Per-call settings decide padding and truncation, as in Python.
         inner
             .with_truncation(None)
