@@ -47,6 +47,28 @@ pub fn to_tensors(enc: &BatchEncoding, device: &Device) -> Result<EncodedTensors
     })
 }
 
+/// Builds model input tensors from rows of different lengths, padding on the right
+/// (ids with `pad_id`, mask and token types with 0).
+pub fn padded_tensors(enc: &BatchEncoding, pad_id: u32, device: &Device) -> Result<EncodedTensors> {
+    let len = enc.input_ids.iter().map(Vec::len).max().unwrap_or(0);
+    let pad = |rows: &[Vec<u32>], v: u32| -> Vec<Vec<u32>> {
+        rows.iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.resize(len, v);
+                r
+            })
+            .collect()
+    };
+    let padded = BatchEncoding {
+        input_ids: pad(&enc.input_ids, pad_id),
+        attention_mask: pad(&enc.attention_mask, 0),
+        token_type_ids: pad(&enc.token_type_ids, 0),
+        ..Default::default()
+    };
+    to_tensors(&padded, device)
+}
+
 /// Softmax over a vector, max-shifted, in f32 (numpy's arithmetic in Python's pipelines).
 pub fn softmax(x: &[f32]) -> Vec<f32> {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -6,6 +6,7 @@ pub mod common;
 pub mod feature_extraction;
 pub mod fill_mask;
 pub mod params;
+pub mod question_answering;
 pub mod text_classification;
 pub mod token_classification;
 pub mod zero_shot;
@@ -18,6 +19,7 @@ use rustformers_models::LoadOptions;
 pub use feature_extraction::FeatureExtractionPipeline;
 pub use fill_mask::FillMaskPipeline;
 pub use params::Params;
+pub use question_answering::QuestionAnsweringPipeline;
 pub use text_classification::TextClassificationPipeline;
 pub use token_classification::TokenClassificationPipeline;
 pub use zero_shot::ZeroShotClassificationPipeline;
@@ -75,6 +77,12 @@ pub static TASKS: &[TaskInfo] = &[
         aliases: &[],
         default_model: "distilbert/distilroberta-base",
         loader: |m, o| Ok(Box::new(FillMaskPipeline::from_pretrained(m, o)?)),
+    },
+    TaskInfo {
+        name: "question-answering",
+        aliases: &[],
+        default_model: "distilbert/distilbert-base-cased-distilled-squad",
+        loader: |m, o| Ok(Box::new(QuestionAnsweringPipeline::from_pretrained(m, o)?)),
     },
     TaskInfo {
         name: "zero-shot-classification",

@@ -142,3 +142,8 @@ fn bert_token_classification() {
 fn bert_fill_mask() {
     run_fixture("tiny-bert-mlm", &["fill-mask"]);
 }
+
+#[test]
+fn bert_question_answering() {
+    run_fixture("tiny-bert-qa", &["question-answering"]);
+}
