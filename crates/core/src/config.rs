@@ -109,7 +109,22 @@ impl PretrainedConfig {
 pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
     serde_json::from_str(text).map_err(|e| Error::Config {
         path: path.display().to_string(),
-        message: e.to_string(),
+        message: match culprit_key::<T>(text) {
+            Some(key) => format!("`{key}`: {e}"),
+            None => e.to_string(),
+        },
+    })
+}
+
+/// Names the key whose value a typed config rejects: serde's flatten loses the field
+/// name, so each key is tried alone (every typed field has a default). Error path only.
+fn culprit_key<T: serde::de::DeserializeOwned>(text: &str) -> Option<String> {
+    let serde_json::Value::Object(map) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    map.into_iter().find_map(|(k, v)| {
+        let single = serde_json::Value::Object([(k.clone(), v)].into_iter().collect());
+        serde_json::from_value::<T>(single).is_err().then_some(k)
     })
 }
 

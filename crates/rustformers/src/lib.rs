@@ -1,1 +1,37 @@
+//! rustformers: run Hugging Face Transformers checkpoints from Rust.
+//!
+//! ```no_run
+//! use rustformers::pipeline;
+//! # fn main() -> rustformers::Result<()> {
+//! let classifier = pipeline("text-classification", Some("path/to/checkpoint"))?;
+//! let out = classifier.run_one("I love this!".into(), &Default::default())?;
+//! println!("{out}");
+//! # Ok(())
+//! # }
+//! ```
 
+pub use rustformers_core::{
+    candle_core, config, hub, layers, tokenizer, weights, AutoTokenizer, BatchEncoding,
+    EncodeOptions, Error, ModelFiles, Padding, PretrainedConfig, Result, Side, TextInput,
+    Truncation,
+};
+pub use rustformers_models::{
+    auto, bert, AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification, AutoModelForTokenClassification, BaseModelOutput,
+    EncoderInputs, LoadOptions, ModelConfig, PreTrainedModel,
+};
+pub use rustformers_pipelines::{
+    pipeline, pipeline_with, FeatureExtractionPipeline, FillMaskPipeline, Params, Pipeline,
+    QuestionAnsweringPipeline, TextClassificationPipeline, TokenClassificationPipeline,
+    ZeroShotClassificationPipeline,
+};
+
+/// Model traits and task heads.
+pub mod models {
+    pub use rustformers_models::traits::*;
+}
+
+/// Pipelines by task.
+pub mod pipelines {
+    pub use rustformers_pipelines::*;
+}
