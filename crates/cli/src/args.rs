@@ -128,8 +128,20 @@ mod tests {
     #[test]
     fn parses_flags_values_and_inputs() {
         let a = parse_run(&words(&[
-            "fill-mask", "--model", "m", "--top-k", "3", "--targets", "a", "--targets", "b",
-            "--normalize", "hello", "--pooling=mean", "--", "--not-a-flag",
+            "fill-mask",
+            "--model",
+            "m",
+            "--top-k",
+            "3",
+            "--targets",
+            "a",
+            "--targets",
+            "b",
+            "--normalize",
+            "hello",
+            "--pooling=mean",
+            "--",
+            "--not-a-flag",
         ]))
         .unwrap();
         assert_eq!(a.task, "fill-mask");

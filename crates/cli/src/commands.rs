@@ -25,7 +25,11 @@ Parameters are Python's names with dashes: --top-k 3, --aggregation-strategy sim
 Without --model the task's default checkpoint is used (resolved through the Hub cache).";
 
 #[derive(Parser, Debug)]
-#[command(name = "rustformers", version, about = "Run Hugging Face Transformers checkpoints from Rust")]
+#[command(
+    name = "rustformers",
+    version,
+    about = "Run Hugging Face Transformers checkpoints from Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -129,7 +133,11 @@ fn run(words: &[String]) -> Result<ExitCode> {
         if line.trim().is_empty() {
             continue;
         }
-        pending.push(parse_input(&line, structured, &format!("stdin line {}", n + 1))?);
+        pending.push(parse_input(
+            &line,
+            structured,
+            &format!("stdin line {}", n + 1),
+        )?);
         if pending.len() == batch {
             emit(&mut out, pipe.run(&pending, &args.params)?)?;
             pending.clear();
@@ -159,7 +167,9 @@ fn inspect(reference: &str) -> Result<ExitCode> {
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| anyhow!("invalid weights {}: {e}", p.display()))?;
         for (_, view) in st.tensors() {
-            *dtypes.entry(format!("{:?}", view.dtype()).to_lowercase()).or_default() += 1;
+            *dtypes
+                .entry(format!("{:?}", view.dtype()).to_lowercase())
+                .or_default() += 1;
             params += view.shape().iter().product::<usize>();
             tensors += 1;
         }
@@ -190,7 +200,19 @@ fn cpu_features() -> Vec<&'static str> {
                 if std::arch::is_x86_feature_detected!($name) { f.push($name); }
             )*};
         }
-        feat!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16", "avx512fp16");
+        feat!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni",
+            "avx512bf16",
+            "avx512fp16"
+        );
     }
     #[cfg(target_arch = "aarch64")]
     {

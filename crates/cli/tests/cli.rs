@@ -29,7 +29,12 @@ fn run_with_stdin(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -44,9 +49,16 @@ fn lines(out: &Output) -> Vec<Value> {
 fn assert_clean_error(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "more than one line: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "more than one line: {err}"
+    );
     assert!(err.contains(needle), "`{needle}` not in: {err}");
-    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
 }
 
 fn golden_case(name: &str, task: &str, kwargs: &str) -> Value {
@@ -64,29 +76,65 @@ fn golden_case(name: &str, task: &str, kwargs: &str) -> Value {
 
 fn close(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4,
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| close(p, q)),
-        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w))),
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| close(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+        }
         _ => a == b,
     }
 }
 
 #[test]
 fn run_prints_python_outputs_from_args_and_stdin() {
-    let case = golden_case("tiny-bert-seqcls", "text-classification", r#"{"top_k": null}"#);
+    let case = golden_case(
+        "tiny-bert-seqcls",
+        "text-classification",
+        r#"{"top_k": null}"#,
+    );
     let input = case["inputs"].as_str().unwrap();
     let out = bin()
-        .args(["run", "text-classification", "--model", &fixture("tiny-bert-seqcls"), "--top-k", "None", input])
+        .args([
+            "run",
+            "text-classification",
+            "--model",
+            &fixture("tiny-bert-seqcls"),
+            "--top-k",
+            "None",
+            input,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = lines(&out);
     assert_eq!(got.len(), 1);
-    assert!(close(&got[0], &case["output"]), "{} vs {}", got[0], case["output"]);
+    assert!(
+        close(&got[0], &case["output"]),
+        "{} vs {}",
+        got[0],
+        case["output"]
+    );
 
     // Same from stdin, one input per line, in batches.
     let out = run_with_stdin(
-        &["run", "text-classification", "--model", &fixture("tiny-bert-seqcls"), "--top-k", "None", "--batch-size", "2"],
+        &[
+            "run",
+            "text-classification",
+            "--model",
+            &fixture("tiny-bert-seqcls"),
+            "--top-k",
+            "None",
+            "--batch-size",
+            "2",
+        ],
         &format!("{input}\n{input}\n{input}\n"),
     );
     assert!(out.status.success());
@@ -97,28 +145,48 @@ fn run_prints_python_outputs_from_args_and_stdin() {
 
 #[test]
 fn token_classification_flag_names_are_python_names() {
-    let case = golden_case("tiny-bert-tokcls", "token-classification", r#"{"aggregation_strategy": "simple", "ignore_labels": []}"#);
+    let case = golden_case(
+        "tiny-bert-tokcls",
+        "token-classification",
+        r#"{"aggregation_strategy": "simple", "ignore_labels": []}"#,
+    );
     let out = bin()
         .args([
-            "run", "token-classification", "--model", &fixture("tiny-bert-tokcls"),
-            "--aggregation-strategy", "simple", "--ignore-labels", "[]",
+            "run",
+            "token-classification",
+            "--model",
+            &fixture("tiny-bert-tokcls"),
+            "--aggregation-strategy",
+            "simple",
+            "--ignore-labels",
+            "[]",
             case["inputs"].as_str().unwrap(),
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(close(&lines(&out)[0], &case["output"]));
 }
 
 #[test]
 fn question_answering_reads_json_lines_and_keeps_output_on_a_bad_line() {
-    let text = std::fs::read_to_string(format!("{}/expected.json", fixture("tiny-bert-qa"))).unwrap();
+    let text =
+        std::fs::read_to_string(format!("{}/expected.json", fixture("tiny-bert-qa"))).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     let case = &v["pipelines"][0];
     assert_eq!(case["kwargs"], serde_json::json!({}));
     let line = serde_json::to_string(&case["inputs"]).unwrap();
     let out = run_with_stdin(
-        &["run", "question-answering", "--model", &fixture("tiny-bert-qa")],
+        &[
+            "run",
+            "question-answering",
+            "--model",
+            &fixture("tiny-bert-qa"),
+        ],
         &format!("{line}\n{{\"question\": \"x\"\n{line}\n"),
     );
     let got = lines(&out);
@@ -131,30 +199,72 @@ fn question_answering_reads_json_lines_and_keeps_output_on_a_bad_line() {
 fn bad_task_model_flag_and_input_are_one_line_errors() {
     let out = bin().args(["run", "no-such-task", "x"]).output().unwrap();
     assert_clean_error(&out, "unknown task `no-such-task`");
-    let out = bin().args(["run", "fill-mask", "--model", "/no/such/dir", "x"]).output().unwrap();
+    let out = bin()
+        .args(["run", "fill-mask", "--model", "/no/such/dir", "x"])
+        .output()
+        .unwrap();
     assert_clean_error(&out, "cannot find model");
-    let out = bin().args(["run", "fill-mask", "--model", "nobody/nothing", "x"]).output().unwrap();
+    let out = bin()
+        .args(["run", "fill-mask", "--model", "nobody/nothing", "x"])
+        .output()
+        .unwrap();
     assert_clean_error(&out, "HF_HUB_OFFLINE");
     let out = bin()
-        .args(["run", "fill-mask", "--model", &fixture("tiny-bert-mlm"), "--top-k", "many", "a [MASK]"])
+        .args([
+            "run",
+            "fill-mask",
+            "--model",
+            &fixture("tiny-bert-mlm"),
+            "--top-k",
+            "many",
+            "a [MASK]",
+        ])
         .output()
         .unwrap();
     assert_clean_error(&out, "top_k");
     let out = bin()
-        .args(["run", "fill-mask", "--model", &fixture("tiny-bert-mlm"), "--frobnicate", "1", "a [MASK]"])
+        .args([
+            "run",
+            "fill-mask",
+            "--model",
+            &fixture("tiny-bert-mlm"),
+            "--frobnicate",
+            "1",
+            "a [MASK]",
+        ])
         .output()
         .unwrap();
     assert_clean_error(&out, "unknown parameter(s) `frobnicate`");
     let out = bin()
-        .args(["run", "fill-mask", "--model", &fixture("tiny-bert-mlm"), "no mask"])
+        .args([
+            "run",
+            "fill-mask",
+            "--model",
+            &fixture("tiny-bert-mlm"),
+            "no mask",
+        ])
         .output()
         .unwrap();
     assert_clean_error(&out, "no mask_token");
-    let out = bin().args(["run", "fill-mask", "--dtype", "f12", "--model", &fixture("tiny-bert-mlm"), "x"]).output().unwrap();
+    let out = bin()
+        .args([
+            "run",
+            "fill-mask",
+            "--dtype",
+            "f12",
+            "--model",
+            &fixture("tiny-bert-mlm"),
+            "x",
+        ])
+        .output()
+        .unwrap();
     assert_clean_error(&out, "unknown dtype");
     let out = bin().args(["frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = run_with_stdin(&["run", "fill-mask", "--model", &fixture("tiny-bert-mlm")], "");
+    let out = run_with_stdin(
+        &["run", "fill-mask", "--model", &fixture("tiny-bert-mlm")],
+        "",
+    );
     assert_clean_error(&out, "no input");
 }
 
@@ -173,17 +283,39 @@ fn corrupted(file: &str, bytes: &[u8]) -> tempfile::TempDir {
 fn malformed_checkpoints_are_one_line_errors() {
     for (file, bytes, needle) in [
         ("config.json", &b"{not json"[..], "config"),
-        ("config.json", &br#"{"model_type": "bert", "hidden_size": 30, "num_attention_heads": 4}"#[..], "not a multiple"),
-        ("config.json", &br#"{"model_type": "gpt-17"}"#[..], "known model types: bert"),
-        ("config.json", &br#"{"model_type": "bert", "hidden_size": "big"}"#[..], "hidden_size"),
-        ("model.safetensors", &b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}"[..], "invalid weights"),
+        (
+            "config.json",
+            &br#"{"model_type": "bert", "hidden_size": 30, "num_attention_heads": 4}"#[..],
+            "not a multiple",
+        ),
+        (
+            "config.json",
+            &br#"{"model_type": "gpt-17"}"#[..],
+            "known model types: bert",
+        ),
+        (
+            "config.json",
+            &br#"{"model_type": "bert", "hidden_size": "big"}"#[..],
+            "hidden_size",
+        ),
+        (
+            "model.safetensors",
+            &b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}"[..],
+            "invalid weights",
+        ),
         ("model.safetensors", &b""[..], "too short"),
         ("tokenizer.json", &b"{\"model\": 3}"[..], "tokenizer"),
         ("tokenizer_config.json", &b"[1,2]"[..], "JSON object"),
     ] {
         let dir = corrupted(file, bytes);
         let out = bin()
-            .args(["run", "text-classification", "--model", dir.path().to_str().unwrap(), "hello"])
+            .args([
+                "run",
+                "text-classification",
+                "--model",
+                dir.path().to_str().unwrap(),
+                "hello",
+            ])
             .output()
             .unwrap();
         assert_clean_error(&out, needle);
@@ -191,7 +323,13 @@ fn malformed_checkpoints_are_one_line_errors() {
     // A checkpoint missing a weight names it.
     let dir = corrupted("config.json", br#"{"model_type": "bert", "vocab_size": 348, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 128, "id2label": {"0": "a", "1": "b", "2": "c"}}"#);
     let out = bin()
-        .args(["run", "text-classification", "--model", dir.path().to_str().unwrap(), "hello"])
+        .args([
+            "run",
+            "text-classification",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "hello",
+        ])
         .output()
         .unwrap();
     assert_clean_error(&out, "bert.encoder.layer.2");
@@ -199,13 +337,19 @@ fn malformed_checkpoints_are_one_line_errors() {
 
 #[test]
 fn inspect_and_env_print_json() {
-    let out = bin().args(["inspect", &fixture("tiny-bert-mlm")]).output().unwrap();
+    let out = bin()
+        .args(["inspect", &fixture("tiny-bert-mlm")])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["model_type"], "bert");
     assert_eq!(v["architectures"][0], "BertForMaskedLM");
     assert!(v["parameters"].as_u64().unwrap() > 10_000);
-    assert_eq!(v["dtypes"]["f32"].as_u64().unwrap(), v["tensors"].as_u64().unwrap());
+    assert_eq!(
+        v["dtypes"]["f32"].as_u64().unwrap(),
+        v["tensors"].as_u64().unwrap()
+    );
     let out = bin().args(["env"]).output().unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();

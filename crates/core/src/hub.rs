@@ -376,7 +376,10 @@ mod tests {
         let snap = make_cache(tmp.path(), "org/model", commit, &["config.json"]);
         let files = ModelFiles::resolve_with_cache("org/model", tmp.path().to_path_buf()).unwrap();
         assert_eq!(files.root(), Some(snap.as_path()));
-        assert_eq!(files.require("config.json").unwrap(), snap.join("config.json"));
+        assert_eq!(
+            files.require("config.json").unwrap(),
+            snap.join("config.json")
+        );
         // explicit commit revision
         let files = ModelFiles::resolve_with_cache(
             &format!("org/model@{commit}"),
@@ -414,7 +417,14 @@ mod tests {
     #[test]
     fn bad_references_are_clear_errors() {
         let tmp = tempfile::tempdir().unwrap();
-        for r in ["", "./nope", "/no/such/dir", "a/b/c", "x.gguf", "org/model@"] {
+        for r in [
+            "",
+            "./nope",
+            "/no/such/dir",
+            "a/b/c",
+            "x.gguf",
+            "org/model@",
+        ] {
             let err = ModelFiles::resolve_with_cache(r, tmp.path().to_path_buf())
                 .unwrap_err()
                 .to_string();

@@ -68,7 +68,13 @@ pub fn extended_attention_mask(mask: &Tensor, dtype: DType) -> candle_core::Resu
 
 /// Scaled dot-product attention for encoders: `q, k, v` are `[batch, heads, seq, dim]`,
 /// `mask` an additive mask broadcastable to `[batch, heads, seq_q, seq_k]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> candle_core::Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
@@ -80,7 +86,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
 
 /// Layer normalisation over the last dimension with Python's semantics, computed in f32
 /// for half-precision inputs.
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let mean = xf.mean_keepdim(D::Minus1)?;
@@ -137,7 +148,10 @@ mod tests {
         let x = Tensor::new(&[[1.0f32, 2.0, 3.0, 4.0]], &Device::Cpu).unwrap();
         let w = Tensor::ones(4, DType::F32, &Device::Cpu).unwrap();
         let b = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
-        let y = layer_norm(&x, &w, &b, 0.0).unwrap().to_vec2::<f32>().unwrap();
+        let y = layer_norm(&x, &w, &b, 0.0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let sd = (1.25f32).sqrt();
         assert!((y[0][0] + 1.5 / sd).abs() < 1e-5);
         assert!((y[0][3] - 1.5 / sd).abs() < 1e-5);

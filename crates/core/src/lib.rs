@@ -13,5 +13,7 @@ pub use candle_nn;
 pub use config::PretrainedConfig;
 pub use error::{Error, Result};
 pub use hub::ModelFiles;
-pub use tokenizer::{AutoTokenizer, BatchEncoding, EncodeOptions, Padding, Side, TextInput, Truncation};
+pub use tokenizer::{
+    AutoTokenizer, BatchEncoding, EncodeOptions, Padding, Side, TextInput, Truncation,
+};
 pub use weights::{Checkpoint, LoadReport};

@@ -7,9 +7,8 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 use tokenizers::{
-    PostProcessor,
-    PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
-    TruncationParams, TruncationStrategy,
+    PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor, Tokenizer,
+    TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 use crate::error::{read_json, write_atomic, Error, Result};
@@ -167,7 +166,10 @@ impl std::fmt::Debug for AutoTokenizer {
 fn token_content(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -191,13 +193,15 @@ impl AutoTokenizer {
 
     /// Loads from resolved model files.
     pub fn from_files(files: &ModelFiles) -> Result<Self> {
-        let tok = files.get("tokenizer.json")?.ok_or_else(|| Error::MissingFile {
-            reference: files.reference().to_string(),
-            file: "tokenizer.json".into(),
-            hint: " (only fast tokenizers are supported: save one from Python with \
+        let tok = files
+            .get("tokenizer.json")?
+            .ok_or_else(|| Error::MissingFile {
+                reference: files.reference().to_string(),
+                file: "tokenizer.json".into(),
+                hint: " (only fast tokenizers are supported: save one from Python with \
                    `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`)"
-                .into(),
-        })?;
+                    .into(),
+            })?;
         let config = files.get("tokenizer_config.json")?;
         let map = files.get("special_tokens_map.json")?;
         Self::from_paths(&tok, config.as_deref(), map.as_deref())
@@ -238,10 +242,12 @@ impl AutoTokenizer {
         special_tokens_map: Option<Value>,
     ) -> Result<Self> {
         let lookup = |key: &str| -> Option<String> {
-            config
-                .get(key)
-                .and_then(token_content)
-                .or_else(|| special_tokens_map.as_ref()?.get(key).and_then(token_content))
+            config.get(key).and_then(token_content).or_else(|| {
+                special_tokens_map
+                    .as_ref()?
+                    .get(key)
+                    .and_then(token_content)
+            })
         };
         let specials = SpecialTokens {
             pad: lookup("pad_token"),
@@ -320,12 +326,17 @@ impl AutoTokenizer {
 
     /// The pad token id (pad token, else 0 as Python's fast tokenizers fall back to).
     pub fn pad_token_id(&self) -> Option<u32> {
-        self.specials.pad.as_deref().and_then(|p| self.token_to_id(p))
+        self.specials
+            .pad
+            .as_deref()
+            .and_then(|p| self.token_to_id(p))
     }
 
     /// Ids of all special tokens (added tokens marked special).
     pub fn all_special_ids(&self) -> Vec<u32> {
-        let Ok(t) = self.lock() else { return Vec::new() };
+        let Ok(t) = self.lock() else {
+            return Vec::new();
+        };
         let mut ids: Vec<u32> = t
             .get_added_tokens_decoder()
             .iter()
@@ -366,7 +377,10 @@ impl AutoTokenizer {
 
     /// The unknown token's id.
     pub fn unk_token_id(&self) -> Option<u32> {
-        self.specials.unk.as_deref().and_then(|u| self.token_to_id(u))
+        self.specials
+            .unk
+            .as_deref()
+            .and_then(|u| self.token_to_id(u))
     }
 
     /// Tokenizes one text without special tokens, padding or truncation (Python's `tokenize`).
@@ -384,7 +398,11 @@ impl AutoTokenizer {
     }
 
     /// Encodes a batch with Python's padding and truncation semantics.
-    pub fn encode_batch(&self, inputs: &[TextInput<'_>], opts: &EncodeOptions) -> Result<BatchEncoding> {
+    pub fn encode_batch(
+        &self,
+        inputs: &[TextInput<'_>],
+        opts: &EncodeOptions,
+    ) -> Result<BatchEncoding> {
         let mut tok = self.lock()?;
         let is_pair = inputs.iter().any(|i| matches!(i, TextInput::Pair(..)));
         let max_length = opts.max_length.or(self.model_max_length);
@@ -509,7 +527,10 @@ impl AutoTokenizer {
         written.push(p);
         let mut config = self.config.clone();
         if !config.contains_key("tokenizer_class") {
-            config.insert("tokenizer_class".into(), Value::String("PreTrainedTokenizerFast".into()));
+            config.insert(
+                "tokenizer_class".into(),
+                Value::String("PreTrainedTokenizerFast".into()),
+            );
         }
         let p = dir.join("tokenizer_config.json");
         write_json_pretty(&p, &Value::Object(config))?;
@@ -555,7 +576,8 @@ fn push_row(out: &mut BatchEncoding, enc: &tokenizers::Encoding, sample: usize) 
     out.input_ids.push(enc.get_ids().to_vec());
     out.attention_mask.push(enc.get_attention_mask().to_vec());
     out.token_type_ids.push(enc.get_type_ids().to_vec());
-    out.special_tokens_mask.push(enc.get_special_tokens_mask().to_vec());
+    out.special_tokens_mask
+        .push(enc.get_special_tokens_mask().to_vec());
     out.offsets.push(enc.get_offsets().to_vec());
     out.word_ids.push(enc.get_word_ids().to_vec());
     out.sequence_ids.push(enc.get_sequence_ids());
@@ -581,7 +603,10 @@ pub fn clean_up_tokenization(text: &str) -> String {
 /// The byte range of `text` covered by a character-offset range (tokenizer offsets are
 /// in characters, as in Python).
 pub fn char_range_to_bytes(text: &str, start: usize, end: usize) -> (usize, usize) {
-    let mut indices = text.char_indices().map(|(b, _)| b).chain(std::iter::once(text.len()));
+    let mut indices = text
+        .char_indices()
+        .map(|(b, _)| b)
+        .chain(std::iter::once(text.len()));
     let mut bs = text.len();
     let mut be = text.len();
     for (ci, b) in (&mut indices).enumerate() {
@@ -617,6 +642,9 @@ mod tests {
 
     #[test]
     fn clean_up() {
-        assert_eq!(clean_up_tokenization("hello , world . it 's"), "hello, world. it's");
+        assert_eq!(
+            clean_up_tokenization("hello , world . it 's"),
+            "hello, world. it's"
+        );
     }
 }

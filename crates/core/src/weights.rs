@@ -142,7 +142,11 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
                 s.dims()
             )));
         }
-        let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+        let t = if t.dtype() == dtype {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        };
         tracker.used.insert(key);
         tracker.loaded.insert(name.to_string(), t.clone());
         Ok(t)
@@ -157,7 +161,11 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
             candle_core::Error::Msg(format!("weight `{name}` is not in the checkpoint"))
         })?;
         let t = self.st.load(&key, dev)?;
-        let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+        let t = if t.dtype() == dtype {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        };
         tracker.used.insert(key);
         tracker.loaded.insert(name.to_string(), t.clone());
         Ok(t)
@@ -187,7 +195,12 @@ pub struct LoadReport {
 
 impl Checkpoint {
     /// Memory-maps `paths`. `prefix` is the model's `base_model_prefix` (`bert`, ...).
-    pub fn open(paths: &[PathBuf], prefix: Option<&str>, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn open(
+        paths: &[PathBuf],
+        prefix: Option<&str>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         for p in paths {
             let len = std::fs::metadata(p).map_err(|e| Error::io(p, e))?.len();
             if len < 8 {
@@ -245,13 +258,10 @@ impl Checkpoint {
     /// Ends a load: an error listing every missing key, else the report (unexpected
     /// keys are logged as a warning, as Python does).
     pub fn finish(self) -> Result<LoadReport> {
-        let tracker = self
-            .tracker
-            .lock()
-            .map_err(|_| Error::Weights {
-                path: describe(&self.paths),
-                message: "weight tracker poisoned".into(),
-            })?;
+        let tracker = self.tracker.lock().map_err(|_| Error::Weights {
+            path: describe(&self.paths),
+            message: "weight tracker poisoned".into(),
+        })?;
         if !tracker.missing.is_empty() {
             let mut keys = tracker.missing.clone();
             keys.sort();
@@ -359,13 +369,20 @@ mod tests {
         write(
             &p,
             &[
-                ("embeddings.weight", Tensor::ones((2, 3), DType::F16, &dev).unwrap()),
-                ("LayerNorm.gamma", Tensor::ones(3, DType::F32, &dev).unwrap()),
+                (
+                    "embeddings.weight",
+                    Tensor::ones((2, 3), DType::F16, &dev).unwrap(),
+                ),
+                (
+                    "LayerNorm.gamma",
+                    Tensor::ones(3, DType::F32, &dev).unwrap(),
+                ),
                 ("cls.extra", Tensor::ones(1, DType::F32, &dev).unwrap()),
             ],
         );
         // A model with a head (prefix `bert.`) loads a base checkpoint.
-        let ck = Checkpoint::open(&[p.clone()], Some("bert"), DType::F32, &dev).unwrap();
+        let ck =
+            Checkpoint::open(std::slice::from_ref(&p), Some("bert"), DType::F32, &dev).unwrap();
         let vb = ck.var_builder();
         let w = vb.pp("bert").get((2, 3), "embeddings.weight").unwrap();
         assert_eq!(w.dtype(), DType::F32);
@@ -376,12 +393,15 @@ mod tests {
         assert!(report.tensors.contains_key("bert.embeddings.weight"));
 
         // Missing keys are all listed in one error.
-        let ck = Checkpoint::open(&[p.clone()], None, DType::F32, &dev).unwrap();
+        let ck = Checkpoint::open(std::slice::from_ref(&p), None, DType::F32, &dev).unwrap();
         let vb = ck.var_builder();
         let _ = vb.get(4, "a.weight").unwrap();
         let _ = vb.get(4, "b.bias").unwrap();
         let err = ck.finish().unwrap_err().to_string();
-        assert!(err.contains("a.weight") && err.contains("b.bias") && err.contains("2 weight"), "{err}");
+        assert!(
+            err.contains("a.weight") && err.contains("b.bias") && err.contains("2 weight"),
+            "{err}"
+        );
 
         // Shape mismatch is an error, not a panic.
         let ck = Checkpoint::open(&[p], None, DType::F32, &dev).unwrap();
@@ -392,9 +412,16 @@ mod tests {
     fn malformed_files_are_errors() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("model.safetensors");
-        for bytes in [&b""[..], b"garbage!", b"\xff\xff\xff\xff\xff\xff\xff\x7f{}", b"\x02\x00\x00\x00\x00\x00\x00\x00{]"] {
+        for bytes in [
+            &b""[..],
+            b"garbage!",
+            b"\xff\xff\xff\xff\xff\xff\xff\x7f{}",
+            b"\x02\x00\x00\x00\x00\x00\x00\x00{]",
+        ] {
             std::fs::write(&p, bytes).unwrap();
-            assert!(Checkpoint::open(&[p.clone()], None, DType::F32, &Device::Cpu).is_err());
+            assert!(
+                Checkpoint::open(std::slice::from_ref(&p), None, DType::F32, &Device::Cpu).is_err()
+            );
         }
     }
 }

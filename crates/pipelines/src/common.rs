@@ -27,7 +27,9 @@ fn matrix(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
     let b = rows.len();
     let s = rows.first().map(Vec::len).unwrap_or(0);
     if rows.iter().any(|r| r.len() != s) {
-        return Err(Error::invalid("rows of a batch must be padded to one length"));
+        return Err(Error::invalid(
+            "rows of a batch must be padded to one length",
+        ));
     }
     let flat: Vec<u32> = rows.iter().flatten().copied().collect();
     Ok(Tensor::from_vec(flat, (b, s), device)?)
@@ -92,7 +94,11 @@ pub fn num(x: f32) -> Value {
 /// Indices sorted by descending value; ties keep index order.
 pub fn argsort_desc(x: &[f32]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..x.len()).collect();
-    idx.sort_by(|a, b| x[*b].partial_cmp(&x[*a]).unwrap_or(std::cmp::Ordering::Equal));
+    idx.sort_by(|a, b| {
+        x[*b]
+            .partial_cmp(&x[*a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     idx
 }
 
@@ -109,9 +115,8 @@ pub fn argmax(x: &[f32]) -> usize {
 
 /// Reads a text input: a JSON string.
 pub fn text_of<'a>(task: &str, v: &'a Value) -> Result<&'a str> {
-    v.as_str().ok_or_else(|| {
-        Error::invalid(format!("{task}: each input must be a string, got {v}"))
-    })
+    v.as_str()
+        .ok_or_else(|| Error::invalid(format!("{task}: each input must be a string, got {v}")))
 }
 
 /// Validates `batch_size`.

@@ -173,10 +173,19 @@ impl FeatureExtractionPipeline {
     /// Sentence embeddings with the checkpoint's pooling (mean if it names none), one
     /// vector per text.
     pub fn embed(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
-        let modes = self.st.pooling.clone().unwrap_or_else(|| vec![Pooling::Mean]);
+        let modes = self
+            .st
+            .pooling
+            .clone()
+            .unwrap_or_else(|| vec![Pooling::Mean]);
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch.max(1)) {
-            for t in self.forward_pooled(chunk, Some(&modes), self.st.normalize, self.st.max_seq_length)? {
+            for t in self.forward_pooled(
+                chunk,
+                Some(&modes),
+                self.st.normalize,
+                self.st.max_seq_length,
+            )? {
                 out.push(t.to_dtype(DType::F32)?.to_vec1::<f32>()?);
             }
         }
@@ -282,12 +291,7 @@ impl Pipeline for FeatureExtractionPipeline {
             .collect::<Result<_>>()?;
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch) {
-            let rows = self.forward_pooled(
-                chunk,
-                pooling.as_deref(),
-                normalize,
-                truncation,
-            )?;
+            let rows = self.forward_pooled(chunk, pooling.as_deref(), normalize, truncation)?;
             for row in rows {
                 out.push(if pooling.is_some() {
                     Value::Array(row.to_vec1::<f32>()?.into_iter().map(num).collect())

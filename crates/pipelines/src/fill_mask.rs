@@ -30,7 +30,9 @@ impl FillMaskPipeline {
             Error::Tokenizer("fill-mask needs a tokenizer with a mask token".into())
         })?;
         let mask_id = tokenizer.token_to_id(&mask_token).ok_or_else(|| {
-            Error::Tokenizer(format!("mask token `{mask_token}` is not in the vocabulary"))
+            Error::Tokenizer(format!(
+                "mask token `{mask_token}` is not in the vocabulary"
+            ))
         })?;
         let model = AutoModelForMaskedLM::from_files(files, opts)?;
         Ok(Self {

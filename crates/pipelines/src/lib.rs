@@ -33,6 +33,12 @@ pub trait Pipeline: Send + Sync {
     /// parameters named as in Python; returns one output per input.
     fn run(&self, inputs: &[Value], params: &Params) -> Result<Vec<Value>>;
 
+    /// Runs plain-text inputs with default parameters.
+    fn run_texts(&self, texts: &[&str]) -> Result<Vec<Value>> {
+        let inputs: Vec<Value> = texts.iter().map(|t| Value::String(t.to_string())).collect();
+        self.run(&inputs, &Params::new())
+    }
+
     /// Runs one input.
     fn run_one(&self, input: Value, params: &Params) -> Result<Value> {
         self.run(&[input], params)?
@@ -70,7 +76,11 @@ pub static TASKS: &[TaskInfo] = &[
         name: "token-classification",
         aliases: &["ner"],
         default_model: "dbmdz/bert-large-cased-finetuned-conll03-english",
-        loader: |m, o| Ok(Box::new(TokenClassificationPipeline::from_pretrained(m, o)?)),
+        loader: |m, o| {
+            Ok(Box::new(TokenClassificationPipeline::from_pretrained(
+                m, o,
+            )?))
+        },
     },
     TaskInfo {
         name: "fill-mask",
@@ -88,7 +98,11 @@ pub static TASKS: &[TaskInfo] = &[
         name: "zero-shot-classification",
         aliases: &[],
         default_model: "facebook/bart-large-mnli",
-        loader: |m, o| Ok(Box::new(ZeroShotClassificationPipeline::from_pretrained(m, o)?)),
+        loader: |m, o| {
+            Ok(Box::new(ZeroShotClassificationPipeline::from_pretrained(
+                m, o,
+            )?))
+        },
     },
 ];
 
@@ -105,13 +119,18 @@ pub fn task_info(task: &str) -> Result<&'static TaskInfo> {
         })
 }
 
-/// `pipeline(task, model)`: `model` `None` uses the task's default checkpoint.
-pub fn pipeline(task: &str, model: Option<&str>) -> Result<Box<dyn Pipeline>> {
+/// `pipeline(task, model)`: `model` is a folder, file or Hub id; `None` uses the task's
+/// default checkpoint.
+pub fn pipeline<'a>(task: &str, model: impl Into<Option<&'a str>>) -> Result<Box<dyn Pipeline>> {
     pipeline_with(task, model, &LoadOptions::default())
 }
 
 /// `pipeline(task, model)` with load options (dtype, device).
-pub fn pipeline_with(task: &str, model: Option<&str>, opts: &LoadOptions) -> Result<Box<dyn Pipeline>> {
+pub fn pipeline_with<'a>(
+    task: &str,
+    model: impl Into<Option<&'a str>>,
+    opts: &LoadOptions,
+) -> Result<Box<dyn Pipeline>> {
     let info = task_info(task)?;
-    (info.loader)(model.unwrap_or(info.default_model), opts)
+    (info.loader)(model.into().unwrap_or(info.default_model), opts)
 }

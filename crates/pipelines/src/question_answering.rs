@@ -64,24 +64,42 @@ pub struct QuestionAnsweringPipeline {
 /// Spans of one window: probabilities, then the best `top_k` (start, end, score) among
 /// all pairs with `start <= end < start + max_answer_len`, kept only when both ends are
 /// allowed tokens (as Python's `decode_spans`, which filters after choosing).
-fn best_spans(start: &[f32], end: &[f32], allowed: &[bool], top_k: usize, max_answer_len: usize) -> Vec<(usize, usize, f32)> {
+fn best_spans(
+    start: &[f32],
+    end: &[f32],
+    allowed: &[bool],
+    top_k: usize,
+    max_answer_len: usize,
+) -> Vec<(usize, usize, f32)> {
     let n = start.len();
-    let mut candidates: Vec<(usize, usize, f32)> = Vec::new();
-    for s in 0..n {
-        for e in 0..n {
-            let score = if e >= s && e - s < max_answer_len {
-                start[s] * end[e]
-            } else {
-                0.0
-            };
-            candidates.push((s, e, score));
-        }
+    // Pairs inside the band `s <= e < s + max_answer_len`, in row-major order.
+    let band = |s: usize, e: usize| e >= s && e - s < max_answer_len;
+    let mut chosen: Vec<(usize, usize, f32)> = start
+        .iter()
+        .enumerate()
+        .flat_map(|(s, ps)| {
+            end.iter()
+                .enumerate()
+                .skip(s)
+                .take(max_answer_len)
+                .map(move |(e, pe)| (s, e, ps * pe))
+        })
+        .filter(|c| c.2 > 0.0)
+        .collect();
+    // Descending score; a stable sort keeps row-major order on ties (numpy's argmax).
+    chosen.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
+    chosen.truncate(top_k);
+    if chosen.len() < top_k {
+        // Python ranks all n*n pairs; the rest score 0 and come in row-major order.
+        let zeros = (0..n)
+            .flat_map(|s| (0..n).map(move |e| (s, e)))
+            .filter(|&(s, e)| !band(s, e) || start[s] * end[e] <= 0.0)
+            .map(|(s, e)| (s, e, 0.0));
+        let missing = top_k - chosen.len();
+        chosen.extend(zeros.take(missing));
     }
-    // Descending score; ties in row-major order (numpy's argmax takes the first).
-    candidates.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
-    candidates
+    chosen
         .into_iter()
-        .take(top_k)
         .filter(|(s, e, _)| allowed[*s] && allowed[*e])
         .collect()
 }
@@ -113,10 +131,14 @@ impl QuestionAnsweringPipeline {
             return Err(Error::invalid("question-answering: the context is empty"));
         }
         if o.top_k == 0 {
-            return Err(Error::invalid("question-answering: top_k must be at least 1"));
+            return Err(Error::invalid(
+                "question-answering: top_k must be at least 1",
+            ));
         }
         if o.max_answer_len == 0 {
-            return Err(Error::invalid("question-answering: max_answer_len must be at least 1"));
+            return Err(Error::invalid(
+                "question-answering: max_answer_len must be at least 1",
+            ));
         }
         let max_seq_len = o
             .max_seq_len
@@ -171,7 +193,11 @@ impl QuestionAnsweringPipeline {
                     .iter()
                     .zip(&enc.input_ids[row])
                     .map(|(seq, id)| {
-                        let not_context = if question_first { *seq != Some(1) } else { false };
+                        let not_context = if question_first {
+                            *seq != Some(1)
+                        } else {
+                            false
+                        };
                         !not_context || Some(*id) == cls_id
                     })
                     .collect();
@@ -202,7 +228,11 @@ impl QuestionAnsweringPipeline {
             });
         }
         // Stable: equal scores keep their order, as Python's sorted().
-        answers.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
+        answers.sort_by(|a, b| {
+            b.score
+                .partial_cmp(&a.score)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         answers.truncate(o.top_k);
         Ok(answers)
     }
@@ -210,7 +240,14 @@ impl QuestionAnsweringPipeline {
 
 /// Character span of tokens `s..=e` of a row: whole words when `align_to_words`
 /// (Python's `token_to_word` + `word_to_chars`), else the token offsets.
-fn char_span(enc: &BatchEncoding, row: usize, s: usize, e: usize, seq: usize, align: bool) -> (usize, usize) {
+fn char_span(
+    enc: &BatchEncoding,
+    row: usize,
+    s: usize,
+    e: usize,
+    seq: usize,
+    align: bool,
+) -> (usize, usize) {
     let offsets = &enc.offsets[row];
     let fallback = (offsets[s].0, offsets[e].1);
     if !align {
@@ -260,7 +297,9 @@ fn parse_input(v: &Value) -> Result<(String, String)> {
         obj.get(k)
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| Error::invalid(format!("question-answering: input needs a string `{k}`")))
+            .ok_or_else(|| {
+                Error::invalid(format!("question-answering: input needs a string `{k}`"))
+            })
     };
     Ok((get("question")?, get("context")?))
 }

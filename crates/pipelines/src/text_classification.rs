@@ -4,7 +4,9 @@
 
 use serde_json::{json, Value};
 
-use rustformers_core::{AutoTokenizer, EncodeOptions, Error, ModelFiles, Padding, Result, TextInput, Truncation};
+use rustformers_core::{
+    AutoTokenizer, EncodeOptions, Error, ModelFiles, Padding, Result, TextInput, Truncation,
+};
 use rustformers_models::{
     AutoModelForSequenceClassification, LoadOptions, PreTrainedModel, SequenceClassificationModel,
 };
@@ -120,7 +122,11 @@ impl TextClassificationPipeline {
     }
 
     /// Logits of a batch of (text, pair) inputs.
-    pub fn logits(&self, inputs: &[(String, Option<String>)], opts: &EncodeOptions) -> Result<Vec<Vec<f32>>> {
+    pub fn logits(
+        &self,
+        inputs: &[(String, Option<String>)],
+        opts: &EncodeOptions,
+    ) -> Result<Vec<Vec<f32>>> {
         let ti: Vec<TextInput> = inputs
             .iter()
             .map(|(t, p)| match p {
@@ -147,7 +153,9 @@ impl Pipeline for TextClassificationPipeline {
         let legacy = !r.has("top_k");
         let top_k = if legacy { Some(1) } else { r.usize("top_k")? };
         if top_k == Some(0) {
-            return Err(Error::invalid("text-classification: top_k must be at least 1"));
+            return Err(Error::invalid(
+                "text-classification: top_k must be at least 1",
+            ));
         }
         let function = match r.string("function_to_apply")? {
             Some(f) => ClassificationFunction::parse(&f)?,

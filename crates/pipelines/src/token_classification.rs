@@ -5,7 +5,9 @@
 use serde_json::{json, Value};
 
 use rustformers_core::tokenizer::slice_chars;
-use rustformers_core::{AutoTokenizer, EncodeOptions, Error, ModelFiles, Padding, Result, TextInput, Truncation};
+use rustformers_core::{
+    AutoTokenizer, EncodeOptions, Error, ModelFiles, Padding, Result, TextInput, Truncation,
+};
 use rustformers_models::{
     AutoModelForTokenClassification, LoadOptions, PreTrainedModel, TokenClassificationModel,
 };
@@ -126,9 +128,13 @@ impl TokenClassificationPipeline {
             } else {
                 if matches!(
                     strategy,
-                    AggregationStrategy::First | AggregationStrategy::Average | AggregationStrategy::Max
+                    AggregationStrategy::First
+                        | AggregationStrategy::Average
+                        | AggregationStrategy::Max
                 ) {
-                    tracing::warn!("tokenizer has no subword prefix: word boundaries are guessed from spaces");
+                    tracing::warn!(
+                        "tokenizer has no subword prefix: word boundaries are guessed from spaces"
+                    );
                 }
                 start > 0 && !chars[start - 1..(start + 1).min(chars.len())].contains(&' ')
             };
@@ -167,7 +173,9 @@ impl TokenClassificationPipeline {
             }
             AggregationStrategy::Average => {
                 let n = group[0].scores.len();
-                let avg: Vec<f32> = (0..n).map(|j| mean(group.iter().map(|e| e.scores[j]))).collect();
+                let avg: Vec<f32> = (0..n)
+                    .map(|j| mean(group.iter().map(|e| e.scores[j])))
+                    .collect();
                 let i = argmax(&avg);
                 (i, avg[i])
             }
@@ -187,7 +195,10 @@ impl TokenClassificationPipeline {
     }
 
     fn aggregate(&self, pre: Vec<PreEntity>, strategy: AggregationStrategy) -> Result<Vec<Entity>> {
-        if matches!(strategy, AggregationStrategy::None | AggregationStrategy::Simple) {
+        if matches!(
+            strategy,
+            AggregationStrategy::None | AggregationStrategy::Simple
+        ) {
             return Ok(pre
                 .into_iter()
                 .map(|p| {
@@ -240,7 +251,11 @@ impl TokenClassificationPipeline {
 
     fn group_sub_entities(&self, entities: &[&Entity]) -> Result<Value> {
         let first = entities[0];
-        let tag = first.entity.split_once('-').map(|(_, t)| t).unwrap_or(&first.entity);
+        let tag = first
+            .entity
+            .split_once('-')
+            .map(|(_, t)| t)
+            .unwrap_or(&first.entity);
         let tokens: Vec<String> = entities.iter().map(|e| e.word.clone()).collect();
         Ok(json!({
             "entity_group": tag,
@@ -267,7 +282,9 @@ impl Pipeline for TokenClassificationPipeline {
                 _ => AggregationStrategy::None,
             },
         };
-        let ignore_labels = r.strings("ignore_labels", false)?.unwrap_or_else(|| vec!["O".into()]);
+        let ignore_labels = r
+            .strings("ignore_labels", false)?
+            .unwrap_or_else(|| vec!["O".into()]);
         r.finish()?;
         let texts: Vec<&str> = inputs
             .iter()

@@ -33,7 +33,11 @@ impl ZeroShotClassificationPipeline {
                 ))
             })?;
         // Python: the contradiction logit is the first, or the last when entailment is first.
-        let contradiction_id = if entailment_id == 0 { labels.len() - 1 } else { 0 };
+        let contradiction_id = if entailment_id == 0 {
+            labels.len() - 1
+        } else {
+            0
+        };
         Ok(Self {
             nli,
             entailment_id,
@@ -96,7 +100,12 @@ impl Pipeline for ZeroShotClassificationPipeline {
                     .map(|l| softmax(&[l[self.contradiction_id], l[self.entailment_id]])[1])
                     .collect()
             } else {
-                softmax(&logits.iter().map(|l| l[self.entailment_id]).collect::<Vec<_>>())
+                softmax(
+                    &logits
+                        .iter()
+                        .map(|l| l[self.entailment_id])
+                        .collect::<Vec<_>>(),
+                )
             };
             let order = argsort_desc(&scores);
             out.push(json!({

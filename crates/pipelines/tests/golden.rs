@@ -52,7 +52,12 @@ fn diff(a: &Value, b: &Value, path: &str) -> Option<String> {
 /// Python called with a list returns a list of per-input outputs, except that
 /// text-classification without `top_k` returns each text's best label unwrapped while a
 /// lone text gets `[best]`; rustformers returns per input what a lone call gives.
-fn expected_per_input(task: &str, inputs: &Value, kwargs: &Value, output: &Value) -> Vec<(Value, Value)> {
+fn expected_per_input(
+    task: &str,
+    inputs: &Value,
+    kwargs: &Value,
+    output: &Value,
+) -> Vec<(Value, Value)> {
     match inputs {
         Value::Array(list) => {
             let outs = output.as_array().expect("list output for list input");

@@ -11,14 +11,18 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use rustformers_core::{AutoTokenizer, EncodeOptions, ModelFiles, Padding, Side, TextInput, Truncation};
+use rustformers_core::{
+    AutoTokenizer, EncodeOptions, ModelFiles, Padding, Side, TextInput, Truncation,
+};
 use rustformers_models::LoadOptions;
 use rustformers_pipelines::{pipeline, FeatureExtractionPipeline, Params};
 
 const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
@@ -45,17 +49,31 @@ fn sentence_embeddings_match_sentence_transformers() {
         return;
     }
     let expected = fixture("minilm/expected.json");
-    let sentences = expected["sentence_embeddings"]["sentences"].as_array().unwrap();
-    let texts: Vec<&str> = sentences.iter().map(|s| s["text"].as_str().unwrap()).collect();
+    let sentences = expected["sentence_embeddings"]["sentences"]
+        .as_array()
+        .unwrap();
+    let texts: Vec<&str> = sentences
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
     let pipe = FeatureExtractionPipeline::from_pretrained(MODEL, &LoadOptions::default()).unwrap();
     let st = pipe.sentence_transformer_settings();
     assert!(st.normalize);
     assert_eq!(st.max_seq_length, Some(256));
     let got = pipe.embed(&texts, 32).unwrap();
     for (s, g) in sentences.iter().zip(&got) {
-        let want: Vec<f64> = s["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want: Vec<f64> = s["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(g.len(), 384);
-        let max_diff = want.iter().zip(g).map(|(w, g)| (w - *g as f64).abs()).fold(0.0, f64::max);
+        let max_diff = want
+            .iter()
+            .zip(g)
+            .map(|(w, g)| (w - *g as f64).abs())
+            .fold(0.0, f64::max);
         assert!(max_diff < 1e-4, "{}: max diff {max_diff}", s["text"]);
     }
     // The CLI-facing pipeline gives the same flat pooled vectors, one batch or one by one.
@@ -65,8 +83,17 @@ fn sentence_embeddings_match_sentence_transformers() {
     params.insert("batch_size".into(), Value::from(4));
     let out = p.run(&inputs, &params).unwrap();
     for (o, g) in out.iter().zip(&got) {
-        let v: Vec<f64> = o.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-        let max_diff = v.iter().zip(g).map(|(a, b)| (a - *b as f64).abs()).fold(0.0, f64::max);
+        let v: Vec<f64> = o
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let max_diff = v
+            .iter()
+            .zip(g)
+            .map(|(a, b)| (a - *b as f64).abs())
+            .fold(0.0, f64::max);
         assert!(max_diff < 1e-5, "batched vs direct: {max_diff}");
     }
 }
@@ -87,7 +114,11 @@ fn token_vectors_match_python_pipeline() {
     let w: Vec<f64> = flatten(want);
     assert_eq!(g.len(), w.len());
     assert_eq!(g.len(), 5 * 384);
-    let max_diff = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_diff = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     assert!(max_diff < 1e-4, "max diff {max_diff}");
 }
 
@@ -105,7 +136,9 @@ fn ids(v: &Value) -> Vec<Vec<u32>> {
 
 fn offsets(v: &Value) -> Vec<Vec<(usize, usize)>> {
     let raw: Vec<Vec<[usize; 2]>> = serde_json::from_value(v.clone()).unwrap();
-    raw.into_iter().map(|r| r.into_iter().map(|[a, b]| (a, b)).collect()).collect()
+    raw.into_iter()
+        .map(|r| r.into_iter().map(|[a, b]| (a, b)).collect())
+        .collect()
 }
 
 #[test]
@@ -123,11 +156,27 @@ pub fn check_tokenizer_parity(tok: &AutoTokenizer, fx: &Value) {
     assert!(singles.len() >= 300);
     for s in singles {
         let text = s["text"].as_str().unwrap();
-        let enc = tok.encode(TextInput::Single(text), &EncodeOptions::default()).unwrap();
-        assert_eq!(enc.input_ids[0], ids(&Value::Array(vec![s["input_ids"].clone()]))[0], "{text:?}");
-        assert_eq!(enc.attention_mask[0], ids(&Value::Array(vec![s["attention_mask"].clone()]))[0]);
-        assert_eq!(enc.token_type_ids[0], ids(&Value::Array(vec![s["token_type_ids"].clone()]))[0]);
-        assert_eq!(enc.offsets[0], offsets(&Value::Array(vec![s["offset_mapping"].clone()]))[0], "{text:?}");
+        let enc = tok
+            .encode(TextInput::Single(text), &EncodeOptions::default())
+            .unwrap();
+        assert_eq!(
+            enc.input_ids[0],
+            ids(&Value::Array(vec![s["input_ids"].clone()]))[0],
+            "{text:?}"
+        );
+        assert_eq!(
+            enc.attention_mask[0],
+            ids(&Value::Array(vec![s["attention_mask"].clone()]))[0]
+        );
+        assert_eq!(
+            enc.token_type_ids[0],
+            ids(&Value::Array(vec![s["token_type_ids"].clone()]))[0]
+        );
+        assert_eq!(
+            enc.offsets[0],
+            offsets(&Value::Array(vec![s["offset_mapping"].clone()]))[0],
+            "{text:?}"
+        );
         let decoded = tok.decode(&enc.input_ids[0], true).unwrap();
         assert_eq!(decoded, s["decoded"].as_str().unwrap(), "decode {text:?}");
     }
@@ -143,7 +192,11 @@ pub fn check_tokenizer_parity(tok: &AutoTokenizer, fx: &Value) {
             v => Some(serde_json::from_value(v.clone()).unwrap()),
         };
         let inputs: Vec<TextInput> = match &pairs {
-            Some(p) => texts.iter().zip(p).map(|(a, b)| TextInput::Pair(a, b)).collect(),
+            Some(p) => texts
+                .iter()
+                .zip(p)
+                .map(|(a, b)| TextInput::Pair(a, b))
+                .collect(),
             None => texts.iter().map(|t| TextInput::Single(t)).collect(),
         };
         let kw = &case["kwargs"];
@@ -171,7 +224,11 @@ pub fn check_tokenizer_parity(tok: &AutoTokenizer, fx: &Value) {
         };
         let result = tok.encode_batch(&inputs, &opts);
         if case.get("error").is_some_and(|e| !e.is_null()) {
-            assert!(result.is_err(), "{name}: Python raised {}, rustformers did not", case["error"]);
+            assert!(
+                result.is_err(),
+                "{name}: Python raised {}, rustformers did not",
+                case["error"]
+            );
             continue;
         }
         let enc = result.unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -184,7 +241,10 @@ pub fn check_tokenizer_parity(tok: &AutoTokenizer, fx: &Value) {
         if !want["offset_mapping"].is_null() {
             assert_eq!(enc.offsets, offsets(&want["offset_mapping"]), "{name}");
         }
-        if let Some(m) = want.get("overflow_to_sample_mapping").filter(|m| !m.is_null()) {
+        if let Some(m) = want
+            .get("overflow_to_sample_mapping")
+            .filter(|m| !m.is_null())
+        {
             let m: Vec<usize> = serde_json::from_value(m.clone()).unwrap();
             assert_eq!(enc.overflow_to_sample_mapping, m, "{name}");
         }

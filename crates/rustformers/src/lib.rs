@@ -3,9 +3,10 @@
 //! ```no_run
 //! use rustformers::pipeline;
 //! # fn main() -> rustformers::Result<()> {
-//! let classifier = pipeline("text-classification", Some("path/to/checkpoint"))?;
-//! let out = classifier.run_one("I love this!".into(), &Default::default())?;
-//! println!("{out}");
+//! let classifier = pipeline("text-classification", "path/to/checkpoint")?;
+//! for out in classifier.run_texts(&["I love this!"])? {
+//!     println!("{out}"); // [{"label":"POSITIVE","score":0.99}]
+//! }
 //! # Ok(())
 //! # }
 //! ```
