@@ -12,11 +12,11 @@ use rustformers_core::error::{read_to_string, write_atomic};
 use rustformers_core::weights::{dtype_name, safetensors_files, save_safetensors};
 use rustformers_core::{Checkpoint, Error, ModelFiles, PretrainedConfig, Result};
 
-use crate::{bert, distilbert, roberta};
 use crate::traits::{
     EncoderModel, MaskedLmModel, QuestionAnsweringModel, SequenceClassificationModel,
     TokenClassificationModel,
 };
+use crate::{bert, distilbert, roberta};
 
 /// A parsed config.json, typed by `model_type`.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,13 +32,19 @@ type ConfigParser = fn(&str, &Path) -> Result<ModelConfig>;
 const CONFIGS: &[(&str, ConfigParser)] = &[
     ("bert", |t, p| Ok(ModelConfig::Bert(parse_config(t, p)?))),
     ("roberta", |t, p| {
-        Ok(ModelConfig::Roberta(roberta::RobertaConfig::from_json_str(t, p)?))
+        Ok(ModelConfig::Roberta(roberta::RobertaConfig::from_json_str(
+            t, p,
+        )?))
     }),
     ("xlm-roberta", |t, p| {
-        Ok(ModelConfig::Roberta(roberta::RobertaConfig::from_xlm_json_str(t, p)?))
+        Ok(ModelConfig::Roberta(
+            roberta::RobertaConfig::from_xlm_json_str(t, p)?,
+        ))
     }),
     ("distilbert", |t, p| {
-        Ok(ModelConfig::DistilBert(distilbert::DistilBertConfig::from_json_str(t, p)?))
+        Ok(ModelConfig::DistilBert(
+            distilbert::DistilBertConfig::from_json_str(t, p)?,
+        ))
     }),
 ];
 
@@ -233,7 +239,10 @@ impl<M: ?Sized> PreTrainedModel<M> {
         config.base_mut().architectures = Some(vec![self.architecture.to_string()]);
         config.base_mut().torch_dtype = Some(dtype_name(self.dtype).to_string());
         save_safetensors(&self.tensors, &dir.join("model.safetensors"))?;
-        write_atomic(&dir.join("config.json"), config.to_json_string()?.as_bytes())
+        write_atomic(
+            &dir.join("config.json"),
+            config.to_json_string()?.as_bytes(),
+        )
     }
 }
 
@@ -260,12 +269,21 @@ fn load_with<T: ?Sized + 'static>(
             Error::Unsupported(format!(
                 "{task} has no implementation for model_type `{}`; known for this task: {}",
                 config.model_type(),
-                table.iter().map(|e| e.model_type).collect::<Vec<_>>().join(", ")
+                table
+                    .iter()
+                    .map(|e| e.model_type)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let paths = safetensors_files(&files)?;
-    let ckpt = Checkpoint::open(&paths, Some(config.base_model_prefix()), dtype, &opts.device)?;
+    let ckpt = Checkpoint::open(
+        &paths,
+        Some(config.base_model_prefix()),
+        dtype,
+        &opts.device,
+    )?;
     let model = (entry.ctor)(ckpt.var_builder(), &config).map_err(|e| ckpt.wrap_error(e))?;
     let report = ckpt.finish()?;
     Ok(PreTrainedModel {
@@ -377,15 +395,23 @@ static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[
             other => Err(wrong_config(other)),
         },
     },
-    roberta_entry!("roberta", "RobertaForSequenceClassification", RobertaForSequenceClassification),
-    roberta_entry!("xlm-roberta", "XLMRobertaForSequenceClassification", RobertaForSequenceClassification),
+    roberta_entry!(
+        "roberta",
+        "RobertaForSequenceClassification",
+        RobertaForSequenceClassification
+    ),
+    roberta_entry!(
+        "xlm-roberta",
+        "XLMRobertaForSequenceClassification",
+        RobertaForSequenceClassification
+    ),
     Entry {
         model_type: "distilbert",
         architecture: "DistilBertForSequenceClassification",
         ctor: |vb, c| match c {
-            ModelConfig::DistilBert(c) => {
-                Ok(Box::new(distilbert::DistilBertForSequenceClassification::load(vb, c)?))
-            }
+            ModelConfig::DistilBert(c) => Ok(Box::new(
+                distilbert::DistilBertForSequenceClassification::load(vb, c)?,
+            )),
             other => Err(wrong_config(other)),
         },
     },
@@ -400,15 +426,23 @@ static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[
             other => Err(wrong_config(other)),
         },
     },
-    roberta_entry!("roberta", "RobertaForTokenClassification", RobertaForTokenClassification),
-    roberta_entry!("xlm-roberta", "XLMRobertaForTokenClassification", RobertaForTokenClassification),
+    roberta_entry!(
+        "roberta",
+        "RobertaForTokenClassification",
+        RobertaForTokenClassification
+    ),
+    roberta_entry!(
+        "xlm-roberta",
+        "XLMRobertaForTokenClassification",
+        RobertaForTokenClassification
+    ),
     Entry {
         model_type: "distilbert",
         architecture: "DistilBertForTokenClassification",
         ctor: |vb, c| match c {
-            ModelConfig::DistilBert(c) => {
-                Ok(Box::new(distilbert::DistilBertForTokenClassification::load(vb, c)?))
-            }
+            ModelConfig::DistilBert(c) => Ok(Box::new(
+                distilbert::DistilBertForTokenClassification::load(vb, c)?,
+            )),
             other => Err(wrong_config(other)),
         },
     },
@@ -423,15 +457,23 @@ static QA: &[Entry<dyn QuestionAnsweringModel>] = &[
             other => Err(wrong_config(other)),
         },
     },
-    roberta_entry!("roberta", "RobertaForQuestionAnswering", RobertaForQuestionAnswering),
-    roberta_entry!("xlm-roberta", "XLMRobertaForQuestionAnswering", RobertaForQuestionAnswering),
+    roberta_entry!(
+        "roberta",
+        "RobertaForQuestionAnswering",
+        RobertaForQuestionAnswering
+    ),
+    roberta_entry!(
+        "xlm-roberta",
+        "XLMRobertaForQuestionAnswering",
+        RobertaForQuestionAnswering
+    ),
     Entry {
         model_type: "distilbert",
         architecture: "DistilBertForQuestionAnswering",
         ctor: |vb, c| match c {
-            ModelConfig::DistilBert(c) => {
-                Ok(Box::new(distilbert::DistilBertForQuestionAnswering::load(vb, c)?))
-            }
+            ModelConfig::DistilBert(c) => Ok(Box::new(
+                distilbert::DistilBertForQuestionAnswering::load(vb, c)?,
+            )),
             other => Err(wrong_config(other)),
         },
     },
@@ -452,7 +494,9 @@ static MLM: &[Entry<dyn MaskedLmModel>] = &[
         model_type: "distilbert",
         architecture: "DistilBertForMaskedLM",
         ctor: |vb, c| match c {
-            ModelConfig::DistilBert(c) => Ok(Box::new(distilbert::DistilBertForMaskedLM::load(vb, c)?)),
+            ModelConfig::DistilBert(c) => {
+                Ok(Box::new(distilbert::DistilBertForMaskedLM::load(vb, c)?))
+            }
             other => Err(wrong_config(other)),
         },
     },

@@ -9,7 +9,7 @@ pub mod traits;
 
 pub use auto::{
     AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification, AutoModelForTokenClassification, LoadOptions,
-    ModelConfig, PreTrainedModel,
+    AutoModelForSequenceClassification, AutoModelForTokenClassification, LoadOptions, ModelConfig,
+    PreTrainedModel,
 };
 pub use traits::*;

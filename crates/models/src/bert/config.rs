@@ -114,7 +114,7 @@ impl BertConfig {
                 self.position_embedding_type
             )));
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if !self.layer_norm_eps.is_finite() || self.layer_norm_eps <= 0.0 {
             return Err(err("layer_norm_eps must be positive".into()));
         }
         Activation::from_name(&self.hidden_act).map_err(|e| err(e.to_string()))?;

@@ -29,7 +29,11 @@ fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
     if ids.elem_count() == 0 {
         return Ok(());
     }
-    let max = ids.flatten_all()?.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()? as usize;
+    let max = ids
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::U32)?
+        .to_scalar::<u32>()? as usize;
     if max >= limit {
         candle_core::bail!("{what} holds id {max} but the embedding has only {limit} rows");
     }
@@ -78,8 +82,16 @@ impl BertEmbeddings {
                 self.max_positions
             );
         }
-        check_ids(input_ids, self.word_embeddings.embeddings().dim(0)?, "input_ids")?;
-        check_ids(token_type_ids, self.token_type_embeddings.embeddings().dim(0)?, "token_type_ids")?;
+        check_ids(
+            input_ids,
+            self.word_embeddings.embeddings().dim(0)?,
+            "input_ids",
+        )?;
+        check_ids(
+            token_type_ids,
+            self.token_type_embeddings.embeddings().dim(0)?,
+            "token_type_ids",
+        )?;
         let positions = Tensor::arange(0u32, s as u32, input_ids.device())?;
         let words = self.word_embeddings.forward(input_ids)?;
         let types = self.token_type_embeddings.forward(token_type_ids)?;
@@ -145,7 +157,8 @@ impl BertResidualOutput {
     }
 
     pub fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.LayerNorm.forward(&(self.dense.forward(x)? + residual)?)
+        self.LayerNorm
+            .forward(&(self.dense.forward(x)? + residual)?)
     }
 }
 
@@ -163,8 +176,16 @@ impl BertLayer {
     pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
         Ok(Self {
             attention_self: BertSelfAttention::load(vb.pp("attention.self"), c)?,
-            attention_output: BertResidualOutput::load(vb.pp("attention.output"), c.hidden_size, c)?,
-            intermediate: linear(c.hidden_size, c.intermediate_size, vb.pp("intermediate.dense"))?,
+            attention_output: BertResidualOutput::load(
+                vb.pp("attention.output"),
+                c.hidden_size,
+                c,
+            )?,
+            intermediate: linear(
+                c.hidden_size,
+                c.intermediate_size,
+                vb.pp("intermediate.dense"),
+            )?,
             act: act(c)?,
             output: BertResidualOutput::load(vb.pp("output"), c.intermediate_size, c)?,
         })

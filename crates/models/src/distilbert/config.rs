@@ -128,14 +128,19 @@ mod tests {
     #[test]
     fn defaults_follow_python() {
         let c = DistilBertConfig::from_json_str("{}", Path::new("c")).unwrap();
-        assert_eq!((c.dim, c.n_layers, c.n_heads, c.hidden_dim), (768, 6, 12, 3072));
+        assert_eq!(
+            (c.dim, c.n_layers, c.n_heads, c.hidden_dim),
+            (768, 6, 12, 3072)
+        );
         assert_eq!(c.base.pad_token_id, Some(0));
         assert!(!c.sinusoidal_pos_embds);
         assert_eq!(c.seq_classif_dropout, 0.2);
         c.validate().unwrap();
-        let bad = DistilBertConfig::from_json_str(r#"{"dim":30,"n_heads":4}"#, Path::new("c")).unwrap();
+        let bad =
+            DistilBertConfig::from_json_str(r#"{"dim":30,"n_heads":4}"#, Path::new("c")).unwrap();
         assert!(bad.validate().is_err());
-        let bad = DistilBertConfig::from_json_str(r#"{"activation":"nope"}"#, Path::new("c")).unwrap();
+        let bad =
+            DistilBertConfig::from_json_str(r#"{"activation":"nope"}"#, Path::new("c")).unwrap();
         assert!(bad.validate().is_err());
     }
 }

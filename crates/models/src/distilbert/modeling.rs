@@ -43,7 +43,11 @@ fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
     if ids.elem_count() == 0 {
         return Ok(());
     }
-    let max = ids.flatten_all()?.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()? as usize;
+    let max = ids
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::U32)?
+        .to_scalar::<u32>()? as usize;
     if max >= limit {
         candle_core::bail!("{what} holds id {max} but the embedding has only {limit} rows");
     }
@@ -104,7 +108,11 @@ impl Embeddings {
                 self.max_positions
             );
         }
-        check_ids(input_ids, self.word_embeddings.embeddings().dim(0)?, "input_ids")?;
+        check_ids(
+            input_ids,
+            self.word_embeddings.embeddings().dim(0)?,
+            "input_ids",
+        )?;
         let positions = Tensor::arange(0u32, s as u32, input_ids.device())?;
         let words = self.word_embeddings.forward(input_ids)?;
         let pos = self.position_embeddings.forward(&positions)?;
@@ -152,7 +160,8 @@ impl MultiHeadSelfAttention {
         let v = self.split_heads(&self.v_lin.forward(x)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let ctx = attention(&q, &k, &v, mask, scale)?;
-        self.out_lin.forward(&ctx.transpose(1, 2)?.reshape((b, s, d))?)
+        self.out_lin
+            .forward(&ctx.transpose(1, 2)?.reshape((b, s, d))?)
     }
 }
 
@@ -174,7 +183,8 @@ impl Ffn {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.lin2.forward(&self.act.forward(&self.lin1.forward(x)?)?)
+        self.lin2
+            .forward(&self.act.forward(&self.lin1.forward(x)?)?)
     }
 }
 
@@ -199,8 +209,11 @@ impl TransformerBlock {
     }
 
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let sa = self.sa_layer_norm.forward(&(self.attention.forward(x, mask)? + x)?)?;
-        self.output_layer_norm.forward(&(self.ffn.forward(&sa)? + &sa)?)
+        let sa = self
+            .sa_layer_norm
+            .forward(&(self.attention.forward(x, mask)? + x)?)?;
+        self.output_layer_norm
+            .forward(&(self.ffn.forward(&sa)? + &sa)?)
     }
 }
 
@@ -386,7 +399,10 @@ mod tests {
     #[test]
     fn sinusoidal_table_matches_definition() {
         let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
-        let t = sinusoidal_position_table(4, 6, &vb).unwrap().to_vec2::<f32>().unwrap();
+        let t = sinusoidal_position_table(4, 6, &vb)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(t[0], vec![0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
         let a = 3.0f64 / 10000f64.powf(2.0 / 6.0);
         assert!((t[3][2] as f64 - a.sin()).abs() < 1e-6);

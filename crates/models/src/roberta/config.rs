@@ -187,8 +187,8 @@ impl RobertaConfig {
                 self.max_position_embeddings
             )));
         }
-        if !(self.layer_norm_eps > 0.0) {
-            return Err(err("layer_norm_eps must be positive".into()));
+        if !self.layer_norm_eps.is_finite() || self.layer_norm_eps <= 0.0 {
+            return Err(err("layer_norm_eps must be a positive number".into()));
         }
         Activation::from_name(&self.hidden_act).map_err(|e| err(e.to_string()))?;
         self.base.labels()?;
@@ -203,7 +203,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_python() {
-        let c = RobertaConfig::from_json_str(r#"{"model_type":"roberta"}"#, Path::new("c")).unwrap();
+        let c =
+            RobertaConfig::from_json_str(r#"{"model_type":"roberta"}"#, Path::new("c")).unwrap();
         assert_eq!(c.vocab_size, 50265);
         assert_eq!(c.type_vocab_size, 2);
         assert_eq!(c.base.pad_token_id, Some(1));
@@ -211,9 +212,11 @@ mod tests {
         assert_eq!(c.base.eos_token_id, Some(2.into()));
         assert_eq!(c.max_input_tokens(), 510);
         c.validate().unwrap();
-        let x = RobertaConfig::from_xlm_json_str(r#"{"model_type":"xlm-roberta"}"#, Path::new("c")).unwrap();
+        let x = RobertaConfig::from_xlm_json_str(r#"{"model_type":"xlm-roberta"}"#, Path::new("c"))
+            .unwrap();
         assert_eq!(x.vocab_size, 30522);
-        let x = RobertaConfig::from_xlm_json_str(r#"{"vocab_size":250002}"#, Path::new("c")).unwrap();
+        let x =
+            RobertaConfig::from_xlm_json_str(r#"{"vocab_size":250002}"#, Path::new("c")).unwrap();
         assert_eq!(x.vocab_size, 250002);
     }
 

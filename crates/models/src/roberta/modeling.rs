@@ -46,7 +46,11 @@ fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
     if ids.elem_count() == 0 {
         return Ok(());
     }
-    let max = ids.flatten_all()?.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()? as usize;
+    let max = ids
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::U32)?
+        .to_scalar::<u32>()? as usize;
     if max >= limit {
         candle_core::bail!("{what} holds id {max} but the embedding has only {limit} rows");
     }
@@ -57,9 +61,7 @@ fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
 /// `padding_idx + (number of non-padding tokens up to and including it)`, padding
 /// tokens get `padding_idx`. Returns u32 ids shaped like `input_ids`.
 pub fn create_position_ids_from_input_ids(input_ids: &Tensor, padding_idx: u32) -> Result<Tensor> {
-    let mask = input_ids
-        .ne(padding_idx)?
-        .to_dtype(DType::F32)?;
+    let mask = input_ids.ne(padding_idx)?.to_dtype(DType::F32)?;
     // Counts stay exact in f32 far beyond any position table (2^24).
     let counts = mask.cumsum(D::Minus1)?.mul(&mask)?;
     counts.affine(1.0, padding_idx as f64)?.to_dtype(DType::U32)
@@ -78,8 +80,9 @@ pub struct RobertaEmbeddings {
 
 impl RobertaEmbeddings {
     pub fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
-        let padding_idx = u32::try_from(c.padding_idx())
-            .map_err(|_| candle_core::Error::Msg(format!("invalid pad_token_id {}", c.padding_idx())))?;
+        let padding_idx = u32::try_from(c.padding_idx()).map_err(|_| {
+            candle_core::Error::Msg(format!("invalid pad_token_id {}", c.padding_idx()))
+        })?;
         Ok(Self {
             word_embeddings: embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
             position_embeddings: embedding(
@@ -111,8 +114,16 @@ impl RobertaEmbeddings {
                 self.max_tokens
             );
         }
-        check_ids(input_ids, self.word_embeddings.embeddings().dim(0)?, "input_ids")?;
-        check_ids(token_type_ids, self.token_type_embeddings.embeddings().dim(0)?, "token_type_ids")?;
+        check_ids(
+            input_ids,
+            self.word_embeddings.embeddings().dim(0)?,
+            "input_ids",
+        )?;
+        check_ids(
+            token_type_ids,
+            self.token_type_embeddings.embeddings().dim(0)?,
+            "token_type_ids",
+        )?;
         let positions = create_position_ids_from_input_ids(input_ids, self.padding_idx)?;
         let words = self.word_embeddings.forward(input_ids)?;
         let types = self.token_type_embeddings.forward(token_type_ids)?;
@@ -180,7 +191,8 @@ impl RobertaResidualOutput {
     }
 
     pub fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.LayerNorm.forward(&(self.dense.forward(x)? + residual)?)
+        self.LayerNorm
+            .forward(&(self.dense.forward(x)? + residual)?)
     }
 }
 
@@ -198,8 +210,16 @@ impl RobertaLayer {
     pub fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
         Ok(Self {
             attention_self: RobertaSelfAttention::load(vb.pp("attention.self"), c)?,
-            attention_output: RobertaResidualOutput::load(vb.pp("attention.output"), c.hidden_size, c)?,
-            intermediate: linear(c.hidden_size, c.intermediate_size, vb.pp("intermediate.dense"))?,
+            attention_output: RobertaResidualOutput::load(
+                vb.pp("attention.output"),
+                c.hidden_size,
+                c,
+            )?,
+            intermediate: linear(
+                c.hidden_size,
+                c.intermediate_size,
+                vb.pp("intermediate.dense"),
+            )?,
             act: act(c)?,
             output: RobertaResidualOutput::load(vb.pp("output"), c.intermediate_size, c)?,
         })
@@ -303,7 +323,10 @@ impl RobertaForSequenceClassification {
 impl SequenceClassificationModel for RobertaForSequenceClassification {
     fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
         let out = self.roberta.forward(inputs)?;
-        let x = self.dense.forward(&first_token(&out.last_hidden_state)?)?.tanh()?;
+        let x = self
+            .dense
+            .forward(&first_token(&out.last_hidden_state)?)?
+            .tanh()?;
         self.out_proj.forward(&x)
     }
 }
@@ -414,7 +437,8 @@ mod tests {
 
     #[test]
     fn position_ids_skip_padding() {
-        let ids = Tensor::new(&[[0u32, 44, 73, 2, 1, 1], [0, 5, 1, 6, 2, 1]], &Device::Cpu).unwrap();
+        let ids =
+            Tensor::new(&[[0u32, 44, 73, 2, 1, 1], [0, 5, 1, 6, 2, 1]], &Device::Cpu).unwrap();
         let pos = create_position_ids_from_input_ids(&ids, 1).unwrap();
         assert_eq!(
             pos.to_vec2::<u32>().unwrap(),

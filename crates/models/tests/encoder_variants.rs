@@ -1,0 +1,193 @@
+//! Checks beyond the shared macro for the RoBERTa and DistilBERT families:
+//! XLM-RoBERTa dispatch, model_type inference, length limits, DistilBERT's
+//! sinusoidal positions and ignored token types, half precision.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use rustformers_models::{
+    AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, EncoderInputs,
+    LoadOptions, ModelConfig,
+};
+
+#[test]
+fn xlm_roberta_runs_the_roberta_code_under_its_own_names() {
+    let dir = common::fixture("tiny-roberta-seqcls");
+    let expected = common::load_expected(&dir);
+    let roberta =
+        AutoModelForSequenceClassification::from_pretrained(dir.to_str().unwrap()).unwrap();
+    let tmp = common::copy_fixture_with("tiny-roberta-seqcls", |c| {
+        c.insert("model_type".into(), "xlm-roberta".into());
+        c.insert(
+            "architectures".into(),
+            serde_json::json!(["XLMRobertaForSequenceClassification"]),
+        );
+    });
+    let xlmr =
+        AutoModelForSequenceClassification::from_pretrained(tmp.path().to_str().unwrap()).unwrap();
+    assert_eq!(xlmr.architecture(), "XLMRobertaForSequenceClassification");
+    assert_eq!(xlmr.config.model_type(), "xlm-roberta");
+    assert_eq!(xlmr.config.base_model_prefix(), "roberta");
+    for case in &expected.cases {
+        let a = roberta.model.forward(case.inputs()).unwrap();
+        let b = xlmr.model.forward(case.inputs()).unwrap();
+        assert_eq!(common::max_abs_diff(&a, &b), 0.0);
+    }
+    let out = tempfile::tempdir().unwrap();
+    xlmr.save_pretrained(out.path()).unwrap();
+    let saved = std::fs::read_to_string(out.path().join("config.json")).unwrap();
+    assert!(saved.contains("\"model_type\": \"xlm-roberta\""), "{saved}");
+}
+
+#[test]
+fn model_type_is_inferred_from_architectures() {
+    for (arch, want) in [
+        ("XLMRobertaForMaskedLM", "xlm-roberta"),
+        ("RobertaModel", "roberta"),
+        ("DistilBertForSequenceClassification", "distilbert"),
+        ("BertForMaskedLM", "bert"),
+    ] {
+        let text = format!(r#"{{"architectures": ["{arch}"]}}"#);
+        let c = ModelConfig::from_json_str(&text, std::path::Path::new("config.json")).unwrap();
+        assert_eq!(c.model_type(), want, "{arch}");
+    }
+}
+
+#[test]
+fn config_defaults_and_limits() {
+    let p = std::path::Path::new("config.json");
+    let c = ModelConfig::from_json_str(
+        r#"{"model_type":"roberta","max_position_embeddings":514}"#,
+        p,
+    )
+    .unwrap();
+    assert_eq!(c.max_position_embeddings(), 512);
+    assert_eq!(c.base().pad_token_id, Some(1));
+    let c = ModelConfig::from_json_str(r#"{"model_type":"xlm-roberta"}"#, p).unwrap();
+    assert!(matches!(&c, ModelConfig::Roberta(r) if r.vocab_size == 30522));
+    let c = ModelConfig::from_json_str(r#"{"model_type":"distilbert"}"#, p).unwrap();
+    assert_eq!((c.hidden_size(), c.max_position_embeddings()), (768, 512));
+    assert_eq!(c.base_model_prefix(), "distilbert");
+    let err = ModelConfig::from_json_str(r#"{"model_type":"distilbert","dim":30,"n_heads":4}"#, p)
+        .unwrap_err();
+    assert!(err.to_string().contains("n_heads"), "{err}");
+}
+
+fn ids(n: usize) -> Tensor {
+    let v: Vec<u32> = (0..n).map(|i| 5 + (i as u32 % 50)).collect();
+    Tensor::from_vec(v, (1, n), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn roberta_length_limit_counts_from_the_padding_index() {
+    // max_position_embeddings 130, pad_token_id 1: 128 tokens fit, 129 do not.
+    let dir = common::fixture("tiny-roberta-base");
+    let model = AutoModel::from_pretrained(dir.to_str().unwrap()).unwrap();
+    assert_eq!(model.config.max_position_embeddings(), 128);
+    model.model.forward(EncoderInputs::ids(&ids(128))).unwrap();
+    let err = model
+        .model
+        .forward(EncoderInputs::ids(&ids(129)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("129 tokens is longer"), "{err}");
+    let bad = Tensor::new(&[[0u32, 400, 2]], &Device::Cpu).unwrap();
+    let err = model
+        .model
+        .forward(EncoderInputs::ids(&bad))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("id 400"), "{err}");
+}
+
+#[test]
+fn distilbert_ignores_token_type_ids() {
+    let dir = common::fixture("tiny-distilbert-seqcls");
+    let model = AutoModelForSequenceClassification::from_pretrained(dir.to_str().unwrap()).unwrap();
+    let x = ids(10);
+    let types = x.ones_like().unwrap();
+    let a = model.model.forward(EncoderInputs::ids(&x)).unwrap();
+    let b = model
+        .model
+        .forward(EncoderInputs {
+            input_ids: &x,
+            attention_mask: None,
+            token_type_ids: Some(&types),
+        })
+        .unwrap();
+    assert_eq!(common::max_abs_diff(&a, &b), 0.0);
+}
+
+#[test]
+fn distilbert_sinusoidal_positions() {
+    let dir = common::fixture("tiny-distilbert-base");
+    let expected = common::load_expected(&dir);
+    let case = &expected.cases[0];
+    let base = AutoModel::from_pretrained(dir.to_str().unwrap()).unwrap();
+    let want = base.model.forward(case.inputs()).unwrap().last_hidden_state;
+
+    // The flag with the table in the checkpoint: the stored table is used.
+    let tmp = common::copy_fixture_with("tiny-distilbert-base", |c| {
+        c.insert("sinusoidal_pos_embds".into(), true.into());
+    });
+    let m = AutoModel::from_pretrained(tmp.path().to_str().unwrap()).unwrap();
+    let got = m.model.forward(case.inputs()).unwrap().last_hidden_state;
+    assert_eq!(common::max_abs_diff(&got, &want), 0.0);
+
+    // Without the table: computed, not reported missing.
+    let path = tmp.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    assert!(tensors
+        .remove("embeddings.position_embeddings.weight")
+        .is_some());
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let m = AutoModel::from_pretrained(tmp.path().to_str().unwrap()).unwrap();
+    let got = m.model.forward(case.inputs()).unwrap().last_hidden_state;
+    assert_eq!(got.dims(), want.dims());
+    assert!(common::max_abs_diff(&got, &want) > 0.0);
+
+    // And without the flag the missing table is an error.
+    let tmp2 = common::copy_fixture_with("tiny-distilbert-base", |_| {});
+    candle_core::safetensors::save(&tensors, tmp2.path().join("model.safetensors")).unwrap();
+    let err = AutoModel::from_pretrained(tmp2.path().to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("embeddings.position_embeddings.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn half_precision_stays_close_to_f32() {
+    for name in ["tiny-roberta-mlm", "tiny-distilbert-mlm"] {
+        let dir = common::fixture(name);
+        let expected = common::load_expected(&dir);
+        let case = &expected.cases[0];
+        let f32_model = AutoModelForMaskedLM::from_pretrained(dir.to_str().unwrap()).unwrap();
+        let want = f32_model.model.forward(case.inputs()).unwrap();
+        // candle has no bf16 matmul on CPU; f16 exercises the half-precision paths.
+        let opts = LoadOptions {
+            dtype: Some(DType::F16),
+            device: Device::Cpu,
+        };
+        let m = AutoModelForMaskedLM::from_pretrained_with(dir.to_str().unwrap(), &opts).unwrap();
+        let got = m.model.forward(case.inputs()).unwrap();
+        assert_eq!(got.dtype(), DType::F16);
+        let d = common::max_abs_diff(&got, &want);
+        assert!(d < 0.15, "{name} f16: max diff {d}");
+    }
+}
+
+#[test]
+fn empty_input_is_not_a_panic() {
+    for name in ["tiny-roberta-base", "tiny-distilbert-base"] {
+        let dir = common::fixture(name);
+        let model = AutoModel::from_pretrained(dir.to_str().unwrap()).unwrap();
+        let empty = Tensor::zeros((1, 0), DType::U32, &Device::Cpu).unwrap();
+        // Either an error or an empty output is fine; a panic is not.
+        if let Ok(out) = model.model.forward(EncoderInputs::ids(&empty)) {
+            assert_eq!(out.last_hidden_state.dims()[1], 0);
+        }
+    }
+}
