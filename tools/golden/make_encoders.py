@@ -228,6 +228,24 @@ def build_checkpoint(fam: Family, head: str, out_dir: Path, tokenizer) -> None:
     out_dir.mkdir(parents=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    if fam.name == "roberta" and head == "mlm":
+        store_decoder_bias(out_dir)
+
+
+def store_decoder_bias(out_dir: Path) -> None:
+    """Writes `lm_head.decoder.bias` beside `lm_head.bias`.
+
+    transformers 4.46.3 saves only `lm_head.bias`; on load it re-ties the two biases the
+    wrong way round and the bias becomes zero. With both keys stored it loads the real
+    bias, so the recorded outputs are the model's true outputs.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = out_dir / "model.safetensors"
+    tensors = load_file(str(path))
+    if "lm_head.decoder.bias" not in tensors:
+        tensors["lm_head.decoder.bias"] = tensors["lm_head.bias"].clone()
+        save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 # ---------------------------------------------------------------------------

@@ -152,3 +152,23 @@ fn bert_fill_mask() {
 fn bert_question_answering() {
     run_fixture("tiny-bert-qa", &["question-answering"]);
 }
+
+#[test]
+fn roberta_pipelines() {
+    run_fixture("tiny-roberta-base", &["feature-extraction"]);
+    run_fixture("tiny-roberta-seqcls", &["text-classification"]);
+    run_fixture("tiny-roberta-seqcls", &["zero-shot-classification"]);
+    run_fixture("tiny-roberta-tokcls", &["token-classification"]);
+    run_fixture("tiny-roberta-mlm", &["fill-mask"]);
+    run_fixture("tiny-roberta-qa", &["question-answering"]);
+}
+
+#[test]
+fn distilbert_pipelines() {
+    run_fixture("tiny-distilbert-base", &["feature-extraction"]);
+    run_fixture("tiny-distilbert-seqcls", &["text-classification"]);
+    run_fixture("tiny-distilbert-seqcls", &["zero-shot-classification"]);
+    run_fixture("tiny-distilbert-tokcls", &["token-classification"]);
+    run_fixture("tiny-distilbert-mlm", &["fill-mask"]);
+    run_fixture("tiny-distilbert-qa", &["question-answering"]);
+}

@@ -66,9 +66,6 @@ pub struct Expected {
     /// The Python `transformers` version that recorded the outputs.
     pub transformers: String,
     pub cases: Vec<Case>,
-    /// A bias Python's loader left out of the recorded logits; see
-    /// [`python_dropped_lm_head_bias`].
-    pub dropped_logits_bias: Option<Tensor>,
 }
 
 /// Flattens a nested JSON array of numbers into values and shape.
@@ -122,38 +119,11 @@ pub fn load_expected(dir: &Path) -> Expected {
         })
         .collect::<Vec<_>>();
     assert!(!cases.is_empty(), "{}: no model cases", dir.display());
-    let dropped_logits_bias = python_dropped_lm_head_bias(dir, &model_class, &transformers);
     Expected {
         model_class,
         transformers,
         cases,
-        dropped_logits_bias,
     }
-}
-
-/// A known bug of the reference: transformers 4.46 loads weights by assigning new
-/// parameters, which unties `lm_head.bias` from `lm_head.decoder.bias` in
-/// `RobertaForMaskedLM`; `RobertaLMHead._tie_weights` then re-ties in the wrong
-/// direction (`self.bias = self.decoder.bias`), so when the checkpoint holds only
-/// `lm_head.bias` (what 4.46's own save_pretrained writes) the loaded model uses a
-/// zero bias. rustformers applies the checkpoint's bias, as other transformers
-/// versions do; the comparison takes the bias back out of our logits. The condition
-/// is exact, so a fixture recorded without the bug gets the full comparison.
-pub fn python_dropped_lm_head_bias(
-    dir: &Path,
-    model_class: &str,
-    transformers: &str,
-) -> Option<Tensor> {
-    let roberta_mlm = matches!(model_class, "RobertaForMaskedLM" | "XLMRobertaForMaskedLM");
-    if !roberta_mlm || !transformers.starts_with("4.46.") {
-        return None;
-    }
-    let tensors =
-        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    if tensors.contains_key("lm_head.decoder.bias") {
-        return None;
-    }
-    tensors.get("lm_head.bias").cloned()
 }
 
 /// One named output of a forward pass. `per_token` outputs are `[batch, seq, ...]`.
@@ -277,18 +247,8 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f32) {
 /// Compares one output with the Python recording of `case`: shape and values.
 /// MLM fixtures store logits as every `logits_stride`-th vocab column plus the
 /// per-position logsumexp and argmax over the full vocabulary.
-pub fn check_output(fixture: &str, expected: &Expected, case: &Case, out: &Out) {
+pub fn check_output(fixture: &str, case: &Case, out: &Out) {
     let what = format!("{fixture}/{}/{}", case.name, out.name);
-    if out.name == "logits" {
-        if let Some(bias) = &expected.dropped_logits_bias {
-            let out = Out {
-                name: out.name,
-                tensor: out.tensor.broadcast_sub(bias).unwrap(),
-                per_token: out.per_token,
-            };
-            return check_output_values(&what, case, &out);
-        }
-    }
     check_output_values(&what, case, out)
 }
 
@@ -389,7 +349,7 @@ pub fn check_matches_python<M: ?Sized + RunHead>(
             case.name
         );
         for out in &outs {
-            check_output(name, &expected, case, out);
+            check_output(name, case, out);
         }
     }
 }
