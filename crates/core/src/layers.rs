@@ -51,6 +51,63 @@ impl Activation {
     }
 }
 
+/// An embedding table whose lookup fails with a clear error (instead of reading out of
+/// bounds) when an id is not below the number of rows: a tokenizer bigger than its
+/// model, or token types a model does not have.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    table: candle_nn::Embedding,
+    rows: usize,
+    name: String,
+}
+
+/// Loads an embedding table of `rows` × `dim` from `vb` (key `weight`).
+pub fn embedding(
+    rows: usize,
+    dim: usize,
+    vb: candle_nn::VarBuilder,
+) -> candle_core::Result<Embedding> {
+    let name = vb.prefix();
+    let table = candle_nn::embedding(rows, dim, vb)?;
+    Ok(Embedding { table, rows, name })
+}
+
+impl Embedding {
+    /// Wraps an existing `[rows, dim]` table.
+    pub fn new(weight: Tensor, name: &str) -> candle_core::Result<Self> {
+        let (rows, dim) = weight.dims2()?;
+        Ok(Self {
+            table: candle_nn::Embedding::new(weight, dim),
+            rows,
+            name: name.to_string(),
+        })
+    }
+
+    /// The `[rows, dim]` table.
+    pub fn embeddings(&self) -> &Tensor {
+        self.table.embeddings()
+    }
+
+    /// Looks ids up, checking their range first.
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        if ids.elem_count() > 0 {
+            let max = ids
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(DType::U32)?
+                .to_scalar::<u32>()? as usize;
+            if max >= self.rows {
+                candle_core::bail!(
+                    "id {max} is out of range for `{}`, which has {} rows",
+                    self.name,
+                    self.rows
+                );
+            }
+        }
+        candle_nn::Module::forward(&self.table, ids)
+    }
+}
+
 /// Turns a `[batch, seq]` 0/1 attention mask into the additive `[batch, 1, 1, seq]` mask
 /// encoders add to attention scores: 0 where attended, the dtype's minimum elsewhere.
 pub fn extended_attention_mask(mask: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
@@ -155,6 +212,20 @@ mod tests {
         let sd = (1.25f32).sqrt();
         assert!((y[0][0] + 1.5 / sd).abs() < 1e-5);
         assert!((y[0][3] - 1.5 / sd).abs() < 1e-5);
+    }
+
+    #[test]
+    fn embedding_rejects_out_of_range_ids() {
+        let e = Embedding::new(
+            Tensor::ones((3, 2), DType::F32, &Device::Cpu).unwrap(),
+            "emb",
+        )
+        .unwrap();
+        let ok = Tensor::new(&[[0u32, 2]], &Device::Cpu).unwrap();
+        assert_eq!(e.forward(&ok).unwrap().dims(), &[1, 2, 2]);
+        let bad = Tensor::new(&[[0u32, 3]], &Device::Cpu).unwrap();
+        let err = e.forward(&bad).unwrap_err().to_string();
+        assert!(err.contains("id 3 is out of range for `emb`"), "{err}");
     }
 
     #[test]

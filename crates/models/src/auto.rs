@@ -277,6 +277,13 @@ fn load_with<T: ?Sized + 'static>(
             ))
         })?;
     let dtype = opts.dtype.unwrap_or(DType::F32);
+    if dtype == DType::BF16 && opts.device.is_cpu() {
+        return Err(Error::Unsupported(
+            "bf16 compute is not available on CPU yet; leave dtype unset (bf16 checkpoints are \
+             converted to f32 on load) or use f16"
+                .into(),
+        ));
+    }
     let paths = safetensors_files(&files)?;
     let ckpt = Checkpoint::open(
         &paths,
@@ -351,12 +358,22 @@ macro_rules! roberta_entry {
     };
 }
 
+/// The base model gets a pooler when the checkpoint has one (Python would add a randomly
+/// initialised pooler to a checkpoint saved without; rustformers returns no
+/// `pooler_output` instead of random numbers).
+fn has_pooler(vb: &VarBuilder) -> bool {
+    vb.contains_tensor("pooler.dense.weight")
+}
+
 static BASE: &[Entry<dyn EncoderModel>] = &[
     Entry {
         model_type: "bert",
         architecture: "BertModel",
         ctor: |vb, c| match c {
-            ModelConfig::Bert(c) => Ok(Box::new(bert::BertModel::load(vb, c, true)?)),
+            ModelConfig::Bert(c) => {
+                let pooler = has_pooler(&vb);
+                Ok(Box::new(bert::BertModel::load(vb, c, pooler)?))
+            }
             other => Err(wrong_config(other)),
         },
     },
@@ -364,7 +381,10 @@ static BASE: &[Entry<dyn EncoderModel>] = &[
         model_type: "roberta",
         architecture: "RobertaModel",
         ctor: |vb, c| match c {
-            ModelConfig::Roberta(c) => Ok(Box::new(roberta::RobertaModel::load(vb, c, true)?)),
+            ModelConfig::Roberta(c) => {
+                let pooler = has_pooler(&vb);
+                Ok(Box::new(roberta::RobertaModel::load(vb, c, pooler)?))
+            }
             other => Err(wrong_config(other)),
         },
     },
@@ -372,7 +392,10 @@ static BASE: &[Entry<dyn EncoderModel>] = &[
         model_type: "xlm-roberta",
         architecture: "XLMRobertaModel",
         ctor: |vb, c| match c {
-            ModelConfig::Roberta(c) => Ok(Box::new(roberta::RobertaModel::load(vb, c, true)?)),
+            ModelConfig::Roberta(c) => {
+                let pooler = has_pooler(&vb);
+                Ok(Box::new(roberta::RobertaModel::load(vb, c, pooler)?))
+            }
             other => Err(wrong_config(other)),
         },
     },

@@ -191,3 +191,96 @@ fn empty_input_is_not_a_panic() {
         }
     }
 }
+
+#[test]
+fn base_model_from_a_checkpoint_without_pooler_has_no_pooler_output() {
+    for name in ["tiny-bert-mlm", "tiny-roberta-mlm", "tiny-bert-tokcls"] {
+        let dir = common::fixture(name);
+        let model = AutoModel::from_pretrained(dir.to_str().unwrap()).unwrap();
+        let out = model.model.forward(EncoderInputs::ids(&ids(5))).unwrap();
+        assert!(out.pooler_output.is_none(), "{name}");
+        assert_eq!(out.last_hidden_state.dims(), &[1, 5, 32]);
+    }
+    // A checkpoint with a pooler keeps it.
+    let dir = common::fixture("tiny-bert-base");
+    let model = AutoModel::from_pretrained(dir.to_str().unwrap()).unwrap();
+    let out = model.model.forward(EncoderInputs::ids(&ids(5))).unwrap();
+    assert_eq!(out.pooler_output.unwrap().dims(), &[1, 32]);
+}
+
+#[test]
+fn bf16_on_cpu_is_a_clear_error() {
+    let dir = common::fixture("tiny-bert-base");
+    let opts = LoadOptions {
+        dtype: Some(DType::BF16),
+        device: Device::Cpu,
+    };
+    let err = AutoModel::from_pretrained_with(dir.to_str().unwrap(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bf16 compute is not available on CPU"),
+        "{err}"
+    );
+}
+
+#[test]
+fn out_of_range_ids_are_errors() {
+    let dir = common::fixture("tiny-bert-base");
+    let model = AutoModel::from_pretrained(dir.to_str().unwrap()).unwrap();
+    let big = Tensor::new(&[[1u32, 100_000]], &Device::Cpu).unwrap();
+    let err = model
+        .model
+        .forward(EncoderInputs::ids(&big))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("out of range for `embeddings.word_embeddings`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bf16_and_f16_checkpoints_run_on_cpu_in_f32() {
+    let src = common::fixture("tiny-bert-base");
+    let reference = AutoModel::from_pretrained(src.to_str().unwrap()).unwrap();
+    let x = ids(6);
+    let want = reference
+        .model
+        .forward(EncoderInputs::ids(&x))
+        .unwrap()
+        .last_hidden_state;
+    for dtype in [DType::BF16, DType::F16] {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+        }
+        let tensors =
+            candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+        let cast: std::collections::BTreeMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(k, t)| (k, t.to_dtype(dtype).unwrap()))
+            .collect();
+        rustformers_core::weights::save_safetensors(&cast, &tmp.path().join("model.safetensors"))
+            .unwrap();
+        let model = AutoModel::from_pretrained(tmp.path().to_str().unwrap()).unwrap();
+        assert_eq!(model.dtype, DType::F32);
+        let got = model
+            .model
+            .forward(EncoderInputs::ids(&x))
+            .unwrap()
+            .last_hidden_state;
+        let diff = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // Only the weights were rounded: bf16 keeps 8 bits of mantissa, f16 11.
+        let bound = if dtype == DType::BF16 { 0.1 } else { 0.01 };
+        assert!(diff < bound, "{dtype:?}: {diff}");
+        assert!(diff > 0.0, "{dtype:?}: the weights were not rounded");
+    }
+}

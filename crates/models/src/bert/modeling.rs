@@ -6,9 +6,11 @@
 #![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
-use rustformers_core::layers::{attention, extended_attention_mask, Activation, LayerNorm};
+use rustformers_core::layers::{
+    attention, embedding, extended_attention_mask, Activation, Embedding, LayerNorm,
+};
 
 use super::config::BertConfig;
 use crate::traits::{
@@ -22,22 +24,6 @@ pub const BASE_MODEL_PREFIX: &str = "bert";
 
 fn act(config: &BertConfig) -> Result<Activation> {
     Activation::from_name(&config.hidden_act).map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
-/// Fails (instead of reading out of bounds) when an id is not below `limit`.
-fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
-    if ids.elem_count() == 0 {
-        return Ok(());
-    }
-    let max = ids
-        .flatten_all()?
-        .max(0)?
-        .to_dtype(DType::U32)?
-        .to_scalar::<u32>()? as usize;
-    if max >= limit {
-        candle_core::bail!("{what} holds id {max} but the embedding has only {limit} rows");
-    }
-    Ok(())
 }
 
 /// Word + position + token type embeddings, then LayerNorm.
@@ -82,16 +68,6 @@ impl BertEmbeddings {
                 self.max_positions
             );
         }
-        check_ids(
-            input_ids,
-            self.word_embeddings.embeddings().dim(0)?,
-            "input_ids",
-        )?;
-        check_ids(
-            token_type_ids,
-            self.token_type_embeddings.embeddings().dim(0)?,
-            "token_type_ids",
-        )?;
         let positions = Tensor::arange(0u32, s as u32, input_ids.device())?;
         let words = self.word_embeddings.forward(input_ids)?;
         let types = self.token_type_embeddings.forward(token_type_ids)?;
@@ -362,7 +338,7 @@ impl BertForMaskedLM {
         let transform_dense = linear(c.hidden_size, c.hidden_size, p.pp("transform.dense"))?;
         let transform_norm =
             LayerNorm::load(p.pp("transform.LayerNorm"), c.hidden_size, c.layer_norm_eps)?;
-        let weight = if c.base.tie_word_embeddings() || !p.contains_tensor("decoder.weight") {
+        let weight = if c.base.tie_word_embeddings() {
             bert.embeddings().word_embeddings().clone()
         } else {
             p.get((c.vocab_size, c.hidden_size), "decoder.weight")?

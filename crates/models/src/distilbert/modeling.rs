@@ -11,9 +11,11 @@
 #![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
-use rustformers_core::layers::{attention, extended_attention_mask, Activation, LayerNorm};
+use rustformers_core::layers::{
+    attention, embedding, extended_attention_mask, Activation, Embedding, LayerNorm,
+};
 
 use super::config::DistilBertConfig;
 use crate::traits::{
@@ -36,22 +38,6 @@ fn num_labels(config: &DistilBertConfig) -> Result<usize> {
         .base
         .num_labels()
         .map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
-/// Fails (instead of reading out of bounds) when an id is not below `limit`.
-fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
-    if ids.elem_count() == 0 {
-        return Ok(());
-    }
-    let max = ids
-        .flatten_all()?
-        .max(0)?
-        .to_dtype(DType::U32)?
-        .to_scalar::<u32>()? as usize;
-    if max >= limit {
-        candle_core::bail!("{what} holds id {max} but the embedding has only {limit} rows");
-    }
-    Ok(())
 }
 
 /// Python's `_create_sinusoidal_embeddings`: `[n_pos, dim]` with
@@ -82,8 +68,8 @@ impl Embeddings {
         let position_embeddings = if c.sinusoidal_pos_embds && !pvb.contains_tensor("weight") {
             Embedding::new(
                 sinusoidal_position_table(c.max_position_embeddings, c.dim, &pvb)?,
-                c.dim,
-            )
+                "position_embeddings",
+            )?
         } else {
             embedding(c.max_position_embeddings, c.dim, pvb)?
         };
@@ -108,11 +94,6 @@ impl Embeddings {
                 self.max_positions
             );
         }
-        check_ids(
-            input_ids,
-            self.word_embeddings.embeddings().dim(0)?,
-            "input_ids",
-        )?;
         let positions = Tensor::arange(0u32, s as u32, input_ids.device())?;
         let words = self.word_embeddings.forward(input_ids)?;
         let pos = self.position_embeddings.forward(&positions)?;

@@ -16,9 +16,11 @@
 #![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
-use rustformers_core::layers::{attention, extended_attention_mask, Activation, LayerNorm};
+use rustformers_core::layers::{
+    attention, embedding, extended_attention_mask, Activation, Embedding, LayerNorm,
+};
 
 use super::config::RobertaConfig;
 use crate::traits::{
@@ -39,22 +41,6 @@ fn num_labels(config: &RobertaConfig) -> Result<usize> {
         .base
         .num_labels()
         .map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
-/// Fails (instead of reading out of bounds) when an id is not below `limit`.
-fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
-    if ids.elem_count() == 0 {
-        return Ok(());
-    }
-    let max = ids
-        .flatten_all()?
-        .max(0)?
-        .to_dtype(DType::U32)?
-        .to_scalar::<u32>()? as usize;
-    if max >= limit {
-        candle_core::bail!("{what} holds id {max} but the embedding has only {limit} rows");
-    }
-    Ok(())
 }
 
 /// Python's `create_position_ids_from_input_ids`: each non-padding token gets
@@ -114,16 +100,6 @@ impl RobertaEmbeddings {
                 self.max_tokens
             );
         }
-        check_ids(
-            input_ids,
-            self.word_embeddings.embeddings().dim(0)?,
-            "input_ids",
-        )?;
-        check_ids(
-            token_type_ids,
-            self.token_type_embeddings.embeddings().dim(0)?,
-            "token_type_ids",
-        )?;
         let positions = create_position_ids_from_input_ids(input_ids, self.padding_idx)?;
         let words = self.word_embeddings.forward(input_ids)?;
         let types = self.token_type_embeddings.forward(token_type_ids)?;
