@@ -144,6 +144,14 @@ impl ModelConfig {
         }
     }
 
+    /// Tied tensors save_pretrained writes under a second name (alias, source).
+    pub fn tied_save_keys(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Roberta(_) => roberta::modeling::TIED_SAVE_KEYS,
+            Self::Bert(_) | Self::DistilBert(_) => &[],
+        }
+    }
+
     /// Hidden size of the encoder output.
     pub fn hidden_size(&self) -> usize {
         match self {
@@ -238,7 +246,15 @@ impl<M: ?Sized> PreTrainedModel<M> {
         let mut config = self.config.clone();
         config.base_mut().architectures = Some(vec![self.architecture.to_string()]);
         config.base_mut().torch_dtype = Some(dtype_name(self.dtype).to_string());
-        save_safetensors(&self.tensors, &dir.join("model.safetensors"))?;
+        let mut tensors = self.tensors.clone();
+        for (alias, source) in self.config.tied_save_keys() {
+            if let Some(t) = self.tensors.get(*source) {
+                tensors
+                    .entry(alias.to_string())
+                    .or_insert_with(|| t.clone());
+            }
+        }
+        save_safetensors(&tensors, &dir.join("model.safetensors"))?;
         write_atomic(
             &dir.join("config.json"),
             config.to_json_string()?.as_bytes(),

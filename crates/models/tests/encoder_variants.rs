@@ -284,3 +284,17 @@ fn bf16_and_f16_checkpoints_run_on_cpu_in_f32() {
         assert!(diff > 0.0, "{dtype:?}: the weights were not rounded");
     }
 }
+
+#[test]
+fn roberta_mlm_saves_its_tied_bias_under_both_names() {
+    let dir = common::fixture("tiny-roberta-mlm");
+    let model = AutoModelForMaskedLM::from_pretrained(dir.to_str().unwrap()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    model.save_pretrained(out.path()).unwrap();
+    let saved =
+        candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let a = saved["lm_head.bias"].to_vec1::<f32>().unwrap();
+    let b = saved["lm_head.decoder.bias"].to_vec1::<f32>().unwrap();
+    assert_eq!(a, b);
+    assert!(a.iter().any(|x| *x != 0.0));
+}

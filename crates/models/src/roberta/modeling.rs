@@ -32,6 +32,11 @@ use crate::traits::{
 /// Python's `base_model_prefix` for RoBERTa and XLM-RoBERTa.
 pub const BASE_MODEL_PREFIX: &str = "roberta";
 
+/// Tied tensors save_pretrained writes under both names (alias, source). Python 4.46
+/// saves only `lm_head.bias` and, loading that, re-ties the two biases the wrong way
+/// round and gets a zero bias; with both keys stored every version loads the real one.
+pub const TIED_SAVE_KEYS: &[(&str, &str)] = &[("lm_head.decoder.bias", "lm_head.bias")];
+
 fn act(config: &RobertaConfig) -> Result<Activation> {
     Activation::from_name(&config.hidden_act).map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
@@ -385,6 +390,10 @@ impl RobertaForMaskedLM {
         let bias = if !p.contains_tensor("bias") && p.contains_tensor("decoder.bias") {
             p.get(c.vocab_size, "decoder.bias")?
         } else {
+            if p.contains_tensor("decoder.bias") {
+                // The same tied tensor stored twice: read so it counts as used.
+                p.get(c.vocab_size, "decoder.bias")?;
+            }
             p.get(c.vocab_size, "bias")?
         };
         Ok(Self {
