@@ -7,10 +7,14 @@ use std::collections::BTreeSet;
 use candle_core::DType;
 use serde_json::{json, Value};
 
-use rustformers_core::{AutoTokenizer, EncodeOptions, Error, ModelFiles, Result, TextInput};
+use rustformers_core::{
+    AutoTokenizer, EncodeOptions, Error, ModelFiles, Padding, Result, TextInput,
+};
 use rustformers_models::{AutoModelForMaskedLM, LoadOptions, MaskedLmModel, PreTrainedModel};
 
-use crate::common::{argsort_desc, num, softmax, text_of, to_tensors};
+use crate::common::{
+    argsort_desc, batch_size, num, real_range, softmax, text_of, to_tensors, unpad,
+};
 use crate::params::{ParamReader, Params};
 use crate::Pipeline;
 
@@ -79,56 +83,84 @@ impl FillMaskPipeline {
         Ok(ids.into_iter().collect())
     }
 
-    fn fill_one(&self, text: &str, top_k: usize, targets: Option<&[u32]>) -> Result<Value> {
-        let enc = self
-            .tokenizer
-            .encode(TextInput::Single(text), &EncodeOptions::default())?;
-        let ids = enc.input_ids[0].clone();
-        let masked: Vec<usize> = ids
+    /// Fills the masks of a padded batch of texts; one output per text.
+    fn fill_batch(
+        &self,
+        texts: &[&str],
+        top_k: usize,
+        targets: Option<&[u32]>,
+    ) -> Result<Vec<Value>> {
+        let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
+        let enc = self.tokenizer.encode_batch(
+            &inputs,
+            &EncodeOptions {
+                padding: Padding::Longest,
+                ..Default::default()
+            },
+        )?;
+        let rows: Vec<Vec<u32>> = enc
+            .input_ids
             .iter()
-            .enumerate()
-            .filter(|(_, id)| **id == self.mask_id)
-            .map(|(i, _)| i)
+            .zip(&enc.attention_mask)
+            .map(|(ids, mask)| unpad(ids, mask))
             .collect();
-        if masked.is_empty() {
+        if rows.iter().any(|ids| !ids.contains(&self.mask_id)) {
             return Err(Error::invalid(format!(
                 "fill-mask: no mask_token ({}) found on the input",
                 self.mask_token
             )));
         }
         let t = to_tensors(&enc, &self.model.device)?;
-        let logits = self.model.model.forward(t.inputs())?.get(0)?;
-        let single = masked.len() == 1;
+        let logits = self.model.model.forward(t.inputs())?;
         let pad_id = self.tokenizer.pad_token_id();
-        let mut per_mask = Vec::with_capacity(masked.len());
-        for &pos in &masked {
-            let probs = softmax(&logits.get(pos)?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-            let (cand_ids, cand_probs): (Vec<u32>, Vec<f32>) = match targets {
-                Some(t) => (t.to_vec(), t.iter().map(|&i| probs[i as usize]).collect()),
-                None => ((0..probs.len() as u32).collect(), probs),
-            };
-            let k = top_k.min(cand_ids.len());
-            let mut items = Vec::with_capacity(k);
-            for &j in argsort_desc(&cand_probs).iter().take(k) {
-                let token = cand_ids[j];
-                let mut seq: Vec<u32> = ids.clone();
-                seq[pos] = token;
-                let seq: Vec<u32> = seq.into_iter().filter(|i| Some(*i) != pad_id).collect();
-                let sequence = self.tokenizer.decode(&seq, single)?;
-                items.push(json!({
-                    "score": num(cand_probs[j]),
-                    "token": token,
-                    "token_str": self.tokenizer.decode(&[token], false)?,
-                    "sequence": sequence,
-                }));
+        let mut out = Vec::with_capacity(texts.len());
+        for (i, ids) in rows.iter().enumerate() {
+            let (start, len) = real_range(&enc.attention_mask[i]);
+            let row_logits = logits.get(i)?.narrow(0, start, len)?;
+            let masked: Vec<usize> = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| **id == self.mask_id)
+                .map(|(p, _)| p)
+                .collect();
+            let single = masked.len() == 1;
+            let mut per_mask = Vec::with_capacity(masked.len());
+            for &pos in &masked {
+                let probs = softmax(
+                    &row_logits
+                        .get(pos)?
+                        .to_dtype(DType::F32)?
+                        .to_vec1::<f32>()?,
+                );
+                let (cand_ids, cand_probs): (Vec<u32>, Vec<f32>) = match targets {
+                    Some(t) => (t.to_vec(), t.iter().map(|&i| probs[i as usize]).collect()),
+                    None => ((0..probs.len() as u32).collect(), probs),
+                };
+                let k = top_k.min(cand_ids.len());
+                let mut items = Vec::with_capacity(k);
+                for &j in argsort_desc(&cand_probs).iter().take(k) {
+                    let token = cand_ids[j];
+                    let mut seq = ids.clone();
+                    seq[pos] = token;
+                    seq.retain(|id| Some(*id) != pad_id);
+                    // Python skips special tokens only when there is a single mask.
+                    let sequence = self.tokenizer.decode(&seq, single)?;
+                    items.push(json!({
+                        "score": num(cand_probs[j]),
+                        "token": token,
+                        "token_str": self.tokenizer.decode(&[token], false)?,
+                        "sequence": sequence,
+                    }));
+                }
+                per_mask.push(Value::Array(items));
             }
-            per_mask.push(Value::Array(items));
+            out.push(if single {
+                per_mask.remove(0)
+            } else {
+                Value::Array(per_mask)
+            });
         }
-        Ok(if single {
-            per_mask.remove(0)
-        } else {
-            Value::Array(per_mask)
-        })
+        Ok(out)
     }
 }
 
@@ -147,11 +179,16 @@ impl Pipeline for FillMaskPipeline {
             Some(t) => Some(self.target_ids(&t)?),
             None => None,
         };
-        let _ = r.usize("batch_size")?;
+        let batch = batch_size(r.usize("batch_size")?)?;
         r.finish()?;
-        inputs
+        let texts: Vec<&str> = inputs
             .iter()
-            .map(|v| self.fill_one(text_of("fill-mask", v)?, top_k, targets.as_deref()))
-            .collect()
+            .map(|v| text_of("fill-mask", v))
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(batch) {
+            out.extend(self.fill_batch(chunk, top_k, targets.as_deref())?);
+        }
+        Ok(out)
     }
 }
