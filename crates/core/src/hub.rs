@@ -262,7 +262,8 @@ impl ModelFiles {
         use hf_hub::api::sync::ApiBuilder;
         use hf_hub::{Repo, RepoType};
         let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
-        let api = ApiBuilder::new()
+        // from_env honours HF_ENDPOINT (mirrors, and the tests' local server).
+        let api = ApiBuilder::from_env()
             .with_cache_dir(self.cache_dir.clone())
             .with_token(token)
             .with_progress(true)

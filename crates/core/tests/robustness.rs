@@ -115,10 +115,17 @@ fn mutated_tokenizers_never_panic() {
     let mut rng = Rng(7);
     for round in 0..200 {
         let tok = write(tmp.path(), "tokenizer.json", &mutate(&mut rng, &src));
-        let cfg_bytes = if round % 2 == 0 { mutate(&mut rng, &cfg) } else { cfg.clone() };
+        let cfg_bytes = if round % 2 == 0 {
+            mutate(&mut rng, &cfg)
+        } else {
+            cfg.clone()
+        };
         let cfg = write(tmp.path(), "tokenizer_config.json", &cfg_bytes);
         if let Ok(t) = AutoTokenizer::from_paths(&tok, Some(&cfg), None) {
-            let _ = t.encode(TextInput::Pair("hello world", "paris"), &EncodeOptions::default());
+            let _ = t.encode(
+                TextInput::Pair("hello world", "paris"),
+                &EncodeOptions::default(),
+            );
             let _ = t.decode(&[0, 1, 2, 100_000], true);
         }
     }
