@@ -132,6 +132,14 @@ impl FillMaskPipeline {
                         .to_dtype(DType::F32)?
                         .to_vec1::<f32>()?,
                 );
+                if let Some(bad) =
+                    targets.and_then(|t| t.iter().find(|&&i| i as usize >= probs.len()))
+                {
+                    return Err(Error::invalid(format!(
+                        "fill-mask: target id {bad} is outside the model's vocabulary of {}",
+                        probs.len()
+                    )));
+                }
                 let (cand_ids, cand_probs): (Vec<u32>, Vec<f32>) = match targets {
                     Some(t) => (t.to_vec(), t.iter().map(|&i| probs[i as usize]).collect()),
                     None => ((0..probs.len() as u32).collect(), probs),

@@ -201,6 +201,9 @@ impl QuestionAnsweringPipeline {
                         !not_context || Some(*id) == cls_id
                     })
                     .collect();
+                if start_logits.is_empty() {
+                    continue;
+                }
                 let mut start = masked_probs(&start_logits, &allowed);
                 let mut end = masked_probs(&end_logits, &allowed);
                 if o.handle_impossible_answer {
