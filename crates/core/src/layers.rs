@@ -123,6 +123,68 @@ pub fn extended_attention_mask(mask: &Tensor, dtype: DType) -> candle_core::Resu
     (inverted * min)?.to_dtype(dtype)
 }
 
+/// The additive attention mask of a decoder step: `[batch, 1, q_len, past + q_len]`,
+/// 0 where query `i` (absolute position `past + i`) may attend key `j` — `j <= past + i`,
+/// the key is not padding (`attention_mask[b][j] == 1`) and, with a sliding window,
+/// `past + i - j < window` — and the dtype's minimum elsewhere, as Python builds it.
+pub fn causal_mask(
+    attention_mask: Option<&Tensor>,
+    batch: usize,
+    q_len: usize,
+    past: usize,
+    sliding_window: Option<usize>,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let total = past + q_len;
+    let pad: Option<Vec<Vec<u32>>> = match attention_mask {
+        Some(m) => {
+            let (b, t) = m.dims2()?;
+            if b != batch || t != total {
+                candle_core::bail!(
+                    "attention_mask is [{b}, {t}] but the input needs [{batch}, {total}] (cached + new positions)"
+                );
+            }
+            Some(m.to_dtype(DType::U32)?.to_vec2::<u32>()?)
+        }
+        None => None,
+    };
+    let min = match dtype {
+        DType::F16 => -65504.0f32,
+        DType::BF16 => -3.389_531_4e38,
+        _ => f32::MIN,
+    };
+    let mut data = Vec::with_capacity(batch * q_len * total);
+    for b in 0..batch {
+        for i in 0..q_len {
+            let q = past + i;
+            for j in 0..total {
+                let causal = j <= q;
+                let in_window = sliding_window.is_none_or(|w| q - j.min(q) < w);
+                let not_pad = pad.as_ref().is_none_or(|p| p[b][j] != 0);
+                data.push(if causal && in_window && not_pad {
+                    0.0
+                } else {
+                    min
+                });
+            }
+        }
+    }
+    Tensor::from_vec(data, (batch, 1, q_len, total), device)?.to_dtype(dtype)
+}
+
+/// `[batch, kv_heads, seq, dim]` → `[batch, kv_heads * n_rep, seq, dim]`, each key/value
+/// head repeated `n_rep` times in place (Python's `repeat_kv`).
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, s, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, h, n_rep, s, d))?
+        .reshape((b, h * n_rep, s, d))
+}
+
 /// Scaled dot-product attention for encoders: `q, k, v` are `[batch, heads, seq, dim]`,
 /// `mask` an additive mask broadcastable to `[batch, heads, seq_q, seq_k]`.
 pub fn attention(

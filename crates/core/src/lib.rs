@@ -4,7 +4,10 @@
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod kv_cache;
 pub mod layers;
+pub mod linear;
+pub mod rotary;
 pub mod tokenizer;
 pub mod weights;
 

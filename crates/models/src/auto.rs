@@ -9,14 +9,15 @@ use candle_nn::VarBuilder;
 
 use rustformers_core::config::{config_to_json_string, parse_config, peek_model_type};
 use rustformers_core::error::{read_to_string, write_atomic};
+use rustformers_core::linear::Weights;
 use rustformers_core::weights::{dtype_name, safetensors_files, save_safetensors};
 use rustformers_core::{Checkpoint, Error, ModelFiles, PretrainedConfig, Result};
 
 use crate::traits::{
-    EncoderModel, MaskedLmModel, QuestionAnsweringModel, SequenceClassificationModel,
-    TokenClassificationModel,
+    CausalLanguageModel, EncoderModel, MaskedLmModel, QuestionAnsweringModel,
+    SequenceClassificationModel, TokenClassificationModel,
 };
-use crate::{bert, distilbert, roberta};
+use crate::{bert, distilbert, llama, roberta};
 
 /// A parsed config.json, typed by `model_type`.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,7 @@ pub enum ModelConfig {
     /// `roberta` and `xlm-roberta` (the same network; `model_type` tells them apart).
     Roberta(roberta::RobertaConfig),
     DistilBert(distilbert::DistilBertConfig),
+    Llama(llama::LlamaConfig),
 }
 
 /// `model_type` → parser. One line per family.
@@ -41,6 +43,7 @@ const CONFIGS: &[(&str, ConfigParser)] = &[
             roberta::RobertaConfig::from_xlm_json_str(t, p)?,
         ))
     }),
+    ("llama", |t, p| Ok(ModelConfig::Llama(parse_config(t, p)?))),
     ("distilbert", |t, p| {
         Ok(ModelConfig::DistilBert(
             distilbert::DistilBertConfig::from_json_str(t, p)?,
@@ -118,6 +121,7 @@ impl ModelConfig {
             Self::Bert(c) => &c.base,
             Self::Roberta(c) => &c.base,
             Self::DistilBert(c) => &c.base,
+            Self::Llama(c) => &c.base,
         }
     }
 
@@ -127,6 +131,7 @@ impl ModelConfig {
             Self::Bert(c) => &mut c.base,
             Self::Roberta(c) => &mut c.base,
             Self::DistilBert(c) => &mut c.base,
+            Self::Llama(c) => &mut c.base,
         }
     }
 
@@ -141,6 +146,7 @@ impl ModelConfig {
             Self::Bert(_) => bert::modeling::BASE_MODEL_PREFIX,
             Self::Roberta(_) => roberta::modeling::BASE_MODEL_PREFIX,
             Self::DistilBert(_) => distilbert::modeling::BASE_MODEL_PREFIX,
+            Self::Llama(_) => llama::modeling::BASE_MODEL_PREFIX,
         }
     }
 
@@ -148,7 +154,7 @@ impl ModelConfig {
     pub fn tied_save_keys(&self) -> &'static [(&'static str, &'static str)] {
         match self {
             Self::Roberta(_) => roberta::modeling::TIED_SAVE_KEYS,
-            Self::Bert(_) | Self::DistilBert(_) => &[],
+            Self::Bert(_) | Self::DistilBert(_) | Self::Llama(_) => &[],
         }
     }
 
@@ -158,6 +164,7 @@ impl ModelConfig {
             Self::Bert(c) => c.hidden_size,
             Self::Roberta(c) => c.hidden_size,
             Self::DistilBert(c) => c.dim,
+            Self::Llama(c) => c.hidden_size,
         }
     }
 
@@ -168,6 +175,7 @@ impl ModelConfig {
             Self::Bert(c) => c.max_position_embeddings,
             Self::Roberta(c) => c.max_input_tokens(),
             Self::DistilBert(c) => c.max_position_embeddings,
+            Self::Llama(c) => c.max_position_embeddings,
         }
     }
 
@@ -177,6 +185,7 @@ impl ModelConfig {
             Self::Bert(c) => c.validate(),
             Self::Roberta(c) => c.validate(),
             Self::DistilBert(c) => c.validate(),
+            Self::Llama(c) => c.validate(),
         }
     }
 
@@ -186,6 +195,7 @@ impl ModelConfig {
             Self::Bert(c) => config_to_json_string(c),
             Self::Roberta(c) => config_to_json_string(c),
             Self::DistilBert(c) => config_to_json_string(c),
+            Self::Llama(c) => config_to_json_string(c),
         }
     }
 }
@@ -262,6 +272,19 @@ impl<M: ?Sized> PreTrainedModel<M> {
     }
 }
 
+/// The compute dtype asked for (f32 by default), refused where it cannot run.
+fn checked_dtype(opts: &LoadOptions) -> Result<DType> {
+    let dtype = opts.dtype.unwrap_or(DType::F32);
+    if dtype == DType::BF16 && opts.device.is_cpu() {
+        return Err(Error::Unsupported(
+            "bf16 compute is not available on CPU yet; leave dtype unset (bf16 checkpoints are \
+             converted to f32 on load) or use f16"
+                .into(),
+        ));
+    }
+    Ok(dtype)
+}
+
 type Ctor<T> = fn(VarBuilder, &ModelConfig) -> candle_core::Result<Box<T>>;
 
 /// One row of a task table: model_type, Python class name, constructor.
@@ -292,14 +315,7 @@ fn load_with<T: ?Sized + 'static>(
                     .join(", ")
             ))
         })?;
-    let dtype = opts.dtype.unwrap_or(DType::F32);
-    if dtype == DType::BF16 && opts.device.is_cpu() {
-        return Err(Error::Unsupported(
-            "bf16 compute is not available on CPU yet; leave dtype unset (bf16 checkpoints are \
-             converted to f32 on load) or use f16"
-                .into(),
-        ));
-    }
+    let dtype = checked_dtype(opts)?;
     let paths = safetensors_files(&files)?;
     let ckpt = Checkpoint::open(
         &paths,
@@ -573,3 +589,81 @@ auto_class!(
 
 /// `AutoConfig`.
 pub type AutoConfig = ModelConfig;
+
+type CausalCtor = fn(Weights, &ModelConfig) -> candle_core::Result<Box<dyn CausalLanguageModel>>;
+
+/// One row of the causal-LM table: model_type, Python class name, constructor.
+struct CausalEntry {
+    model_type: &'static str,
+    architecture: &'static str,
+    ctor: CausalCtor,
+}
+
+static CAUSAL_LM: &[CausalEntry] = &[CausalEntry {
+    model_type: "llama",
+    architecture: "LlamaForCausalLM",
+    ctor: |w, c| match c {
+        ModelConfig::Llama(c) => Ok(Box::new(llama::LlamaForCausalLM::load(w, c)?)),
+        other => Err(wrong_config(other)),
+    },
+}];
+
+/// `AutoModelForCausalLM`: decoder-only language models.
+pub struct AutoModelForCausalLM;
+
+impl AutoModelForCausalLM {
+    /// Loads a model reference (folder, file or Hub id) with default options.
+    pub fn from_pretrained(reference: &str) -> Result<PreTrainedModel<dyn CausalLanguageModel>> {
+        Self::from_pretrained_with(reference, &LoadOptions::default())
+    }
+
+    /// Loads a model reference with explicit options.
+    pub fn from_pretrained_with(
+        reference: &str,
+        opts: &LoadOptions,
+    ) -> Result<PreTrainedModel<dyn CausalLanguageModel>> {
+        Self::from_files(ModelFiles::resolve(reference)?, opts)
+    }
+
+    /// Loads from resolved files.
+    pub fn from_files(
+        files: ModelFiles,
+        opts: &LoadOptions,
+    ) -> Result<PreTrainedModel<dyn CausalLanguageModel>> {
+        let config = ModelConfig::from_files(&files)?;
+        let entry = CAUSAL_LM
+            .iter()
+            .find(|e| e.model_type == config.model_type())
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "AutoModelForCausalLM has no implementation for model_type `{}`; known: {}",
+                    config.model_type(),
+                    CAUSAL_LM
+                        .iter()
+                        .map(|e| e.model_type)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        let dtype = checked_dtype(opts)?;
+        let paths = safetensors_files(&files)?;
+        let ckpt = Checkpoint::open(
+            &paths,
+            Some(config.base_model_prefix()),
+            dtype,
+            &opts.device,
+        )?;
+        let weights = Weights::new(ckpt.var_builder(), None);
+        let model = (entry.ctor)(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
+        let report = ckpt.finish()?;
+        Ok(PreTrainedModel {
+            model,
+            config,
+            files,
+            dtype,
+            device: opts.device.clone(),
+            tensors: report.tensors,
+            architecture: entry.architecture,
+        })
+    }
+}

@@ -4,12 +4,13 @@
 pub mod auto;
 pub mod bert;
 pub mod distilbert;
+pub mod llama;
 pub mod roberta;
 pub mod traits;
 
 pub use auto::{
-    AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification, AutoModelForTokenClassification, LoadOptions, ModelConfig,
-    PreTrainedModel,
+    AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+    AutoModelForTokenClassification, LoadOptions, ModelConfig, PreTrainedModel,
 };
 pub use traits::*;

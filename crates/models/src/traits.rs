@@ -71,3 +71,55 @@ pub fn token_types_or_zeros(inputs: &EncoderInputs<'_>) -> candle_core::Result<T
         None => inputs.input_ids.zeros_like(),
     }
 }
+
+/// Inputs of a causal-LM forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct CausalLmInputs<'a> {
+    /// `[batch, seq]` new tokens (u32).
+    pub input_ids: &'a Tensor,
+    /// `[batch, past + seq]` 0/1 mask over the cached and the new positions (left padding).
+    pub attention_mask: Option<&'a Tensor>,
+    /// `[batch, seq]` positions of the new tokens; default `past .. past + seq`.
+    pub position_ids: Option<&'a Tensor>,
+}
+
+impl<'a> CausalLmInputs<'a> {
+    pub fn ids(input_ids: &'a Tensor) -> Self {
+        Self {
+            input_ids,
+            attention_mask: None,
+            position_ids: None,
+        }
+    }
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// Every position (loss, perplexity).
+    All,
+    /// The last position only (decoding).
+    Last,
+}
+
+/// A decoder-only language model (`AutoModelForCausalLM`).
+pub trait CausalLanguageModel: Send + Sync {
+    /// Logits `[batch, seq or 1, vocab]` (f32). With a cache, the new keys and values are
+    /// appended and earlier positions are not recomputed.
+    fn forward(
+        &self,
+        inputs: CausalLmInputs<'_>,
+        cache: Option<&mut rustformers_core::kv_cache::KvCache>,
+        logits: LogitsMode,
+    ) -> candle_core::Result<Tensor>;
+
+    /// An empty cache for this model holding up to `capacity` positions (default: the
+    /// model's context length).
+    fn new_cache(&self, capacity: Option<usize>) -> rustformers_core::kv_cache::KvCache;
+
+    /// The model's context length (`max_position_embeddings`).
+    fn max_context(&self) -> usize;
+
+    /// Vocabulary size of the logits.
+    fn vocab_size(&self) -> usize;
+}

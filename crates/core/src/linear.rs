@@ -1,0 +1,168 @@
+//! A Linear layer that is dense (any float dtype) or quantized (GGUF block formats run
+//! through candle's quantized matmul). Models hold `QLinear` and do not know which.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+
+/// `y = x Wᵀ (+ b)` with a dense or quantized `W` `[out, in]`.
+#[derive(Debug, Clone)]
+pub enum QLinear {
+    Dense {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+        out: usize,
+    },
+}
+
+impl QLinear {
+    /// A dense layer from `weight` (and `bias`) under `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> candle_core::Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self::Dense { weight, bias })
+    }
+
+    /// A quantized layer.
+    pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        let out = weight.shape().dims().first().copied().unwrap_or(0);
+        Ok(Self::Quantized {
+            weight: QMatMul::from_arc(weight)?,
+            bias,
+            out,
+        })
+    }
+
+    /// The output size.
+    pub fn out_dim(&self) -> usize {
+        match self {
+            Self::Dense { weight, .. } => weight.dims().first().copied().unwrap_or(0),
+            Self::Quantized { out, .. } => *out,
+        }
+    }
+
+    /// Applies the layer to `[..., in]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (y, bias) = match self {
+            Self::Dense { weight, bias } => {
+                let w = weight.t()?;
+                let y = match x.dims() {
+                    [b, s, i] => x.reshape((b * s, *i))?.matmul(&w)?.reshape((*b, *s, ()))?,
+                    _ => x.broadcast_matmul(&w)?,
+                };
+                (y, bias)
+            }
+            Self::Quantized { weight, bias, .. } => (weight.forward(x)?, bias),
+        };
+        match bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// RMS normalisation (`LlamaRMSNorm`): computed in f32, `weight * x / rms(x)`;
+/// `offset` 1.0 gives Gemma's `(1 + weight)`.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+    pub offset: f64,
+}
+
+impl RmsNorm {
+    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+            offset: 0.0,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        use candle_core::{DType, D};
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let w = self.weight.to_dtype(DType::F32)?;
+        let w = if self.offset != 0.0 {
+            (w + self.offset)?
+        } else {
+            w
+        };
+        normed.broadcast_mul(&w)?.to_dtype(dtype)
+    }
+}
+
+/// Quantized tensors by their HF name (from a GGUF file), consulted before the dense
+/// weights when a model asks for a linear layer.
+#[derive(Debug, Default)]
+pub struct QuantizedStore {
+    pub tensors: std::collections::HashMap<String, Arc<QTensor>>,
+}
+
+/// What a model is built from: dense weights through a `VarBuilder`, plus quantized
+/// linear weights when the checkpoint is a GGUF file run quantized.
+#[derive(Clone)]
+pub struct Weights {
+    vb: VarBuilder<'static>,
+    quantized: Option<Arc<QuantizedStore>>,
+}
+
+impl Weights {
+    pub fn new(vb: VarBuilder<'static>, quantized: Option<Arc<QuantizedStore>>) -> Self {
+        Self { vb, quantized }
+    }
+
+    /// Descends into a sub-module.
+    pub fn pp(&self, name: impl ToString) -> Self {
+        Self {
+            vb: self.vb.pp(name),
+            quantized: self.quantized.clone(),
+        }
+    }
+
+    /// The dense builder at this prefix.
+    pub fn vb(&self) -> &VarBuilder<'static> {
+        &self.vb
+    }
+
+    /// A linear layer at this prefix: quantized when the store holds its weight.
+    pub fn linear(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> candle_core::Result<QLinear> {
+        let key = format!("{}.weight", self.vb.prefix());
+        if let Some(q) = self.quantized.as_ref().and_then(|s| s.tensors.get(&key)) {
+            let dims = q.shape().dims();
+            if dims != [out_dim, in_dim] {
+                candle_core::bail!("weight `{key}` has shape {dims:?} but the config implies [{out_dim}, {in_dim}]");
+            }
+            let b = if bias {
+                Some(self.vb.get(out_dim, "bias")?)
+            } else {
+                None
+            };
+            return QLinear::quantized(q.clone(), b);
+        }
+        QLinear::load(self.vb.clone(), in_dim, out_dim, bias)
+    }
+}

@@ -1,0 +1,369 @@
+//! Rotary position embeddings with the `rope_scaling` variants of Python's
+//! `modeling_rope_utils.py` (transformers 4.46): default, linear, dynamic (NTK), llama3
+//! and yarn. Frequencies and angles are computed in f32; `rotate_half` layout (the HF
+//! layout, not the interleaved one).
+
+use candle_core::{DType, Device, Tensor, D};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// How frequencies are scaled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    Default,
+    Linear {
+        factor: f64,
+    },
+    Dynamic {
+        factor: f64,
+        original_max: usize,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max: usize,
+    },
+    Yarn {
+        factor: f64,
+        original_max: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: Option<f64>,
+        mscale: Option<f64>,
+        mscale_all_dim: Option<f64>,
+    },
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn bad(msg: String) -> Error {
+    Error::Config {
+        path: "config.json".into(),
+        message: msg,
+    }
+}
+
+impl RopeScaling {
+    /// Parses config.json's `rope_scaling` (`rope_type`, or the legacy `type`).
+    pub fn from_config(v: Option<&Value>, max_position_embeddings: usize) -> Result<Self> {
+        let Some(v) = v.filter(|v| !v.is_null()) else {
+            return Ok(Self::Default);
+        };
+        let kind = v
+            .get("rope_type")
+            .or_else(|| v.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let factor = || -> Result<f64> {
+            let f = num(v, "factor")
+                .ok_or_else(|| bad(format!("rope_scaling `{kind}` needs `factor`")))?;
+            if !(f.is_finite() && f >= 1.0) && kind != "linear" || !(f.is_finite() && f > 0.0) {
+                return Err(bad(format!("rope_scaling factor must be >= 1, got {f}")));
+            }
+            Ok(f)
+        };
+        let original_max = num(v, "original_max_position_embeddings")
+            .map(|x| x as usize)
+            .unwrap_or(max_position_embeddings);
+        Ok(match kind {
+            "default" => Self::Default,
+            "linear" => Self::Linear { factor: factor()? },
+            "dynamic" => Self::Dynamic { factor: factor()?, original_max: max_position_embeddings },
+            "llama3" => Self::Llama3 {
+                factor: factor()?,
+                low_freq_factor: num(v, "low_freq_factor").ok_or_else(|| bad("llama3 rope_scaling needs low_freq_factor".into()))?,
+                high_freq_factor: num(v, "high_freq_factor").ok_or_else(|| bad("llama3 rope_scaling needs high_freq_factor".into()))?,
+                original_max: num(v, "original_max_position_embeddings")
+                    .map(|x| x as usize)
+                    .ok_or_else(|| bad("llama3 rope_scaling needs original_max_position_embeddings".into()))?,
+            },
+            "yarn" => Self::Yarn {
+                factor: factor()?,
+                original_max,
+                beta_fast: num(v, "beta_fast").unwrap_or(32.0),
+                beta_slow: num(v, "beta_slow").unwrap_or(1.0),
+                attention_factor: num(v, "attention_factor"),
+                mscale: num(v, "mscale"),
+                mscale_all_dim: num(v, "mscale_all_dim"),
+            },
+            other => {
+                return Err(bad(format!(
+                    "rope_scaling type `{other}` is not supported (default, linear, dynamic, llama3, yarn)"
+                )))
+            }
+        })
+    }
+}
+
+/// Precomputed inverse frequencies of one model.
+#[derive(Debug, Clone)]
+pub struct RotaryEmbedding {
+    dim: usize,
+    base: f64,
+    inv_freq: Vec<f32>,
+    attention_scaling: f64,
+    scaling: RopeScaling,
+}
+
+fn default_inv_freq(base: f64, dim: usize) -> Vec<f64> {
+    (0..dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64))
+        .collect()
+}
+
+fn yarn_mscale(scale: f64, m: f64) -> f64 {
+    if scale <= 1.0 {
+        1.0
+    } else {
+        0.1 * m * scale.ln() + 1.0
+    }
+}
+
+impl RotaryEmbedding {
+    /// `dim` is the rotated size (head_dim × partial_rotary_factor), `base` rope_theta.
+    pub fn new(dim: usize, base: f64, scaling: RopeScaling) -> Result<Self> {
+        if dim == 0 || dim % 2 != 0 {
+            return Err(bad(format!(
+                "rotary dimension must be even and positive, got {dim}"
+            )));
+        }
+        if !(base.is_finite() && base > 1.0) {
+            return Err(bad(format!("rope_theta must be > 1, got {base}")));
+        }
+        let mut attention_scaling = 1.0;
+        let inv: Vec<f64> = match &scaling {
+            RopeScaling::Default | RopeScaling::Dynamic { .. } => default_inv_freq(base, dim),
+            RopeScaling::Linear { factor } => default_inv_freq(base, dim)
+                .into_iter()
+                .map(|f| f / factor)
+                .collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max,
+            } => {
+                let old = *original_max as f64;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                default_inv_freq(base, dim)
+                    .into_iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                        let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                        if medium {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * scaled / factor + smooth * scaled
+                        } else {
+                            scaled
+                        }
+                    })
+                    .collect()
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                mscale,
+                mscale_all_dim,
+            } => {
+                attention_scaling = match (attention_factor, mscale, mscale_all_dim) {
+                    (Some(a), _, _) => *a,
+                    (None, Some(m), Some(ma)) => {
+                        yarn_mscale(*factor, *m) / yarn_mscale(*factor, *ma)
+                    }
+                    _ => yarn_mscale(*factor, 1.0),
+                };
+                let d = dim as f64;
+                let max = *original_max as f64;
+                let correction = |rot: f64| {
+                    (d * (max / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln())
+                };
+                let low = correction(*beta_fast).floor().max(0.0);
+                let high = correction(*beta_slow).ceil().min(d - 1.0);
+                let (lo, hi) = if low == high {
+                    (low, high + 0.001)
+                } else {
+                    (low, high)
+                };
+                (0..dim / 2)
+                    .map(|i| {
+                        let pos_freq = base.powf((2 * i) as f64 / d);
+                        let extrapolation = 1.0 / pos_freq;
+                        let interpolation = 1.0 / (factor * pos_freq);
+                        let ramp = ((i as f64 - lo) / (hi - lo)).clamp(0.0, 1.0);
+                        let extrapolation_factor = 1.0 - ramp;
+                        interpolation * (1.0 - extrapolation_factor)
+                            + extrapolation * extrapolation_factor
+                    })
+                    .collect()
+            }
+        };
+        Ok(Self {
+            dim,
+            base,
+            inv_freq: inv.into_iter().map(|x| x as f32).collect(),
+            attention_scaling,
+            scaling,
+        })
+    }
+
+    /// Inverse frequencies for a forward pass whose largest position is `max_pos`
+    /// (dynamic NTK grows the base past the original length).
+    fn inv_freq_for(&self, max_pos: usize) -> Vec<f32> {
+        match &self.scaling {
+            RopeScaling::Dynamic {
+                factor,
+                original_max,
+            } if max_pos + 1 > *original_max => {
+                let seq = (max_pos + 1) as f64;
+                let d = self.dim as f64;
+                let base = self.base
+                    * ((factor * seq / *original_max as f64) - (factor - 1.0)).powf(d / (d - 2.0));
+                default_inv_freq(base, self.dim)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect()
+            }
+            _ => self.inv_freq.clone(),
+        }
+    }
+
+    /// cos and sin for `position_ids` `[batch, seq]` (u32 or i64): each `[batch, seq, dim]`, f32.
+    pub fn cos_sin(&self, position_ids: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let pos = position_ids.to_dtype(DType::F32)?;
+        let max_pos = pos.max_all()?.to_scalar::<f32>()?.max(0.0) as usize;
+        let inv = self.inv_freq_for(max_pos);
+        let n = inv.len();
+        let inv = Tensor::from_vec(inv, (1, 1, n), position_ids.device())?;
+        let freqs = pos.unsqueeze(D::Minus1)?.broadcast_mul(&inv)?;
+        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
+        let cos = (emb.cos()? * self.attention_scaling)?;
+        let sin = (emb.sin()? * self.attention_scaling)?;
+        Ok((cos, sin))
+    }
+
+    /// The rotated size.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+}
+
+/// Python's `rotate_half`: `[-x2, x1]`.
+fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
+}
+
+/// Applies rotary embeddings to `x` `[batch, heads, seq, head_dim]` with `cos`/`sin`
+/// `[batch, seq, rot_dim]`; with `rot_dim < head_dim` only the first `rot_dim` channels
+/// rotate (partial rotary). Computed in f32, returned in `x`'s dtype.
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let rot = cos.dim(D::Minus1)?;
+    let head_dim = x.dim(D::Minus1)?;
+    let cos = cos.unsqueeze(1)?;
+    let sin = sin.unsqueeze(1)?;
+    let xf = x.to_dtype(DType::F32)?;
+    let (x_rot, x_pass) = if rot < head_dim {
+        (
+            xf.narrow(D::Minus1, 0, rot)?,
+            Some(xf.narrow(D::Minus1, rot, head_dim - rot)?),
+        )
+    } else {
+        (xf, None)
+    };
+    let rotated = (x_rot.broadcast_mul(&cos)? + rotate_half(&x_rot)?.broadcast_mul(&sin)?)?;
+    let out = match x_pass {
+        Some(p) => Tensor::cat(&[&rotated, &p], D::Minus1)?,
+        None => rotated,
+    };
+    out.to_dtype(dtype)
+}
+
+/// Position ids as Python's `generate` computes them from a left-padded mask:
+/// `cumsum(mask) - 1`, and 1 at padding.
+pub fn position_ids_from_mask(mask: &[Vec<u32>], device: &Device) -> candle_core::Result<Tensor> {
+    let rows: Vec<u32> = mask
+        .iter()
+        .flat_map(|row| {
+            let mut acc: i64 = 0;
+            row.iter()
+                .map(|m| {
+                    acc += *m as i64;
+                    if *m == 0 {
+                        1
+                    } else {
+                        (acc - 1) as u32
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let b = mask.len();
+    let s = mask.first().map(Vec::len).unwrap_or(0);
+    Tensor::from_vec(rows, (b, s), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_frequencies_and_rotation() {
+        let r = RotaryEmbedding::new(4, 10000.0, RopeScaling::Default).unwrap();
+        assert_eq!(r.inv_freq, vec![1.0, 0.01]);
+        let pos = Tensor::new(&[[0u32, 1]], &Device::Cpu).unwrap();
+        let (cos, sin) = r.cos_sin(&pos).unwrap();
+        let c = cos.to_vec3::<f32>().unwrap();
+        assert_eq!(c[0][0], vec![1.0; 4]);
+        assert!((c[0][1][0] - 1f32.cos()).abs() < 1e-6);
+        // Rotating [1, 0, 0, 0] by position 1: first pair turns by 1 radian.
+        let x = Tensor::new(&[[[[1f32, 0.0, 0.0, 0.0]]]], &Device::Cpu).unwrap();
+        let x = x.broadcast_as((1, 1, 1, 4)).unwrap();
+        let y = apply_rotary(
+            &x,
+            &cos.narrow(1, 1, 1).unwrap(),
+            &sin.narrow(1, 1, 1).unwrap(),
+        )
+        .unwrap();
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            (y[0] - 1f32.cos()).abs() < 1e-6 && (y[2] - 1f32.sin()).abs() < 1e-6,
+            "{y:?}"
+        );
+    }
+
+    #[test]
+    fn scaling_variants_parse_and_validate() {
+        let v: Value = serde_json::json!({"rope_type": "linear", "factor": 2.0});
+        let r = RotaryEmbedding::new(4, 10000.0, RopeScaling::from_config(Some(&v), 64).unwrap())
+            .unwrap();
+        assert_eq!(r.inv_freq, vec![0.5, 0.005]);
+        let v: Value = serde_json::json!({"type": "weird", "factor": 2.0});
+        assert!(RopeScaling::from_config(Some(&v), 64).is_err());
+        let v: Value = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+        assert!(RopeScaling::from_config(Some(&v), 64).is_err());
+        assert!(RotaryEmbedding::new(3, 10000.0, RopeScaling::Default).is_err());
+    }
+
+    #[test]
+    fn positions_from_left_padding() {
+        let p =
+            position_ids_from_mask(&[vec![0, 0, 1, 1], vec![1, 1, 1, 1]], &Device::Cpu).unwrap();
+        assert_eq!(
+            p.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 0, 1], vec![0, 1, 2, 3]]
+        );
+    }
+}
