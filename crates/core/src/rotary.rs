@@ -61,14 +61,17 @@ impl RopeScaling {
         let factor = || -> Result<f64> {
             let f = num(v, "factor")
                 .ok_or_else(|| bad(format!("rope_scaling `{kind}` needs `factor`")))?;
-            if !(f.is_finite() && f >= 1.0) && kind != "linear" || !(f.is_finite() && f > 0.0) {
-                return Err(bad(format!("rope_scaling factor must be >= 1, got {f}")));
+            if !f.is_finite() || f <= 0.0 {
+                return Err(bad(format!(
+                    "rope_scaling factor must be positive, got {f}"
+                )));
+            }
+            if f < 1.0 {
+                // Python only warns here too.
+                tracing::warn!("rope_scaling factor {f} is below 1");
             }
             Ok(f)
         };
-        let original_max = num(v, "original_max_position_embeddings")
-            .map(|x| x as usize)
-            .unwrap_or(max_position_embeddings);
         Ok(match kind {
             "default" => Self::Default,
             "linear" => Self::Linear { factor: factor()? },
@@ -81,9 +84,11 @@ impl RopeScaling {
                     .map(|x| x as usize)
                     .ok_or_else(|| bad("llama3 rope_scaling needs original_max_position_embeddings".into()))?,
             },
+            // transformers 4.46 takes the correction range from max_position_embeddings
+            // (later versions from original_max_position_embeddings).
             "yarn" => Self::Yarn {
                 factor: factor()?,
-                original_max,
+                original_max: max_position_embeddings,
                 beta_fast: num(v, "beta_fast").unwrap_or(32.0),
                 beta_slow: num(v, "beta_slow").unwrap_or(1.0),
                 attention_factor: num(v, "attention_factor"),
@@ -155,7 +160,7 @@ impl RotaryEmbedding {
                     .map(|f| {
                         let wavelen = 2.0 * std::f64::consts::PI / f;
                         let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                        let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                         if medium {
                             let smooth = (old / wavelen - low_freq_factor)
                                 / (high_freq_factor - low_freq_factor);
@@ -249,6 +254,17 @@ impl RotaryEmbedding {
         let cos = (emb.cos()? * self.attention_scaling)?;
         let sin = (emb.sin()? * self.attention_scaling)?;
         Ok((cos, sin))
+    }
+
+    /// How far positions may go: `max_position_embeddings`, times the factor for
+    /// dynamic NTK scaling (which exists to run past it).
+    pub fn context(&self, max_position_embeddings: usize) -> usize {
+        match &self.scaling {
+            RopeScaling::Dynamic { factor, .. } => {
+                (max_position_embeddings as f64 * factor) as usize
+            }
+            _ => max_position_embeddings,
+        }
     }
 
     /// The rotated size.

@@ -193,9 +193,9 @@ impl LlamaModel {
             embed_tokens,
             layers,
             norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
-            rotary,
             vocab_size: c.vocab_size,
-            max_positions: c.max_position_embeddings,
+            max_positions: rotary.context(c.max_position_embeddings),
+            rotary,
             dtype: w.vb().dtype(),
         })
     }
@@ -230,14 +230,9 @@ impl LlamaModel {
                 self.vocab_size
             );
         }
+        // Rotary positions have no hard limit (Python runs past max_position_embeddings);
+        // generate() refuses prompts longer than the context and the cache bounds the rest.
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        if past + s > self.max_positions {
-            candle_core::bail!(
-                "{} tokens are longer than the model's context of {} (max_position_embeddings)",
-                past + s,
-                self.max_positions
-            );
-        }
         let positions = match inputs.position_ids {
             Some(p) => p.clone(),
             None => Tensor::arange(past as u32, (past + s) as u32, ids.device())?

@@ -1,0 +1,307 @@
+//! `GenerationConfig`: generation_config.json keys with Python's defaults
+//! (transformers 4.46, generation/configuration_utils.py), per-call overrides, and
+//! `validate()` with clear errors.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use rustformers_core::error::read_to_string;
+use rustformers_core::{Error, ModelFiles, Result};
+
+fn d_max_length() -> usize {
+    20
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_top_k() -> usize {
+    50
+}
+fn d_beams() -> usize {
+    1
+}
+fn d_false() -> Value {
+    Value::Bool(false)
+}
+fn d_returns() -> usize {
+    1
+}
+
+/// One id or several (`eos_token_id` may be either in JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Self::One(i) => u32::try_from(*i).into_iter().collect(),
+            Self::Many(v) => v.iter().filter_map(|i| u32::try_from(*i).ok()).collect(),
+        }
+    }
+}
+
+/// Decoding options, named as in Python.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationConfig {
+    #[serde(default = "d_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    #[serde(default)]
+    pub min_length: usize,
+    #[serde(default)]
+    pub min_new_tokens: Option<usize>,
+    #[serde(default)]
+    pub do_sample: bool,
+    #[serde(default = "d_beams")]
+    pub num_beams: usize,
+    #[serde(default = "d_one")]
+    pub temperature: f64,
+    #[serde(default = "d_top_k")]
+    pub top_k: usize,
+    #[serde(default = "d_one")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub min_p: Option<f64>,
+    #[serde(default = "d_one")]
+    pub typical_p: f64,
+    #[serde(default = "d_one")]
+    pub repetition_penalty: f64,
+    #[serde(default)]
+    pub no_repeat_ngram_size: usize,
+    #[serde(default)]
+    pub bad_words_ids: Option<Vec<Vec<u32>>>,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    pub pad_token_id: Option<TokenIds>,
+    #[serde(default)]
+    pub bos_token_id: Option<TokenIds>,
+    #[serde(default = "d_one")]
+    pub length_penalty: f64,
+    /// `true`, `false` or `"never"`, as in Python.
+    #[serde(default = "d_false")]
+    pub early_stopping: Value,
+    #[serde(default = "d_returns")]
+    pub num_return_sequences: usize,
+    #[serde(default)]
+    pub stop_strings: Option<Vec<String>>,
+    /// Seed of the sampling RNG (rustformers; Python seeds torch globally).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Keys no typed field claims (kept on save).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// Python's defaults (the same values the serde defaults give for `{}`).
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_length: 20,
+            max_new_tokens: None,
+            min_length: 0,
+            min_new_tokens: None,
+            do_sample: false,
+            num_beams: 1,
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 1.0,
+            min_p: None,
+            typical_p: 1.0,
+            repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            bad_words_ids: None,
+            eos_token_id: None,
+            pad_token_id: None,
+            bos_token_id: None,
+            length_penalty: 1.0,
+            early_stopping: Value::Bool(false),
+            num_return_sequences: 1,
+            stop_strings: None,
+            seed: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// Reads generation_config.json of a model, if it has one; else the defaults with
+    /// the model config's bos/eos/pad ids, as Python's `from_model_config`.
+    pub fn from_files(
+        files: &ModelFiles,
+        model_config: &rustformers_core::PretrainedConfig,
+    ) -> Result<Self> {
+        let mut cfg = match files.get("generation_config.json")? {
+            Some(p) => Self::from_json_str(&read_to_string(&p)?, &p)?,
+            None => Self::default(),
+        };
+        let to_ids = |v: &Option<Value>| -> Option<TokenIds> {
+            v.as_ref()
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        };
+        if cfg.eos_token_id.is_none() {
+            cfg.eos_token_id = to_ids(&model_config.eos_token_id);
+        }
+        if cfg.bos_token_id.is_none() {
+            cfg.bos_token_id = to_ids(&model_config.bos_token_id);
+        }
+        if cfg.pad_token_id.is_none() {
+            cfg.pad_token_id = model_config.pad_token_id.map(TokenIds::One);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses generation_config.json text.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        rustformers_core::config::parse_config(text, path)
+    }
+
+    /// Applies per-call overrides given with Python's names (`max_new_tokens`, ...).
+    pub fn with_overrides(&self, overrides: &serde_json::Map<String, Value>) -> Result<Self> {
+        let mut v = serde_json::to_value(self).map_err(|e| Error::Json {
+            context: "generation config".into(),
+            source: e,
+        })?;
+        if let Value::Object(o) = &mut v {
+            for (k, val) in overrides {
+                o.insert(k.clone(), val.clone());
+            }
+        }
+        let cfg: Self = rustformers_core::config::parse_config(
+            &v.to_string(),
+            Path::new("generation options"),
+        )?;
+        Ok(cfg)
+    }
+
+    /// The eos ids (possibly several).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// The pad id: `pad_token_id`, else the first eos id, as Python falls back.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_token_id
+            .as_ref()
+            .and_then(|p| p.to_vec().first().copied())
+            .or_else(|| self.eos_ids().first().copied())
+    }
+
+    /// Tokens to generate for a prompt of `prompt_len`: `max_new_tokens`, else
+    /// `max_length - prompt_len`.
+    pub fn new_tokens_for(&self, prompt_len: usize) -> usize {
+        self.max_new_tokens
+            .unwrap_or_else(|| self.max_length.saturating_sub(prompt_len))
+    }
+
+    /// Tokens that must be generated before eos is allowed.
+    pub fn min_new_tokens_for(&self, prompt_len: usize) -> usize {
+        self.min_new_tokens
+            .unwrap_or_else(|| self.min_length.saturating_sub(prompt_len))
+    }
+
+    /// Checks values, with one clear message per problem.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid(m));
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!("temperature must be > 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if let Some(m) = self.min_p {
+            if !(0.0..=1.0).contains(&m) {
+                return bad(format!("min_p must be in [0, 1], got {m}"));
+            }
+        }
+        if !(self.typical_p > 0.0 && self.typical_p <= 1.0) {
+            return bad(format!(
+                "typical_p must be in (0, 1], got {}",
+                self.typical_p
+            ));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
+        }
+        if self.num_beams == 0 {
+            return bad("num_beams must be at least 1".into());
+        }
+        if self.num_return_sequences == 0 {
+            return bad("num_return_sequences must be at least 1".into());
+        }
+        if !self.do_sample && self.num_return_sequences > self.num_beams {
+            return bad(format!(
+                "num_return_sequences ({}) cannot exceed num_beams ({}) without sampling",
+                self.num_return_sequences, self.num_beams
+            ));
+        }
+        if self.max_new_tokens == Some(0) {
+            return bad("max_new_tokens must be at least 1".into());
+        }
+        if let (Some(min), Some(max)) = (self.min_new_tokens, self.max_new_tokens) {
+            if min > max {
+                return bad(format!(
+                    "min_new_tokens ({min}) is larger than max_new_tokens ({max})"
+                ));
+            }
+        }
+        if self.num_beams > 1 && self.do_sample {
+            return bad("beam sampling (num_beams > 1 with do_sample) is not supported".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = GenerationConfig::default();
+        let parsed: GenerationConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, parsed);
+        assert_eq!(c.max_length, 20);
+        assert_eq!(c.top_k, 50);
+        let mut o = serde_json::Map::new();
+        o.insert("max_new_tokens".into(), 5.into());
+        o.insert("eos_token_id".into(), serde_json::json!([1, 2]));
+        let c = c.with_overrides(&o).unwrap();
+        assert_eq!(c.max_new_tokens, Some(5));
+        assert_eq!(c.eos_ids(), vec![1, 2]);
+        assert_eq!(c.new_tokens_for(100), 5);
+        o.insert("temperature".into(), "hot".into());
+        let err = GenerationConfig::default()
+            .with_overrides(&o)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("temperature"), "{err}");
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = GenerationConfig::default();
+        assert!(c.validate().is_ok());
+        c.top_p = 0.0;
+        assert!(c.validate().unwrap_err().to_string().contains("top_p"));
+        let mut c = GenerationConfig::default();
+        c.num_return_sequences = 2;
+        assert!(c.validate().is_err());
+        let mut c = GenerationConfig::default();
+        c.temperature = 0.0;
+        assert!(c.validate().is_err());
+    }
+}

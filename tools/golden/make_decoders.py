@@ -1,0 +1,635 @@
+"""Build tiny random decoder (causal-LM) checkpoints and record golden outputs.
+
+For every folder tests/fixtures/tiny-<family>[-variant]/ this writes
+    config.json, generation_config.json, model.safetensors (save_pretrained),
+    tokenizer.json, tokenizer_config.json (with a ChatML chat_template),
+    special_tokens_map.json, expected.json.
+and tests/fixtures/logits-processors.json (generation logits processors applied
+to a fixed score matrix).
+
+The folder is re-loaded with from_pretrained before anything is recorded, and a
+fresh model is loaded for every recorded call (dynamic RoPE keeps state between
+calls, see the notes in expected.json).
+
+Usage:  python tools/golden/make_decoders.py [--only tiny-llama,tiny-gpt2,logits-processors]
+
+tiny-qwen3 needs transformers >= 4.51 (Qwen3 is not in the pinned 4.46.3); it is
+skipped, with a message, under older versions. See README.md for the second
+environment that builds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import (  # noqa: E402
+    DECODER_BOS,
+    DECODER_CHAT,
+    DECODER_CLS_TEXTS,
+    DECODER_EOS,
+    DECODER_IM_END,
+    DECODER_PAD,
+    DECODER_PROMPTS,
+    FIXTURES,
+)
+
+SCRIPT = "make_decoders.py"
+
+VOCAB_SIZE = 352
+# As in make_encoders: larger than the usual 0.02 so attention is far from
+# uniform and greedy continuations are not one repeated token.
+INIT_RANGE = 0.2
+# Every model is run with eager attention: it is the plain reference maths
+# (Gemma2 forces it anyway; sdpa differs only at fully masked pad rows).
+ATTN_IMPLEMENTATION = "eager"
+
+# Logits of the padded batch are [2, T, V]; record every LOGITS_STRIDE-th vocab
+# column, the full-vocab logsumexp / argmax per position, and the full last position.
+LOGITS_STRIDE = 16
+
+GREEDY_NEW_TOKENS = 12
+BEAM_KWARGS = dict(
+    num_beams=3,
+    num_return_sequences=2,
+    length_penalty=1.0,
+    early_stopping=True,
+    max_new_tokens=8,
+    do_sample=False,
+)
+
+NUM_LABELS = 3
+CLS_LABELS = {0: "NEGATIVE", 1: "NEUTRAL", 2: "POSITIVE"}
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint specifications
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Spec:
+    name: str
+    config_class: str
+    model_class: str
+    config: dict
+    kind: str = "causal"  # "causal" | "seqcls"
+    add_bos: bool = True  # tokenizer prepends <s>
+    min_transformers: str = "4.46.3"
+    generation_overrides: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def llama_like(**kw) -> dict:
+    """Shared sizes: hidden 32, 2 layers, 4 heads / 2 KV heads (GQA), head_dim 8."""
+    cfg = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        initializer_range=INIT_RANGE,
+        bos_token_id=DECODER_BOS,
+        eos_token_id=DECODER_EOS,
+        pad_token_id=DECODER_PAD,
+        tie_word_embeddings=False,
+    )
+    cfg.update(kw)
+    return cfg
+
+
+DYNAMIC_MAX_POS = 16  # < len(prompt 0) so the batch forward rescales, > len(prompt 1)
+
+SPECS = [
+    Spec("tiny-llama", "LlamaConfig", "LlamaForCausalLM", llama_like()),
+    Spec(
+        "tiny-llama-rope-linear", "LlamaConfig", "LlamaForCausalLM",
+        llama_like(tie_word_embeddings=True, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    ),
+    Spec(
+        "tiny-llama-rope-dynamic", "LlamaConfig", "LlamaForCausalLM",
+        llama_like(
+            tie_word_embeddings=True,
+            max_position_embeddings=DYNAMIC_MAX_POS,
+            rope_scaling={"rope_type": "dynamic", "factor": 2.0},
+        ),
+        notes=[
+            "dynamic NTK: every forward recomputes inv_freq from seq_len = max(position_ids) + 1 over the whole batch "
+            "when it exceeds the largest seq_len seen so far (max_seq_len_cached, initially max_position_embeddings); "
+            "keys already in the KV cache keep the rotation they were given. It resets to the original inv_freq when "
+            "seq_len < max_position_embeddings. This state lives on the model between generate calls, so every "
+            "recorded case uses a freshly loaded model.",
+            "base' = rope_theta * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))",
+            "so the padded batch and a single prompt rotate with different frequencies: batch != singles here.",
+        ],
+    ),
+    Spec(
+        "tiny-llama-rope-llama3", "LlamaConfig", "LlamaForCausalLM",
+        llama_like(
+            tie_word_embeddings=True,
+            max_position_embeddings=128,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 128,
+            },
+        ),
+        notes=["head_dim 8: wavelengths 6.3 (kept), 62.8 (smoothed), 628 and 6283 (divided by factor)"],
+    ),
+    Spec(
+        "tiny-llama-rope-yarn", "LlamaConfig", "LlamaForCausalLM",
+        llama_like(
+            tie_word_embeddings=True,
+            max_position_embeddings=128,
+            rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+        ),
+        notes=[
+            "transformers 4.46.3 ignores rope_scaling.original_max_position_embeddings for yarn (it warns about an "
+            "unrecognised key) and finds the correction range with config.max_position_embeddings (128); later "
+            "versions use original_max_position_embeddings (32) there. The recorded rope.inv_freq is 4.46.3's.",
+            "attention_factor = 0.1 * ln(factor) + 1 multiplies cos and sin (so q.k scales by its square).",
+        ],
+    ),
+    Spec(
+        "tiny-mistral", "MistralConfig", "MistralForCausalLM",
+        llama_like(sliding_window=8),
+        notes=["sliding_window 8: query i attends keys j with i - 8 < j <= i (cache index, pads included)"],
+    ),
+    Spec(
+        "tiny-qwen2", "Qwen2Config", "Qwen2ForCausalLM",
+        llama_like(tie_word_embeddings=True, use_sliding_window=False),
+        generation_overrides={"eos_token_id": [DECODER_EOS, DECODER_IM_END]},
+        notes=["q/k/v projections have biases; generation_config.eos_token_id is a list [</s>, <|im_end|>]"],
+    ),
+    Spec(
+        "tiny-qwen3", "Qwen3Config", "Qwen3ForCausalLM",
+        llama_like(tie_word_embeddings=True, head_dim=16, use_sliding_window=False),
+        min_transformers="4.51.0",
+        notes=["head_dim 16 != hidden/heads; q_norm/k_norm are per-head RMSNorms over head_dim before RoPE"],
+    ),
+    Spec(
+        "tiny-gemma2", "Gemma2Config", "Gemma2ForCausalLM",
+        llama_like(
+            tie_word_embeddings=True,
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=8,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=4.0,
+            hidden_activation="gelu_pytorch_tanh",
+        ),
+        notes=[
+            "layer 0 (even layers) uses the sliding window 8, layer 1 global attention",
+            "attention scale query_pre_attn_scalar ** -0.5 (24, not head_dim 16)",
+            "soft-capping: cap * tanh(x / cap) on attention scores (5.0) and final logits (4.0)",
+            "embeddings are multiplied by sqrt(hidden_size) (as a float32 tensor); RMSNorm gains are (1 + w)",
+            "generate uses a HybridCache (Gemma2Config.cache_implementation = 'hybrid')",
+            "transformers 4.46.3 bug: with the HybridCache the left-padded batch (greedy and beam) diverges from its "
+            "own use_cache=False recomputation and from the unpadded runs; those cases also carry "
+            "sequences_uncached, the model's true output. (With a DynamicCache instead, 4.46.3 drops the sliding "
+            "window at decode steps and even single prompts go wrong.)",
+        ],
+    ),
+    Spec(
+        "tiny-phi3", "Phi3Config", "Phi3ForCausalLM",
+        llama_like(sliding_window=None),
+        notes=["fused self_attn.qkv_proj ([q; k; v] rows) and mlp.gate_up_proj ([gate; up] rows)"],
+    ),
+    Spec(
+        "tiny-gpt2", "GPT2Config", "GPT2LMHeadModel",
+        dict(
+            vocab_size=VOCAB_SIZE,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_inner=64,
+            n_positions=64,
+            initializer_range=INIT_RANGE,
+            bos_token_id=DECODER_BOS,
+            eos_token_id=DECODER_EOS,
+            pad_token_id=DECODER_PAD,
+        ),
+        add_bos=False,
+        notes=[
+            "the tokenizer adds no <s> (GPT-2 style ByteLevel post-processor)",
+            "learned absolute positions: generate passes position_ids = cumsum(mask) - 1 (pads: 1), so a left-padded "
+            "row starts at position 0 like the unpadded prompt",
+        ],
+    ),
+    Spec("tiny-llama-seqcls", "LlamaConfig", "LlamaForSequenceClassification", llama_like(), kind="seqcls"),
+    Spec(
+        "tiny-qwen2-seqcls", "Qwen2Config", "Qwen2ForSequenceClassification",
+        llama_like(tie_word_embeddings=False, use_sliding_window=False), kind="seqcls",
+    ),
+]
+
+
+def version_tuple(v: str) -> tuple:
+    out = []
+    for part in v.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        out.append(int(digits or 0))
+    return tuple(out)
+
+
+def supported(spec: Spec) -> bool:
+    import transformers
+
+    return version_tuple(transformers.__version__) >= version_tuple(spec.min_transformers)
+
+
+# ---------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------
+
+def make_config(spec: Spec):
+    import transformers
+
+    cfg = dict(spec.config)
+    if spec.kind == "seqcls":
+        cfg.update(num_labels=NUM_LABELS, id2label=dict(CLS_LABELS), label2id={v: k for k, v in CLS_LABELS.items()})
+    return getattr(transformers, spec.config_class)(**cfg)
+
+
+def build_checkpoint(spec: Spec, out_dir: Path):
+    import transformers
+
+    tok = common.make_bytelevel_bpe_tokenizer(
+        VOCAB_SIZE, add_bos=spec.add_bos, padding_side="right" if spec.kind == "seqcls" else "left"
+    )
+    tok.model_input_names = ["input_ids", "attention_mask"]
+    tok.init_kwargs["model_input_names"] = ["input_ids", "attention_mask"]
+
+    common.seed_all(common.SEED)
+    config = make_config(spec)
+    model = getattr(transformers, spec.model_class)(config).eval()
+    common.perturb_decoder(model)
+    for key, value in spec.generation_overrides.items():
+        setattr(model.generation_config, key, value)
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+
+
+def load_model(spec: Spec, out_dir: Path):
+    import transformers
+
+    cls = getattr(transformers, spec.model_class)
+    return cls.from_pretrained(out_dir, attn_implementation=ATTN_IMPLEMENTATION).eval()
+
+
+# ---------------------------------------------------------------------------
+# Recording: causal LMs
+# ---------------------------------------------------------------------------
+
+def eos_ids(model) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        return []
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+@torch.no_grad()
+def record_logits(spec: Spec, out_dir: Path, tok) -> dict:
+    model = load_model(spec, out_dir)
+    enc = tok(DECODER_PROMPTS, padding=True, return_tensors="pt")
+    mask = enc["attention_mask"]
+    position_ids = common.generate_position_ids(mask)
+    logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+    return {
+        "prompts": DECODER_PROMPTS,
+        "padding_side": tok.padding_side,
+        "input_ids": enc["input_ids"],
+        "attention_mask": mask,
+        "position_ids": position_ids,
+        "logits_shape": list(logits.shape),
+        "logits_stride": LOGITS_STRIDE,
+        "logits_strided": common.mask_pads(logits[..., ::LOGITS_STRIDE], mask),
+        "logits_logsumexp": common.mask_pads(torch.logsumexp(logits, dim=-1), mask),
+        "logits_argmax": common.mask_pads(logits.argmax(dim=-1), mask),
+        "logits_last": logits[:, -1, :],
+    }
+
+
+def greedy_inputs(tok) -> list[tuple[str, dict, dict]]:
+    """(name, encoding, tokenizer kwargs) for the greedy / beam cases."""
+    cases = []
+    for i, prompt in enumerate(DECODER_PROMPTS):
+        cases.append((f"single-{i}", {"text": prompt}, tok(prompt, return_tensors="pt")))
+    chat = tok.apply_chat_template(DECODER_CHAT, add_generation_prompt=True, tokenize=False)
+    cases.append(
+        ("chat", {"messages": DECODER_CHAT, "rendered": chat, "add_special_tokens": False},
+         tok(chat, add_special_tokens=False, return_tensors="pt"))
+    )
+    cases.append(("batch", {"text": DECODER_PROMPTS}, tok(DECODER_PROMPTS, padding=True, return_tensors="pt")))
+    return cases
+
+
+def min_margins(logits_steps, num_rows: int) -> list[float]:
+    """Per row, the smallest top-1 minus top-2 raw logit over the generated steps."""
+    out = [float("inf")] * num_rows
+    for step in logits_steps:
+        top2 = step.topk(2, dim=-1).values
+        margin = (top2[:, 0] - top2[:, 1]).tolist()
+        out = [min(a, b) for a, b in zip(out, margin)]
+    return out
+
+
+@torch.no_grad()
+def generate_both(spec: Spec, out_dir: Path, enc, kwargs: dict, **extra):
+    """generate() as a user calls it, and the same with use_cache=False (full recomputation)."""
+    out = load_model(spec, out_dir).generate(**enc, **kwargs, return_dict_in_generate=True, **extra)
+    ref = load_model(spec, out_dir).generate(**enc, **kwargs, return_dict_in_generate=True, use_cache=False, **extra)
+    return out, ref
+
+
+def add_uncached(record: dict, out, ref, checks: dict, name: str, score_key: str | None = None) -> None:
+    """Keep the uncached result beside the cached one when Python disagrees with itself."""
+    same = out.sequences.tolist() == ref.sequences.tolist()
+    checks[f"{name}_cached_equals_uncached"] = same
+    if not same:
+        record["sequences_uncached"] = ref.sequences
+        if score_key:
+            record[f"{score_key}_uncached"] = getattr(ref, score_key)
+
+
+@torch.no_grad()
+def record_greedy(spec: Spec, out_dir: Path, tok) -> tuple[dict, dict]:
+    cases = greedy_inputs(tok)
+    eos = eos_ids(load_model(spec, out_dir))
+
+    def run(kwargs):
+        return [(name, inputs, enc, *generate_both(spec, out_dir, enc, kwargs, output_logits=True))
+                for name, inputs, enc in cases]
+
+    kwargs = {"do_sample": False, "max_new_tokens": GREEDY_NEW_TOKENS}
+    results = run(kwargs)
+
+    def stopped_early(enc, seqs):
+        n = enc["input_ids"].shape[-1]
+        return any(seq.shape[-1] < n + GREEDY_NEW_TOKENS or any(t in eos for t in seq[n:].tolist()) for seq in seqs)
+
+    if any(stopped_early(enc, out.sequences) or stopped_early(enc, ref.sequences) for _, _, enc, out, ref in results):
+        kwargs["min_new_tokens"] = GREEDY_NEW_TOKENS
+        results = run(kwargs)
+
+    records, checks, singles = [], {}, {}
+    for name, inputs, enc, out, ref in results:
+        record = {
+            "name": name,
+            **inputs,
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "sequences": out.sequences,
+            "min_top2_margin": min_margins(out.logits, out.sequences.shape[0]),
+        }
+        add_uncached(record, out, ref, checks, f"greedy_{name}")
+        records.append(record)
+        if name.startswith("single-"):
+            singles[int(name.split("-")[1])] = out.sequences[0].tolist()
+
+    _, _, batch_enc, batch, _ = next(r for r in results if r[0] == "batch")
+    same = True
+    for row, seq in enumerate(batch.sequences.tolist()):
+        n_pad = int((batch_enc["attention_mask"][row] == 0).sum())
+        same &= seq[n_pad:] == singles[row]
+    checks["greedy_batch_equals_singles"] = same
+
+    return {"kwargs": kwargs, "eos_token_ids": eos, "cases": records}, checks
+
+
+@torch.no_grad()
+def record_beam(spec: Spec, out_dir: Path, tok, checks: dict) -> dict:
+    records = []
+    for name, inputs, enc in greedy_inputs(tok):
+        if name == "chat":
+            continue
+        out, ref = generate_both(spec, out_dir, enc, BEAM_KWARGS, output_scores=True)
+        record = {
+            "name": name,
+            **inputs,
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "sequences": out.sequences,
+            "sequences_scores": out.sequences_scores,
+        }
+        add_uncached(record, out, ref, checks, f"beam_{name}", "sequences_scores")
+        records.append(record)
+    return {"kwargs": BEAM_KWARGS, "cases": records}
+
+
+def record_rope(spec: Spec, out_dir: Path) -> dict | None:
+    model = load_model(spec, out_dir)
+    info = common.rope_info(model)
+    if info is None:
+        return None
+    info["rope_scaling"] = getattr(model.config, "rope_scaling", None)
+    if info["rope_type"] == "dynamic":
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        fn = ROPE_INIT_FUNCTIONS["dynamic"]
+        info["inv_freq_at_seq_len"] = {
+            str(n): fn(model.config, "cpu", seq_len=n)[0] for n in (16, 17, 20, 27, 39)
+        }
+    return info
+
+
+# ---------------------------------------------------------------------------
+# Recording: sequence classification
+# ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def record_seqcls(spec: Spec, out_dir: Path, tok) -> dict:
+    model = load_model(spec, out_dir)
+    assert tok.padding_side == "right"
+    enc = tok(DECODER_CLS_TEXTS, padding=True, return_tensors="pt")
+    logits = model(**enc).logits
+    # what the model pools: the token before the first pad (argmax of input_ids == pad) - 1, modulo T
+    pad = model.config.pad_token_id
+    pooled = (torch.eq(enc["input_ids"], pad).int().argmax(-1) - 1) % enc["input_ids"].shape[-1]
+    singles = []
+    for text in DECODER_CLS_TEXTS:
+        e = tok(text, return_tensors="pt")
+        singles.append({"text": text, "input_ids": e["input_ids"], "logits": model(**e).logits})
+    return {
+        "batch": {
+            "text": DECODER_CLS_TEXTS,
+            "padding_side": "right",
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "pooled_index": pooled,
+            "logits": logits,
+        },
+        "singles": singles,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------
+
+def make_one(spec: Spec) -> None:
+    import transformers
+
+    out_dir = FIXTURES / spec.name
+    build_checkpoint(spec, out_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(out_dir)
+    assert tok.is_fast
+
+    expected = {
+        "meta": common.meta(
+            SCRIPT,
+            checkpoint=spec.name,
+            model_class=spec.model_class,
+            tokenizer_class=type(tok).__name__,
+            attn_implementation=ATTN_IMPLEMENTATION,
+            notes=spec.notes,
+        ),
+    }
+    if spec.kind == "causal":
+        greedy, checks = record_greedy(spec, out_dir, tok)
+        expected["rope"] = record_rope(spec, out_dir)
+        expected["logits"] = record_logits(spec, out_dir, tok)
+        expected["greedy"] = greedy
+        expected["beam"] = record_beam(spec, out_dir, tok, checks)
+        expected["generation_config"] = json.loads((out_dir / "generation_config.json").read_text())
+        expected["checks"] = checks
+        for key, ok in checks.items():
+            if not ok:
+                print(f"  note: {spec.name}: {key} is false", file=sys.stderr)
+    else:
+        expected["seqcls"] = record_seqcls(spec, out_dir, tok)
+    if expected.get("rope") is None:
+        expected.pop("rope", None)
+    common.write_json(out_dir / "expected.json", expected)
+
+
+# ---------------------------------------------------------------------------
+# logits-processors.json
+# ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def make_logits_processors() -> None:
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LogitsProcessorList
+    from transformers import generation as g
+
+    gen = torch.Generator().manual_seed(common.SEED)
+    scores = torch.randn(2, 50, generator=gen)
+    input_ids = torch.tensor([[3, 7, 3, 12, 7, 3], [1, 2, 5, 1, 2, 1]])
+    bad_words_ids = [[4], [2], [7, 8], [3, 9], [1, 11]]
+
+    procs = [
+        ("TemperatureLogitsWarper", {"temperature": 0.7}),
+        ("TopKLogitsWarper", {"top_k": 5}),
+        ("TopPLogitsWarper", {"top_p": 0.9}),
+        ("TopPLogitsWarper", {"top_p": 0.9, "min_tokens_to_keep": 2}),
+        ("MinPLogitsWarper", {"min_p": 0.1}),
+        ("TypicalLogitsWarper", {"mass": 0.9}),
+        ("EpsilonLogitsWarper", {"epsilon": 0.02}),
+        ("EtaLogitsWarper", {"epsilon": 0.02}),
+        ("RepetitionPenaltyLogitsProcessor", {"penalty": 1.3}),
+        ("NoRepeatNGramLogitsProcessor", {"ngram_size": 2}),
+        ("NoRepeatNGramLogitsProcessor", {"ngram_size": 3}),
+        ("NoBadWordsLogitsProcessor", {"bad_words_ids": bad_words_ids, "eos_token_id": 2}),
+        ("MinLengthLogitsProcessor", {"min_length": 10, "eos_token_id": [2, 4]}),
+        ("MinNewTokensLengthLogitsProcessor", {"prompt_length_to_skip": 2, "min_new_tokens": 5, "eos_token_id": 2}),
+        ("SuppressTokensLogitsProcessor", {"suppress_tokens": [0, 5, 49]}),
+    ]
+    records = []
+    for cls_name, kwargs in procs:
+        proc = getattr(g, cls_name)(**kwargs)
+        out = proc(input_ids, scores.clone())
+        records.append({"class": cls_name, "kwargs": kwargs, "output": common.inf_to_str(out)})
+
+    # The processor chain generate() builds from a GenerationConfig, in its order.
+    chains = []
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1))
+    for gen_kwargs in [
+        {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9},
+        {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "min_p": 0.1, "typical_p": 0.9,
+         "repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "bad_words_ids": [[4], [7, 8]]},
+        {"do_sample": True, "temperature": 1.3, "top_k": 0, "top_p": 0.5},
+        {"do_sample": True, "num_beams": 3, "temperature": 0.7, "top_k": 5, "top_p": 0.9},
+    ]:
+        config = GenerationConfig(eos_token_id=2, pad_token_id=0, **gen_kwargs)
+        tiny._prepare_special_tokens(config, kwargs_has_attention_mask=True, device="cpu")
+        chain = tiny._get_logits_processor(
+            generation_config=config,
+            input_ids_seq_length=input_ids.shape[-1],
+            encoder_input_ids=input_ids,
+            prefix_allowed_tokens_fn=None,
+            logits_processor=LogitsProcessorList(),
+            device="cpu",
+            model_kwargs={},
+        )
+        out = chain(input_ids, scores.clone())
+        chains.append(
+            {
+                "generation_config": gen_kwargs,
+                "processors": [type(p).__name__ for p in chain],
+                "output": common.inf_to_str(out),
+            }
+        )
+
+    expected = {
+        "meta": common.meta(
+            SCRIPT,
+            notes=[
+                "each record: output = Class(**kwargs)(input_ids, scores.clone()); filtered values are -inf",
+                "chains: model._get_logits_processor(GenerationConfig(eos_token_id=2, pad_token_id=0, **kwargs)) "
+                "applied to (input_ids, scores) in list order; min_tokens_to_keep is 2 when num_beams > 1",
+                "non-finite floats are written as the strings \"-inf\", \"inf\", \"nan\"",
+            ],
+        ),
+        "input_ids": input_ids,
+        "scores": scores,
+        "processors": records,
+        "chains": chains,
+    }
+    common.write_json(FIXTURES / "logits-processors.json", expected)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="comma-separated names (folders, or logits-processors) to (re)build")
+    args = ap.parse_args()
+    only = {s for s in args.only.split(",") if s}
+
+    common.setup()
+    import transformers
+
+    for spec in SPECS:
+        if only and spec.name not in only:
+            continue
+        if not supported(spec):
+            print(
+                f"== {spec.name}: skipped, needs transformers >= {spec.min_transformers} "
+                f"(this is {transformers.__version__}); see tools/golden/README.md",
+                file=sys.stderr,
+            )
+            continue
+        print(f"== {spec.name}", file=sys.stderr)
+        make_one(spec)
+    if not only or "logits-processors" in only:
+        make_logits_processors()
+
+
+if __name__ == "__main__":
+    main()
