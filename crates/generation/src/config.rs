@@ -293,15 +293,21 @@ mod tests {
 
     #[test]
     fn validation() {
-        let mut c = GenerationConfig::default();
-        assert!(c.validate().is_ok());
-        c.top_p = 0.0;
+        assert!(GenerationConfig::default().validate().is_ok());
+        let c = GenerationConfig {
+            top_p: 0.0,
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("top_p"));
-        let mut c = GenerationConfig::default();
-        c.num_return_sequences = 2;
+        let c = GenerationConfig {
+            num_return_sequences: 2,
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
-        let mut c = GenerationConfig::default();
-        c.temperature = 0.0;
+        let c = GenerationConfig {
+            temperature: 0.0,
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
     }
 }
