@@ -315,3 +315,154 @@ ALL_TEXTS = dedupe(
     + NER_TEXTS
     + [QA_QUESTION, QA_CONTEXT]
 )
+
+
+# ---------------------------------------------------------------------------
+# Decoder (causal LM) helpers, used by make_decoders.py and make_smollm2.py
+# ---------------------------------------------------------------------------
+
+# Special tokens of the tiny byte-level BPE used by the decoder fixtures, in id order.
+DECODER_SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+DECODER_PAD, DECODER_BOS, DECODER_EOS, DECODER_IM_START, DECODER_IM_END = range(5)
+
+# A plain ChatML template (no BOS: the rendered text is tokenized with
+# add_special_tokens=False, as apply_chat_template(tokenize=True) does).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+DECODER_PROMPTS = [
+    "John lives in Paris and works for Google. The weather is nice today.",
+    "Hello world!",
+]
+DECODER_CHAT = [{"role": "user", "content": "Hello world!"}]
+DECODER_CLS_TEXTS = [
+    "I am happy today.",
+    "This movie is sad.",
+    "John works for Google in London and the weather is nice.",
+]
+
+
+def decoder_corpus() -> list[str]:
+    """Training corpus of the tiny decoder BPE: test texts, prompts and word list."""
+    lines = roberta_corpus() + DECODER_PROMPTS + DECODER_CLS_TEXTS
+    lines += ["user", "assistant", "system", "You are a helpful assistant."]
+    return lines
+
+
+def make_bytelevel_bpe_tokenizer(vocab_size: int = 352, add_bos: bool = True, padding_side: str = "left"):
+    """A tiny byte-level BPE wrapped as PreTrainedTokenizerFast.
+
+    ids 0..4 are DECODER_SPECIALS; bos `<s>`, eos `</s>`, pad `<pad>`,
+    unk none (byte-level BPE cannot produce unknowns). With add_bos the
+    post-processor prepends `<s>` (Llama style); without, it is GPT-2's ByteLevel.
+    The tokenizer carries the ChatML CHATML_TEMPLATE.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=DECODER_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(decoder_corpus(), trainer=trainer)
+    if add_bos:
+        bpe.post_processor = processors.TemplateProcessing(
+            single="<s> $A:0",
+            pair="<s> $A:0 <s>:1 $B:1",
+            special_tokens=[("<s>", DECODER_BOS)],
+        )
+    else:
+        bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        model_max_length=TOKENIZER_MAX_LENGTH,
+        padding_side=padding_side,
+        clean_up_tokenization_spaces=False,
+        chat_template=CHATML_TEMPLATE,
+    )
+    assert tok.convert_tokens_to_ids(DECODER_SPECIALS) == list(range(len(DECODER_SPECIALS)))
+    assert len(tok) == vocab_size, len(tok)
+    return tok
+
+
+@torch.no_grad()
+def perturb_decoder(model, std: float = 0.05, gain_std: float = 0.1) -> None:
+    """Randomise every bias and every 1-D norm weight (gain) of a decoder.
+
+    As make_encoders.perturb: init leaves biases at 0 and norm gains at 1 (0 for
+    Gemma's `1 + w` RMSNorm), which would hide a loader that drops them.
+    """
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            p.normal_(0.0, std)
+        elif p.dim() == 1 and name.endswith(".weight"):
+            p.copy_(1.0 + gain_std * torch.randn_like(p))
+
+
+def generate_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """position_ids exactly as GenerationMixin.prepare_inputs_for_generation makes them."""
+    position_ids = attention_mask.long().cumsum(-1) - 1
+    position_ids.masked_fill_(attention_mask == 0, 1)
+    return position_ids
+
+
+def mask_pads(values: Any, attention_mask: torch.Tensor) -> list:
+    """values[b][t] (any trailing shape), with None where attention_mask[b][t] == 0."""
+    vals = to_jsonable(values)
+    mask = attention_mask.tolist()
+    return [[v if m else None for v, m in zip(row, mrow)] for row, mrow in zip(vals, mask)]
+
+
+def inf_to_str(obj: Any) -> Any:
+    """Like to_jsonable, but -inf / inf / nan become the strings "-inf" / "inf" / "nan"."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return _nonfinite_list(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: inf_to_str(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [inf_to_str(v) for v in obj]
+    return obj
+
+
+def _nonfinite_list(t: Any) -> list:
+    arr = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    if arr.dtype.kind != "f":
+        return arr.tolist()
+
+    def conv(x):
+        if isinstance(x, list):
+            return [conv(v) for v in x]
+        if math.isfinite(x):
+            return _short_float(float(np.float32(x)))
+        return str(float(x))  # "-inf", "inf", "nan"
+
+    return conv(arr.astype(np.float32).tolist())
+
+
+def rope_info(model) -> dict | None:
+    """inv_freq and attention_scaling of the first rotary-embedding module, if any."""
+    for module in model.modules():
+        if type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq"):
+            return {
+                "module": type(module).__name__,
+                "rope_type": getattr(module, "rope_type", "default"),
+                "inv_freq": module.inv_freq,
+                "attention_scaling": float(getattr(module, "attention_scaling", 1.0)),
+            }
+    return None

@@ -434,6 +434,40 @@ def record_beam(spec: Spec, out_dir: Path, tok, checks: dict) -> dict:
     return {"kwargs": BEAM_KWARGS, "cases": records}
 
 
+@torch.no_grad()
+def record_eos_cases(spec: Spec, out_dir: Path, tok, greedy: dict, checks: dict) -> tuple[dict, dict]:
+    """Greedy and beam runs where an EOS is actually produced.
+
+    The random models never pick </s>, so these runs name as eos_token_id the third
+    token that greedy decoding of prompt 1 produced: prompt 1 (alone and as the
+    batch's second row) then stops after 3 tokens, the batch pads the finished row
+    with pad_token_id, and beam search finishes hypotheses early.
+    """
+    single1 = next(c for c in greedy["cases"] if c["name"] == "single-1")
+    n_prompt = single1["input_ids"].shape[-1]
+    eos_token = int(single1["sequences"][0, n_prompt + 2])
+    cases = [c for c in greedy_inputs(tok) if c[0] != "chat"]
+
+    g_kwargs = {"do_sample": False, "max_new_tokens": GREEDY_NEW_TOKENS, "eos_token_id": eos_token}
+    g_records = []
+    for name, inputs, enc in cases:
+        out, ref = generate_both(spec, out_dir, enc, g_kwargs)
+        record = {"name": name, **inputs, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                  "sequences": out.sequences}
+        add_uncached(record, out, ref, checks, f"greedy_eos_{name}")
+        g_records.append(record)
+
+    b_kwargs = {**BEAM_KWARGS, "eos_token_id": eos_token}
+    b_records = []
+    for name, inputs, enc in cases:
+        out, ref = generate_both(spec, out_dir, enc, b_kwargs, output_scores=True)
+        record = {"name": name, **inputs, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                  "sequences": out.sequences, "sequences_scores": out.sequences_scores}
+        add_uncached(record, out, ref, checks, f"beam_eos_{name}", "sequences_scores")
+        b_records.append(record)
+    return {"kwargs": g_kwargs, "cases": g_records}, {"kwargs": b_kwargs, "cases": b_records}
+
+
 def record_rope(spec: Spec, out_dir: Path) -> dict | None:
     model = load_model(spec, out_dir)
     info = common.rope_info(model)
@@ -508,6 +542,7 @@ def make_one(spec: Spec) -> None:
         expected["logits"] = record_logits(spec, out_dir, tok)
         expected["greedy"] = greedy
         expected["beam"] = record_beam(spec, out_dir, tok, checks)
+        expected["greedy_eos"], expected["beam_eos"] = record_eos_cases(spec, out_dir, tok, greedy, checks)
         expected["generation_config"] = json.loads((out_dir / "generation_config.json").read_text())
         expected["checks"] = checks
         for key, ok in checks.items():
@@ -538,7 +573,7 @@ def make_logits_processors() -> None:
         ("TemperatureLogitsWarper", {"temperature": 0.7}),
         ("TopKLogitsWarper", {"top_k": 5}),
         ("TopPLogitsWarper", {"top_p": 0.9}),
-        ("TopPLogitsWarper", {"top_p": 0.9, "min_tokens_to_keep": 2}),
+        ("TopPLogitsWarper", {"top_p": 0.05, "min_tokens_to_keep": 3}),
         ("MinPLogitsWarper", {"min_p": 0.1}),
         ("TypicalLogitsWarper", {"mass": 0.9}),
         ("EpsilonLogitsWarper", {"epsilon": 0.02}),

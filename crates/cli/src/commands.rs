@@ -154,8 +154,40 @@ fn run(words: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn inspect_gguf(reference: &str, path: &std::path::Path) -> Result<ExitCode> {
+    let g = rustformers_core::gguf::GgufFile::open(path)?;
+    let mut types = std::collections::BTreeMap::<String, usize>::new();
+    for t in g.tensor_types().into_values() {
+        *types.entry(t.to_lowercase()).or_default() += 1;
+    }
+    let meta: serde_json::Map<String, Value> = g
+        .meta_keys()
+        .into_iter()
+        .filter(|k| !k.starts_with("tokenizer.ggml.") && *k != "tokenizer.chat_template")
+        .map(|k| (k.to_string(), json!(format!("{:?}", g.meta(k)))))
+        .collect();
+    let report = json!({
+        "reference": reference,
+        "file": path.display().to_string(),
+        "bytes": g.file_len(),
+        "architecture": g.meta_str("general.architecture"),
+        "tensors": g.tensor_names().len(),
+        "dtypes": types,
+        "tokenizer": g.meta_str("tokenizer.ggml.model"),
+        "vocab": g.meta_strings("tokenizer.ggml.tokens").map(|t| t.len()),
+        "chat_template": g.chat_template().is_some(),
+        "config": g.config_json()?,
+        "metadata": meta,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn inspect(reference: &str) -> Result<ExitCode> {
     let files = ModelFiles::resolve(reference)?;
+    if let Some(gguf) = rustformers_models::gguf_path(&files)? {
+        return inspect_gguf(reference, &gguf);
+    }
     let config = ModelConfig::from_files(&files)?;
     let config_json: Value = serde_json::from_str(&config.to_json_string()?)?;
     let paths = safetensors_files(&files)?;

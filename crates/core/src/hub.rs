@@ -284,6 +284,12 @@ impl ModelFiles {
                 let msg = e.to_string();
                 if msg.contains("404") {
                     Ok(None)
+                } else if self.root.is_some() {
+                    // A cached snapshot exists: like Python, carry on offline with it.
+                    tracing::debug!(
+                        "could not check {repo_id} for `{filename}` ({msg}); using the cache"
+                    );
+                    Ok(None)
                 } else {
                     Err(Error::Download {
                         repo: repo_id.to_string(),

@@ -143,6 +143,19 @@ impl Weights {
         &self.vb
     }
 
+    /// True when the quantized store holds `name` (relative to this prefix).
+    pub fn has_quantized(&self, name: &str) -> bool {
+        let prefix = self.vb.prefix();
+        let key = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        self.quantized
+            .as_ref()
+            .is_some_and(|s| s.tensors.contains_key(&key))
+    }
+
     /// A linear layer at this prefix: quantized when the store holds its weight.
     pub fn linear(
         &self,

@@ -307,6 +307,30 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Resu
     out.to_dtype(dtype)
 }
 
+/// Rotary embeddings in the interleaved layout (pairs `(x[2i], x[2i+1])`), which is what
+/// llama.cpp's GGUF files expect: their q/k weights are stored permuted so that this
+/// gives the same attention scores as `rotate_half` on the HF weights. `cos`/`sin` as
+/// for [`apply_rotary`] (`[batch, seq, head_dim]`, halves repeated).
+pub fn apply_rotary_interleaved(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let (b, h, s, d) = x.dims4()?;
+    let half = d / 2;
+    let cos = cos.narrow(D::Minus1, 0, half)?.unsqueeze(1)?;
+    let sin = sin.narrow(D::Minus1, 0, half)?.unsqueeze(1)?;
+    let xf = x.to_dtype(DType::F32)?.reshape((b, h, s, half, 2))?;
+    let x0 = xf.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+    let x1 = xf.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+    let o0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let o1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::stack(&[&o0, &o1], D::Minus1)?
+        .reshape((b, h, s, d))?
+        .to_dtype(dtype)
+}
+
 /// Position ids as Python's `generate` computes them from a left-padded mask:
 /// `cumsum(mask) - 1`, and 1 at padding.
 pub fn position_ids_from_mask(mask: &[Vec<u32>], device: &Device) -> candle_core::Result<Tensor> {
@@ -358,6 +382,38 @@ mod tests {
             (y[0] - 1f32.cos()).abs() < 1e-6 && (y[2] - 1f32.sin()).abs() < 1e-6,
             "{y:?}"
         );
+    }
+
+    #[test]
+    fn interleaved_equals_rotate_half_on_permuted_channels() {
+        // llama.cpp's permutation of a head: channel order [0, h, 1, h+1, ...].
+        let d = 8;
+        let x = Tensor::arange(0f32, 16.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 2, d))
+            .unwrap();
+        let r = RotaryEmbedding::new(d, 10000.0, RopeScaling::Default).unwrap();
+        let (cos, sin) = r
+            .cos_sin(&Tensor::new(&[[3u32, 7]], &Device::Cpu).unwrap())
+            .unwrap();
+        let perm: Vec<u32> = (0..d as u32 / 2)
+            .flat_map(|i| [i, i + d as u32 / 2])
+            .collect();
+        let idx = Tensor::new(perm.as_slice(), &Device::Cpu).unwrap();
+        let hf = apply_rotary(&x, &cos, &sin)
+            .unwrap()
+            .index_select(&idx, 3)
+            .unwrap();
+        let gg = apply_rotary_interleaved(&x.index_select(&idx, 3).unwrap(), &cos, &sin).unwrap();
+        let diff = (hf - gg)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! padding and truncation options of Python's `tokenizer(...)` call.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -193,6 +194,11 @@ impl AutoTokenizer {
 
     /// Loads from resolved model files.
     pub fn from_files(files: &ModelFiles) -> Result<Self> {
+        if files.get("tokenizer.json")?.is_none() {
+            if let Some(path) = crate::gguf::gguf_path(files)? {
+                return Self::from_gguf(&crate::gguf::GgufFile::open(&path)?);
+            }
+        }
         let tok = files
             .get("tokenizer.json")?
             .ok_or_else(|| Error::MissingFile {
@@ -205,6 +211,36 @@ impl AutoTokenizer {
         let config = files.get("tokenizer_config.json")?;
         let map = files.get("special_tokens_map.json")?;
         Self::from_paths(&tok, config.as_deref(), map.as_deref())
+    }
+
+    /// Builds the tokenizer stored in a GGUF file's metadata (tokens, merges, special
+    /// tokens, chat template).
+    pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<Self> {
+        let json = crate::gguf::tokenizer_json(g)?;
+        let inner = Tokenizer::from_str(&json).map_err(|e| {
+            Error::Tokenizer(format!(
+                "cannot build the tokenizer of {}: {e}",
+                g.path().display()
+            ))
+        })?;
+        let config = match crate::gguf::tokenizer_config_json(g) {
+            Value::Object(o) => o,
+            _ => serde_json::Map::new(),
+        };
+        Self::new(inner, config, None)
+    }
+
+    /// The chat template (tokenizer_config.json's `chat_template`), if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        match self.config.get("chat_template")? {
+            Value::String(s) => Some(s),
+            // A list of named templates: the default one.
+            Value::Array(list) => list.iter().find_map(|t| {
+                (t.get("name")?.as_str()? == "default").then_some(())?;
+                t.get("template")?.as_str()
+            }),
+            _ => None,
+        }
     }
 
     /// Loads from explicit file paths.

@@ -17,7 +17,7 @@ use crate::traits::{
     CausalLanguageModel, EncoderModel, MaskedLmModel, QuestionAnsweringModel,
     SequenceClassificationModel, TokenClassificationModel,
 };
-use crate::{bert, distilbert, llama, roberta};
+use crate::{bert, distilbert, gemma2, gpt2, llama, mistral, phi3, qwen2, qwen3, roberta};
 
 /// A parsed config.json, typed by `model_type`.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +27,12 @@ pub enum ModelConfig {
     Roberta(roberta::RobertaConfig),
     DistilBert(distilbert::DistilBertConfig),
     Llama(llama::LlamaConfig),
+    Mistral(mistral::MistralConfig),
+    Qwen2(qwen2::Qwen2Config),
+    Qwen3(qwen3::Qwen3Config),
+    Gemma2(gemma2::Gemma2Config),
+    Phi3(phi3::Phi3Config),
+    Gpt2(gpt2::Gpt2Config),
 }
 
 /// `model_type` → parser. One line per family.
@@ -44,6 +50,24 @@ const CONFIGS: &[(&str, ConfigParser)] = &[
         ))
     }),
     ("llama", |t, p| Ok(ModelConfig::Llama(parse_config(t, p)?))),
+    ("mistral", |t, p| {
+        Ok(ModelConfig::Mistral(mistral::MistralConfig::from_json_str(
+            t, p,
+        )?))
+    }),
+    ("qwen2", |t, p| Ok(ModelConfig::Qwen2(parse_config(t, p)?))),
+    ("qwen3", |t, p| Ok(ModelConfig::Qwen3(parse_config(t, p)?))),
+    ("gemma2", |t, p| {
+        Ok(ModelConfig::Gemma2(gemma2::Gemma2Config::from_json_str(
+            t, p,
+        )?))
+    }),
+    ("phi3", |t, p| {
+        Ok(ModelConfig::Phi3(phi3::Phi3Config::from_json_str(t, p)?))
+    }),
+    ("gpt2", |t, p| {
+        Ok(ModelConfig::Gpt2(gpt2::Gpt2Config::from_json_str(t, p)?))
+    }),
     ("distilbert", |t, p| {
         Ok(ModelConfig::DistilBert(
             distilbert::DistilBertConfig::from_json_str(t, p)?,
@@ -122,6 +146,12 @@ impl ModelConfig {
             Self::Roberta(c) => &c.base,
             Self::DistilBert(c) => &c.base,
             Self::Llama(c) => &c.base,
+            Self::Mistral(c) => &c.base,
+            Self::Qwen2(c) => &c.base,
+            Self::Qwen3(c) => &c.base,
+            Self::Gemma2(c) => &c.base,
+            Self::Phi3(c) => &c.base,
+            Self::Gpt2(c) => &c.base,
         }
     }
 
@@ -132,6 +162,12 @@ impl ModelConfig {
             Self::Roberta(c) => &mut c.base,
             Self::DistilBert(c) => &mut c.base,
             Self::Llama(c) => &mut c.base,
+            Self::Mistral(c) => &mut c.base,
+            Self::Qwen2(c) => &mut c.base,
+            Self::Qwen3(c) => &mut c.base,
+            Self::Gemma2(c) => &mut c.base,
+            Self::Phi3(c) => &mut c.base,
+            Self::Gpt2(c) => &mut c.base,
         }
     }
 
@@ -147,6 +183,12 @@ impl ModelConfig {
             Self::Roberta(_) => roberta::modeling::BASE_MODEL_PREFIX,
             Self::DistilBert(_) => distilbert::modeling::BASE_MODEL_PREFIX,
             Self::Llama(_) => llama::modeling::BASE_MODEL_PREFIX,
+            Self::Mistral(_) => mistral::modeling::BASE_MODEL_PREFIX,
+            Self::Qwen2(_) => qwen2::modeling::BASE_MODEL_PREFIX,
+            Self::Qwen3(_) => qwen3::modeling::BASE_MODEL_PREFIX,
+            Self::Gemma2(_) => gemma2::modeling::BASE_MODEL_PREFIX,
+            Self::Phi3(_) => phi3::modeling::BASE_MODEL_PREFIX,
+            Self::Gpt2(_) => gpt2::modeling::BASE_MODEL_PREFIX,
         }
     }
 
@@ -154,7 +196,15 @@ impl ModelConfig {
     pub fn tied_save_keys(&self) -> &'static [(&'static str, &'static str)] {
         match self {
             Self::Roberta(_) => roberta::modeling::TIED_SAVE_KEYS,
-            Self::Bert(_) | Self::DistilBert(_) | Self::Llama(_) => &[],
+            Self::Bert(_)
+            | Self::DistilBert(_)
+            | Self::Llama(_)
+            | Self::Mistral(_)
+            | Self::Qwen2(_)
+            | Self::Qwen3(_)
+            | Self::Gemma2(_)
+            | Self::Phi3(_)
+            | Self::Gpt2(_) => &[],
         }
     }
 
@@ -165,6 +215,12 @@ impl ModelConfig {
             Self::Roberta(c) => c.hidden_size,
             Self::DistilBert(c) => c.dim,
             Self::Llama(c) => c.hidden_size,
+            Self::Mistral(c) => c.hidden_size,
+            Self::Qwen2(c) => c.hidden_size,
+            Self::Qwen3(c) => c.hidden_size,
+            Self::Gemma2(c) => c.hidden_size,
+            Self::Phi3(c) => c.hidden_size,
+            Self::Gpt2(c) => c.n_embd,
         }
     }
 
@@ -176,6 +232,12 @@ impl ModelConfig {
             Self::Roberta(c) => c.max_input_tokens(),
             Self::DistilBert(c) => c.max_position_embeddings,
             Self::Llama(c) => c.max_position_embeddings,
+            Self::Mistral(c) => c.max_position_embeddings,
+            Self::Qwen2(c) => c.max_position_embeddings,
+            Self::Qwen3(c) => c.max_position_embeddings,
+            Self::Gemma2(c) => c.max_position_embeddings,
+            Self::Phi3(c) => c.max_position_embeddings,
+            Self::Gpt2(c) => c.n_positions,
         }
     }
 
@@ -186,6 +248,12 @@ impl ModelConfig {
             Self::Roberta(c) => c.validate(),
             Self::DistilBert(c) => c.validate(),
             Self::Llama(c) => c.validate(),
+            Self::Mistral(c) => c.validate(),
+            Self::Qwen2(c) => c.validate(),
+            Self::Qwen3(c) => c.validate(),
+            Self::Gemma2(c) => c.validate(),
+            Self::Phi3(c) => c.validate(),
+            Self::Gpt2(c) => c.validate(),
         }
     }
 
@@ -196,6 +264,12 @@ impl ModelConfig {
             Self::Roberta(c) => config_to_json_string(c),
             Self::DistilBert(c) => config_to_json_string(c),
             Self::Llama(c) => config_to_json_string(c),
+            Self::Mistral(c) => config_to_json_string(c),
+            Self::Qwen2(c) => config_to_json_string(c),
+            Self::Qwen3(c) => config_to_json_string(c),
+            Self::Gemma2(c) => config_to_json_string(c),
+            Self::Phi3(c) => config_to_json_string(c),
+            Self::Gpt2(c) => config_to_json_string(c),
         }
     }
 }
@@ -285,7 +359,7 @@ fn checked_dtype(opts: &LoadOptions) -> Result<DType> {
     Ok(dtype)
 }
 
-type Ctor<T> = fn(VarBuilder, &ModelConfig) -> candle_core::Result<Box<T>>;
+type Ctor<T> = fn(VarBuilder<'static>, &ModelConfig) -> candle_core::Result<Box<T>>;
 
 /// One row of a task table: model_type, Python class name, constructor.
 struct Entry<T: ?Sized + 'static> {
@@ -470,7 +544,43 @@ static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[
             other => Err(wrong_config(other)),
         },
     },
+    // Decoders: `score` on the last non-pad token (built through `Weights`, as the
+    // causal-LM table does).
+    Entry {
+        model_type: "llama",
+        architecture: "LlamaForSequenceClassification",
+        ctor: |vb, c| match c {
+            ModelConfig::Llama(c) => Ok(Box::new(llama::LlamaForSequenceClassification::load(
+                Weights::new(vb, None),
+                c,
+            )?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    Entry {
+        model_type: "qwen2",
+        architecture: "Qwen2ForSequenceClassification",
+        ctor: |vb, c| match c {
+            ModelConfig::Qwen2(c) => Ok(Box::new(qwen2::Qwen2ForSequenceClassification::load(
+                Weights::new(vb, None),
+                c,
+            )?)),
+            other => Err(wrong_config(other)),
+        },
+    },
 ];
+
+/// The Llama head lives in `llama/modeling.rs` with an inherent `forward(ids, mask)`;
+/// this adapts it to the task trait (token types are not used by decoders).
+impl SequenceClassificationModel for llama::LlamaForSequenceClassification {
+    fn forward(&self, inputs: crate::traits::EncoderInputs<'_>) -> candle_core::Result<Tensor> {
+        llama::LlamaForSequenceClassification::forward(
+            self,
+            inputs.input_ids,
+            inputs.attention_mask,
+        )
+    }
+}
 
 static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[
     Entry {
@@ -599,17 +709,84 @@ struct CausalEntry {
     ctor: CausalCtor,
 }
 
-static CAUSAL_LM: &[CausalEntry] = &[CausalEntry {
-    model_type: "llama",
-    architecture: "LlamaForCausalLM",
-    ctor: |w, c| match c {
-        ModelConfig::Llama(c) => Ok(Box::new(llama::LlamaForCausalLM::load(w, c)?)),
-        other => Err(wrong_config(other)),
+static CAUSAL_LM: &[CausalEntry] = &[
+    CausalEntry {
+        model_type: "llama",
+        architecture: "LlamaForCausalLM",
+        ctor: |w, c| match c {
+            ModelConfig::Llama(c) => Ok(Box::new(llama::LlamaForCausalLM::load(w, c)?)),
+            other => Err(wrong_config(other)),
+        },
     },
-}];
+    CausalEntry {
+        model_type: "mistral",
+        architecture: "MistralForCausalLM",
+        ctor: |w, c| match c {
+            ModelConfig::Mistral(c) => Ok(Box::new(mistral::MistralForCausalLM::load(w, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    CausalEntry {
+        model_type: "qwen2",
+        architecture: "Qwen2ForCausalLM",
+        ctor: |w, c| match c {
+            ModelConfig::Qwen2(c) => Ok(Box::new(qwen2::Qwen2ForCausalLM::load(w, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    CausalEntry {
+        model_type: "qwen3",
+        architecture: "Qwen3ForCausalLM",
+        ctor: |w, c| match c {
+            ModelConfig::Qwen3(c) => Ok(Box::new(qwen3::Qwen3ForCausalLM::load(w, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    CausalEntry {
+        model_type: "gemma2",
+        architecture: "Gemma2ForCausalLM",
+        ctor: |w, c| match c {
+            ModelConfig::Gemma2(c) => Ok(Box::new(gemma2::Gemma2ForCausalLM::load(w, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    CausalEntry {
+        model_type: "phi3",
+        architecture: "Phi3ForCausalLM",
+        ctor: |w, c| match c {
+            ModelConfig::Phi3(c) => Ok(Box::new(phi3::Phi3ForCausalLM::load(w, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+    CausalEntry {
+        model_type: "gpt2",
+        architecture: "GPT2LMHeadModel",
+        ctor: |w, c| match c {
+            ModelConfig::Gpt2(c) => Ok(Box::new(gpt2::Gpt2LMHeadModel::load(w, c)?)),
+            other => Err(wrong_config(other)),
+        },
+    },
+];
 
 /// `AutoModelForCausalLM`: decoder-only language models.
 pub struct AutoModelForCausalLM;
+
+fn causal_entry(config: &ModelConfig) -> Result<&'static CausalEntry> {
+    CAUSAL_LM
+        .iter()
+        .find(|e| e.model_type == config.model_type())
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "AutoModelForCausalLM has no implementation for model_type `{}`; known: {}",
+                config.model_type(),
+                CAUSAL_LM
+                    .iter()
+                    .map(|e| e.model_type)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
 
 impl AutoModelForCausalLM {
     /// Loads a model reference (folder, file or Hub id) with default options.
@@ -625,26 +802,49 @@ impl AutoModelForCausalLM {
         Self::from_files(ModelFiles::resolve(reference)?, opts)
     }
 
+    /// Loads a GGUF file: quantized unless `opts.dtype` asks for a float type.
+    fn from_gguf(
+        files: ModelFiles,
+        path: &Path,
+        opts: &LoadOptions,
+    ) -> Result<PreTrainedModel<dyn CausalLanguageModel>> {
+        let g = rustformers_core::gguf::GgufFile::open(path)?;
+        let text = g.config_json()?.to_string();
+        let mut config = ModelConfig::from_json_str(&text, path)?;
+        if let ModelConfig::Llama(c) = &mut config {
+            // llama.cpp stores llama's q/k rows permuted for interleaved rotary.
+            c.rope_interleaved = true;
+        }
+        let entry = causal_entry(&config)?;
+        if opts.dtype.is_some() {
+            checked_dtype(opts)?;
+        }
+        let weights = crate::gguf::gguf_weights(&g, opts.dtype, &opts.device)?;
+        let model = (entry.ctor)(weights, &config).map_err(|e| Error::Weights {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(PreTrainedModel {
+            model,
+            config,
+            files,
+            dtype: opts.dtype.unwrap_or(DType::F32),
+            device: opts.device.clone(),
+            tensors: BTreeMap::new(),
+            architecture: entry.architecture,
+        })
+    }
+
     /// Loads from resolved files.
     pub fn from_files(
         files: ModelFiles,
         opts: &LoadOptions,
     ) -> Result<PreTrainedModel<dyn CausalLanguageModel>> {
+        if let Some(path) = crate::gguf::gguf_path(&files)? {
+            return Self::from_gguf(files, &path, opts);
+        }
         let config = ModelConfig::from_files(&files)?;
-        let entry = CAUSAL_LM
-            .iter()
-            .find(|e| e.model_type == config.model_type())
-            .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "AutoModelForCausalLM has no implementation for model_type `{}`; known: {}",
-                    config.model_type(),
-                    CAUSAL_LM
-                        .iter()
-                        .map(|e| e.model_type)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
+        let entry = causal_entry(&config)?;
         let dtype = checked_dtype(opts)?;
         let paths = safetensors_files(&files)?;
         let ckpt = Checkpoint::open(

@@ -4,7 +4,14 @@
 pub mod auto;
 pub mod bert;
 pub mod distilbert;
+pub mod gemma2;
+pub mod gguf;
+pub mod gpt2;
 pub mod llama;
+pub mod mistral;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 pub mod roberta;
 pub mod traits;
 
@@ -13,4 +20,5 @@ pub use auto::{
     AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
     AutoModelForTokenClassification, LoadOptions, ModelConfig, PreTrainedModel,
 };
+pub use gguf::gguf_path;
 pub use traits::*;

@@ -88,6 +88,10 @@ pub struct LlamaConfig {
     /// Defaults to `hidden_size / num_attention_heads`.
     #[serde(default)]
     pub head_dim: Option<usize>,
+    /// Rotary in the interleaved layout: set for weights from GGUF files, whose q/k rows
+    /// llama.cpp stores permuted for it. Not a config.json key.
+    #[serde(skip)]
+    pub rope_interleaved: bool,
     #[serde(flatten)]
     pub base: PretrainedConfig,
 }

@@ -9,7 +9,7 @@ use candle_nn::Embedding;
 use rustformers_core::kv_cache::KvCache;
 use rustformers_core::layers::{causal_mask, repeat_kv, Activation};
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
-use rustformers_core::rotary::{apply_rotary, RotaryEmbedding};
+use rustformers_core::rotary::{apply_rotary, apply_rotary_interleaved, RotaryEmbedding};
 
 use super::config::LlamaConfig;
 use crate::traits::{CausalLanguageModel, CausalLmInputs, LogitsMode};
@@ -31,6 +31,7 @@ pub struct LlamaAttention {
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    rope_interleaved: bool,
 }
 
 impl LlamaAttention {
@@ -45,6 +46,7 @@ impl LlamaAttention {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
+            rope_interleaved: c.rope_interleaved,
         })
     }
 
@@ -67,8 +69,13 @@ impl LlamaAttention {
         let q = split(self.q_proj.forward(x)?, self.num_heads)?;
         let k = split(self.k_proj.forward(x)?, self.num_kv_heads)?;
         let v = split(self.v_proj.forward(x)?, self.num_kv_heads)?;
-        let q = apply_rotary(&q, cos, sin)?;
-        let k = apply_rotary(&k, cos, sin)?;
+        let rope = if self.rope_interleaved {
+            apply_rotary_interleaved
+        } else {
+            apply_rotary
+        };
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
         let (k, v) = match cache {
             Some(c) => c.append(layer, &k, &v)?,
             None => (k, v),
@@ -271,7 +278,7 @@ pub struct LlamaForCausalLM {
 impl LlamaForCausalLM {
     pub fn load(w: Weights, c: &LlamaConfig) -> Result<Self> {
         let model = LlamaModel::load(w.pp(BASE_MODEL_PREFIX), c)?;
-        let lm_head = if c.tie_word_embeddings() {
+        let lm_head = if c.tie_word_embeddings() && !w.has_quantized("lm_head.weight") {
             QLinear::Dense {
                 weight: model.embed_tokens().clone(),
                 bias: None,

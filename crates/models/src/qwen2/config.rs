@@ -1,0 +1,175 @@
+//! Qwen2 configuration, mirroring Python's `Qwen2Config` (transformers 4.46,
+//! models/qwen2/configuration_qwen2.py). Differs from Llama's: `use_sliding_window`,
+//! `sliding_window` and `max_window_layers`; no `head_dim`, `attention_bias` (q/k/v
+//! always have biases, o_proj never) or `mlp_bias`.
+
+use serde::{Deserialize, Serialize};
+
+use rustformers_core::layers::Activation;
+use rustformers_core::rotary::RopeScaling;
+use rustformers_core::{Error, PretrainedConfig, Result};
+
+fn d_vocab() -> usize {
+    151936
+}
+fn d_hidden() -> usize {
+    4096
+}
+fn d_intermediate() -> usize {
+    22016
+}
+fn d_layers() -> usize {
+    32
+}
+fn d_heads() -> usize {
+    32
+}
+fn d_kv_heads() -> Option<usize> {
+    Some(32)
+}
+fn d_act() -> String {
+    "silu".into()
+}
+fn d_max_pos() -> usize {
+    32768
+}
+fn d_init() -> f64 {
+    0.02
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_true() -> bool {
+    true
+}
+fn d_theta() -> f64 {
+    10000.0
+}
+fn d_window() -> Option<usize> {
+    Some(4096)
+}
+fn d_max_window_layers() -> usize {
+    28
+}
+
+/// config.json of a Qwen2 checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Qwen2Config {
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: usize,
+    /// Python's default is 32; an explicit `null` means `num_attention_heads`.
+    #[serde(default = "d_kv_heads")]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default = "d_act")]
+    pub hidden_act: String,
+    #[serde(default = "d_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "d_init")]
+    pub initializer_range: f64,
+    #[serde(default = "d_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "d_true")]
+    pub use_cache: bool,
+    #[serde(default = "d_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    /// Only used with `use_sliding_window` (Python sets it to None otherwise).
+    #[serde(default = "d_window")]
+    pub sliding_window: Option<usize>,
+    /// Read by Python's flash-attention path only (see [`Qwen2Config::sliding_window`]).
+    #[serde(default = "d_max_window_layers")]
+    pub max_window_layers: usize,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(flatten)]
+    pub base: PretrainedConfig,
+}
+
+impl Qwen2Config {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    pub fn num_key_value_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Qwen2's default is untied input/output embeddings.
+    pub fn tie_word_embeddings(&self) -> bool {
+        self.base.tie_word_embeddings.unwrap_or(false)
+    }
+
+    /// The attention window as 4.46's eager and SDPA paths apply it: `sliding_window`
+    /// when `use_sliding_window`, to every layer (`max_window_layers` only steers the
+    /// flash-attention kernel in 4.46), else none.
+    pub fn effective_sliding_window(&self) -> Option<usize> {
+        if self.use_sliding_window {
+            self.sliding_window
+        } else {
+            None
+        }
+    }
+
+    pub fn rope_scaling(&self) -> Result<RopeScaling> {
+        RopeScaling::from_config(self.rope_scaling.as_ref(), self.max_position_embeddings)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let err = |message: String| Error::Config {
+            path: "config.json".into(),
+            message,
+        };
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads()),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(err(format!("{name} must be positive")));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.num_attention_heads % self.num_key_value_heads() != 0 {
+            return Err(err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.num_key_value_heads()
+            )));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(err(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim()
+            )));
+        }
+        if self.effective_sliding_window() == Some(0) {
+            return Err(err("sliding_window must be positive".into()));
+        }
+        if !self.rms_norm_eps.is_finite() || self.rms_norm_eps <= 0.0 {
+            return Err(err("rms_norm_eps must be positive".into()));
+        }
+        Activation::from_name(&self.hidden_act).map_err(|e| err(e.to_string()))?;
+        self.rope_scaling()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,380 @@
+//! Qwen2, read top to bottom like Python's `modeling_qwen2.py` (transformers 4.46:
+//! src/transformers/models/qwen2/modeling_qwen2.py): rotary embedding → attention with
+//! grouped-query heads and a KV cache → gated MLP → decoder layer → model → LM head and
+//! sequence-classification head.
+//!
+//! Copied from `llama/modeling.rs`; differs in: q/k/v projections always carry biases
+//! (o_proj and the MLP never do), `head_dim` is `hidden_size / num_attention_heads`, and
+//! the causal mask carries the sliding window when `use_sliding_window` is set (see
+//! [`Qwen2Config::effective_sliding_window`]). Field names are the checkpoint keys.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::Embedding;
+
+use rustformers_core::kv_cache::KvCache;
+use rustformers_core::layers::{causal_mask, repeat_kv, Activation};
+use rustformers_core::linear::{QLinear, RmsNorm, Weights};
+use rustformers_core::rotary::{apply_rotary, RotaryEmbedding};
+
+use super::config::Qwen2Config;
+use crate::traits::{
+    CausalLanguageModel, CausalLmInputs, EncoderInputs, LogitsMode, SequenceClassificationModel,
+};
+
+/// Python's `base_model_prefix` for Qwen2.
+pub const BASE_MODEL_PREFIX: &str = "model";
+
+fn msg(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// Self-attention with grouped-query heads; q/k/v have biases.
+#[derive(Debug, Clone)]
+pub struct Qwen2Attention {
+    q_proj: QLinear,
+    k_proj: QLinear,
+    v_proj: QLinear,
+    o_proj: QLinear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Qwen2Attention {
+    pub fn load(w: Weights, c: &Qwen2Config) -> Result<Self> {
+        let (h, hd) = (c.hidden_size, c.head_dim());
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads());
+        Ok(Self {
+            q_proj: w.pp("q_proj").linear(h, nh * hd, true)?,
+            k_proj: w.pp("k_proj").linear(h, nkv * hd, true)?,
+            v_proj: w.pp("v_proj").linear(h, nkv * hd, true)?,
+            o_proj: w.pp("o_proj").linear(nh * hd, h, false)?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+            t.reshape((b, s, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = split(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let q = apply_rotary(&q, cos, sin)?;
+        let k = apply_rotary(&k, cos, sin)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(&k, n_rep)?.contiguous()?;
+        let v = repeat_kv(&v, n_rep)?.contiguous()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+        let out = probs.matmul(&v)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, s, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Qwen2Mlp {
+    gate_proj: QLinear,
+    up_proj: QLinear,
+    down_proj: QLinear,
+    act: Activation,
+}
+
+impl Qwen2Mlp {
+    pub fn load(w: Weights, c: &Qwen2Config) -> Result<Self> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        Ok(Self {
+            gate_proj: w.pp("gate_proj").linear(h, i, false)?,
+            up_proj: w.pp("up_proj").linear(h, i, false)?,
+            down_proj: w.pp("down_proj").linear(i, h, false)?,
+            act: Activation::from_name(&c.hidden_act).map_err(msg)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.act.forward(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+    }
+}
+
+/// Pre-norm decoder layer.
+#[derive(Debug, Clone)]
+pub struct Qwen2DecoderLayer {
+    self_attn: Qwen2Attention,
+    mlp: Qwen2Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl Qwen2DecoderLayer {
+    pub fn load(w: Weights, c: &Qwen2Config) -> Result<Self> {
+        Ok(Self {
+            self_attn: Qwen2Attention::load(w.pp("self_attn"), c)?,
+            mlp: Qwen2Mlp::load(w.pp("mlp"), c)?,
+            input_layernorm: RmsNorm::load(
+                w.vb().pp("input_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+            )?,
+            post_attention_layernorm: RmsNorm::load(
+                w.vb().pp("post_attention_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+            )?,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let a = self.self_attn.forward(
+            &self.input_layernorm.forward(x)?,
+            cos,
+            sin,
+            mask,
+            cache,
+            layer,
+        )?;
+        let x = (x + a)?;
+        let m = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
+        x + m
+    }
+}
+
+/// The decoder stack (`model.*`).
+#[derive(Debug, Clone)]
+pub struct Qwen2Model {
+    embed_tokens: Embedding,
+    layers: Vec<Qwen2DecoderLayer>,
+    norm: RmsNorm,
+    rotary: RotaryEmbedding,
+    sliding_window: Option<usize>,
+    vocab_size: usize,
+    max_positions: usize,
+    dtype: DType,
+}
+
+impl Qwen2Model {
+    pub fn load(w: Weights, c: &Qwen2Config) -> Result<Self> {
+        let embed_tokens =
+            candle_nn::embedding(c.vocab_size, c.hidden_size, w.vb().pp("embed_tokens"))?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| Qwen2DecoderLayer::load(w.pp(format!("layers.{i}")), c))
+            .collect::<Result<Vec<_>>>()?;
+        let rotary =
+            RotaryEmbedding::new(c.head_dim(), c.rope_theta, c.rope_scaling().map_err(msg)?)
+                .map_err(msg)?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
+            sliding_window: c.effective_sliding_window(),
+            vocab_size: c.vocab_size,
+            max_positions: rotary.context(c.max_position_embeddings),
+            rotary,
+            dtype: w.vb().dtype(),
+        })
+    }
+
+    pub fn embed_tokens(&self) -> &Tensor {
+        self.embed_tokens.embeddings()
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Hidden states `[batch, seq, hidden]` after the final norm.
+    pub fn forward(
+        &self,
+        inputs: CausalLmInputs<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let ids = inputs.input_ids;
+        let (b, s) = ids.dims2()?;
+        if s == 0 {
+            candle_core::bail!("empty input: at least one token is needed");
+        }
+        let max_id = ids
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::U32)?
+            .to_scalar::<u32>()? as usize;
+        if max_id >= self.vocab_size {
+            candle_core::bail!(
+                "token id {max_id} is outside the vocabulary of {}",
+                self.vocab_size
+            );
+        }
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let positions = match inputs.position_ids {
+            Some(p) => p.clone(),
+            None => Tensor::arange(past as u32, (past + s) as u32, ids.device())?
+                .unsqueeze(0)?
+                .broadcast_as((b, s))?
+                .contiguous()?,
+        };
+        let (cos, sin) = self.rotary.cos_sin(&positions)?;
+        let mask = causal_mask(
+            inputs.attention_mask,
+            b,
+            s,
+            past,
+            self.sliding_window,
+            self.dtype,
+            ids.device(),
+        )?;
+        let mut x = self.embed_tokens.forward(ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &cos, &sin, &mask, cache.as_deref_mut(), i)?;
+        }
+        if let Some(c) = cache {
+            c.commit();
+        }
+        self.norm.forward(&x)
+    }
+}
+
+/// `Qwen2ForCausalLM`.
+#[derive(Debug, Clone)]
+pub struct Qwen2ForCausalLM {
+    model: Qwen2Model,
+    lm_head: QLinear,
+}
+
+impl Qwen2ForCausalLM {
+    pub fn load(w: Weights, c: &Qwen2Config) -> Result<Self> {
+        let model = Qwen2Model::load(w.pp(BASE_MODEL_PREFIX), c)?;
+        let lm_head = if c.tie_word_embeddings() {
+            QLinear::Dense {
+                weight: model.embed_tokens().clone(),
+                bias: None,
+            }
+        } else {
+            w.pp("lm_head").linear(c.hidden_size, c.vocab_size, false)?
+        };
+        Ok(Self { model, lm_head })
+    }
+}
+
+impl CausalLanguageModel for Qwen2ForCausalLM {
+    fn forward(
+        &self,
+        inputs: CausalLmInputs<'_>,
+        cache: Option<&mut KvCache>,
+        logits: LogitsMode,
+    ) -> Result<Tensor> {
+        let h = self.model.forward(inputs, cache)?;
+        let h = match logits {
+            LogitsMode::All => h,
+            LogitsMode::Last => {
+                let s = h.dim(1)?;
+                h.narrow(1, s - 1, 1)?
+            }
+        };
+        self.lm_head.forward(&h)?.to_dtype(DType::F32)
+    }
+
+    fn new_cache(&self, capacity: Option<usize>) -> KvCache {
+        KvCache::new(
+            self.model.num_layers(),
+            capacity.unwrap_or(self.model.max_positions),
+        )
+    }
+
+    fn max_context(&self) -> usize {
+        self.model.max_positions
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size
+    }
+}
+
+/// `Qwen2ForSequenceClassification`: `score` on the last non-pad token of each row.
+#[derive(Debug, Clone)]
+pub struct Qwen2ForSequenceClassification {
+    model: Qwen2Model,
+    score: QLinear,
+    pad_token_id: Option<u32>,
+}
+
+impl Qwen2ForSequenceClassification {
+    pub fn load(w: Weights, c: &Qwen2Config) -> Result<Self> {
+        let n = c.base.num_labels().map_err(msg)?;
+        Ok(Self {
+            model: Qwen2Model::load(w.pp(BASE_MODEL_PREFIX), c)?,
+            score: w.pp("score").linear(c.hidden_size, n, false)?,
+            pad_token_id: c.base.pad_token_id.and_then(|p| u32::try_from(p).ok()),
+        })
+    }
+
+    /// Logits `[batch, num_labels]`. Python pools at `(argmax(input_ids == pad) - 1) %
+    /// seq`: the token before the first pad, or the last token when a row has no pad
+    /// (or starts with one); without `pad_token_id` only a batch of one is accepted.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.model.forward(
+            CausalLmInputs {
+                input_ids,
+                attention_mask,
+                position_ids: None,
+            },
+            None,
+        )?;
+        let logits = self.score.forward(&h)?;
+        let (b, s) = input_ids.dims2()?;
+        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let mut rows = Vec::with_capacity(b);
+        for (i, row) in ids.iter().enumerate() {
+            let last = match self.pad_token_id {
+                Some(p) => match row.iter().position(|t| *t == p) {
+                    Some(0) | None => s - 1,
+                    Some(first_pad) => first_pad - 1,
+                },
+                None if b > 1 => candle_core::bail!(
+                    "a batch of more than one needs pad_token_id in config.json to find each row's last token"
+                ),
+                None => s - 1,
+            };
+            rows.push(logits.get(i)?.get(last)?);
+        }
+        Tensor::stack(&rows, 0)?.to_dtype(DType::F32)
+    }
+}
+
+impl SequenceClassificationModel for Qwen2ForSequenceClassification {
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
+        Qwen2ForSequenceClassification::forward(self, inputs.input_ids, inputs.attention_mask)
+    }
+}

@@ -1,0 +1,349 @@
+//! Qwen3, read top to bottom like Python's `modeling_qwen3.py` (transformers 4.51:
+//! src/transformers/models/qwen3/modeling_qwen3.py; 4.46 has no Qwen3): rotary embedding
+//! → attention with grouped-query heads, per-head q/k norms and a KV cache → gated MLP →
+//! decoder layer → model → LM head.
+//!
+//! Copied from `qwen2/modeling.rs`; differs in: `q_norm`/`k_norm` (RMSNorm over
+//! `head_dim`, per head) on queries and keys before the rotary embedding, projection
+//! biases only with `attention_bias` (all four, o_proj included), an explicit `head_dim`,
+//! a per-layer sliding window (see [`Qwen3Config::layer_sliding_window`]) and no
+//! sequence-classification head. Field names are the checkpoint keys.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::Embedding;
+
+use rustformers_core::kv_cache::KvCache;
+use rustformers_core::layers::{causal_mask, repeat_kv, Activation};
+use rustformers_core::linear::{QLinear, RmsNorm, Weights};
+use rustformers_core::rotary::{apply_rotary, RotaryEmbedding};
+
+use super::config::Qwen3Config;
+use crate::traits::{CausalLanguageModel, CausalLmInputs, LogitsMode};
+
+/// Python's `base_model_prefix` for Qwen3.
+pub const BASE_MODEL_PREFIX: &str = "model";
+
+fn msg(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// Self-attention with grouped-query heads and per-head RMSNorms on queries and keys.
+#[derive(Debug, Clone)]
+pub struct Qwen3Attention {
+    q_proj: QLinear,
+    k_proj: QLinear,
+    v_proj: QLinear,
+    o_proj: QLinear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Qwen3Attention {
+    pub fn load(w: Weights, c: &Qwen3Config) -> Result<Self> {
+        let (h, hd) = (c.hidden_size, c.head_dim());
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads());
+        let bias = c.attention_bias;
+        Ok(Self {
+            q_proj: w.pp("q_proj").linear(h, nh * hd, bias)?,
+            k_proj: w.pp("k_proj").linear(h, nkv * hd, bias)?,
+            v_proj: w.pp("v_proj").linear(h, nkv * hd, bias)?,
+            o_proj: w.pp("o_proj").linear(nh * hd, h, bias)?,
+            q_norm: RmsNorm::load(w.vb().pp("q_norm"), hd, c.rms_norm_eps)?,
+            k_norm: RmsNorm::load(w.vb().pp("k_norm"), hd, c.rms_norm_eps)?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        // [batch, seq, heads * head_dim] -> [batch, seq, heads, head_dim], normed per head
+        // when a norm is given, -> [batch, heads, seq, head_dim].
+        let split = |t: Tensor, heads: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
+            let t = t.reshape((b, s, heads, self.head_dim))?;
+            let t = match norm {
+                Some(n) => n.forward(&t)?,
+                None => t,
+            };
+            t.transpose(1, 2)?.contiguous()
+        };
+        let q = split(self.q_proj.forward(x)?, self.num_heads, Some(&self.q_norm))?;
+        let k = split(
+            self.k_proj.forward(x)?,
+            self.num_kv_heads,
+            Some(&self.k_norm),
+        )?;
+        let v = split(self.v_proj.forward(x)?, self.num_kv_heads, None)?;
+        let q = apply_rotary(&q, cos, sin)?;
+        let k = apply_rotary(&k, cos, sin)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(&k, n_rep)?.contiguous()?;
+        let v = repeat_kv(&v, n_rep)?.contiguous()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+        let out = probs.matmul(&v)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, s, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Qwen3Mlp {
+    gate_proj: QLinear,
+    up_proj: QLinear,
+    down_proj: QLinear,
+    act: Activation,
+}
+
+impl Qwen3Mlp {
+    pub fn load(w: Weights, c: &Qwen3Config) -> Result<Self> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        Ok(Self {
+            gate_proj: w.pp("gate_proj").linear(h, i, false)?,
+            up_proj: w.pp("up_proj").linear(h, i, false)?,
+            down_proj: w.pp("down_proj").linear(i, h, false)?,
+            act: Activation::from_name(&c.hidden_act).map_err(msg)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.act.forward(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+    }
+}
+
+/// Pre-norm decoder layer.
+#[derive(Debug, Clone)]
+pub struct Qwen3DecoderLayer {
+    self_attn: Qwen3Attention,
+    mlp: Qwen3Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl Qwen3DecoderLayer {
+    pub fn load(w: Weights, c: &Qwen3Config) -> Result<Self> {
+        Ok(Self {
+            self_attn: Qwen3Attention::load(w.pp("self_attn"), c)?,
+            mlp: Qwen3Mlp::load(w.pp("mlp"), c)?,
+            input_layernorm: RmsNorm::load(
+                w.vb().pp("input_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+            )?,
+            post_attention_layernorm: RmsNorm::load(
+                w.vb().pp("post_attention_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+            )?,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let a = self.self_attn.forward(
+            &self.input_layernorm.forward(x)?,
+            cos,
+            sin,
+            mask,
+            cache,
+            layer,
+        )?;
+        let x = (x + a)?;
+        let m = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
+        x + m
+    }
+}
+
+/// The decoder stack (`model.*`).
+#[derive(Debug, Clone)]
+pub struct Qwen3Model {
+    embed_tokens: Embedding,
+    layers: Vec<Qwen3DecoderLayer>,
+    norm: RmsNorm,
+    rotary: RotaryEmbedding,
+    /// The window of each layer (`None`: global attention).
+    windows: Vec<Option<usize>>,
+    vocab_size: usize,
+    max_positions: usize,
+    dtype: DType,
+}
+
+impl Qwen3Model {
+    pub fn load(w: Weights, c: &Qwen3Config) -> Result<Self> {
+        let embed_tokens =
+            candle_nn::embedding(c.vocab_size, c.hidden_size, w.vb().pp("embed_tokens"))?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| Qwen3DecoderLayer::load(w.pp(format!("layers.{i}")), c))
+            .collect::<Result<Vec<_>>>()?;
+        let rotary =
+            RotaryEmbedding::new(c.head_dim(), c.rope_theta, c.rope_scaling().map_err(msg)?)
+                .map_err(msg)?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
+            windows: (0..c.num_hidden_layers)
+                .map(|i| c.layer_sliding_window(i))
+                .collect(),
+            vocab_size: c.vocab_size,
+            max_positions: rotary.context(c.max_position_embeddings),
+            rotary,
+            dtype: w.vb().dtype(),
+        })
+    }
+
+    pub fn embed_tokens(&self) -> &Tensor {
+        self.embed_tokens.embeddings()
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Hidden states `[batch, seq, hidden]` after the final norm.
+    pub fn forward(
+        &self,
+        inputs: CausalLmInputs<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let ids = inputs.input_ids;
+        let (b, s) = ids.dims2()?;
+        if s == 0 {
+            candle_core::bail!("empty input: at least one token is needed");
+        }
+        let max_id = ids
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::U32)?
+            .to_scalar::<u32>()? as usize;
+        if max_id >= self.vocab_size {
+            candle_core::bail!(
+                "token id {max_id} is outside the vocabulary of {}",
+                self.vocab_size
+            );
+        }
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let positions = match inputs.position_ids {
+            Some(p) => p.clone(),
+            None => Tensor::arange(past as u32, (past + s) as u32, ids.device())?
+                .unsqueeze(0)?
+                .broadcast_as((b, s))?
+                .contiguous()?,
+        };
+        let (cos, sin) = self.rotary.cos_sin(&positions)?;
+        // One mask per distinct window (global layers share `None`'s).
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for w in &self.windows {
+            if !masks.iter().any(|(k, _)| k == w) {
+                let m = causal_mask(
+                    inputs.attention_mask,
+                    b,
+                    s,
+                    past,
+                    *w,
+                    self.dtype,
+                    ids.device(),
+                )?;
+                masks.push((*w, m));
+            }
+        }
+        let mut x = self.embed_tokens.forward(ids)?;
+        for (i, (layer, w)) in self.layers.iter().zip(&self.windows).enumerate() {
+            let Some((_, mask)) = masks.iter().find(|(k, _)| k == w) else {
+                candle_core::bail!("internal error: no attention mask for layer {i}");
+            };
+            x = layer.forward(&x, &cos, &sin, mask, cache.as_deref_mut(), i)?;
+        }
+        if let Some(c) = cache {
+            c.commit();
+        }
+        self.norm.forward(&x)
+    }
+}
+
+/// `Qwen3ForCausalLM`.
+#[derive(Debug, Clone)]
+pub struct Qwen3ForCausalLM {
+    model: Qwen3Model,
+    lm_head: QLinear,
+}
+
+impl Qwen3ForCausalLM {
+    pub fn load(w: Weights, c: &Qwen3Config) -> Result<Self> {
+        let model = Qwen3Model::load(w.pp(BASE_MODEL_PREFIX), c)?;
+        let lm_head = if c.tie_word_embeddings() {
+            QLinear::Dense {
+                weight: model.embed_tokens().clone(),
+                bias: None,
+            }
+        } else {
+            w.pp("lm_head").linear(c.hidden_size, c.vocab_size, false)?
+        };
+        Ok(Self { model, lm_head })
+    }
+}
+
+impl CausalLanguageModel for Qwen3ForCausalLM {
+    fn forward(
+        &self,
+        inputs: CausalLmInputs<'_>,
+        cache: Option<&mut KvCache>,
+        logits: LogitsMode,
+    ) -> Result<Tensor> {
+        let h = self.model.forward(inputs, cache)?;
+        let h = match logits {
+            LogitsMode::All => h,
+            LogitsMode::Last => {
+                let s = h.dim(1)?;
+                h.narrow(1, s - 1, 1)?
+            }
+        };
+        self.lm_head.forward(&h)?.to_dtype(DType::F32)
+    }
+
+    fn new_cache(&self, capacity: Option<usize>) -> KvCache {
+        KvCache::new(
+            self.model.num_layers(),
+            capacity.unwrap_or(self.model.max_positions),
+        )
+    }
+
+    fn max_context(&self) -> usize {
+        self.model.max_positions
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size
+    }
+}
