@@ -1,6 +1,7 @@
 //! rustformers core: errors, Hub resolution, configs, weights, tokenizers and the
 //! layers model families share. See DESIGN.md for the layering.
 
+pub mod chat_template;
 pub mod config;
 pub mod error;
 pub mod gguf;

@@ -243,6 +243,39 @@ impl AutoTokenizer {
         }
     }
 
+    /// Python's `apply_chat_template(messages, tokenize=False, ...)`: renders the chat
+    /// template with the special tokens as variables (`bos_token`, `eos_token`, ...).
+    pub fn apply_chat_template(
+        &self,
+        messages: &Value,
+        opts: &crate::chat_template::ChatOptions,
+    ) -> Result<String> {
+        let source = self.chat_template().ok_or_else(|| {
+            Error::invalid(
+                "this tokenizer has no chat template (tokenizer_config.json `chat_template`)",
+            )
+        })?;
+        let template = crate::chat_template::ChatTemplate::new(source)?;
+        let mut opts = opts.clone();
+        let s = &self.specials;
+        for (k, v) in [
+            ("bos_token", &s.bos),
+            ("eos_token", &s.eos),
+            ("unk_token", &s.unk),
+            ("pad_token", &s.pad),
+            ("cls_token", &s.cls),
+            ("sep_token", &s.sep),
+            ("mask_token", &s.mask),
+        ] {
+            if let Some(v) = v {
+                opts.extra
+                    .entry(k.to_string())
+                    .or_insert_with(|| Value::String(v.clone()));
+            }
+        }
+        template.render(messages, &opts)
+    }
+
     /// Loads from explicit file paths.
     pub fn from_paths(
         tokenizer_json: &Path,

@@ -177,9 +177,31 @@ fn check_greedy(name: &str, reference: PythonGreedy) {
     let config = base
         .with_overrides(g["kwargs"].as_object().unwrap())
         .unwrap();
+    let tokenizer = rustformers_core::AutoTokenizer::from_files(&files).unwrap();
     for case in g["cases"].as_array().unwrap() {
         let ids = u32s(&case["input_ids"]);
         let mask = u32s(&case["attention_mask"]);
+        if case.get("messages").is_some() {
+            // The chat prompt: the template renders and tokenizes as in Python.
+            let opts = rustformers_core::chat_template::ChatOptions {
+                add_generation_prompt: true,
+                ..Default::default()
+            };
+            let text = tokenizer
+                .apply_chat_template(&case["messages"], &opts)
+                .unwrap();
+            assert_eq!(text, case["rendered"].as_str().unwrap(), "{name}");
+            let enc = tokenizer
+                .encode(
+                    rustformers_core::TextInput::Single(&text),
+                    &rustformers_core::EncodeOptions {
+                        add_special_tokens: case["add_special_tokens"].as_bool().unwrap(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            assert_eq!(enc.input_ids, ids, "{name}: chat prompt ids");
+        }
         // The prompts without their left padding.
         let prompts: Vec<Vec<u32>> = ids
             .iter()

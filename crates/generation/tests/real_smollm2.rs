@@ -137,3 +137,36 @@ fn tokenizer_from_gguf_matches_python() {
         );
     }
 }
+
+/// The chat template from the GGUF metadata renders as Python renders it, and the
+/// rendering tokenizes to Python's ids.
+#[test]
+fn chat_template_renders_as_python() {
+    if !model_available() {
+        return;
+    }
+    let exp = expected();
+    let tok = rustformers_core::AutoTokenizer::from_pretrained(MODEL).unwrap();
+    assert_eq!(
+        tok.chat_template().unwrap(),
+        exp["chat_template"]["template"].as_str().unwrap()
+    );
+    for r in exp["chat_template"]["renders"].as_array().unwrap() {
+        let opts = rustformers_core::chat_template::ChatOptions {
+            add_generation_prompt: r["add_generation_prompt"].as_bool().unwrap(),
+            ..Default::default()
+        };
+        let text = tok.apply_chat_template(&r["messages"], &opts).unwrap();
+        assert_eq!(text, r["rendered"].as_str().unwrap(), "{}", r["name"]);
+        let enc = tok
+            .encode(
+                rustformers_core::TextInput::Single(&text),
+                &rustformers_core::EncodeOptions {
+                    add_special_tokens: false,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(enc.input_ids[0], ids(&r["ids"]), "{}", r["name"]);
+    }
+}
