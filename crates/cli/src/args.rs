@@ -11,6 +11,8 @@ const BOOLEAN_FLAGS: &[&str] = &[
     "multi-label",
     "handle-impossible-answer",
     "grouped-entities",
+    "do-sample",
+    "return-tensors",
 ];
 
 /// What `run` was asked to do.

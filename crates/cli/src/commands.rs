@@ -19,7 +19,8 @@ Usage: rustformers run TASK [--model REF] [--dtype f32|f16|bf16] [--PARAM VALUE]
 
 Runs a pipeline and prints one JSON line per input, as Python's pipeline returns it.
 Inputs come from the arguments, else from stdin (one per line; a line starting with
-`{` is a JSON object, for structured inputs such as {\"text\": .., \"text_pair\": ..}).
+`{` is a JSON object, for structured inputs such as {\"text\": .., \"text_pair\": ..};
+a JSON list of {\"role\", \"content\"} objects is a chat for text-generation).
 Parameters are Python's names with dashes: --top-k 3, --aggregation-strategy simple,
 --batch-size 32, --pooling mean, --normalize, --candidate-labels a,b,c.
 Without --model the task's default checkpoint is used (resolved through the Hub cache).";
@@ -74,13 +75,24 @@ pub fn main() -> Result<ExitCode> {
     }
 }
 
+/// An input line or argument: a JSON object (structured input) when it starts with `{`,
+/// a chat when it is a JSON list of message objects, else plain text.
 fn parse_input(line: &str, structured: bool, where_: &str) -> Result<Value> {
     let t = line.trim_start();
     if structured || t.starts_with('{') {
-        serde_json::from_str(line).with_context(|| format!("{where_}: not a valid JSON line"))
-    } else {
-        Ok(Value::String(line.to_string()))
+        return serde_json::from_str(line)
+            .with_context(|| format!("{where_}: not a valid JSON line"));
     }
+    if t.starts_with('[') {
+        if let Ok(v @ Value::Array(_)) = serde_json::from_str::<Value>(line) {
+            if v.as_array()
+                .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_object))
+            {
+                return Ok(v);
+            }
+        }
+    }
+    Ok(Value::String(line.to_string()))
 }
 
 fn emit(out: &mut impl Write, values: Vec<Value>) -> Result<()> {

@@ -359,3 +359,91 @@ fn inspect_and_env_print_json() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--top-k"));
 }
+
+#[test]
+fn text_generation_gives_pythons_greedy_tokens_and_text() {
+    let text = std::fs::read_to_string(format!("{}/expected.json", fixture("tiny-llama"))).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let case = v["greedy"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "single-1")
+        .unwrap()
+        .clone();
+    let prompt = case["text"].as_str().unwrap();
+    let model = fixture("tiny-llama");
+    let out = bin()
+        .args([
+            "run",
+            "text-generation",
+            "--model",
+            &model,
+            "--max-new-tokens",
+            "12",
+            "--return-tensors",
+            prompt,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = lines(&out);
+    assert_eq!(got[0][0]["generated_token_ids"], case["sequences"][0]);
+    // The text form: the prompt followed by the decoded continuation.
+    let out = bin()
+        .args([
+            "run",
+            "text-generation",
+            "--model",
+            &model,
+            "--max-new-tokens",
+            "12",
+            prompt,
+        ])
+        .output()
+        .unwrap();
+    let got = lines(&out);
+    let generated = got[0][0]["generated_text"].as_str().unwrap();
+    assert!(generated.starts_with(prompt), "{generated}");
+    // Chat input comes back as the conversation with the reply appended.
+    let chat = r#"[{"role": "user", "content": "Hello world!"}]"#;
+    let out = run_with_stdin(
+        &[
+            "run",
+            "text-generation",
+            "--model",
+            &model,
+            "--max-new-tokens",
+            "4",
+        ],
+        &format!("{chat}\n"),
+    );
+    let got = lines(&out);
+    let conv = got[0][0]["generated_text"].as_array().unwrap();
+    assert_eq!(conv.len(), 2);
+    assert_eq!(conv[1]["role"], "assistant");
+    // Bad generation options are one-line errors.
+    for (flag, value, needle) in [
+        ("--top-p", "2", "top_p"),
+        ("--max-new-tokenz", "3", "unknown generation option"),
+        ("--temperature", "0", "temperature"),
+    ] {
+        let out = bin()
+            .args([
+                "run",
+                "text-generation",
+                "--model",
+                &model,
+                flag,
+                value,
+                "hi",
+            ])
+            .output()
+            .unwrap();
+        assert_clean_error(&out, needle);
+    }
+}

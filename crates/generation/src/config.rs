@@ -163,12 +163,23 @@ impl GenerationConfig {
         rustformers_core::config::parse_config(text, path)
     }
 
-    /// Applies per-call overrides given with Python's names (`max_new_tokens`, ...).
+    /// Applies per-call overrides given with Python's names (`max_new_tokens`, ...); a
+    /// name that is not a generation option is an error listing the known ones.
     pub fn with_overrides(&self, overrides: &serde_json::Map<String, Value>) -> Result<Self> {
         let mut v = serde_json::to_value(self).map_err(|e| Error::Json {
             context: "generation config".into(),
             source: e,
         })?;
+        let known: Vec<String> = match serde_json::to_value(Self::default()) {
+            Ok(Value::Object(o)) => o.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        if let Some(bad) = overrides.keys().find(|k| !known.contains(k)) {
+            return Err(Error::invalid(format!(
+                "unknown generation option `{bad}`; known: {}",
+                known.join(", ")
+            )));
+        }
         if let Value::Object(o) = &mut v {
             for (k, val) in overrides {
                 o.insert(k.clone(), val.clone());
@@ -283,6 +294,13 @@ mod tests {
         assert_eq!(c.max_new_tokens, Some(5));
         assert_eq!(c.eos_ids(), vec![1, 2]);
         assert_eq!(c.new_tokens_for(100), 5);
+        let mut typo = serde_json::Map::new();
+        typo.insert("max_new_tokenz".into(), 5.into());
+        let err = GenerationConfig::default()
+            .with_overrides(&typo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_new_tokenz"), "{err}");
         o.insert("temperature".into(), "hot".into());
         let err = GenerationConfig::default()
             .with_overrides(&o)

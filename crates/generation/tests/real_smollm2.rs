@@ -100,6 +100,59 @@ fn dequantized_f32_matches_python() {
     }
 }
 
+/// Run quantized (Q4_1 weights, activations quantized to 8 bits inside the matmul, as
+/// llama.cpp does), greedy decoding follows llama.cpp's tokens (tests/fixtures/smollm2/
+/// llamacpp.json, recorded by tools/golden/make_smollm2_llamacpp.py with llama.cpp's
+/// defaults). Two implementations round differently (llama.cpp keeps the KV cache in
+/// f16), so they may part at a near-tie: a different token is allowed only where
+/// llama.cpp's top-2 logit margin is below 0.25, and nothing is compared after it. At
+/// least one prompt must agree for all 16 tokens (today: chat-1 for 16, plain for 14,
+/// chat-0 for 7 — each parting at a near-tie of 0.19 and 0.019).
+#[test]
+fn quantized_greedy_follows_llama_cpp() {
+    if !model_available() {
+        return;
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/smollm2/llamacpp.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let model = AutoModelForCausalLM::from_pretrained(MODEL).unwrap();
+    let files = ModelFiles::resolve(MODEL).unwrap();
+    let base = GenerationConfig::from_files(&files, model.config.base()).unwrap();
+    let cfg = GenerationConfig {
+        max_new_tokens: Some(16),
+        ..base
+    };
+    let mut full_agreements = 0;
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt = ids(&case["prompt_ids"]);
+        let want = ids(&case["new_ids"]);
+        let margins: Vec<f32> = serde_json::from_value(case["top2_margins"].clone()).unwrap();
+        let out = generate(model.model.as_ref(), &[prompt], &cfg, &Device::Cpu, None).unwrap();
+        let got = &out.new_tokens[0];
+        let mut agreed = 0;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if g != w {
+                assert!(
+                    margins[i] < 0.25,
+                    "{}: token {i} is {g}, llama.cpp gives {w} with a clear margin of {}",
+                    case["name"],
+                    margins[i]
+                );
+                break;
+            }
+            agreed += 1;
+        }
+        if agreed >= 16 || (agreed == got.len() && got.last() == Some(&2)) {
+            full_agreements += 1;
+        }
+    }
+    assert!(
+        full_agreements >= 1,
+        "no prompt agrees with llama.cpp for 16 tokens"
+    );
+}
+
 /// Token ids without special tokens, and decodes, equal Python's on 291 strings. With
 /// special tokens rustformers follows the GGUF metadata (`add_bos_token = false`, eos
 /// `<|im_end|>`), where transformers 4.46's GGUF converter makes `<|im_start|>` both bos

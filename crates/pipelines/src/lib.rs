@@ -8,6 +8,7 @@ pub mod fill_mask;
 pub mod params;
 pub mod question_answering;
 pub mod text_classification;
+pub mod text_generation;
 pub mod token_classification;
 pub mod zero_shot;
 
@@ -21,6 +22,7 @@ pub use fill_mask::FillMaskPipeline;
 pub use params::Params;
 pub use question_answering::QuestionAnsweringPipeline;
 pub use text_classification::TextClassificationPipeline;
+pub use text_generation::TextGenerationPipeline;
 pub use token_classification::TokenClassificationPipeline;
 pub use zero_shot::ZeroShotClassificationPipeline;
 
@@ -71,6 +73,12 @@ pub static TASKS: &[TaskInfo] = &[
         aliases: &["sentiment-analysis"],
         default_model: "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
         loader: |m, o| Ok(Box::new(TextClassificationPipeline::from_pretrained(m, o)?)),
+    },
+    TaskInfo {
+        name: "text-generation",
+        aliases: &[],
+        default_model: "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+        loader: |m, o| Ok(Box::new(TextGenerationPipeline::from_pretrained(m, o)?)),
     },
     TaskInfo {
         name: "token-classification",

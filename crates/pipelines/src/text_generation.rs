@@ -1,0 +1,260 @@
+//! text-generation, as Python's `TextGenerationPipeline` (transformers 4.46,
+//! pipelines/text_generation.py): a prompt string or a chat (list of messages, rendered
+//! with the chat template); `[{"generated_text": ...}]` per input — the prompt included
+//! unless `return_full_text` is false, the chat with the assistant's reply appended for
+//! chat input; `return_tensors` gives `generated_token_ids` (prompt included).
+//! Generation options are `generate()`'s, over the model's generation_config.json.
+
+use candle_core::Device;
+use serde_json::{json, Value};
+
+use rustformers_core::chat_template::ChatOptions;
+use rustformers_core::{AutoTokenizer, EncodeOptions, Error, ModelFiles, Result, TextInput};
+use rustformers_generation::{generate, GenerationConfig, TextStreamer};
+use rustformers_models::{AutoModelForCausalLM, CausalLanguageModel, LoadOptions, PreTrainedModel};
+
+use crate::common::batch_size;
+use crate::params::{ParamReader, Params};
+use crate::Pipeline;
+
+/// The text-generation pipeline.
+pub struct TextGenerationPipeline {
+    model: PreTrainedModel<dyn CausalLanguageModel>,
+    tokenizer: AutoTokenizer,
+    generation_config: GenerationConfig,
+}
+
+/// One prepared input.
+struct Prompt {
+    /// The text shown as the prompt (the rendered chat for chat input).
+    text: String,
+    ids: Vec<u32>,
+    chat: Option<Value>,
+}
+
+/// Pipeline options that are not generation options.
+struct Options {
+    return_full_text: bool,
+    return_tensors: bool,
+    add_special_tokens: Option<bool>,
+    batch_size: usize,
+}
+
+impl TextGenerationPipeline {
+    pub fn from_pretrained(reference: &str, opts: &LoadOptions) -> Result<Self> {
+        let files = ModelFiles::resolve(reference)?;
+        let tokenizer = AutoTokenizer::from_files(&files)?;
+        let model = AutoModelForCausalLM::from_files(files, opts)?;
+        let generation_config = GenerationConfig::from_files(&model.files, model.config.base())?;
+        Ok(Self {
+            model,
+            tokenizer,
+            generation_config,
+        })
+    }
+
+    /// The tokenizer (for chat front ends).
+    pub fn tokenizer(&self) -> &AutoTokenizer {
+        &self.tokenizer
+    }
+
+    /// The model's generation defaults.
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation_config
+    }
+
+    fn prepare(&self, input: &Value, add_special_tokens: Option<bool>) -> Result<Prompt> {
+        match input {
+            Value::String(text) => {
+                let enc = self.tokenizer.encode(
+                    TextInput::Single(text),
+                    &EncodeOptions {
+                        add_special_tokens: add_special_tokens.unwrap_or(true),
+                        ..Default::default()
+                    },
+                )?;
+                Ok(Prompt {
+                    text: text.clone(),
+                    ids: enc.input_ids.into_iter().next().unwrap_or_default(),
+                    chat: None,
+                })
+            }
+            Value::Array(_) | Value::Object(_) => {
+                let messages = match input {
+                    Value::Object(o) if o.contains_key("messages") => o["messages"].clone(),
+                    Value::Object(_) => Value::Array(vec![input.clone()]),
+                    _ => input.clone(),
+                };
+                let text = self.tokenizer.apply_chat_template(
+                    &messages,
+                    &ChatOptions {
+                        add_generation_prompt: true,
+                        ..Default::default()
+                    },
+                )?;
+                let enc = self.tokenizer.encode(
+                    TextInput::Single(&text),
+                    &EncodeOptions {
+                        add_special_tokens: add_special_tokens.unwrap_or(false),
+                        ..Default::default()
+                    },
+                )?;
+                Ok(Prompt {
+                    text,
+                    ids: enc.input_ids.into_iter().next().unwrap_or_default(),
+                    chat: Some(messages),
+                })
+            }
+            other => Err(Error::invalid(format!(
+                "text-generation: an input is a prompt string or a list of chat messages, got {other}"
+            ))),
+        }
+    }
+
+    fn split_params(&self, params: &Params) -> Result<(Options, GenerationConfig)> {
+        let pipeline_keys = [
+            "return_full_text",
+            "return_tensors",
+            "return_text",
+            "add_special_tokens",
+            "batch_size",
+        ];
+        let own: Params = params
+            .iter()
+            .filter(|(k, _)| pipeline_keys.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let gen: Params = params
+            .iter()
+            .filter(|(k, _)| !pipeline_keys.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let r = ParamReader::new("text-generation", &own);
+        let options = Options {
+            return_full_text: r.bool("return_full_text")?.unwrap_or(true),
+            return_tensors: r.bool("return_tensors")?.unwrap_or(false),
+            add_special_tokens: r.bool("add_special_tokens")?,
+            batch_size: batch_size(r.usize("batch_size")?)?,
+        };
+        let _ = r.bool("return_text")?;
+        r.finish()?;
+        let config = self.generation_config.with_overrides(&gen)?;
+        config.validate()?;
+        Ok((options, config))
+    }
+
+    fn output(
+        &self,
+        prompt: &Prompt,
+        sequence: &[u32],
+        new_tokens: &[u32],
+        o: &Options,
+    ) -> Result<Value> {
+        if o.return_tensors {
+            return Ok(json!({"generated_token_ids": sequence}));
+        }
+        // As Python: decode the whole sequence and cut the decoded prompt off (by
+        // characters), so text merged across the boundary comes out as Python's.
+        let full = self.tokenizer.decode(sequence, true)?;
+        let prompt_chars = self
+            .tokenizer
+            .decode(&sequence[..sequence.len() - new_tokens.len()], true)?
+            .chars()
+            .count();
+        let text: String = full.chars().skip(prompt_chars).collect();
+        Ok(match &prompt.chat {
+            Some(messages) if o.return_full_text => {
+                let mut m = messages.as_array().cloned().unwrap_or_default();
+                m.push(json!({"role": "assistant", "content": text}));
+                json!({"generated_text": m})
+            }
+            None if o.return_full_text => {
+                json!({"generated_text": format!("{}{}", prompt.text, text)})
+            }
+            _ => json!({"generated_text": text}),
+        })
+    }
+
+    /// Generates for one input, calling `on_text` with each new piece of text (valid
+    /// UTF-8) as it is produced. Returns the reply text and the number of new tokens.
+    pub fn stream(
+        &self,
+        input: &Value,
+        params: &Params,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<(String, usize)> {
+        let (o, config) = self.split_params(params)?;
+        let prompt = self.prepare(input, o.add_special_tokens)?;
+        let mut streamer = TextStreamer::new(&self.tokenizer, true);
+        let mut failure: Option<Error> = None;
+        let mut cb = |_row: usize, token: u32| -> bool {
+            match streamer.push(token) {
+                Ok(piece) => {
+                    if !piece.is_empty() {
+                        on_text(&piece);
+                    }
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        };
+        let out = generate(
+            self.model.model.as_ref(),
+            std::slice::from_ref(&prompt.ids),
+            &config,
+            &Device::Cpu,
+            Some(&mut cb),
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let rest = streamer.finish()?;
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+        let new = out.new_tokens.first().cloned().unwrap_or_default();
+        Ok((self.tokenizer.decode(&new, true)?, new.len()))
+    }
+}
+
+impl Pipeline for TextGenerationPipeline {
+    fn task(&self) -> &'static str {
+        "text-generation"
+    }
+
+    fn run(&self, inputs: &[Value], params: &Params) -> Result<Vec<Value>> {
+        let (o, config) = self.split_params(params)?;
+        let prompts: Vec<Prompt> = inputs
+            .iter()
+            .map(|i| self.prepare(i, o.add_special_tokens))
+            .collect::<Result<_>>()?;
+        let copies = if config.do_sample {
+            config.num_return_sequences
+        } else {
+            1
+        };
+        let mut out = Vec::with_capacity(prompts.len());
+        for chunk in prompts.chunks(o.batch_size) {
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
+            let g = generate(
+                self.model.model.as_ref(),
+                &ids,
+                &config,
+                &self.model.device,
+                None,
+            )?;
+            for (i, p) in chunk.iter().enumerate() {
+                let mut items = Vec::with_capacity(copies);
+                for c in 0..copies {
+                    let row = i * copies + c;
+                    items.push(self.output(p, &g.sequences[row], &g.new_tokens[row], &o)?);
+                }
+                out.push(Value::Array(items));
+            }
+        }
+        Ok(out)
+    }
+}
