@@ -44,6 +44,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         words: Vec<String>,
     },
+    /// Chat with a model interactively: answers stream as they are generated; /reset
+    /// clears the history, /exit (or end of input) quits. Generation flags as for `run`
+    /// (--max-new-tokens, --do-sample, --temperature, ...), plus --system TEXT.
+    #[command(disable_help_flag = true)]
+    Chat {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        words: Vec<String>,
+    },
     /// Describe a checkpoint: architecture, config, parameter count, dtypes, files.
     Inspect {
         /// A folder, a .safetensors file or a Hub id (org/name[@revision]).
@@ -70,6 +78,7 @@ pub fn main() -> Result<ExitCode> {
     };
     match cli.command {
         Command::Run { words } => run(&words),
+        Command::Chat { words } => chat(&words),
         Command::Inspect { reference } => inspect(&reference),
         Command::Env => env(),
     }
@@ -162,6 +171,107 @@ fn run(words: &[String]) -> Result<ExitCode> {
     }
     if !any {
         bail!("no input: pass inputs as arguments or one per line on stdin");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const CHAT_HELP: &str = "\
+Usage: rustformers chat [REF] [--system TEXT] [--dtype f32|f16] [--GENERATION-OPTION VALUE]...
+
+Chats with a causal LM through its chat template. Type a message and press Enter; the
+answer streams as it is generated, followed by its speed in tokens/s on stderr.
+/reset clears the conversation, /exit (or end of input) quits. Without REF the default
+text-generation model is used. Options: --max-new-tokens (default 256), --do-sample,
+--temperature, --top-k, --top-p, --min-p, --repetition-penalty, --seed, ...";
+
+fn chat(words: &[String]) -> Result<ExitCode> {
+    if words.iter().any(|w| w == "--help" || w == "-h") {
+        println!("{CHAT_HELP}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Reuse run's flag parser: the first bare word is the model.
+    let mut all = vec!["chat".to_string()];
+    all.extend(words.iter().cloned());
+    let mut args = parse_run(&all)?;
+    let reference = args.model.take().or_else(|| args.inputs.first().cloned());
+    if args.inputs.len() > 1 {
+        bail!(
+            "chat takes one model reference; got {}",
+            args.inputs.join(" ")
+        );
+    }
+    let system = match args.params.remove("system") {
+        Some(Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+        None => None,
+    };
+    args.params
+        .entry("max_new_tokens".to_string())
+        .or_insert(json!(256));
+    let opts = LoadOptions {
+        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        ..Default::default()
+    };
+    let info = task_info("text-generation")?;
+    let reference = reference.unwrap_or_else(|| info.default_model.to_string());
+    let pipe = rustformers_pipelines::TextGenerationPipeline::from_pretrained(&reference, &opts)?;
+    // Bad generation options fail here, once, not at every turn.
+    pipe.check_params(&args.params)?;
+    if pipe.tokenizer().chat_template().is_none() {
+        bail!("`{reference}` has no chat template; use `rustformers run text-generation` for plain prompts");
+    }
+    let mut history: Vec<Value> = Vec::new();
+    let reset = |h: &mut Vec<Value>| {
+        h.clear();
+        if let Some(s) = &system {
+            h.push(json!({"role": "system", "content": s}));
+        }
+    };
+    reset(&mut history);
+    eprintln!("rustformers chat with {reference} — /reset clears, /exit quits");
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        eprint!("> ");
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let message = line.trim();
+        match message {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                reset(&mut history);
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(json!({"role": "user", "content": message}));
+        let stdout = std::io::stdout();
+        let start = std::time::Instant::now();
+        let result = pipe.stream(&Value::Array(history.clone()), &args.params, &mut |piece| {
+            let mut out = stdout.lock();
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        });
+        match result {
+            Ok((reply, tokens)) => {
+                println!();
+                let secs = start.elapsed().as_secs_f64();
+                eprintln!(
+                    "[{tokens} tokens, {:.1} tokens/s]",
+                    tokens as f64 / secs.max(1e-9)
+                );
+                history.push(json!({"role": "assistant", "content": reply}));
+            }
+            Err(e) => {
+                // The turn is dropped; the conversation goes on (e.g. after a too-long prompt).
+                history.pop();
+                eprintln!("rustformers: error: {e}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

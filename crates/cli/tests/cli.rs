@@ -447,3 +447,23 @@ fn text_generation_gives_pythons_greedy_tokens_and_text() {
         assert_clean_error(&out, needle);
     }
 }
+
+#[test]
+fn chat_streams_answers_keeps_history_and_resets() {
+    let model = fixture("tiny-llama");
+    let out = run_with_stdin(
+        &["chat", &model, "--max-new-tokens", "4"],
+        "Hello world!\nAnd again\n/reset\nHi\n/exit\nnever read\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("tokens/s]").count(), 3, "{err}");
+    assert!(err.contains("conversation cleared"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // Bad options fail at once with one line.
+    let out = run_with_stdin(&["chat", &model, "--top-p", "7"], "hi\n");
+    assert_clean_error(&out, "top_p");
+    // A model that is not a causal LM is a clear error.
+    let out = run_with_stdin(&["chat", &fixture("tiny-bert-base")], "hi\n");
+    assert_clean_error(&out, "AutoModelForCausalLM");
+}

@@ -175,6 +175,11 @@ impl TextGenerationPipeline {
         })
     }
 
+    /// Checks call parameters (pipeline and generation options) without generating.
+    pub fn check_params(&self, params: &Params) -> Result<()> {
+        self.split_params(params).map(|_| ())
+    }
+
     /// Generates for one input, calling `on_text` with each new piece of text (valid
     /// UTF-8) as it is produced. Returns the reply text and the number of new tokens.
     pub fn stream(
