@@ -52,6 +52,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         words: Vec<String>,
     },
+    /// Write a GGUF checkpoint out as an HF safetensors checkpoint (config.json,
+    /// model.safetensors in f32, tokenizer files) that Python transformers loads.
+    Convert {
+        /// A .gguf file, or a folder / Hub id holding one.
+        gguf: String,
+        /// The folder to write.
+        out_dir: std::path::PathBuf,
+    },
     /// Describe a checkpoint: architecture, config, parameter count, dtypes, files.
     Inspect {
         /// A folder, a .safetensors file or a Hub id (org/name[@revision]).
@@ -79,6 +87,7 @@ pub fn main() -> Result<ExitCode> {
     match cli.command {
         Command::Run { words } => run(&words),
         Command::Chat { words } => chat(&words),
+        Command::Convert { gguf, out_dir } => convert(&gguf, &out_dir),
         Command::Inspect { reference } => inspect(&reference),
         Command::Env => env(),
     }
@@ -272,6 +281,18 @@ fn chat(words: &[String]) -> Result<ExitCode> {
                 eprintln!("rustformers: error: {e}");
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn convert(reference: &str, out_dir: &std::path::Path) -> Result<ExitCode> {
+    let files = ModelFiles::resolve(reference)?;
+    let path = rustformers_models::gguf_path(&files)?
+        .ok_or_else(|| anyhow!("`{reference}` is not a GGUF file (nor a folder holding one)"))?;
+    let g = rustformers_core::gguf::GgufFile::open(&path)?;
+    let written = rustformers_models::gguf::convert_to_safetensors(&g, out_dir)?;
+    for p in written {
+        eprintln!("wrote {}", p.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -223,3 +223,48 @@ fn chat_template_renders_as_python() {
         assert_eq!(enc.input_ids[0], ids(&r["ids"]), "{}", r["name"]);
     }
 }
+
+/// `convert` writes an HF checkpoint (f32 safetensors, config, tokenizer files) that loads
+/// through the safetensors path and decodes exactly as Python decodes the GGUF
+/// (tools/golden/check_converted_gguf.py checks that Python loads it the same way).
+#[test]
+fn converted_checkpoint_decodes_as_python() {
+    if !model_available() {
+        return;
+    }
+    let exp = expected();
+    let files = ModelFiles::resolve(MODEL).unwrap();
+    let path = rustformers_core::gguf::gguf_path(&files).unwrap().unwrap();
+    let g = rustformers_core::gguf::GgufFile::open(&path).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    rustformers_models::gguf::convert_to_safetensors(&g, out.path()).unwrap();
+    let dir = out.path().to_str().unwrap();
+    let model = AutoModelForCausalLM::from_pretrained(dir).unwrap();
+    let tok = rustformers_core::AutoTokenizer::from_pretrained(dir).unwrap();
+    let conv = ModelFiles::resolve(dir).unwrap();
+    let base = GenerationConfig::from_files(&conv, model.config.base()).unwrap();
+    let cfg = GenerationConfig {
+        max_new_tokens: Some(24),
+        ..base
+    };
+    let case = &exp["generation"][0];
+    let enc = tok
+        .encode(
+            rustformers_core::TextInput::Single(case["prompt_text"].as_str().unwrap()),
+            &rustformers_core::EncodeOptions {
+                add_special_tokens: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(enc.input_ids[0], ids(&case["prompt_ids"]));
+    let got = generate(
+        model.model.as_ref(),
+        &enc.input_ids,
+        &cfg,
+        &Device::Cpu,
+        None,
+    )
+    .unwrap();
+    assert_eq!(got.sequences[0], ids(&case["output_ids"]));
+}
