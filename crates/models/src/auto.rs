@@ -570,18 +570,6 @@ static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[
     },
 ];
 
-/// The Llama head lives in `llama/modeling.rs` with an inherent `forward(ids, mask)`;
-/// this adapts it to the task trait (token types are not used by decoders).
-impl SequenceClassificationModel for llama::LlamaForSequenceClassification {
-    fn forward(&self, inputs: crate::traits::EncoderInputs<'_>) -> candle_core::Result<Tensor> {
-        llama::LlamaForSequenceClassification::forward(
-            self,
-            inputs.input_ids,
-            inputs.attention_mask,
-        )
-    }
-}
-
 static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[
     Entry {
         model_type: "bert",

@@ -17,19 +17,26 @@ pub use rustformers_core::{
     Truncation,
 };
 pub use rustformers_models::{
-    auto, bert, AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+    auto, bert, AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification, AutoModelForTokenClassification, BaseModelOutput,
-    EncoderInputs, LoadOptions, ModelConfig, PreTrainedModel,
+    CausalLanguageModel, CausalLmInputs, EncoderInputs, LoadOptions, LogitsMode, ModelConfig,
+    PreTrainedModel,
 };
 pub use rustformers_pipelines::{
     pipeline, pipeline_with, FeatureExtractionPipeline, FillMaskPipeline, Params, Pipeline,
-    QuestionAnsweringPipeline, TextClassificationPipeline, TokenClassificationPipeline,
+    QuestionAnsweringPipeline, TextClassificationPipeline, TextGenerationPipeline,
+    TokenClassificationPipeline,
     ZeroShotClassificationPipeline,
 };
 
 /// Model traits and task heads.
 pub mod models {
     pub use rustformers_models::traits::*;
+}
+
+/// `generate()`, `GenerationConfig`, logits processors, streaming.
+pub mod generation {
+    pub use rustformers_generation::*;
 }
 
 /// Pipelines by task.

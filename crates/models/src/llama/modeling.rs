@@ -12,7 +12,9 @@ use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, apply_rotary_interleaved, RotaryEmbedding};
 
 use super::config::LlamaConfig;
-use crate::traits::{CausalLanguageModel, CausalLmInputs, LogitsMode};
+use crate::traits::{
+    CausalLanguageModel, CausalLmInputs, EncoderInputs, LogitsMode, SequenceClassificationModel,
+};
 
 /// Python's `base_model_prefix` for Llama.
 pub const BASE_MODEL_PREFIX: &str = "model";
@@ -355,7 +357,7 @@ impl LlamaForSequenceClassification {
         )?;
         let logits = self.score.forward(&h)?;
         let (b, s) = input_ids.dims2()?;
-        let ids = input_ids.to_vec2::<u32>()?;
+        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
         let mut rows = Vec::with_capacity(b);
         for (i, row) in ids.iter().enumerate() {
             let last = match self.pad_token_id {
@@ -369,5 +371,12 @@ impl LlamaForSequenceClassification {
             rows.push(logits.get(i)?.get(last)?);
         }
         Tensor::stack(&rows, 0)?.to_dtype(DType::F32)
+    }
+}
+
+impl SequenceClassificationModel for LlamaForSequenceClassification {
+    /// Token types are not used by decoders.
+    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
+        LlamaForSequenceClassification::forward(self, inputs.input_ids, inputs.attention_mask)
     }
 }
