@@ -467,3 +467,80 @@ fn chat_streams_answers_keeps_history_and_resets() {
     let out = run_with_stdin(&["chat", &fixture("tiny-bert-base")], "hi\n");
     assert_clean_error(&out, "AutoModelForCausalLM");
 }
+
+#[test]
+fn text_generation_beam_search_and_stop_strings() {
+    let model = fixture("tiny-llama");
+    // Beam search with two returned sequences: two outputs for the one input.
+    let out = bin()
+        .args([
+            "run",
+            "text-generation",
+            "--model",
+            &model,
+            "--max-new-tokens",
+            "6",
+            "--num-beams",
+            "3",
+            "--num-return-sequences",
+            "2",
+            "Hello world!",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&out)[0].as_array().unwrap().len(), 2);
+    // A stop string ends the text at the first token that completes it.
+    let full = bin()
+        .args([
+            "run",
+            "text-generation",
+            "--model",
+            &model,
+            "--max-new-tokens",
+            "12",
+            "--return-full-text",
+            "false",
+            "Hello world!",
+        ])
+        .output()
+        .unwrap();
+    let text = lines(&full)[0][0]["generated_text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stop: String = text.chars().skip(2).take(2).collect();
+    let out = bin()
+        .args([
+            "run",
+            "text-generation",
+            "--model",
+            &model,
+            "--max-new-tokens",
+            "12",
+            "--return-full-text",
+            "false",
+            "--stop-strings",
+            &format!("[\"{stop}\"]"),
+            "Hello world!",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stopped = lines(&out)[0][0]["generated_text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        stopped.contains(&stop) && stopped.len() < text.len(),
+        "{stopped:?} vs {text:?}"
+    );
+}

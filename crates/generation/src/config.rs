@@ -46,6 +46,19 @@ impl TokenIds {
     }
 }
 
+/// When beam search stops (`early_stopping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyStopping {
+    /// As soon as `num_beams` hypotheses are finished.
+    True,
+    /// When the best running beam, scored at the current length, cannot beat the worst
+    /// finished hypothesis (a heuristic).
+    False,
+    /// Only when no running beam can beat the worst finished hypothesis at any length
+    /// (canonical beam search).
+    Never,
+}
+
 /// Decoding options, named as in Python.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationConfig {
@@ -71,12 +84,24 @@ pub struct GenerationConfig {
     pub min_p: Option<f64>,
     #[serde(default = "d_one")]
     pub typical_p: f64,
+    /// Epsilon sampling: 0 (off) or in (0, 1).
+    #[serde(default)]
+    pub epsilon_cutoff: f64,
+    /// Eta sampling: 0 (off) or in (0, 1).
+    #[serde(default)]
+    pub eta_cutoff: f64,
     #[serde(default = "d_one")]
     pub repetition_penalty: f64,
     #[serde(default)]
     pub no_repeat_ngram_size: usize,
     #[serde(default)]
     pub bad_words_ids: Option<Vec<Vec<u32>>>,
+    /// Tokens never generated.
+    #[serde(default)]
+    pub suppress_tokens: Option<Vec<u32>>,
+    /// Tokens not generated as the first new token.
+    #[serde(default)]
+    pub begin_suppress_tokens: Option<Vec<u32>>,
     #[serde(default)]
     pub eos_token_id: Option<TokenIds>,
     #[serde(default)]
@@ -115,9 +140,13 @@ impl Default for GenerationConfig {
             top_p: 1.0,
             min_p: None,
             typical_p: 1.0,
+            epsilon_cutoff: 0.0,
+            eta_cutoff: 0.0,
             repetition_penalty: 1.0,
             no_repeat_ngram_size: 0,
             bad_words_ids: None,
+            suppress_tokens: None,
+            begin_suppress_tokens: None,
             eos_token_id: None,
             pad_token_id: None,
             bos_token_id: None,
@@ -221,6 +250,18 @@ impl GenerationConfig {
             .unwrap_or_else(|| self.min_length.saturating_sub(prompt_len))
     }
 
+    /// `early_stopping` as a mode: `true`, `false` or `"never"`.
+    pub fn early_stopping_mode(&self) -> Result<EarlyStopping> {
+        match &self.early_stopping {
+            Value::Bool(true) => Ok(EarlyStopping::True),
+            Value::Bool(false) | Value::Null => Ok(EarlyStopping::False),
+            Value::String(s) if s == "never" => Ok(EarlyStopping::Never),
+            other => Err(Error::invalid(format!(
+                "early_stopping must be true, false or \"never\", got {other}"
+            ))),
+        }
+    }
+
     /// Checks values, with one clear message per problem.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
@@ -269,8 +310,25 @@ impl GenerationConfig {
                 ));
             }
         }
-        if self.num_beams > 1 && self.do_sample {
-            return bad("beam sampling (num_beams > 1 with do_sample) is not supported".into());
+        for (name, v) in [
+            ("epsilon_cutoff", self.epsilon_cutoff),
+            ("eta_cutoff", self.eta_cutoff),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(format!("{name} must be in [0, 1), got {v}"));
+            }
+        }
+        if !self.length_penalty.is_finite() {
+            return bad(format!(
+                "length_penalty must be finite, got {}",
+                self.length_penalty
+            ));
+        }
+        self.early_stopping_mode()?;
+        if let Some(stops) = &self.stop_strings {
+            if stops.iter().any(String::is_empty) {
+                return bad("stop_strings cannot contain an empty string".into());
+            }
         }
         Ok(())
     }

@@ -1,15 +1,19 @@
 //! rustformers generation: `GenerationConfig` (+ generation_config.json), one file per
-//! logits processor, greedy search and sampling over left-padded batches with the KV
-//! cache, and UTF-8-safe streaming.
+//! logits processor, stopping criteria, greedy search, sampling and beam search over
+//! left-padded batches with the KV cache, a step-by-step `Generator` with a token
+//! iterator, and UTF-8-safe streaming.
 
+mod beam;
 pub mod config;
 pub mod generate;
 pub mod processors;
 pub mod sampling;
+pub mod stopping;
 pub mod streamer;
 
-pub use config::GenerationConfig;
-pub use generate::{generate, GenerateOutput};
+pub use config::{EarlyStopping, GenerationConfig};
+pub use generate::{generate, GenerateOutput, Generator, TokenCallback, TokenStream};
+pub use stopping::{EosToken, MaxLength, StopStrings, StoppingCriteria};
 pub use streamer::TextStreamer;
 
 /// Index of the largest value, the first on ties (torch.argmax).

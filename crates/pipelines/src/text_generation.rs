@@ -5,12 +5,11 @@
 //! chat input; `return_tensors` gives `generated_token_ids` (prompt included).
 //! Generation options are `generate()`'s, over the model's generation_config.json.
 
-use candle_core::Device;
 use serde_json::{json, Value};
 
 use rustformers_core::chat_template::ChatOptions;
 use rustformers_core::{AutoTokenizer, EncodeOptions, Error, ModelFiles, Result, TextInput};
-use rustformers_generation::{generate, GenerationConfig, TextStreamer};
+use rustformers_generation::{GenerationConfig, Generator, TextStreamer};
 use rustformers_models::{AutoModelForCausalLM, CausalLanguageModel, LoadOptions, PreTrainedModel};
 
 use crate::common::batch_size;
@@ -206,13 +205,14 @@ impl TextGenerationPipeline {
                 }
             }
         };
-        let out = generate(
+        let out = Generator::new(
             self.model.model.as_ref(),
             std::slice::from_ref(&prompt.ids),
             &config,
-            &Device::Cpu,
-            Some(&mut cb),
-        )?;
+            &self.model.device,
+        )?
+        .with_tokenizer(&self.tokenizer)
+        .run(Some(&mut cb))?;
         if let Some(e) = failure {
             return Err(e);
         }
@@ -236,21 +236,14 @@ impl Pipeline for TextGenerationPipeline {
             .iter()
             .map(|i| self.prepare(i, o.add_special_tokens))
             .collect::<Result<_>>()?;
-        let copies = if config.do_sample {
-            config.num_return_sequences
-        } else {
-            1
-        };
+        // Sampling and beam search give num_return_sequences rows per prompt (greedy: 1).
+        let copies = config.num_return_sequences;
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(o.batch_size) {
             let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
-            let g = generate(
-                self.model.model.as_ref(),
-                &ids,
-                &config,
-                &self.model.device,
-                None,
-            )?;
+            let g = Generator::new(self.model.model.as_ref(), &ids, &config, &self.model.device)?
+                .with_tokenizer(&self.tokenizer)
+                .run(None)?;
             for (i, p) in chunk.iter().enumerate() {
                 let mut items = Vec::with_capacity(copies);
                 for c in 0..copies {

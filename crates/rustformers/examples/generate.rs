@@ -9,7 +9,9 @@ use rustformers::generation::{generate, GenerationConfig, TextStreamer};
 use rustformers::{AutoModelForCausalLM, AutoTokenizer, EncodeOptions, TextInput};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let prompt = std::env::args().nth(1).unwrap_or_else(|| "The capital of France is".into());
+    let prompt = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "The capital of France is".into());
     let reference = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
     let model = AutoModelForCausalLM::from_pretrained(reference)?;
     let tokenizer = AutoTokenizer::from_pretrained(reference)?;
@@ -27,7 +29,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         true
     };
-    let out = generate(model.model.as_ref(), &ids.input_ids, &config, &Device::Cpu, Some(&mut on_token))?;
+    let out = generate(
+        model.model.as_ref(),
+        &ids.input_ids,
+        &config,
+        &Device::Cpu,
+        Some(&mut on_token),
+    )?;
     println!();
     eprintln!("{} new tokens", out.new_tokens[0].len());
     Ok(())

@@ -17,16 +17,15 @@ pub use rustformers_core::{
     Truncation,
 };
 pub use rustformers_models::{
-    auto, bert, AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification, AutoModelForTokenClassification, BaseModelOutput,
-    CausalLanguageModel, CausalLmInputs, EncoderInputs, LoadOptions, LogitsMode, ModelConfig,
-    PreTrainedModel,
+    auto, bert, AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+    AutoModelForTokenClassification, BaseModelOutput, CausalLanguageModel, CausalLmInputs,
+    EncoderInputs, LoadOptions, LogitsMode, ModelConfig, PreTrainedModel,
 };
 pub use rustformers_pipelines::{
     pipeline, pipeline_with, FeatureExtractionPipeline, FillMaskPipeline, Params, Pipeline,
     QuestionAnsweringPipeline, TextClassificationPipeline, TextGenerationPipeline,
-    TokenClassificationPipeline,
-    ZeroShotClassificationPipeline,
+    TokenClassificationPipeline, ZeroShotClassificationPipeline,
 };
 
 /// Model traits and task heads.

@@ -1,33 +1,24 @@
-//! `MinLengthLogitsProcessor` + `MinNewTokensLengthLogitsProcessor`: eos is banned until
-//! enough tokens exist.
+//! `MinNewTokensLengthLogitsProcessor`: eos is banned until `min_new_tokens` tokens were
+//! generated.
 
-use super::LogitsProcessor;
+use super::{ban, LogitsProcessor};
 
 #[derive(Debug, Clone)]
 pub struct MinNewTokens {
     min_new: usize,
-    min_length: usize,
     eos: Vec<u32>,
 }
 
 impl MinNewTokens {
-    pub fn new(min_new: usize, min_length: usize, eos: Vec<u32>) -> Self {
-        Self {
-            min_new,
-            min_length,
-            eos,
-        }
+    pub fn new(min_new: usize, eos: Vec<u32>) -> Self {
+        Self { min_new, eos }
     }
 }
 
 impl LogitsProcessor for MinNewTokens {
-    fn process(&self, tokens: &[u32], new: usize, scores: &mut [f32]) {
-        if new < self.min_new || tokens.len() < self.min_length {
-            for &e in &self.eos {
-                if let Some(s) = scores.get_mut(e as usize) {
-                    *s = f32::NEG_INFINITY;
-                }
-            }
+    fn process(&self, _tokens: &[u32], new: usize, scores: &mut [f32]) {
+        if new < self.min_new {
+            ban(scores, &self.eos);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `MinPLogitsWarper`: drops tokens whose probability is below `min_p` × the top one.
+//! `MinPLogitsWarper`: drops tokens whose probability is below `min_p` × the top one,
+//! keeping at least the `min_keep` highest.
 
 use super::{softmax, LogitsProcessor};
 
@@ -9,8 +10,11 @@ pub struct MinP {
 }
 
 impl MinP {
-    pub fn new(p: f32, min_keep: usize) -> Self {
-        Self { p, min_keep }
+    pub fn new(p: f64, min_keep: usize) -> Self {
+        Self {
+            p: p as f32,
+            min_keep,
+        }
     }
 }
 
