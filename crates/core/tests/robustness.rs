@@ -130,3 +130,99 @@ fn mutated_tokenizers_never_panic() {
         }
     }
 }
+
+/// A small valid GGUF file (llama metadata, a few tensors, a gpt2 tokenizer) written with
+/// candle's writer.
+fn tiny_gguf(path: &Path, arch: &str) {
+    use candle_core::quantized::gguf_file::{write, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let dev = Device::Cpu;
+    let t = |rows: usize, cols: usize, q: GgmlDType| {
+        let x = candle_core::Tensor::arange(0f32, (rows * cols) as f32, &dev)
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap();
+        QTensor::quantize(&(x / 100.0).unwrap(), q).unwrap()
+    };
+    let embd = t(8, 32, GgmlDType::Q8_0);
+    let q = t(32, 32, GgmlDType::Q4_1);
+    let norm = t(1, 32, GgmlDType::F32);
+    let tokens = Value::Array(
+        ["a", "b", "c", "ab", "<s>", "</s>", "Ġa", "Ġb"]
+            .iter()
+            .map(|s| Value::String(s.to_string()))
+            .collect(),
+    );
+    let merges = Value::Array(vec![Value::String("a b".into())]);
+    let meta = [
+        ("general.architecture", Value::String(arch.into())),
+        ("llama.embedding_length", Value::U32(32)),
+        ("llama.attention.head_count", Value::U32(4)),
+        ("llama.feed_forward_length", Value::U32(64)),
+        ("llama.block_count", Value::U32(1)),
+        ("llama.context_length", Value::U32(64)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", tokens),
+        ("tokenizer.ggml.merges", merges),
+        ("tokenizer.ggml.eos_token_id", Value::U32(5)),
+    ];
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    write(
+        &mut f,
+        &meta_refs,
+        &[
+            ("token_embd.weight", &embd),
+            ("blk.0.attn_q.weight", &q),
+            ("output_norm.weight", &norm),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn mutated_gguf_files_never_panic() {
+    use rustformers_core::gguf::{tokenizer_json, GgufFile};
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.gguf");
+    tiny_gguf(&good, "llama");
+    // The valid file opens, maps names and builds its tokenizer.
+    let g = GgufFile::open(&good).unwrap();
+    let tensors = g.load_all(&Device::Cpu).unwrap();
+    assert!(tensors.contains_key("model.layers.0.self_attn.q_proj.weight"));
+    assert!(tokenizer_json(&g).is_ok());
+    assert_eq!(g.config_json().unwrap()["num_hidden_layers"], 1);
+    // An architecture without a mapping is a clear error naming the supported ones.
+    let other = tmp.path().join("other.gguf");
+    tiny_gguf(&other, "mamba");
+    let err = GgufFile::open(&other)
+        .unwrap()
+        .config_json()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`mamba`") && err.contains("supported: llama"),
+        "{err}"
+    );
+    let src = std::fs::read(&good).unwrap();
+    let mut rng = Rng(0xC0FFEE);
+    let p = tmp.path().join("m.gguf");
+    for _ in 0..400 {
+        // Mutate mostly inside the header, where the sizes live.
+        let mut bytes = src.clone();
+        for _ in 0..1 + rng.below(3) {
+            let i = rng.below(600.min(bytes.len()));
+            match rng.below(3) {
+                0 => bytes[i] ^= 1 << rng.below(8),
+                1 => bytes[i] = [0u8, 0xff, 0x7f, 0x80][rng.below(4)],
+                _ => bytes.truncate(rng.below(bytes.len()).max(1)),
+            }
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        if let Ok(g) = GgufFile::open(&p) {
+            let _ = g.load_all(&Device::Cpu);
+            let _ = tokenizer_json(&g);
+            let _ = g.config_json();
+        }
+    }
+}
