@@ -1,7 +1,8 @@
 //! GGUF files: a header check that refuses malformed files before anything is
 //! allocated from their numbers, metadata → HF config.json values, llama.cpp tensor
 //! names → HF names, tensors as quantized `QTensor`s (run quantized) or dequantized
-//! (a `VarBuilder` backend), the tokenizer (gpt2-style byte-level BPE) and the chat
+//! (a `VarBuilder` backend), the tokenizer (gpt2-style byte-level BPE, or the
+//! sentencepiece-style `llama` vocab as byte-fallback BPE) and the chat
 //! template from the metadata.
 //!
 //! Architectures: llama, qwen2, qwen3, gemma2, phi3 (names from llama.cpp's
@@ -425,6 +426,19 @@ impl GgufFile {
                     o.insert("final_logit_softcapping".into(), json!(v));
                 }
                 o.insert("hidden_act".into(), json!("gelu_pytorch_tanh"));
+                o.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+                // GGUF has no query_pre_attn_scalar: llama.cpp scales queries by
+                // 1/sqrt(key_length), and by 1/sqrt(hidden/heads) for the 46-layer 27B.
+                let layers = need("block_count")?;
+                let head_dim = self
+                    .meta_usize(&a("attention.key_length"))
+                    .unwrap_or(hidden / heads.max(1));
+                let scalar = if layers == 46 {
+                    hidden / heads.max(1)
+                } else {
+                    head_dim
+                };
+                o.insert("query_pre_attn_scalar".into(), json!(scalar));
             }
         }
         Ok(c)
@@ -621,6 +635,24 @@ impl candle_nn::var_builder::SimpleBackend for GgufBackend {
     }
 }
 
+/// Whether candle's quantized matmul takes the tensor. Its generic Q4_1 / Q5_0 / Q5_1
+/// dot products `debug_assert!` an even number of blocks per row (a leftover of ggml's
+/// unrolled loop; the loop itself handles any count), so in builds with debug
+/// assertions such tensors (rows of 32, 96, ... elements) run dequantized instead.
+fn runs_quantized(t: &QTensor) -> bool {
+    let odd_blocks = t
+        .shape()
+        .dims()
+        .last()
+        .is_some_and(|cols| (cols / t.dtype().block_size()) % 2 == 1);
+    !(cfg!(debug_assertions)
+        && odd_blocks
+        && matches!(
+            t.dtype(),
+            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+        ))
+}
+
 /// The quantized linear weights of a tensor map (everything stored in a block format),
 /// for running quantized. A tied output layer reuses the token embedding.
 pub fn quantized_store(tensors: &HashMap<String, Arc<QTensor>>) -> QuantizedStore {
@@ -628,6 +660,7 @@ pub fn quantized_store(tensors: &HashMap<String, Arc<QTensor>>) -> QuantizedStor
     for (name, t) in tensors {
         let quantized = !matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         if quantized
+            && runs_quantized(t)
             && t.shape().dims().len() == 2
             && name.ends_with(".weight")
             && name != "model.embed_tokens.weight"
@@ -637,7 +670,9 @@ pub fn quantized_store(tensors: &HashMap<String, Arc<QTensor>>) -> QuantizedStor
     }
     if !tensors.contains_key("lm_head.weight") {
         if let Some(e) = tensors.get("model.embed_tokens.weight") {
-            if !matches!(e.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            if !matches!(e.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+                && runs_quantized(e)
+            {
                 store.tensors.insert("lm_head.weight".into(), e.clone());
             }
         }
@@ -645,16 +680,32 @@ pub fn quantized_store(tensors: &HashMap<String, Arc<QTensor>>) -> QuantizedStor
     store
 }
 
-/// tokenizer.json text for the GGUF's tokenizer (`tokenizer.ggml.model` gpt2: byte-level
-/// BPE with the tokens and merges of the file; control and user-defined tokens become
-/// special added tokens), as transformers' GGUF converter builds it.
+/// tokenizer.json text for the GGUF's tokenizer, as transformers' GGUF converter builds it.
+///
+/// - `tokenizer.ggml.model` gpt2: byte-level BPE with the tokens and merges of the file;
+///   control and user-defined tokens become special added tokens.
+/// - `llama` (sentencepiece-style): BPE with byte fallback over the tokens, merges derived
+///   from the scores (llama.cpp stores none), `▁` normalizer (prepend, replace spaces),
+///   a decoder that undoes it, and BOS added when `tokenizer.ggml.add_bos_token` says so
+///   (default true), as `GGUFLlamaConverter` + `LlamaTokenizerFast`.
 pub fn tokenizer_json(g: &GgufFile) -> Result<String> {
     let model = g.meta_str("tokenizer.ggml.model").unwrap_or("");
-    if model != "gpt2" {
-        return Err(Error::Unsupported(format!(
-            "GGUF tokenizer model `{model}` is not supported yet (gpt2-style BPE is)"
-        )));
-    }
+    let tok = match model {
+        "gpt2" => gpt2_tokenizer(g)?,
+        "llama" => spm_tokenizer(g)?,
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "GGUF tokenizer model `{model}` is not supported yet (gpt2 and llama are)"
+            )))
+        }
+    };
+    serde_json::to_string(&tok).map_err(|e| Error::Json {
+        context: "building tokenizer.json from GGUF".into(),
+        source: e,
+    })
+}
+
+fn gpt2_tokenizer(g: &GgufFile) -> Result<serde_json::Value> {
     let tokens = g
         .meta_strings("tokenizer.ggml.tokens")
         .ok_or_else(|| bad(g.path(), "no tokenizer.ggml.tokens"))?;
@@ -675,7 +726,7 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<String> {
         })
         .collect();
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true});
-    let tok = json!({
+    Ok(json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
@@ -689,11 +740,148 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<String> {
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
             "ignore_merges": false, "vocab": vocab, "merges": merges,
         },
-    });
-    serde_json::to_string(&tok).map_err(|e| Error::Json {
-        context: "building tokenizer.json from GGUF".into(),
-        source: e,
-    })
+    }))
+}
+
+/// BPE merges of a sentencepiece vocabulary from its scores, as transformers'
+/// `GGUFTokenizerSkeleton`: every split of every piece into two pieces, ordered by the
+/// parts' scores within a piece, then (stably) by the piece's score, highest first.
+fn merges_from_scores<'a>(tokens: &[&'a str], scores: &[f32]) -> Vec<(&'a str, &'a str)> {
+    // Python's `{t: scores[i]}`: first position, last score.
+    let mut score: HashMap<&str, f32> = HashMap::with_capacity(tokens.len());
+    let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        if score
+            .insert(t, scores.get(i).copied().unwrap_or(0.0))
+            .is_none()
+        {
+            order.push(t);
+        }
+    }
+    let desc = |a: f32, b: f32| b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal);
+    let mut merges: Vec<(&str, &str, f32)> = Vec::new();
+    for piece in order {
+        let piece_score = score.get(piece).copied().unwrap_or(0.0);
+        let mut local: Vec<(&str, &str)> = piece
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| piece.split_at(at))
+            .filter(|(l, r)| score.contains_key(l) && score.contains_key(r))
+            .collect();
+        local.sort_by(|a, b| {
+            let (la, ra) = (score[a.0], score[a.1]);
+            let (lb, rb) = (score[b.0], score[b.1]);
+            desc(la, lb).then(desc(ra, rb))
+        });
+        merges.extend(local.into_iter().map(|(l, r)| (l, r, piece_score)));
+    }
+    merges.sort_by(|a, b| desc(a.2, b.2));
+    merges.into_iter().map(|(l, r, _)| (l, r)).collect()
+}
+
+fn spm_tokenizer(g: &GgufFile) -> Result<serde_json::Value> {
+    let tokens = g
+        .meta_strings("tokenizer.ggml.tokens")
+        .ok_or_else(|| bad(g.path(), "no tokenizer.ggml.tokens"))?;
+    let scores: Vec<f32> = match g.meta("tokenizer.ggml.scores") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::F32(x) => Some(*x),
+                Value::F64(x) => Some(*x as f32),
+                _ => None,
+            })
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(|| bad(g.path(), "tokenizer.ggml.scores is not a float array"))?,
+        _ => {
+            return Err(bad(
+                g.path(),
+                "no tokenizer.ggml.scores (needed for a llama tokenizer)",
+            ))
+        }
+    };
+    let types = g.meta_ints("tokenizer.ggml.token_type");
+    let merges: Vec<(String, String)> = match g.meta_strings("tokenizer.ggml.merges") {
+        Some(m) => m
+            .iter()
+            .filter_map(|m| m.split_once(' '))
+            .map(|(l, r)| (l.to_string(), r.to_string()))
+            .collect(),
+        None => merges_from_scores(&tokens, &scores)
+            .into_iter()
+            .map(|(l, r)| (l.to_string(), r.to_string()))
+            .collect(),
+    };
+    let token_at = |key: &str| g.meta_usize(key).and_then(|i| tokens.get(i).copied());
+    let unk = token_at("tokenizer.ggml.unknown_token_id");
+    let bos = g
+        .meta_usize("tokenizer.ggml.bos_token_id")
+        .and_then(|i| tokens.get(i).map(|t| (i, *t)));
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.to_string()).or_insert(json!(i));
+    }
+    let special = |t: &str, i: usize| {
+        json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+               "normalized": false, "special": true})
+    };
+    // Control tokens (type 3), then unk / bos / eos: LlamaTokenizerFast registers its
+    // special tokens as added tokens too.
+    let mut special_ids: Vec<usize> = match &types {
+        Some(types) => (0..tokens.len())
+            .filter(|i| types.get(*i) == Some(&3))
+            .collect(),
+        None => Vec::new(),
+    };
+    for key in [
+        "tokenizer.ggml.unknown_token_id",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+    ] {
+        if let Some(i) = g.meta_usize(key).filter(|i| *i < tokens.len()) {
+            if !special_ids.contains(&i) {
+                special_ids.push(i);
+            }
+        }
+    }
+    let added: Vec<serde_json::Value> = special_ids
+        .into_iter()
+        .filter_map(|i| tokens.get(i).map(|t| special(t, i)))
+        .collect();
+    let add_bos = g.meta_bool("tokenizer.ggml.add_bos_token").unwrap_or(true);
+    let post_processor = match bos {
+        Some((id, t)) if add_bos => json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": t, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {t: {"id": t, "ids": [id], "tokens": [t]}},
+        }),
+        _ => serde_json::Value::Null,
+    };
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u{2581}"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        ]},
+        "pre_tokenizer": null,
+        "post_processor": post_processor,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+        ]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab, "merges": merges,
+        },
+    }))
 }
 
 /// tokenizer_config.json values for the GGUF's tokenizer: special tokens and the chat template.
@@ -720,8 +908,10 @@ pub fn tokenizer_config_json(g: &GgufFile) -> serde_json::Value {
     if let Some(b) = g.meta_bool("tokenizer.ggml.add_bos_token") {
         c.insert("add_bos_token".into(), json!(b));
     }
-    // transformers' GGUF tokenizers decode with the clean-up of spaces before punctuation.
-    c.insert("clean_up_tokenization_spaces".into(), json!(true));
+    // transformers' GGUF tokenizers decode with the clean-up of spaces before punctuation,
+    // except the sentencepiece-style llama one (LlamaTokenizerFast's default: no clean-up).
+    let sentencepiece = g.meta_str("tokenizer.ggml.model") == Some("llama");
+    c.insert("clean_up_tokenization_spaces".into(), json!(!sentencepiece));
     c.insert(
         "model_max_length".into(),
         json!(g
@@ -757,6 +947,19 @@ mod tests {
             Some("lm_head.weight")
         );
         assert_eq!(hf_tensor_name("llama", "blk.x.attn_q.weight"), None);
+    }
+
+    #[test]
+    fn sentencepiece_merges_follow_the_scores() {
+        // As transformers' GGUFTokenizerSkeleton: splits of each piece whose parts are
+        // pieces, by the parts' scores within a piece, then by the piece's score (stable),
+        // highest first (checked against transformers 4.46.3).
+        let tokens = ["a", "b", "c", "ab", "abc", "bc"];
+        let scores = [0.0, 0.0, 0.0, -1.0, -3.0, -2.0];
+        assert_eq!(
+            merges_from_scores(&tokens, &scores),
+            vec![("a", "b"), ("b", "c"), ("a", "bc"), ("ab", "c")]
+        );
     }
 
     #[test]
