@@ -67,9 +67,22 @@ enum Command {
     },
     /// Print the environment: version, CPU features, threads, Hub cache.
     Env,
+    /// Time a work item (embeddings-f32, embeddings-bf16, decode-gguf, decode-f32,
+    /// prefill-gguf, load-gguf) and print median/min/max as JSON; scripts/bench/run.sh
+    /// runs the peers side by side.
+    Bench {
+        work: String,
+        /// Timed runs after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Sentences for the embeddings items, one per line (default scripts/bench/sentences.txt).
+        #[arg(long)]
+        input: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn main() -> Result<ExitCode> {
+    let start = std::time::Instant::now();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -90,6 +103,10 @@ pub fn main() -> Result<ExitCode> {
         Command::Convert { gguf, out_dir } => convert(&gguf, &out_dir),
         Command::Inspect { reference } => inspect(&reference),
         Command::Env => env(),
+        Command::Bench { work, runs, input } => {
+            crate::bench::bench(&crate::bench::BenchArgs { work, runs, input }, start)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

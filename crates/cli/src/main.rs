@@ -3,6 +3,7 @@
 //! Every failure is one line on stderr and exit code 2; nothing already printed is lost.
 
 mod args;
+mod bench;
 mod commands;
 
 use std::process::ExitCode;

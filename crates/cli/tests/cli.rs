@@ -544,3 +544,57 @@ fn text_generation_beam_search_and_stop_strings() {
         "{stopped:?} vs {text:?}"
     );
 }
+
+#[test]
+fn bench_prints_figures_and_rejects_unknown_work() {
+    let out = bin().args(["bench", "frobnicate"]).output().unwrap();
+    assert_clean_error(&out, "unknown bench work `frobnicate`");
+    let out = bin()
+        .args(["bench", "decode-gguf", "--runs", "0"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "--runs");
+    // The real embedding model: skipped (with a notice) only when it is not cached and
+    // real models are not required.
+    let cached = rustformers_core::ModelFiles::resolve("sentence-transformers/all-MiniLM-L6-v2")
+        .ok()
+        .and_then(|f| f.root().map(|r| r.join("model.safetensors").is_file()))
+        .unwrap_or(false);
+    if !cached {
+        assert_ne!(
+            std::env::var("RUSTFORMERS_REQUIRE_REAL_MODELS").as_deref(),
+            Ok("1"),
+            "MiniLM not cached"
+        );
+        eprintln!("NOTICE: MiniLM not cached; bench embeddings not run");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("s.txt");
+    std::fs::write(&input, "one short sentence\nanother one here\n").unwrap();
+    let out = bin()
+        .args([
+            "bench",
+            "embeddings-f32",
+            "--runs",
+            "2",
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["work"], "embeddings-f32");
+    assert_eq!(v["runs"], 2);
+    let (min, med, max) = (
+        v["min"].as_f64().unwrap(),
+        v["median"].as_f64().unwrap(),
+        v["max"].as_f64().unwrap(),
+    );
+    assert!(min > 0.0 && min <= med && med <= max, "{v}");
+}

@@ -1,0 +1,238 @@
+//! `rustformers bench WORK`: the rustformers side of the side-by-side benchmarks
+//! (scripts/bench/ runs the peers). Prints one JSON object: median, min and max over
+//! `--runs` timed runs after one warm-up.
+//!
+//! Work items: embeddings-f32, embeddings-bf16 (all-MiniLM-L6-v2, sentences from
+//! `--input`, batch 32, tokenization included), decode-gguf / decode-f32 (SmolLM2 Q4_1
+//! run quantized / dequantized, 128 greedy tokens, decode steps only), prefill-gguf
+//! (512-token prompt), load-gguf (time to first token and peak RSS).
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+
+use rustformers_generation::{GenerationConfig, Generator};
+use rustformers_models::{AutoModelForCausalLM, CausalLmInputs, LoadOptions, LogitsMode};
+use rustformers_pipelines::FeatureExtractionPipeline;
+
+const EMBED_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+const GGUF_MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
+const PROMPT: &str = "The history of the city begins";
+
+/// Options of `bench`.
+pub struct BenchArgs {
+    pub work: String,
+    pub runs: usize,
+    pub input: Option<std::path::PathBuf>,
+}
+
+fn stats(work: &str, unit: &str, mut xs: Vec<f64>, extra: Value) -> Value {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let median = if xs.is_empty() {
+        f64::NAN
+    } else if xs.len() % 2 == 1 {
+        xs[xs.len() / 2]
+    } else {
+        (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0
+    };
+    let mut v = json!({
+        "work": work,
+        "impl": "rustformers",
+        "unit": unit,
+        "median": median,
+        "min": xs.first(),
+        "max": xs.last(),
+        "runs": xs.len(),
+        "threads": threads(),
+    });
+    if let (Value::Object(o), Value::Object(e)) = (&mut v, extra) {
+        o.extend(e);
+    }
+    v
+}
+
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
+/// Peak resident set size in MB (Linux `VmHWM`).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn sentences(input: Option<&std::path::Path>) -> Result<Vec<String>> {
+    let path = input
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("scripts/bench/sentences.txt"));
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow!(
+            "reading {}: {e} (pass --input FILE, one sentence per line)",
+            path.display()
+        )
+    })?;
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if lines.is_empty() {
+        bail!("{} holds no sentences", path.display());
+    }
+    Ok(lines)
+}
+
+fn embeddings(a: &BenchArgs, dtype: DType) -> Result<Value> {
+    let opts = LoadOptions {
+        dtype: Some(dtype),
+        ..Default::default()
+    };
+    let pipe = FeatureExtractionPipeline::from_pretrained(EMBED_MODEL, &opts)?;
+    let lines = sentences(a.input.as_deref())?;
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    pipe.embed(&refs, 32)?;
+    let mut rates = Vec::new();
+    for _ in 0..a.runs {
+        let t = Instant::now();
+        pipe.embed(&refs, 32)?;
+        rates.push(refs.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(stats(
+        &a.work,
+        "sentences/s",
+        rates,
+        json!({"sentences": refs.len(), "batch": 32}),
+    ))
+}
+
+fn decode(a: &BenchArgs, dtype: Option<DType>) -> Result<Value> {
+    let opts = LoadOptions {
+        dtype,
+        ..Default::default()
+    };
+    let model = AutoModelForCausalLM::from_pretrained_with(GGUF_MODEL, &opts)?;
+    let tok = rustformers_core::AutoTokenizer::from_pretrained(GGUF_MODEL)?;
+    let prompt = tok.encode(
+        rustformers_core::TextInput::Single(PROMPT),
+        &Default::default(),
+    )?;
+    // 128 new tokens, eos ignored, greedy.
+    let config = GenerationConfig {
+        max_new_tokens: Some(128),
+        eos_token_id: None,
+        ..Default::default()
+    };
+    let mut rates = Vec::new();
+    for run in 0..=a.runs {
+        let mut g = Generator::new(
+            model.model.as_ref(),
+            &prompt.input_ids,
+            &config,
+            &Device::Cpu,
+        )?;
+        g.step()?; // prefill and the first token
+        let t = Instant::now();
+        let mut n = 0usize;
+        while g.step()?.is_some() {
+            n += 1;
+        }
+        if run > 0 {
+            rates.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(stats(
+        &a.work,
+        "tokens/s",
+        rates,
+        json!({"new_tokens": 128}),
+    ))
+}
+
+fn prefill(a: &BenchArgs, dtype: Option<DType>) -> Result<Value> {
+    let opts = LoadOptions {
+        dtype,
+        ..Default::default()
+    };
+    let model = AutoModelForCausalLM::from_pretrained_with(GGUF_MODEL, &opts)?;
+    let ids: Vec<u32> = (0..512u32).map(|i| 100 + (i * 37) % 20_000).collect();
+    let t_ids = Tensor::from_vec(ids, (1, 512), &Device::Cpu)?;
+    let mut rates = Vec::new();
+    for run in 0..=a.runs {
+        let mut cache = model.model.new_cache(Some(512));
+        let t = Instant::now();
+        model.model.forward(
+            CausalLmInputs::ids(&t_ids),
+            Some(&mut cache),
+            LogitsMode::Last,
+        )?;
+        if run > 0 {
+            rates.push(512.0 / t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(stats(
+        &a.work,
+        "tokens/s",
+        rates,
+        json!({"prompt_tokens": 512}),
+    ))
+}
+
+fn load(a: &BenchArgs, start: Instant) -> Result<Value> {
+    // One run per process: a fresh process is what "time to first token" means.
+    let model = AutoModelForCausalLM::from_pretrained(GGUF_MODEL)?;
+    let tok = rustformers_core::AutoTokenizer::from_pretrained(GGUF_MODEL)?;
+    let prompt = tok.encode(
+        rustformers_core::TextInput::Single(PROMPT),
+        &Default::default(),
+    )?;
+    let config = GenerationConfig {
+        max_new_tokens: Some(1),
+        ..Default::default()
+    };
+    Generator::new(
+        model.model.as_ref(),
+        &prompt.input_ids,
+        &config,
+        &Device::Cpu,
+    )?
+    .step()?;
+    let ttft = start.elapsed().as_secs_f64();
+    Ok(stats(
+        &a.work,
+        "s",
+        vec![ttft],
+        json!({"peak_rss_mb": peak_rss_mb()}),
+    ))
+}
+
+/// Runs one work item and prints its JSON line.
+pub fn bench(a: &BenchArgs, start: Instant) -> Result<()> {
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let v = match a.work.as_str() {
+        "embeddings-f32" => embeddings(a, DType::F32)?,
+        "embeddings-bf16" => embeddings(a, DType::BF16)?,
+        "decode-gguf" => decode(a, None)?,
+        "decode-f32" => decode(a, Some(DType::F32))?,
+        "prefill-gguf" => prefill(a, None)?,
+        "prefill-f32" => prefill(a, Some(DType::F32))?,
+        "load-gguf" => load(a, start)?,
+        other => bail!(
+            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf"
+        ),
+    };
+    println!("{v}");
+    Ok(())
+}
