@@ -5,8 +5,8 @@
 //! `strftime_now`, and `tojson` as Python's (no ASCII escaping). Messages, tools and
 //! documents are passed as Python passes them.
 
-use minijinja::value::Kwargs;
-use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, Error as JinjaError, ErrorKind, Output, State, Value};
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
@@ -70,52 +70,285 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// Python's `tojson` in transformers' environment: `json.dumps(x, ensure_ascii=False,
-/// indent=indent, separators=..., sort_keys=False)`.
+/// indent=indent, separators=separators, sort_keys=False)`, every argument honoured.
 fn tojson(
     value: Value,
-    indent: Option<usize>,
+    indent: Option<Value>,
     kwargs: Kwargs,
 ) -> std::result::Result<Value, JinjaError> {
-    let indent = indent.or(kwargs.get::<Option<usize>>("indent")?);
-    // Accepted for compatibility; the output keeps Python's defaults for these.
-    let _: Option<Value> = kwargs.get("ensure_ascii")?;
-    let _: Option<Value> = kwargs.get("sort_keys")?;
-    let _: Option<Value> = kwargs.get("separators")?;
+    let indent = match indent {
+        Some(v) => Some(v),
+        None => kwargs.get::<Option<Value>>("indent")?,
+    };
+    // Python: an int is that many spaces, a string is used as is, None is compact.
+    let indent = match indent {
+        Some(v) if v.is_none() || v.is_undefined() => None,
+        Some(v) => match v.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => Some(" ".repeat(usize::try_from(v).map_err(|_| {
+                JinjaError::new(ErrorKind::InvalidOperation, "tojson: indent must be an int")
+            })?)),
+        },
+        None => None,
+    };
+    let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    kwargs.assert_all_used()?;
+    let (item_sep, key_sep) = match separators {
+        Some(s) if s.len() == 2 => (s[0].clone(), s[1].clone()),
+        Some(_) => {
+            return Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                "tojson: separators must be a pair of strings",
+            ))
+        }
+        // json.dumps: (', ', ': '), or (',', ': ') when indenting.
+        None if indent.is_some() => (",".to_string(), ": ".to_string()),
+        None => (", ".to_string(), ": ".to_string()),
+    };
     let json: Json = serde_json::to_value(&value)
         .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
-    let text = match indent {
-        Some(n) => {
-            let mut buf = Vec::new();
-            let indent_str = " ".repeat(n);
-            let fmt = serde_json::ser::PrettyFormatter::with_indent(indent_str.as_bytes());
-            let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-            serde::Serialize::serialize(&json, &mut ser)
-                .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
-            String::from_utf8_lossy(&buf).into_owned()
-        }
-        None => python_compact_json(&json),
+    let dumper = PyJson {
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys,
+        ensure_ascii,
     };
-    Ok(Value::from_safe_string(text))
+    let mut out = String::new();
+    dumper.dump(&json, 0, &mut out);
+    Ok(Value::from_safe_string(out))
 }
 
-/// `json.dumps` default separators: `", "` and `": "`.
-fn python_compact_json(v: &Json) -> String {
-    match v {
-        Json::Array(a) => format!(
-            "[{}]",
-            a.iter()
-                .map(python_compact_json)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Json::Object(o) => format!(
-            "{{{}}}",
-            o.iter()
-                .map(|(k, v)| format!("{}: {}", Json::String(k.clone()), python_compact_json(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => other.to_string(),
+/// Python's `json.dumps` layout.
+struct PyJson {
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+    ensure_ascii: bool,
+}
+
+impl PyJson {
+    fn newline(&self, depth: usize, out: &mut String) {
+        if let Some(ind) = &self.indent {
+            out.push('\n');
+            for _ in 0..depth {
+                out.push_str(ind);
+            }
+        }
+    }
+
+    fn string(&self, s: &str, out: &mut String) {
+        let quoted = Json::String(s.to_string()).to_string();
+        if !self.ensure_ascii {
+            out.push_str(&quoted);
+            return;
+        }
+        for c in quoted.chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+
+    fn dump(&self, v: &Json, depth: usize, out: &mut String) {
+        match v {
+            Json::Array(a) if a.is_empty() => out.push_str("[]"),
+            Json::Object(o) if o.is_empty() => out.push_str("{}"),
+            Json::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(depth + 1, out);
+                    self.dump(x, depth + 1, out);
+                }
+                self.newline(depth, out);
+                out.push(']');
+            }
+            Json::Object(o) => {
+                let mut items: Vec<(&String, &Json)> = o.iter().collect();
+                if self.sort_keys {
+                    items.sort_by(|a, b| a.0.cmp(b.0));
+                }
+                out.push('{');
+                for (i, (k, x)) in items.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(depth + 1, out);
+                    self.string(k, out);
+                    out.push_str(&self.key_sep);
+                    self.dump(x, depth + 1, out);
+                }
+                self.newline(depth, out);
+                out.push('}');
+            }
+            Json::String(s) => self.string(s, out),
+            Json::Number(n) => match n.as_f64() {
+                Some(f) if !(n.is_i64() || n.is_u64()) => out.push_str(&py_float(f)),
+                _ => out.push_str(&n.to_string()),
+            },
+            other => out.push_str(&other.to_string()),
+        }
+    }
+}
+
+/// Python's `repr(float)`: shortest round-trip digits, `1e-05` / `1e+16` exponents.
+fn py_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let exp = if f == 0.0 {
+        0
+    } else {
+        f.abs().log10().floor() as i32
+    };
+    if (-5..16).contains(&exp) {
+        let s = format!("{f:?}");
+        // Debug of f64 in this range is plain decimal with a `.0` where integral.
+        if !s.contains('e') {
+            return s;
+        }
+    }
+    // Scientific: mantissa digits from `{:e}`, exponent signed with at least two digits.
+    let s = format!("{f:e}");
+    match s.split_once('e') {
+        Some((mant, e)) => {
+            let (sign, digits) = match e.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', e),
+            };
+            format!("{mant}e{sign}{digits:0>2}")
+        }
+        None => s,
+    }
+}
+
+/// Python's `repr(str)`.
+fn py_repr_str(s: &str, out: &mut String) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+/// Python's `str(x)` for a value Jinja2 prints: `None`, `True`, `{'a': [1, 'x']}`.
+/// Returns `None` for values minijinja already prints as Python does.
+fn py_str(v: &Value) -> Option<String> {
+    match v.kind() {
+        ValueKind::None => Some("None".into()),
+        ValueKind::Bool => Some(if v.is_true() { "True" } else { "False" }.into()),
+        ValueKind::Number if !v.is_integer() => f64::try_from(v.clone()).ok().map(py_float_repr),
+        ValueKind::Seq | ValueKind::Map => {
+            let mut out = String::new();
+            py_repr(v, &mut out);
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// Python's `repr(x)` of a value inside a container.
+fn py_repr(v: &Value, out: &mut String) {
+    match v.kind() {
+        ValueKind::String => py_repr_str(v.as_str().unwrap_or_default(), out),
+        ValueKind::Number if !v.is_integer() => match f64::try_from(v.clone()) {
+            Ok(f) => out.push_str(&py_float_repr(f)),
+            Err(_) => out.push_str(&v.to_string()),
+        },
+        ValueKind::Seq => {
+            out.push('[');
+            if let Ok(iter) = v.try_iter() {
+                for (i, x) in iter.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    py_repr(&x, out);
+                }
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            if let Ok(iter) = v.try_iter() {
+                for (i, k) in iter.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    py_repr(&k, out);
+                    out.push_str(": ");
+                    py_repr(&v.get_item(&k).unwrap_or_default(), out);
+                }
+            }
+            out.push('}');
+        }
+        _ => match py_str(v) {
+            Some(s) => out.push_str(&s),
+            None => out.push_str(&v.to_string()),
+        },
+    }
+}
+
+/// Python's float repr (`inf`, `nan` spelled as Python does).
+fn py_float_repr(f: f64) -> String {
+    if f.is_nan() {
+        "nan".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "inf" } else { "-inf" }.into()
+    } else {
+        py_float(f)
+    }
+}
+
+/// `{{ x }}` as Jinja2 prints it: Python's `str(x)`.
+fn py_formatter(
+    out: &mut Output,
+    state: &State,
+    value: &Value,
+) -> std::result::Result<(), JinjaError> {
+    match py_str(value) {
+        Some(s) => out.write_str(&s).map_err(JinjaError::from),
+        None => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// `x | string` as Jinja2's: Python's `str(x)`.
+fn py_string_filter(value: Value) -> Value {
+    match py_str(&value) {
+        Some(s) => Value::from(s),
+        None if value.kind() == ValueKind::String => value,
+        None => Value::from(value.to_string()),
     }
 }
 
@@ -140,6 +373,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        env.add_filter("string", py_string_filter);
+        env.set_formatter(py_formatter);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::Tokenizer(format!("chat template does not compile: {e}")))?;
         Ok(Self { env })
@@ -158,12 +393,12 @@ impl ChatTemplate {
             "add_generation_prompt".into(),
             Json::Bool(opts.add_generation_prompt),
         );
-        if let Some(t) = &opts.tools {
-            ctx.insert("tools".into(), t.clone());
-        }
-        if let Some(d) = &opts.documents {
-            ctx.insert("documents".into(), d.clone());
-        }
+        // Python always passes both, None when absent: `tools is none` holds.
+        ctx.insert("tools".into(), opts.tools.clone().unwrap_or(Json::Null));
+        ctx.insert(
+            "documents".into(),
+            opts.documents.clone().unwrap_or(Json::Null),
+        );
         let tmpl = self
             .env
             .get_template("chat")
@@ -229,6 +464,39 @@ mod tests {
             out,
             "[{\"name\": \"é\", \"n\": 1}]|[\n  {\n    \"name\": \"é\",\n    \"n\": 1\n  }\n]"
         );
+    }
+
+    #[test]
+    fn prints_and_dumps_as_python() {
+        // Expected text from transformers 4.46.3's `_compile_jinja_template` (jinja2 3.1.6).
+        let t = ChatTemplate::new(
+            "{{ none }}|{{ true }}|{{ x }}|{{ x | string }}|{{ y | tojson(indent=2, sort_keys=true) }}|{{ y | tojson(separators=(',', ':')) }}|{{ y | tojson(ensure_ascii=true) }}|{{ [1e-7, 1e16, 0.5, 3] | tojson }}|{{ [1e-7, 1e16] }}|{{ 1e-7 }}|{{ 2.5 | string }}",
+        )
+        .unwrap();
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "x".into(),
+            json!({"a": [1, "it's", null, true, 2.5], "b": "q\"\n"}),
+        );
+        extra.insert("y".into(), json!({"z": [], "é": {"k": 1.0}, "a": {}}));
+        let out = t
+            .render(
+                &json!([]),
+                &ChatOptions {
+                    extra,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let want = "None|True|{'a': [1, \"it's\", None, True, 2.5], 'b': 'q\"\\n'}|{'a': [1, \"it's\", None, True, 2.5], 'b': 'q\"\\n'}|{\n  \"a\": {},\n  \"z\": [],\n  \"\u{e9}\": {\n    \"k\": 1.0\n  }\n}|{\"z\":[],\"\u{e9}\":{\"k\":1.0},\"a\":{}}|{\"z\": [], \"\\u00e9\": {\"k\": 1.0}, \"a\": {}}|[1e-07, 1e+16, 0.5, 3]|[1e-07, 1e+16]|1e-07|2.5";
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn tools_and_documents_are_none_when_absent() {
+        let t = ChatTemplate::new("{{ tools is none }} {{ documents is none }}").unwrap();
+        let out = t.render(&json!([]), &ChatOptions::default()).unwrap();
+        assert_eq!(out, "True True");
     }
 
     #[test]
