@@ -598,3 +598,22 @@ fn bench_prints_figures_and_rejects_unknown_work() {
     );
     assert!(min > 0.0 && min <= med && med <= max, "{v}");
 }
+
+#[test]
+fn a_prompt_longer_than_the_context_is_a_clear_error() {
+    // tiny-llama has max_position_embeddings 64.
+    let prompt = "John lives in Paris and works for Google. ".repeat(20);
+    let out = bin()
+        .args([
+            "run",
+            "text-generation",
+            "--model",
+            &fixture("tiny-llama"),
+            "--max-new-tokens",
+            "2",
+            &prompt,
+        ])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "context of 64");
+}

@@ -179,3 +179,75 @@ impl Weights {
         QLinear::load(self.vb.clone(), in_dim, out_dim, bias)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::{DType, Device};
+
+    /// Every block format runs through the quantized layer and stays close to the dense
+    /// layer on the dequantized weight (the kernels quantize activations to 8 bits).
+    #[test]
+    fn quantized_formats_match_their_dequantized_weights() {
+        let dev = Device::Cpu;
+        let (out, inp) = (64, 512);
+        let w = (Tensor::arange(0f32, (out * inp) as f32, &dev)
+            .unwrap()
+            .reshape((out, inp))
+            .unwrap()
+            * 0.37)
+            .unwrap()
+            .sin()
+            .unwrap();
+        let x = (Tensor::arange(0f32, (3 * inp) as f32, &dev)
+            .unwrap()
+            .reshape((1, 3, inp))
+            .unwrap()
+            * 0.11)
+            .unwrap()
+            .cos()
+            .unwrap();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
+            let dense = QLinear::Dense {
+                weight: q.dequantize(&dev).unwrap(),
+                bias: None,
+            };
+            let quant = QLinear::quantized(q, None).unwrap();
+            assert_eq!(quant.out_dim(), out);
+            let a = quant.forward(&x).unwrap();
+            let b = dense.forward(&x).unwrap();
+            assert_eq!(a.dims(), &[1, 3, out]);
+            let range = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // 8-bit activations: a few percent of the output range at most.
+            assert!(diff / range < 0.03, "{dtype:?}: {diff} of {range}");
+            assert_eq!(x.dtype(), DType::F32);
+        }
+    }
+}
