@@ -449,15 +449,15 @@ fn wrong_config(c: &ModelConfig) -> candle_core::Error {
     ))
 }
 
-/// `Entry` rows for the RoBERTa code under a Python class name (RoBERTa and
-/// XLM-RoBERTa share every constructor).
-macro_rules! roberta_entry {
-    ($model_type:literal, $arch:literal, $ty:ident) => {
-        Entry {
+/// One table row: `entry!(Entry, "bert", "BertForMaskedLM", Bert => bert::BertForMaskedLM)`
+/// builds the constructor that matches the config variant and calls `load`.
+macro_rules! entry {
+    ($kind:ident, $model_type:literal, $arch:literal, $variant:ident => $($ty:ident)::+) => {
+        $kind {
             model_type: $model_type,
             architecture: $arch,
-            ctor: |vb, c| match c {
-                ModelConfig::Roberta(c) => Ok(Box::new(roberta::$ty::load(vb, c)?)),
+            ctor: |weights, c| match c {
+                ModelConfig::$variant(c) => Ok(Box::new($($ty)::+::load(weights, c)?)),
                 other => Err(wrong_config(other)),
             },
         }
@@ -505,35 +505,13 @@ static BASE: &[Entry<dyn EncoderModel>] = &[
             other => Err(wrong_config(other)),
         },
     },
-    Entry {
-        model_type: "distilbert",
-        architecture: "DistilBertModel",
-        ctor: |vb, c| match c {
-            ModelConfig::DistilBert(c) => Ok(Box::new(distilbert::DistilBertModel::load(vb, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
+    entry!(Entry, "distilbert", "DistilBertModel", DistilBert => distilbert::DistilBertModel),
 ];
 
 static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[
-    Entry {
-        model_type: "bert",
-        architecture: "BertForSequenceClassification",
-        ctor: |vb, c| match c {
-            ModelConfig::Bert(c) => Ok(Box::new(bert::BertForSequenceClassification::load(vb, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    roberta_entry!(
-        "roberta",
-        "RobertaForSequenceClassification",
-        RobertaForSequenceClassification
-    ),
-    roberta_entry!(
-        "xlm-roberta",
-        "XLMRobertaForSequenceClassification",
-        RobertaForSequenceClassification
-    ),
+    entry!(Entry, "bert", "BertForSequenceClassification", Bert => bert::BertForSequenceClassification),
+    entry!(Entry, "roberta", "RobertaForSequenceClassification", Roberta => roberta::RobertaForSequenceClassification),
+    entry!(Entry, "xlm-roberta", "XLMRobertaForSequenceClassification", Roberta => roberta::RobertaForSequenceClassification),
     Entry {
         model_type: "distilbert",
         architecture: "DistilBertForSequenceClassification",
@@ -571,24 +549,9 @@ static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[
 ];
 
 static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[
-    Entry {
-        model_type: "bert",
-        architecture: "BertForTokenClassification",
-        ctor: |vb, c| match c {
-            ModelConfig::Bert(c) => Ok(Box::new(bert::BertForTokenClassification::load(vb, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    roberta_entry!(
-        "roberta",
-        "RobertaForTokenClassification",
-        RobertaForTokenClassification
-    ),
-    roberta_entry!(
-        "xlm-roberta",
-        "XLMRobertaForTokenClassification",
-        RobertaForTokenClassification
-    ),
+    entry!(Entry, "bert", "BertForTokenClassification", Bert => bert::BertForTokenClassification),
+    entry!(Entry, "roberta", "RobertaForTokenClassification", Roberta => roberta::RobertaForTokenClassification),
+    entry!(Entry, "xlm-roberta", "XLMRobertaForTokenClassification", Roberta => roberta::RobertaForTokenClassification),
     Entry {
         model_type: "distilbert",
         architecture: "DistilBertForTokenClassification",
@@ -602,24 +565,9 @@ static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[
 ];
 
 static QA: &[Entry<dyn QuestionAnsweringModel>] = &[
-    Entry {
-        model_type: "bert",
-        architecture: "BertForQuestionAnswering",
-        ctor: |vb, c| match c {
-            ModelConfig::Bert(c) => Ok(Box::new(bert::BertForQuestionAnswering::load(vb, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    roberta_entry!(
-        "roberta",
-        "RobertaForQuestionAnswering",
-        RobertaForQuestionAnswering
-    ),
-    roberta_entry!(
-        "xlm-roberta",
-        "XLMRobertaForQuestionAnswering",
-        RobertaForQuestionAnswering
-    ),
+    entry!(Entry, "bert", "BertForQuestionAnswering", Bert => bert::BertForQuestionAnswering),
+    entry!(Entry, "roberta", "RobertaForQuestionAnswering", Roberta => roberta::RobertaForQuestionAnswering),
+    entry!(Entry, "xlm-roberta", "XLMRobertaForQuestionAnswering", Roberta => roberta::RobertaForQuestionAnswering),
     Entry {
         model_type: "distilbert",
         architecture: "DistilBertForQuestionAnswering",
@@ -633,26 +581,10 @@ static QA: &[Entry<dyn QuestionAnsweringModel>] = &[
 ];
 
 static MLM: &[Entry<dyn MaskedLmModel>] = &[
-    Entry {
-        model_type: "bert",
-        architecture: "BertForMaskedLM",
-        ctor: |vb, c| match c {
-            ModelConfig::Bert(c) => Ok(Box::new(bert::BertForMaskedLM::load(vb, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    roberta_entry!("roberta", "RobertaForMaskedLM", RobertaForMaskedLM),
-    roberta_entry!("xlm-roberta", "XLMRobertaForMaskedLM", RobertaForMaskedLM),
-    Entry {
-        model_type: "distilbert",
-        architecture: "DistilBertForMaskedLM",
-        ctor: |vb, c| match c {
-            ModelConfig::DistilBert(c) => {
-                Ok(Box::new(distilbert::DistilBertForMaskedLM::load(vb, c)?))
-            }
-            other => Err(wrong_config(other)),
-        },
-    },
+    entry!(Entry, "bert", "BertForMaskedLM", Bert => bert::BertForMaskedLM),
+    entry!(Entry, "roberta", "RobertaForMaskedLM", Roberta => roberta::RobertaForMaskedLM),
+    entry!(Entry, "xlm-roberta", "XLMRobertaForMaskedLM", Roberta => roberta::RobertaForMaskedLM),
+    entry!(Entry, "distilbert", "DistilBertForMaskedLM", DistilBert => distilbert::DistilBertForMaskedLM),
 ];
 
 auto_class!(
@@ -698,62 +630,13 @@ struct CausalEntry {
 }
 
 static CAUSAL_LM: &[CausalEntry] = &[
-    CausalEntry {
-        model_type: "llama",
-        architecture: "LlamaForCausalLM",
-        ctor: |w, c| match c {
-            ModelConfig::Llama(c) => Ok(Box::new(llama::LlamaForCausalLM::load(w, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    CausalEntry {
-        model_type: "mistral",
-        architecture: "MistralForCausalLM",
-        ctor: |w, c| match c {
-            ModelConfig::Mistral(c) => Ok(Box::new(mistral::MistralForCausalLM::load(w, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    CausalEntry {
-        model_type: "qwen2",
-        architecture: "Qwen2ForCausalLM",
-        ctor: |w, c| match c {
-            ModelConfig::Qwen2(c) => Ok(Box::new(qwen2::Qwen2ForCausalLM::load(w, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    CausalEntry {
-        model_type: "qwen3",
-        architecture: "Qwen3ForCausalLM",
-        ctor: |w, c| match c {
-            ModelConfig::Qwen3(c) => Ok(Box::new(qwen3::Qwen3ForCausalLM::load(w, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    CausalEntry {
-        model_type: "gemma2",
-        architecture: "Gemma2ForCausalLM",
-        ctor: |w, c| match c {
-            ModelConfig::Gemma2(c) => Ok(Box::new(gemma2::Gemma2ForCausalLM::load(w, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    CausalEntry {
-        model_type: "phi3",
-        architecture: "Phi3ForCausalLM",
-        ctor: |w, c| match c {
-            ModelConfig::Phi3(c) => Ok(Box::new(phi3::Phi3ForCausalLM::load(w, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
-    CausalEntry {
-        model_type: "gpt2",
-        architecture: "GPT2LMHeadModel",
-        ctor: |w, c| match c {
-            ModelConfig::Gpt2(c) => Ok(Box::new(gpt2::Gpt2LMHeadModel::load(w, c)?)),
-            other => Err(wrong_config(other)),
-        },
-    },
+    entry!(CausalEntry, "llama", "LlamaForCausalLM", Llama => llama::LlamaForCausalLM),
+    entry!(CausalEntry, "mistral", "MistralForCausalLM", Mistral => mistral::MistralForCausalLM),
+    entry!(CausalEntry, "qwen2", "Qwen2ForCausalLM", Qwen2 => qwen2::Qwen2ForCausalLM),
+    entry!(CausalEntry, "qwen3", "Qwen3ForCausalLM", Qwen3 => qwen3::Qwen3ForCausalLM),
+    entry!(CausalEntry, "gemma2", "Gemma2ForCausalLM", Gemma2 => gemma2::Gemma2ForCausalLM),
+    entry!(CausalEntry, "phi3", "Phi3ForCausalLM", Phi3 => phi3::Phi3ForCausalLM),
+    entry!(CausalEntry, "gpt2", "GPT2LMHeadModel", Gpt2 => gpt2::Gpt2LMHeadModel),
 ];
 
 /// `AutoModelForCausalLM`: decoder-only language models.
