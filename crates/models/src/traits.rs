@@ -102,6 +102,19 @@ pub enum LogitsMode {
     Last,
 }
 
+impl LogitsMode {
+    /// The positions of `[batch, seq, hidden]` hidden states that get logits.
+    pub fn select(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::All => Ok(hidden.clone()),
+            Self::Last => {
+                let s = hidden.dim(1)?;
+                hidden.narrow(1, s.saturating_sub(1), 1)
+            }
+        }
+    }
+}
+
 /// A decoder-only language model (`AutoModelForCausalLM`).
 pub trait CausalLanguageModel: Send + Sync {
     /// Logits `[batch, seq or 1, vocab]` (f32). With a cache, the new keys and values are

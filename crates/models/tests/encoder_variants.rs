@@ -298,3 +298,34 @@ fn roberta_mlm_saves_its_tied_bias_under_both_names() {
     assert_eq!(a, b);
     assert!(a.iter().any(|x| *x != 0.0));
 }
+
+#[test]
+fn decoder_token_ids_outside_the_vocabulary_are_errors() {
+    for name in [
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-gemma2",
+        "tiny-phi3",
+        "tiny-mistral",
+        "tiny-qwen3",
+    ] {
+        let dir = common::fixture(name);
+        let model =
+            rustformers_models::AutoModelForCausalLM::from_pretrained(dir.to_str().unwrap())
+                .unwrap();
+        let big = Tensor::new(&[[1u32, 100_000]], &Device::Cpu).unwrap();
+        let err = model
+            .model
+            .forward(
+                rustformers_models::CausalLmInputs::ids(&big),
+                None,
+                rustformers_models::LogitsMode::All,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("out of range for `model.embed_tokens`"),
+            "{name}: {err}"
+        );
+    }
+}

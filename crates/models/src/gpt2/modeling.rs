@@ -293,13 +293,7 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
         logits: LogitsMode,
     ) -> Result<Tensor> {
         let h = self.transformer.forward(inputs, cache)?;
-        let h = match logits {
-            LogitsMode::All => h,
-            LogitsMode::Last => {
-                let s = h.dim(1)?;
-                h.narrow(1, s - 1, 1)?
-            }
-        };
+        let h = logits.select(&h)?;
         self.lm_head.forward(&h)?.to_dtype(DType::F32)
     }
 

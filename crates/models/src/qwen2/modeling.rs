@@ -8,11 +8,10 @@
 //! the causal mask carries the sliding window when `use_sliding_window` is set (see
 //! [`Qwen2Config::effective_sliding_window`]). Field names are the checkpoint keys.
 
-use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::Embedding;
+use candle_core::{DType, Result, Tensor};
 
 use rustformers_core::kv_cache::KvCache;
-use rustformers_core::layers::{causal_mask, repeat_kv, Activation};
+use rustformers_core::layers::{causal_mask, embedding, repeat_kv, Activation, Embedding};
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RotaryEmbedding};
 
@@ -187,8 +186,7 @@ pub struct Qwen2Model {
 
 impl Qwen2Model {
     pub fn load(w: Weights, c: &Qwen2Config) -> Result<Self> {
-        let embed_tokens =
-            candle_nn::embedding(c.vocab_size, c.hidden_size, w.vb().pp("embed_tokens"))?;
+        let embed_tokens = embedding(c.vocab_size, c.hidden_size, w.vb().pp("embed_tokens"))?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| Qwen2DecoderLayer::load(w.pp(format!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
@@ -226,17 +224,7 @@ impl Qwen2Model {
         if s == 0 {
             candle_core::bail!("empty input: at least one token is needed");
         }
-        let max_id = ids
-            .flatten_all()?
-            .max(0)?
-            .to_dtype(DType::U32)?
-            .to_scalar::<u32>()? as usize;
-        if max_id >= self.vocab_size {
-            candle_core::bail!(
-                "token id {max_id} is outside the vocabulary of {}",
-                self.vocab_size
-            );
-        }
+        // The embedding lookup refuses ids outside the vocabulary.
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let positions = match inputs.position_ids {
             Some(p) => p.clone(),
@@ -296,13 +284,7 @@ impl CausalLanguageModel for Qwen2ForCausalLM {
         logits: LogitsMode,
     ) -> Result<Tensor> {
         let h = self.model.forward(inputs, cache)?;
-        let h = match logits {
-            LogitsMode::All => h,
-            LogitsMode::Last => {
-                let s = h.dim(1)?;
-                h.narrow(1, s - 1, 1)?
-            }
-        };
+        let h = logits.select(&h)?;
         self.lm_head.forward(&h)?.to_dtype(DType::F32)
     }
 
