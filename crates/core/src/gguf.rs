@@ -192,7 +192,7 @@ fn check_header(path: &Path, file_len: u64) -> Result<()> {
             let ty = s.u32()?;
             let (bs, ts) =
                 ggml_block(ty).ok_or_else(|| format!("unsupported ggml tensor type {ty}"))?;
-            if elems % bs != 0 {
+            if !elems.is_multiple_of(bs) {
                 return Err(format!(
                     "tensor of {elems} elements is not a whole number of {bs}-blocks"
                 ));
@@ -635,11 +635,15 @@ impl candle_nn::var_builder::SimpleBackend for GgufBackend {
     }
 }
 
-/// Whether candle's quantized matmul takes the tensor. Its generic Q4_1 / Q5_0 / Q5_1
-/// dot products `debug_assert!` an even number of blocks per row (a leftover of ggml's
-/// unrolled loop; the loop itself handles any count), so in builds with debug
+/// Whether the tensor can run quantized. On CPU the ggml `_0`/`_1` formats run through
+/// rustformers' kernels (any block count). Elsewhere candle's quantized matmul runs them,
+/// and its generic Q4_1 / Q5_0 / Q5_1 dot products `debug_assert!` an even number of
+/// blocks per row (a leftover of ggml's unrolled loop), so in builds with debug
 /// assertions such tensors (rows of 32, 96, ... elements) run dequantized instead.
 fn runs_quantized(t: &QTensor) -> bool {
+    if t.device().is_cpu() && crate::kernels::qmatmul::QFormat::from_ggml(t.dtype()).is_some() {
+        return true;
+    }
     let odd_blocks = t
         .shape()
         .dims()

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod hub;
+pub mod kernels;
 pub mod kv_cache;
 pub mod layers;
 pub mod linear;

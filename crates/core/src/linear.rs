@@ -1,10 +1,13 @@
-//! A Linear layer that is dense (any float dtype) or quantized (GGUF block formats run
-//! through candle's quantized matmul). Models hold `QLinear` and do not know which.
+//! A Linear layer that is dense (any float dtype) or quantized (GGUF block formats: Q4_0,
+//! Q4_1, Q5_0, Q5_1 and Q8_0 through rustformers' kernels on CPU, the others through
+//! candle's quantized matmul). Models hold `QLinear` and do not know which.
 
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
+
+use crate::kernels::qmatmul::{PackedQ, QFormat, QMatMulOp};
 use candle_nn::VarBuilder;
 
 /// `y = x Wᵀ (+ b)` with a dense or quantized `W` `[out, in]`.
@@ -16,6 +19,12 @@ pub enum QLinear {
     },
     Quantized {
         weight: QMatMul,
+        bias: Option<Tensor>,
+        out: usize,
+    },
+    /// A block format rustformers' CPU kernels run.
+    Packed {
+        op: QMatMulOp,
         bias: Option<Tensor>,
         out: usize,
     },
@@ -38,9 +47,23 @@ impl QLinear {
         Ok(Self::Dense { weight, bias })
     }
 
-    /// A quantized layer.
+    /// A quantized layer: repacked for rustformers' kernels when on CPU in a format
+    /// they run, through candle's quantized matmul otherwise.
     pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> candle_core::Result<Self> {
         let out = weight.shape().dims().first().copied().unwrap_or(0);
+        if let (true, Some(format), [rows, cols]) = (
+            weight.device().is_cpu(),
+            QFormat::from_ggml(weight.dtype()),
+            weight.shape().dims(),
+        ) {
+            let packed = PackedQ::from_ggml(format, *rows, *cols, &weight.data()?)
+                .map_err(candle_core::Error::Msg)?;
+            return Ok(Self::Packed {
+                op: QMatMulOp::new(Arc::new(packed)),
+                bias,
+                out,
+            });
+        }
         Ok(Self::Quantized {
             weight: QMatMul::from_arc(weight)?,
             bias,
@@ -52,7 +75,7 @@ impl QLinear {
     pub fn out_dim(&self) -> usize {
         match self {
             Self::Dense { weight, .. } => weight.dims().first().copied().unwrap_or(0),
-            Self::Quantized { out, .. } => *out,
+            Self::Quantized { out, .. } | Self::Packed { out, .. } => *out,
         }
     }
 
@@ -68,6 +91,15 @@ impl QLinear {
                 (y, bias)
             }
             Self::Quantized { weight, bias, .. } => (weight.forward(x)?, bias),
+            Self::Packed { op, bias, .. } => {
+                let dtype = x.dtype();
+                let y = x
+                    .to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(op)?
+                    .to_dtype(dtype)?;
+                (y, bias)
+            }
         };
         match bias {
             Some(b) => y.broadcast_add(b),
@@ -95,7 +127,7 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        use candle_core::{DType, D};
+        use candle_core::D;
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;

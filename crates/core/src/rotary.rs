@@ -131,7 +131,7 @@ fn yarn_mscale(scale: f64, m: f64) -> f64 {
 impl RotaryEmbedding {
     /// `dim` is the rotated size (head_dim × partial_rotary_factor), `base` rope_theta.
     pub fn new(dim: usize, base: f64, scaling: RopeScaling) -> Result<Self> {
-        if dim == 0 || dim % 2 != 0 {
+        if dim == 0 || !dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "rotary dimension must be even and positive, got {dim}"
             )));

@@ -108,7 +108,7 @@ impl DistilBertConfig {
                 return Err(err(format!("{name} must be positive")));
             }
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             return Err(err(format!(
                 "dim {} is not a multiple of n_heads {}",
                 self.dim, self.n_heads

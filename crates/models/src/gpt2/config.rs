@@ -127,7 +127,7 @@ impl Gpt2Config {
                 return Err(err(format!("{name} must be positive")));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(err(format!(
                 "n_embd {} is not a multiple of n_head {}",
                 self.n_embd, self.n_head

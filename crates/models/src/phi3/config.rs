@@ -204,13 +204,16 @@ impl Phi3Config {
                 return Err(err(format!("{name} must be positive")));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             )));
         }
-        if self.num_attention_heads % self.num_key_value_heads() != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads())
+        {
             return Err(err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
@@ -224,7 +227,7 @@ impl Phi3Config {
             )));
         }
         let rot = self.rotary_dim();
-        if rot == 0 || rot % 2 != 0 {
+        if rot == 0 || !rot.is_multiple_of(2) {
             return Err(err(format!(
                 "the rotary dimension (head_dim {} × partial_rotary_factor {}) must be even and positive, got {rot}",
                 self.head_dim(),

@@ -1,0 +1,754 @@
+//! `y = x Wᵀ` for GGUF block formats Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, with the
+//! activations quantized to 8 bits per block of 32, as ggml does (Q8_0 for the `_0`
+//! formats, Q8_1 with its rounded block sum for the `_1` formats), so that results follow
+//! llama.cpp's numerics.
+//!
+//! Block layouts: ggml's `ggml-common.h` (<https://github.com/ggerganov/llama.cpp>). The
+//! weights are repacked once at load into a structure of arrays per row: f32 scales,
+//! f32 minimums (or the `-8d`/`-16d` offset of the `_0` formats), and the quants (4-bit
+//! pairs kept packed; 5-bit values widened to bytes; Q8_0 as signed bytes).
+//!
+//! Each output is `Σ_b d_w·d_x·dot(q_w, q_x) + m_w·s_x` over the row's blocks, where
+//! `dot` is an integer dot product of unsigned weight quants and signed activation quants:
+//! `vpmaddubsw`+`vpmaddwd` with AVX2, `vpdpbusd` with AVX-512 VNNI, or plain integers.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::quantized::GgmlDType;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use half::f16;
+use rayon::prelude::*;
+
+use super::Isa;
+
+/// Elements per block.
+pub const QK: usize = 32;
+
+/// The block formats these kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QFormat {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+impl QFormat {
+    /// The format for a ggml type, `None` where candle's kernels are used instead.
+    pub fn from_ggml(t: GgmlDType) -> Option<Self> {
+        Some(match t {
+            GgmlDType::Q4_0 => Self::Q4_0,
+            GgmlDType::Q4_1 => Self::Q4_1,
+            GgmlDType::Q5_0 => Self::Q5_0,
+            GgmlDType::Q5_1 => Self::Q5_1,
+            GgmlDType::Q8_0 => Self::Q8_0,
+            _ => return None,
+        })
+    }
+
+    /// Bytes of one ggml block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+            Self::Q8_0 => 34,
+        }
+    }
+
+    /// True for the formats whose activation term uses ggml's f16-rounded block sum.
+    fn uses_rounded_sum(self) -> bool {
+        matches!(self, Self::Q4_1 | Self::Q5_1)
+    }
+}
+
+/// The quants of every block, row after row.
+#[derive(Debug, Clone)]
+enum Payload {
+    /// 16 bytes per block: element `j` in the low nibble of byte `j`, element `j + 16`
+    /// in its high nibble (ggml's order), unsigned.
+    Nibbles(Vec<u8>),
+    /// 32 unsigned bytes per block (5-bit values).
+    Bytes(Vec<u8>),
+    /// 32 signed bytes per block (Q8_0).
+    Signed(Vec<i8>),
+}
+
+/// A quantized weight `[rows, cols]` repacked for these kernels.
+#[derive(Debug, Clone)]
+pub struct PackedQ {
+    format: QFormat,
+    rows: usize,
+    cols: usize,
+    nb: usize,
+    payload: Payload,
+    /// Scale of each block (`rows * nb`).
+    d: Vec<f32>,
+    /// Additive term of each block, multiplied by the activation block's sum; empty for
+    /// Q8_0.
+    m: Vec<f32>,
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+impl PackedQ {
+    /// Repacks ggml blocks (`data` holds `rows * cols / 32` blocks, row-major).
+    pub fn from_ggml(
+        format: QFormat,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<Self, String> {
+        if !cols.is_multiple_of(QK) {
+            return Err(format!(
+                "{format:?} rows of {cols} values are not a whole number of {QK}-blocks"
+            ));
+        }
+        let nb = cols / QK;
+        let blocks = rows * nb;
+        let bs = format.block_bytes();
+        if data.len() != blocks * bs {
+            return Err(format!(
+                "{format:?} [{rows}, {cols}] needs {} bytes, got {}",
+                blocks * bs,
+                data.len()
+            ));
+        }
+        let mut d = Vec::with_capacity(blocks);
+        let mut m = Vec::with_capacity(if format == QFormat::Q8_0 { 0 } else { blocks });
+        let payload = match format {
+            QFormat::Q4_0 | QFormat::Q4_1 => {
+                let mut q = Vec::with_capacity(blocks * 16);
+                for blk in data.chunks_exact(bs) {
+                    let scale = f16_at(blk, 0);
+                    d.push(scale);
+                    if format == QFormat::Q4_0 {
+                        m.push(-8.0 * scale);
+                        q.extend_from_slice(&blk[2..18]);
+                    } else {
+                        m.push(f16_at(blk, 2));
+                        q.extend_from_slice(&blk[4..20]);
+                    }
+                }
+                Payload::Nibbles(q)
+            }
+            QFormat::Q5_0 | QFormat::Q5_1 => {
+                let mut q = Vec::with_capacity(blocks * QK);
+                for blk in data.chunks_exact(bs) {
+                    let scale = f16_at(blk, 0);
+                    d.push(scale);
+                    let (qh_at, qs_at) = if format == QFormat::Q5_0 {
+                        m.push(-16.0 * scale);
+                        (2, 6)
+                    } else {
+                        m.push(f16_at(blk, 2));
+                        (4, 8)
+                    };
+                    let qh = u32::from_le_bytes([
+                        blk[qh_at],
+                        blk[qh_at + 1],
+                        blk[qh_at + 2],
+                        blk[qh_at + 3],
+                    ]);
+                    let qs = &blk[qs_at..qs_at + 16];
+                    let mut vals = [0u8; QK];
+                    for j in 0..16 {
+                        vals[j] = (qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+                        vals[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+                    }
+                    q.extend_from_slice(&vals);
+                }
+                Payload::Bytes(q)
+            }
+            QFormat::Q8_0 => {
+                let mut q = Vec::with_capacity(blocks * QK);
+                for blk in data.chunks_exact(bs) {
+                    d.push(f16_at(blk, 0));
+                    q.extend(blk[2..34].iter().map(|&b| b as i8));
+                }
+                Payload::Signed(q)
+            }
+        };
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            nb,
+            payload,
+            d,
+            m,
+        })
+    }
+
+    pub fn format(&self) -> QFormat {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held.
+    pub fn size_in_bytes(&self) -> usize {
+        let q = match &self.payload {
+            Payload::Nibbles(q) | Payload::Bytes(q) => q.len(),
+            Payload::Signed(q) => q.len(),
+        };
+        q + 4 * (self.d.len() + self.m.len())
+    }
+
+    /// The unsigned (or, for Q8_0, signed) quant of element `j` of block `blk`.
+    fn quant(&self, blk: usize, j: usize) -> i32 {
+        match &self.payload {
+            Payload::Nibbles(q) => {
+                let byte = q[blk * 16 + (j % 16)];
+                if j < 16 {
+                    (byte & 0x0F) as i32
+                } else {
+                    (byte >> 4) as i32
+                }
+            }
+            Payload::Bytes(q) => q[blk * QK + j] as i32,
+            Payload::Signed(q) => q[blk * QK + j] as i32,
+        }
+    }
+
+    /// Row `row` as f32 values (`d·q + m`, as ggml dequantizes).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        for b in 0..self.nb {
+            let blk = row * self.nb + b;
+            let min = self.m.get(blk).copied().unwrap_or(0.0);
+            for j in 0..QK {
+                out[b * QK + j] = self.d[blk] * self.quant(blk, j) as f32 + min;
+            }
+        }
+    }
+
+    /// The whole weight as f32 `[rows, cols]`, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row(r, row);
+        }
+        out
+    }
+}
+
+/// Activations `[rows, cols]` quantized to 8 bits per block of 32.
+#[derive(Debug, Clone)]
+pub struct QActs {
+    nb: usize,
+    qs: Vec<i8>,
+    /// Block scale, rounded through f16 as ggml stores it.
+    d: Vec<f32>,
+    /// `d · Σq` exactly (for the `_0` formats' offset).
+    s_exact: Vec<f32>,
+    /// `d · Σq` rounded through f16 (Q8_1's `s`, for the `_1` formats).
+    s_rounded: Vec<f32>,
+}
+
+impl QActs {
+    /// Quantizes `x` (`rows * cols` values; `cols` a multiple of 32): per block,
+    /// `d = max|x| / 127` and `q = round(x / d)`.
+    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        let nb = cols / QK;
+        let blocks = rows * nb;
+        debug_assert_eq!(x.len(), blocks * QK);
+        let mut qs = vec![0i8; blocks * QK];
+        let mut d = Vec::with_capacity(blocks);
+        let mut s_exact = Vec::with_capacity(blocks);
+        let mut s_rounded = Vec::with_capacity(blocks);
+        for (xb, qb) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)) {
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in qb.iter_mut().zip(xb) {
+                *q = (v * inv).round() as i8;
+                sum += *q as i32;
+            }
+            let dr = f16::from_f32(scale).to_f32();
+            d.push(dr);
+            s_exact.push(dr * sum as f32);
+            s_rounded.push(f16::from_f32(sum as f32 * scale).to_f32());
+        }
+        Self {
+            nb,
+            qs,
+            d,
+            s_exact,
+            s_rounded,
+        }
+    }
+
+    /// The quantized activations back as f32 (for tests).
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.qs
+            .chunks_exact(QK)
+            .zip(&self.d)
+            .flat_map(|(q, d)| q.iter().map(move |v| *v as f32 * d))
+            .collect()
+    }
+
+    fn sums(&self, format: QFormat) -> &[f32] {
+        if format.uses_rounded_sum() {
+            &self.s_rounded
+        } else {
+            &self.s_exact
+        }
+    }
+}
+
+/// Activation rows handled together, reusing each unpacked weight block.
+const MR: usize = 4;
+
+/// The additive (`m_w·s_x`) part of output `(a_row, w_row)`.
+fn min_term(w: &PackedQ, n: usize, a: &QActs, a_row: usize) -> f32 {
+    if w.m.is_empty() {
+        return 0.0;
+    }
+    let wm = &w.m[n * w.nb..(n + 1) * w.nb];
+    let s = &a.sums(w.format)[a_row * a.nb..(a_row + 1) * a.nb];
+    wm.iter().zip(s).map(|(m, s)| m * s).sum()
+}
+
+/// Plain implementation: outputs `(m0 + r, n)` for `r < mr` into `out[r]`.
+fn tile_scalar(w: &PackedQ, n: usize, a: &QActs, m0: usize, mr: usize, out: &mut [f32; MR]) {
+    let nb = w.nb;
+    for (r, o) in out.iter_mut().enumerate().take(mr) {
+        let row = m0 + r;
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let blk = n * nb + b;
+            let xq = &a.qs[(row * nb + b) * QK..(row * nb + b + 1) * QK];
+            let dot: i32 = (0..QK).map(|j| w.quant(blk, j) * xq[j] as i32).sum();
+            acc += w.d[blk] * a.d[row * nb + b] * dot as f32;
+        }
+        *o = acc + min_term(w, n, a, row);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{min_term, PackedQ, Payload, QActs, MR, QK};
+
+    /// 8 × i32 sums of 4 products of unsigned `w` and signed `x` bytes (AVX2).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn dot_avx2(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+    }
+
+    /// The same with one `vpdpbusd`.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn dot_vnni(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    macro_rules! tile {
+        ($name:ident, $features:literal, $dot:ident) => {
+            /// Outputs `(m0 + r, n)` for `r < R` into `out[r]`.
+            ///
+            /// # Safety
+            /// The CPU supports the enabled features; `n < w.rows`, `m0 + R <= a.rows`
+            /// and `a` has `w.nb` blocks per row.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const R: usize>(
+                w: &PackedQ,
+                n: usize,
+                a: &QActs,
+                m0: usize,
+                out: &mut [f32; MR],
+            ) {
+                let nb = w.nb;
+                let mut acc = [_mm256_setzero_ps(); R];
+                let dw = &w.d[n * nb..(n + 1) * nb];
+                let xq = a.qs.as_ptr().add(m0 * nb * QK);
+                let xd = &a.d[m0 * nb..(m0 + R) * nb];
+                match &w.payload {
+                    Payload::Nibbles(q) => {
+                        let wq = q.as_ptr().add(n * nb * 16);
+                        let mask = _mm256_set1_epi8(0x0F);
+                        for b in 0..nb {
+                            let raw = _mm_loadu_si128(wq.add(b * 16) as *const __m128i);
+                            let wv = _mm256_and_si256(
+                                _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
+                                mask,
+                            );
+                            for r in 0..R {
+                                let xv =
+                                    _mm256_loadu_si256(xq.add((r * nb + b) * QK) as *const __m256i);
+                                let sc = _mm256_set1_ps(dw[b] * xd[r * nb + b]);
+                                acc[r] =
+                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot(wv, xv)), sc, acc[r]);
+                            }
+                        }
+                    }
+                    Payload::Bytes(q) => {
+                        let wq = q.as_ptr().add(n * nb * QK);
+                        for b in 0..nb {
+                            let wv = _mm256_loadu_si256(wq.add(b * QK) as *const __m256i);
+                            for r in 0..R {
+                                let xv =
+                                    _mm256_loadu_si256(xq.add((r * nb + b) * QK) as *const __m256i);
+                                let sc = _mm256_set1_ps(dw[b] * xd[r * nb + b]);
+                                acc[r] =
+                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot(wv, xv)), sc, acc[r]);
+                            }
+                        }
+                    }
+                    Payload::Signed(q) => {
+                        let wq = q.as_ptr().add(n * nb * QK);
+                        for b in 0..nb {
+                            let wv = _mm256_loadu_si256(wq.add(b * QK) as *const __m256i);
+                            // |w| as unsigned bytes, and x carrying w's sign.
+                            let aw = _mm256_abs_epi8(wv);
+                            for r in 0..R {
+                                let xv =
+                                    _mm256_loadu_si256(xq.add((r * nb + b) * QK) as *const __m256i);
+                                let sx = _mm256_sign_epi8(xv, wv);
+                                let sc = _mm256_set1_ps(dw[b] * xd[r * nb + b]);
+                                acc[r] =
+                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot(aw, sx)), sc, acc[r]);
+                            }
+                        }
+                    }
+                }
+                for r in 0..R {
+                    out[r] = hsum(acc[r]) + min_term(w, n, a, m0 + r);
+                }
+            }
+        };
+    }
+
+    tile!(tile_avx2, "avx2,fma", dot_avx2);
+    tile!(
+        tile_vnni,
+        "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
+        dot_vnni
+    );
+}
+
+/// Computes outputs `(m0 + r, n)`, `r < mr`, with `isa` (which the CPU must support:
+/// callers get it from [`Isa::detect`] or [`Isa::all_available`]).
+fn tile(isa: Isa, w: &PackedQ, n: usize, a: &QActs, m0: usize, mr: usize, out: &mut [f32; MR]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `isa` was detected on this CPU; `n < w.rows`, `m0 + mr <= a.rows` and
+        // the block counts match (checked by `matmul`).
+        unsafe {
+            match (isa, mr) {
+                (Isa::Avx512Vnni, 4) => return x86::tile_vnni::<4>(w, n, a, m0, out),
+                (Isa::Avx512Vnni, 3) => return x86::tile_vnni::<3>(w, n, a, m0, out),
+                (Isa::Avx512Vnni, 2) => return x86::tile_vnni::<2>(w, n, a, m0, out),
+                (Isa::Avx512Vnni, 1) => return x86::tile_vnni::<1>(w, n, a, m0, out),
+                (Isa::Avx2, 4) => return x86::tile_avx2::<4>(w, n, a, m0, out),
+                (Isa::Avx2, 3) => return x86::tile_avx2::<3>(w, n, a, m0, out),
+                (Isa::Avx2, 2) => return x86::tile_avx2::<2>(w, n, a, m0, out),
+                (Isa::Avx2, 1) => return x86::tile_avx2::<1>(w, n, a, m0, out),
+                _ => {}
+            }
+        }
+    }
+    tile_scalar(w, n, a, m0, mr, out)
+}
+
+/// A pointer the output tiles are written through: tasks write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a distinct set of columns (see `matmul`), and the buffer
+// outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Below this many multiply-adds a matmul runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// `x [m, w.cols] · Wᵀ` → `[m, w.rows]`, row-major.
+pub fn matmul(w: &PackedQ, x: &[f32], m: usize, isa: Isa) -> Result<Vec<f32>, String> {
+    if x.len() != m * w.cols {
+        return Err(format!(
+            "quantized matmul: input has {} values, expected {m} rows of {}",
+            x.len(),
+            w.cols
+        ));
+    }
+    let a = QActs::quantize(x, m, w.cols);
+    let n = w.rows;
+    let mut out = vec![0f32; m * n];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let run = |n0: usize, n1: usize| {
+        let mut tmp = [0f32; MR];
+        for m0 in (0..m).step_by(MR) {
+            let mr = MR.min(m - m0);
+            for col in n0..n1 {
+                tile(isa, w, col, &a, m0, mr, &mut tmp);
+                for (r, v) in tmp.iter().enumerate().take(mr) {
+                    // SAFETY: `(m0 + r) * n + col < m * n`; columns `n0..n1` belong to
+                    // this task alone.
+                    unsafe { *ptr.at((m0 + r) * n + col) = *v };
+                }
+            }
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || m * n * w.cols < PARALLEL_MIN_MACS {
+        run(0, n);
+    } else {
+        let chunk = n.div_ceil(threads * 8).max(8);
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let n0 = c * chunk;
+            run(n0, (n0 + chunk).min(n));
+        });
+    }
+    Ok(out)
+}
+
+/// The candle op: `x [..., cols]` (f32) → `[..., rows]`.
+#[derive(Debug, Clone)]
+pub struct QMatMulOp {
+    weight: Arc<PackedQ>,
+    isa: Isa,
+}
+
+impl QMatMulOp {
+    pub fn new(weight: Arc<PackedQ>) -> Self {
+        Self {
+            weight,
+            isa: Isa::detect(),
+        }
+    }
+
+    /// The same op with a given instruction set (one the CPU supports).
+    pub fn with_isa(weight: Arc<PackedQ>, isa: Isa) -> Self {
+        Self { weight, isa }
+    }
+}
+
+impl CustomOp1 for QMatMulOp {
+    fn name(&self) -> &'static str {
+        "rustformers-qmatmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = s else {
+            candle_core::bail!("quantized matmul takes f32 input, got {:?}", s.dtype());
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("quantized matmul takes a contiguous input");
+        };
+        let dims = l.shape().dims();
+        let k = dims.last().copied().unwrap_or(0);
+        if k != self.weight.cols {
+            candle_core::bail!(
+                "quantized matmul: input has {k} features, the weight takes {}",
+                self.weight.cols
+            );
+        }
+        let x = &data[start..end];
+        let m = x.len().checked_div(k).unwrap_or(0);
+        let y = matmul(&self.weight, x, m, self.isa).map_err(candle_core::Error::Msg)?;
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.weight.rows;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Module, Tensor};
+
+    fn weight(rows: usize, cols: usize) -> Tensor {
+        let dev = Device::Cpu;
+        (Tensor::arange(0f32, (rows * cols) as f32, &dev)
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+            * 0.37)
+            .unwrap()
+            .sin()
+            .unwrap()
+    }
+
+    fn input(m: usize, cols: usize) -> Vec<f32> {
+        (0..m * cols)
+            .map(|i| ((i as f32) * 0.11).cos() * (1.0 + (i % 7) as f32))
+            .collect()
+    }
+
+    const FORMATS: [(GgmlDType, QFormat); 5] = [
+        (GgmlDType::Q4_0, QFormat::Q4_0),
+        (GgmlDType::Q4_1, QFormat::Q4_1),
+        (GgmlDType::Q5_0, QFormat::Q5_0),
+        (GgmlDType::Q5_1, QFormat::Q5_1),
+        (GgmlDType::Q8_0, QFormat::Q8_0),
+    ];
+
+    fn packed(t: GgmlDType, f: QFormat, rows: usize, cols: usize) -> (QTensor, PackedQ) {
+        let q = QTensor::quantize(&weight(rows, cols), t).unwrap();
+        let p = PackedQ::from_ggml(f, rows, cols, &q.data().unwrap()).unwrap();
+        (q, p)
+    }
+
+    /// How far ggml's f16-rounded activation sums (the `_1` formats) may move output
+    /// `(i, j)`: `Σ_b |m_b|·|s_b|·2⁻¹⁰`; zero for the other formats.
+    fn rounded_sum_slack(p: &PackedQ, a: &QActs, i: usize, j: usize) -> f32 {
+        if !p.format.uses_rounded_sum() {
+            return 0.0;
+        }
+        (0..p.nb)
+            .map(|b| (p.m[j * p.nb + b] * a.s_exact[i * p.nb + b]).abs() / 1024.0)
+            .sum()
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
+    /// Repacking keeps every value: our dequantization equals candle's.
+    #[test]
+    fn repacked_weights_dequantize_like_candle() {
+        for (t, f) in FORMATS {
+            let (q, p) = packed(t, f, 5, 96);
+            let theirs = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(max_abs_diff(&p.dequantize(), &theirs), 0.0, "{f:?}");
+        }
+    }
+
+    /// Every instruction set, every tile height (m = 1..=9 covers 4+4+1), every format:
+    /// the result equals the f32 product of the dequantized weight and the dequantized
+    /// 8-bit activations, up to float summation order.
+    #[test]
+    fn kernels_equal_the_plain_product_of_dequantized_operands() {
+        let (rows, cols) = (37, 256);
+        for (t, f) in FORMATS {
+            let (_, p) = packed(t, f, rows, cols);
+            let wd = p.dequantize();
+            for m in 1..=9 {
+                let x = input(m, cols);
+                let acts = QActs::quantize(&x, m, cols);
+                let xd = acts.dequantize();
+                let mut plain = vec![0f32; m * rows];
+                for i in 0..m {
+                    for j in 0..rows {
+                        plain[i * rows + j] = (0..cols)
+                            .map(|k| xd[i * cols + k] as f64 * wd[j * cols + k] as f64)
+                            .sum::<f64>() as f32;
+                    }
+                }
+                let scale = plain.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for isa in Isa::all_available() {
+                    let y = matmul(&p, &x, m, isa).unwrap();
+                    for i in 0..m {
+                        for j in 0..rows {
+                            let diff = (y[i * rows + j] - plain[i * rows + j]).abs();
+                            let tol = 1e-5 * scale + rounded_sum_slack(&p, &acts, i, j);
+                            assert!(diff <= tol, "{f:?} {isa:?} m={m} ({i},{j}): {diff} > {tol}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The SIMD paths equal the plain integer path to float rounding.
+    #[test]
+    fn simd_paths_equal_the_scalar_path() {
+        let (rows, cols) = (70, 576);
+        for (t, f) in FORMATS {
+            let (_, p) = packed(t, f, rows, cols);
+            let x = input(6, cols);
+            let reference = matmul(&p, &x, 6, Isa::Scalar).unwrap();
+            let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for isa in Isa::all_available() {
+                let y = matmul(&p, &x, 6, isa).unwrap();
+                assert!(
+                    max_abs_diff(&y, &reference) <= 1e-5 * scale,
+                    "{f:?} {isa:?}"
+                );
+            }
+        }
+    }
+
+    /// The op follows candle's own quantized matmul (same 8-bit activation scheme) and
+    /// keeps leading dimensions; a large enough product takes the parallel path.
+    #[test]
+    fn op_follows_candle_quantized_matmul() {
+        let (rows, cols) = (300, 1024);
+        for (t, f) in FORMATS {
+            let (q, p) = packed(t, f, rows, cols);
+            let acts = QActs::quantize(&input(6, cols), 6, cols);
+            let x = Tensor::from_vec(input(6, cols), (2, 3, cols), &Device::Cpu).unwrap();
+            let p = Arc::new(p);
+            let ours = x.apply_op1_no_bwd(&QMatMulOp::new(p.clone())).unwrap();
+            assert_eq!(ours.dims(), &[2, 3, rows]);
+            let theirs = candle_core::quantized::QMatMul::from_qtensor(q)
+                .unwrap()
+                .forward(&x)
+                .unwrap();
+            let a = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let scale = b.iter().fold(0f32, |acc, v| acc.max(v.abs()));
+            for i in 0..6 {
+                for j in 0..rows {
+                    // candle rounds the activation sums through f16 a little differently.
+                    let tol = 1e-5 * scale + 2.0 * rounded_sum_slack(&p, &acts, i, j);
+                    let diff = (a[i * rows + j] - b[i * rows + j]).abs();
+                    assert!(diff <= tol, "{f:?} ({i},{j}): {diff} > {tol}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(PackedQ::from_ggml(QFormat::Q4_1, 2, 48, &[0; 60]).is_err());
+        assert!(PackedQ::from_ggml(QFormat::Q4_1, 2, 64, &[0; 79]).is_err());
+        let p = PackedQ::from_ggml(QFormat::Q4_1, 2, 64, &[0; 80]).unwrap();
+        assert!(matmul(&p, &[0.0; 63], 1, Isa::Scalar).is_err());
+        let x = Tensor::zeros((1, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(x.apply_op1_no_bwd(&QMatMulOp::new(Arc::new(p))).is_err());
+    }
+}
