@@ -4,6 +4,7 @@
 //! time and are exposed as candle custom ops. Each has a plain implementation beside it
 //! and tests that compare the two.
 
+pub mod pool;
 pub mod qmatmul;
 
 use std::sync::OnceLock;
@@ -13,7 +14,7 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable Rust.
     Scalar,
-    /// AVX2 + FMA (Haswell and later).
+    /// AVX2 + FMA + F16C (Haswell and later).
     Avx2,
     /// AVX-512 with VNNI (`vpdpbusd`): Ice Lake, Sapphire Rapids, Zen 4 and later.
     Avx512Vnni,
@@ -51,9 +52,13 @@ impl Isa {
             && is_x86_feature_detected!("avx512vnni")
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
         {
             Isa::Avx512Vnni
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        } else if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             Isa::Avx2
         } else {
             Isa::Scalar

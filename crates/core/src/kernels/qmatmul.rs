@@ -18,8 +18,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::quantized::GgmlDType;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::f16;
-use rayon::prelude::*;
 
+use super::pool::Pool;
 use super::Isa;
 
 /// Elements per block.
@@ -68,8 +68,10 @@ impl QFormat {
 /// The quants of every block, row after row.
 #[derive(Debug, Clone)]
 enum Payload {
-    /// 16 bytes per block: element `j` in the low nibble of byte `j`, element `j + 16`
-    /// in its high nibble (ggml's order), unsigned.
+    /// 4-bit values, 16 bytes per block. Blocks go in pairs: byte `j` of a pair holds
+    /// element `j` of the first block in its low nibble and element `j` of the second in
+    /// its high nibble, so one 32-byte load splits into two whole blocks. A row's last
+    /// block, when its count is odd, keeps ggml's order (element `j` low, `j + 16` high).
     Nibbles(Vec<u8>),
     /// 32 unsigned bytes per block (5-bit values).
     Bytes(Vec<u8>),
@@ -85,15 +87,16 @@ pub struct PackedQ {
     cols: usize,
     nb: usize,
     payload: Payload,
-    /// Scale of each block (`rows * nb`).
-    d: Vec<f32>,
-    /// Additive term of each block, multiplied by the activation block's sum; empty for
-    /// Q8_0.
-    m: Vec<f32>,
+    /// Scale of each block (`rows * nb`), f16 as in the file.
+    d: Vec<f16>,
+    /// Additive term of each block, multiplied by the activation block's sum: the
+    /// minimum of the `_1` formats, `-8d` / `-16d` for Q4_0 / Q5_0 (exact in f16);
+    /// empty for Q8_0.
+    m: Vec<f16>,
 }
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+fn f16_at(b: &[u8], i: usize) -> f16 {
+    f16::from_le_bytes([b[i], b[i + 1]])
 }
 
 impl PackedQ {
@@ -123,16 +126,37 @@ impl PackedQ {
         let mut m = Vec::with_capacity(if format == QFormat::Q8_0 { 0 } else { blocks });
         let payload = match format {
             QFormat::Q4_0 | QFormat::Q4_1 => {
-                let mut q = Vec::with_capacity(blocks * 16);
+                let qs_at = if format == QFormat::Q4_0 { 2 } else { 4 };
                 for blk in data.chunks_exact(bs) {
                     let scale = f16_at(blk, 0);
                     d.push(scale);
-                    if format == QFormat::Q4_0 {
-                        m.push(-8.0 * scale);
-                        q.extend_from_slice(&blk[2..18]);
+                    m.push(if format == QFormat::Q4_0 {
+                        f16::from_f32(-8.0 * scale.to_f32())
                     } else {
-                        m.push(f16_at(blk, 2));
-                        q.extend_from_slice(&blk[4..20]);
+                        f16_at(blk, 2)
+                    });
+                }
+                let mut q = Vec::with_capacity(blocks * 16);
+                for row in data.chunks_exact(bs * nb) {
+                    let mut blocks = row.chunks_exact(bs);
+                    for _ in 0..nb / 2 {
+                        let (Some(a), Some(b)) = (blocks.next(), blocks.next()) else {
+                            break;
+                        };
+                        let (a, b) = (&a[qs_at..qs_at + 16], &b[qs_at..qs_at + 16]);
+                        // Element j of a block: low nibble of byte j (j < 16) or high
+                        // nibble of byte j - 16.
+                        let elem = |qs: &[u8], j: usize| {
+                            if j < 16 {
+                                qs[j] & 0x0F
+                            } else {
+                                qs[j - 16] >> 4
+                            }
+                        };
+                        q.extend((0..QK).map(|j| elem(a, j) | (elem(b, j) << 4)));
+                    }
+                    if let Some(last) = blocks.next() {
+                        q.extend_from_slice(&last[qs_at..qs_at + 16]);
                     }
                 }
                 Payload::Nibbles(q)
@@ -143,7 +167,7 @@ impl PackedQ {
                     let scale = f16_at(blk, 0);
                     d.push(scale);
                     let (qh_at, qs_at) = if format == QFormat::Q5_0 {
-                        m.push(-16.0 * scale);
+                        m.push(f16::from_f32(-16.0 * scale.to_f32()));
                         (2, 6)
                     } else {
                         m.push(f16_at(blk, 2));
@@ -203,32 +227,42 @@ impl PackedQ {
             Payload::Nibbles(q) | Payload::Bytes(q) => q.len(),
             Payload::Signed(q) => q.len(),
         };
-        q + 4 * (self.d.len() + self.m.len())
+        q + 2 * (self.d.len() + self.m.len())
     }
 
-    /// The unsigned (or, for Q8_0, signed) quant of element `j` of block `blk`.
-    fn quant(&self, blk: usize, j: usize) -> i32 {
+    /// The unsigned (or, for Q8_0, signed) quant of element `j` of block `b` of `row`.
+    fn quant(&self, row: usize, b: usize, j: usize) -> i32 {
         match &self.payload {
             Payload::Nibbles(q) => {
-                let byte = q[blk * 16 + (j % 16)];
-                if j < 16 {
-                    (byte & 0x0F) as i32
+                let base = row * self.nb * 16;
+                if b + 1 == self.nb && self.nb % 2 == 1 {
+                    let byte = q[base + b * 16 + j % 16];
+                    (if j < 16 { byte & 0x0F } else { byte >> 4 }) as i32
                 } else {
-                    (byte >> 4) as i32
+                    let byte = q[base + (b / 2) * 32 + j];
+                    (if b.is_multiple_of(2) {
+                        byte & 0x0F
+                    } else {
+                        byte >> 4
+                    }) as i32
                 }
             }
-            Payload::Bytes(q) => q[blk * QK + j] as i32,
-            Payload::Signed(q) => q[blk * QK + j] as i32,
+            Payload::Bytes(q) => q[(row * self.nb + b) * QK + j] as i32,
+            Payload::Signed(q) => q[(row * self.nb + b) * QK + j] as i32,
         }
+    }
+
+    fn min_of(&self, blk: usize) -> f32 {
+        self.m.get(blk).map_or(0.0, |m| m.to_f32())
     }
 
     /// Row `row` as f32 values (`d·q + m`, as ggml dequantizes).
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         for b in 0..self.nb {
             let blk = row * self.nb + b;
-            let min = self.m.get(blk).copied().unwrap_or(0.0);
+            let (d, min) = (self.d[blk].to_f32(), self.min_of(blk));
             for j in 0..QK {
-                out[b * QK + j] = self.d[blk] * self.quant(blk, j) as f32 + min;
+                out[b * QK + j] = d * self.quant(row, b, j) as f32 + min;
             }
         }
     }
@@ -311,29 +345,32 @@ impl QActs {
 /// Activation rows handled together, reusing each unpacked weight block.
 const MR: usize = 4;
 
-/// The additive (`m_w·s_x`) part of output `(a_row, w_row)`.
-fn min_term(w: &PackedQ, n: usize, a: &QActs, a_row: usize) -> f32 {
+/// The additive (`m_w·s_x`) part of output `(a_row, w_row)` over blocks `b0..`.
+fn min_term(w: &PackedQ, n: usize, a: &QActs, a_row: usize, b0: usize) -> f32 {
     if w.m.is_empty() {
         return 0.0;
     }
-    let wm = &w.m[n * w.nb..(n + 1) * w.nb];
-    let s = &a.sums(w.format)[a_row * a.nb..(a_row + 1) * a.nb];
-    wm.iter().zip(s).map(|(m, s)| m * s).sum()
+    let wm = &w.m[n * w.nb + b0..(n + 1) * w.nb];
+    let s = &a.sums(w.format)[a_row * a.nb + b0..(a_row + 1) * a.nb];
+    wm.iter().zip(s).map(|(m, s)| m.to_f32() * s).sum()
+}
+
+/// Plain implementation of blocks `b0..` of output `(row, n)`.
+fn dot_scalar(w: &PackedQ, n: usize, a: &QActs, row: usize, b0: usize) -> f32 {
+    let nb = w.nb;
+    let mut acc = 0f32;
+    for b in b0..nb {
+        let xq = &a.qs[(row * nb + b) * QK..(row * nb + b + 1) * QK];
+        let dot: i32 = (0..QK).map(|j| w.quant(n, b, j) * xq[j] as i32).sum();
+        acc += w.d[n * nb + b].to_f32() * a.d[row * nb + b] * dot as f32;
+    }
+    acc + min_term(w, n, a, row, b0)
 }
 
 /// Plain implementation: outputs `(m0 + r, n)` for `r < mr` into `out[r]`.
 fn tile_scalar(w: &PackedQ, n: usize, a: &QActs, m0: usize, mr: usize, out: &mut [f32; MR]) {
-    let nb = w.nb;
     for (r, o) in out.iter_mut().enumerate().take(mr) {
-        let row = m0 + r;
-        let mut acc = 0f32;
-        for b in 0..nb {
-            let blk = n * nb + b;
-            let xq = &a.qs[(row * nb + b) * QK..(row * nb + b + 1) * QK];
-            let dot: i32 = (0..QK).map(|j| w.quant(blk, j) * xq[j] as i32).sum();
-            acc += w.d[blk] * a.d[row * nb + b] * dot as f32;
-        }
-        *o = acc + min_term(w, n, a, row);
+        *o = dot_scalar(w, n, a, m0 + r, 0);
     }
 }
 
@@ -341,113 +378,227 @@ fn tile_scalar(w: &PackedQ, n: usize, a: &QActs, m0: usize, mr: usize, out: &mut
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{min_term, PackedQ, Payload, QActs, MR, QK};
+    use super::{dot_scalar, PackedQ, Payload, QActs, MR, QK};
 
     /// 8 × i32 sums of 4 products of unsigned `w` and signed `x` bytes (AVX2).
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn dot_avx2(w: __m256i, x: __m256i) -> __m256i {
         _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
     }
 
-    /// The same with one `vpdpbusd`.
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn dot_vnni(w: __m256i, x: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    fn hsum128(s: __m128) -> f32 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
     }
 
-    macro_rules! tile {
-        ($name:ident, $features:literal, $dot:ident) => {
-            /// Outputs `(m0 + r, n)` for `r < R` into `out[r]`.
-            ///
-            /// # Safety
-            /// The CPU supports the enabled features; `n < w.rows`, `m0 + R <= a.rows`
-            /// and `a` has `w.nb` blocks per row.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name<const R: usize>(
-                w: &PackedQ,
-                n: usize,
-                a: &QActs,
-                m0: usize,
-                out: &mut [f32; MR],
-            ) {
-                let nb = w.nb;
-                let mut acc = [_mm256_setzero_ps(); R];
-                let dw = &w.d[n * nb..(n + 1) * nb];
-                let xq = a.qs.as_ptr().add(m0 * nb * QK);
-                let xd = &a.d[m0 * nb..(m0 + R) * nb];
-                match &w.payload {
-                    Payload::Nibbles(q) => {
-                        let wq = q.as_ptr().add(n * nb * 16);
-                        let mask = _mm256_set1_epi8(0x0F);
-                        for b in 0..nb {
-                            let raw = _mm_loadu_si128(wq.add(b * 16) as *const __m128i);
-                            let wv = _mm256_and_si256(
-                                _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
-                                mask,
-                            );
-                            for r in 0..R {
-                                let xv =
-                                    _mm256_loadu_si256(xq.add((r * nb + b) * QK) as *const __m256i);
-                                let sc = _mm256_set1_ps(dw[b] * xd[r * nb + b]);
-                                acc[r] =
-                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot(wv, xv)), sc, acc[r]);
-                            }
-                        }
-                    }
-                    Payload::Bytes(q) => {
-                        let wq = q.as_ptr().add(n * nb * QK);
-                        for b in 0..nb {
-                            let wv = _mm256_loadu_si256(wq.add(b * QK) as *const __m256i);
-                            for r in 0..R {
-                                let xv =
-                                    _mm256_loadu_si256(xq.add((r * nb + b) * QK) as *const __m256i);
-                                let sc = _mm256_set1_ps(dw[b] * xd[r * nb + b]);
-                                acc[r] =
-                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot(wv, xv)), sc, acc[r]);
-                            }
-                        }
-                    }
-                    Payload::Signed(q) => {
-                        let wq = q.as_ptr().add(n * nb * QK);
-                        for b in 0..nb {
-                            let wv = _mm256_loadu_si256(wq.add(b * QK) as *const __m256i);
-                            // |w| as unsigned bytes, and x carrying w's sign.
-                            let aw = _mm256_abs_epi8(wv);
-                            for r in 0..R {
-                                let xv =
-                                    _mm256_loadu_si256(xq.add((r * nb + b) * QK) as *const __m256i);
-                                let sx = _mm256_sign_epi8(xv, wv);
-                                let sc = _mm256_set1_ps(dw[b] * xd[r * nb + b]);
-                                acc[r] =
-                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot(aw, sx)), sc, acc[r]);
-                            }
-                        }
-                    }
-                }
-                for r in 0..R {
-                    out[r] = hsum(acc[r]) + min_term(w, n, a, m0 + r);
-                }
-            }
-        };
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn hsum256(v: __m256) -> f32 {
+        hsum128(_mm_add_ps(
+            _mm256_castps256_ps128(v),
+            _mm256_extractf128_ps(v, 1),
+        ))
     }
 
-    tile!(tile_avx2, "avx2,fma", dot_avx2);
-    tile!(
-        tile_vnni,
-        "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
-        dot_vnni
-    );
+    /// Two f16 values at `p` as the low lanes of an f32 vector.
+    ///
+    /// # Safety
+    /// `p` points at two readable f16 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn two_f16(p: *const half::f16) -> __m128 {
+        _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)))
+    }
+
+    /// Two f32 values at `p` as the low lanes of a vector.
+    ///
+    /// # Safety
+    /// `p` points at two readable f32 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn two_f32(p: *const f32) -> __m128 {
+        _mm_castsi128_ps(_mm_loadl_epi64(p as *const __m128i))
+    }
+
+    /// The weight quants of block pair `p` of a row as two 32-byte vectors, and for
+    /// Q8_0 the signed originals (whose signs move onto the activations).
+    ///
+    /// # Safety
+    /// `base` is the row's first quant; the pair exists.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn pair_avx2(payload: &Payload, base: usize, p: usize) -> (__m256i, __m256i, bool) {
+        match payload {
+            Payload::Nibbles(q) => {
+                let raw = _mm256_loadu_si256(q.as_ptr().add(base * 16 + p * 32) as *const __m256i);
+                let mask = _mm256_set1_epi8(0x0F);
+                (
+                    _mm256_and_si256(raw, mask),
+                    _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask),
+                    false,
+                )
+            }
+            Payload::Bytes(q) => {
+                let at = q.as_ptr().add((base + 2 * p) * QK);
+                (
+                    _mm256_loadu_si256(at as *const __m256i),
+                    _mm256_loadu_si256(at.add(QK) as *const __m256i),
+                    false,
+                )
+            }
+            Payload::Signed(q) => {
+                let at = q.as_ptr().add((base + 2 * p) * QK);
+                (
+                    _mm256_loadu_si256(at as *const __m256i),
+                    _mm256_loadu_si256(at.add(QK) as *const __m256i),
+                    true,
+                )
+            }
+        }
+    }
+
+    /// AVX2: outputs `(m0 + r, n)` for `r < R` into `out[r]`, two blocks at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `n < w.rows`, `m0 + R` rows exist in `a` and `a`
+    /// has `w.nb` blocks per row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile_avx2<const R: usize>(
+        w: &PackedQ,
+        n: usize,
+        a: &QActs,
+        m0: usize,
+        out: &mut [f32; MR],
+    ) {
+        let nb = w.nb;
+        let pairs = nb / 2;
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut macc = [_mm_setzero_ps(); R];
+        let dw = w.d.as_ptr().add(n * nb);
+        let wm = w.m.as_ptr().add(if w.m.is_empty() { 0 } else { n * nb });
+        let xq = a.qs.as_ptr().add(m0 * nb * QK);
+        let xd = a.d.as_ptr().add(m0 * nb);
+        let xs = a.sums(w.format).as_ptr().add(m0 * nb);
+        for p in 0..pairs {
+            let (w0, w1, signed) = pair_avx2(&w.payload, n * nb, p);
+            let (u0, u1) = if signed {
+                (_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(w1, w1))
+            } else {
+                (w0, w1)
+            };
+            let d2 = two_f16(dw.add(2 * p));
+            for r in 0..R {
+                let at = xq.add((r * nb + 2 * p) * QK);
+                let mut x0 = _mm256_loadu_si256(at as *const __m256i);
+                let mut x1 = _mm256_loadu_si256(at.add(QK) as *const __m256i);
+                if signed {
+                    x0 = _mm256_sign_epi8(x0, w0);
+                    x1 = _mm256_sign_epi8(x1, w1);
+                }
+                let s2 = _mm_mul_ps(d2, two_f32(xd.add(r * nb + 2 * p)));
+                let s0 = _mm256_broadcastss_ps(s2);
+                let s1 = _mm256_broadcastss_ps(_mm_movehdup_ps(s2));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_avx2(u0, x0)), s0, acc[r]);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_avx2(u1, x1)), s1, acc[r]);
+                if !w.m.is_empty() {
+                    macc[r] = _mm_fmadd_ps(
+                        two_f16(wm.add(2 * p)),
+                        two_f32(xs.add(r * nb + 2 * p)),
+                        macc[r],
+                    );
+                }
+            }
+        }
+        for r in 0..R {
+            let tail = if nb % 2 == 1 {
+                dot_scalar(w, n, a, m0 + r, nb - 1)
+            } else {
+                0.0
+            };
+            out[r] = hsum256(acc[r]) + hsum128(macc[r]) + tail;
+        }
+    }
+
+    /// AVX-512 VNNI: the same, a block pair per 512-bit `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`tile_avx2`], with AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile_avx512<const R: usize>(
+        w: &PackedQ,
+        n: usize,
+        a: &QActs,
+        m0: usize,
+        out: &mut [f32; MR],
+    ) {
+        let nb = w.nb;
+        let pairs = nb / 2;
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut macc = [_mm_setzero_ps(); R];
+        let dw = w.d.as_ptr().add(n * nb);
+        let wm = w.m.as_ptr().add(if w.m.is_empty() { 0 } else { n * nb });
+        let xq = a.qs.as_ptr().add(m0 * nb * QK);
+        let xd = a.d.as_ptr().add(m0 * nb);
+        let xs = a.sums(w.format).as_ptr().add(m0 * nb);
+        // Lanes 0-7 hold the first block's partial sums, lanes 8-15 the second's.
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        let mask = _mm512_set1_epi8(0x0F);
+        let zero = _mm512_setzero_si512();
+        for p in 0..pairs {
+            let mut neg: __mmask64 = 0;
+            let wv = match &w.payload {
+                Payload::Nibbles(q) => {
+                    let raw =
+                        _mm256_loadu_si256(q.as_ptr().add(n * nb * 16 + p * 32) as *const __m256i);
+                    let both = _mm512_inserti64x4(
+                        _mm512_castsi256_si512(raw),
+                        _mm256_srli_epi16(raw, 4),
+                        1,
+                    );
+                    _mm512_and_si512(both, mask)
+                }
+                Payload::Bytes(q) => {
+                    _mm512_loadu_si512(q.as_ptr().add((n * nb + 2 * p) * QK) as *const __m512i)
+                }
+                Payload::Signed(q) => {
+                    let v =
+                        _mm512_loadu_si512(q.as_ptr().add((n * nb + 2 * p) * QK) as *const __m512i);
+                    neg = _mm512_movepi8_mask(v);
+                    _mm512_abs_epi8(v)
+                }
+            };
+            let d2 = two_f16(dw.add(2 * p));
+            for r in 0..R {
+                let mut xv = _mm512_loadu_si512(xq.add((r * nb + 2 * p) * QK) as *const __m512i);
+                if neg != 0 {
+                    xv = _mm512_mask_sub_epi8(xv, neg, zero, xv);
+                }
+                let dot = _mm512_dpbusd_epi32(zero, wv, xv);
+                let s2 = _mm_mul_ps(d2, two_f32(xd.add(r * nb + 2 * p)));
+                let sv = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s2));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sv, acc[r]);
+                if !w.m.is_empty() {
+                    macc[r] = _mm_fmadd_ps(
+                        two_f16(wm.add(2 * p)),
+                        two_f32(xs.add(r * nb + 2 * p)),
+                        macc[r],
+                    );
+                }
+            }
+        }
+        for r in 0..R {
+            let tail = if nb % 2 == 1 {
+                dot_scalar(w, n, a, m0 + r, nb - 1)
+            } else {
+                0.0
+            };
+            out[r] = _mm512_reduce_add_ps(acc[r]) + hsum128(macc[r]) + tail;
+        }
+    }
 }
 
 /// Computes outputs `(m0 + r, n)`, `r < mr`, with `isa` (which the CPU must support:
@@ -455,14 +606,14 @@ mod x86 {
 fn tile(isa: Isa, w: &PackedQ, n: usize, a: &QActs, m0: usize, mr: usize, out: &mut [f32; MR]) {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `isa` was detected on this CPU; `n < w.rows`, `m0 + mr <= a.rows` and
+        // SAFETY: `isa` was detected on this CPU; `n < w.rows`, `m0 + mr` rows exist and
         // the block counts match (checked by `matmul`).
         unsafe {
             match (isa, mr) {
-                (Isa::Avx512Vnni, 4) => return x86::tile_vnni::<4>(w, n, a, m0, out),
-                (Isa::Avx512Vnni, 3) => return x86::tile_vnni::<3>(w, n, a, m0, out),
-                (Isa::Avx512Vnni, 2) => return x86::tile_vnni::<2>(w, n, a, m0, out),
-                (Isa::Avx512Vnni, 1) => return x86::tile_vnni::<1>(w, n, a, m0, out),
+                (Isa::Avx512Vnni, 4) => return x86::tile_avx512::<4>(w, n, a, m0, out),
+                (Isa::Avx512Vnni, 3) => return x86::tile_avx512::<3>(w, n, a, m0, out),
+                (Isa::Avx512Vnni, 2) => return x86::tile_avx512::<2>(w, n, a, m0, out),
+                (Isa::Avx512Vnni, 1) => return x86::tile_avx512::<1>(w, n, a, m0, out),
                 (Isa::Avx2, 4) => return x86::tile_avx2::<4>(w, n, a, m0, out),
                 (Isa::Avx2, 3) => return x86::tile_avx2::<3>(w, n, a, m0, out),
                 (Isa::Avx2, 2) => return x86::tile_avx2::<2>(w, n, a, m0, out),
@@ -519,12 +670,13 @@ pub fn matmul(w: &PackedQ, x: &[f32], m: usize, isa: Isa) -> Result<Vec<f32>, St
             }
         }
     };
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || m * n * w.cols < PARALLEL_MIN_MACS {
+    let pool = Pool::global();
+    if pool.threads() <= 1 || m * n * w.cols < PARALLEL_MIN_MACS {
         run(0, n);
     } else {
-        let chunk = n.div_ceil(threads * 8).max(8);
-        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        // Several chunks per thread, so that a descheduled thread holds back little.
+        let chunk = n.div_ceil(pool.threads() * 8).max(8);
+        pool.run(n.div_ceil(chunk), &|c| {
             let n0 = c * chunk;
             run(n0, (n0 + chunk).min(n));
         });
@@ -629,7 +781,7 @@ mod tests {
             return 0.0;
         }
         (0..p.nb)
-            .map(|b| (p.m[j * p.nb + b] * a.s_exact[i * p.nb + b]).abs() / 1024.0)
+            .map(|b| (p.m[j * p.nb + b].to_f32() * a.s_exact[i * p.nb + b]).abs() / 1024.0)
             .sum()
     }
 
@@ -662,8 +814,12 @@ mod tests {
     /// 8-bit activations, up to float summation order.
     #[test]
     fn kernels_equal_the_plain_product_of_dequantized_operands() {
-        let (rows, cols) = (37, 256);
-        for (t, f) in FORMATS {
+        // 9 blocks per row: four pairs and a lone last block.
+        for (t, f, cols) in FORMATS
+            .iter()
+            .flat_map(|(t, f)| [(*t, *f, 256), (*t, *f, 288)])
+        {
+            let rows = 37;
             let (_, p) = packed(t, f, rows, cols);
             let wd = p.dequantize();
             for m in 1..=9 {

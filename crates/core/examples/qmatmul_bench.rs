@@ -1,0 +1,44 @@
+//! Times the quantized matmul kernels alone: `cargo run --release -p rustformers-core
+//! --example qmatmul_bench -- [ROWS COLS M]` (default: SmolLM2's 1536×576 FFN, m = 1).
+//! Prints GB/s of weight read and GMAC/s per instruction set, one thread and the pool.
+
+use std::time::Instant;
+
+use rustformers_core::candle_core::quantized::{GgmlDType, QTensor};
+use rustformers_core::candle_core::{Device, Tensor};
+use rustformers_core::kernels::qmatmul::{matmul, PackedQ, QFormat};
+use rustformers_core::kernels::Isa;
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let (rows, cols, m) = match args[..] {
+        [r, c, m] => (r, c, m),
+        _ => (1536, 576, 1),
+    };
+    let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).expect("weight");
+    let x: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+    for (t, f) in [
+        (GgmlDType::Q4_1, QFormat::Q4_1),
+        (GgmlDType::Q8_0, QFormat::Q8_0),
+    ] {
+        let q = QTensor::quantize(&w, t).expect("quantize");
+        let p = PackedQ::from_ggml(f, rows, cols, &q.data().expect("data")).expect("pack");
+        for isa in Isa::all_available() {
+            let iters = (2_000_000_000 / (rows * cols * m)).clamp(3, 20_000);
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                std::hint::black_box(matmul(&p, &x, m, isa).expect("matmul"));
+            }
+            let s = t0.elapsed().as_secs_f64() / iters as f64;
+            println!(
+                "{f:?} {isa:?} [{rows}x{cols}] m={m}: {:.1} us, {:.2} GB/s, {:.2} GMAC/s",
+                s * 1e6,
+                p.size_in_bytes() as f64 / s / 1e9,
+                (rows * cols * m) as f64 / s / 1e9
+            );
+        }
+    }
+}
