@@ -329,6 +329,8 @@ WORK = {
     "embeddings-f32": (embeddings, 5),
     "embeddings-bf16": (embeddings, 5),
     "decode-gguf": (decode_gguf, 5),
+    # decode-gguf with one busy process competing for the cores (run.sh starts it).
+    "decode-gguf-busy": (decode_gguf, 3),
     "prefill-gguf": (prefill_gguf, 5),
     "decode-f32": (decode_f32, 3),
     "load-gguf": (load, 5),

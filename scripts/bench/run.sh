@@ -135,6 +135,12 @@ for w in "${works[@]}"; do
   n="${runs:-${default_runs[$w]:-5}}"
   echo "== $w (runs $n)"
   rc=0
+  # WORK-busy: WORK while one busy-looping process competes for the cores.
+  base="${w%-busy}"
+  busy=""
+  if [ "$base" != "$w" ]; then
+    sh -c 'while :; do :; done' & busy=$!
+  fi
   # From the repository root: rustformers reads scripts/bench/sentences.txt from there.
   if [[ "$w" == load-* ]]; then
     # rustformers times a load once per process: a warm-up process, then N processes
@@ -145,12 +151,15 @@ for w in "${works[@]}"; do
       [ "$i" = 0 ] || cat "$logs/rf.one" >> "$logs/rf.out"
     done
   else
-    (cd "$root" && RAYON_NUM_THREADS=2 "$rf" bench "$w" --runs "$n") > "$logs/rf.out" 2> "$logs/rf.err" || rc=$?
+    (cd "$root" && RAYON_NUM_THREADS=2 "$rf" bench "$base" --runs "$n") > "$logs/rf.out" 2> "$logs/rf.err" || rc=$?
   fi
+  [ "$base" = "$w" ] || sed -i "s/\"work\": *\"$base\"/\"work\": \"$w\"/" "$logs/rf.out"
   [ "$rc" = 0 ] || echo "   rustformers: n/a (rc $rc: $(tail -1 "$logs/rf.err" | cut -c1-100))"
   record rustformers "$w" "$logs/rf.out" "$logs/rf.err" "$rc"
   rc=0
-  "$py" "$here/peers.py" "$w" --runs "$n" > "$logs/peer.out" 2> "$logs/peer.err" || rc=$?
+  "$py" "$here/peers.py" "$base" --runs "$n" > "$logs/peer.out" 2> "$logs/peer.err" || rc=$?
+  [ "$base" = "$w" ] || sed -i "s/\"work\": *\"$base\"/\"work\": \"$w\"/" "$logs/peer.out"
+  [ -z "$busy" ] || kill "$busy" 2>/dev/null || true
   record peer "$w" "$logs/peer.out" "$logs/peer.err" "$rc"
   [ "$rc" = 0 ] || { echo "   peer failed (rc $rc):"; tail -3 "$logs/peer.err" | sed 's/^/   /'; }
 done

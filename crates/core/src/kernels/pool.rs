@@ -16,8 +16,20 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Condvar, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins before it sleeps.
-const SPIN: Duration = Duration::from_micros(300);
+/// How long an idle worker spins on `pause` before it spins on `sched_yield`.
+const PAUSE_SPIN: Duration = Duration::from_micros(10);
+
+/// How long an idle worker spins before it sleeps (`RUSTFORMERS_SPIN_US` overrides).
+fn spin_time() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("RUSTFORMERS_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        Duration::from_micros(us)
+    })
+}
 
 /// A job: a function of the chunk index. Lives on the caller's stack for the duration of
 /// [`Pool::run`].
@@ -193,6 +205,7 @@ fn claim(s: &Shared, generation: u64) -> Option<usize> {
 }
 
 fn worker(s: &Shared) {
+    let spin = spin_time();
     let mut seen = unpack(s.state.load(Ordering::Acquire)).0;
     loop {
         // Wait for a new generation: spin, then sleep.
@@ -204,8 +217,18 @@ fn worker(s: &Shared) {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(64) {
                 std::hint::spin_loop();
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited < PAUSE_SPIN {
+                continue;
+            }
+            if waited < spin {
+                // Still ready within a microsecond or so, but a thread that wants this
+                // core (our caller, or another process) gets it first.
+                std::thread::yield_now();
                 continue;
             }
             let mut sleepers = s.sleep.lock().unwrap_or_else(|p| p.into_inner());
