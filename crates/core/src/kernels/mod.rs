@@ -4,6 +4,7 @@
 //! time and are exposed as candle custom ops. Each has a plain implementation beside it
 //! and tests that compare the two.
 
+pub mod activation;
 pub mod pool;
 pub mod qmatmul;
 

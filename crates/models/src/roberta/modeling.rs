@@ -409,7 +409,7 @@ impl MaskedLmModel for RobertaForMaskedLM {
     fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
         let out = self.roberta.forward(inputs)?;
         let h = self.dense.forward(&out.last_hidden_state)?;
-        let h = h.gelu_erf()?;
+        let h = rustformers_core::kernels::activation::gelu_erf_tensor(&h)?;
         let h = self.layer_norm.forward(&h)?;
         self.decoder.forward(&h)
     }
