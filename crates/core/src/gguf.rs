@@ -657,31 +657,40 @@ fn runs_quantized(t: &QTensor) -> bool {
         ))
 }
 
-/// The quantized linear weights of a tensor map (everything stored in a block format),
-/// for running quantized. A tied output layer reuses the token embedding.
-pub fn quantized_store(tensors: &HashMap<String, Arc<QTensor>>) -> QuantizedStore {
+/// Moves the quantized linear weights out of a tensor map (everything stored in a block
+/// format that can run quantized) into a store, repacking each for the CPU kernels as it
+/// goes, so that the file's bytes are not held twice. A tied output layer reuses the
+/// token embedding, which stays in the map too (the embedding lookup reads it).
+pub fn quantized_store(
+    tensors: &mut HashMap<String, Arc<QTensor>>,
+) -> candle_core::Result<QuantizedStore> {
+    let is_block =
+        |t: &QTensor| !matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
     let mut store = QuantizedStore::default();
-    for (name, t) in tensors {
-        let quantized = !matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if quantized
-            && runs_quantized(t)
-            && t.shape().dims().len() == 2
-            && name.ends_with(".weight")
-            && name != "model.embed_tokens.weight"
-        {
-            store.tensors.insert(name.clone(), t.clone());
+    let names: Vec<String> = tensors
+        .iter()
+        .filter(|(name, t)| {
+            is_block(t)
+                && runs_quantized(t)
+                && t.shape().dims().len() == 2
+                && name.ends_with(".weight")
+                && name.as_str() != "model.embed_tokens.weight"
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in names {
+        if let Some(t) = tensors.remove(&name) {
+            store.insert(name, t)?;
         }
     }
-    if !tensors.contains_key("lm_head.weight") {
+    if !tensors.contains_key("lm_head.weight") && !store.tensors.contains_key("lm_head.weight") {
         if let Some(e) = tensors.get("model.embed_tokens.weight") {
-            if !matches!(e.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
-                && runs_quantized(e)
-            {
-                store.tensors.insert("lm_head.weight".into(), e.clone());
+            if is_block(e) && runs_quantized(e) {
+                store.insert("lm_head.weight".into(), e.clone())?;
             }
         }
     }
-    store
+    Ok(store)
 }
 
 /// tokenizer.json text for the GGUF's tokenizer, as transformers' GGUF converter builds it.

@@ -50,24 +50,22 @@ impl QLinear {
     /// A quantized layer: repacked for rustformers' kernels when on CPU in a format
     /// they run, through candle's quantized matmul otherwise.
     pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> candle_core::Result<Self> {
-        let out = weight.shape().dims().first().copied().unwrap_or(0);
-        if let (true, Some(format), [rows, cols]) = (
-            weight.device().is_cpu(),
-            QFormat::from_ggml(weight.dtype()),
-            weight.shape().dims(),
-        ) {
-            let packed = PackedQ::from_ggml(format, *rows, *cols, &weight.data()?)
-                .map_err(candle_core::Error::Msg)?;
-            return Ok(Self::Packed {
-                op: QMatMulOp::new(Arc::new(packed)),
+        Self::from_qweight(QWeight::new(weight)?, bias)
+    }
+
+    /// A quantized layer from a stored weight.
+    pub fn from_qweight(weight: QWeight, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        Ok(match weight {
+            QWeight::Packed(p) => Self::Packed {
+                out: p.rows(),
+                op: QMatMulOp::new(p),
                 bias,
-                out,
-            });
-        }
-        Ok(Self::Quantized {
-            weight: QMatMul::from_arc(weight)?,
-            bias,
-            out,
+            },
+            QWeight::Candle(t) => Self::Quantized {
+                out: t.shape().dims().first().copied().unwrap_or(0),
+                weight: QMatMul::from_arc(t)?,
+                bias,
+            },
         })
     }
 
@@ -142,11 +140,51 @@ impl RmsNorm {
     }
 }
 
+/// A quantized linear weight: repacked for rustformers' CPU kernels, or a candle tensor
+/// (other formats and devices).
+#[derive(Debug, Clone)]
+pub enum QWeight {
+    Packed(Arc<PackedQ>),
+    Candle(Arc<QTensor>),
+}
+
+impl QWeight {
+    /// Repacks `t` when the CPU kernels run its format, keeps it otherwise.
+    pub fn new(t: Arc<QTensor>) -> candle_core::Result<Self> {
+        if let (true, Some(format), [rows, cols]) = (
+            t.device().is_cpu(),
+            QFormat::from_ggml(t.dtype()),
+            t.shape().dims(),
+        ) {
+            let packed = PackedQ::from_ggml(format, *rows, *cols, &t.data()?)
+                .map_err(candle_core::Error::Msg)?;
+            return Ok(Self::Packed(Arc::new(packed)));
+        }
+        Ok(Self::Candle(t))
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Self::Packed(p) => vec![p.rows(), p.cols()],
+            Self::Candle(t) => t.shape().dims().to_vec(),
+        }
+    }
+}
+
 /// Quantized tensors by their HF name (from a GGUF file), consulted before the dense
 /// weights when a model asks for a linear layer.
 #[derive(Debug, Default)]
 pub struct QuantizedStore {
-    pub tensors: std::collections::HashMap<String, Arc<QTensor>>,
+    pub tensors: std::collections::HashMap<String, QWeight>,
+}
+
+impl QuantizedStore {
+    /// Adds a weight (repacked for the CPU kernels where they run it).
+    pub fn insert(&mut self, name: String, t: Arc<QTensor>) -> candle_core::Result<()> {
+        self.tensors.insert(name, QWeight::new(t)?);
+        Ok(())
+    }
 }
 
 /// What a model is built from: dense weights through a `VarBuilder`, plus quantized
@@ -197,7 +235,7 @@ impl Weights {
     ) -> candle_core::Result<QLinear> {
         let key = format!("{}.weight", self.vb.prefix());
         if let Some(q) = self.quantized.as_ref().and_then(|s| s.tensors.get(&key)) {
-            let dims = q.shape().dims();
+            let dims = q.dims();
             if dims != [out_dim, in_dim] {
                 candle_core::bail!("weight `{key}` has shape {dims:?} but the config implies [{out_dim}, {in_dim}]");
             }
@@ -206,7 +244,7 @@ impl Weights {
             } else {
                 None
             };
-            return QLinear::quantized(q.clone(), b);
+            return QLinear::from_qweight(q.clone(), b);
         }
         QLinear::load(self.vb.clone(), in_dim, out_dim, bias)
     }

@@ -20,15 +20,17 @@ pub fn gguf_weights(
     device: &candle_core::Device,
 ) -> Result<Weights> {
     let arch = g.architecture()?;
-    let tensors = Arc::new(g.load_all(device)?);
+    let mut tensors = g.load_all(device)?;
     let norm_offset = if arch == "gemma2" { 1.0 } else { 0.0 };
-    let backend = GgufBackend::new(tensors.clone(), norm_offset);
-    let compute = dtype.unwrap_or(DType::F32);
-    let vb = VarBuilder::from_backend(Box::new(backend), compute, device.clone());
+    // Run quantized: the linear weights move into the store (repacked), the backend keeps
+    // the rest.
     let store = match dtype {
-        None => Some(Arc::new(quantized_store(&tensors))),
+        None => Some(Arc::new(quantized_store(&mut tensors)?)),
         Some(_) => None,
     };
+    let backend = GgufBackend::new(Arc::new(tensors), norm_offset);
+    let compute = dtype.unwrap_or(DType::F32);
+    let vb = VarBuilder::from_backend(Box::new(backend), compute, device.clone());
     Ok(Weights::new(vb, store))
 }
 
