@@ -185,6 +185,69 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
         .reshape((b, h * n_rep, s, d))
 }
 
+/// Decoder self-attention over the cached keys and values, with grouped-query heads:
+/// `q [b, heads, s, d]`, `k`/`v` `[b, kv_heads, t, d]` (views of the cache are fine),
+/// `mask` additive `[b, 1, s, t]`. Scores are `q·kᵀ · scale`, soft-capped as
+/// `cap · tanh(x / cap)` when `softcap` is set (Gemma 2), then masked; softmax in f32.
+/// Returns `[b, s, heads · d]`. A few query positions in f32 on CPU (decoding) take the
+/// fused kernel; the rest go op by op.
+pub fn cached_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+) -> candle_core::Result<Tensor> {
+    let (b, h, s, _) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    if kv_heads == 0 || h % kv_heads != 0 {
+        candle_core::bail!("{h} attention heads cannot share {kv_heads} key/value heads");
+    }
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if s <= FUSED_ATTENTION_MAX_QUERIES && f32_cpu(q) && f32_cpu(k) && f32_cpu(v) {
+        let t = k.dim(2)?;
+        let mask = mask
+            .to_dtype(DType::F32)?
+            .broadcast_as((b, 1, s, t))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let op = crate::kernels::fused::AttentionOp {
+            mask,
+            scale: scale as f32,
+            softcap: softcap.map(|c| c as f32),
+        };
+        return q.contiguous()?.apply_op3_no_bwd(k, v, &op);
+    }
+    attention_by_ops(q, k, v, mask, scale, softcap)
+}
+
+/// [`cached_attention`] op by op (repeat the key/value heads, batched matmuls).
+fn attention_by_ops(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+) -> candle_core::Result<Tensor> {
+    let (b, h, s, d) = q.dims4()?;
+    let n_rep = h / k.dim(1)?;
+    let k = repeat_kv(k, n_rep)?.contiguous()?;
+    let v = repeat_kv(v, n_rep)?.contiguous()?;
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(cap) = softcap {
+        scores = ((scores / cap)?.tanh()? * cap)?;
+    }
+    let scores = scores.broadcast_add(mask)?;
+    let probs =
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h * d))
+}
+
+/// Query positions up to which [`cached_attention`] runs fused (beyond: batched matmuls).
+const FUSED_ATTENTION_MAX_QUERIES: usize = 16;
+
 /// Scaled dot-product attention for encoders: `q, k, v` are `[batch, heads, seq, dim]`,
 /// `mask` an additive mask broadcastable to `[batch, heads, seq_q, seq_k]`.
 pub fn attention(
@@ -260,6 +323,38 @@ mod tests {
         assert!((v[2] - 0.841_344_7).abs() < 1e-5, "{v:?}");
         assert!((v[0] + 0.158_655_3).abs() < 1e-5, "{v:?}");
         assert!(Activation::from_name("nope").is_err());
+    }
+
+    /// The fused decoding kernel equals the op-by-op path: grouped heads, a strided
+    /// cache view, left padding in the mask, soft-capping.
+    #[test]
+    fn fused_attention_equals_the_op_by_op_path() {
+        let dev = Device::Cpu;
+        let (b, h, kvh, s, cap, d) = (2, 6, 2, 3, 9, 8);
+        let t = 7;
+        let q = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev).unwrap();
+        // Views of a bigger cache along the sequence, as KvCache returns them.
+        let kc = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
+        let vc = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
+        let (k, v) = (kc.narrow(2, 0, t).unwrap(), vc.narrow(2, 0, t).unwrap());
+        let pad = Tensor::new(&[[1u32; 7], [0, 0, 1, 1, 1, 1, 1]], &dev).unwrap();
+        let mask = causal_mask(Some(&pad), b, s, t - s, None, DType::F32, &dev).unwrap();
+        for softcap in [None, Some(2.0)] {
+            let fused = cached_attention(&q, &k, &v, &mask, 0.3, softcap).unwrap();
+            let ops = attention_by_ops(&q, &k, &v, &mask, 0.3, softcap).unwrap();
+            assert_eq!(fused.dims(), &[b, s, h * d]);
+            let diff = (fused - ops)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "{softcap:?}: {diff}");
+        }
+        let bad_k = Tensor::randn(0f32, 1.0, (b, 4, t, d), &dev).unwrap();
+        assert!(cached_attention(&q, &bad_k, &bad_k, &mask, 0.3, None).is_err());
     }
 
     #[test]

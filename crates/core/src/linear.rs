@@ -125,6 +125,18 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            let op = crate::kernels::fused::RmsNormOp {
+                eps: self.eps as f32,
+                offset: self.offset as f32,
+            };
+            return x.contiguous()?.apply_op2_no_bwd(&self.weight, &op);
+        }
+        self.forward_by_ops(x)
+    }
+
+    /// [`RmsNorm::forward`] op by op (half-precision inputs, other devices).
+    fn forward_by_ops(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         use candle_core::D;
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
@@ -255,6 +267,36 @@ mod tests {
     use super::*;
     use candle_core::quantized::GgmlDType;
     use candle_core::{DType, Device};
+
+    /// The fused RMS norm equals the op-by-op path, with and without Gemma's offset.
+    #[test]
+    fn fused_rms_norm_equals_the_op_by_op_path() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (2, 3, 16), &dev).unwrap();
+        let weight = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
+        for offset in [0.0, 1.0] {
+            let n = RmsNorm {
+                weight: weight.clone(),
+                eps: 1e-6,
+                offset,
+            };
+            let diff = (n.forward(&x).unwrap() - n.forward_by_ops(&x).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "offset {offset}: {diff}");
+        }
+        let bad = RmsNorm {
+            weight: Tensor::ones(8, DType::F32, &dev).unwrap(),
+            eps: 1e-6,
+            offset: 0.0,
+        };
+        assert!(bad.forward(&x).is_err());
+    }
 
     /// Every block format runs through the quantized layer and stays close to the dense
     /// layer on the dequantized weight (the kernels quantize activations to 8 bits).

@@ -273,6 +273,29 @@ impl RotaryEmbedding {
     }
 }
 
+/// The fused kernel, for f32 on CPU (`None`: take the op-by-op path). Interleaved
+/// rotation covers the whole head.
+fn fused_rotary(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    interleaved: bool,
+) -> candle_core::Result<Option<Tensor>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(f32_cpu(x) && f32_cpu(cos) && f32_cpu(sin)) || x.rank() != 4 || cos.rank() != 3 {
+        return Ok(None);
+    }
+    if interleaved && cos.dim(D::Minus1)? != x.dim(D::Minus1)? {
+        return Ok(None);
+    }
+    let op = crate::kernels::fused::RotaryOp { interleaved };
+    Ok(Some(x.contiguous()?.apply_op3_no_bwd(
+        &cos.contiguous()?,
+        &sin.contiguous()?,
+        &op,
+    )?))
+}
+
 /// Python's `rotate_half`: `[-x2, x1]`.
 fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
     let half = x.dim(D::Minus1)? / 2;
@@ -285,6 +308,14 @@ fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
 /// `[batch, seq, rot_dim]`; with `rot_dim < head_dim` only the first `rot_dim` channels
 /// rotate (partial rotary). Computed in f32, returned in `x`'s dtype.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    match fused_rotary(x, cos, sin, false)? {
+        Some(y) => Ok(y),
+        None => rotary_by_ops(x, cos, sin),
+    }
+}
+
+/// [`apply_rotary`] op by op.
+fn rotary_by_ops(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
     let rot = cos.dim(D::Minus1)?;
     let head_dim = x.dim(D::Minus1)?;
@@ -316,6 +347,14 @@ pub fn apply_rotary_interleaved(
     cos: &Tensor,
     sin: &Tensor,
 ) -> candle_core::Result<Tensor> {
+    match fused_rotary(x, cos, sin, true)? {
+        Some(y) => Ok(y),
+        None => interleaved_by_ops(x, cos, sin),
+    }
+}
+
+/// [`apply_rotary_interleaved`] op by op.
+fn interleaved_by_ops(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
     let (b, h, s, d) = x.dims4()?;
     let half = d / 2;
@@ -358,6 +397,35 @@ pub fn position_ids_from_mask(mask: &[Vec<u32>], device: &Device) -> candle_core
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused kernel equals the op-by-op path, full and partial rotation, both layouts.
+    #[test]
+    fn fused_rotary_equals_the_op_by_op_path() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
+        let pos = Tensor::new(&[[0u32, 1, 2, 3, 4], [7, 8, 9, 10, 11]], &dev).unwrap();
+        let max_diff = |a: Tensor, b: Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        for rot in [8, 4] {
+            let r = RotaryEmbedding::new(rot, 10000.0, RopeScaling::Default).unwrap();
+            let (cos, sin) = r.cos_sin(&pos).unwrap();
+            let fused = apply_rotary(&x, &cos, &sin).unwrap();
+            assert!(max_diff(fused, rotary_by_ops(&x, &cos, &sin).unwrap()) < 1e-6);
+            if rot == 8 {
+                let fused = apply_rotary_interleaved(&x, &cos, &sin).unwrap();
+                let ops = interleaved_by_ops(&x, &cos, &sin).unwrap();
+                assert!(max_diff(fused, ops) < 1e-6);
+            }
+        }
+    }
 
     #[test]
     fn default_frequencies_and_rotation() {

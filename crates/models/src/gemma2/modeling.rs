@@ -16,7 +16,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use rustformers_core::kv_cache::KvCache;
-use rustformers_core::layers::{causal_mask, embedding, repeat_kv, Activation, Embedding};
+use rustformers_core::layers::{cached_attention, causal_mask, embedding, Activation, Embedding};
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RopeScaling, RotaryEmbedding};
 
@@ -127,17 +127,7 @@ impl Gemma2Attention {
             Some(c) => c.append(layer, &k, &v)?,
             None => (k, v),
         };
-        let n_rep = self.num_heads / self.num_kv_heads;
-        let k = repeat_kv(&k, n_rep)?.contiguous()?;
-        let v = repeat_kv(&v, n_rep)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? * self.scaling)?;
-        let scores = soft_cap(&scores, self.attn_logit_softcapping)?.broadcast_add(mask)?;
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
-        let out = probs.matmul(&v)?;
-        let out = out
-            .transpose(1, 2)?
-            .reshape((b, s, self.num_heads * self.head_dim))?;
+        let out = cached_attention(&q, &k, &v, mask, self.scaling, self.attn_logit_softcapping)?;
         self.o_proj.forward(&out)
     }
 }

@@ -14,7 +14,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use rustformers_core::kv_cache::KvCache;
-use rustformers_core::layers::{causal_mask, embedding, repeat_kv, Activation, Embedding};
+use rustformers_core::layers::{cached_attention, causal_mask, embedding, Activation, Embedding};
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RopeScaling, RotaryEmbedding};
 
@@ -206,17 +206,8 @@ impl Phi3Attention {
             Some(c) => c.append(layer, &k, &v)?,
             None => (k, v),
         };
-        let n_rep = self.num_heads / self.num_kv_heads;
-        let k = repeat_kv(&k, n_rep)?.contiguous()?;
-        let v = repeat_kv(&v, n_rep)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
-        let out = probs.matmul(&v)?;
-        let out = out
-            .transpose(1, 2)?
-            .reshape((b, s, self.num_heads * self.head_dim))?;
+        let out = cached_attention(&q, &k, &v, mask, scale, None)?;
         self.o_proj.forward(&out)
     }
 }

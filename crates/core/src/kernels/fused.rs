@@ -1,0 +1,253 @@
+//! Fused CPU ops for the decoder layer: RMS norm, rotary embedding and attention over a
+//! KV cache. Each replaces a chain of candle ops (one allocation and one pass over the
+//! data per op: about 70 ops per layer per decoded token) with one pass. They take f32
+//! inputs on CPU; the callers in `linear`, `rotary` and `layers` fall back to the candle
+//! chains for anything else, and the tests compare the two.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
+
+use super::pool::Pool;
+
+fn f32_data<'a>(s: &'a CpuStorage, what: &str) -> candle_core::Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(d) => Ok(d),
+        other => candle_core::bail!("{what} takes f32, got {:?}", other.dtype()),
+    }
+}
+
+fn contiguous<'a>(data: &'a [f32], l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what} takes a contiguous input"),
+    }
+}
+
+/// `weight_eff · x / sqrt(mean(x²) + eps)` over the last dimension, where `weight_eff`
+/// is `weight + offset` (Gemma's `1 + w`).
+#[derive(Debug, Clone, Copy)]
+pub struct RmsNormOp {
+    pub eps: f32,
+    pub offset: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rustformers-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(f32_data(xs, "rms norm")?, xl, "rms norm")?;
+        let w = contiguous(f32_data(ws, "rms norm")?, wl, "rms norm")?;
+        let dim = w.len();
+        if dim == 0 || xl.shape().dims().last() != Some(&dim) {
+            candle_core::bail!(
+                "rms norm: weight of {dim} for input {:?}",
+                xl.shape().dims()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        for (row, o) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            let ss: f32 = row.iter().map(|v| v * v).sum();
+            let inv = 1.0 / (ss / dim as f32 + self.eps).sqrt();
+            for ((o, v), w) in o.iter_mut().zip(row).zip(w) {
+                *o = v * inv * (w + self.offset);
+            }
+        }
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+/// Rotary embedding of `x [batch, heads, seq, head_dim]` with `cos`/`sin`
+/// `[batch, seq, rot]` (halves repeated, as `RotaryEmbedding::cos_sin` gives them):
+/// rotate-half pairs `(i, i + rot/2)`, or interleaved pairs `(2i, 2i + 1)`. Channels past
+/// `rot` pass through.
+#[derive(Debug, Clone, Copy)]
+pub struct RotaryOp {
+    pub interleaved: bool,
+}
+
+impl CustomOp3 for RotaryOp {
+    fn name(&self) -> &'static str {
+        "rustformers-rotary"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        cs: &CpuStorage,
+        cl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(f32_data(xs, "rotary")?, xl, "rotary")?;
+        let cos = contiguous(f32_data(cs, "rotary")?, cl, "rotary")?;
+        let sin = contiguous(f32_data(ss, "rotary")?, sl, "rotary")?;
+        let (b, h, s, d) = xl.shape().dims4()?;
+        let (cb, cs_, rot) = cl.shape().dims3()?;
+        if cb != b || cs_ != s || rot > d || rot % 2 != 0 || sl.shape() != cl.shape() {
+            candle_core::bail!(
+                "rotary: x {:?} with cos {:?} / sin {:?}",
+                xl.shape().dims(),
+                cl.shape().dims(),
+                sl.shape().dims()
+            );
+        }
+        let half = rot / 2;
+        let mut out = x.to_vec();
+        for bi in 0..b {
+            for hi in 0..h {
+                for si in 0..s {
+                    let base = ((bi * h + hi) * s + si) * d;
+                    let cbase = (bi * s + si) * rot;
+                    let src = &x[base..base + d];
+                    let dst = &mut out[base..base + d];
+                    for i in 0..half {
+                        // cos/sin repeat their first half, so channel i and i + half
+                        // share a frequency.
+                        let (c, sn) = (cos[cbase + i], sin[cbase + i]);
+                        let (a, bb) = if self.interleaved {
+                            (2 * i, 2 * i + 1)
+                        } else {
+                            (i, i + half)
+                        };
+                        let (x0, x1) = (src[a], src[bb]);
+                        dst[a] = x0 * c - x1 * sn;
+                        dst[bb] = x1 * c + x0 * sn;
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+/// Attention for a few query positions over a (possibly strided) KV cache, with grouped
+/// query heads: `q [b, heads, s, d]`, `k`/`v` `[b, kv_heads, t, d]` (any strides), an
+/// additive `mask` `[b, 1, s, t]` (row-major, f32). Returns `[b, s, heads · d]` — the
+/// layout the output projection takes, so no transpose follows. Scores are
+/// `q·k · scale`, soft-capped as `cap · tanh(x / cap)` when `softcap` is set (Gemma 2),
+/// plus the mask; the softmax runs in f32.
+#[derive(Debug, Clone)]
+pub struct AttentionOp {
+    pub mask: Vec<f32>,
+    pub scale: f32,
+    pub softcap: Option<f32>,
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "rustformers-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let q = contiguous(f32_data(qs, "attention")?, ql, "attention")?;
+        let k = f32_data(ks, "attention")?;
+        let v = f32_data(vs, "attention")?;
+        let (b, h, s, d) = ql.shape().dims4()?;
+        let (kb, kvh, t, kd) = kl.shape().dims4()?;
+        if kb != b || kd != d || kvh == 0 || h % kvh != 0 || vl.shape() != kl.shape() {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?}, v {:?}",
+                ql.shape().dims(),
+                kl.shape().dims(),
+                vl.shape().dims()
+            );
+        }
+        if self.mask.len() != b * s * t {
+            candle_core::bail!(
+                "attention: mask of {} values for [{b}, 1, {s}, {t}]",
+                self.mask.len()
+            );
+        }
+        let (ko, kst) = (kl.start_offset(), kl.stride());
+        let (vo, vst) = (vl.start_offset(), vl.stride());
+        if kst[3] != 1 || vst[3] != 1 {
+            candle_core::bail!("attention: keys and values need contiguous head vectors");
+        }
+        // The last element each of k and v reaches must be in bounds.
+        let reach = |o: usize, st: &[usize]| {
+            o + (b - 1) * st[0] + (kvh - 1) * st[1] + t.saturating_sub(1) * st[2] + d
+        };
+        if t == 0 || reach(ko, kst) > k.len() || reach(vo, vst) > v.len() {
+            candle_core::bail!("attention: key/value layout out of bounds");
+        }
+        let n_rep = h / kvh;
+        let mut out = vec![0f32; b * s * h * d];
+        let ptr = OutPtr(out.as_mut_ptr());
+        let task = |bh: usize| {
+            let (bi, hi) = (bh / h, bh % h);
+            let g = hi / n_rep;
+            let kb = ko + bi * kst[0] + g * kst[1];
+            let vb = vo + bi * vst[0] + g * vst[1];
+            let mut scores = vec![0f32; t];
+            for si in 0..s {
+                let qrow = &q[((bi * h + hi) * s + si) * d..][..d];
+                let mrow = &self.mask[(bi * s + si) * t..][..t];
+                let mut max = f32::NEG_INFINITY;
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let krow = &k[kb + j * kst[2]..][..d];
+                    let dot: f32 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
+                    let mut x = dot * self.scale;
+                    if let Some(cap) = self.softcap {
+                        x = (x / cap).tanh() * cap;
+                    }
+                    *sc = x + mrow[j];
+                    max = max.max(*sc);
+                }
+                let mut sum = 0f32;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                }
+                let inv = 1.0 / sum;
+                // SAFETY: task (bi, hi) alone writes out[bi, si, hi, ..] for every si.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(ptr.at(((bi * s + si) * h + hi) * d), d)
+                };
+                o.fill(0.0);
+                for (j, p) in scores.iter().enumerate() {
+                    let w = p * inv;
+                    let vrow = &v[vb + j * vst[2]..][..d];
+                    for (o, x) in o.iter_mut().zip(vrow) {
+                        *o += w * x;
+                    }
+                }
+            }
+        };
+        let tasks = b * h;
+        if tasks > 1 && s * t * d * tasks >= 1 << 16 {
+            Pool::global().run(tasks, &task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, s, h * d))))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint parts of a buffer that outlives them (see each use).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
