@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::hub::ModelFiles;
-use crate::linear::QuantizedStore;
+use crate::linear::{QWeight, QuantizedStore};
 
 /// Architectures whose metadata and tensor names are mapped.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma2", "phi3"];
@@ -683,11 +683,23 @@ pub fn quantized_store(
             store.insert(name, t)?;
         }
     }
-    if !tensors.contains_key("lm_head.weight") && !store.tensors.contains_key("lm_head.weight") {
-        if let Some(e) = tensors.get("model.embed_tokens.weight") {
-            if is_block(e) && runs_quantized(e) {
-                store.insert("lm_head.weight".into(), e.clone())?;
-            }
+    // The token embedding: repacked, it serves the lookup (rows dequantized on the fly)
+    // and, when tied, the output layer, and leaves the map; otherwise the map keeps it
+    // for a dense lookup.
+    let embed = "model.embed_tokens.weight";
+    if let Some(e) = tensors
+        .get(embed)
+        .filter(|e| is_block(e) && runs_quantized(e))
+    {
+        let q = QWeight::new(e.clone())?;
+        let tied = !tensors.contains_key("lm_head.weight")
+            && !store.tensors.contains_key("lm_head.weight");
+        if tied {
+            store.tensors.insert("lm_head.weight".into(), q.clone());
+        }
+        if matches!(q, QWeight::Packed(_)) {
+            store.tensors.insert(embed.into(), q);
+            tensors.remove(embed);
         }
     }
     Ok(store)

@@ -56,20 +56,17 @@ impl Activation {
 /// model, or token types a model does not have.
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    table: candle_nn::Embedding,
+    table: Table,
     rows: usize,
     name: String,
 }
 
-/// Loads an embedding table of `rows` × `dim` from `vb` (key `weight`).
-pub fn embedding(
-    rows: usize,
-    dim: usize,
-    vb: candle_nn::VarBuilder,
-) -> candle_core::Result<Embedding> {
-    let name = vb.prefix();
-    let table = candle_nn::embedding(rows, dim, vb)?;
-    Ok(Embedding { table, rows, name })
+/// Where the rows come from: a dense tensor, or a quantized GGUF table whose looked-up
+/// rows are dequantized on the fly (no f32 copy of the whole vocabulary).
+#[derive(Debug, Clone)]
+enum Table {
+    Dense(candle_nn::Embedding),
+    Quantized(std::sync::Arc<crate::kernels::qmatmul::PackedQ>),
 }
 
 impl Embedding {
@@ -77,15 +74,31 @@ impl Embedding {
     pub fn new(weight: Tensor, name: &str) -> candle_core::Result<Self> {
         let (rows, dim) = weight.dims2()?;
         Ok(Self {
-            table: candle_nn::Embedding::new(weight, dim),
+            table: Table::Dense(candle_nn::Embedding::new(weight, dim)),
             rows,
             name: name.to_string(),
         })
     }
 
-    /// The `[rows, dim]` table.
-    pub fn embeddings(&self) -> &Tensor {
-        self.table.embeddings()
+    /// A quantized table (CPU).
+    pub fn quantized(table: std::sync::Arc<crate::kernels::qmatmul::PackedQ>, name: &str) -> Self {
+        Self {
+            rows: table.rows(),
+            table: Table::Quantized(table),
+            name: name.to_string(),
+        }
+    }
+
+    /// The `[rows, dim]` table (dequantized to f32 when stored quantized).
+    pub fn embeddings(&self) -> candle_core::Result<Tensor> {
+        match &self.table {
+            Table::Dense(t) => Ok(t.embeddings().clone()),
+            Table::Quantized(q) => Tensor::from_vec(
+                q.dequantize(),
+                (q.rows(), q.cols()),
+                &candle_core::Device::Cpu,
+            ),
+        }
     }
 
     /// Looks ids up, checking their range first.
@@ -104,8 +117,32 @@ impl Embedding {
                 );
             }
         }
-        candle_nn::Module::forward(&self.table, ids)
+        match &self.table {
+            Table::Dense(t) => candle_nn::Module::forward(t, ids),
+            Table::Quantized(q) => {
+                let flat = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                let dim = q.cols();
+                let mut out = vec![0f32; flat.len() * dim];
+                for (id, row) in flat.iter().zip(out.chunks_exact_mut(dim)) {
+                    q.dequantize_row(*id as usize, row);
+                }
+                let mut shape = ids.dims().to_vec();
+                shape.push(dim);
+                Tensor::from_vec(out, shape, ids.device())
+            }
+        }
     }
+}
+
+/// Loads an embedding table of `rows` × `dim` from `vb` (key `weight`).
+pub fn embedding(
+    rows: usize,
+    dim: usize,
+    vb: candle_nn::VarBuilder,
+) -> candle_core::Result<Embedding> {
+    let name = vb.prefix();
+    let table = Table::Dense(candle_nn::embedding(rows, dim, vb)?);
+    Ok(Embedding { table, rows, name })
 }
 
 /// Turns a `[batch, seq]` 0/1 attention mask into the additive `[batch, 1, 1, seq]` mask

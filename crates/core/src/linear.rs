@@ -238,6 +238,32 @@ impl Weights {
             .is_some_and(|s| s.tensors.contains_key(&key))
     }
 
+    /// An embedding table of `rows` × `dim` at this prefix (key `weight`): looked up
+    /// from the quantized store when it holds the table repacked (GGUF run quantized on
+    /// CPU), from the dense weights otherwise.
+    pub fn embedding(
+        &self,
+        rows: usize,
+        dim: usize,
+    ) -> candle_core::Result<crate::layers::Embedding> {
+        let key = format!("{}.weight", self.vb.prefix());
+        if let Some(QWeight::Packed(p)) = self.quantized.as_ref().and_then(|s| s.tensors.get(&key))
+        {
+            if [p.rows(), p.cols()] != [rows, dim] {
+                candle_core::bail!(
+                    "weight `{key}` has shape [{}, {}] but the config implies [{rows}, {dim}]",
+                    p.rows(),
+                    p.cols()
+                );
+            }
+            return Ok(crate::layers::Embedding::quantized(
+                p.clone(),
+                &self.vb.prefix(),
+            ));
+        }
+        crate::layers::embedding(rows, dim, self.vb.clone())
+    }
+
     /// A linear layer at this prefix: quantized when the store holds its weight.
     pub fn linear(
         &self,
@@ -267,6 +293,45 @@ mod tests {
     use super::*;
     use candle_core::quantized::GgmlDType;
     use candle_core::{DType, Device};
+
+    /// A quantized embedding table looks rows up as the dense lookup of its dequantized
+    /// table does, refuses out-of-range ids, and comes from the store by name.
+    #[test]
+    fn quantized_embedding_equals_the_dequantized_table() {
+        let dev = Device::Cpu;
+        let table = Tensor::randn(0f32, 1.0, (10, 64), &dev).unwrap();
+        let q = Arc::new(QTensor::quantize(&table, GgmlDType::Q8_0).unwrap());
+        let mut store = QuantizedStore::default();
+        store.insert("embed.weight".into(), q.clone()).unwrap();
+        let vb = VarBuilder::zeros(DType::F32, &dev);
+        let w = Weights::new(vb, Some(Arc::new(store)));
+        let quant = w.pp("embed").embedding(10, 64).unwrap();
+        assert!(w.pp("embed").embedding(11, 64).is_err());
+        let dense = crate::layers::Embedding::new(q.dequantize(&dev).unwrap(), "embed").unwrap();
+        let ids = Tensor::new(&[[3u32, 0, 9], [9, 9, 1]], &dev).unwrap();
+        let (a, b) = (quant.forward(&ids).unwrap(), dense.forward(&ids).unwrap());
+        assert_eq!(a.dims(), &[2, 3, 64]);
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+        let full = (quant.embeddings().unwrap() - dense.embeddings().unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(full, 0.0);
+        let bad = Tensor::new(&[[10u32]], &dev).unwrap();
+        assert!(quant.forward(&bad).is_err());
+    }
 
     /// The fused RMS norm equals the op-by-op path, with and without Gemma's offset.
     #[test]

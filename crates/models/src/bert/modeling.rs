@@ -56,7 +56,7 @@ impl BertEmbeddings {
     }
 
     /// The word embedding matrix (tied to the MLM decoder).
-    pub fn word_embeddings(&self) -> &Tensor {
+    pub fn word_embeddings(&self) -> Result<Tensor> {
         self.word_embeddings.embeddings()
     }
 
@@ -339,7 +339,7 @@ impl BertForMaskedLM {
         let transform_norm =
             LayerNorm::load(p.pp("transform.LayerNorm"), c.hidden_size, c.layer_norm_eps)?;
         let weight = if c.base.tie_word_embeddings() {
-            bert.embeddings().word_embeddings().clone()
+            bert.embeddings().word_embeddings()?
         } else {
             p.get((c.vocab_size, c.hidden_size), "decoder.weight")?
         };

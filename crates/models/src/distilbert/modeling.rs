@@ -82,7 +82,7 @@ impl Embeddings {
     }
 
     /// The word embedding matrix (tied to the MLM projector).
-    pub fn word_embeddings(&self) -> &Tensor {
+    pub fn word_embeddings(&self) -> Result<Tensor> {
         self.word_embeddings.embeddings()
     }
 
@@ -347,7 +347,7 @@ impl DistilBertForMaskedLM {
         let vocab_layer_norm = LayerNorm::load(vb.pp("vocab_layer_norm"), c.dim, LAYER_NORM_EPS)?;
         let p = vb.pp("vocab_projector");
         let weight = if c.base.tie_word_embeddings() {
-            distilbert.embeddings().word_embeddings().clone()
+            distilbert.embeddings().word_embeddings()?
         } else {
             p.get((c.vocab_size, c.dim), "weight")?
         };

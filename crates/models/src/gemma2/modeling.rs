@@ -16,7 +16,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use rustformers_core::kv_cache::KvCache;
-use rustformers_core::layers::{cached_attention, causal_mask, embedding, Activation, Embedding};
+use rustformers_core::layers::{cached_attention, causal_mask, Activation, Embedding};
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RopeScaling, RotaryEmbedding};
 
@@ -200,7 +200,9 @@ pub struct Gemma2Model {
 
 impl Gemma2Model {
     pub fn load(w: Weights, c: &Gemma2Config) -> Result<Self> {
-        let embed_tokens = embedding(c.vocab_size, c.hidden_size, w.vb().pp("embed_tokens"))?;
+        let embed_tokens = w
+            .pp("embed_tokens")
+            .embedding(c.vocab_size, c.hidden_size)?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| Gemma2DecoderLayer::load(w.pp(format!("layers.{i}")), c, i))
             .collect::<Result<Vec<_>>>()?;
@@ -218,7 +220,8 @@ impl Gemma2Model {
         })
     }
 
-    pub fn embed_tokens(&self) -> &Tensor {
+    /// The token embedding table (dequantized when stored quantized).
+    pub fn embed_tokens(&self) -> Result<Tensor> {
         self.embed_tokens.embeddings()
     }
 
@@ -294,9 +297,9 @@ pub struct Gemma2ForCausalLM {
 impl Gemma2ForCausalLM {
     pub fn load(w: Weights, c: &Gemma2Config) -> Result<Self> {
         let model = Gemma2Model::load(w.pp(BASE_MODEL_PREFIX), c)?;
-        let lm_head = if c.tie_word_embeddings() {
+        let lm_head = if c.tie_word_embeddings() && !w.has_quantized("lm_head.weight") {
             QLinear::Dense {
-                weight: model.embed_tokens().clone(),
+                weight: model.embed_tokens()?,
                 bias: None,
             }
         } else {

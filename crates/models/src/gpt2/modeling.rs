@@ -212,7 +212,7 @@ impl Gpt2Model {
         })
     }
 
-    pub fn wte(&self) -> &Tensor {
+    pub fn wte(&self) -> Result<Tensor> {
         self.wte.embeddings()
     }
 
@@ -272,7 +272,7 @@ impl Gpt2LMHeadModel {
         let transformer = Gpt2Model::load(w.pp(BASE_MODEL_PREFIX), c)?;
         let lm_head = if c.tie_word_embeddings() {
             QLinear::Dense {
-                weight: transformer.wte().clone(),
+                weight: transformer.wte()?,
                 bias: None,
             }
         } else {

@@ -93,7 +93,7 @@ impl RobertaEmbeddings {
     }
 
     /// The word embedding matrix (tied to the MLM decoder).
-    pub fn word_embeddings(&self) -> &Tensor {
+    pub fn word_embeddings(&self) -> Result<Tensor> {
         self.word_embeddings.embeddings()
     }
 
@@ -382,7 +382,7 @@ impl RobertaForMaskedLM {
         let dense = linear(c.hidden_size, c.hidden_size, p.pp("dense"))?;
         let layer_norm = LayerNorm::load(p.pp("layer_norm"), c.hidden_size, c.layer_norm_eps)?;
         let weight = if c.base.tie_word_embeddings() {
-            roberta.embeddings().word_embeddings().clone()
+            roberta.embeddings().word_embeddings()?
         } else {
             p.get((c.vocab_size, c.hidden_size), "decoder.weight")?
         };
