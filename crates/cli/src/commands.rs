@@ -202,7 +202,7 @@ fn run(words: &[String]) -> Result<ExitCode> {
 }
 
 const CHAT_HELP: &str = "\
-Usage: rustformers chat [REF] [--system TEXT] [--dtype f32|f16] [--GENERATION-OPTION VALUE]...
+Usage: rustformers chat [REF] [--system TEXT] [--dtype f32|f16|bf16] [--GENERATION-OPTION VALUE]...
 
 Chats with a causal LM through its chat template. Type a message and press Enter; the
 answer streams as it is generated, followed by its speed in tokens/s on stderr.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
+use crate::kernels::bf16::{Bf16MatMulOp, PackedBf16};
 use crate::kernels::qmatmul::{PackedQ, QFormat, QMatMulOp};
 use candle_nn::VarBuilder;
 
@@ -25,6 +26,12 @@ pub enum QLinear {
     /// A block format rustformers' CPU kernels run.
     Packed {
         op: QMatMulOp,
+        bias: Option<Tensor>,
+        out: usize,
+    },
+    /// A bf16 weight on CPU (f32 activations), for models loaded with `dtype = bf16`.
+    Bf16 {
+        op: Bf16MatMulOp,
         bias: Option<Tensor>,
         out: usize,
     },
@@ -69,11 +76,35 @@ impl QLinear {
         })
     }
 
+    /// This layer with its dense weight in bf16 for the CPU kernel (quantized layers
+    /// and other devices unchanged).
+    pub fn to_bf16(self) -> candle_core::Result<Self> {
+        match self {
+            Self::Dense { weight, bias } if weight.device().is_cpu() => {
+                let (rows, cols) = weight.dims2()?;
+                let w = weight
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let packed =
+                    PackedBf16::from_f32(rows, cols, &w).map_err(candle_core::Error::Msg)?;
+                Ok(Self::Bf16 {
+                    op: Bf16MatMulOp {
+                        weight: Arc::new(packed),
+                    },
+                    bias,
+                    out: rows,
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
     /// The output size.
     pub fn out_dim(&self) -> usize {
         match self {
             Self::Dense { weight, .. } => weight.dims().first().copied().unwrap_or(0),
-            Self::Quantized { out, .. } | Self::Packed { out, .. } => *out,
+            Self::Quantized { out, .. } | Self::Packed { out, .. } | Self::Bf16 { out, .. } => *out,
         }
     }
 
@@ -90,6 +121,15 @@ impl QLinear {
             }
             Self::Quantized { weight, bias, .. } => (weight.forward(x)?, bias),
             Self::Packed { op, bias, .. } => {
+                let dtype = x.dtype();
+                let y = x
+                    .to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(op)?
+                    .to_dtype(dtype)?;
+                (y, bias)
+            }
+            Self::Bf16 { op, bias, .. } => {
                 let dtype = x.dtype();
                 let y = x
                     .to_dtype(DType::F32)?
@@ -205,11 +245,25 @@ impl QuantizedStore {
 pub struct Weights {
     vb: VarBuilder<'static>,
     quantized: Option<Arc<QuantizedStore>>,
+    /// Dense linear weights go to bf16 (CPU `dtype = bf16`: activations stay f32).
+    bf16_linears: bool,
 }
 
 impl Weights {
     pub fn new(vb: VarBuilder<'static>, quantized: Option<Arc<QuantizedStore>>) -> Self {
-        Self { vb, quantized }
+        Self {
+            vb,
+            quantized,
+            bf16_linears: false,
+        }
+    }
+
+    /// The same weights with every dense linear layer stored in bf16 and run by the CPU
+    /// bf16 kernel: what `dtype = bf16` means on CPU, where candle has no bf16 matmul.
+    /// Norms, embeddings and activations stay f32.
+    pub fn with_bf16_linears(mut self) -> Self {
+        self.bf16_linears = true;
+        self
     }
 
     /// Descends into a sub-module.
@@ -217,6 +271,7 @@ impl Weights {
         Self {
             vb: self.vb.pp(name),
             quantized: self.quantized.clone(),
+            bf16_linears: self.bf16_linears,
         }
     }
 
@@ -284,7 +339,12 @@ impl Weights {
             };
             return QLinear::from_qweight(q.clone(), b);
         }
-        QLinear::load(self.vb.clone(), in_dim, out_dim, bias)
+        let layer = QLinear::load(self.vb.clone(), in_dim, out_dim, bias)?;
+        if self.bf16_linears {
+            layer.to_bf16()
+        } else {
+            Ok(layer)
+        }
     }
 }
 

@@ -361,3 +361,67 @@ decoder_tests! {
     phi3 => "tiny-phi3", cache_equals_full: true,
     gpt2 => "tiny-gpt2", cache_equals_full: true,
 }
+
+/// `dtype = bf16` on CPU: linear weights in bf16 through the bf16 kernel, activations in
+/// f32. Logits stay within bf16 rounding of the f32 model's (Python's bf16 CPU path
+/// differs from f32 by the same order), and a save writes a bf16 checkpoint.
+#[test]
+fn bf16_on_cpu_runs_close_to_f32() {
+    use rustformers_models::auto::LoadOptions;
+    for name in [
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-gemma2",
+        "tiny-phi3",
+        "tiny-mistral",
+    ] {
+        let (dir, exp) = fixture(name);
+        let reference = dir.to_str().unwrap();
+        let f32_model = AutoModelForCausalLM::from_pretrained(reference).unwrap();
+        let opts = LoadOptions {
+            dtype: Some(candle_core::DType::BF16),
+            ..Default::default()
+        };
+        let bf16_model = AutoModelForCausalLM::from_pretrained_with(reference, &opts).unwrap();
+        let l = &exp["logits"];
+        let ids = matrix(&u32s(&l["input_ids"]));
+        let mask = matrix(&u32s(&l["attention_mask"]));
+        let run = |m: &dyn rustformers_models::traits::CausalLanguageModel| {
+            m.forward(
+                CausalLmInputs {
+                    input_ids: &ids,
+                    attention_mask: Some(&mask),
+                    position_ids: None,
+                },
+                None,
+                LogitsMode::Last,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+        };
+        let (a, b) = (
+            run(f32_model.model.as_ref()),
+            run(bf16_model.model.as_ref()),
+        );
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff > 0.0, "{name}: bf16 gave exactly the f32 logits");
+        assert!(
+            diff <= 0.03 * (1.0 + scale),
+            "{name}: {diff} (logits up to {scale})"
+        );
+        let out = tempfile::tempdir().unwrap();
+        bf16_model.save_pretrained(out.path()).unwrap();
+        let cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["torch_dtype"], "bfloat16", "{name}");
+    }
+}

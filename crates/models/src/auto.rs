@@ -330,7 +330,14 @@ impl<M: ?Sized> PreTrainedModel<M> {
         let mut config = self.config.clone();
         config.base_mut().architectures = Some(vec![self.architecture.to_string()]);
         config.base_mut().torch_dtype = Some(dtype_name(self.dtype).to_string());
+        // Tensors held in another dtype than the model's (f32 norms of a CPU bf16 model)
+        // are saved in the model's dtype, as Python saves a bf16 model.
         let mut tensors = self.tensors.clone();
+        for t in tensors.values_mut() {
+            if t.dtype() != self.dtype {
+                *t = t.to_dtype(self.dtype)?;
+            }
+        }
         for (alias, source) in self.config.tied_save_keys() {
             if let Some(t) = self.tensors.get(*source) {
                 tensors
@@ -351,12 +358,22 @@ fn checked_dtype(opts: &LoadOptions) -> Result<DType> {
     let dtype = opts.dtype.unwrap_or(DType::F32);
     if dtype == DType::BF16 && opts.device.is_cpu() {
         return Err(Error::Unsupported(
-            "bf16 compute is not available on CPU yet; leave dtype unset (bf16 checkpoints are \
-             converted to f32 on load) or use f16"
+            "bf16 on CPU runs causal LMs only (their linear layers in bf16); for this model \
+             leave dtype unset (bf16 checkpoints are converted to f32 on load) or use f16"
                 .into(),
         ));
     }
     Ok(dtype)
+}
+
+/// For a causal LM: the dtype to load tensors in, and whether the dense linear layers
+/// go to bf16. On CPU, `bf16` means bf16 linear weights run by rustformers' kernel with
+/// f32 activations (candle has no CPU bf16 matmul); elsewhere the dtype as asked.
+fn decoder_dtype(opts: &LoadOptions) -> (DType, bool) {
+    match opts.dtype.unwrap_or(DType::F32) {
+        DType::BF16 if opts.device.is_cpu() => (DType::F32, true),
+        other => (other, false),
+    }
 }
 
 type Ctor<T> = fn(VarBuilder<'static>, &ModelConfig) -> candle_core::Result<Box<T>>;
@@ -687,10 +704,12 @@ impl AutoModelForCausalLM {
             c.rope_interleaved = true;
         }
         let entry = causal_entry(&config)?;
-        if opts.dtype.is_some() {
-            checked_dtype(opts)?;
+        let (load_dtype, bf16_linears) = decoder_dtype(opts);
+        let mut weights =
+            crate::gguf::gguf_weights(&g, opts.dtype.map(|_| load_dtype), &opts.device)?;
+        if bf16_linears {
+            weights = weights.with_bf16_linears();
         }
-        let weights = crate::gguf::gguf_weights(&g, opts.dtype, &opts.device)?;
         let model = (entry.ctor)(weights, &config).map_err(|e| Error::Weights {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -716,15 +735,19 @@ impl AutoModelForCausalLM {
         }
         let config = ModelConfig::from_files(&files)?;
         let entry = causal_entry(&config)?;
-        let dtype = checked_dtype(opts)?;
+        let dtype = opts.dtype.unwrap_or(DType::F32);
+        let (load_dtype, bf16_linears) = decoder_dtype(opts);
         let paths = safetensors_files(&files)?;
         let ckpt = Checkpoint::open(
             &paths,
             Some(config.base_model_prefix()),
-            dtype,
+            load_dtype,
             &opts.device,
         )?;
-        let weights = Weights::new(ckpt.var_builder(), None);
+        let mut weights = Weights::new(ckpt.var_builder(), None);
+        if bf16_linears {
+            weights = weights.with_bf16_linears();
+        }
         let model = (entry.ctor)(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
         let report = ckpt.finish()?;
         Ok(PreTrainedModel {

@@ -5,6 +5,7 @@
 //! and tests that compare the two.
 
 pub mod activation;
+pub mod bf16;
 pub mod fused;
 pub mod pool;
 pub mod qmatmul;
