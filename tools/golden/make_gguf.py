@@ -21,7 +21,13 @@ which dequantizes every tensor to float32. transformers 4.46.3 cannot load gemma
 files, so for gemma2 the reference is the HF Gemma2 model built from the tensors read back
 out of the GGUF (norms -1) with the config the GGUF implies (see meta.notes).
 
-Usage:  python tools/golden/make_gguf.py
+Qwen3 (`--qwen3`): writes tests/fixtures/gguf/tiny-qwen3.gguf alone (f32, lossless) from
+tests/fixtures/tiny-qwen3, leaving the other files as they are. transformers 4.46.3 has no
+Qwen3 and 4.51's GGUF loader has none either, so there is no GGUF-side Python reference: the
+Rust test compares the GGUF file's logits with the Python logits recorded for the HF
+fixture (tiny-qwen3/expected.json, transformers 4.51.3), which a lossless file must equal.
+
+Usage:  python tools/golden/make_gguf.py [--qwen3]
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ HF_TO_GGUF = {
     "mlp.gate_up_proj": "ffn_up",  # phi3: fused [gate; up]
     "mlp.down_proj": "ffn_down",
     "input_layernorm": "attn_norm",
+    "self_attn.q_norm": "attn_q_norm",  # qwen3
+    "self_attn.k_norm": "attn_k_norm",
 }
 PER_ARCH = {
     "gemma2": {
@@ -155,6 +163,9 @@ def write_gguf(path: Path, arch: str, config: dict, tensors: dict, qtype: str, v
         w.add_vocab_size(config["vocab_size"])
     if arch == "phi3":
         w.add_rope_scaling_orig_ctx_len(config.get("original_max_position_embeddings", 4096))
+    if arch == "qwen3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     if arch == "gemma2":
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
@@ -377,5 +388,19 @@ def main() -> None:
     print(f"wrote {OUT} ({total} bytes)")
 
 
+def write_qwen3() -> None:
+    folder, config, tensors = load_hf("qwen3")
+    tokens, types, merges = gpt2_vocab(folder)
+    vocab = {"model": "gpt2", "tokens": tokens, "types": types, "merges": merges,
+             "bos": config.get("bos_token_id"), "eos": config.get("eos_token_id"),
+             "pad": config.get("pad_token_id"), "add_bos": False}
+    path = OUT / "tiny-qwen3.gguf"
+    write_gguf(path, "qwen3", config, gguf_tensors("qwen3", config, tensors), "F32", vocab)
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--qwen3"]:
+        write_qwen3()
+    else:
+        main()

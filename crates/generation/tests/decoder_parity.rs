@@ -30,8 +30,15 @@ fn matrix(rows: &[Vec<u32>]) -> Tensor {
 }
 
 fn check_logits(name: &str, cache_equals_full: bool) {
-    let (dir, exp) = fixture(name);
-    let model = AutoModelForCausalLM::from_pretrained(dir.to_str().unwrap()).unwrap();
+    let (dir, _) = fixture(name);
+    check_logits_of(dir.to_str().unwrap(), name, cache_equals_full);
+}
+
+/// The fixture's recorded logits from the model at `reference` (the fixture's own
+/// folder, or another file holding the same weights).
+fn check_logits_of(reference: &str, name: &str, cache_equals_full: bool) {
+    let (_, exp) = fixture(name);
+    let model = AutoModelForCausalLM::from_pretrained(reference).unwrap();
     let l = &exp["logits"];
     let ids = u32s(&l["input_ids"]);
     let mask = u32s(&l["attention_mask"]);
@@ -424,4 +431,15 @@ fn bf16_on_cpu_runs_close_to_f32() {
                 .unwrap();
         assert_eq!(cfg["torch_dtype"], "bfloat16", "{name}");
     }
+}
+
+/// A Qwen3 GGUF file (tools/golden/make_gguf.py --qwen3: the tiny-qwen3 weights written
+/// losslessly in f32, with q/k norms as attn_q_norm / attn_k_norm and the head size as
+/// attention.key_length) gives the logits Python (4.51.3) recorded for the HF checkpoint,
+/// and cached decoding equals the full forward.
+#[test]
+fn qwen3_gguf_matches_python() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/tiny-qwen3.gguf");
+    check_logits_of(path.to_str().unwrap(), "tiny-qwen3", true);
 }
