@@ -112,6 +112,12 @@ impl QLinear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (y, bias) = match self {
             Self::Dense { weight, bias } => {
+                if let Some(y) = crate::kernels::gemv::matmul_t(x, weight)? {
+                    return match bias {
+                        Some(b) => y.broadcast_add(b),
+                        None => Ok(y),
+                    };
+                }
                 let w = weight.t()?;
                 let y = match x.dims() {
                     [b, s, i] => x.reshape((b * s, *i))?.matmul(&w)?.reshape((*b, *s, ()))?,

@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod bf16;
 pub mod fused;
+pub mod gemv;
 pub mod pool;
 pub mod qmatmul;
 

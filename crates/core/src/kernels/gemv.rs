@@ -1,0 +1,261 @@
+//! `y = x Wᵀ` in f32 for a few rows of `x` (decoding): candle's gemm is built for large
+//! products and runs a one-row product on one thread with packing overhead; here the
+//! weight rows are streamed once, split over the kernel pool, 4 weight rows × up to 4
+//! input rows per tile (AVX-512 FMA at run time, a plain loop elsewhere).
+
+use candle_core::{DType, Tensor};
+
+use super::pool::Pool;
+use super::Isa;
+
+/// Input rows up to which [`matmul_t`] is used for an f32 linear layer.
+pub const MAX_ROWS: usize = 8;
+
+const MR: usize = 4;
+const NR: usize = 4;
+
+#[allow(clippy::too_many_arguments)]
+fn tile_scalar(
+    w: &[f32],
+    k: usize,
+    x: &[f32],
+    m0: usize,
+    mr: usize,
+    n0: usize,
+    nr: usize,
+    out: &mut [[f32; NR]; MR],
+) {
+    for (r, row) in out.iter_mut().enumerate().take(mr) {
+        let xr = &x[(m0 + r) * k..(m0 + r + 1) * k];
+        for (c, o) in row.iter_mut().enumerate().take(nr) {
+            let wr = &w[(n0 + c) * k..(n0 + c + 1) * k];
+            *o = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// # Safety
+    /// AVX-512 F; rows `m0..m0 + R` of `x` and `n0..n0 + C` of `w` exist (`k` values each).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const R: usize, const C: usize>(
+        w: &[f32],
+        k: usize,
+        x: &[f32],
+        m0: usize,
+        n0: usize,
+        out: &mut [[f32; NR]; MR],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let xp = x.as_ptr().add(m0 * k);
+        let wp = w.as_ptr().add(n0 * k);
+        let mut kk = 0;
+        while kk < k {
+            let left = k - kk;
+            let mask: __mmask16 = if left >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << left) - 1
+            };
+            let mut wv = [_mm512_setzero_ps(); C];
+            for (c, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(mask, wp.add(c * k + kk));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let xv = _mm512_maskz_loadu_ps(mask, xp.add(r * k + kk));
+                for (c, a) in row.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(xv, wv[c], *a);
+                }
+            }
+            kk += 16;
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tile(
+    simd: bool,
+    w: &[f32],
+    k: usize,
+    x: &[f32],
+    m0: usize,
+    mr: usize,
+    n0: usize,
+    nr: usize,
+    out: &mut [[f32; NR]; MR],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` only with AVX-512 (Isa::Avx512Vnni implies AVX-512 F); ranges
+        // checked by `matmul_t`.
+        unsafe {
+            match (mr, nr) {
+                (4, 4) => return x86::tile::<4, 4>(w, k, x, m0, n0, out),
+                (4, 1) => return x86::tile::<4, 1>(w, k, x, m0, n0, out),
+                (1, 4) => return x86::tile::<1, 4>(w, k, x, m0, n0, out),
+                (1, 1) => return x86::tile::<1, 1>(w, k, x, m0, n0, out),
+                _ => {}
+            }
+        }
+    }
+    let _ = simd;
+    tile_scalar(w, k, x, m0, mr, n0, nr, out)
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint columns of a buffer that outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// `x [m, k] · wᵀ` for `w [n, k]`, both row-major f32 → `[m, n]`.
+pub fn matmul_slices(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    isa: Isa,
+) -> Result<Vec<f32>, String> {
+    if w.len() != n * k || x.len() != m * k {
+        return Err(format!(
+            "gemv: weight of {} values for [{n}, {k}], input of {} for [{m}, {k}]",
+            w.len(),
+            x.len()
+        ));
+    }
+    let simd = isa == Isa::Avx512Vnni;
+    let mut out = vec![0f32; m * n];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let run = |n0: usize, n1: usize| {
+        let mut tmp = [[0f32; NR]; MR];
+        let mut i = 0;
+        while i < m {
+            let mr = if m - i >= MR { MR } else { 1 };
+            let mut j = n0;
+            while j < n1 {
+                let nr = if n1 - j >= NR { NR } else { 1 };
+                tile(simd, w, k, x, i, mr, j, nr, &mut tmp);
+                for (r, row) in tmp.iter().enumerate().take(mr) {
+                    for (c, v) in row.iter().enumerate().take(nr) {
+                        // SAFETY: inside [m, n]; columns n0..n1 belong to this task.
+                        unsafe { *ptr.at((i + r) * n + j + c) = *v };
+                    }
+                }
+                j += nr;
+            }
+            i += mr;
+        }
+    };
+    let pool = Pool::global();
+    if pool.threads() <= 1 || m * n * k < 1 << 16 {
+        run(0, n);
+    } else {
+        let chunk = (n.div_ceil(pool.threads() * 8).max(16)).next_multiple_of(NR);
+        pool.run(n.div_ceil(chunk), &|c| {
+            let n0 = c * chunk;
+            run(n0, (n0 + chunk).min(n));
+        });
+    }
+    Ok(out)
+}
+
+/// `x [..., k] · wᵀ` for an f32 CPU weight `w [n, k]` and at most [`MAX_ROWS`] input
+/// rows; `None` when the operands do not fit this kernel (the caller uses candle's).
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !f32_cpu(x) || !f32_cpu(w) || w.rank() != 2 || !w.is_contiguous() {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        return Ok(None);
+    }
+    let m = x.elem_count() / k.max(1);
+    if m == 0 || m > MAX_ROWS {
+        return Ok(None);
+    }
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    // The weight's storage, without a copy when it is a plain contiguous tensor.
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let candle_core::CpuStorage::F32(data) = cpu else {
+        return Ok(None);
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let y =
+        matmul_slices(&data[a..b], n, k, &xs, m, Isa::detect()).map_err(candle_core::Error::Msg)?;
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    Ok(Some(Tensor::from_vec(y, out_dims, x.device())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_equals_the_f64_product() {
+        for (m, n, k) in [(1, 9, 40), (6, 13, 96), (8, 300, 576), (3, 4, 15)] {
+            let w: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.37).sin()).collect();
+            let x: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.11).cos()).collect();
+            for isa in Isa::all_available() {
+                let y = matmul_slices(&w, n, k, &x, m, isa).unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                            .sum();
+                        let got = y[i * n + j] as f64;
+                        assert!((got - want).abs() < 1e-4, "{isa:?} ({i},{j}) {got} {want}");
+                    }
+                }
+            }
+        }
+        assert!(matmul_slices(&[0.0; 5], 2, 3, &[0.0; 3], 1, Isa::Scalar).is_err());
+    }
+
+    #[test]
+    fn tensor_entry_point_matches_candle_and_declines_what_it_cannot_run() {
+        let dev = candle_core::Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (70, 48), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 48), &dev).unwrap();
+        let ours = matmul_t(&x, &w).unwrap().unwrap();
+        let theirs = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        let diff = (ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "{diff}");
+        let many = Tensor::randn(0f32, 1.0, (MAX_ROWS + 1, 48), &dev).unwrap();
+        assert!(matmul_t(&many, &w).unwrap().is_none());
+        assert!(matmul_t(&x, &w.t().unwrap()).unwrap().is_none());
+    }
+}
