@@ -119,6 +119,97 @@ impl OutPtr {
     }
 }
 
+/// `silu(g) · u = g / (1 + e^-g) · u`, elementwise.
+#[inline(always)]
+fn silu_mul_body(g: &[f32], u: &[f32], out: &mut [f32]) {
+    for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+        *o = g / (1.0 + exp_approx(-g)) * u;
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn silu_mul_avx512(g: &[f32], u: &[f32], out: &mut [f32]) {
+    silu_mul_body(g, u, out)
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
+    silu_mul_body(g, u, out)
+}
+
+fn silu_mul_slice(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `isa` was detected on this CPU.
+        match isa {
+            Isa::Avx512Vnni => return unsafe { silu_mul_avx512(g, u, out) },
+            Isa::Avx2 => return unsafe { silu_mul_avx2(g, u, out) },
+            Isa::Scalar => {}
+        }
+    }
+    silu_mul_body(g, u, out)
+}
+
+/// `silu(g) · u` for slices of equal length, with `isa`.
+pub fn silu_mul(g: &[f32], u: &[f32], isa: Isa) -> Vec<f32> {
+    let n = g.len().min(u.len());
+    let mut out = vec![0f32; n];
+    let chunks = n.div_ceil(CHUNK);
+    if chunks <= 1 {
+        silu_mul_slice(isa, &g[..n], &u[..n], &mut out);
+        return out;
+    }
+    let ptr = OutPtr(out.as_mut_ptr());
+    Pool::global().run(chunks, &|c| {
+        let lo = c * CHUNK;
+        let hi = (lo + CHUNK).min(n);
+        // SAFETY: chunk `c` owns `out[lo..hi]`; chunks are disjoint and `out` outlives
+        // the loop.
+        let dst = unsafe { std::slice::from_raw_parts_mut(ptr.at(lo), hi - lo) };
+        silu_mul_slice(isa, &g[lo..hi], &u[lo..hi], dst);
+    });
+    out
+}
+
+/// The candle op `silu(g) · u` (gated MLPs), f32 of the same shape.
+#[derive(Debug, Clone, Copy)]
+pub struct SiluMul;
+
+impl candle_core::CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "rustformers-silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (gs, us) else {
+            candle_core::bail!("silu-mul takes f32 inputs");
+        };
+        let (Some((ga, gb)), Some((ua, ub))) = (gl.contiguous_offsets(), ul.contiguous_offsets())
+        else {
+            candle_core::bail!("silu-mul takes contiguous inputs");
+        };
+        if gl.shape() != ul.shape() {
+            candle_core::bail!("silu-mul: shapes {:?} and {:?}", gl.shape(), ul.shape());
+        }
+        Ok((
+            CpuStorage::F32(silu_mul(&g[ga..gb], &u[ua..ub], Isa::detect())),
+            gl.shape().clone(),
+        ))
+    }
+}
+
 /// The candle op: exact-form GELU of an f32 tensor (other dtypes: candle's own).
 #[derive(Debug, Clone, Copy)]
 pub struct GeluErf;
@@ -208,6 +299,23 @@ mod tests {
         // Extremes stay finite and saturate.
         let ys = gelu(&[-1e30, -100.0, 100.0, 1e30, 0.0], Isa::detect());
         assert_eq!(ys, vec![-0.0, -0.0, 100.0, 1e30, 0.0]);
+    }
+
+    #[test]
+    fn silu_mul_matches_its_definition_on_every_instruction_set() {
+        let g: Vec<f32> = (-40_000..40_000).map(|i| i as f32 * 2.5e-3).collect();
+        let u: Vec<f32> = g.iter().map(|v| (v * 0.7).cos()).collect();
+        for isa in Isa::all_available() {
+            let y = silu_mul(&g, &u, isa);
+            for ((g, u), y) in g.iter().zip(&u).zip(&y) {
+                let (g64, u64) = (*g as f64, *u as f64);
+                let want = g64 / (1.0 + (-g64).exp()) * u64;
+                assert!(
+                    (*y as f64 - want).abs() < 1e-6 * (1.0 + want.abs()),
+                    "{isa:?} silu({g})*{u} = {y}, want {want}"
+                );
+            }
+        }
     }
 
     #[test]

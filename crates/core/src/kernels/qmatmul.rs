@@ -292,36 +292,57 @@ pub struct QActs {
 
 impl QActs {
     /// Quantizes `x` (`rows * cols` values; `cols` a multiple of 32): per block,
-    /// `d = max|x| / 127` and `q = round(x / d)`.
+    /// `d = max|x| / 127` and `q = round(x / d)` (half away from zero, as ggml's reference
+    /// quantizer). Many rows are split over the kernel pool.
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
         let nb = cols / QK;
         let blocks = rows * nb;
         debug_assert_eq!(x.len(), blocks * QK);
-        let mut qs = vec![0i8; blocks * QK];
-        let mut d = Vec::with_capacity(blocks);
-        let mut s_exact = Vec::with_capacity(blocks);
-        let mut s_rounded = Vec::with_capacity(blocks);
-        for (xb, qb) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)) {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in qb.iter_mut().zip(xb) {
-                *q = (v * inv).round() as i8;
-                sum += *q as i32;
-            }
-            let dr = f16::from_f32(scale).to_f32();
-            d.push(dr);
-            s_exact.push(dr * sum as f32);
-            s_rounded.push(f16::from_f32(sum as f32 * scale).to_f32());
-        }
-        Self {
+        let mut out = Self {
             nb,
-            qs,
-            d,
-            s_exact,
-            s_rounded,
+            qs: vec![0i8; blocks * QK],
+            d: vec![0f32; blocks],
+            s_exact: vec![0f32; blocks],
+            s_rounded: vec![0f32; blocks],
+        };
+        let isa = Isa::detect();
+        let ptrs = ActPtrs {
+            qs: out.qs.as_mut_ptr(),
+            d: out.d.as_mut_ptr(),
+            s_exact: out.s_exact.as_mut_ptr(),
+            s_rounded: out.s_rounded.as_mut_ptr(),
+        };
+        // Blocks `b0..b1`: each task owns its range of every output array.
+        let run = |b0: usize, b1: usize| {
+            // The whole (Sync) struct, not its raw-pointer fields, goes into the closure.
+            #[allow(clippy::redundant_locals)]
+            let ptrs = ptrs;
+            for b in b0..b1 {
+                let xb: &[f32; QK] = match x[b * QK..(b + 1) * QK].try_into() {
+                    Ok(a) => a,
+                    Err(_) => return,
+                };
+                let mut qb = [0i8; QK];
+                let (dr, se, sr) = quantize_block(isa, xb, &mut qb);
+                // SAFETY: b < blocks; block b belongs to this task alone.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(qb.as_ptr(), ptrs.qs.add(b * QK), QK);
+                    *ptrs.d.add(b) = dr;
+                    *ptrs.s_exact.add(b) = se;
+                    *ptrs.s_rounded.add(b) = sr;
+                }
+            }
+        };
+        let pool = Pool::global();
+        const PER_TASK: usize = 256;
+        if blocks <= PER_TASK || pool.threads() <= 1 {
+            run(0, blocks);
+        } else {
+            pool.run(blocks.div_ceil(PER_TASK), &|t| {
+                run(t * PER_TASK, ((t + 1) * PER_TASK).min(blocks))
+            });
         }
+        out
     }
 
     /// The quantized activations back as f32 (for tests).
@@ -340,6 +361,84 @@ impl QActs {
             &self.s_exact
         }
     }
+}
+
+/// Raw output pointers of a [`QActs`] being filled by several tasks.
+#[derive(Clone, Copy)]
+struct ActPtrs {
+    qs: *mut i8,
+    d: *mut f32,
+    s_exact: *mut f32,
+    s_rounded: *mut f32,
+}
+// SAFETY: tasks write disjoint block ranges of buffers that outlive them (see
+// `QActs::quantize`).
+unsafe impl Send for ActPtrs {}
+unsafe impl Sync for ActPtrs {}
+
+/// One block: `(d, d·Σq, f16(d·Σq))` with `d` rounded through f16.
+#[inline(always)]
+fn quantize_block_body(xb: &[f32; QK], qb: &mut [i8; QK]) -> (f32, f32, f32) {
+    // Max |x| with a select (vectorizes; no NaN handling needed for a scale).
+    let mut lanes = [0f32; 8];
+    for c in xb.chunks_exact(8) {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            let a = v.abs();
+            *l = if a > *l { a } else { *l };
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |a, v| if *v > a { *v } else { a });
+    let scale = amax / 127.0;
+    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, v) in qb.iter_mut().zip(xb) {
+        // Half away from zero (ggml's reference `roundf`), written so it vectorizes:
+        // `t - trunc(t)` is exact.
+        let t = v * inv;
+        let whole = t.trunc();
+        let r = if (t - whole).abs() >= 0.5 {
+            whole + 1f32.copysign(t)
+        } else {
+            whole
+        };
+        *q = r as i8;
+        sum += *q as i32;
+    }
+    let dr = f16::from_f32(scale).to_f32();
+    (
+        dr,
+        dr * sum as f32,
+        f16::from_f32(sum as f32 * scale).to_f32(),
+    )
+}
+
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn quantize_block_avx512(xb: &[f32; QK], qb: &mut [i8; QK]) -> (f32, f32, f32) {
+    quantize_block_body(xb, qb)
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_block_avx2(xb: &[f32; QK], qb: &mut [i8; QK]) -> (f32, f32, f32) {
+    quantize_block_body(xb, qb)
+}
+
+fn quantize_block(isa: Isa, xb: &[f32; QK], qb: &mut [i8; QK]) -> (f32, f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `isa` was detected on this CPU.
+        match isa {
+            Isa::Avx512Vnni => return unsafe { quantize_block_avx512(xb, qb) },
+            Isa::Avx2 => return unsafe { quantize_block_avx2(xb, qb) },
+            Isa::Scalar => {}
+        }
+    }
+    quantize_block_body(xb, qb)
 }
 
 /// Activation rows handled together, reusing each unpacked weight block.
@@ -896,6 +995,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Activation rounding is ggml's `roundf` (half away from zero), exact near ties.
+    #[test]
+    fn activations_round_half_away_from_zero() {
+        let mut x = [0f32; QK];
+        x[0] = 127.0; // scale 1
+        x[1] = 2.5;
+        x[2] = -2.5;
+        x[3] = 0.499_999_97;
+        x[4] = -0.5;
+        x[5] = 3.5;
+        let a = QActs::quantize(&x, 1, QK);
+        assert_eq!(&a.qs[..6], &[127, 3, -3, 0, -1, 4]);
+        assert_eq!(a.d[0], 1.0);
     }
 
     #[test]
