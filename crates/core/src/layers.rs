@@ -297,6 +297,40 @@ fn attention_by_ops(
 /// Query positions up to which [`cached_attention`] runs fused (beyond: batched matmuls).
 const FUSED_ATTENTION_MAX_QUERIES: usize = 16;
 
+/// Encoder self-attention returning `[batch, seq, heads · dim]` (the layout the output
+/// projection takes): `q, k, v` `[batch, heads, seq, dim]`, `mask` additive, broadcastable
+/// to `[batch, 1, seq_q, seq_k]`. f32 on CPU takes the fused kernel; the rest
+/// [`attention`] and a transpose.
+pub fn encoder_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (b, h, s, d) = q.dims4()?;
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if f32_cpu(q) && f32_cpu(k) && f32_cpu(v) && mask.is_none_or(f32_cpu) {
+        let t = k.dim(2)?;
+        let mask = match mask {
+            Some(m) => m
+                .broadcast_as((b, 1, s, t))?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            None => vec![0f32; b * s * t],
+        };
+        let op = crate::kernels::fused::AttentionOp {
+            mask,
+            scale: scale as f32,
+            softcap: None,
+        };
+        return q.contiguous()?.apply_op3_no_bwd(k, v, &op);
+    }
+    attention(q, k, v, mask, scale)?
+        .transpose(1, 2)?
+        .reshape((b, s, h * d))
+}
+
 /// Scaled dot-product attention for encoders: `q, k, v` are `[batch, heads, seq, dim]`,
 /// `mask` an additive mask broadcastable to `[batch, heads, seq_q, seq_k]`.
 pub fn attention(
@@ -318,6 +352,23 @@ pub fn attention(
 /// Layer normalisation over the last dimension with Python's semantics, computed in f32
 /// for half-precision inputs.
 pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if f32_cpu(x) && f32_cpu(weight) && f32_cpu(bias) {
+        let op = crate::kernels::fused::LayerNormOp { eps: eps as f32 };
+        return x
+            .contiguous()?
+            .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op);
+    }
+    layer_norm_by_ops(x, weight, bias, eps)
+}
+
+/// [`layer_norm`] op by op (half-precision inputs, other devices).
+fn layer_norm_by_ops(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -404,6 +455,61 @@ mod tests {
         }
         let bad_k = Tensor::randn(0f32, 1.0, (b, 4, t, d), &dev).unwrap();
         assert!(cached_attention(&q, &bad_k, &bad_k, &mask, 0.3, None).is_err());
+    }
+
+    #[test]
+    fn fused_layer_norm_equals_the_op_by_op_path() {
+        let dev = Device::Cpu;
+        for (rows, dim) in [(3, 16), (200, 384), (5, 37)] {
+            let x = (Tensor::randn(0f32, 3.0, (rows, dim), &dev).unwrap() + 1.5).unwrap();
+            let w = Tensor::randn(0f32, 1.0, dim, &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, dim, &dev).unwrap();
+            let fused = layer_norm(&x, &w, &b, 1e-12).unwrap();
+            let ops = layer_norm_by_ops(&x, &w, &b, 1e-12).unwrap();
+            let diff = (fused - ops)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "[{rows}, {dim}]: {diff}");
+        }
+        let x = Tensor::zeros((2, 8), DType::F32, &dev).unwrap();
+        let w = Tensor::ones(4, DType::F32, &dev).unwrap();
+        assert!(layer_norm(&x, &w, &w, 1e-5).is_err());
+    }
+
+    #[test]
+    fn fused_encoder_attention_equals_the_op_by_op_path() {
+        let dev = Device::Cpu;
+        let (b, h, s, d) = (2, 3, 21, 24);
+        let q = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev).unwrap();
+        let mut pad = vec![1u32; b * s];
+        pad[s + 15..].fill(0); // second row right-padded
+        let pad = Tensor::from_vec(pad, (b, s), &dev).unwrap();
+        let mask = extended_attention_mask(&pad, DType::F32).unwrap();
+        for m in [Some(&mask), None] {
+            let fused = encoder_attention(&q, &k, &v, m, 0.2).unwrap();
+            let ops = attention(&q, &k, &v, m, 0.2)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b, s, h * d))
+                .unwrap();
+            let diff = (fused - ops)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "{diff}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::Isa;
 /// and `r = x - n ln 2` (Cody-Waite: `ln 2` in two parts, so `r` is exact), `e^r` by its
 /// Taylor series to degree 7 (`|r| <= 0.35`).
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+pub(crate) fn exp_approx(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.clamp(-87.0, 88.0);

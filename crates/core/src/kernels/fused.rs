@@ -64,6 +64,105 @@ impl CustomOp2 for RmsNormOp {
     }
 }
 
+/// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) · w + b`
+/// (biased variance, as PyTorch), two passes over each row in f32.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerNormOp {
+    pub eps: f32,
+}
+
+#[inline(always)]
+fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = w.len();
+    for (row, o) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        // Lane-wise partial sums so that the reductions vectorize.
+        let mut lanes = [0f32; 16];
+        for c in row.chunks(16) {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l += v;
+            }
+        }
+        let mean = lanes.iter().sum::<f32>() / dim as f32;
+        let mut lanes = [0f32; 16];
+        for c in row.chunks(16) {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                let d = v - mean;
+                *l += d * d;
+            }
+        }
+        let var = lanes.iter().sum::<f32>() / dim as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, v), w), b) in o.iter_mut().zip(row).zip(w).zip(b) {
+            *o = (v - mean) * inv * w + b;
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn layer_norm_rows_avx512(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    layer_norm_rows(x, w, b, eps, out)
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "rustformers-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(f32_data(xs, "layer norm")?, xl, "layer norm")?;
+        let w = contiguous(f32_data(ws, "layer norm")?, wl, "layer norm")?;
+        let b = contiguous(f32_data(bs, "layer norm")?, bl, "layer norm")?;
+        let dim = w.len();
+        if dim == 0 || b.len() != dim || xl.shape().dims().last() != Some(&dim) {
+            candle_core::bail!(
+                "layer norm: weight {dim}, bias {} for input {:?}",
+                b.len(),
+                xl.shape().dims()
+            );
+        }
+        let rows = x.len() / dim;
+        let mut out = vec![0f32; x.len()];
+        let isa = super::Isa::detect();
+        let eps = self.eps;
+        let run = |r0: usize, r1: usize, dst: &mut [f32]| {
+            let src = &x[r0 * dim..r1 * dim];
+            #[cfg(target_arch = "x86_64")]
+            if isa == super::Isa::Avx512Vnni {
+                // SAFETY: AVX-512 was detected on this CPU.
+                return unsafe { layer_norm_rows_avx512(src, w, b, eps, dst) };
+            }
+            let _ = isa;
+            layer_norm_rows(src, w, b, eps, dst)
+        };
+        const ROWS: usize = 64;
+        let tasks = rows.div_ceil(ROWS);
+        if tasks <= 1 {
+            run(0, rows, &mut out);
+        } else {
+            let ptr = OutPtr(out.as_mut_ptr());
+            Pool::global().run(tasks, &|t| {
+                let (r0, r1) = (t * ROWS, ((t + 1) * ROWS).min(rows));
+                // SAFETY: task t alone writes rows r0..r1 of `out`, which outlives the loop.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(ptr.at(r0 * dim), (r1 - r0) * dim) };
+                run(r0, r1, dst);
+            });
+        }
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
 /// Rotary embedding of `x [batch, heads, seq, head_dim]` with `cos`/`sin`
 /// `[batch, seq, rot]` (halves repeated, as `RotaryEmbedding::cos_sin` gives them):
 /// rotate-half pairs `(i, i + rot/2)`, or interleaved pairs `(2i, 2i + 1)`. Channels past
@@ -188,6 +287,7 @@ impl CustomOp3 for AttentionOp {
             candle_core::bail!("attention: key/value layout out of bounds");
         }
         let n_rep = h / kvh;
+        let isa = super::Isa::detect();
         let mut out = vec![0f32; b * s * h * d];
         let ptr = OutPtr(out.as_mut_ptr());
         let task = |bh: usize| {
@@ -199,35 +299,25 @@ impl CustomOp3 for AttentionOp {
             for si in 0..s {
                 let qrow = &q[((bi * h + hi) * s + si) * d..][..d];
                 let mrow = &self.mask[(bi * s + si) * t..][..t];
-                let mut max = f32::NEG_INFINITY;
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    let krow = &k[kb + j * kst[2]..][..d];
-                    let dot: f32 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
-                    let mut x = dot * self.scale;
-                    if let Some(cap) = self.softcap {
-                        x = (x / cap).tanh() * cap;
-                    }
-                    *sc = x + mrow[j];
-                    max = max.max(*sc);
-                }
-                let mut sum = 0f32;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let inv = 1.0 / sum;
                 // SAFETY: task (bi, hi) alone writes out[bi, si, hi, ..] for every si.
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(ptr.at(((bi * s + si) * h + hi) * d), d)
                 };
-                o.fill(0.0);
-                for (j, p) in scores.iter().enumerate() {
-                    let w = p * inv;
-                    let vrow = &v[vb + j * vst[2]..][..d];
-                    for (o, x) in o.iter_mut().zip(vrow) {
-                        *o += w * x;
-                    }
+                let row = AttendRow {
+                    k: &k[kb..],
+                    k_step: kst[2],
+                    v: &v[vb..],
+                    v_step: vst[2],
+                    scale: self.scale,
+                    softcap: self.softcap,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if isa == super::Isa::Avx512Vnni {
+                    // SAFETY: AVX-512 was detected on this CPU.
+                    unsafe { attend_row_avx512(&row, qrow, mrow, &mut scores, o) };
+                    continue;
                 }
+                attend_row(&row, qrow, mrow, &mut scores, o);
             }
         };
         let tasks = b * h;
@@ -238,6 +328,78 @@ impl CustomOp3 for AttentionOp {
         }
         Ok((CpuStorage::F32(out), Shape::from((b, s, h * d))))
     }
+}
+
+/// The keys and values one query row attends over (from the head's first position).
+struct AttendRow<'a> {
+    k: &'a [f32],
+    k_step: usize,
+    v: &'a [f32],
+    v_step: usize,
+    scale: f32,
+    softcap: Option<f32>,
+}
+
+/// `Σ a·b` with 16 partial sums, so that it vectorizes.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// One query row: scores over every key (scaled, soft-capped, masked), softmax, and the
+/// weighted sum of the values into `o`.
+#[inline(always)]
+fn attend_row(r: &AttendRow, q: &[f32], mask: &[f32], scores: &mut [f32], o: &mut [f32]) {
+    let d = q.len();
+    let mut max = f32::NEG_INFINITY;
+    for (j, (sc, m)) in scores.iter_mut().zip(mask).enumerate() {
+        let mut x = dot(q, &r.k[j * r.k_step..][..d]) * r.scale;
+        if let Some(cap) = r.softcap {
+            x = (x / cap).tanh() * cap;
+        }
+        *sc = x + m;
+        max = max.max(*sc);
+    }
+    let mut sum = 0f32;
+    for sc in scores.iter_mut() {
+        *sc = super::activation::exp_approx(*sc - max);
+        sum += *sc;
+    }
+    let inv = 1.0 / sum;
+    o.fill(0.0);
+    for (j, p) in scores.iter().enumerate() {
+        let w = p * inv;
+        for (o, x) in o.iter_mut().zip(&r.v[j * r.v_step..][..d]) {
+            *o += w * x;
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn attend_row_avx512(
+    r: &AttendRow,
+    q: &[f32],
+    mask: &[f32],
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    attend_row(r, q, mask, scores, o)
 }
 
 #[derive(Clone, Copy)]

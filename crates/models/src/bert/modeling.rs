@@ -9,7 +9,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use rustformers_core::layers::{
-    attention, embedding, extended_attention_mask, Activation, Embedding, LayerNorm,
+    embedding, encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
 };
 
 use super::config::BertConfig;
@@ -107,13 +107,11 @@ impl BertSelfAttention {
     }
 
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
         let q = self.split_heads(&self.query.forward(x)?)?;
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let ctx = attention(&q, &k, &v, mask, scale)?;
-        ctx.transpose(1, 2)?.reshape((b, s, h))
+        encoder_attention(&q, &k, &v, mask, scale)
     }
 }
 

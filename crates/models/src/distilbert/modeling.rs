@@ -14,7 +14,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use rustformers_core::layers::{
-    attention, embedding, extended_attention_mask, Activation, Embedding, LayerNorm,
+    embedding, encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
 };
 
 use super::config::DistilBertConfig;
@@ -135,14 +135,12 @@ impl MultiHeadSelfAttention {
     /// `mask` is the additive `[batch, 1, 1, seq]` mask; Python fills masked scores
     /// with the dtype minimum, which softmax turns into the same zeros.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, s, d) = x.dims3()?;
         let q = self.split_heads(&self.q_lin.forward(x)?)?;
         let k = self.split_heads(&self.k_lin.forward(x)?)?;
         let v = self.split_heads(&self.v_lin.forward(x)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let ctx = attention(&q, &k, &v, mask, scale)?;
         self.out_lin
-            .forward(&ctx.transpose(1, 2)?.reshape((b, s, d))?)
+            .forward(&encoder_attention(&q, &k, &v, mask, scale)?)
     }
 }
 
