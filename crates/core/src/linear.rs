@@ -38,6 +38,11 @@ pub enum QLinear {
 }
 
 impl QLinear {
+    /// A dense layer from a `[out, in]` weight and an optional bias.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self::Dense { weight, bias }
+    }
+
     /// A dense layer from `weight` (and `bias`) under `vb`.
     pub fn load(
         vb: VarBuilder,
@@ -150,6 +155,12 @@ impl QLinear {
             None => Ok(y),
         }
     }
+}
+
+/// `candle_nn::linear`'s counterpart: a dense layer with bias under `vb`, run by
+/// rustformers' f32 kernels on CPU.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<QLinear> {
+    QLinear::load(vb, in_dim, out_dim, true)
 }
 
 /// RMS normalisation (`LlamaRMSNorm`): computed in f32, `weight * x / rms(x)`;

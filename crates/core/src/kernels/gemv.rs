@@ -1,7 +1,9 @@
-//! `y = x Wᵀ` in f32 for a few rows of `x` (decoding): candle's gemm is built for large
-//! products and runs a one-row product on one thread with packing overhead; here the
-//! weight rows are streamed once, split over the kernel pool, 4 weight rows × up to 4
-//! input rows per tile (AVX-512 FMA at run time, a plain loop elsewhere).
+//! `y = x Wᵀ` in f32 on the kernel pool. For a few rows of `x` (decoding) candle's gemm
+//! runs a one-row product on one thread with packing overhead; here the weight rows are
+//! streamed once, 4 weight rows × up to 4 input rows per tile (AVX-512 FMA at run time, a
+//! plain loop elsewhere). For many rows (prompts, encoder batches) the output columns are
+//! split over the pool and each block runs gemm single-threaded, so that rayon's threads
+//! (candle's gemm parallelism) do not compete with the pool's for the cores.
 
 use candle_core::{DType, Tensor};
 
@@ -176,8 +178,71 @@ pub fn matmul_slices(
     Ok(out)
 }
 
-/// `x [..., k] · wᵀ` for an f32 CPU weight `w [n, k]` and at most [`MAX_ROWS`] input
-/// rows; `None` when the operands do not fit this kernel (the caller uses candle's).
+/// `x [m, k] · wᵀ` for `w [n, k]` with gemm per block of output columns, blocks spread
+/// over the pool.
+pub fn matmul_blocks(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+) -> Result<Vec<f32>, String> {
+    if w.len() != n * k || x.len() != m * k {
+        return Err(format!(
+            "matmul: weight of {} values for [{n}, {k}], input of {} for [{m}, {k}]",
+            w.len(),
+            x.len()
+        ));
+    }
+    let mut out = vec![0f32; m * n];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let pool = Pool::global();
+    let chunk = n
+        .div_ceil(pool.threads() * 4)
+        .clamp(16, 256)
+        .next_multiple_of(16);
+    let block = |c: usize| {
+        let n0 = c * chunk;
+        let cols = chunk.min(n - n0);
+        // SAFETY: dst is out[.., n0..n0 + cols] (row stride n), written by this block
+        // alone; lhs is x [m, k] row-major; rhs[kk, j] = w[(n0 + j) * k + kk]. All in
+        // bounds: (m - 1) * n + n0 + cols <= m * n and (n0 + cols) * k <= n * k.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                ptr.at(n0),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr().add(n0 * k),
+                k as isize,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+    };
+    let blocks = n.div_ceil(chunk);
+    if pool.threads() <= 1 || blocks <= 1 {
+        (0..blocks).for_each(block);
+    } else {
+        pool.run(blocks, &block);
+    }
+    Ok(out)
+}
+
+/// `x [..., k] · wᵀ` for an f32 CPU weight `w [n, k]`: the row kernel up to
+/// [`MAX_ROWS`] input rows, gemm blocks on the pool beyond; `None` when the operands do
+/// not fit (the caller uses candle's matmul).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if !f32_cpu(x) || !f32_cpu(w) || w.rank() != 2 || !w.is_contiguous() {
@@ -189,7 +254,7 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
         return Ok(None);
     }
     let m = x.elem_count() / k.max(1);
-    if m == 0 || m > MAX_ROWS {
+    if m == 0 {
         return Ok(None);
     }
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
@@ -204,8 +269,12 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let Some((a, b)) = layout.contiguous_offsets() else {
         return Ok(None);
     };
-    let y =
-        matmul_slices(&data[a..b], n, k, &xs, m, Isa::detect()).map_err(candle_core::Error::Msg)?;
+    let y = if m <= MAX_ROWS {
+        matmul_slices(&data[a..b], n, k, &xs, m, Isa::detect())
+    } else {
+        matmul_blocks(&data[a..b], n, k, &xs, m)
+    }
+    .map_err(candle_core::Error::Msg)?;
     let mut out_dims = dims.to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = n;
@@ -254,8 +323,23 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-4, "{diff}");
-        let many = Tensor::randn(0f32, 1.0, (MAX_ROWS + 1, 48), &dev).unwrap();
-        assert!(matmul_t(&many, &w).unwrap().is_none());
         assert!(matmul_t(&x, &w.t().unwrap()).unwrap().is_none());
+        // Many rows: gemm blocks on the pool (column counts not multiples of the block).
+        for n in [70, 300] {
+            let w = Tensor::randn(0f32, 1.0, (n, 48), &dev).unwrap();
+            let many = Tensor::randn(0f32, 1.0, (2, 45, 48), &dev).unwrap();
+            let ours = matmul_t(&many, &w).unwrap().unwrap();
+            assert_eq!(ours.dims(), &[2, 45, n]);
+            let theirs = many.broadcast_matmul(&w.t().unwrap()).unwrap();
+            let diff = (ours - theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "{diff}");
+        }
     }
 }

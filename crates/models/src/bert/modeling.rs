@@ -5,8 +5,9 @@
 //! Inference only: dropout is the identity.
 #![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
 
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use rustformers_core::linear::{linear, QLinear};
 
 use rustformers_core::layers::{
     embedding, encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
@@ -80,9 +81,9 @@ impl BertEmbeddings {
 /// Multi-head self-attention (`attention.self`).
 #[derive(Debug, Clone)]
 pub struct BertSelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    query: QLinear,
+    key: QLinear,
+    value: QLinear,
     num_heads: usize,
     head_dim: usize,
 }
@@ -118,7 +119,7 @@ impl BertSelfAttention {
 /// Dense + residual + LayerNorm (`attention.output` and `output`).
 #[derive(Debug, Clone)]
 pub struct BertResidualOutput {
-    dense: Linear,
+    dense: QLinear,
     LayerNorm: LayerNorm,
 }
 
@@ -141,7 +142,7 @@ impl BertResidualOutput {
 pub struct BertLayer {
     attention_self: BertSelfAttention,
     attention_output: BertResidualOutput,
-    intermediate: Linear,
+    intermediate: QLinear,
     act: Activation,
     output: BertResidualOutput,
 }
@@ -178,7 +179,7 @@ impl BertLayer {
 pub struct BertModel {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
-    pooler: Option<Linear>,
+    pooler: Option<QLinear>,
     dtype: DType,
 }
 
@@ -237,7 +238,7 @@ impl EncoderModel for BertModel {
 #[derive(Debug, Clone)]
 pub struct BertForSequenceClassification {
     bert: BertModel,
-    classifier: Linear,
+    classifier: QLinear,
 }
 
 impl BertForSequenceClassification {
@@ -267,7 +268,7 @@ impl SequenceClassificationModel for BertForSequenceClassification {
 #[derive(Debug, Clone)]
 pub struct BertForTokenClassification {
     bert: BertModel,
-    classifier: Linear,
+    classifier: QLinear,
 }
 
 impl BertForTokenClassification {
@@ -294,7 +295,7 @@ impl TokenClassificationModel for BertForTokenClassification {
 #[derive(Debug, Clone)]
 pub struct BertForQuestionAnswering {
     bert: BertModel,
-    qa_outputs: Linear,
+    qa_outputs: QLinear,
 }
 
 impl BertForQuestionAnswering {
@@ -323,10 +324,10 @@ impl QuestionAnsweringModel for BertForQuestionAnswering {
 #[derive(Debug, Clone)]
 pub struct BertForMaskedLM {
     bert: BertModel,
-    transform_dense: Linear,
+    transform_dense: QLinear,
     transform_act: Activation,
     transform_norm: LayerNorm,
-    decoder: Linear,
+    decoder: QLinear,
 }
 
 impl BertForMaskedLM {
@@ -347,7 +348,7 @@ impl BertForMaskedLM {
             transform_dense,
             transform_act: act(c)?,
             transform_norm,
-            decoder: Linear::new(weight, Some(bias)),
+            decoder: QLinear::new(weight, Some(bias)),
         })
     }
 }

@@ -10,8 +10,9 @@
 //! `[CLS]` hidden state.
 #![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
 
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use rustformers_core::linear::{linear, QLinear};
 
 use rustformers_core::layers::{
     embedding, encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
@@ -104,10 +105,10 @@ impl Embeddings {
 /// `attention`: q/k/v projections, scaled dot-product attention, `out_lin`.
 #[derive(Debug, Clone)]
 pub struct MultiHeadSelfAttention {
-    q_lin: Linear,
-    k_lin: Linear,
-    v_lin: Linear,
-    out_lin: Linear,
+    q_lin: QLinear,
+    k_lin: QLinear,
+    v_lin: QLinear,
+    out_lin: QLinear,
     n_heads: usize,
     head_dim: usize,
 }
@@ -147,8 +148,8 @@ impl MultiHeadSelfAttention {
 /// `ffn`: `lin1` → activation → `lin2`.
 #[derive(Debug, Clone)]
 pub struct Ffn {
-    lin1: Linear,
-    lin2: Linear,
+    lin1: QLinear,
+    lin2: QLinear,
     act: Activation,
 }
 
@@ -250,8 +251,8 @@ impl EncoderModel for DistilBertModel {
 #[derive(Debug, Clone)]
 pub struct DistilBertForSequenceClassification {
     distilbert: DistilBertModel,
-    pre_classifier: Linear,
-    classifier: Linear,
+    pre_classifier: QLinear,
+    classifier: QLinear,
 }
 
 impl DistilBertForSequenceClassification {
@@ -278,7 +279,7 @@ impl SequenceClassificationModel for DistilBertForSequenceClassification {
 #[derive(Debug, Clone)]
 pub struct DistilBertForTokenClassification {
     distilbert: DistilBertModel,
-    classifier: Linear,
+    classifier: QLinear,
 }
 
 impl DistilBertForTokenClassification {
@@ -302,7 +303,7 @@ impl TokenClassificationModel for DistilBertForTokenClassification {
 #[derive(Debug, Clone)]
 pub struct DistilBertForQuestionAnswering {
     distilbert: DistilBertModel,
-    qa_outputs: Linear,
+    qa_outputs: QLinear,
 }
 
 impl DistilBertForQuestionAnswering {
@@ -332,10 +333,10 @@ impl QuestionAnsweringModel for DistilBertForQuestionAnswering {
 #[derive(Debug, Clone)]
 pub struct DistilBertForMaskedLM {
     distilbert: DistilBertModel,
-    vocab_transform: Linear,
+    vocab_transform: QLinear,
     act: Activation,
     vocab_layer_norm: LayerNorm,
-    vocab_projector: Linear,
+    vocab_projector: QLinear,
 }
 
 impl DistilBertForMaskedLM {
@@ -355,7 +356,7 @@ impl DistilBertForMaskedLM {
             vocab_transform,
             act: act(c)?,
             vocab_layer_norm,
-            vocab_projector: Linear::new(weight, Some(bias)),
+            vocab_projector: QLinear::new(weight, Some(bias)),
         })
     }
 }

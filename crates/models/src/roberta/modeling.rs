@@ -15,8 +15,9 @@
 //!   exact GELU, whatever `hidden_act` says.
 #![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
 
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use rustformers_core::linear::{linear, QLinear};
 
 use rustformers_core::layers::{
     embedding, encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
@@ -118,9 +119,9 @@ impl RobertaEmbeddings {
 /// unchanged.
 #[derive(Debug, Clone)]
 pub struct RobertaSelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    query: QLinear,
+    key: QLinear,
+    value: QLinear,
     num_heads: usize,
     head_dim: usize,
 }
@@ -157,7 +158,7 @@ impl RobertaSelfAttention {
 /// `BertResidualOutput` unchanged.
 #[derive(Debug, Clone)]
 pub struct RobertaResidualOutput {
-    dense: Linear,
+    dense: QLinear,
     LayerNorm: LayerNorm,
 }
 
@@ -180,7 +181,7 @@ impl RobertaResidualOutput {
 pub struct RobertaLayer {
     attention_self: RobertaSelfAttention,
     attention_output: RobertaResidualOutput,
-    intermediate: Linear,
+    intermediate: QLinear,
     act: Activation,
     output: RobertaResidualOutput,
 }
@@ -218,7 +219,7 @@ impl RobertaLayer {
 pub struct RobertaModel {
     embeddings: RobertaEmbeddings,
     layers: Vec<RobertaLayer>,
-    pooler: Option<Linear>,
+    pooler: Option<QLinear>,
     dtype: DType,
 }
 
@@ -283,8 +284,8 @@ impl EncoderModel for RobertaModel {
 #[derive(Debug, Clone)]
 pub struct RobertaForSequenceClassification {
     roberta: RobertaModel,
-    dense: Linear,
-    out_proj: Linear,
+    dense: QLinear,
+    out_proj: QLinear,
 }
 
 impl RobertaForSequenceClassification {
@@ -314,7 +315,7 @@ impl SequenceClassificationModel for RobertaForSequenceClassification {
 #[derive(Debug, Clone)]
 pub struct RobertaForTokenClassification {
     roberta: RobertaModel,
-    classifier: Linear,
+    classifier: QLinear,
 }
 
 impl RobertaForTokenClassification {
@@ -338,7 +339,7 @@ impl TokenClassificationModel for RobertaForTokenClassification {
 #[derive(Debug, Clone)]
 pub struct RobertaForQuestionAnswering {
     roberta: RobertaModel,
-    qa_outputs: Linear,
+    qa_outputs: QLinear,
 }
 
 impl RobertaForQuestionAnswering {
@@ -368,9 +369,9 @@ impl QuestionAnsweringModel for RobertaForQuestionAnswering {
 #[derive(Debug, Clone)]
 pub struct RobertaForMaskedLM {
     roberta: RobertaModel,
-    dense: Linear,
+    dense: QLinear,
     layer_norm: LayerNorm,
-    decoder: Linear,
+    decoder: QLinear,
 }
 
 impl RobertaForMaskedLM {
@@ -398,7 +399,7 @@ impl RobertaForMaskedLM {
             roberta,
             dense,
             layer_norm,
-            decoder: Linear::new(weight, Some(bias)),
+            decoder: QLinear::new(weight, Some(bias)),
         })
     }
 }
