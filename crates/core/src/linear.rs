@@ -117,11 +117,8 @@ impl QLinear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (y, bias) = match self {
             Self::Dense { weight, bias } => {
-                if let Some(y) = crate::kernels::gemv::matmul_t(x, weight)? {
-                    return match bias {
-                        Some(b) => y.broadcast_add(b),
-                        None => Ok(y),
-                    };
+                if let Some(y) = crate::kernels::gemv::matmul_t(x, weight, bias.as_ref())? {
+                    return Ok(y);
                 }
                 let w = weight.t()?;
                 let y = match x.dims() {

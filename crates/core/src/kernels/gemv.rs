@@ -135,7 +135,20 @@ pub fn matmul_slices(
     m: usize,
     isa: Isa,
 ) -> Result<Vec<f32>, String> {
-    if w.len() != n * k || x.len() != m * k {
+    matmul_slices_bias(w, n, k, x, m, None, isa)
+}
+
+/// [`matmul_slices`] plus a bias of `n` values added to every row.
+pub fn matmul_slices_bias(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    isa: Isa,
+) -> Result<Vec<f32>, String> {
+    if w.len() != n * k || x.len() != m * k || bias.is_some_and(|b| b.len() != n) {
         return Err(format!(
             "gemv: weight of {} values for [{n}, {k}], input of {} for [{m}, {k}]",
             w.len(),
@@ -156,8 +169,9 @@ pub fn matmul_slices(
                 tile(simd, w, k, x, i, mr, j, nr, &mut tmp);
                 for (r, row) in tmp.iter().enumerate().take(mr) {
                     for (c, v) in row.iter().enumerate().take(nr) {
+                        let b = bias.map_or(0.0, |b| b[j + c]);
                         // SAFETY: inside [m, n]; columns n0..n1 belong to this task.
-                        unsafe { *ptr.at((i + r) * n + j + c) = *v };
+                        unsafe { *ptr.at((i + r) * n + j + c) = *v + b };
                     }
                 }
                 j += nr;
@@ -186,15 +200,21 @@ pub fn matmul_blocks(
     k: usize,
     x: &[f32],
     m: usize,
+    bias: Option<&[f32]>,
 ) -> Result<Vec<f32>, String> {
-    if w.len() != n * k || x.len() != m * k {
+    if w.len() != n * k || x.len() != m * k || bias.is_some_and(|b| b.len() != n) {
         return Err(format!(
             "matmul: weight of {} values for [{n}, {k}], input of {} for [{m}, {k}]",
             w.len(),
             x.len()
         ));
     }
-    let mut out = vec![0f32; m * n];
+    // The bias goes into the output first; gemm then adds the product to it.
+    let mut out = match bias {
+        Some(b) => b.repeat(m),
+        None => vec![0f32; m * n],
+    };
+    let read_dst = bias.is_some();
     let ptr = OutPtr(out.as_mut_ptr());
     let pool = Pool::global();
     let chunk = n
@@ -215,14 +235,14 @@ pub fn matmul_blocks(
                 ptr.at(n0),
                 1,
                 n as isize,
-                false,
+                read_dst,
                 x.as_ptr(),
                 1,
                 k as isize,
                 w.as_ptr().add(n0 * k),
                 k as isize,
                 1,
-                0.0f32,
+                1.0f32,
                 1.0f32,
                 false,
                 false,
@@ -243,11 +263,21 @@ pub fn matmul_blocks(
 /// `x [..., k] · wᵀ` for an f32 CPU weight `w [n, k]`: the row kernel up to
 /// [`MAX_ROWS`] input rows, gemm blocks on the pool beyond; `None` when the operands do
 /// not fit (the caller uses candle's matmul).
-pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
+pub fn matmul_t(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if !f32_cpu(x) || !f32_cpu(w) || w.rank() != 2 || !w.is_contiguous() {
         return Ok(None);
     }
+    if bias.is_some_and(|b| !f32_cpu(b) || b.elem_count() != w.dims()[0]) {
+        return Ok(None);
+    }
+    let bias = bias
+        .map(|b| b.flatten_all()?.to_vec1::<f32>())
+        .transpose()?;
     let (n, k) = w.dims2()?;
     let dims = x.dims();
     if dims.last() != Some(&k) {
@@ -270,9 +300,9 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
         return Ok(None);
     };
     let y = if m <= MAX_ROWS {
-        matmul_slices(&data[a..b], n, k, &xs, m, Isa::detect())
+        matmul_slices_bias(&data[a..b], n, k, &xs, m, bias.as_deref(), Isa::detect())
     } else {
-        matmul_blocks(&data[a..b], n, k, &xs, m)
+        matmul_blocks(&data[a..b], n, k, &xs, m, bias.as_deref())
     }
     .map_err(candle_core::Error::Msg)?;
     let mut out_dims = dims.to_vec();
@@ -312,8 +342,13 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (70, 48), &dev).unwrap();
         let x = Tensor::randn(0f32, 1.0, (1, 3, 48), &dev).unwrap();
-        let ours = matmul_t(&x, &w).unwrap().unwrap();
-        let theirs = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 70, &dev).unwrap();
+        let ours = matmul_t(&x, &w, Some(&bias)).unwrap().unwrap();
+        let theirs = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
         let diff = (ours - theirs)
             .unwrap()
             .abs()
@@ -323,14 +358,19 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-4, "{diff}");
-        assert!(matmul_t(&x, &w.t().unwrap()).unwrap().is_none());
+        assert!(matmul_t(&x, &w.t().unwrap(), None).unwrap().is_none());
         // Many rows: gemm blocks on the pool (column counts not multiples of the block).
         for n in [70, 300] {
             let w = Tensor::randn(0f32, 1.0, (n, 48), &dev).unwrap();
             let many = Tensor::randn(0f32, 1.0, (2, 45, 48), &dev).unwrap();
-            let ours = matmul_t(&many, &w).unwrap().unwrap();
+            let bias = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let ours = matmul_t(&many, &w, Some(&bias)).unwrap().unwrap();
             assert_eq!(ours.dims(), &[2, 45, n]);
-            let theirs = many.broadcast_matmul(&w.t().unwrap()).unwrap();
+            let theirs = many
+                .broadcast_matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap();
             let diff = (ours - theirs)
                 .unwrap()
                 .abs()
