@@ -295,6 +295,25 @@ impl CustomOp3 for AttentionOp {
             let g = hi / n_rep;
             let kb = ko + bi * kst[0] + g * kst[1];
             let vb = vo + bi * vst[0] + g * vst[1];
+            if s > ROW_KERNEL_MAX_QUERIES {
+                // Many queries (a prompt, an encoder batch): both products through gemm.
+                let head = HeadGemm {
+                    q: &q[(bi * h + hi) * s * d..][..s * d],
+                    k: &k[kb..],
+                    k_step: kst[2],
+                    v: &v[vb..],
+                    v_step: vst[2],
+                    mask: &self.mask[bi * s * t..][..s * t],
+                    scale: self.scale,
+                    softcap: self.softcap,
+                    t,
+                    d,
+                };
+                // SAFETY: out[bi, si, hi, ..] for every si belongs to this task; the
+                // pointer and row stride h·d stay inside `out` (see `attend_head_gemm`).
+                unsafe { attend_head_gemm(&head, ptr.at((bi * s * h + hi) * d), h * d) };
+                return;
+            }
             let mut scores = vec![0f32; t];
             for si in 0..s {
                 let qrow = &q[((bi * h + hi) * s + si) * d..][..d];
@@ -328,6 +347,124 @@ impl CustomOp3 for AttentionOp {
         }
         Ok((CpuStorage::F32(out), Shape::from((b, s, h * d))))
     }
+}
+
+/// Query rows above which a head's attention runs through gemm instead of row by row.
+const ROW_KERNEL_MAX_QUERIES: usize = 16;
+
+/// One head's operands for the gemm path (keys and values from the head's first
+/// position, rows `k_step` / `v_step` apart).
+struct HeadGemm<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    k_step: usize,
+    v: &'a [f32],
+    v_step: usize,
+    mask: &'a [f32],
+    scale: f32,
+    softcap: Option<f32>,
+    t: usize,
+    d: usize,
+}
+
+/// `softmax(q kᵀ · scale (+cap) + mask) v` for one head, written to `dst` rows
+/// `dst_rs` apart: gemm, then the row-wise softmax, then gemm.
+///
+/// # Safety
+/// `dst + i·dst_rs + [0, d)` is writable for every query row `i`, and nothing else
+/// writes there meanwhile; `k` and `v` hold `t` rows at their steps (checked by the op).
+unsafe fn attend_head_gemm(a: &HeadGemm, dst: *mut f32, dst_rs: usize) {
+    let s = a.q.len() / a.d.max(1);
+    let (t, d) = (a.t, a.d);
+    let mut scores = vec![0f32; s * t];
+    // scores[i, j] = Σ q[i, x] k[j, x]
+    gemm::gemm(
+        s,
+        t,
+        d,
+        scores.as_mut_ptr(),
+        1,
+        t as isize,
+        false,
+        a.q.as_ptr(),
+        1,
+        d as isize,
+        a.k.as_ptr(),
+        a.k_step as isize,
+        1,
+        0.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::Isa::detect() == super::Isa::Avx512Vnni {
+        softmax_rows_avx512(&mut scores, a);
+    } else {
+        softmax_rows(&mut scores, a);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    softmax_rows(&mut scores, a);
+    // out[i, x] = Σ p[i, j] v[j, x]
+    gemm::gemm(
+        s,
+        d,
+        t,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        scores.as_ptr(),
+        1,
+        t as isize,
+        a.v.as_ptr(),
+        1,
+        a.v_step as isize,
+        0.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// Scaled, soft-capped, masked softmax of each row of `scores` (`t` wide), in place.
+#[inline(always)]
+fn softmax_rows(scores: &mut [f32], a: &HeadGemm) {
+    let t = a.t;
+    for (row, mrow) in scores.chunks_exact_mut(t).zip(a.mask.chunks_exact(t)) {
+        for (sc, m) in row.iter_mut().zip(mrow) {
+            let mut x = *sc * a.scale;
+            if let Some(cap) = a.softcap {
+                x = (x / cap).tanh() * cap;
+            }
+            *sc = x + m;
+        }
+        // Select-based max, so that it vectorizes.
+        let max = row
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m });
+        let mut sum = 0f32;
+        for sc in row.iter_mut() {
+            *sc = super::activation::exp_approx(*sc - max);
+            sum += *sc;
+        }
+        let inv = 1.0 / sum;
+        for sc in row.iter_mut() {
+            *sc *= inv;
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_rows_avx512(scores: &mut [f32], a: &HeadGemm) {
+    softmax_rows(scores, a)
 }
 
 /// The keys and values one query row attends over (from the head's first position).
