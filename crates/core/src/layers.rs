@@ -3,6 +3,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{Error, Result};
+use crate::kernels::is_f32_cpu;
 
 /// An activation function named as in config.json's `hidden_act` / `activation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +42,7 @@ impl Activation {
     /// `act(gate) · up`, the gated MLP's product: one fused pass for SiLU in f32 on
     /// CPU, two ops otherwise.
     pub fn forward_mul(&self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-        if *self == Self::Silu && f32_cpu(gate) && f32_cpu(up) && gate.shape() == up.shape() {
+        if *self == Self::Silu && is_f32_cpu(gate) && is_f32_cpu(up) && gate.shape() == up.shape() {
             return gate
                 .contiguous()?
                 .apply_op2_no_bwd(&up.contiguous()?, &crate::kernels::activation::SiluMul);
@@ -253,29 +253,33 @@ pub fn cached_attention(
     if kv_heads == 0 || h % kv_heads != 0 {
         candle_core::bail!("{h} attention heads cannot share {kv_heads} key/value heads");
     }
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if s <= FUSED_ATTENTION_MAX_QUERIES && f32_cpu(q) && f32_cpu(k) && f32_cpu(v) {
-        return fused_attention(q, k, v, mask, scale, softcap);
+    if s <= FUSED_ATTENTION_MAX_QUERIES && is_f32_cpu(q) && is_f32_cpu(k) && is_f32_cpu(v) {
+        return fused_attention(q, k, v, Some(mask), scale, softcap);
     }
     attention_by_ops(q, k, v, mask, scale, softcap)
 }
 
-/// [`cached_attention`] through the fused CPU kernel (f32), whatever the query count.
+/// Attention through the fused CPU kernel (f32), whatever the query count: `mask`
+/// additive and broadcastable to `[b, 1, s, t]` (none: nothing masked); returns
+/// `[b, s, heads · d]`.
 fn fused_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: &Tensor,
+    mask: Option<&Tensor>,
     scale: f64,
     softcap: Option<f64>,
 ) -> candle_core::Result<Tensor> {
     let (b, _, s, _) = q.dims4()?;
     let t = k.dim(2)?;
-    let mask = mask
-        .to_dtype(DType::F32)?
-        .broadcast_as((b, 1, s, t))?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let mask = match mask {
+        Some(m) => m
+            .to_dtype(DType::F32)?
+            .broadcast_as((b, 1, s, t))?
+            .flatten_all()?
+            .to_vec1::<f32>()?,
+        None => vec![0f32; b * s * t],
+    };
     let op = crate::kernels::fused::AttentionOp {
         mask,
         scale: scale as f32,
@@ -326,22 +330,8 @@ pub fn encoder_attention(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if f32_cpu(q) && f32_cpu(k) && f32_cpu(v) && mask.is_none_or(f32_cpu) {
-        let t = k.dim(2)?;
-        let mask = match mask {
-            Some(m) => m
-                .broadcast_as((b, 1, s, t))?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-            None => vec![0f32; b * s * t],
-        };
-        let op = crate::kernels::fused::AttentionOp {
-            mask,
-            scale: scale as f32,
-            softcap: None,
-        };
-        return q.contiguous()?.apply_op3_no_bwd(k, v, &op);
+    if is_f32_cpu(q) && is_f32_cpu(k) && is_f32_cpu(v) && mask.is_none_or(is_f32_cpu) {
+        return fused_attention(q, k, v, mask, scale, None);
     }
     attention(q, k, v, mask, scale)?
         .transpose(1, 2)?
@@ -374,8 +364,7 @@ pub fn layer_norm(
     bias: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if f32_cpu(x) && f32_cpu(weight) && f32_cpu(bias) {
+    if is_f32_cpu(x) && is_f32_cpu(weight) && is_f32_cpu(bias) {
         let op = crate::kernels::fused::LayerNormOp { eps: eps as f32 };
         return x
             .contiguous()?
@@ -460,17 +449,10 @@ mod tests {
             let pad = Tensor::from_vec(pad, (2, t), &dev).unwrap();
             let mask = causal_mask(Some(&pad), b, s, t - s, None, DType::F32, &dev).unwrap();
             for softcap in [None, Some(2.0)] {
-                let fused = fused_attention(&q, &k, &v, &mask, 0.3, softcap).unwrap();
+                let fused = fused_attention(&q, &k, &v, Some(&mask), 0.3, softcap).unwrap();
                 let ops = attention_by_ops(&q, &k, &v, &mask, 0.3, softcap).unwrap();
                 assert_eq!(fused.dims(), &[b, s, h * d]);
-                let diff = (fused - ops)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = crate::test_util::max_abs_diff(&fused, &ops);
                 assert!(diff < 1e-5, "s={s} {softcap:?}: {diff}");
             }
         }
@@ -490,14 +472,7 @@ mod tests {
             let b = Tensor::randn(0f32, 1.0, dim, &dev).unwrap();
             let fused = layer_norm(&x, &w, &b, 1e-12).unwrap();
             let ops = layer_norm_by_ops(&x, &w, &b, 1e-12).unwrap();
-            let diff = (fused - ops)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_util::max_abs_diff(&fused, &ops);
             assert!(diff < 1e-5, "[{rows}, {dim}]: {diff}");
         }
         let x = Tensor::zeros((2, 8), DType::F32, &dev).unwrap();
@@ -524,14 +499,7 @@ mod tests {
                 .unwrap()
                 .reshape((b, s, h * d))
                 .unwrap();
-            let diff = (fused - ops)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_util::max_abs_diff(&fused, &ops);
             assert!(diff < 1e-5, "{diff}");
         }
     }

@@ -23,3 +23,19 @@ pub use tokenizer::{
     AutoTokenizer, BatchEncoding, EncodeOptions, Padding, Side, TextInput, Truncation,
 };
 pub use weights::{Checkpoint, LoadReport};
+
+/// Helpers for the crate's tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// `max |a - b|` over every element.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("tensors of one shape and dtype f32")
+    }
+}

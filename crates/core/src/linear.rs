@@ -179,7 +179,7 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+        if crate::kernels::is_f32_cpu(x) && crate::kernels::is_f32_cpu(&self.weight) {
             let op = crate::kernels::fused::RmsNormOp {
                 eps: self.eps as f32,
                 offset: self.offset as f32,
@@ -385,23 +385,12 @@ mod tests {
         let ids = Tensor::new(&[[3u32, 0, 9], [9, 9, 1]], &dev).unwrap();
         let (a, b) = (quant.forward(&ids).unwrap(), dense.forward(&ids).unwrap());
         assert_eq!(a.dims(), &[2, 3, 64]);
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(&a, &b);
         assert_eq!(diff, 0.0);
-        let full = (quant.embeddings().unwrap() - dense.embeddings().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let full = crate::test_util::max_abs_diff(
+            &quant.embeddings().unwrap(),
+            &dense.embeddings().unwrap(),
+        );
         assert_eq!(full, 0.0);
         let bad = Tensor::new(&[[10u32]], &dev).unwrap();
         assert!(quant.forward(&bad).is_err());
@@ -419,14 +408,10 @@ mod tests {
                 eps: 1e-6,
                 offset,
             };
-            let diff = (n.forward(&x).unwrap() - n.forward_by_ops(&x).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_util::max_abs_diff(
+                &n.forward(&x).unwrap(),
+                &n.forward_by_ops(&x).unwrap(),
+            );
             assert!(diff < 1e-5, "offset {offset}: {diff}");
         }
         let bad = RmsNorm {
@@ -488,14 +473,7 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_util::max_abs_diff(&a, &b);
             // 8-bit activations: a few percent of the output range at most.
             assert!(diff / range < 0.03, "{dtype:?}: {diff} of {range}");
             assert_eq!(x.dtype(), DType::F32);

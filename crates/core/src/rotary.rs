@@ -3,6 +3,7 @@
 //! and yarn. Frequencies and angles are computed in f32; `rotate_half` layout (the HF
 //! layout, not the interleaved one).
 
+use crate::kernels::is_f32_cpu;
 use candle_core::{DType, Device, Tensor, D};
 use serde_json::Value;
 
@@ -281,8 +282,7 @@ fn fused_rotary(
     sin: &Tensor,
     interleaved: bool,
 ) -> candle_core::Result<Option<Tensor>> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !(f32_cpu(x) && f32_cpu(cos) && f32_cpu(sin)) || x.rank() != 4 || cos.rank() != 3 {
+    if !(is_f32_cpu(x) && is_f32_cpu(cos) && is_f32_cpu(sin)) || x.rank() != 4 || cos.rank() != 3 {
         return Ok(None);
     }
     if interleaved && cos.dim(D::Minus1)? != x.dim(D::Minus1)? {
@@ -404,16 +404,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
         let pos = Tensor::new(&[[0u32, 1, 2, 3, 4], [7, 8, 9, 10, 11]], &dev).unwrap();
-        let max_diff = |a: Tensor, b: Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let max_diff = |a: Tensor, b: Tensor| crate::test_util::max_abs_diff(&a, &b);
         for rot in [8, 4] {
             let r = RotaryEmbedding::new(rot, 10000.0, RopeScaling::Default).unwrap();
             let (cos, sin) = r.cos_sin(&pos).unwrap();
@@ -473,14 +464,7 @@ mod tests {
             .index_select(&idx, 3)
             .unwrap();
         let gg = apply_rotary_interleaved(&x.index_select(&idx, 3).unwrap(), &cos, &sin).unwrap();
-        let diff = (hf - gg)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(&hf, &gg);
         assert!(diff < 1e-5, "{diff}");
     }
 

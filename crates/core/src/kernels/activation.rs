@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use super::pool::Pool;
 use super::Isa;
+use super::OutPtr;
 
 /// `e^x` for `x` in `[-87, 88]` (clamped outside): `2^n · e^r` with `n = round(x / ln 2)`
 /// and `r = x - n ln 2` (Cody-Waite: `ln 2` in two parts, so `r` is exact), `e^r` by its
@@ -105,18 +106,6 @@ pub fn gelu(xs: &[f32], isa: Isa) -> Vec<f32> {
         gelu_slice(isa, &xs[lo..hi], dst);
     });
     out
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: see `gelu`: tasks write disjoint ranges of a buffer that outlives them.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// `silu(g) · u = g / (1 + e^-g) · u`, elementwise.
@@ -330,14 +319,7 @@ mod tests {
         let ours = gelu_erf_tensor(&x).unwrap();
         assert_eq!(ours.dims(), &[20, 30]);
         let theirs = x.gelu_erf().unwrap();
-        let diff = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(&ours, &theirs);
         assert!(diff < 1e-6, "{diff}");
     }
 }

@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::bf16;
 
 use super::pool::Pool;
+use super::OutPtr;
 
 /// A weight `[rows, cols]` in bf16, row-major.
 #[derive(Debug, Clone)]
@@ -172,18 +173,6 @@ fn tile(
     }
     let _ = simd;
     tile_scalar(w, x, m0, mr, n0, nr, out)
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint columns of a buffer that outlives them (see `matmul`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// `x [m, w.cols] · Wᵀ` → `[m, w.rows]`; `simd` selects the AVX512-BF16 path (only where

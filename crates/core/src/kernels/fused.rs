@@ -8,6 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
 
 use super::pool::Pool;
+use super::OutPtr;
 
 fn f32_data<'a>(s: &'a CpuStorage, what: &str) -> candle_core::Result<&'a [f32]> {
     match s {
@@ -537,16 +538,4 @@ unsafe fn attend_row_avx512(
     o: &mut [f32],
 ) {
     attend_row(r, q, mask, scores, o)
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint parts of a buffer that outlives them (see each use).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }

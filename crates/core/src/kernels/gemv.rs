@@ -5,10 +5,11 @@
 //! split over the pool and each block runs gemm single-threaded, so that rayon's threads
 //! (candle's gemm parallelism) do not compete with the pool's for the cores.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use super::pool::Pool;
 use super::Isa;
+use super::{is_f32_cpu, OutPtr};
 
 /// Input rows up to which [`matmul_t`] is used for an f32 linear layer.
 pub const MAX_ROWS: usize = 8;
@@ -112,18 +113,6 @@ fn tile(
     }
     let _ = simd;
     tile_scalar(w, k, x, m0, mr, n0, nr, out)
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint columns of a buffer that outlives them.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// `x [m, k] · wᵀ` for `w [n, k]`, both row-major f32 → `[m, n]`.
@@ -268,11 +257,10 @@ pub fn matmul_t(
     w: &Tensor,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !f32_cpu(x) || !f32_cpu(w) || w.rank() != 2 || !w.is_contiguous() {
+    if !is_f32_cpu(x) || !is_f32_cpu(w) || w.rank() != 2 || !w.is_contiguous() {
         return Ok(None);
     }
-    if bias.is_some_and(|b| !f32_cpu(b) || b.elem_count() != w.dims()[0]) {
+    if bias.is_some_and(|b| !is_f32_cpu(b) || b.elem_count() != w.dims()[0]) {
         return Ok(None);
     }
     let bias = bias
@@ -349,14 +337,7 @@ mod tests {
             .unwrap()
             .broadcast_add(&bias)
             .unwrap();
-        let diff = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(&ours, &theirs);
         assert!(diff < 1e-4, "{diff}");
         assert!(matmul_t(&x, &w.t().unwrap(), None).unwrap().is_none());
         // Many rows: gemm blocks on the pool (column counts not multiples of the block).
@@ -371,14 +352,7 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&bias)
                 .unwrap();
-            let diff = (ours - theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_util::max_abs_diff(&ours, &theirs);
             assert!(diff < 1e-4, "{diff}");
         }
     }

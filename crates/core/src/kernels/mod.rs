@@ -13,6 +13,29 @@ pub mod qmatmul;
 
 use std::sync::OnceLock;
 
+use candle_core::{DType, Tensor};
+
+/// True for an f32 tensor on the CPU: what the kernels here take.
+pub(crate) fn is_f32_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// An output buffer that parallel tasks write through, each to its own disjoint part,
+/// while the buffer outlives the loop (each use states which part is whose).
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: shared only by tasks that write disjoint elements of a live buffer (above).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Element `i` (a method, so that closures capture the `Sync` wrapper, not the raw
+    /// pointer field).
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// The instruction set a kernel runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {

@@ -21,6 +21,7 @@ use half::f16;
 
 use super::pool::Pool;
 use super::Isa;
+use super::OutPtr;
 
 /// Elements per block.
 pub const QK: usize = 32;
@@ -725,20 +726,6 @@ fn tile(isa: Isa, w: &PackedQ, n: usize, a: &QActs, m0: usize, mr: usize, out: &
 }
 
 /// A pointer the output tiles are written through: tasks write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a distinct set of columns (see `matmul`), and the buffer
-// outlives the parallel loop.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so that closures capture the `Sync` wrapper).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 /// Below this many multiply-adds a matmul runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
