@@ -5,7 +5,8 @@
 //! Work items: embeddings-f32, embeddings-bf16 (all-MiniLM-L6-v2, sentences from
 //! `--input`, batch 32, tokenization included), decode-gguf / decode-f32 (SmolLM2 Q4_1
 //! run quantized / dequantized, 128 greedy tokens, decode steps only), prefill-gguf
-//! (512-token prompt), load-gguf (time to first token and peak RSS).
+//! (512-token prompt), load-gguf (time to first token and peak RSS), load-safetensors
+//! (all-MiniLM-L6-v2: time to the first embedding, peak RSS, weights file size).
 
 use std::time::Instant;
 
@@ -216,6 +217,26 @@ fn load(a: &BenchArgs, start: Instant) -> Result<Value> {
     ))
 }
 
+/// Load all-MiniLM-L6-v2 from safetensors and embed one sentence: time from process
+/// start, peak RSS, and the size of the weights file (the target is RSS ≤ file + 30 MB).
+fn load_safetensors(a: &BenchArgs, start: Instant) -> Result<Value> {
+    let pipe = FeatureExtractionPipeline::from_pretrained(EMBED_MODEL, &LoadOptions::default())?;
+    let lines = sentences(a.input.as_deref())?;
+    pipe.embed(&[lines[0].as_str()], 1)?;
+    let secs = start.elapsed().as_secs_f64();
+    let files = rustformers_core::ModelFiles::resolve(EMBED_MODEL)?;
+    let bytes: u64 = rustformers_core::weights::safetensors_files(&files)?
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()))
+        .sum::<std::io::Result<u64>>()?;
+    Ok(stats(
+        &a.work,
+        "s",
+        vec![secs],
+        json!({"peak_rss_mb": peak_rss_mb(), "file_mb": bytes as f64 / (1u64 << 20) as f64}),
+    ))
+}
+
 /// Runs one work item and prints its JSON line.
 pub fn bench(a: &BenchArgs, start: Instant) -> Result<()> {
     if a.runs == 0 {
@@ -229,8 +250,9 @@ pub fn bench(a: &BenchArgs, start: Instant) -> Result<()> {
         "prefill-gguf" => prefill(a, None)?,
         "prefill-f32" => prefill(a, Some(DType::F32))?,
         "load-gguf" => load(a, start)?,
+        "load-safetensors" => load_safetensors(a, start)?,
         other => bail!(
-            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf"
+            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf, load-safetensors"
         ),
     };
     println!("{v}");

@@ -68,8 +68,8 @@ enum Command {
     /// Print the environment: version, CPU features, threads, Hub cache.
     Env,
     /// Time a work item (embeddings-f32, embeddings-bf16, decode-gguf, decode-f32,
-    /// prefill-gguf, load-gguf) and print median/min/max as JSON; scripts/bench/run.sh
-    /// runs the peers side by side.
+    /// prefill-gguf, load-gguf, load-safetensors) and print median/min/max as JSON;
+    /// scripts/bench/run.sh runs the peers side by side.
     Bench {
         work: String,
         /// Timed runs after one warm-up.

@@ -596,6 +596,34 @@ fn bench_prints_figures_and_rejects_unknown_work() {
         v["max"].as_f64().unwrap(),
     );
     assert!(min > 0.0 && min <= med && med <= max, "{v}");
+    // One load per process: time to the first embedding, peak RSS, weights file size.
+    let out = bin()
+        .args([
+            "bench",
+            "load-safetensors",
+            "--runs",
+            "1",
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["work"], "load-safetensors");
+    assert_eq!(v["unit"], "s");
+    assert!(v["median"].as_f64().unwrap() > 0.0, "{v}");
+    // all-MiniLM-L6-v2's model.safetensors is about 87 MB, and it is all resident.
+    let (file, rss) = (
+        v["file_mb"].as_f64().unwrap(),
+        v["peak_rss_mb"].as_f64().unwrap(),
+    );
+    assert!((80.0..95.0).contains(&file), "{v}");
+    assert!(rss > file, "{v}");
 }
 
 #[test]
