@@ -128,30 +128,23 @@ impl QLinear {
                 (y, bias)
             }
             Self::Quantized { weight, bias, .. } => (weight.forward(x)?, bias),
-            Self::Packed { op, bias, .. } => {
-                let dtype = x.dtype();
-                let y = x
-                    .to_dtype(DType::F32)?
-                    .contiguous()?
-                    .apply_op1_no_bwd(op)?
-                    .to_dtype(dtype)?;
-                (y, bias)
-            }
-            Self::Bf16 { op, bias, .. } => {
-                let dtype = x.dtype();
-                let y = x
-                    .to_dtype(DType::F32)?
-                    .contiguous()?
-                    .apply_op1_no_bwd(op)?
-                    .to_dtype(dtype)?;
-                (y, bias)
-            }
+            Self::Packed { op, bias, .. } => (apply_f32_op(x, op)?, bias),
+            Self::Bf16 { op, bias, .. } => (apply_f32_op(x, op)?, bias),
         };
         match bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }
+}
+
+/// Runs an f32 kernel op on `x` (converted to f32 and back, made contiguous).
+fn apply_f32_op(x: &Tensor, op: &impl candle_core::CustomOp1) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    x.to_dtype(DType::F32)?
+        .contiguous()?
+        .apply_op1_no_bwd(op)?
+        .to_dtype(dtype)
 }
 
 /// `candle_nn::linear`'s counterpart: a dense layer with bias under `vb`, run by

@@ -7,12 +7,10 @@
 //! rows × 4 weight rows share each load. Elsewhere a plain loop gives the same sums up to
 //! float rounding.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::bf16;
 
-use super::pool::Pool;
-use super::OutPtr;
+use super::{linear_op_fwd, tiled_product, Tile};
 
 /// A weight `[rows, cols]` in bf16, row-major.
 #[derive(Debug, Clone)]
@@ -64,10 +62,6 @@ pub fn has_avx512_bf16() -> bool {
     }
 }
 
-/// Activation rows and weight rows per tile.
-const MR: usize = 4;
-const NR: usize = 4;
-
 /// Plain path: outputs `(m0 + r, n0 + c)` for `r < mr`, `c < nr`.
 #[allow(clippy::too_many_arguments)]
 fn tile_scalar(
@@ -77,7 +71,7 @@ fn tile_scalar(
     mr: usize,
     n0: usize,
     nr: usize,
-    out: &mut [[f32; NR]; MR],
+    out: &mut Tile,
 ) {
     let k = w.cols;
     for (r, row) in out.iter_mut().enumerate().take(mr) {
@@ -97,7 +91,7 @@ fn tile_scalar(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{PackedBf16, MR, NR};
+    use super::{PackedBf16, Tile};
     use half::bf16;
 
     /// Outputs `(m0 + r, n0 + c)` for `r < R`, `c < C`.
@@ -111,7 +105,7 @@ mod x86 {
         x: &[bf16],
         m0: usize,
         n0: usize,
-        out: &mut [[f32; NR]; MR],
+        out: &mut Tile,
     ) {
         let k = w.cols;
         let mut acc = [[_mm512_setzero_ps(); C]; R];
@@ -155,7 +149,7 @@ fn tile(
     mr: usize,
     n0: usize,
     nr: usize,
-    out: &mut [[f32; NR]; MR],
+    out: &mut Tile,
 ) {
     #[cfg(target_arch = "x86_64")]
     if simd {
@@ -187,41 +181,14 @@ pub fn matmul(w: &PackedBf16, x: &[f32], m: usize, simd: bool) -> Result<Vec<f32
     }
     let simd = simd && has_avx512_bf16();
     let xb: Vec<bf16> = x.iter().map(|v| bf16::from_f32(*v)).collect();
-    let mut out = vec![0f32; m * n];
-    let ptr = OutPtr(out.as_mut_ptr());
-    let run = |n0: usize, n1: usize| {
-        let mut tmp = [[0f32; NR]; MR];
-        let mut i = 0;
-        while i < m {
-            // Tiles of 4 rows, then single rows (the instantiated shapes).
-            let mr = if m - i >= MR { MR } else { 1 };
-            let mut j = n0;
-            while j < n1 {
-                let nr = if n1 - j >= NR { NR } else { 1 };
-                tile(simd, w, &xb, i, mr, j, nr, &mut tmp);
-                for (r, row) in tmp.iter().enumerate().take(mr) {
-                    for (c, v) in row.iter().enumerate().take(nr) {
-                        // SAFETY: (i + r, j + c) is inside [m, n]; columns n0..n1 belong
-                        // to this task alone.
-                        unsafe { *ptr.at((i + r) * n + j + c) = *v };
-                    }
-                }
-                j += nr;
-            }
-            i += mr;
-        }
-    };
-    let pool = Pool::global();
-    if pool.threads() <= 1 || m * n * k < 1 << 18 {
-        run(0, n);
-    } else {
-        let chunk = (n.div_ceil(pool.threads() * 8).max(16)).next_multiple_of(NR);
-        pool.run(n.div_ceil(chunk), &|c| {
-            let n0 = c * chunk;
-            run(n0, (n0 + chunk).min(n));
-        });
-    }
-    Ok(out)
+    Ok(tiled_product(
+        m,
+        n,
+        m * n * k,
+        1 << 18,
+        None,
+        |i, mr, j, nr, out| tile(simd, w, &xb, i, mr, j, nr, out),
+    ))
 }
 
 /// The candle op: `x [..., cols]` (f32) → `[..., rows]` (f32).
@@ -236,28 +203,10 @@ impl CustomOp1 for Bf16MatMulOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!("bf16 matmul takes f32 input, got {:?}", s.dtype());
-        };
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("bf16 matmul takes a contiguous input");
-        };
-        let dims = l.shape().dims();
-        let k = dims.last().copied().unwrap_or(0);
-        if k != self.weight.cols {
-            candle_core::bail!(
-                "bf16 matmul: input has {k} features, the weight takes {}",
-                self.weight.cols
-            );
-        }
-        let x = &data[start..end];
-        let m = x.len().checked_div(k).unwrap_or(0);
-        let y = matmul(&self.weight, x, m, true).map_err(candle_core::Error::Msg)?;
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.weight.rows;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+        let w = &self.weight;
+        linear_op_fwd("bf16 matmul", s, l, w.rows, w.cols, |x, m| {
+            matmul(w, x, m, true)
+        })
     }
 }
 

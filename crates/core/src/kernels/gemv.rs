@@ -9,13 +9,10 @@ use candle_core::Tensor;
 
 use super::pool::Pool;
 use super::Isa;
-use super::{is_f32_cpu, OutPtr};
+use super::{is_f32_cpu, tiled_product, OutPtr, Tile};
 
 /// Input rows up to which [`matmul_t`] is used for an f32 linear layer.
 pub const MAX_ROWS: usize = 8;
-
-const MR: usize = 4;
-const NR: usize = 4;
 
 #[allow(clippy::too_many_arguments)]
 fn tile_scalar(
@@ -26,7 +23,7 @@ fn tile_scalar(
     mr: usize,
     n0: usize,
     nr: usize,
-    out: &mut [[f32; NR]; MR],
+    out: &mut Tile,
 ) {
     for (r, row) in out.iter_mut().enumerate().take(mr) {
         let xr = &x[(m0 + r) * k..(m0 + r + 1) * k];
@@ -41,7 +38,7 @@ fn tile_scalar(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::Tile;
 
     /// # Safety
     /// AVX-512 F; rows `m0..m0 + R` of `x` and `n0..n0 + C` of `w` exist (`k` values each).
@@ -52,7 +49,7 @@ mod x86 {
         x: &[f32],
         m0: usize,
         n0: usize,
-        out: &mut [[f32; NR]; MR],
+        out: &mut Tile,
     ) {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let xp = x.as_ptr().add(m0 * k);
@@ -95,7 +92,7 @@ fn tile(
     mr: usize,
     n0: usize,
     nr: usize,
-    out: &mut [[f32; NR]; MR],
+    out: &mut Tile,
 ) {
     #[cfg(target_arch = "x86_64")]
     if simd {
@@ -145,40 +142,14 @@ pub fn matmul_slices_bias(
         ));
     }
     let simd = isa == Isa::Avx512Vnni;
-    let mut out = vec![0f32; m * n];
-    let ptr = OutPtr(out.as_mut_ptr());
-    let run = |n0: usize, n1: usize| {
-        let mut tmp = [[0f32; NR]; MR];
-        let mut i = 0;
-        while i < m {
-            let mr = if m - i >= MR { MR } else { 1 };
-            let mut j = n0;
-            while j < n1 {
-                let nr = if n1 - j >= NR { NR } else { 1 };
-                tile(simd, w, k, x, i, mr, j, nr, &mut tmp);
-                for (r, row) in tmp.iter().enumerate().take(mr) {
-                    for (c, v) in row.iter().enumerate().take(nr) {
-                        let b = bias.map_or(0.0, |b| b[j + c]);
-                        // SAFETY: inside [m, n]; columns n0..n1 belong to this task.
-                        unsafe { *ptr.at((i + r) * n + j + c) = *v + b };
-                    }
-                }
-                j += nr;
-            }
-            i += mr;
-        }
-    };
-    let pool = Pool::global();
-    if pool.threads() <= 1 || m * n * k < 1 << 16 {
-        run(0, n);
-    } else {
-        let chunk = (n.div_ceil(pool.threads() * 8).max(16)).next_multiple_of(NR);
-        pool.run(n.div_ceil(chunk), &|c| {
-            let n0 = c * chunk;
-            run(n0, (n0 + chunk).min(n));
-        });
-    }
-    Ok(out)
+    Ok(tiled_product(
+        m,
+        n,
+        m * n * k,
+        1 << 16,
+        bias,
+        |i, mr, j, nr, out| tile(simd, w, k, x, i, mr, j, nr, out),
+    ))
 }
 
 /// `x [m, k] · wᵀ` for `w [n, k]` with gemm per block of output columns, blocks spread

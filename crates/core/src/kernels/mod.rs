@@ -13,7 +13,8 @@ pub mod qmatmul;
 
 use std::sync::OnceLock;
 
-use candle_core::{DType, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 
 /// True for an f32 tensor on the CPU: what the kernels here take.
 pub(crate) fn is_f32_cpu(t: &Tensor) -> bool {
@@ -34,6 +35,93 @@ impl OutPtr {
     pub(crate) fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
+}
+
+/// Input rows × weight rows a tile kernel computes at once.
+pub(crate) const TILE: usize = 4;
+
+/// One tile's outputs, `[input row][weight row]`.
+pub(crate) type Tile = [[f32; TILE]; TILE];
+
+/// The `[m, n]` output of a product whose kernel computes tiles:
+/// `tile(i, mr, j, nr, &mut out)` fills outputs `(i + r, j + c)` for `r < mr`, `c < nr`,
+/// with `mr` and `nr` either [`TILE`] or 1. `bias[j]` is added to column `j` when given.
+/// Columns are split over the pool when `work` (multiply-adds) reaches `parallel_min`.
+pub(crate) fn tiled_product(
+    m: usize,
+    n: usize,
+    work: usize,
+    parallel_min: usize,
+    bias: Option<&[f32]>,
+    tile: impl Fn(usize, usize, usize, usize, &mut Tile) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let run = |n0: usize, n1: usize| {
+        let mut tmp = [[0f32; TILE]; TILE];
+        let mut i = 0;
+        while i < m {
+            let mr = if m - i >= TILE { TILE } else { 1 };
+            let mut j = n0;
+            while j < n1 {
+                let nr = if n1 - j >= TILE { TILE } else { 1 };
+                tile(i, mr, j, nr, &mut tmp);
+                for (r, row) in tmp.iter().enumerate().take(mr) {
+                    for (c, v) in row.iter().enumerate().take(nr) {
+                        let b = bias.map_or(0.0, |b| b[j + c]);
+                        // SAFETY: (i + r, j + c) is inside [m, n]; columns n0..n1 belong
+                        // to this task alone and `out` outlives the loop.
+                        unsafe { *ptr.at((i + r) * n + j + c) = *v + b };
+                    }
+                }
+                j += nr;
+            }
+            i += mr;
+        }
+    };
+    let pool = pool::Pool::global();
+    if pool.threads() <= 1 || work < parallel_min {
+        run(0, n);
+    } else {
+        let chunk = (n.div_ceil(pool.threads() * 8).max(16)).next_multiple_of(TILE);
+        pool.run(n.div_ceil(chunk), &|c| {
+            let n0 = c * chunk;
+            run(n0, (n0 + chunk).min(n));
+        });
+    }
+    out
+}
+
+/// `cpu_fwd` of a linear-layer op: checks that `s` is a contiguous f32 input whose last
+/// dimension is `cols`, runs `f(x, m)` on its `m` rows, and shapes the `[.., rows]`
+/// result.
+pub(crate) fn linear_op_fwd(
+    what: &str,
+    s: &CpuStorage,
+    l: &Layout,
+    rows: usize,
+    cols: usize,
+    f: impl FnOnce(&[f32], usize) -> Result<Vec<f32>, String>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{what} takes f32 input, got {:?}", s.dtype());
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what} takes a contiguous input");
+    };
+    let dims = l.shape().dims();
+    let k = dims.last().copied().unwrap_or(0);
+    if k != cols {
+        candle_core::bail!("{what}: input has {k} features, the weight takes {cols}");
+    }
+    let x = &data[start..end];
+    let m = x.len().checked_div(k).unwrap_or(0);
+    let y = f(x, m).map_err(candle_core::Error::Msg)?;
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = rows;
+    }
+    Ok((CpuStorage::F32(y), Shape::from(out_dims)))
 }
 
 /// The instruction set a kernel runs with.

@@ -14,14 +14,13 @@
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::quantized::GgmlDType;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::f16;
 
 use super::pool::Pool;
 use super::Isa;
-use super::OutPtr;
+use super::{linear_op_fwd, OutPtr};
 
 /// Elements per block.
 pub const QK: usize = 32;
@@ -797,28 +796,10 @@ impl CustomOp1 for QMatMulOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!("quantized matmul takes f32 input, got {:?}", s.dtype());
-        };
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("quantized matmul takes a contiguous input");
-        };
-        let dims = l.shape().dims();
-        let k = dims.last().copied().unwrap_or(0);
-        if k != self.weight.cols {
-            candle_core::bail!(
-                "quantized matmul: input has {k} features, the weight takes {}",
-                self.weight.cols
-            );
-        }
-        let x = &data[start..end];
-        let m = x.len().checked_div(k).unwrap_or(0);
-        let y = matmul(&self.weight, x, m, self.isa).map_err(candle_core::Error::Msg)?;
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.weight.rows;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+        let w = &self.weight;
+        linear_op_fwd("quantized matmul", s, l, w.rows, w.cols, |x, m| {
+            matmul(w, x, m, self.isa)
+        })
     }
 }
 
