@@ -1,11 +1,13 @@
 //! Times the quantized matmul kernels alone: `cargo run --release -p rustformers-core
 //! --example qmatmul_bench -- [ROWS COLS M]` (default: SmolLM2's 1536×576 FFN, m = 1).
-//! Prints GB/s of weight read and GMAC/s per instruction set, one thread and the pool.
+//! Prints GB/s of weight read and GMAC/s per instruction set, then the same for the bf16
+//! kernel's paths (scalar, AVX512-BF16, AMX).
 
 use std::time::Instant;
 
 use rustformers_core::candle_core::quantized::{GgmlDType, QTensor};
 use rustformers_core::candle_core::{Device, Tensor};
+use rustformers_core::kernels::bf16::{self, PackedBf16, Path};
 use rustformers_core::kernels::qmatmul::{matmul, PackedQ, QFormat};
 use rustformers_core::kernels::Isa;
 
@@ -40,5 +42,32 @@ fn main() {
                 (rows * cols * m) as f64 / s / 1e9
             );
         }
+    }
+    let wv = w
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("weight values");
+    let p = PackedBf16::from_f32(rows, cols, &wv).expect("pack");
+    for path in [Path::Scalar, Path::Avx512, Path::Amx] {
+        if !path.available() {
+            continue;
+        }
+        let iters = (2_000_000_000 / (rows * cols * m)).clamp(3, 20_000);
+        let iters = if path == Path::Scalar {
+            iters.div_ceil(20)
+        } else {
+            iters
+        };
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(bf16::matmul_on(&p, &x, m, None, path).expect("matmul"));
+        }
+        let s = t0.elapsed().as_secs_f64() / iters as f64;
+        println!(
+            "bf16 {path:?} [{rows}x{cols}] m={m}: {:.1} us, {:.2} GB/s, {:.2} GMAC/s",
+            s * 1e6,
+            (rows * cols * 2) as f64 / s / 1e9,
+            (rows * cols * m) as f64 / s / 1e9
+        );
     }
 }

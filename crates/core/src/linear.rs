@@ -30,11 +30,8 @@ pub enum QLinear {
         out: usize,
     },
     /// A bf16 weight on CPU (f32 activations), for models loaded with `dtype = bf16`.
-    Bf16 {
-        op: Bf16MatMulOp,
-        bias: Option<Tensor>,
-        out: usize,
-    },
+    /// The bias, if any, is added by the op.
+    Bf16 { op: Bf16MatMulOp, out: usize },
 }
 
 impl QLinear {
@@ -93,11 +90,15 @@ impl QLinear {
                     .to_vec1::<f32>()?;
                 let packed =
                     PackedBf16::from_f32(rows, cols, &w).map_err(candle_core::Error::Msg)?;
+                let bias = match bias {
+                    Some(b) => Some(Arc::from(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+                    None => None,
+                };
                 Ok(Self::Bf16 {
                     op: Bf16MatMulOp {
                         weight: Arc::new(packed),
+                        bias,
                     },
-                    bias,
                     out: rows,
                 })
             }
@@ -129,7 +130,7 @@ impl QLinear {
             }
             Self::Quantized { weight, bias, .. } => (weight.forward(x)?, bias),
             Self::Packed { op, bias, .. } => (apply_f32_op(x, op)?, bias),
-            Self::Bf16 { op, bias, .. } => (apply_f32_op(x, op)?, bias),
+            Self::Bf16 { op, .. } => return apply_f32_op(x, op),
         };
         match bias {
             Some(b) => y.broadcast_add(b),
@@ -149,8 +150,8 @@ fn apply_f32_op(x: &Tensor, op: &impl candle_core::CustomOp1) -> candle_core::Re
 
 /// `candle_nn::linear`'s counterpart: a dense layer with bias under `vb`, run by
 /// rustformers' f32 kernels on CPU.
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<QLinear> {
-    QLinear::load(vb, in_dim, out_dim, true)
+pub fn linear(in_dim: usize, out_dim: usize, w: Weights) -> candle_core::Result<QLinear> {
+    w.linear(in_dim, out_dim, true)
 }
 
 /// RMS normalisation (`LlamaRMSNorm`): computed in f32, `weight * x / rms(x)`;

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 
 use rustformers_core::config::{config_to_json_string, parse_config, peek_model_type};
 use rustformers_core::error::{read_to_string, write_atomic};
@@ -353,30 +352,17 @@ impl<M: ?Sized> PreTrainedModel<M> {
     }
 }
 
-/// The compute dtype asked for (f32 by default), refused where it cannot run.
-fn checked_dtype(opts: &LoadOptions) -> Result<DType> {
-    let dtype = opts.dtype.unwrap_or(DType::F32);
-    if dtype == DType::BF16 && opts.device.is_cpu() {
-        return Err(Error::Unsupported(
-            "bf16 on CPU runs causal LMs only (their linear layers in bf16); for this model \
-             leave dtype unset (bf16 checkpoints are converted to f32 on load) or use f16"
-                .into(),
-        ));
-    }
-    Ok(dtype)
-}
-
-/// For a causal LM: the dtype to load tensors in, and whether the dense linear layers
-/// go to bf16. On CPU, `bf16` means bf16 linear weights run by rustformers' kernel with
-/// f32 activations (candle has no CPU bf16 matmul); elsewhere the dtype as asked.
-fn decoder_dtype(opts: &LoadOptions) -> (DType, bool) {
+/// The dtype to load tensors in, and whether the dense linear layers go to bf16. On
+/// CPU, `bf16` means bf16 linear weights run by rustformers' kernel with f32 activations
+/// (candle has no CPU bf16 matmul); elsewhere the dtype as asked.
+fn cpu_dtype(opts: &LoadOptions) -> (DType, bool) {
     match opts.dtype.unwrap_or(DType::F32) {
         DType::BF16 if opts.device.is_cpu() => (DType::F32, true),
         other => (other, false),
     }
 }
 
-type Ctor<T> = fn(VarBuilder<'static>, &ModelConfig) -> candle_core::Result<Box<T>>;
+type Ctor<T> = fn(Weights, &ModelConfig) -> candle_core::Result<Box<T>>;
 
 /// One row of a task table: model_type, Python class name, constructor.
 struct Entry<T: ?Sized + 'static> {
@@ -406,15 +392,20 @@ fn load_with<T: ?Sized + 'static>(
                     .join(", ")
             ))
         })?;
-    let dtype = checked_dtype(opts)?;
+    let dtype = opts.dtype.unwrap_or(DType::F32);
+    let (load_dtype, bf16_linears) = cpu_dtype(opts);
     let paths = safetensors_files(&files)?;
     let ckpt = Checkpoint::open(
         &paths,
         Some(config.base_model_prefix()),
-        dtype,
+        load_dtype,
         &opts.device,
     )?;
-    let model = (entry.ctor)(ckpt.var_builder(), &config).map_err(|e| ckpt.wrap_error(e))?;
+    let mut weights = Weights::new(ckpt.var_builder(), None);
+    if bf16_linears {
+        weights = weights.with_bf16_linears();
+    }
+    let model = (entry.ctor)(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
     let report = ckpt.finish()?;
     Ok(PreTrainedModel {
         model,
@@ -484,18 +475,18 @@ macro_rules! entry {
 /// The base model gets a pooler when the checkpoint has one (Python would add a randomly
 /// initialised pooler to a checkpoint saved without; rustformers returns no
 /// `pooler_output` instead of random numbers).
-fn has_pooler(vb: &VarBuilder) -> bool {
-    vb.contains_tensor("pooler.dense.weight")
+fn has_pooler(w: &Weights) -> bool {
+    w.vb().contains_tensor("pooler.dense.weight")
 }
 
 static BASE: &[Entry<dyn EncoderModel>] = &[
     Entry {
         model_type: "bert",
         architecture: "BertModel",
-        ctor: |vb, c| match c {
+        ctor: |w, c| match c {
             ModelConfig::Bert(c) => {
-                let pooler = has_pooler(&vb);
-                Ok(Box::new(bert::BertModel::load(vb, c, pooler)?))
+                let pooler = has_pooler(&w);
+                Ok(Box::new(bert::BertModel::load(w, c, pooler)?))
             }
             other => Err(wrong_config(other)),
         },
@@ -503,10 +494,10 @@ static BASE: &[Entry<dyn EncoderModel>] = &[
     Entry {
         model_type: "roberta",
         architecture: "RobertaModel",
-        ctor: |vb, c| match c {
+        ctor: |w, c| match c {
             ModelConfig::Roberta(c) => {
-                let pooler = has_pooler(&vb);
-                Ok(Box::new(roberta::RobertaModel::load(vb, c, pooler)?))
+                let pooler = has_pooler(&w);
+                Ok(Box::new(roberta::RobertaModel::load(w, c, pooler)?))
             }
             other => Err(wrong_config(other)),
         },
@@ -514,10 +505,10 @@ static BASE: &[Entry<dyn EncoderModel>] = &[
     Entry {
         model_type: "xlm-roberta",
         architecture: "XLMRobertaModel",
-        ctor: |vb, c| match c {
+        ctor: |w, c| match c {
             ModelConfig::Roberta(c) => {
-                let pooler = has_pooler(&vb);
-                Ok(Box::new(roberta::RobertaModel::load(vb, c, pooler)?))
+                let pooler = has_pooler(&w);
+                Ok(Box::new(roberta::RobertaModel::load(w, c, pooler)?))
             }
             other => Err(wrong_config(other)),
         },
@@ -532,9 +523,9 @@ static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[
     Entry {
         model_type: "distilbert",
         architecture: "DistilBertForSequenceClassification",
-        ctor: |vb, c| match c {
+        ctor: |w, c| match c {
             ModelConfig::DistilBert(c) => Ok(Box::new(
-                distilbert::DistilBertForSequenceClassification::load(vb, c)?,
+                distilbert::DistilBertForSequenceClassification::load(w, c)?,
             )),
             other => Err(wrong_config(other)),
         },
@@ -544,22 +535,20 @@ static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[
     Entry {
         model_type: "llama",
         architecture: "LlamaForSequenceClassification",
-        ctor: |vb, c| match c {
-            ModelConfig::Llama(c) => Ok(Box::new(llama::LlamaForSequenceClassification::load(
-                Weights::new(vb, None),
-                c,
-            )?)),
+        ctor: |w, c| match c {
+            ModelConfig::Llama(c) => {
+                Ok(Box::new(llama::LlamaForSequenceClassification::load(w, c)?))
+            }
             other => Err(wrong_config(other)),
         },
     },
     Entry {
         model_type: "qwen2",
         architecture: "Qwen2ForSequenceClassification",
-        ctor: |vb, c| match c {
-            ModelConfig::Qwen2(c) => Ok(Box::new(qwen2::Qwen2ForSequenceClassification::load(
-                Weights::new(vb, None),
-                c,
-            )?)),
+        ctor: |w, c| match c {
+            ModelConfig::Qwen2(c) => {
+                Ok(Box::new(qwen2::Qwen2ForSequenceClassification::load(w, c)?))
+            }
             other => Err(wrong_config(other)),
         },
     },
@@ -572,9 +561,9 @@ static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[
     Entry {
         model_type: "distilbert",
         architecture: "DistilBertForTokenClassification",
-        ctor: |vb, c| match c {
+        ctor: |w, c| match c {
             ModelConfig::DistilBert(c) => Ok(Box::new(
-                distilbert::DistilBertForTokenClassification::load(vb, c)?,
+                distilbert::DistilBertForTokenClassification::load(w, c)?,
             )),
             other => Err(wrong_config(other)),
         },
@@ -588,9 +577,9 @@ static QA: &[Entry<dyn QuestionAnsweringModel>] = &[
     Entry {
         model_type: "distilbert",
         architecture: "DistilBertForQuestionAnswering",
-        ctor: |vb, c| match c {
+        ctor: |w, c| match c {
             ModelConfig::DistilBert(c) => Ok(Box::new(
-                distilbert::DistilBertForQuestionAnswering::load(vb, c)?,
+                distilbert::DistilBertForQuestionAnswering::load(w, c)?,
             )),
             other => Err(wrong_config(other)),
         },
@@ -704,7 +693,7 @@ impl AutoModelForCausalLM {
             c.rope_interleaved = true;
         }
         let entry = causal_entry(&config)?;
-        let (load_dtype, bf16_linears) = decoder_dtype(opts);
+        let (load_dtype, bf16_linears) = cpu_dtype(opts);
         let mut weights =
             crate::gguf::gguf_weights(&g, opts.dtype.map(|_| load_dtype), &opts.device)?;
         if bf16_linears {
@@ -736,7 +725,7 @@ impl AutoModelForCausalLM {
         let config = ModelConfig::from_files(&files)?;
         let entry = causal_entry(&config)?;
         let dtype = opts.dtype.unwrap_or(DType::F32);
-        let (load_dtype, bf16_linears) = decoder_dtype(opts);
+        let (load_dtype, bf16_linears) = cpu_dtype(opts);
         let paths = safetensors_files(&files)?;
         let ckpt = Checkpoint::open(
             &paths,

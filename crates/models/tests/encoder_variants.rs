@@ -208,17 +208,60 @@ fn base_model_from_a_checkpoint_without_pooler_has_no_pooler_output() {
     assert_eq!(out.pooler_output.unwrap().dims(), &[1, 32]);
 }
 
+/// `dtype = bf16` on CPU: linear weights in bf16 run by the bf16 kernel, everything else
+/// in f32. Hidden states stay within bf16 rounding of the f32 model's, and a save writes
+/// a bf16 checkpoint.
 #[test]
-fn bf16_on_cpu_is_a_clear_error() {
-    let dir = common::fixture("tiny-bert-base");
-    let opts = LoadOptions {
-        dtype: Some(DType::BF16),
-        device: Device::Cpu,
-    };
-    let err = AutoModel::from_pretrained_with(dir.to_str().unwrap(), &opts)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("bf16 on CPU runs causal LMs only"), "{err}");
+fn bf16_on_cpu_runs_close_to_f32() {
+    for name in [
+        "tiny-bert-base",
+        "tiny-roberta-base",
+        "tiny-distilbert-base",
+    ] {
+        let dir = common::fixture(name);
+        let reference = dir.to_str().unwrap();
+        let opts = LoadOptions {
+            dtype: Some(DType::BF16),
+            device: Device::Cpu,
+        };
+        let f32_model = AutoModel::from_pretrained(reference).unwrap();
+        let bf16_model = AutoModel::from_pretrained_with(reference, &opts).unwrap();
+        // 20 rows: the AMX path where the CPU has it.
+        let input = Tensor::new(
+            &[
+                [1u32, 5, 9, 17, 3, 2, 8, 11, 4, 6],
+                [7, 3, 2, 9, 12, 14, 5, 1, 2, 3],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let run = |m: &dyn rustformers_models::traits::EncoderModel| {
+            m.forward(EncoderInputs::ids(&input))
+                .unwrap()
+                .last_hidden_state
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (a, b) = (
+            run(f32_model.model.as_ref()),
+            run(bf16_model.model.as_ref()),
+        );
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff > 0.0, "{name}: bf16 gave exactly the f32 output");
+        assert!(diff < 0.05, "{name}: bf16 differs from f32 by {diff}");
+        let out = tempfile::tempdir().unwrap();
+        bf16_model.save_pretrained(out.path()).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["torch_dtype"], "bfloat16", "{name}");
+    }
 }
 
 #[test]

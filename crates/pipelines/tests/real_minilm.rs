@@ -126,3 +126,38 @@ fn flatten(v: &Value) -> Vec<f64> {
         other => panic!("unexpected {other}"),
     }
 }
+
+/// `dtype = bf16` on CPU (bf16 linear layers, f32 elsewhere): each sentence embedding has
+/// cosine ≥ 0.999 to sentence-transformers' f32 one (the bar the performance issue sets).
+#[test]
+fn bf16_sentence_embeddings_stay_close_to_f32() {
+    if !model_available() {
+        return;
+    }
+    let expected = fixture("minilm/expected.json");
+    let sentences = expected["sentence_embeddings"]["sentences"]
+        .as_array()
+        .unwrap();
+    let texts: Vec<&str> = sentences
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
+    let opts = LoadOptions {
+        dtype: Some(candle_core::DType::BF16),
+        ..Default::default()
+    };
+    let pipe = FeatureExtractionPipeline::from_pretrained(MODEL, &opts).unwrap();
+    let got = pipe.embed(&texts, 32).unwrap();
+    let mut worst = 1.0f64;
+    for (s, g) in sentences.iter().zip(&got) {
+        let want: Vec<f64> = flatten(&s["embedding"]);
+        let dot: f64 = want.iter().zip(g).map(|(w, g)| w * *g as f64).sum();
+        let nw = want.iter().map(|w| w * w).sum::<f64>().sqrt();
+        let ng = g.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = dot / (nw * ng);
+        worst = worst.min(cos);
+        assert!(cos >= 0.999, "{}: cosine {cos}", s["text"]);
+    }
+    // Not the f32 path by accident.
+    assert!(worst < 1.0 - 1e-7, "bf16 gave the f32 embeddings exactly");
+}

@@ -15,19 +15,26 @@ use super::OutPtr;
 /// `e^x` for `x` in `[-87, 88]` (clamped outside): `2^n · e^r` with `n = round(x / ln 2)`
 /// and `r = x - n ln 2` (Cody-Waite: `ln 2` in two parts, so `r` is exact), `e^r` by its
 /// Taylor series to degree 7 (`|r| <= 0.35`).
+///
+/// `n` is rounded by adding 1.5·2²³, which leaves it (ties to even) in the low mantissa
+/// bits, so `2^n` is built with integer adds and shifts: a float-to-int cast (`as i32`
+/// saturates) would not vectorize.
 #[inline(always)]
 pub(crate) fn exp_approx(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // t's bits are MAGIC's plus n; 2^n has exponent field n + 127.
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23);
     p * scale
 }
 
@@ -269,6 +276,10 @@ mod tests {
             let x = i as f32 * 0.01;
             let (a, b) = (exp_approx(x), x.exp());
             assert!(((a - b) / b).abs() < 3e-7, "exp({x}): {a} vs {b}");
+            // The magic-number rounding picks the same n as round-ties-even.
+            let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+            let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+            assert_eq!(t - 12_582_912.0, n, "{x}");
         }
     }
 

@@ -3,25 +3,42 @@
 //! bf16 and the products accumulate in f32, as oneDNN's bf16 matmul does for PyTorch; the
 //! output stays f32 (PyTorch rounds it to bf16).
 //!
-//! With AVX512-BF16, `vdpbf16ps` multiplies 32 bf16 pairs per instruction; 4 activation
-//! rows × 4 weight rows share each load. Elsewhere a plain loop gives the same sums up to
-//! float rounding.
+//! The weight is stored in blocks of 16 output columns × 32 inputs, each block laid out
+//! as AMX's `tdpbf16ps` reads its second operand: 16 rows of (column, input pair). Three
+//! paths read it:
+//! - AMX (`tdpbf16ps`, 16×16×32 per instruction) for 16 input rows or more, where the CPU
+//!   has AMX-BF16 and Linux grants the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`);
+//! - AVX512-BF16 (`vdpbf16ps`): one input pair broadcast against 16 columns' pairs, so
+//!   each lane accumulates one output column with no horizontal sums;
+//! - a plain loop elsewhere, with the same sums up to float rounding.
+
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::bf16;
 
-use super::{linear_op_fwd, tiled_product, Tile};
+use super::{linear_op_fwd, OutPtr};
 
-/// A weight `[rows, cols]` in bf16, row-major.
+/// Output columns per weight block.
+const NB: usize = 16;
+/// Inputs per weight block.
+const KB: usize = 32;
+/// Values per weight block.
+const BLOCK: usize = NB * KB;
+
+/// A weight `[rows, cols]` in bf16, in blocks of [`NB`] rows × [`KB`] columns (zero
+/// padded), block `(rows / NB, cols / KB)` at `((r / NB) * kblocks + c / KB) * BLOCK`.
 #[derive(Debug, Clone)]
 pub struct PackedBf16 {
     rows: usize,
     cols: usize,
+    kblocks: usize,
     data: Vec<bf16>,
 }
 
 impl PackedBf16 {
-    /// Rounds an f32 weight (`rows * cols` values) to bf16 (nearest, ties to even).
+    /// Rounds an f32 weight (`rows * cols` values, row-major) to bf16 (nearest, ties to
+    /// even) and packs it.
     pub fn from_f32(rows: usize, cols: usize, w: &[f32]) -> Result<Self, String> {
         if w.len() != rows * cols {
             return Err(format!(
@@ -29,11 +46,24 @@ impl PackedBf16 {
                 w.len()
             ));
         }
-        Ok(Self {
+        let kblocks = cols.div_ceil(KB);
+        let mut p = Self {
             rows,
             cols,
-            data: w.iter().map(|v| bf16::from_f32(*v)).collect(),
-        })
+            kblocks,
+            data: vec![bf16::ZERO; rows.div_ceil(NB) * kblocks * BLOCK],
+        };
+        for (r, row) in w.chunks_exact(cols.max(1)).enumerate().take(rows) {
+            for (c, v) in row.iter().enumerate() {
+                let i = p.index(r, c);
+                p.data[i] = bf16::from_f32(*v);
+            }
+        }
+        Ok(p)
+    }
+
+    fn index(&self, r: usize, c: usize) -> usize {
+        ((r / NB) * self.kblocks + c / KB) * BLOCK + (c % KB) / 2 * (2 * NB) + (r % NB) * 2 + c % 2
     }
 
     pub fn rows(&self) -> usize {
@@ -44,9 +74,21 @@ impl PackedBf16 {
         self.cols
     }
 
-    /// The weight back as f32.
+    /// The weight back as f32, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
-        self.data.iter().map(|v| v.to_f32()).collect()
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                out.push(self.data[self.index(r, c)].to_f32());
+            }
+        }
+        out
+    }
+
+    /// The block of column block `nb`, input block `kb`.
+    fn block(&self, nb: usize, kb: usize) -> &[bf16] {
+        let start = (nb * self.kblocks + kb) * BLOCK;
+        &self.data[start..start + BLOCK]
     }
 }
 
@@ -62,28 +104,99 @@ pub fn has_avx512_bf16() -> bool {
     }
 }
 
-/// Plain path: outputs `(m0 + r, n0 + c)` for `r < mr`, `c < nr`.
+/// Whether AMX-BF16 runs here: the CPU has it, Linux granted this process the tile
+/// state, `RUSTFORMERS_ISA` does not cap the instruction set and `RUSTFORMERS_AMX` is not
+/// `0`. Asked once; a refusal leaves the AVX-512 path.
+pub fn has_amx_bf16() -> bool {
+    static AMX: OnceLock<bool> = OnceLock::new();
+    *AMX.get_or_init(|| {
+        std::env::var("RUSTFORMERS_AMX").ok().as_deref() != Some("0")
+            && has_avx512_bf16()
+            && amx::available()
+    })
+}
+
+/// Which kernel a product runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Scalar,
+    Avx512,
+    Amx,
+}
+
+impl Path {
+    /// The fastest path for `m` input rows on this machine.
+    pub fn best(m: usize) -> Path {
+        if m >= NB && has_amx_bf16() {
+            Path::Amx
+        } else if has_avx512_bf16() {
+            Path::Avx512
+        } else {
+            Path::Scalar
+        }
+    }
+
+    /// Whether this machine runs the path.
+    pub fn available(self) -> bool {
+        match self {
+            Path::Scalar => true,
+            Path::Avx512 => has_avx512_bf16(),
+            Path::Amx => has_amx_bf16(),
+        }
+    }
+}
+
+/// Input rows × column blocks one SIMD call computes at most.
+const TR: usize = 4;
+const TC: usize = 4;
+
+/// Outputs of one SIMD call: `[row][column]` for `TR` rows × `TC * NB` columns.
+type Acc = [[f32; TC * NB]; TR];
+
+/// Plain path: rows `m0..m0 + mr`, column blocks `nb0..nb0 + nc` (padded columns
+/// included).
 #[allow(clippy::too_many_arguments)]
 fn tile_scalar(
     w: &PackedBf16,
     x: &[bf16],
+    kpad: usize,
     m0: usize,
     mr: usize,
-    n0: usize,
-    nr: usize,
-    out: &mut Tile,
+    nb0: usize,
+    nc: usize,
+    out: &mut Acc,
 ) {
-    let k = w.cols;
-    for (r, row) in out.iter_mut().enumerate().take(mr) {
-        let xr = &x[(m0 + r) * k..(m0 + r + 1) * k];
-        for (c, o) in row.iter_mut().enumerate().take(nr) {
-            let wr = &w.data[(n0 + c) * k..(n0 + c + 1) * k];
-            *o = xr
-                .iter()
-                .zip(wr)
-                .map(|(a, b)| a.to_f32() * b.to_f32())
-                .sum();
+    for row in out.iter_mut() {
+        row.fill(0.0);
+    }
+    for kb in 0..w.kblocks {
+        for c in 0..nc {
+            let blk = w.block(nb0 + c, kb);
+            for (r, orow) in out.iter_mut().enumerate().take(mr) {
+                let xr = &x[(m0 + r) * kpad + kb * KB..][..KB];
+                for (p, pair) in blk.chunks_exact(2 * NB).enumerate() {
+                    let (x0, x1) = (xr[2 * p].to_f32(), xr[2 * p + 1].to_f32());
+                    for j in 0..NB {
+                        orow[c * NB + j] +=
+                            x0 * pair[2 * j].to_f32() + x1 * pair[2 * j + 1].to_f32();
+                    }
+                }
+            }
         }
+    }
+}
+
+/// `dst = src` rounded to bf16 (nearest, ties to even; `simd` only where
+/// [`has_avx512_bf16`] holds).
+fn to_bf16(src: &[f32], dst: &mut [bf16], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is set only where AVX512-BF16 runs.
+        return unsafe { x86::to_bf16(src, dst) };
+    }
+    let _ = simd;
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = bf16::from_f32(*s);
     }
 }
 
@@ -91,52 +204,332 @@ fn tile_scalar(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{PackedBf16, Tile};
+    use super::{Acc, PackedBf16, BLOCK, KB, NB};
     use half::bf16;
 
-    /// Outputs `(m0 + r, n0 + c)` for `r < R`, `c < C`.
+    /// `dst = src` in bf16, 16 values per `vcvtneps2bf16`.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW/BF16; rows `m0..m0 + R` of `x` and `n0..n0 + C` of `w`
-    /// exist, both with `w.cols` values.
+    /// The CPU has AVX-512 F/BW/VL/BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn to_bf16(src: &[f32], dst: &mut [bf16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i < n {
+            let left = n - i;
+            let mask: __mmask16 = if left >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << left) - 1
+            };
+            let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+            let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(i) as *mut i16, mask, b);
+            i += 16;
+        }
+    }
+
+    /// Rows `m0..m0 + R`, column blocks `nb0..nb0 + C`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/BF16; rows `m0..m0 + R` of `x` (each `kpad` values,
+    /// `kpad = w.kblocks * KB`) and column blocks `nb0..nb0 + C` of `w` exist.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn tile<const R: usize, const C: usize>(
         w: &PackedBf16,
         x: &[bf16],
+        kpad: usize,
         m0: usize,
-        n0: usize,
-        out: &mut Tile,
+        nb0: usize,
+        out: &mut Acc,
     ) {
-        let k = w.cols;
         let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let xp = x.as_ptr().add(m0 * k) as *const i16;
-        let wp = w.data.as_ptr().add(n0 * k) as *const i16;
-        let mut kk = 0;
-        while kk < k {
-            let left = k - kk;
-            let mask: __mmask32 = if left >= 32 {
-                u32::MAX
-            } else {
-                (1u32 << left) - 1
-            };
-            let mut wv = [_mm512_setzero_si512(); C];
-            for (c, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_epi16(mask, wp.add(c * k + kk));
+        let xp = x.as_ptr().add(m0 * kpad);
+        for kb in 0..w.kblocks {
+            let mut wp = [std::ptr::null::<bf16>(); C];
+            for (c, p) in wp.iter_mut().enumerate() {
+                *p = w.data.as_ptr().add(((nb0 + c) * w.kblocks + kb) * BLOCK);
             }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let xv: __m512bh =
-                    std::mem::transmute(_mm512_maskz_loadu_epi16(mask, xp.add(r * k + kk)));
-                for (c, a) in row.iter_mut().enumerate() {
-                    *a = _mm512_dpbf16_ps(*a, xv, std::mem::transmute::<__m512i, __m512bh>(wv[c]));
+            for p in 0..KB / 2 {
+                let mut wv = [_mm512_setzero_si512(); C];
+                for (c, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(wp[c].add(p * 2 * NB) as *const __m512i);
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let pair = (xp.add(r * kpad + kb * KB + 2 * p) as *const i32).read_unaligned();
+                    let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    for (c, a) in row.iter_mut().enumerate() {
+                        *a = _mm512_dpbf16_ps(
+                            *a,
+                            xv,
+                            std::mem::transmute::<__m512i, __m512bh>(wv[c]),
+                        );
+                    }
                 }
             }
-            kk += 32;
         }
-        for r in 0..R {
-            for c in 0..C {
-                out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+        for (r, row) in acc.iter().enumerate() {
+            for (c, a) in row.iter().enumerate() {
+                _mm512_storeu_ps(out[r][c * NB..].as_mut_ptr(), *a);
             }
         }
+    }
+}
+
+/// AMX: tiles of 16 input rows × 16 columns accumulate in tile registers.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    use std::arch::asm;
+
+    use super::{BLOCK, KB, NB};
+    use half::bf16;
+
+    /// CPUID.(7,0):EDX bit 24 (AMX-TILE) and bit 22 (AMX-BF16), then Linux's permission
+    /// for the tile data state (process-wide; `arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XFEATURE_XTILEDATA)`).
+    pub(super) fn available() -> bool {
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        if edx & (1 << 24) == 0 || edx & (1 << 22) == 0 {
+            return false;
+        }
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        let ret: i64;
+        // SAFETY: the arch_prctl system call with integer arguments; it reads no memory.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+
+    /// Palette 1, tiles 0–7 each 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    /// Holds the tile configuration of this thread; released on drop.
+    pub(super) struct Tiles(());
+
+    impl Tiles {
+        /// # Safety
+        /// [`available`] returned true.
+        pub(super) unsafe fn configure() -> Tiles {
+            let mut cfg = TileConfig([0; 64]);
+            cfg.0[0] = 1;
+            for t in 0..8 {
+                cfg.0[16 + 2 * t] = 64;
+                cfg.0[48 + t] = 16;
+            }
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+            Tiles(())
+        }
+
+        /// `c[t]` (`t = 2i + j`, 16×16 f32 each) = rows `a[i]` (16 rows, `lda` values
+        /// apart, `kblocks * KB` of them) · column blocks `b[j]` (`kblocks` consecutive
+        /// blocks).
+        ///
+        /// # Safety
+        /// The pointers cover what is described above.
+        pub(super) unsafe fn block_2x2(
+            &self,
+            a: [*const bf16; 2],
+            lda: usize,
+            b: [*const bf16; 2],
+            kblocks: usize,
+            c: &mut [[f32; NB * NB]; 4],
+        ) {
+            if kblocks == 0 {
+                *c = [[0.0; NB * NB]; 4];
+                return;
+            }
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a0}, {ka}",
+                "add {a1}, {ka}",
+                "add {b0}, {kb}",
+                "add {b1}, {kb}",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c} + {sc}*1], tmm0",
+                "tilestored [{c} + {sc}*1 + 1024], tmm1",
+                "tilestored [{c} + {sc}*1 + 2048], tmm2",
+                "tilestored [{c} + {sc}*1 + 3072], tmm3",
+                a0 = inout(reg) a[0] => _,
+                a1 = inout(reg) a[1] => _,
+                b0 = inout(reg) b[0] => _,
+                b1 = inout(reg) b[1] => _,
+                n = inout(reg) kblocks => _,
+                sa = in(reg) lda * 2,
+                sb = in(reg) 2 * NB * 2,
+                ka = const KB * 2,
+                kb = const BLOCK * 2,
+                c = in(reg) c.as_mut_ptr(),
+                sc = in(reg) NB * 4,
+                options(nostack),
+            );
+        }
+    }
+
+    impl Drop for Tiles {
+        fn drop(&mut self) {
+            // SAFETY: this thread configured the tiles (`configure`).
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod amx {
+    pub(super) fn available() -> bool {
+        false
+    }
+}
+
+/// `x [m, w.cols] · Wᵀ (+ bias)` → `[m, w.rows]` on the fastest path here.
+pub fn matmul(
+    w: &PackedBf16,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>, String> {
+    matmul_on(w, x, m, bias, Path::best(m))
+}
+
+/// [`matmul`] on a given path (one this machine runs, else the plain loop).
+pub fn matmul_on(
+    w: &PackedBf16,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    path: Path,
+) -> Result<Vec<f32>, String> {
+    let (n, k) = (w.rows, w.cols);
+    if x.len() != m * k {
+        return Err(format!(
+            "bf16 matmul: input has {} values, expected {m} rows of {k}",
+            x.len()
+        ));
+    }
+    if bias.is_some_and(|b| b.len() != n) {
+        return Err(format!("bf16 matmul: a bias of {n} values expected"));
+    }
+    let path = if path.available() { path } else { Path::Scalar };
+    let kpad = w.kblocks * KB;
+    // AMX reads whole tiles of 16 rows.
+    let mpad = if path == Path::Amx {
+        m.next_multiple_of(NB)
+    } else {
+        m
+    };
+    let mut xb = vec![bf16::ZERO; mpad * kpad];
+    if k > 0 {
+        for (dst, src) in xb.chunks_exact_mut(kpad).zip(x.chunks_exact(k)) {
+            to_bf16(src, &mut dst[..k], path != Path::Scalar);
+        }
+    }
+    let mut out = vec![0f32; m * n];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let nblocks = n.div_ceil(NB);
+    // Column blocks `b0..b1` of every row go to `out`.
+    let run = |b0: usize, b1: usize| match path {
+        Path::Amx => run_amx(w, &xb, kpad, m, b0, b1, bias, ptr),
+        _ => run_simd(w, &xb, kpad, m, b0, b1, path == Path::Avx512, bias, ptr),
+    };
+    let pool = super::pool::Pool::global();
+    if pool.threads() <= 1 || m * n * k < 1 << 18 {
+        run(0, nblocks);
+    } else {
+        // Pairs of blocks for AMX's 2×2 tiles; about four chunks per thread.
+        let per = nblocks
+            .div_ceil(pool.threads() * 4)
+            .max(1)
+            .next_multiple_of(2);
+        pool.run(nblocks.div_ceil(per), &|t| {
+            let b0 = t * per;
+            run(b0, (b0 + per).min(nblocks));
+        });
+    }
+    Ok(out)
+}
+
+/// Copies the `[rows][stride]` outputs computed for rows `m0..`, columns from block
+/// `nb0` on into `out` (`[m, n]`), plus `bias`, leaving out padded rows and columns.
+#[allow(clippy::too_many_arguments)]
+fn write_out(
+    vals: &[f32],
+    stride: usize,
+    rows: usize,
+    m0: usize,
+    m: usize,
+    nb0: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: OutPtr,
+) {
+    let c0 = nb0 * NB;
+    let cols = stride.min(n.saturating_sub(c0));
+    for r in 0..rows.min(m.saturating_sub(m0)) {
+        let src = &vals[r * stride..r * stride + cols];
+        // SAFETY: columns c0..c0 + cols of row m0 + r are inside [m, n]; the caller's
+        // column blocks belong to its task alone and `out` outlives the pool run.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.at((m0 + r) * n + c0), cols) };
+        match bias {
+            Some(b) => {
+                for ((d, v), b) in dst.iter_mut().zip(src).zip(&b[c0..c0 + cols]) {
+                    *d = v + b;
+                }
+            }
+            None => dst.copy_from_slice(src),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_simd(
+    w: &PackedBf16,
+    xb: &[bf16],
+    kpad: usize,
+    m: usize,
+    b0: usize,
+    b1: usize,
+    simd: bool,
+    bias: Option<&[f32]>,
+    out: OutPtr,
+) {
+    let mut acc: Acc = [[0.0; TC * NB]; TR];
+    let mut nb = b0;
+    while nb < b1 {
+        let nc = if b1 - nb >= TC { TC } else { 1 };
+        let mut i = 0;
+        while i < m {
+            let mr = if m - i >= TR { TR } else { 1 };
+            tile(simd, w, xb, kpad, i, mr, nb, nc, &mut acc);
+            for (r, row) in acc.iter().enumerate().take(mr) {
+                write_out(&row[..nc * NB], nc * NB, 1, i + r, m, nb, w.rows, bias, out);
+            }
+            i += mr;
+        }
+        nb += nc;
     }
 }
 
@@ -145,56 +538,97 @@ fn tile(
     simd: bool,
     w: &PackedBf16,
     x: &[bf16],
+    kpad: usize,
     m0: usize,
     mr: usize,
-    n0: usize,
-    nr: usize,
-    out: &mut Tile,
+    nb0: usize,
+    nc: usize,
+    out: &mut Acc,
 ) {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is true only when `has_avx512_bf16()`; the row ranges are in
-        // bounds (see `matmul`).
+        // SAFETY: `simd` is true only when `has_avx512_bf16()`; rows and blocks are in
+        // range (see `run_simd`).
         unsafe {
-            match (mr, nr) {
-                (4, 4) => return x86::tile::<4, 4>(w, x, m0, n0, out),
-                (4, 1) => return x86::tile::<4, 1>(w, x, m0, n0, out),
-                (1, 4) => return x86::tile::<1, 4>(w, x, m0, n0, out),
-                (1, 1) => return x86::tile::<1, 1>(w, x, m0, n0, out),
+            match (mr, nc) {
+                (4, 4) => return x86::tile::<4, 4>(w, x, kpad, m0, nb0, out),
+                (4, 1) => return x86::tile::<4, 1>(w, x, kpad, m0, nb0, out),
+                (1, 4) => return x86::tile::<1, 4>(w, x, kpad, m0, nb0, out),
+                (1, 1) => return x86::tile::<1, 1>(w, x, kpad, m0, nb0, out),
                 _ => {}
             }
         }
     }
     let _ = simd;
-    tile_scalar(w, x, m0, mr, n0, nr, out)
+    tile_scalar(w, x, kpad, m0, mr, nb0, nc, out)
 }
 
-/// `x [m, w.cols] · Wᵀ` → `[m, w.rows]`; `simd` selects the AVX512-BF16 path (only where
-/// [`has_avx512_bf16`] holds).
-pub fn matmul(w: &PackedBf16, x: &[f32], m: usize, simd: bool) -> Result<Vec<f32>, String> {
-    let (n, k) = (w.rows, w.cols);
-    if x.len() != m * k {
-        return Err(format!(
-            "bf16 matmul: input has {} values, expected {m} rows of {k}",
-            x.len()
-        ));
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::too_many_arguments)]
+fn run_amx(
+    w: &PackedBf16,
+    xb: &[bf16],
+    kpad: usize,
+    m: usize,
+    b0: usize,
+    b1: usize,
+    bias: Option<&[f32]>,
+    out: OutPtr,
+) {
+    // SAFETY: this path is taken only when `has_amx_bf16()`.
+    let tiles = unsafe { amx::Tiles::configure() };
+    let mt = m.div_ceil(NB);
+    let mut c = [[0f32; NB * NB]; 4];
+    let mut nb = b0;
+    while nb < b1 {
+        // A lone last block (or row tile) is computed twice and its copy dropped.
+        let nb1 = if nb + 1 < b1 { nb + 1 } else { nb };
+        let bp = [w.block(nb, 0).as_ptr(), w.block(nb1, 0).as_ptr()];
+        let mut i = 0;
+        while i < mt {
+            let i1 = if i + 1 < mt { i + 1 } else { i };
+            let ap = [xb[i * NB * kpad..].as_ptr(), xb[i1 * NB * kpad..].as_ptr()];
+            // SAFETY: `xb` holds `mt * NB` rows of `kpad` values; blocks `nb`, `nb1` of
+            // `w` hold `kblocks` consecutive blocks each.
+            unsafe { tiles.block_2x2(ap, kpad, bp, w.kblocks, &mut c) };
+            for (t, vals) in c.iter().enumerate() {
+                let (ti, tj) = (
+                    if t < 2 { i } else { i1 },
+                    if t % 2 == 0 { nb } else { nb1 },
+                );
+                // The copies of a lone last row tile or block.
+                if (t >= 2 && i1 == i) || (t % 2 == 1 && nb1 == nb) {
+                    continue;
+                }
+                write_out(vals, NB, NB, ti * NB, m, tj, w.rows, bias, out);
+            }
+            i += 2;
+        }
+        nb += 2;
     }
-    let simd = simd && has_avx512_bf16();
-    let xb: Vec<bf16> = x.iter().map(|v| bf16::from_f32(*v)).collect();
-    Ok(tiled_product(
-        m,
-        n,
-        m * n * k,
-        1 << 18,
-        None,
-        |i, mr, j, nr, out| tile(simd, w, &xb, i, mr, j, nr, out),
-    ))
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[allow(clippy::too_many_arguments)]
+fn run_amx(
+    w: &PackedBf16,
+    xb: &[bf16],
+    kpad: usize,
+    m: usize,
+    b0: usize,
+    b1: usize,
+    bias: Option<&[f32]>,
+    out: OutPtr,
+) {
+    run_simd(w, xb, kpad, m, b0, b1, false, bias, out)
 }
 
 /// The candle op: `x [..., cols]` (f32) → `[..., rows]` (f32).
 #[derive(Debug, Clone)]
 pub struct Bf16MatMulOp {
     pub weight: std::sync::Arc<PackedBf16>,
+    /// Added to each output row (`weight.rows()` values).
+    pub bias: Option<std::sync::Arc<[f32]>>,
 }
 
 impl CustomOp1 for Bf16MatMulOp {
@@ -205,7 +639,7 @@ impl CustomOp1 for Bf16MatMulOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let w = &self.weight;
         linear_op_fwd("bf16 matmul", s, l, w.rows, w.cols, |x, m| {
-            matmul(w, x, m, true)
+            matmul(w, x, m, self.bias.as_deref())
         })
     }
 }
@@ -214,11 +648,18 @@ impl CustomOp1 for Bf16MatMulOp {
 mod tests {
     use super::*;
 
-    /// Both paths, every tile shape (m and n not multiples of 4, k not a multiple of 32),
-    /// against the f64 product of the bf16-rounded operands.
+    /// Every path this machine runs, every tile shape (m and n not multiples of 4 or 16,
+    /// k not a multiple of 32), against the f64 product of the bf16-rounded operands.
     #[test]
     fn paths_equal_the_product_of_rounded_operands() {
-        for (m, n, k) in [(1, 9, 40), (6, 13, 96), (9, 4, 33), (5, 300, 1024)] {
+        for (m, n, k) in [
+            (1, 9, 40),
+            (6, 13, 96),
+            (9, 4, 33),
+            (5, 300, 1024),
+            (17, 33, 70),
+            (40, 80, 384),
+        ] {
             let w: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.37).sin()).collect();
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i as f32) * 0.11).cos() * 3.0)
@@ -226,8 +667,10 @@ mod tests {
             let p = PackedBf16::from_f32(n, k, &w).unwrap();
             let wr = p.to_f32();
             let xr: Vec<f32> = x.iter().map(|v| bf16::from_f32(*v).to_f32()).collect();
-            for simd in [false, true] {
-                let y = matmul(&p, &x, m, simd).unwrap();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 3.0).collect();
+            for path in [Path::Scalar, Path::Avx512, Path::Amx] {
+                let y = matmul_on(&p, &x, m, None, path).unwrap();
+                let yb = matmul_on(&p, &x, m, Some(&bias), path).unwrap();
                 for i in 0..m {
                     for j in 0..n {
                         let want: f64 = (0..k)
@@ -236,14 +679,26 @@ mod tests {
                         let got = y[i * n + j] as f64;
                         assert!(
                             (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "simd={simd} m={m} n={n} k={k} ({i},{j}): {got} vs {want}"
+                            "{path:?} m={m} n={n} k={k} ({i},{j}): {got} vs {want}"
                         );
+                        assert_eq!(yb[i * n + j], y[i * n + j] + bias[j]);
                     }
                 }
             }
         }
         assert!(PackedBf16::from_f32(2, 3, &[0.0; 5]).is_err());
         let p = PackedBf16::from_f32(2, 3, &[0.0; 6]).unwrap();
-        assert!(matmul(&p, &[0.0; 4], 1, true).is_err());
+        assert!(matmul(&p, &[0.0; 4], 1, None).is_err());
+        assert!(matmul(&p, &[0.0; 3], 1, Some(&[0.0; 3])).is_err());
+    }
+
+    /// The packing round-trips the bf16-rounded weight.
+    #[test]
+    fn packing_round_trips() {
+        let (n, k) = (21, 45);
+        let w: Vec<f32> = (0..n * k).map(|i| i as f32 * 0.25 - 40.0).collect();
+        let p = PackedBf16::from_f32(n, k, &w).unwrap();
+        let want: Vec<f32> = w.iter().map(|v| bf16::from_f32(*v).to_f32()).collect();
+        assert_eq!(p.to_f32(), want);
     }
 }

@@ -444,20 +444,56 @@ fn softmax_rows(scores: &mut [f32], a: &HeadGemm) {
             }
             *sc = x + m;
         }
-        // Select-based max, so that it vectorizes.
-        let max = row
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m });
-        let mut sum = 0f32;
-        for sc in row.iter_mut() {
-            *sc = super::activation::exp_approx(*sc - max);
-            sum += *sc;
-        }
-        let inv = 1.0 / sum;
+        let max = row_max(row);
+        let inv = 1.0 / exp_shifted_sum(row, max);
         for sc in row.iter_mut() {
             *sc *= inv;
         }
     }
+}
+
+/// The largest value of `row`, in 16 select-based lanes so that it vectorizes (a single
+/// running max is a scalar dependency chain).
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m });
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = if *v > *l { *v } else { *l };
+        }
+    }
+    lanes.iter().fold(tail, |m, v| if *v > m { *v } else { m })
+}
+
+/// `row[i] = e^(row[i] - max)`, returning their sum: 16 lanes at a time, the tail
+/// through a padded buffer, so that both the exponentials and the sum vectorize (a running
+/// sum would keep the loop scalar).
+#[inline(always)]
+fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c.iter_mut()) {
+            *v = super::activation::exp_approx(*v - max);
+            *l += *v;
+        }
+    }
+    let rem = chunks.into_remainder();
+    let mut buf = [0f32; 16];
+    buf[..rem.len()].copy_from_slice(rem);
+    for v in buf.iter_mut() {
+        *v = super::activation::exp_approx(*v - max);
+    }
+    rem.copy_from_slice(&buf[..rem.len()]);
+    for (l, v) in lanes.iter_mut().zip(&buf[..rem.len()]) {
+        *l += *v;
+    }
+    lanes.iter().sum()
 }
 
 /// # Safety
@@ -511,12 +547,7 @@ fn attend_row(r: &AttendRow, q: &[f32], mask: &[f32], scores: &mut [f32], o: &mu
         *sc = x + m;
         max = max.max(*sc);
     }
-    let mut sum = 0f32;
-    for sc in scores.iter_mut() {
-        *sc = super::activation::exp_approx(*sc - max);
-        sum += *sc;
-    }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / exp_shifted_sum(scores, max);
     o.fill(0.0);
     for (j, p) in scores.iter().enumerate() {
         let w = p * inv;

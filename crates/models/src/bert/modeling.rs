@@ -6,11 +6,10 @@
 #![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
 
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::VarBuilder;
-use rustformers_core::linear::{linear, QLinear};
+use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    embedding, encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
+    encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
 };
 
 use super::config::BertConfig;
@@ -38,20 +37,22 @@ pub struct BertEmbeddings {
 }
 
 impl BertEmbeddings {
-    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &BertConfig) -> Result<Self> {
         Ok(Self {
-            word_embeddings: embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
-            position_embeddings: embedding(
-                c.max_position_embeddings,
+            word_embeddings: w
+                .pp("word_embeddings")
+                .embedding(c.vocab_size, c.hidden_size)?,
+            position_embeddings: w
+                .pp("position_embeddings")
+                .embedding(c.max_position_embeddings, c.hidden_size)?,
+            token_type_embeddings: w
+                .pp("token_type_embeddings")
+                .embedding(c.type_vocab_size, c.hidden_size)?,
+            LayerNorm: LayerNorm::load(
+                w.pp("LayerNorm").vb().clone(),
                 c.hidden_size,
-                vb.pp("position_embeddings"),
+                c.layer_norm_eps,
             )?,
-            token_type_embeddings: embedding(
-                c.type_vocab_size,
-                c.hidden_size,
-                vb.pp("token_type_embeddings"),
-            )?,
-            LayerNorm: LayerNorm::load(vb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
             max_positions: c.max_position_embeddings,
         })
     }
@@ -89,12 +90,12 @@ pub struct BertSelfAttention {
 }
 
 impl BertSelfAttention {
-    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &BertConfig) -> Result<Self> {
         let h = c.hidden_size;
         Ok(Self {
-            query: linear(h, h, vb.pp("query"))?,
-            key: linear(h, h, vb.pp("key"))?,
-            value: linear(h, h, vb.pp("value"))?,
+            query: linear(h, h, w.pp("query"))?,
+            key: linear(h, h, w.pp("key"))?,
+            value: linear(h, h, w.pp("value"))?,
             num_heads: c.num_attention_heads,
             head_dim: h / c.num_attention_heads,
         })
@@ -124,10 +125,14 @@ pub struct BertResidualOutput {
 }
 
 impl BertResidualOutput {
-    pub fn load(vb: VarBuilder, in_dim: usize, c: &BertConfig) -> Result<Self> {
+    pub fn load(w: Weights, in_dim: usize, c: &BertConfig) -> Result<Self> {
         Ok(Self {
-            dense: linear(in_dim, c.hidden_size, vb.pp("dense"))?,
-            LayerNorm: LayerNorm::load(vb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+            dense: linear(in_dim, c.hidden_size, w.pp("dense"))?,
+            LayerNorm: LayerNorm::load(
+                w.pp("LayerNorm").vb().clone(),
+                c.hidden_size,
+                c.layer_norm_eps,
+            )?,
         })
     }
 
@@ -148,21 +153,17 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
-    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &BertConfig) -> Result<Self> {
         Ok(Self {
-            attention_self: BertSelfAttention::load(vb.pp("attention.self"), c)?,
-            attention_output: BertResidualOutput::load(
-                vb.pp("attention.output"),
-                c.hidden_size,
-                c,
-            )?,
+            attention_self: BertSelfAttention::load(w.pp("attention.self"), c)?,
+            attention_output: BertResidualOutput::load(w.pp("attention.output"), c.hidden_size, c)?,
             intermediate: linear(
                 c.hidden_size,
                 c.intermediate_size,
-                vb.pp("intermediate.dense"),
+                w.pp("intermediate.dense"),
             )?,
             act: act(c)?,
-            output: BertResidualOutput::load(vb.pp("output"), c.intermediate_size, c)?,
+            output: BertResidualOutput::load(w.pp("output"), c.intermediate_size, c)?,
         })
     }
 
@@ -185,13 +186,13 @@ pub struct BertModel {
 
 impl BertModel {
     /// Loads the base model from `vb` (already at the model's prefix).
-    pub fn load(vb: VarBuilder, c: &BertConfig, add_pooling_layer: bool) -> Result<Self> {
-        let embeddings = BertEmbeddings::load(vb.pp("embeddings"), c)?;
+    pub fn load(w: Weights, c: &BertConfig, add_pooling_layer: bool) -> Result<Self> {
+        let embeddings = BertEmbeddings::load(w.pp("embeddings"), c)?;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| BertLayer::load(vb.pp(format!("encoder.layer.{i}")), c))
+            .map(|i| BertLayer::load(w.pp(format!("encoder.layer.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         let pooler = if add_pooling_layer {
-            Some(linear(c.hidden_size, c.hidden_size, vb.pp("pooler.dense"))?)
+            Some(linear(c.hidden_size, c.hidden_size, w.pp("pooler.dense"))?)
         } else {
             None
         };
@@ -199,7 +200,7 @@ impl BertModel {
             embeddings,
             layers,
             pooler,
-            dtype: vb.dtype(),
+            dtype: w.vb().dtype(),
         })
     }
 
@@ -242,14 +243,14 @@ pub struct BertForSequenceClassification {
 }
 
 impl BertForSequenceClassification {
-    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &BertConfig) -> Result<Self> {
         let n = c
             .base
             .num_labels()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Self {
-            bert: BertModel::load(vb.pp(BASE_MODEL_PREFIX), c, true)?,
-            classifier: linear(c.hidden_size, n, vb.pp("classifier"))?,
+            bert: BertModel::load(w.pp(BASE_MODEL_PREFIX), c, true)?,
+            classifier: linear(c.hidden_size, n, w.pp("classifier"))?,
         })
     }
 }
@@ -272,14 +273,14 @@ pub struct BertForTokenClassification {
 }
 
 impl BertForTokenClassification {
-    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &BertConfig) -> Result<Self> {
         let n = c
             .base
             .num_labels()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Self {
-            bert: BertModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?,
-            classifier: linear(c.hidden_size, n, vb.pp("classifier"))?,
+            bert: BertModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?,
+            classifier: linear(c.hidden_size, n, w.pp("classifier"))?,
         })
     }
 }
@@ -299,10 +300,10 @@ pub struct BertForQuestionAnswering {
 }
 
 impl BertForQuestionAnswering {
-    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &BertConfig) -> Result<Self> {
         Ok(Self {
-            bert: BertModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?,
-            qa_outputs: linear(c.hidden_size, 2, vb.pp("qa_outputs"))?,
+            bert: BertModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?,
+            qa_outputs: linear(c.hidden_size, 2, w.pp("qa_outputs"))?,
         })
     }
 }
@@ -331,18 +332,22 @@ pub struct BertForMaskedLM {
 }
 
 impl BertForMaskedLM {
-    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
-        let bert = BertModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?;
-        let p = vb.pp("cls.predictions");
+    pub fn load(w: Weights, c: &BertConfig) -> Result<Self> {
+        let bert = BertModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?;
+        let p = w.pp("cls.predictions");
         let transform_dense = linear(c.hidden_size, c.hidden_size, p.pp("transform.dense"))?;
-        let transform_norm =
-            LayerNorm::load(p.pp("transform.LayerNorm"), c.hidden_size, c.layer_norm_eps)?;
+        let transform_norm = LayerNorm::load(
+            p.pp("transform.LayerNorm").vb().clone(),
+            c.hidden_size,
+            c.layer_norm_eps,
+        )?;
         let weight = if c.base.tie_word_embeddings() {
             bert.embeddings().word_embeddings()?
         } else {
-            p.get((c.vocab_size, c.hidden_size), "decoder.weight")?
+            p.vb()
+                .get((c.vocab_size, c.hidden_size), "decoder.weight")?
         };
-        let bias = p.get(c.vocab_size, "bias")?;
+        let bias = p.vb().get(c.vocab_size, "bias")?;
         Ok(Self {
             bert,
             transform_dense,

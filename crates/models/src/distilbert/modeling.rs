@@ -12,10 +12,10 @@
 
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use rustformers_core::linear::{linear, QLinear};
+use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    embedding, encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
+    encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
 };
 
 use super::config::DistilBertConfig;
@@ -64,20 +64,20 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
-        let pvb = vb.pp("position_embeddings");
-        let position_embeddings = if c.sinusoidal_pos_embds && !pvb.contains_tensor("weight") {
+    pub fn load(w: Weights, c: &DistilBertConfig) -> Result<Self> {
+        let pw = w.pp("position_embeddings");
+        let position_embeddings = if c.sinusoidal_pos_embds && !pw.vb().contains_tensor("weight") {
             Embedding::new(
-                sinusoidal_position_table(c.max_position_embeddings, c.dim, &pvb)?,
+                sinusoidal_position_table(c.max_position_embeddings, c.dim, pw.vb())?,
                 "position_embeddings",
             )?
         } else {
-            embedding(c.max_position_embeddings, c.dim, pvb)?
+            pw.embedding(c.max_position_embeddings, c.dim)?
         };
         Ok(Self {
-            word_embeddings: embedding(c.vocab_size, c.dim, vb.pp("word_embeddings"))?,
+            word_embeddings: w.pp("word_embeddings").embedding(c.vocab_size, c.dim)?,
             position_embeddings,
-            LayerNorm: LayerNorm::load(vb.pp("LayerNorm"), c.dim, LAYER_NORM_EPS)?,
+            LayerNorm: LayerNorm::load(w.pp("LayerNorm").vb().clone(), c.dim, LAYER_NORM_EPS)?,
             max_positions: c.max_position_embeddings,
         })
     }
@@ -114,13 +114,13 @@ pub struct MultiHeadSelfAttention {
 }
 
 impl MultiHeadSelfAttention {
-    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &DistilBertConfig) -> Result<Self> {
         let d = c.dim;
         Ok(Self {
-            q_lin: linear(d, d, vb.pp("q_lin"))?,
-            k_lin: linear(d, d, vb.pp("k_lin"))?,
-            v_lin: linear(d, d, vb.pp("v_lin"))?,
-            out_lin: linear(d, d, vb.pp("out_lin"))?,
+            q_lin: linear(d, d, w.pp("q_lin"))?,
+            k_lin: linear(d, d, w.pp("k_lin"))?,
+            v_lin: linear(d, d, w.pp("v_lin"))?,
+            out_lin: linear(d, d, w.pp("out_lin"))?,
             n_heads: c.n_heads,
             head_dim: d / c.n_heads,
         })
@@ -154,10 +154,10 @@ pub struct Ffn {
 }
 
 impl Ffn {
-    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
-            lin1: linear(c.dim, c.hidden_dim, vb.pp("lin1"))?,
-            lin2: linear(c.hidden_dim, c.dim, vb.pp("lin2"))?,
+            lin1: linear(c.dim, c.hidden_dim, w.pp("lin1"))?,
+            lin2: linear(c.hidden_dim, c.dim, w.pp("lin2"))?,
             act: act(c)?,
         })
     }
@@ -179,12 +179,20 @@ pub struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
-            attention: MultiHeadSelfAttention::load(vb.pp("attention"), c)?,
-            sa_layer_norm: LayerNorm::load(vb.pp("sa_layer_norm"), c.dim, LAYER_NORM_EPS)?,
-            ffn: Ffn::load(vb.pp("ffn"), c)?,
-            output_layer_norm: LayerNorm::load(vb.pp("output_layer_norm"), c.dim, LAYER_NORM_EPS)?,
+            attention: MultiHeadSelfAttention::load(w.pp("attention"), c)?,
+            sa_layer_norm: LayerNorm::load(
+                w.pp("sa_layer_norm").vb().clone(),
+                c.dim,
+                LAYER_NORM_EPS,
+            )?,
+            ffn: Ffn::load(w.pp("ffn"), c)?,
+            output_layer_norm: LayerNorm::load(
+                w.pp("output_layer_norm").vb().clone(),
+                c.dim,
+                LAYER_NORM_EPS,
+            )?,
         })
     }
 
@@ -207,15 +215,15 @@ pub struct DistilBertModel {
 
 impl DistilBertModel {
     /// Loads the base model from `vb` (already at the model's prefix).
-    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
-        let embeddings = Embeddings::load(vb.pp("embeddings"), c)?;
+    pub fn load(w: Weights, c: &DistilBertConfig) -> Result<Self> {
+        let embeddings = Embeddings::load(w.pp("embeddings"), c)?;
         let layers = (0..c.n_layers)
-            .map(|i| TransformerBlock::load(vb.pp(format!("transformer.layer.{i}")), c))
+            .map(|i| TransformerBlock::load(w.pp(format!("transformer.layer.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings,
             layers,
-            dtype: vb.dtype(),
+            dtype: w.vb().dtype(),
         })
     }
 
@@ -256,12 +264,12 @@ pub struct DistilBertForSequenceClassification {
 }
 
 impl DistilBertForSequenceClassification {
-    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &DistilBertConfig) -> Result<Self> {
         let n = num_labels(c)?;
         Ok(Self {
-            distilbert: DistilBertModel::load(vb.pp(BASE_MODEL_PREFIX), c)?,
-            pre_classifier: linear(c.dim, c.dim, vb.pp("pre_classifier"))?,
-            classifier: linear(c.dim, n, vb.pp("classifier"))?,
+            distilbert: DistilBertModel::load(w.pp(BASE_MODEL_PREFIX), c)?,
+            pre_classifier: linear(c.dim, c.dim, w.pp("pre_classifier"))?,
+            classifier: linear(c.dim, n, w.pp("classifier"))?,
         })
     }
 }
@@ -283,11 +291,11 @@ pub struct DistilBertForTokenClassification {
 }
 
 impl DistilBertForTokenClassification {
-    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &DistilBertConfig) -> Result<Self> {
         let n = num_labels(c)?;
         Ok(Self {
-            distilbert: DistilBertModel::load(vb.pp(BASE_MODEL_PREFIX), c)?,
-            classifier: linear(c.dim, n, vb.pp("classifier"))?,
+            distilbert: DistilBertModel::load(w.pp(BASE_MODEL_PREFIX), c)?,
+            classifier: linear(c.dim, n, w.pp("classifier"))?,
         })
     }
 }
@@ -307,10 +315,10 @@ pub struct DistilBertForQuestionAnswering {
 }
 
 impl DistilBertForQuestionAnswering {
-    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
-            distilbert: DistilBertModel::load(vb.pp(BASE_MODEL_PREFIX), c)?,
-            qa_outputs: linear(c.dim, 2, vb.pp("qa_outputs"))?,
+            distilbert: DistilBertModel::load(w.pp(BASE_MODEL_PREFIX), c)?,
+            qa_outputs: linear(c.dim, 2, w.pp("qa_outputs"))?,
         })
     }
 }
@@ -340,17 +348,18 @@ pub struct DistilBertForMaskedLM {
 }
 
 impl DistilBertForMaskedLM {
-    pub fn load(vb: VarBuilder, c: &DistilBertConfig) -> Result<Self> {
-        let distilbert = DistilBertModel::load(vb.pp(BASE_MODEL_PREFIX), c)?;
-        let vocab_transform = linear(c.dim, c.dim, vb.pp("vocab_transform"))?;
-        let vocab_layer_norm = LayerNorm::load(vb.pp("vocab_layer_norm"), c.dim, LAYER_NORM_EPS)?;
-        let p = vb.pp("vocab_projector");
+    pub fn load(w: Weights, c: &DistilBertConfig) -> Result<Self> {
+        let distilbert = DistilBertModel::load(w.pp(BASE_MODEL_PREFIX), c)?;
+        let vocab_transform = linear(c.dim, c.dim, w.pp("vocab_transform"))?;
+        let vocab_layer_norm =
+            LayerNorm::load(w.pp("vocab_layer_norm").vb().clone(), c.dim, LAYER_NORM_EPS)?;
+        let p = w.pp("vocab_projector");
         let weight = if c.base.tie_word_embeddings() {
             distilbert.embeddings().word_embeddings()?
         } else {
-            p.get((c.vocab_size, c.dim), "weight")?
+            p.vb().get((c.vocab_size, c.dim), "weight")?
         };
-        let bias = p.get(c.vocab_size, "bias")?;
+        let bias = p.vb().get(c.vocab_size, "bias")?;
         Ok(Self {
             distilbert,
             vocab_transform,

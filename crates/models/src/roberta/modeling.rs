@@ -16,11 +16,10 @@
 #![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
 
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::VarBuilder;
-use rustformers_core::linear::{linear, QLinear};
+use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    embedding, encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
+    encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
 };
 
 use super::config::RobertaConfig;
@@ -71,23 +70,25 @@ pub struct RobertaEmbeddings {
 }
 
 impl RobertaEmbeddings {
-    pub fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &RobertaConfig) -> Result<Self> {
         let padding_idx = u32::try_from(c.padding_idx()).map_err(|_| {
             candle_core::Error::Msg(format!("invalid pad_token_id {}", c.padding_idx()))
         })?;
         Ok(Self {
-            word_embeddings: embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
-            position_embeddings: embedding(
-                c.max_position_embeddings,
+            word_embeddings: w
+                .pp("word_embeddings")
+                .embedding(c.vocab_size, c.hidden_size)?,
+            position_embeddings: w
+                .pp("position_embeddings")
+                .embedding(c.max_position_embeddings, c.hidden_size)?,
+            token_type_embeddings: w
+                .pp("token_type_embeddings")
+                .embedding(c.type_vocab_size, c.hidden_size)?,
+            LayerNorm: LayerNorm::load(
+                w.pp("LayerNorm").vb().clone(),
                 c.hidden_size,
-                vb.pp("position_embeddings"),
+                c.layer_norm_eps,
             )?,
-            token_type_embeddings: embedding(
-                c.type_vocab_size,
-                c.hidden_size,
-                vb.pp("token_type_embeddings"),
-            )?,
-            LayerNorm: LayerNorm::load(vb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
             padding_idx,
             max_tokens: c.max_input_tokens(),
         })
@@ -127,12 +128,12 @@ pub struct RobertaSelfAttention {
 }
 
 impl RobertaSelfAttention {
-    pub fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &RobertaConfig) -> Result<Self> {
         let h = c.hidden_size;
         Ok(Self {
-            query: linear(h, h, vb.pp("query"))?,
-            key: linear(h, h, vb.pp("key"))?,
-            value: linear(h, h, vb.pp("value"))?,
+            query: linear(h, h, w.pp("query"))?,
+            key: linear(h, h, w.pp("key"))?,
+            value: linear(h, h, w.pp("value"))?,
             num_heads: c.num_attention_heads,
             head_dim: h / c.num_attention_heads,
         })
@@ -163,10 +164,14 @@ pub struct RobertaResidualOutput {
 }
 
 impl RobertaResidualOutput {
-    pub fn load(vb: VarBuilder, in_dim: usize, c: &RobertaConfig) -> Result<Self> {
+    pub fn load(w: Weights, in_dim: usize, c: &RobertaConfig) -> Result<Self> {
         Ok(Self {
-            dense: linear(in_dim, c.hidden_size, vb.pp("dense"))?,
-            LayerNorm: LayerNorm::load(vb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+            dense: linear(in_dim, c.hidden_size, w.pp("dense"))?,
+            LayerNorm: LayerNorm::load(
+                w.pp("LayerNorm").vb().clone(),
+                c.hidden_size,
+                c.layer_norm_eps,
+            )?,
         })
     }
 
@@ -187,21 +192,21 @@ pub struct RobertaLayer {
 }
 
 impl RobertaLayer {
-    pub fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &RobertaConfig) -> Result<Self> {
         Ok(Self {
-            attention_self: RobertaSelfAttention::load(vb.pp("attention.self"), c)?,
+            attention_self: RobertaSelfAttention::load(w.pp("attention.self"), c)?,
             attention_output: RobertaResidualOutput::load(
-                vb.pp("attention.output"),
+                w.pp("attention.output"),
                 c.hidden_size,
                 c,
             )?,
             intermediate: linear(
                 c.hidden_size,
                 c.intermediate_size,
-                vb.pp("intermediate.dense"),
+                w.pp("intermediate.dense"),
             )?,
             act: act(c)?,
-            output: RobertaResidualOutput::load(vb.pp("output"), c.intermediate_size, c)?,
+            output: RobertaResidualOutput::load(w.pp("output"), c.intermediate_size, c)?,
         })
     }
 
@@ -225,13 +230,13 @@ pub struct RobertaModel {
 
 impl RobertaModel {
     /// Loads the base model from `vb` (already at the model's prefix).
-    pub fn load(vb: VarBuilder, c: &RobertaConfig, add_pooling_layer: bool) -> Result<Self> {
-        let embeddings = RobertaEmbeddings::load(vb.pp("embeddings"), c)?;
+    pub fn load(w: Weights, c: &RobertaConfig, add_pooling_layer: bool) -> Result<Self> {
+        let embeddings = RobertaEmbeddings::load(w.pp("embeddings"), c)?;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| RobertaLayer::load(vb.pp(format!("encoder.layer.{i}")), c))
+            .map(|i| RobertaLayer::load(w.pp(format!("encoder.layer.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         let pooler = if add_pooling_layer {
-            Some(linear(c.hidden_size, c.hidden_size, vb.pp("pooler.dense"))?)
+            Some(linear(c.hidden_size, c.hidden_size, w.pp("pooler.dense"))?)
         } else {
             None
         };
@@ -239,7 +244,7 @@ impl RobertaModel {
             embeddings,
             layers,
             pooler,
-            dtype: vb.dtype(),
+            dtype: w.vb().dtype(),
         })
     }
 
@@ -289,11 +294,11 @@ pub struct RobertaForSequenceClassification {
 }
 
 impl RobertaForSequenceClassification {
-    pub fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &RobertaConfig) -> Result<Self> {
         let n = num_labels(c)?;
-        let head = vb.pp("classifier");
+        let head = w.pp("classifier");
         Ok(Self {
-            roberta: RobertaModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?,
+            roberta: RobertaModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?,
             dense: linear(c.hidden_size, c.hidden_size, head.pp("dense"))?,
             out_proj: linear(c.hidden_size, n, head.pp("out_proj"))?,
         })
@@ -319,11 +324,11 @@ pub struct RobertaForTokenClassification {
 }
 
 impl RobertaForTokenClassification {
-    pub fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &RobertaConfig) -> Result<Self> {
         let n = num_labels(c)?;
         Ok(Self {
-            roberta: RobertaModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?,
-            classifier: linear(c.hidden_size, n, vb.pp("classifier"))?,
+            roberta: RobertaModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?,
+            classifier: linear(c.hidden_size, n, w.pp("classifier"))?,
         })
     }
 }
@@ -343,10 +348,10 @@ pub struct RobertaForQuestionAnswering {
 }
 
 impl RobertaForQuestionAnswering {
-    pub fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+    pub fn load(w: Weights, c: &RobertaConfig) -> Result<Self> {
         Ok(Self {
-            roberta: RobertaModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?,
-            qa_outputs: linear(c.hidden_size, 2, vb.pp("qa_outputs"))?,
+            roberta: RobertaModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?,
+            qa_outputs: linear(c.hidden_size, 2, w.pp("qa_outputs"))?,
         })
     }
 }
@@ -375,25 +380,30 @@ pub struct RobertaForMaskedLM {
 }
 
 impl RobertaForMaskedLM {
-    pub fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
-        let roberta = RobertaModel::load(vb.pp(BASE_MODEL_PREFIX), c, false)?;
-        let p = vb.pp("lm_head");
+    pub fn load(w: Weights, c: &RobertaConfig) -> Result<Self> {
+        let roberta = RobertaModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?;
+        let p = w.pp("lm_head");
         let dense = linear(c.hidden_size, c.hidden_size, p.pp("dense"))?;
-        let layer_norm = LayerNorm::load(p.pp("layer_norm"), c.hidden_size, c.layer_norm_eps)?;
+        let layer_norm = LayerNorm::load(
+            p.pp("layer_norm").vb().clone(),
+            c.hidden_size,
+            c.layer_norm_eps,
+        )?;
         let weight = if c.base.tie_word_embeddings() {
             roberta.embeddings().word_embeddings()?
         } else {
-            p.get((c.vocab_size, c.hidden_size), "decoder.weight")?
+            p.vb()
+                .get((c.vocab_size, c.hidden_size), "decoder.weight")?
         };
         // Python ties `lm_head.decoder.bias` to `lm_head.bias`; checkpoints hold either.
-        let bias = if !p.contains_tensor("bias") && p.contains_tensor("decoder.bias") {
-            p.get(c.vocab_size, "decoder.bias")?
+        let bias = if !p.vb().contains_tensor("bias") && p.vb().contains_tensor("decoder.bias") {
+            p.vb().get(c.vocab_size, "decoder.bias")?
         } else {
-            if p.contains_tensor("decoder.bias") {
+            if p.vb().contains_tensor("decoder.bias") {
                 // The same tied tensor stored twice: read so it counts as used.
-                p.get(c.vocab_size, "decoder.bias")?;
+                p.vb().get(c.vocab_size, "decoder.bias")?;
             }
-            p.get(c.vocab_size, "bias")?
+            p.vb().get(c.vocab_size, "bias")?
         };
         Ok(Self {
             roberta,
