@@ -20,11 +20,11 @@ use half::bf16;
 use super::{linear_op_fwd, OutPtr};
 
 /// Output columns per weight block.
-const NB: usize = 16;
+pub(crate) const NB: usize = 16;
 /// Inputs per weight block.
-const KB: usize = 32;
+pub(crate) const KB: usize = 32;
 /// Values per weight block.
-const BLOCK: usize = NB * KB;
+pub(crate) const BLOCK: usize = NB * KB;
 
 /// A weight `[rows, cols]` in bf16, in blocks of [`NB`] rows × [`KB`] columns (zero
 /// padded), block `(rows / NB, cols / KB)` at `((r / NB) * kblocks + c / KB) * BLOCK`.
@@ -89,6 +89,43 @@ impl PackedBf16 {
     fn block(&self, nb: usize, kb: usize) -> &[bf16] {
         let start = (nb * self.kblocks + kb) * BLOCK;
         &self.data[start..start + BLOCK]
+    }
+}
+
+/// A weight the AMX path reads as column blocks: `kblocks` consecutive blocks of
+/// [`NB`] columns × [`KB`] inputs each, in `tdpbf16ps`'s layout.
+pub(crate) trait ColumnBlocks: Sync {
+    /// `[rows, cols]` of the weight.
+    fn shape(&self) -> (usize, usize);
+    /// Input blocks per column block (`cols / KB`, rounded up).
+    fn kblocks(&self) -> usize;
+    /// The blocks of column block `nb`: borrowed where they are stored so, else written
+    /// into `scratch` (zero for rows past the weight's).
+    fn column_blocks<'a>(&'a self, nb: usize, scratch: &'a mut Vec<bf16>) -> &'a [bf16];
+}
+
+impl ColumnBlocks for PackedBf16 {
+    fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    fn kblocks(&self) -> usize {
+        self.kblocks
+    }
+
+    fn column_blocks<'a>(&'a self, nb: usize, _scratch: &'a mut Vec<bf16>) -> &'a [bf16] {
+        let start = nb * self.kblocks * BLOCK;
+        &self.data[start..start + self.kblocks * BLOCK]
+    }
+}
+
+/// Writes 32 consecutive inputs (`vals`, one input block) of weight row `r` (within its
+/// column block) into `block` (one [`BLOCK`] in `tdpbf16ps`'s layout).
+#[inline(always)]
+pub(crate) fn scatter_row(vals: &[bf16; KB], r: usize, block: &mut [bf16]) {
+    for p in 0..KB / 2 {
+        block[p * 2 * NB + 2 * r] = vals[2 * p];
+        block[p * 2 * NB + 2 * r + 1] = vals[2 * p + 1];
     }
 }
 
@@ -188,7 +225,7 @@ fn tile_scalar(
 
 /// `dst = src` rounded to bf16 (nearest, ties to even; `simd` only where
 /// [`has_avx512_bf16`] holds).
-fn to_bf16(src: &[f32], dst: &mut [bf16], simd: bool) {
+pub(crate) fn to_bf16(src: &[f32], dst: &mut [bf16], simd: bool) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: `simd` is set only where AVX512-BF16 runs.
@@ -434,42 +471,70 @@ pub fn matmul_on(
         return Err(format!("bf16 matmul: a bias of {n} values expected"));
     }
     let path = if path.available() { path } else { Path::Scalar };
+    if path == Path::Amx {
+        return Ok(amx_product(w, x, m, bias));
+    }
     let kpad = w.kblocks * KB;
-    // AMX reads whole tiles of 16 rows.
-    let mpad = if path == Path::Amx {
-        m.next_multiple_of(NB)
-    } else {
-        m
-    };
+    let xb = bf16_rows(x, m, k, m, kpad, path == Path::Avx512);
+    let simd = path == Path::Avx512;
+    Ok(split_columns(m, n, k, |b0, b1, out| {
+        run_simd(w, &xb, kpad, m, b0, b1, simd, bias, out)
+    }))
+}
+
+/// `x` (`m` rows of `k`) in bf16, as `mpad` rows of `kpad` (zero padded).
+fn bf16_rows(x: &[f32], m: usize, k: usize, mpad: usize, kpad: usize, simd: bool) -> Vec<bf16> {
     let mut xb = vec![bf16::ZERO; mpad * kpad];
     if k > 0 {
-        for (dst, src) in xb.chunks_exact_mut(kpad).zip(x.chunks_exact(k)) {
-            to_bf16(src, &mut dst[..k], path != Path::Scalar);
+        for (dst, src) in xb.chunks_exact_mut(kpad).zip(x.chunks_exact(k).take(m)) {
+            to_bf16(src, &mut dst[..k], simd);
         }
     }
+    xb
+}
+
+/// The `[m, n]` output, column blocks split over the pool (in pairs, for AMX's 2×2
+/// tiles; about four chunks per thread) once the product (`m·n·k` multiply-adds) is
+/// large enough: `run(b0, b1, out)` writes column blocks `b0..b1` of every row.
+fn split_columns(
+    m: usize,
+    n: usize,
+    k: usize,
+    run: impl Fn(usize, usize, OutPtr) + Sync,
+) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     let ptr = OutPtr(out.as_mut_ptr());
     let nblocks = n.div_ceil(NB);
-    // Column blocks `b0..b1` of every row go to `out`.
-    let run = |b0: usize, b1: usize| match path {
-        Path::Amx => run_amx(w, &xb, kpad, m, b0, b1, bias, ptr),
-        _ => run_simd(w, &xb, kpad, m, b0, b1, path == Path::Avx512, bias, ptr),
-    };
     let pool = super::pool::Pool::global();
     if pool.threads() <= 1 || m * n * k < 1 << 18 {
-        run(0, nblocks);
+        run(0, nblocks, ptr);
     } else {
-        // Pairs of blocks for AMX's 2×2 tiles; about four chunks per thread.
         let per = nblocks
             .div_ceil(pool.threads() * 4)
             .max(1)
             .next_multiple_of(2);
         pool.run(nblocks.div_ceil(per), &|t| {
             let b0 = t * per;
-            run(b0, (b0 + per).min(nblocks));
+            run(b0, (b0 + per).min(nblocks), ptr);
         });
     }
-    Ok(out)
+    out
+}
+
+/// `x [m, cols] · Wᵀ (+ bias)` on AMX tiles. Only where [`has_amx_bf16`] holds.
+pub(crate) fn amx_product<W: ColumnBlocks>(
+    w: &W,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (n, k) = w.shape();
+    let kpad = w.kblocks() * KB;
+    // AMX reads whole tiles of 16 rows.
+    let xb = bf16_rows(x, m, k, m.next_multiple_of(NB), kpad, true);
+    split_columns(m, n, k, |b0, b1, out| {
+        run_amx(w, &xb, kpad, m, b0, b1, bias, out)
+    })
 }
 
 /// Copies the `[rows][stride]` outputs computed for rows `m0..`, columns from block
@@ -565,8 +630,8 @@ fn tile(
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[allow(clippy::too_many_arguments)]
-fn run_amx(
-    w: &PackedBf16,
+fn run_amx<W: ColumnBlocks>(
+    w: &W,
     xb: &[bf16],
     kpad: usize,
     m: usize,
@@ -577,20 +642,28 @@ fn run_amx(
 ) {
     // SAFETY: this path is taken only when `has_amx_bf16()`.
     let tiles = unsafe { amx::Tiles::configure() };
+    let (n, kblocks) = (w.shape().0, w.kblocks());
     let mt = m.div_ceil(NB);
     let mut c = [[0f32; NB * NB]; 4];
+    let (mut s0, mut s1) = (Vec::new(), Vec::new());
     let mut nb = b0;
     while nb < b1 {
         // A lone last block (or row tile) is computed twice and its copy dropped.
         let nb1 = if nb + 1 < b1 { nb + 1 } else { nb };
-        let bp = [w.block(nb, 0).as_ptr(), w.block(nb1, 0).as_ptr()];
+        let first = w.column_blocks(nb, &mut s0);
+        let second = if nb1 == nb {
+            first
+        } else {
+            w.column_blocks(nb1, &mut s1)
+        };
+        let bp = [first.as_ptr(), second.as_ptr()];
         let mut i = 0;
         while i < mt {
             let i1 = if i + 1 < mt { i + 1 } else { i };
             let ap = [xb[i * NB * kpad..].as_ptr(), xb[i1 * NB * kpad..].as_ptr()];
-            // SAFETY: `xb` holds `mt * NB` rows of `kpad` values; blocks `nb`, `nb1` of
-            // `w` hold `kblocks` consecutive blocks each.
-            unsafe { tiles.block_2x2(ap, kpad, bp, w.kblocks, &mut c) };
+            // SAFETY: `xb` holds `mt * NB` rows of `kpad` values; `first` and `second`
+            // hold `kblocks` blocks each.
+            unsafe { tiles.block_2x2(ap, kpad, bp, kblocks, &mut c) };
             for (t, vals) in c.iter().enumerate() {
                 let (ti, tj) = (
                     if t < 2 { i } else { i1 },
@@ -600,7 +673,7 @@ fn run_amx(
                 if (t >= 2 && i1 == i) || (t % 2 == 1 && nb1 == nb) {
                     continue;
                 }
-                write_out(vals, NB, NB, ti * NB, m, tj, w.rows, bias, out);
+                write_out(vals, NB, NB, ti * NB, m, tj, n, bias, out);
             }
             i += 2;
         }
@@ -608,10 +681,12 @@ fn run_amx(
     }
 }
 
+/// Without AMX: the plain loop over the same blocks (never reached: `has_amx_bf16` is
+/// false there).
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 #[allow(clippy::too_many_arguments)]
-fn run_amx(
-    w: &PackedBf16,
+fn run_amx<W: ColumnBlocks>(
+    w: &W,
     xb: &[bf16],
     kpad: usize,
     m: usize,
@@ -620,7 +695,27 @@ fn run_amx(
     bias: Option<&[f32]>,
     out: OutPtr,
 ) {
-    run_simd(w, xb, kpad, m, b0, b1, false, bias, out)
+    let (n, kblocks) = (w.shape().0, w.kblocks());
+    let mut scratch = Vec::new();
+    for nb in b0..b1 {
+        let blocks = w.column_blocks(nb, &mut scratch);
+        for i in 0..m {
+            let mut row = [0f32; NB];
+            for kb in 0..kblocks {
+                let xr = &xb[i * kpad + kb * KB..][..KB];
+                for (p, pair) in blocks[kb * BLOCK..][..BLOCK]
+                    .chunks_exact(2 * NB)
+                    .enumerate()
+                {
+                    for (j, o) in row.iter_mut().enumerate() {
+                        *o += xr[2 * p].to_f32() * pair[2 * j].to_f32()
+                            + xr[2 * p + 1].to_f32() * pair[2 * j + 1].to_f32();
+                    }
+                }
+            }
+            write_out(&row, NB, 1, i, m, nb, n, bias, out);
+        }
+    }
 }
 
 /// The candle op: `x [..., cols]` (f32) → `[..., rows]` (f32).

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
-use half::f16;
+use half::{bf16, f16};
 
+use super::bf16::{ColumnBlocks, BLOCK, NB};
 use super::pool::Pool;
 use super::Isa;
 use super::{linear_op_fwd, OutPtr};
@@ -267,6 +268,76 @@ impl PackedQ {
         }
     }
 
+    /// Block `b` of `row` as f32 values (`d·q + m`, as [`Self::dequantize_row`]), with
+    /// the format's branches outside the per-value loops so that they vectorize.
+    #[inline(always)]
+    fn block_values(&self, row: usize, b: usize, out: &mut [f32; QK]) {
+        let blk = row * self.nb + b;
+        let (d, min) = (self.d[blk].to_f32(), self.min_of(blk));
+        let mut q = [0f32; QK];
+        match &self.payload {
+            Payload::Nibbles(qs) => {
+                let base = row * self.nb * 16;
+                if b + 1 == self.nb && self.nb % 2 == 1 {
+                    let bytes = &qs[base + b * 16..][..16];
+                    for j in 0..16 {
+                        q[j] = (bytes[j] & 0x0F) as f32;
+                        q[j + 16] = (bytes[j] >> 4) as f32;
+                    }
+                } else {
+                    let bytes = &qs[base + (b / 2) * 32..][..32];
+                    let shift = if b.is_multiple_of(2) { 0 } else { 4 };
+                    for (v, byte) in q.iter_mut().zip(bytes) {
+                        *v = ((byte >> shift) & 0x0F) as f32;
+                    }
+                }
+            }
+            Payload::Bytes(qs) => {
+                for (v, byte) in q.iter_mut().zip(&qs[blk * QK..][..QK]) {
+                    *v = *byte as f32;
+                }
+            }
+            Payload::Signed(qs) => {
+                for (v, byte) in q.iter_mut().zip(&qs[blk * QK..][..QK]) {
+                    *v = *byte as f32;
+                }
+            }
+        }
+        for (o, v) in out.iter_mut().zip(&q) {
+            *o = d * v + min;
+        }
+    }
+
+    /// Column block `nb` (rows `16·nb..`) dequantized and rounded to bf16, in the AMX
+    /// layout (`bf16::ColumnBlocks`).
+    fn fill_column_blocks(&self, nb: usize, scratch: &mut Vec<bf16>, simd: bool) {
+        scratch.clear();
+        scratch.resize(self.nb * BLOCK, bf16::ZERO);
+        let mut vals = [0f32; QK];
+        let mut hb = [bf16::ZERO; QK];
+        for r in 0..NB {
+            let row = nb * NB + r;
+            if row >= self.rows {
+                break;
+            }
+            for b in 0..self.nb {
+                self.block_values(row, b, &mut vals);
+                super::bf16::to_bf16(&vals, &mut hb, simd);
+                super::bf16::scatter_row(&hb, r, &mut scratch[b * BLOCK..(b + 1) * BLOCK]);
+            }
+        }
+    }
+
+    /// [`Self::fill_column_blocks`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/BF16.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn fill_column_blocks_avx512(&self, nb: usize, scratch: &mut Vec<bf16>) {
+        self.fill_column_blocks(nb, scratch, true)
+    }
+
     /// The whole weight as f32 `[rows, cols]`, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
@@ -274,6 +345,28 @@ impl PackedQ {
             self.dequantize_row(r, row);
         }
         out
+    }
+}
+
+/// The AMX path reads the weight dequantized to bf16 one column block at a time.
+impl ColumnBlocks for PackedQ {
+    fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    fn kblocks(&self) -> usize {
+        self.nb
+    }
+
+    fn column_blocks<'a>(&'a self, nb: usize, scratch: &'a mut Vec<bf16>) -> &'a [bf16] {
+        #[cfg(target_arch = "x86_64")]
+        if super::bf16::has_avx512_bf16() {
+            // SAFETY: checked just above.
+            unsafe { self.fill_column_blocks_avx512(nb, scratch) };
+            return scratch;
+        }
+        self.fill_column_blocks(nb, scratch, false);
+        scratch
     }
 }
 
@@ -769,11 +862,37 @@ pub fn matmul(w: &PackedQ, x: &[f32], m: usize, isa: Isa) -> Result<Vec<f32>, St
     Ok(out)
 }
 
+/// Input rows from which a product runs on AMX tiles (where [`has_amx_bf16`]): the
+/// weight dequantized to bf16 one column block at a time, activations in bf16, f32 sums.
+/// Below it (decoding, short prompts) the 8-bit integer kernels run.
+///
+/// [`has_amx_bf16`]: super::bf16::has_amx_bf16
+pub const AMX_MIN_ROWS: usize = 64;
+
+/// `x [m, w.cols] · Wᵀ` on AMX tiles: `W` dequantized (`d·q + m`) and rounded to bf16 per
+/// column block, `x` rounded to bf16, products summed in f32. `None` where AMX does not
+/// run here.
+pub fn matmul_amx(w: &PackedQ, x: &[f32], m: usize) -> Option<Result<Vec<f32>, String>> {
+    if !super::bf16::has_amx_bf16() {
+        return None;
+    }
+    if x.len() != m * w.cols {
+        return Some(Err(format!(
+            "quantized matmul: input has {} values, expected {m} rows of {}",
+            x.len(),
+            w.cols
+        )));
+    }
+    Some(Ok(super::bf16::amx_product(w, x, m, None)))
+}
+
 /// The candle op: `x [..., cols]` (f32) → `[..., rows]`.
 #[derive(Debug, Clone)]
 pub struct QMatMulOp {
     weight: Arc<PackedQ>,
     isa: Isa,
+    /// Products of [`AMX_MIN_ROWS`] rows or more go to [`matmul_amx`] where it runs.
+    amx: bool,
 }
 
 impl QMatMulOp {
@@ -781,12 +900,18 @@ impl QMatMulOp {
         Self {
             weight,
             isa: Isa::detect(),
+            amx: true,
         }
     }
 
-    /// The same op with a given instruction set (one the CPU supports).
+    /// The same op with a given instruction set (one the CPU supports), integer kernels
+    /// only.
     pub fn with_isa(weight: Arc<PackedQ>, isa: Isa) -> Self {
-        Self { weight, isa }
+        Self {
+            weight,
+            isa,
+            amx: false,
+        }
     }
 }
 
@@ -798,6 +923,11 @@ impl CustomOp1 for QMatMulOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let w = &self.weight;
         linear_op_fwd("quantized matmul", s, l, w.rows, w.cols, |x, m| {
+            if self.amx && m >= AMX_MIN_ROWS {
+                if let Some(y) = matmul_amx(w, x, m) {
+                    return y;
+                }
+            }
             matmul(w, x, m, self.isa)
         })
     }
@@ -834,6 +964,52 @@ mod tests {
         (GgmlDType::Q5_1, QFormat::Q5_1),
         (GgmlDType::Q8_0, QFormat::Q8_0),
     ];
+
+    /// The AMX path (where it runs): equal to the f64 product of the bf16-rounded
+    /// dequantized weight and bf16-rounded input, for every format, odd block counts and
+    /// row counts not multiples of 16; its error against the exact f32 product stays
+    /// within that of the 8-bit activation path.
+    #[test]
+    fn amx_path_is_the_bf16_product_of_the_dequantized_weight() {
+        for (t, f) in FORMATS {
+            for (rows, cols, m) in [(40, 96, 70), (33, 64, 17), (64, 1024, 64)] {
+                let (_, p) = packed(t, f, rows, cols);
+                let x = input(m, cols);
+                let Some(y) = matmul_amx(&p, &x, m) else {
+                    eprintln!("NOTICE: no AMX here; the AMX path is not exercised");
+                    return;
+                };
+                let y = y.unwrap();
+                let int = matmul(&p, &x, m, Isa::detect()).unwrap();
+                let wd = p.dequantize();
+                let round = |v: f32| bf16::from_f32(v).to_f32() as f64;
+                let (mut err_amx, mut err_int) = (0f64, 0f64);
+                for i in 0..m {
+                    for j in 0..rows {
+                        let (xr, wr) = (&x[i * cols..][..cols], &wd[j * cols..][..cols]);
+                        let want: f64 = xr.iter().zip(wr).map(|(a, b)| round(*a) * round(*b)).sum();
+                        let exact: f64 =
+                            xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let got = y[i * rows + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{f:?} [{rows}x{cols}] m={m} ({i},{j}): {got} vs {want}"
+                        );
+                        err_amx += (got - exact).powi(2);
+                        err_int += (int[i * rows + j] as f64 - exact).powi(2);
+                    }
+                }
+                assert!(
+                    err_amx <= 1.5 * err_int,
+                    "{f:?}: AMX error {err_amx} vs 8-bit path {err_int}"
+                );
+            }
+        }
+        let (_, p) = packed(GgmlDType::Q4_1, QFormat::Q4_1, 16, 64);
+        if let Some(r) = matmul_amx(&p, &[0.0; 10], 1) {
+            assert!(r.is_err());
+        }
+    }
 
     fn packed(t: GgmlDType, f: QFormat, rows: usize, cols: usize) -> (QTensor, PackedQ) {
         let q = QTensor::quantize(&weight(rows, cols), t).unwrap();
