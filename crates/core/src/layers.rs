@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{Error, Result};
-use crate::kernels::is_f32_cpu;
+use crate::kernels::runs_kernels;
 
 /// An activation function named as in config.json's `hidden_act` / `activation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,11 @@ impl Activation {
     /// `act(gate) · up`, the gated MLP's product: one fused pass for SiLU in f32 on
     /// CPU, two ops otherwise.
     pub fn forward_mul(&self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-        if *self == Self::Silu && is_f32_cpu(gate) && is_f32_cpu(up) && gate.shape() == up.shape() {
+        if *self == Self::Silu
+            && runs_kernels(gate)
+            && runs_kernels(up)
+            && gate.shape() == up.shape()
+        {
             return gate
                 .contiguous()?
                 .apply_op2_no_bwd(&up.contiguous()?, &crate::kernels::activation::SiluMul);
@@ -253,7 +257,7 @@ pub fn cached_attention(
     if kv_heads == 0 || h % kv_heads != 0 {
         candle_core::bail!("{h} attention heads cannot share {kv_heads} key/value heads");
     }
-    if s <= FUSED_ATTENTION_MAX_QUERIES && is_f32_cpu(q) && is_f32_cpu(k) && is_f32_cpu(v) {
+    if s <= FUSED_ATTENTION_MAX_QUERIES && runs_kernels(q) && runs_kernels(k) && runs_kernels(v) {
         return fused_attention(q, k, v, Some(mask), scale, softcap);
     }
     attention_by_ops(q, k, v, mask, scale, softcap)
@@ -313,8 +317,7 @@ fn attention_by_ops(
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
     let scores = scores.broadcast_add(mask)?;
-    let probs =
-        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+    let probs = softmax_last(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
     probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
@@ -330,7 +333,7 @@ pub fn encoder_attention(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
-    if is_f32_cpu(q) && is_f32_cpu(k) && is_f32_cpu(v) && mask.is_none_or(is_f32_cpu) {
+    if runs_kernels(q) && runs_kernels(k) && runs_kernels(v) && mask.is_none_or(runs_kernels) {
         return fused_attention(q, k, v, mask, scale, None);
     }
     attention(q, k, v, mask, scale)?
@@ -352,8 +355,18 @@ pub fn attention(
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
+    let probs = softmax_last(&scores.contiguous()?)?;
     probs.matmul(v)
+}
+
+/// Softmax over the last dimension: candle's fused kernel, or (for tensors that track
+/// gradients, which that kernel would drop) the differentiable op-by-op form.
+pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, candle_core::D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
 }
 
 /// Layer normalisation over the last dimension with Python's semantics, computed in f32
@@ -364,7 +377,7 @@ pub fn layer_norm(
     bias: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    if is_f32_cpu(x) && is_f32_cpu(weight) && is_f32_cpu(bias) {
+    if runs_kernels(x) && runs_kernels(weight) && runs_kernels(bias) {
         let op = crate::kernels::fused::LayerNormOp { eps: eps as f32 };
         return x
             .contiguous()?

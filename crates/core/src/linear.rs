@@ -173,7 +173,7 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if crate::kernels::is_f32_cpu(x) && crate::kernels::is_f32_cpu(&self.weight) {
+        if crate::kernels::runs_kernels(x) && crate::kernels::runs_kernels(&self.weight) {
             let op = crate::kernels::fused::RmsNormOp {
                 eps: self.eps as f32,
                 offset: self.offset as f32,

@@ -3,7 +3,7 @@
 //! and yarn. Frequencies and angles are computed in f32; `rotate_half` layout (the HF
 //! layout, not the interleaved one).
 
-use crate::kernels::is_f32_cpu;
+use crate::kernels::runs_kernels;
 use candle_core::{DType, Device, Tensor, D};
 use serde_json::Value;
 
@@ -282,7 +282,10 @@ fn fused_rotary(
     sin: &Tensor,
     interleaved: bool,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !(is_f32_cpu(x) && is_f32_cpu(cos) && is_f32_cpu(sin)) || x.rank() != 4 || cos.rank() != 3 {
+    if !(runs_kernels(x) && runs_kernels(cos) && runs_kernels(sin))
+        || x.rank() != 4
+        || cos.rank() != 3
+    {
         return Ok(None);
     }
     if interleaved && cos.dim(D::Minus1)? != x.dim(D::Minus1)? {

@@ -75,10 +75,54 @@ pub fn safetensors_files(files: &ModelFiles) -> Result<Vec<PathBuf>> {
 struct Tracker {
     /// Canonical name → tensor handed to the model (for save_pretrained).
     loaded: BTreeMap<String, Tensor>,
+    /// For training: every tensor handed out is a `Var` (in `loaded` too, sharing its
+    /// storage, so that a save after training writes the trained values); weights the
+    /// checkpoint lacks are initialised instead of reported missing.
+    trainable: Option<TrainableState>,
     /// Checkpoint keys that were used.
     used: BTreeSet<String>,
     /// Canonical names the checkpoint lacks.
     missing: Vec<String>,
+}
+
+/// How weights a checkpoint lacks are initialised for training, as Python's
+/// `_init_weights` does for BERT-style and Llama-style models: biases zero,
+/// normalisation weights one, every other weight normal(0, `std`) (`initializer_range`).
+#[derive(Debug, Clone, Copy)]
+pub struct InitMissing {
+    pub std: f64,
+    pub seed: u64,
+}
+
+struct TrainableState {
+    init: InitMissing,
+    rng: crate::rng::Rng,
+    vars: Vec<(String, candle_core::Var)>,
+    initialized: Vec<String>,
+}
+
+impl TrainableState {
+    /// The initial value of a weight the checkpoint lacks.
+    fn init(
+        &mut self,
+        name: &str,
+        s: &Shape,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let module = name.rsplit_once('.').map_or("", |(m, _)| m);
+        let last = module.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+        if name.ends_with("bias") || name.ends_with(".beta") {
+            return Tensor::zeros(s, dtype, dev);
+        }
+        if last.contains("norm") || last.starts_with("ln_") || name.ends_with(".gamma") {
+            return Tensor::ones(s, dtype, dev);
+        }
+        let vals: Vec<f32> = (0..s.elem_count())
+            .map(|_| (self.rng.normal() * self.init.std) as f32)
+            .collect();
+        Tensor::from_vec(vals, s, dev)?.to_dtype(dtype)
+    }
 }
 
 /// A `SimpleBackend` over memory-mapped safetensors that records what the model asks
@@ -129,7 +173,18 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
             .tracker
             .lock()
             .map_err(|_| candle_core::Error::Msg("weight tracker poisoned".into()))?;
+        if tracker.trainable.is_some() {
+            // A tied weight asked for twice is one parameter.
+            if let Some(t) = tracker.loaded.get(name) {
+                return Ok(t.clone());
+            }
+        }
         let Some(key) = self.resolve(name) else {
+            if let Some(tr) = tracker.trainable.as_mut() {
+                let t = tr.init(name, &s, dtype, dev)?;
+                tr.initialized.push(name.to_string());
+                return make_var(&mut tracker, name, t);
+            }
             tracker.missing.push(name.to_string());
             // Stand-in so that construction can go on and report every missing key.
             return Tensor::zeros(s, dtype, dev);
@@ -148,6 +203,9 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
             t.to_dtype(dtype)?
         };
         tracker.used.insert(key);
+        if tracker.trainable.is_some() {
+            return make_var(&mut tracker, name, t);
+        }
         tracker.loaded.insert(name.to_string(), t.clone());
         Ok(t)
     }
@@ -167,6 +225,9 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
             t.to_dtype(dtype)?
         };
         tracker.used.insert(key);
+        if tracker.trainable.is_some() {
+            return make_var(&mut tracker, name, t);
+        }
         tracker.loaded.insert(name.to_string(), t.clone());
         Ok(t)
     }
@@ -174,6 +235,17 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
     fn contains_tensor(&self, name: &str) -> bool {
         self.resolve(name).is_some()
     }
+}
+
+/// Records `t` as the trainable parameter `name` and hands out its tensor.
+fn make_var(tracker: &mut Tracker, name: &str, t: Tensor) -> candle_core::Result<Tensor> {
+    let var = candle_core::Var::from_tensor(&t)?;
+    let out = var.as_tensor().clone();
+    tracker.loaded.insert(name.to_string(), out.clone());
+    if let Some(tr) = tracker.trainable.as_mut() {
+        tr.vars.push((name.to_string(), var));
+    }
+    Ok(out)
 }
 
 /// An open checkpoint: hands out a [`VarBuilder`] and, once the model is built,
@@ -191,6 +263,10 @@ pub struct Checkpoint {
 pub struct LoadReport {
     pub tensors: BTreeMap<String, Tensor>,
     pub unexpected: Vec<String>,
+    /// Trainable parameters (opened with [`Checkpoint::open_trainable`]), by name.
+    pub vars: Vec<(String, candle_core::Var)>,
+    /// Weights the checkpoint lacked, initialised for training.
+    pub initialized: Vec<String>,
 }
 
 impl Checkpoint {
@@ -219,6 +295,7 @@ impl Checkpoint {
         let keys: BTreeSet<String> = st.tensors().into_iter().map(|(k, _)| k).collect();
         let tracker = Arc::new(Mutex::new(Tracker {
             loaded: BTreeMap::new(),
+            trainable: None,
             used: BTreeSet::new(),
             missing: Vec::new(),
         }));
@@ -235,6 +312,28 @@ impl Checkpoint {
             tracker,
             vb,
         })
+    }
+
+    /// [`Self::open`] for training: every weight is handed out as a trainable `Var`
+    /// (f32 copies, not the mapping) and weights the checkpoint lacks (a new task head)
+    /// are initialised as `init` says, listed in the report, rather than an error.
+    pub fn open_trainable(
+        paths: &[PathBuf],
+        prefix: Option<&str>,
+        dtype: DType,
+        device: &Device,
+        init: InitMissing,
+    ) -> Result<Self> {
+        let ckpt = Self::open(paths, prefix, dtype, device)?;
+        if let Ok(mut t) = ckpt.tracker.lock() {
+            t.trainable = Some(TrainableState {
+                init,
+                rng: crate::rng::Rng::new(init.seed),
+                vars: Vec::new(),
+                initialized: Vec::new(),
+            });
+        }
+        Ok(ckpt)
     }
 
     /// The builder the model is constructed from.
@@ -292,9 +391,26 @@ impl Checkpoint {
                 unexpected.join(", ")
             );
         }
+        if let Some(tr) = &tracker.trainable {
+            if !tr.initialized.is_empty() {
+                tracing::warn!(
+                    "some weights were not in {} and are newly initialized: {} (train the \
+                     model on a downstream task to use it)",
+                    describe(&self.paths),
+                    tr.initialized.join(", ")
+                );
+            }
+        }
+        let (vars, initialized) = tracker
+            .trainable
+            .as_ref()
+            .map(|t| (t.vars.clone(), t.initialized.clone()))
+            .unwrap_or_default();
         Ok(LoadReport {
             tensors: tracker.loaded.clone(),
             unexpected,
+            vars,
+            initialized,
         })
     }
 }

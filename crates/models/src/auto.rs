@@ -299,6 +299,10 @@ pub struct PreTrainedModel<M: ?Sized> {
     pub device: Device,
     tensors: BTreeMap<String, Tensor>,
     architecture: &'static str,
+    /// Trainable parameters (loaded with `for_training`), by name.
+    vars: Vec<(String, candle_core::Var)>,
+    /// Weights the checkpoint lacked, initialised for training.
+    initialized: Vec<String>,
 }
 
 impl<M: ?Sized> std::fmt::Debug for PreTrainedModel<M> {
@@ -315,6 +319,18 @@ impl<M: ?Sized> PreTrainedModel<M> {
     /// The Python class name of the loaded architecture (`BertForMaskedLM`).
     pub fn architecture(&self) -> &'static str {
         self.architecture
+    }
+
+    /// The trainable parameters by name (empty unless loaded with `for_training`): the
+    /// model's own weights, so an optimizer's updates are what it runs and saves.
+    pub fn trainable_parameters(&self) -> &[(String, candle_core::Var)] {
+        &self.vars
+    }
+
+    /// Weights the checkpoint lacked, initialised for training (Python's "newly
+    /// initialized" warning).
+    pub fn newly_initialized(&self) -> &[String] {
+        &self.initialized
     }
 
     /// Number of parameters (tied weights counted once).
@@ -371,13 +387,42 @@ struct Entry<T: ?Sized + 'static> {
     ctor: Ctor<T>,
 }
 
+/// How a model is loaded for training (`for_training` of the Auto classes).
+#[derive(Debug, Clone, Default)]
+pub struct TrainLoad {
+    /// Label names for a classification head (config.json's id2label/label2id are set
+    /// from them, as Python's `num_labels=`/`id2label=` do); `None` keeps the config's.
+    pub labels: Option<Vec<String>>,
+    /// Seed of the initialisation of weights the checkpoint lacks.
+    pub seed: u64,
+}
+
 fn load_with<T: ?Sized + 'static>(
     task: &str,
     table: &'static [Entry<T>],
     files: ModelFiles,
     opts: &LoadOptions,
 ) -> Result<PreTrainedModel<T>> {
-    let config = ModelConfig::from_files(&files)?;
+    load_mode(task, table, files, opts, None)
+}
+
+fn load_mode<T: ?Sized + 'static>(
+    task: &str,
+    table: &'static [Entry<T>],
+    files: ModelFiles,
+    opts: &LoadOptions,
+    train: Option<&TrainLoad>,
+) -> Result<PreTrainedModel<T>> {
+    let mut config = ModelConfig::from_files(&files)?;
+    if let Some(labels) = train.and_then(|t| t.labels.as_ref()) {
+        if labels.is_empty() {
+            return Err(Error::Config {
+                path: "labels".into(),
+                message: "a classification head needs at least one label".into(),
+            });
+        }
+        config.base_mut().set_labels(labels);
+    }
     let entry = table
         .iter()
         .find(|e| e.model_type == config.model_type())
@@ -395,12 +440,24 @@ fn load_with<T: ?Sized + 'static>(
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let (load_dtype, bf16_linears) = cpu_dtype(opts);
     let paths = safetensors_files(&files)?;
-    let ckpt = Checkpoint::open(
-        &paths,
-        Some(config.base_model_prefix()),
-        load_dtype,
-        &opts.device,
-    )?;
+    let prefix = Some(config.base_model_prefix());
+    let ckpt = match train {
+        None => Checkpoint::open(&paths, prefix, load_dtype, &opts.device)?,
+        Some(t) => {
+            if bf16_linears || dtype != DType::F32 {
+                return Err(Error::Unsupported(
+                    "training runs in f32 (leave dtype unset)".into(),
+                ));
+            }
+            let json: serde_json::Value =
+                serde_json::from_str(&config.to_json_string()?).unwrap_or(serde_json::Value::Null);
+            let init = rustformers_core::weights::InitMissing {
+                std: json["initializer_range"].as_f64().unwrap_or(0.02),
+                seed: t.seed,
+            };
+            Checkpoint::open_trainable(&paths, prefix, load_dtype, &opts.device, init)?
+        }
+    };
     let mut weights = Weights::new(ckpt.var_builder(), None);
     if bf16_linears {
         weights = weights.with_bf16_linears();
@@ -415,6 +472,8 @@ fn load_with<T: ?Sized + 'static>(
         device: opts.device.clone(),
         tensors: report.tensors,
         architecture: entry.architecture,
+        vars: report.vars,
+        initialized: report.initialized,
     })
 }
 
@@ -443,6 +502,17 @@ macro_rules! auto_class {
                 opts: &LoadOptions,
             ) -> Result<PreTrainedModel<dyn $trait>> {
                 load_with($task, $table, files, opts)
+            }
+
+            /// Loads a model reference for training: its weights become trainable
+            /// parameters, weights the checkpoint lacks (a new head) are initialised,
+            /// and the forward pass takes differentiable paths.
+            pub fn for_training(
+                reference: &str,
+                opts: &LoadOptions,
+                train: &TrainLoad,
+            ) -> Result<PreTrainedModel<dyn $trait>> {
+                load_mode($task, $table, ModelFiles::resolve(reference)?, opts, Some(train))
             }
         }
     };
@@ -711,6 +781,8 @@ impl AutoModelForCausalLM {
             device: opts.device.clone(),
             tensors: BTreeMap::new(),
             architecture: entry.architecture,
+            vars: Vec::new(),
+            initialized: Vec::new(),
         })
     }
 
@@ -747,6 +819,8 @@ impl AutoModelForCausalLM {
             device: opts.device.clone(),
             tensors: report.tensors,
             architecture: entry.architecture,
+            vars: Vec::new(),
+            initialized: Vec::new(),
         })
     }
 }

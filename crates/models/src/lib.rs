@@ -18,7 +18,7 @@ pub mod traits;
 pub use auto::{
     AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
     AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
-    AutoModelForTokenClassification, LoadOptions, ModelConfig, PreTrainedModel,
+    AutoModelForTokenClassification, LoadOptions, ModelConfig, PreTrainedModel, TrainLoad,
 };
 pub use gguf::gguf_path;
 pub use traits::*;

@@ -231,7 +231,7 @@ impl CustomOp1 for GeluErf {
 
 /// Exact-form GELU: the vectorized kernel for f32 on CPU, candle's `gelu_erf` otherwise.
 pub fn gelu_erf_tensor(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if super::runs_kernels(x) {
         x.contiguous()?.apply_op1_no_bwd(&GeluErf)
     } else {
         x.gelu_erf()

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use super::pool::Pool;
 use super::Isa;
-use super::{is_f32_cpu, tiled_product, OutPtr, Tile};
+use super::{runs_kernels, tiled_product, OutPtr, Tile};
 
 /// Input rows up to which [`matmul_t`] is used for an f32 linear layer.
 pub const MAX_ROWS: usize = 8;
@@ -228,10 +228,10 @@ pub fn matmul_t(
     w: &Tensor,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !is_f32_cpu(x) || !is_f32_cpu(w) || w.rank() != 2 || !w.is_contiguous() {
+    if !runs_kernels(x) || !runs_kernels(w) || w.rank() != 2 || !w.is_contiguous() {
         return Ok(None);
     }
-    if bias.is_some_and(|b| !is_f32_cpu(b) || b.elem_count() != w.dims()[0]) {
+    if bias.is_some_and(|b| !runs_kernels(b) || b.elem_count() != w.dims()[0]) {
         return Ok(None);
     }
     let bias = bias

@@ -16,9 +16,11 @@ use std::sync::OnceLock;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 
-/// True for an f32 tensor on the CPU: what the kernels here take.
-pub(crate) fn is_f32_cpu(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+/// True for an f32 tensor on the CPU outside autograd: what the kernels here take. They
+/// have no backward pass, so a tensor that tracks gradients (a trainable parameter, or
+/// computed from one) takes the op-by-op paths, which candle differentiates.
+pub(crate) fn runs_kernels(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
 }
 
 /// An output buffer that parallel tasks write through, each to its own disjoint part,

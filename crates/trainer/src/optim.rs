@@ -1,0 +1,270 @@
+//! AdamW as `torch.optim.AdamW` (the Trainer's default `adamw_torch`): decoupled weight
+//! decay `p ← p·(1 − lr·wd)`, then `p ← p − lr/(1 − β₁ᵗ) · m / (√v/√(1 − β₂ᵗ) + ε)`.
+//! Parameters are grouped as the Trainer groups them: no decay for biases and for the
+//! weights of normalisation layers. Also: the global gradient-norm clipping of
+//! `torch.nn.utils.clip_grad_norm_`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+
+use crate::error::{Result, TrainerError};
+
+/// Whether the Trainer decays this parameter: not a bias, not in a normalisation layer
+/// (Python excludes `ALL_LAYERNORM_LAYERS` modules and names containing `bias`).
+pub fn decays(name: &str) -> bool {
+    if name.contains("bias") {
+        return false;
+    }
+    let module = name.rsplit_once('.').map_or("", |(m, _)| m);
+    let last = module.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+    !(last.contains("norm") || last.starts_with("ln_") || last == "ln")
+}
+
+/// One trainable parameter and its optimizer state.
+struct Param {
+    name: String,
+    var: Var,
+    decay: bool,
+    m: Tensor,
+    v: Tensor,
+}
+
+/// AdamW over named parameters.
+pub struct AdamW {
+    params: Vec<Param>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Updates taken (torch's per-parameter `step`, equal for all here).
+    pub step: usize,
+}
+
+impl AdamW {
+    pub fn new(
+        vars: Vec<(String, Var)>,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    ) -> Result<Self> {
+        let params = vars
+            .into_iter()
+            .map(|(name, var)| {
+                let z = var.as_tensor().zeros_like()?;
+                Ok(Param {
+                    decay: decays(&name),
+                    name,
+                    m: z.clone(),
+                    v: z,
+                    var,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            params,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: 0,
+        })
+    }
+
+    /// Parameter names in order, with whether each decays.
+    pub fn groups(&self) -> Vec<(String, bool)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.decay))
+            .collect()
+    }
+
+    /// One update at learning rate `lr` from `grads`. Parameters without a gradient
+    /// (unused in the forward) are left alone, as torch skips `grad is None`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        for p in &mut self.params {
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let g = g.to_dtype(DType::F32)?;
+            let mut w = p.var.as_tensor().to_dtype(DType::F32)?;
+            if p.decay && self.weight_decay != 0.0 {
+                w = (w * (1.0 - lr * self.weight_decay))?;
+            }
+            p.m = ((&p.m * b1)? + (&g * (1.0 - b1))?)?;
+            p.v = ((&p.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let denom = ((p.v.sqrt()? / bc2.sqrt())? + self.eps)?;
+            let update = ((&p.m / denom)? * (lr / bc1))?;
+            let w = (w - update)?;
+            p.var.set(&w.to_dtype(p.var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The state as tensors (`{name}.exp_avg`, `{name}.exp_avg_sq`, and `step`), for
+    /// optimizer.safetensors in a checkpoint.
+    pub fn state(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for p in &self.params {
+            out.insert(format!("{}.exp_avg", p.name), p.m.clone());
+            out.insert(format!("{}.exp_avg_sq", p.name), p.v.clone());
+        }
+        out.insert(
+            "step".into(),
+            Tensor::new(&[self.step as f64], &candle_core::Device::Cpu)?,
+        );
+        Ok(out)
+    }
+
+    /// Restores [`Self::state`] (from a checkpoint's optimizer.safetensors).
+    pub fn load_state(&mut self, path: &Path) -> Result<()> {
+        let device = self
+            .params
+            .first()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        let t = candle_core::safetensors::load(path, &device)
+            .map_err(|e| TrainerError::Other(format!("{}: {e}", path.display())))?;
+        let get = |k: &str| {
+            t.get(k).cloned().ok_or_else(|| {
+                TrainerError::Other(format!("{}: no optimizer state `{k}`", path.display()))
+            })
+        };
+        for p in &mut self.params {
+            let (m, v) = (
+                get(&format!("{}.exp_avg", p.name))?,
+                get(&format!("{}.exp_avg_sq", p.name))?,
+            );
+            if m.shape() != p.m.shape() || v.shape() != p.v.shape() {
+                return Err(TrainerError::Other(format!(
+                    "{}: optimizer state of `{}` has another shape than the model's",
+                    path.display(),
+                    p.name
+                )));
+            }
+            p.m = m;
+            p.v = v;
+        }
+        self.step = get("step")?
+            .to_vec1::<f64>()?
+            .first()
+            .copied()
+            .unwrap_or(0.0) as usize;
+        Ok(())
+    }
+}
+
+/// Scales the gradients so that their global L2 norm is at most `max_norm`
+/// (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, clamped to 1). Returns the
+/// norm before clipping.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+    let mut sq = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    let coef = (max_norm / (norm + 1e-6)).min(1.0);
+    if max_norm > 0.0 && coef < 1.0 {
+        for v in vars {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                let scaled = (g * coef)?;
+                grads.insert(v.as_tensor(), scaled);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn decay_groups_follow_the_trainer() {
+        for (name, want) in [
+            ("bert.encoder.layer.0.attention.self.query.weight", true),
+            ("bert.encoder.layer.0.attention.self.query.bias", false),
+            ("bert.embeddings.LayerNorm.weight", false),
+            ("bert.embeddings.word_embeddings.weight", true),
+            ("model.layers.0.input_layernorm.weight", false),
+            ("model.norm.weight", false),
+            ("transformer.h.0.ln_1.weight", false),
+            ("distilbert.transformer.layer.0.sa_layer_norm.weight", false),
+            ("classifier.weight", true),
+        ] {
+            assert_eq!(decays(name), want, "{name}");
+        }
+    }
+
+    /// Two steps on f(w) = Σ w² from w = [1, -2, 3], against torch.optim.AdamW(lr=0.1,
+    /// weight_decay=0.01) (values computed from its update rule in f64).
+    #[test]
+    fn adamw_follows_torch() {
+        let w = Var::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        let mut reference = [1f64, -2.0, 3.0];
+        let (mut m, mut v) = ([0f64; 3], [0f64; 3]);
+        for t in 1..=2 {
+            let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            opt.step(&grads, 0.1).unwrap();
+            for i in 0..3 {
+                let g = 2.0 * reference[i];
+                reference[i] *= 1.0 - 0.1 * 0.01;
+                m[i] = 0.9 * m[i] + 0.1 * g;
+                v[i] = 0.999 * v[i] + 0.001 * g * g;
+                let bc1 = 1.0 - 0.9f64.powi(t);
+                let bc2 = 1.0 - 0.999f64.powi(t);
+                reference[i] -= 0.1 / bc1 * m[i] / (v[i].sqrt() / bc2.sqrt() + 1e-8);
+            }
+        }
+        let got = w.as_tensor().to_vec1::<f32>().unwrap();
+        for (g, r) in got.iter().zip(reference) {
+            assert!((*g as f64 - r).abs() < 1e-6, "{got:?} vs {reference:?}");
+        }
+        // State round trip.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("optimizer.safetensors");
+        rustformers_core::weights::save_safetensors(&opt.state().unwrap(), &p).unwrap();
+        let mut other = AdamW::new(vec![("w".into(), w.clone())], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        other.load_state(&p).unwrap();
+        assert_eq!(other.step, 2);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm() {
+        let a = Var::new(&[3f32, 0.0], &Device::Cpu).unwrap();
+        let b = Var::new(&[4f32], &Device::Cpu).unwrap();
+        let loss = ((a.as_tensor().sum_all().unwrap() * 3.0).unwrap()
+            + (b.as_tensor().sum_all().unwrap() * 4.0).unwrap())
+        .unwrap();
+        let mut grads = loss.backward().unwrap();
+        // Gradients [3, 3] and [4]: norm √34.
+        let norm = clip_grad_norm(&mut grads, &[a.clone(), b.clone()], 1.0).unwrap();
+        assert!((norm - 34f64.sqrt()).abs() < 1e-6);
+        let ga = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let gb = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let total = (ga
+            .iter()
+            .chain(&gb)
+            .map(|x| (*x as f64).powi(2))
+            .sum::<f64>())
+        .sqrt();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+    }
+}

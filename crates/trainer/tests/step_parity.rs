@@ -1,0 +1,178 @@
+//! One optimizer step from the same weights and batch gives PyTorch's gradients and
+//! updated weights (tests/fixtures/train, tools/golden/make_train_step.py: dropout off,
+//! clip_grad_norm_ 1.0, AdamW lr 1e-3, weight decay 0.1 with the Trainer's groups).
+//!
+//! Updated weights agree to 1e-5, except where a gradient is float noise on both sides
+//! (|g| < 1e-7: the attention key biases, whose exact gradient is zero because softmax
+//! ignores a constant added to a row). Adam's first step moves a weight by
+//! `lr · g / (|g| + ε)`, so noise of 1e-9 there moves it by up to `lr` either way in
+//! either implementation; those elements are held to Adam's step bound instead.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+use rustformers_models::{
+    AutoModelForSequenceClassification, EncoderInputs, LoadOptions, TrainLoad,
+};
+use rustformers_trainer::{clip_grad_norm, loss, AdamW};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn matrix(v: &Value) -> Tensor {
+    let rows: Vec<Vec<u32>> = serde_json::from_value(v.clone()).unwrap();
+    let (r, c) = (rows.len(), rows[0].len());
+    Tensor::from_vec(rows.concat(), (r, c), &Device::Cpu).unwrap()
+}
+
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    (diff, scale)
+}
+
+#[test]
+fn one_adamw_step_matches_pytorch() {
+    for name in [
+        "tiny-bert-seqcls",
+        "tiny-roberta-seqcls",
+        "tiny-distilbert-seqcls",
+        "tiny-llama-seqcls",
+        "tiny-qwen2-seqcls",
+    ] {
+        let exp: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures().join(format!("train/{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        let want = candle_core::safetensors::load(
+            fixtures().join(format!("train/{name}.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let model = AutoModelForSequenceClassification::for_training(
+            fixtures().join(name).to_str().unwrap(),
+            &LoadOptions::default(),
+            &TrainLoad::default(),
+        )
+        .unwrap();
+        assert!(model.newly_initialized().is_empty(), "{name}");
+        let ids = matrix(&exp["input_ids"]);
+        let mask = matrix(&exp["attention_mask"]);
+        let labels: Vec<u32> = serde_json::from_value(exp["labels"].clone()).unwrap();
+        let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+        let logits = model
+            .model
+            .forward(EncoderInputs {
+                input_ids: &ids,
+                attention_mask: Some(&mask),
+                token_type_ids: None,
+            })
+            .unwrap();
+        let l = loss::cross_entropy(&logits, &labels).unwrap();
+        let lv = l.to_scalar::<f32>().unwrap();
+        let want_loss = exp["loss"].as_f64().unwrap() as f32;
+        assert!(
+            (lv - want_loss).abs() < 1e-5,
+            "{name}: loss {lv} vs {want_loss}"
+        );
+        let mut grads = l.backward().unwrap();
+        let vars = model.trainable_parameters();
+        for (n, v) in vars {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient for {n}"));
+            let Some(w) = want.get(&format!("grad.{n}")) else {
+                panic!("{name}: PyTorch has no gradient for {n}");
+            };
+            let (diff, scale) = max_rel_diff(g, w);
+            assert!(
+                diff <= 1e-5 * (1.0 + scale),
+                "{name}: grad {n}: {diff} (scale {scale})"
+            );
+        }
+        let all: Vec<_> = vars.iter().map(|(_, v)| v.clone()).collect();
+        let norm = clip_grad_norm(&mut grads, &all, 1.0).unwrap();
+        let want_norm = exp["grad_norm"].as_f64().unwrap();
+        assert!(
+            (norm - want_norm).abs() < 1e-5 * want_norm,
+            "{name}: norm {norm} vs {want_norm}"
+        );
+        let mut opt = AdamW::new(vars.to_vec(), 0.9, 0.999, 1e-8, 0.1).unwrap();
+        let no_decay: Vec<String> = serde_json::from_value(exp["no_decay"].clone()).unwrap();
+        for (n, decays) in opt.groups() {
+            assert_eq!(!decays, no_decay.contains(&n), "{name}: decay group of {n}");
+        }
+        let before: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|(_, v)| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        let ours_g: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|(_, v)| {
+                grads
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        opt.step(&grads, 1e-3).unwrap();
+        let mut noise = 0;
+        for (i, (n, v)) in vars.iter().enumerate() {
+            let got = v
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let w = want[&format!("param.{n}")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let g = want[&format!("grad.{n}")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for j in 0..got.len() {
+                let diff = (got[j] - w[j]).abs();
+                let tiny = g[j].abs() < 1e-7 && ours_g[i][j].abs() < 1e-7;
+                if tiny && (g[j] != 0.0 || ours_g[i][j] != 0.0) {
+                    noise += 1;
+                    assert!(
+                        (got[j] - before[i][j]).abs() <= 1.01e-3,
+                        "{name}: {n}[{j}] moved past lr"
+                    );
+                } else {
+                    assert!(
+                        diff <= 1e-5,
+                        "{name}: updated {n}[{j}]: {} vs {}",
+                        got[j],
+                        w[j]
+                    );
+                }
+            }
+        }
+        // Only a few elements (the key biases) are noise.
+        assert!(noise <= 128, "{name}: {noise} noise-level gradients");
+    }
+}
