@@ -65,6 +65,14 @@ enum Command {
         /// A folder, a .safetensors file or a Hub id (org/name[@revision]).
         reference: String,
     },
+    /// Fine-tune a checkpoint: rustformers train --task text-classification --model REF
+    /// --train-file F [--eval-file F] --output-dir DIR [--TRAINING_ARGUMENT VALUE]...
+    /// (`rustformers train --help` for all options).
+    #[command(disable_help_flag = true)]
+    Train {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        words: Vec<String>,
+    },
     /// Print the environment: version, CPU features, threads, Hub cache.
     Env,
     /// Time a work item (embeddings-f32, embeddings-bf16, decode-gguf, decode-f32,
@@ -102,6 +110,7 @@ pub fn main() -> Result<ExitCode> {
         Command::Chat { words } => chat(&words),
         Command::Convert { gguf, out_dir } => convert(&gguf, &out_dir),
         Command::Inspect { reference } => inspect(&reference),
+        Command::Train { words } => crate::train::train(&words),
         Command::Env => env(),
         Command::Bench { work, runs, input } => {
             crate::bench::bench(&crate::bench::BenchArgs { work, runs, input }, start)?;

@@ -644,3 +644,170 @@ fn a_prompt_longer_than_the_context_is_a_clear_error() {
         .unwrap();
     assert_clean_error(&out, "context of 64");
 }
+
+/// `train`: a JSONL file fine-tunes the tiny BERT classifier into a folder that `run`
+/// loads with the training labels; bad files and flags are one-line errors naming the
+/// line, and nothing is written for them.
+#[test]
+fn train_fine_tunes_into_a_folder_run_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for i in 0..24 {
+        let (t, l) = if i % 2 == 0 {
+            ("the hot one is on", "warm")
+        } else {
+            ("it was for you and", "cold")
+        };
+        text.push_str(&format!("{{\"text\": \"{t}\", \"label\": \"{l}\"}}\n"));
+    }
+    let train = dir.path().join("train.jsonl");
+    std::fs::write(&train, &text).unwrap();
+    let out = dir.path().join("out");
+    let model = fixture("tiny-bert-seqcls");
+    let o = bin()
+        .args([
+            "train",
+            "--task",
+            "text-classification",
+            "--model",
+            &model,
+            "--train-file",
+            train.to_str().unwrap(),
+            "--eval-file",
+            train.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--ignore-mismatched-sizes",
+            "--num-train-epochs",
+            "8",
+            "--learning-rate",
+            "5e-3",
+            "--per-device-train-batch-size",
+            "8",
+            "--logging-steps",
+            "2",
+            "--save-strategy",
+            "epoch",
+            "--save-total-limit",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let metrics = lines(&o);
+    assert_eq!(metrics.len(), 1);
+    assert!(metrics[0]["train_loss"].as_f64().is_some());
+    assert_eq!(
+        metrics[0]["eval_accuracy"].as_f64(),
+        Some(1.0),
+        "{}",
+        metrics[0]
+    );
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "trainer_state.json",
+        "training_curves.png",
+        "checkpoint-24/optimizer.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["id2label"],
+        serde_json::json!({"0": "cold", "1": "warm"})
+    );
+    let o = bin()
+        .args([
+            "run",
+            "text-classification",
+            "--model",
+            out.to_str().unwrap(),
+            "the hot one is on",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&o)[0][0]["label"], "warm");
+
+    // Errors: each one line, nothing written.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\" \"label\": 1}\n",
+    )
+    .unwrap();
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(
+        &other,
+        "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": \"y\"}\n",
+    )
+    .unwrap();
+    let nolabel = dir.path().join("nolabel.jsonl");
+    std::fs::write(&nolabel, "{\"text\": \"a\", \"target\": \"x\"}\n").unwrap();
+    let out2 = dir.path().join("out2");
+    let o2 = out2.to_str().unwrap();
+    let (b, t, n) = (
+        bad.to_str().unwrap(),
+        train.to_str().unwrap(),
+        nolabel.to_str().unwrap(),
+    );
+    let oth = other.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--train-file", b], "bad.jsonl:2: invalid JSON"),
+        (
+            vec!["--train-file", n],
+            "nolabel.jsonl:1: no label column `label`",
+        ),
+        (
+            vec!["--train-file", t, "--eval-file", oth],
+            "other.jsonl:1: label `x` is not one of the training labels (cold, warm)",
+        ),
+        (
+            vec!["--train-file", t, "--learning-rat", "1"],
+            "unknown training argument --learning_rat",
+        ),
+        (vec!["--train-file", t, "--lora-r", "8"], "LoRA"),
+        (
+            vec!["--train-file", t, "--warmup-ratio", "3"],
+            "warmup_ratio",
+        ),
+    ] {
+        let mut full = vec![
+            "train",
+            "--task",
+            "text-classification",
+            "--model",
+            &model,
+            "--output-dir",
+            o2,
+        ];
+        full.extend(args);
+        let o = bin().args(&full).output().unwrap();
+        assert_clean_error(&o, needle);
+        assert!(!out2.exists(), "{needle}: output written");
+    }
+    let o = bin()
+        .args(["train", "--task", "summarization", "--model", &model])
+        .output()
+        .unwrap();
+    assert_clean_error(&o, "training supports text-classification");
+    // The head of the fixture has 3 labels: training 2 without the flag says what to do.
+    let o = bin()
+        .args([
+            "train",
+            "--task",
+            "text-classification",
+            "--model",
+            &model,
+            "--train-file",
+            t,
+            "--output-dir",
+            o2,
+        ])
+        .output()
+        .unwrap();
+    assert_clean_error(&o, "--ignore-mismatched-sizes");
+}

@@ -92,6 +92,10 @@ struct Tracker {
 pub struct InitMissing {
     pub std: f64,
     pub seed: u64,
+    /// A checkpoint weight of another shape than the config implies (a head for other
+    /// labels) is initialised anew instead of refused (Python's
+    /// `ignore_mismatched_sizes=True`).
+    pub ignore_mismatched_sizes: bool,
 }
 
 struct TrainableState {
@@ -191,6 +195,20 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
         };
         let t = self.st.load(&key, dev)?;
         if t.shape() != &s {
+            if let Some(tr) = tracker.trainable.as_mut() {
+                if tr.init.ignore_mismatched_sizes {
+                    tracing::warn!(
+                        "`{key}` has shape {:?} in the checkpoint, the config implies {:?}: \
+                         newly initialized",
+                        t.dims(),
+                        s.dims()
+                    );
+                    let t = tr.init(name, &s, dtype, dev)?;
+                    tr.initialized.push(name.to_string());
+                    tracker.used.insert(key);
+                    return make_var(&mut tracker, name, t);
+                }
+            }
             return Err(candle_core::Error::Msg(format!(
                 "weight `{key}` has shape {:?} in the checkpoint but the config implies {:?}",
                 t.dims(),

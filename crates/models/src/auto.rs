@@ -395,6 +395,10 @@ pub struct TrainLoad {
     pub labels: Option<Vec<String>>,
     /// Seed of the initialisation of weights the checkpoint lacks.
     pub seed: u64,
+    /// Initialise checkpoint weights whose shape differs from the config's (a head
+    /// trained for other labels) instead of failing, as Python's
+    /// `ignore_mismatched_sizes=True`.
+    pub ignore_mismatched_sizes: bool,
 }
 
 fn load_with<T: ?Sized + 'static>(
@@ -454,6 +458,7 @@ fn load_mode<T: ?Sized + 'static>(
             let init = rustformers_core::weights::InitMissing {
                 std: json["initializer_range"].as_f64().unwrap_or(0.02),
                 seed: t.seed,
+                ignore_mismatched_sizes: t.ignore_mismatched_sizes,
             };
             Checkpoint::open_trainable(&paths, prefix, load_dtype, &opts.device, init)?
         }

@@ -3,13 +3,18 @@
 //! back.
 
 pub mod args;
+pub mod callbacks;
 pub mod data;
 pub mod error;
 pub mod loss;
 pub mod optim;
+pub mod report;
 pub mod schedule;
+pub mod trainer;
 
 pub use args::{IntervalStrategy, SchedulerType, TrainingArguments};
+pub use callbacks::{EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState};
 pub use error::{Result, TrainerError};
 pub use optim::{clip_grad_norm, AdamW};
 pub use schedule::Schedule;
+pub use trainer::{accuracy, EvalPrediction, Features, TrainModel, TrainOutput, Trainer};

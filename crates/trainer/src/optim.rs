@@ -82,16 +82,29 @@ impl AdamW {
             .collect()
     }
 
-    /// One update at learning rate `lr` from `grads`. Parameters without a gradient
-    /// (unused in the forward) are left alone, as torch skips `grad is None`.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// The parameters, in order (the order of [`gather`]'s gradients).
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.iter().map(|p| p.var.clone()).collect()
+    }
+
+    /// One update at learning rate `lr` from `grads` (one per parameter, in order, as
+    /// [`gather`] gives them). Parameters without a gradient (unused in the forward) are
+    /// left alone, as torch skips `grad is None`.
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        if grads.len() != self.params.len() {
+            return Err(TrainerError::Other(format!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.params.len()
+            )));
+        }
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = (self.beta1, self.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        for p in &mut self.params {
-            let Some(g) = grads.get(p.var.as_tensor()) else {
+        for (p, g) in self.params.iter_mut().zip(grads) {
+            let Some(g) = g else {
                 continue;
             };
             let g = g.to_dtype(DType::F32)?;
@@ -162,28 +175,41 @@ impl AdamW {
     }
 }
 
+/// The gradient of each of `vars` in `store` (`None` where the forward did not use it).
+pub fn gather(store: &GradStore, vars: &[Var]) -> Vec<Option<Tensor>> {
+    vars.iter()
+        .map(|v| store.get(v.as_tensor()).cloned())
+        .collect()
+}
+
+/// Adds `more` into `acc` (gradient accumulation over micro-batches).
+pub fn accumulate(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Result<()> {
+    for (a, m) in acc.iter_mut().zip(more) {
+        *a = match (a.take(), m) {
+            (Some(x), Some(y)) => Some((x + y)?),
+            (x, y) => x.or(y),
+        };
+    }
+    Ok(())
+}
+
 /// Scales the gradients so that their global L2 norm is at most `max_norm`
 /// (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, clamped to 1). Returns the
 /// norm before clipping.
-pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let mut sq = 0f64;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
-        }
+    for g in grads.iter().flatten() {
+        sq += g
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
     }
     let norm = sq.sqrt();
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
     if max_norm > 0.0 && coef < 1.0 {
-        for v in vars {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                let scaled = (g * coef)?;
-                grads.insert(v.as_tensor(), scaled);
-            }
+        for g in grads.iter_mut().flatten() {
+            *g = (&*g * coef)?;
         }
     }
     Ok(norm)
@@ -222,7 +248,8 @@ mod tests {
         for t in 1..=2 {
             let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
             let grads = loss.backward().unwrap();
-            opt.step(&grads, 0.1).unwrap();
+            opt.step(&gather(&grads, std::slice::from_ref(&w)), 0.1)
+                .unwrap();
             for i in 0..3 {
                 let g = 2.0 * reference[i];
                 reference[i] *= 1.0 - 0.1 * 0.01;
@@ -253,12 +280,13 @@ mod tests {
         let loss = ((a.as_tensor().sum_all().unwrap() * 3.0).unwrap()
             + (b.as_tensor().sum_all().unwrap() * 4.0).unwrap())
         .unwrap();
-        let mut grads = loss.backward().unwrap();
+        let store = loss.backward().unwrap();
+        let mut grads = gather(&store, &[a.clone(), b.clone()]);
         // Gradients [3, 3] and [4]: norm √34.
-        let norm = clip_grad_norm(&mut grads, &[a.clone(), b.clone()], 1.0).unwrap();
+        let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
         assert!((norm - 34f64.sqrt()).abs() < 1e-6);
-        let ga = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
-        let gb = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let ga = grads[0].as_ref().unwrap().to_vec1::<f32>().unwrap();
+        let gb = grads[1].as_ref().unwrap().to_vec1::<f32>().unwrap();
         let total = (ga
             .iter()
             .chain(&gb)

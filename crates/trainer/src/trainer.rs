@@ -1,0 +1,859 @@
+//! The training loop of Python's `Trainer` (transformers 4.46, `trainer.py`): shuffled
+//! micro-batches, gradient accumulation, clipping, AdamW and the LR schedule, logging
+//! into `log_history`, evaluation and checkpoints by strategy, callbacks, resuming from
+//! a checkpoint, the best model at the end.
+//!
+//! Checkpoints are `checkpoint-N/` folders written under a temporary name and renamed
+//! into place, so a process killed mid-save leaves every earlier checkpoint whole. They
+//! hold the model as a normal HF checkpoint (model.safetensors, config.json, tokenizer
+//! files), the optimizer state (optimizer.safetensors: rustformers' format, PyTorch's
+//! optimizer.pt is a pickle), the schedule (scheduler.json), trainer_state.json (Python's
+//! keys), the data-order state (rng_state.json) and training_args.json.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde_json::{json, Map, Value};
+
+use rustformers_core::rng::Rng;
+use rustformers_core::AutoTokenizer;
+use rustformers_models::{EncoderInputs, PreTrainedModel, SequenceClassificationModel};
+
+use crate::args::{IntervalStrategy, TrainingArguments};
+use crate::callbacks::{best_metric_value, TrainerCallback, TrainerControl, TrainerState};
+use crate::error::{Result, TrainerError};
+use crate::optim::{accumulate, clip_grad_norm, gather, AdamW};
+use crate::report::Reporter;
+use crate::schedule::Schedule;
+
+/// One tokenized example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub input_ids: Vec<u32>,
+    pub token_type_ids: Vec<u32>,
+    /// The class index (classification) or the target value bits (regression).
+    pub label: u32,
+}
+
+/// A padded batch.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub attention_mask: Tensor,
+    pub token_type_ids: Tensor,
+    pub labels: Tensor,
+}
+
+/// What the Trainer trains: its parameters, a forward pass giving the mean loss and the
+/// logits of a batch, and a save as a normal HF checkpoint.
+pub trait TrainModel {
+    fn parameters(&self) -> Vec<(String, Var)>;
+    fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)>;
+    fn save(&self, dir: &Path) -> Result<()>;
+}
+
+impl TrainModel for PreTrainedModel<dyn SequenceClassificationModel> {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.trainable_parameters().to_vec()
+    }
+
+    /// Python's heads: one label → mean squared error (regression), else cross-entropy.
+    fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let logits = self.model.forward(EncoderInputs {
+            input_ids: &batch.input_ids,
+            attention_mask: Some(&batch.attention_mask),
+            token_type_ids: Some(&batch.token_type_ids),
+        })?;
+        let loss = if logits.dim(1)? == 1 {
+            let target = batch.labels.to_vec1::<u32>()?;
+            let target: Vec<f32> = target.into_iter().map(f32::from_bits).collect();
+            let target = Tensor::new(target.as_slice(), logits.device())?;
+            crate::loss::mse(&logits, &target)?
+        } else {
+            crate::loss::cross_entropy(&logits, &batch.labels)?
+        };
+        Ok((loss, logits))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        Ok(self.save_pretrained(dir)?)
+    }
+}
+
+/// Predictions and labels handed to `compute_metrics` (Python's `EvalPrediction`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvalPrediction {
+    /// Logits, one row per example.
+    pub predictions: Vec<Vec<f32>>,
+    pub label_ids: Vec<u32>,
+}
+
+/// Accuracy of the arg-max predictions.
+pub fn accuracy(p: &EvalPrediction) -> f64 {
+    if p.label_ids.is_empty() {
+        return 0.0;
+    }
+    let hits = p
+        .predictions
+        .iter()
+        .zip(&p.label_ids)
+        .filter(|(row, label)| argmax(row) == **label as usize)
+        .count();
+    hits as f64 / p.label_ids.len() as f64
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, v)| {
+            if *v > bv {
+                (i, *v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// Metrics from predictions (Python's `compute_metrics`); keys get the `eval_` prefix.
+pub type ComputeMetrics = Box<dyn Fn(&EvalPrediction) -> Map<String, Value> + Send>;
+
+/// What `train` returns (Python's `TrainOutput`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutput {
+    pub global_step: usize,
+    pub training_loss: f64,
+    pub metrics: Map<String, Value>,
+}
+
+/// The Trainer for a model, its tokenizer and datasets.
+pub struct Trainer<'m> {
+    pub args: TrainingArguments,
+    model: &'m dyn TrainModel,
+    tokenizer: Option<&'m AutoTokenizer>,
+    train: Vec<Features>,
+    eval: Option<Vec<Features>>,
+    pad_id: u32,
+    left_pad: bool,
+    callbacks: Vec<Box<dyn TrainerCallback>>,
+    compute_metrics: Option<ComputeMetrics>,
+    pub state: TrainerState,
+    device: Device,
+}
+
+/// Where a training loop stands.
+struct Loop {
+    optimizer: AdamW,
+    vars: Vec<Var>,
+    schedule: Schedule,
+    control: TrainerControl,
+    /// Loss summed since the last log, and the updates it covers.
+    loss_since_log: f64,
+    updates_since_log: usize,
+    total_loss: f64,
+    last_grad_norm: Option<f64>,
+    last_eval: Option<Map<String, Value>>,
+    reporter: Reporter,
+}
+
+impl<'m> Trainer<'m> {
+    /// A Trainer; `tokenizer` (saved into every checkpoint) also gives the padding id
+    /// and side.
+    pub fn new(
+        args: TrainingArguments,
+        model: &'m dyn TrainModel,
+        tokenizer: Option<&'m AutoTokenizer>,
+        train: Vec<Features>,
+        eval: Option<Vec<Features>>,
+    ) -> Result<Self> {
+        let args = args.validated()?;
+        if train.is_empty() {
+            return Err(TrainerError::Other("the training set is empty".into()));
+        }
+        let device = model
+            .parameters()
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .ok_or_else(|| {
+                TrainerError::Other(
+                    "the model has no trainable parameters (load it with for_training)".into(),
+                )
+            })?;
+        Ok(Self {
+            pad_id: tokenizer.and_then(|t| t.pad_token_id()).unwrap_or(0),
+            left_pad: tokenizer
+                .is_some_and(|t| t.padding_side() == rustformers_core::tokenizer::Side::Left),
+            args,
+            model,
+            tokenizer,
+            train,
+            eval,
+            callbacks: Vec::new(),
+            compute_metrics: None,
+            state: TrainerState::default(),
+            device,
+        })
+    }
+
+    pub fn add_callback(&mut self, cb: Box<dyn TrainerCallback>) {
+        self.callbacks.push(cb);
+    }
+
+    /// Whether an evaluation set was given.
+    pub fn has_eval(&self) -> bool {
+        self.eval.is_some()
+    }
+
+    pub fn set_compute_metrics(&mut self, f: ComputeMetrics) {
+        self.compute_metrics = Some(f);
+    }
+
+    /// Pads `examples` to the longest (on the tokenizer's side) into a batch.
+    pub fn collate(&self, examples: &[&Features]) -> Result<Batch> {
+        let len = examples
+            .iter()
+            .map(|e| e.input_ids.len())
+            .max()
+            .unwrap_or(0);
+        let n = examples.len();
+        let (mut ids, mut mask, mut types) = (
+            Vec::with_capacity(n * len),
+            Vec::with_capacity(n * len),
+            Vec::with_capacity(n * len),
+        );
+        for e in examples {
+            let pad = len - e.input_ids.len();
+            let padding = |v: &mut Vec<u32>, value: u32| v.extend(std::iter::repeat_n(value, pad));
+            if self.left_pad {
+                padding(&mut ids, self.pad_id);
+                padding(&mut mask, 0);
+                padding(&mut types, 0);
+            }
+            ids.extend_from_slice(&e.input_ids);
+            mask.extend(std::iter::repeat_n(1u32, e.input_ids.len()));
+            types.extend(e.token_type_ids.iter().copied());
+            types.extend(std::iter::repeat_n(
+                0,
+                e.input_ids.len() - e.token_type_ids.len().min(e.input_ids.len()),
+            ));
+            if !self.left_pad {
+                padding(&mut ids, self.pad_id);
+                padding(&mut mask, 0);
+                padding(&mut types, 0);
+            }
+        }
+        let labels: Vec<u32> = examples.iter().map(|e| e.label).collect();
+        Ok(Batch {
+            input_ids: Tensor::from_vec(ids, (n, len), &self.device)?,
+            attention_mask: Tensor::from_vec(mask, (n, len), &self.device)?,
+            token_type_ids: Tensor::from_vec(types, (n, len), &self.device)?,
+            labels: Tensor::from_vec(labels, n, &self.device)?,
+        })
+    }
+
+    /// Micro-batches per epoch and optimizer updates per epoch (Python:
+    /// `len(dataloader) // gradient_accumulation_steps`, at least 1).
+    fn epoch_shape(&self) -> (usize, usize) {
+        let micro = self
+            .train
+            .len()
+            .div_ceil(self.args.per_device_train_batch_size);
+        (
+            micro,
+            (micro / self.args.gradient_accumulation_steps).max(1),
+        )
+    }
+
+    /// The example order of `epoch` (reproducible from the seed, so a resumed run
+    /// sees the same batches).
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut rng = Rng::new(self.args.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut idx: Vec<usize> = (0..self.train.len()).collect();
+        rng.shuffle(&mut idx);
+        idx
+    }
+
+    /// Trains; with `resume_from_checkpoint`, the weights, optimizer, schedule position,
+    /// state and data order continue from that checkpoint.
+    pub fn train(&mut self, resume_from_checkpoint: Option<&Path>) -> Result<TrainOutput> {
+        let args = self.args.clone();
+        let (micro_per_epoch, updates_per_epoch) = self.epoch_shape();
+        let total = if args.max_steps > 0 {
+            args.max_steps as usize
+        } else {
+            (args.num_train_epochs * updates_per_epoch as f64).ceil() as usize
+        };
+        let num_epochs = if args.max_steps > 0 {
+            total.div_ceil(updates_per_epoch)
+        } else {
+            args.num_train_epochs.ceil() as usize
+        };
+        let params = self.model.parameters();
+        let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+        let optimizer = AdamW::new(
+            params,
+            args.adam_beta1,
+            args.adam_beta2,
+            args.adam_epsilon,
+            args.weight_decay,
+        )?;
+        let schedule = Schedule {
+            kind: args.lr_scheduler_type,
+            warmup: args.warmup_for(total),
+            total,
+        };
+        std::fs::create_dir_all(&args.output_dir)
+            .map_err(|e| TrainerError::io(&args.output_dir, e))?;
+        let mut lp = Loop {
+            optimizer,
+            vars,
+            schedule,
+            control: TrainerControl::default(),
+            loss_since_log: 0.0,
+            updates_since_log: 0,
+            total_loss: 0.0,
+            last_grad_norm: None,
+            last_eval: None,
+            reporter: Reporter::new(&args)?,
+        };
+        self.state = TrainerState {
+            max_steps: total,
+            logging_steps: TrainingArguments::steps_of(args.logging_steps, total),
+            eval_steps: TrainingArguments::steps_of(
+                args.eval_steps.unwrap_or(args.logging_steps),
+                total,
+            ),
+            save_steps: TrainingArguments::steps_of(args.save_steps, total),
+            train_batch_size: args.per_device_train_batch_size,
+            num_train_epochs: num_epochs,
+            is_local_process_zero: true,
+            is_world_process_zero: true,
+            ..Default::default()
+        };
+        if let Some(ckpt) = resume_from_checkpoint {
+            self.resume(ckpt, &mut lp)?;
+        }
+        let epochs_done = self.state.global_step / updates_per_epoch;
+        let mut skip_micro =
+            (self.state.global_step % updates_per_epoch) * args.gradient_accumulation_steps;
+        let start = Instant::now();
+        let start_step = self.state.global_step;
+        let progress = progress_bar(total as u64, start_step as u64);
+        self.each(&mut lp.control, |cb, a, s, c| cb.on_train_begin(a, s, c));
+        'epochs: for epoch in epochs_done..num_epochs {
+            if self.state.global_step >= total {
+                break;
+            }
+            let order = self.order(epoch);
+            let micro: Vec<&[usize]> = order.chunks(args.per_device_train_batch_size).collect();
+            lp.control.should_epoch_stop = false;
+            self.each(&mut lp.control, |cb, a, s, c| cb.on_epoch_begin(a, s, c));
+            let mut grads: Vec<Option<Tensor>> = vec![None; lp.vars.len()];
+            let mut in_update = 0;
+            let mut loss_in_update = 0.0;
+            for (mi, idx) in micro.iter().enumerate() {
+                if skip_micro > 0 {
+                    skip_micro -= 1;
+                    continue;
+                }
+                if in_update == 0 {
+                    self.each(&mut lp.control, |cb, a, s, c| cb.on_step_begin(a, s, c));
+                }
+                let examples: Vec<&Features> = idx.iter().map(|i| &self.train[*i]).collect();
+                let batch = self.collate(&examples)?;
+                let (loss, _) = self.model.loss(&batch)?;
+                let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !value.is_finite() {
+                    return Err(TrainerError::Other(format!(
+                        "the loss became {value} at step {} (lower the learning rate)",
+                        self.state.global_step + 1
+                    )));
+                }
+                let scaled = (loss / args.gradient_accumulation_steps as f64)?;
+                let store = scaled.backward()?;
+                accumulate(&mut grads, gather(&store, &lp.vars))?;
+                loss_in_update += value / args.gradient_accumulation_steps as f64;
+                in_update += 1;
+                let last = mi + 1 == micro.len();
+                if in_update < args.gradient_accumulation_steps && !last {
+                    continue;
+                }
+                // One optimizer update.
+                if args.max_grad_norm > 0.0 {
+                    lp.last_grad_norm = Some(clip_grad_norm(&mut grads, args.max_grad_norm)?);
+                }
+                let lr = lp.schedule.lr(self.state.global_step, args.learning_rate);
+                lp.optimizer.step(&grads, lr)?;
+                grads = vec![None; lp.vars.len()];
+                in_update = 0;
+                self.state.global_step += 1;
+                self.state.epoch = epoch as f64 + (mi + 1) as f64 / micro_per_epoch as f64;
+                lp.loss_since_log += loss_in_update;
+                lp.total_loss += loss_in_update;
+                lp.updates_since_log += 1;
+                loss_in_update = 0.0;
+                progress.set_position(self.state.global_step as u64);
+                progress.set_message(format!(
+                    "loss {:.4} lr {:.2e}",
+                    lp.loss_since_log / lp.updates_since_log as f64,
+                    lp.schedule.lr(self.state.global_step, args.learning_rate)
+                ));
+                self.each(&mut lp.control, |cb, a, s, c| cb.on_step_end(a, s, c));
+                let step = self.state.global_step;
+                if step.is_multiple_of(self.state.logging_steps) || step == total {
+                    lp.control.should_log = true;
+                }
+                if args.eval_strategy == IntervalStrategy::Steps
+                    && step.is_multiple_of(self.state.eval_steps)
+                {
+                    lp.control.should_evaluate = true;
+                }
+                if args.save_strategy == IntervalStrategy::Steps
+                    && step.is_multiple_of(self.state.save_steps)
+                {
+                    lp.control.should_save = true;
+                }
+                if step >= total {
+                    lp.control.should_training_stop = true;
+                }
+                self.log_evaluate_save(&mut lp)?;
+                if lp.control.should_training_stop || lp.control.should_epoch_stop {
+                    break;
+                }
+            }
+            self.each(&mut lp.control, |cb, a, s, c| cb.on_epoch_end(a, s, c));
+            if args.eval_strategy == IntervalStrategy::Epoch {
+                lp.control.should_evaluate = true;
+            }
+            if args.save_strategy == IntervalStrategy::Epoch {
+                lp.control.should_save = true;
+            }
+            self.log_evaluate_save(&mut lp)?;
+            if lp.control.should_training_stop {
+                break 'epochs;
+            }
+        }
+        progress.finish_and_clear();
+        if args.load_best_model_at_end {
+            if let Some(best) = self.state.best_model_checkpoint.clone() {
+                load_weights(&lp.optimizer, &Path::new(&best).join("model.safetensors"))?;
+            }
+        }
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let steps_run = self.state.global_step - start_step;
+        let training_loss = lp.total_loss / steps_run.max(1) as f64;
+        let samples =
+            steps_run * args.per_device_train_batch_size * args.gradient_accumulation_steps;
+        let mut metrics = Map::new();
+        metrics.insert("train_runtime".into(), json!(round4(secs)));
+        metrics.insert(
+            "train_samples_per_second".into(),
+            json!(round3(samples as f64 / secs)),
+        );
+        metrics.insert(
+            "train_steps_per_second".into(),
+            json!(round3(steps_run as f64 / secs)),
+        );
+        metrics.insert("total_flos".into(), json!(0.0));
+        metrics.insert("train_loss".into(), json!(training_loss));
+        self.log(&mut lp, metrics.clone())?;
+        self.each(&mut lp.control, |cb, a, s, c| cb.on_train_end(a, s, c));
+        lp.reporter.finish(&self.state)?;
+        Ok(TrainOutput {
+            global_step: self.state.global_step,
+            training_loss,
+            metrics,
+        })
+    }
+
+    /// Calls one hook on every callback.
+    fn each(
+        &mut self,
+        control: &mut TrainerControl,
+        f: impl Fn(&mut dyn TrainerCallback, &TrainingArguments, &TrainerState, &mut TrainerControl),
+    ) {
+        for cb in self.callbacks.iter_mut() {
+            f(cb.as_mut(), &self.args, &self.state, control);
+        }
+    }
+
+    /// Adds `logs` (with epoch and step) to the history, the reporter and the callbacks.
+    fn log(&mut self, lp: &mut Loop, mut logs: Map<String, Value>) -> Result<()> {
+        logs.insert("epoch".into(), json!(self.state.epoch));
+        logs.insert("step".into(), json!(self.state.global_step));
+        lp.reporter.log(&logs)?;
+        let mut control = lp.control;
+        for cb in self.callbacks.iter_mut() {
+            cb.on_log(&self.args, &self.state, &mut control, &logs);
+        }
+        lp.control = control;
+        self.state.log_history.push(logs);
+        Ok(())
+    }
+
+    /// Python's `_maybe_log_save_evaluate`.
+    fn log_evaluate_save(&mut self, lp: &mut Loop) -> Result<()> {
+        if lp.control.should_log && lp.updates_since_log > 0 {
+            let mut logs = Map::new();
+            logs.insert(
+                "loss".into(),
+                json!(round4(lp.loss_since_log / lp.updates_since_log as f64)),
+            );
+            if let Some(n) = lp.last_grad_norm {
+                logs.insert("grad_norm".into(), json!(n));
+            }
+            logs.insert(
+                "learning_rate".into(),
+                json!(lp
+                    .schedule
+                    .lr(self.state.global_step, self.args.learning_rate)),
+            );
+            lp.loss_since_log = 0.0;
+            lp.updates_since_log = 0;
+            self.log(lp, logs)?;
+        }
+        lp.control.should_log = false;
+        if lp.control.should_evaluate {
+            lp.control.should_evaluate = false;
+            if self.eval.is_some() {
+                let metrics = self.evaluate_in(lp)?;
+                lp.last_eval = Some(metrics);
+            }
+        }
+        if lp.control.should_save {
+            lp.control.should_save = false;
+            self.save_checkpoint(lp)?;
+        }
+        Ok(())
+    }
+
+    /// Loss (and `compute_metrics`) over the evaluation set, logged with the `eval_`
+    /// prefix.
+    pub fn evaluate(&mut self) -> Result<Map<String, Value>> {
+        let mut lp_control = TrainerControl::default();
+        let eval = self
+            .eval
+            .clone()
+            .ok_or_else(|| TrainerError::Other("no evaluation set".into()))?;
+        let metrics = self.metrics_of(&eval, "eval")?;
+        for cb in self.callbacks.iter_mut() {
+            cb.on_evaluate(&self.args, &self.state, &mut lp_control, &metrics);
+        }
+        Ok(metrics)
+    }
+
+    fn evaluate_in(&mut self, lp: &mut Loop) -> Result<Map<String, Value>> {
+        let eval = self.eval.clone().unwrap_or_default();
+        let metrics = self.metrics_of(&eval, "eval")?;
+        self.log(lp, metrics.clone())?;
+        let mut control = lp.control;
+        for cb in self.callbacks.iter_mut() {
+            cb.on_evaluate(&self.args, &self.state, &mut control, &metrics);
+        }
+        lp.control = control;
+        Ok(metrics)
+    }
+
+    /// Logits and labels of `data` (in order) and the mean loss.
+    pub fn predict(&self, data: &[Features]) -> Result<(EvalPrediction, f64)> {
+        let mut pred = EvalPrediction::default();
+        let mut loss_sum = 0.0;
+        for chunk in data.chunks(self.args.per_device_eval_batch_size) {
+            let examples: Vec<&Features> = chunk.iter().collect();
+            let batch = self.collate(&examples)?;
+            let (loss, logits) = self.model.loss(&batch)?;
+            let logits = logits.detach();
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
+            pred.predictions
+                .extend(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+            pred.label_ids.extend(chunk.iter().map(|e| e.label));
+        }
+        Ok((pred, loss_sum / data.len().max(1) as f64))
+    }
+
+    fn metrics_of(&self, data: &[Features], prefix: &str) -> Result<Map<String, Value>> {
+        let start = Instant::now();
+        let (pred, loss) = self.predict(data)?;
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let mut m = Map::new();
+        m.insert(format!("{prefix}_loss"), json!(loss));
+        if let Some(f) = &self.compute_metrics {
+            for (k, v) in f(&pred) {
+                let key = if k.starts_with(&format!("{prefix}_")) {
+                    k
+                } else {
+                    format!("{prefix}_{k}")
+                };
+                m.insert(key, v);
+            }
+        }
+        let batches = data.len().div_ceil(self.args.per_device_eval_batch_size);
+        m.insert(format!("{prefix}_runtime"), json!(round4(secs)));
+        m.insert(
+            format!("{prefix}_samples_per_second"),
+            json!(round3(data.len() as f64 / secs)),
+        );
+        m.insert(
+            format!("{prefix}_steps_per_second"),
+            json!(round3(batches as f64 / secs)),
+        );
+        Ok(m)
+    }
+
+    /// Writes `checkpoint-{step}` atomically, updates the best checkpoint, rotates.
+    fn save_checkpoint(&mut self, lp: &mut Loop) -> Result<()> {
+        let step = self.state.global_step;
+        let out = &self.args.output_dir;
+        let name = format!("checkpoint-{step}");
+        let dir = out.join(&name);
+        if let (Some(metrics), Some(_)) = (&lp.last_eval, &self.args.metric_for_best_model) {
+            if let Some(value) = best_metric_value(&self.args, metrics) {
+                let greater = self.args.greater_is_better.unwrap_or(false);
+                let better =
+                    self.state
+                        .best_metric
+                        .is_none_or(|b| if greater { value > b } else { value < b });
+                if better {
+                    self.state.best_metric = Some(value);
+                    self.state.best_model_checkpoint = Some(dir.display().to_string());
+                }
+            }
+        }
+        let tmp = out.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| TrainerError::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| TrainerError::io(&tmp, e))?;
+        self.model.save(&tmp)?;
+        if let Some(t) = self.tokenizer {
+            t.save_pretrained(&tmp)?;
+        }
+        rustformers_core::weights::save_safetensors(
+            &lp.optimizer.state()?,
+            &tmp.join("optimizer.safetensors"),
+        )?;
+        write_json(
+            &tmp.join("scheduler.json"),
+            &json!({"last_epoch": step, "kind": lp.schedule.kind, "warmup": lp.schedule.warmup,
+                "total": lp.schedule.total, "base_lr": self.args.learning_rate}),
+        )?;
+        write_json(
+            &tmp.join("rng_state.json"),
+            &json!({"seed": self.args.seed, "epoch": self.state.epoch}),
+        )?;
+        write_json(
+            &tmp.join("training_args.json"),
+            &Value::Object(crate::args::to_json(&self.args)),
+        )?;
+        write_json(
+            &tmp.join("trainer_state.json"),
+            &serde_json::to_value(&self.state).map_err(|e| TrainerError::Other(e.to_string()))?,
+        )?;
+        // Into place: a re-save of the same step swaps the old folder out first.
+        let old = out.join(format!(".{name}.old-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::rename(&dir, &old).map_err(|e| TrainerError::io(&dir, e))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| TrainerError::io(&dir, e))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| TrainerError::io(&old, e))?;
+        }
+        let mut control = lp.control;
+        for cb in self.callbacks.iter_mut() {
+            cb.on_save(&self.args, &self.state, &mut control);
+        }
+        lp.control = control;
+        self.rotate()
+    }
+
+    /// Deletes the oldest checkpoints beyond `save_total_limit`, never the best one.
+    fn rotate(&self) -> Result<()> {
+        let Some(limit) = self.args.save_total_limit else {
+            return Ok(());
+        };
+        let mut ckpts = list_checkpoints(&self.args.output_dir)?;
+        if let Some(best) = &self.state.best_model_checkpoint {
+            let best = PathBuf::from(best);
+            if let Some(pos) = ckpts.iter().position(|(_, p)| *p == best) {
+                // As Python: the best moves to the end so it is kept.
+                let b = ckpts.remove(pos);
+                ckpts.push(b);
+            }
+        }
+        let limit = limit.max(1);
+        if ckpts.len() > limit {
+            for (_, p) in &ckpts[..ckpts.len() - limit] {
+                std::fs::remove_dir_all(p).map_err(|e| TrainerError::io(p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self, ckpt: &Path, lp: &mut Loop) -> Result<()> {
+        load_weights(&lp.optimizer, &ckpt.join("model.safetensors"))?;
+        lp.optimizer
+            .load_state(&ckpt.join("optimizer.safetensors"))?;
+        let saved = TrainerState::load(&ckpt.join("trainer_state.json"))?;
+        if saved.max_steps != self.state.max_steps {
+            tracing::warn!(
+                "resuming a run of {} steps as one of {}",
+                saved.max_steps,
+                self.state.max_steps
+            );
+        }
+        self.state.global_step = saved.global_step;
+        self.state.epoch = saved.epoch;
+        self.state.log_history = saved.log_history;
+        self.state.best_metric = saved.best_metric;
+        self.state.best_model_checkpoint = saved.best_model_checkpoint;
+        Ok(())
+    }
+
+    /// Saves the model (and tokenizer, training_args.json) into `dir` (Python's
+    /// `save_model`).
+    pub fn save_model(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+        self.model.save(dir)?;
+        if let Some(t) = self.tokenizer {
+            t.save_pretrained(dir)?;
+        }
+        write_json(
+            &dir.join("training_args.json"),
+            &Value::Object(crate::args::to_json(&self.args)),
+        )
+    }
+
+    /// Writes trainer_state.json into the output folder (Python's `save_state`).
+    pub fn save_state(&self) -> Result<()> {
+        write_json(
+            &self.args.output_dir.join("trainer_state.json"),
+            &serde_json::to_value(&self.state).map_err(|e| TrainerError::Other(e.to_string()))?,
+        )
+    }
+}
+
+/// Sets every parameter of `opt` from a model.safetensors (a checkpoint's).
+fn load_weights(opt: &AdamW, path: &Path) -> Result<()> {
+    let dev = opt
+        .vars()
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    let saved = candle_core::safetensors::load(path, &dev)
+        .map_err(|e| TrainerError::Other(format!("{}: {e}", path.display())))?;
+    for ((name, _), var) in opt.groups().iter().zip(opt.vars()) {
+        let t = saved.get(name).ok_or_else(|| {
+            TrainerError::Other(format!("{}: no weight `{name}`", path.display()))
+        })?;
+        if t.shape() != var.shape() {
+            return Err(TrainerError::Other(format!(
+                "{}: `{name}` has shape {:?}, the model {:?}",
+                path.display(),
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// `checkpoint-N` folders of `dir`, oldest step first.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(_) => return Ok(out),
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|s| s.parse().ok())
+        {
+            out.push((n, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The newest checkpoint of `dir` (Python's `get_last_checkpoint`).
+pub fn last_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(list_checkpoints(dir)?.pop().map(|(_, p)| p))
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| TrainerError::Other(e.to_string()))?;
+    Ok(rustformers_core::error::write_atomic(
+        path,
+        text.as_bytes(),
+    )?)
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}
+
+fn progress_bar(total: u64, at: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_position(at);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Tokenizes text-classification examples (truncated to `max_length`, else the
+/// tokenizer's maximum) with their class indices.
+pub fn text_classification_features(
+    tokenizer: &AutoTokenizer,
+    examples: &[crate::data::TextExample],
+    labels: &[u32],
+    max_length: Option<usize>,
+) -> Result<Vec<Features>> {
+    use rustformers_core::tokenizer::{EncodeOptions, TextInput, Truncation};
+    let opts = EncodeOptions {
+        truncation: if max_length.is_some() || tokenizer.model_max_length().is_some() {
+            Truncation::LongestFirst
+        } else {
+            Truncation::None
+        },
+        max_length,
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(examples.len());
+    for (e, label) in examples.iter().zip(labels) {
+        let input = match &e.text_pair {
+            Some(p) => TextInput::Pair(&e.text, p),
+            None => TextInput::Single(&e.text),
+        };
+        let enc = tokenizer.encode(input, &opts)?;
+        let (Some(ids), Some(types)) = (enc.input_ids.first(), enc.token_type_ids.first()) else {
+            continue;
+        };
+        out.push(Features {
+            input_ids: ids.clone(),
+            token_type_ids: types.clone(),
+            label: *label,
+        });
+    }
+    Ok(out)
+}
+
+/// Counts per label (for notes and tests).
+pub fn label_counts(f: &[Features]) -> BTreeMap<u32, usize> {
+    let mut m = BTreeMap::new();
+    for e in f {
+        *m.entry(e.label).or_insert(0) += 1;
+    }
+    m
+}

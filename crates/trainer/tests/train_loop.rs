@@ -1,0 +1,343 @@
+//! The training loop on the tiny BERT fixture: the loss falls and a held-out set is
+//! learned, checkpoints are whole HF checkpoints plus state and are rotated, a resumed
+//! run reaches the uninterrupted run's weights, early stopping stops.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use rustformers_core::rng::Rng;
+use rustformers_core::AutoTokenizer;
+use rustformers_models::{
+    AutoModelForSequenceClassification, LoadOptions, PreTrainedModel, SequenceClassificationModel,
+    TrainLoad,
+};
+use rustformers_trainer::data::{text_classification, LabelSet};
+use rustformers_trainer::trainer::{
+    last_checkpoint, list_checkpoints, text_classification_features,
+};
+use rustformers_trainer::{
+    accuracy, EarlyStoppingCallback, Features, Trainer, TrainerState, TrainingArguments,
+};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert-seqcls")
+}
+
+const WORDS: [&str; 12] = [
+    "the", "of", "and", "to", "in", "is", "it", "you", "that", "was", "for", "on",
+];
+
+/// `n` lines of JSONL: random words; the label says whether "hot" is among them.
+fn task_file(dir: &Path, name: &str, n: usize, seed: u64) -> PathBuf {
+    let mut rng = Rng::new(seed);
+    let mut text = String::new();
+    for i in 0..n {
+        let mut words: Vec<&str> = (0..6).map(|_| WORDS[rng.below(WORDS.len())]).collect();
+        let pos = i % 2 == 0;
+        if pos {
+            words[rng.below(6)] = "hot";
+        }
+        text.push_str(
+            &json!({"text": words.join(" "), "label": if pos { "pos" } else { "neg" }}).to_string(),
+        );
+        text.push('\n');
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn load(labels: &[String]) -> PreTrainedModel<dyn SequenceClassificationModel> {
+    AutoModelForSequenceClassification::for_training(
+        fixture().to_str().unwrap(),
+        &LoadOptions::default(),
+        &TrainLoad {
+            labels: Some(labels.to_vec()),
+            seed: 3,
+            ignore_mismatched_sizes: true,
+        },
+    )
+    .unwrap()
+}
+
+struct Data {
+    tok: AutoTokenizer,
+    labels: Vec<String>,
+    train: Vec<Features>,
+    eval: Vec<Features>,
+}
+
+fn data(dir: &Path) -> Data {
+    let tok = AutoTokenizer::from_pretrained(fixture().to_str().unwrap()).unwrap();
+    let tp = task_file(dir, "train.jsonl", 64, 1);
+    let ep = task_file(dir, "eval.jsonl", 32, 2);
+    let train_ex = text_classification(&tp, "label").unwrap();
+    let eval_ex = text_classification(&ep, "label").unwrap();
+    let set = LabelSet::from_examples(&train_ex, &tp, &[]).unwrap();
+    let train =
+        text_classification_features(&tok, &train_ex, &set.indices(&train_ex, &tp).unwrap(), None)
+            .unwrap();
+    let eval =
+        text_classification_features(&tok, &eval_ex, &set.indices(&eval_ex, &ep).unwrap(), None)
+            .unwrap();
+    Data {
+        tok,
+        labels: set.names,
+        train,
+        eval,
+    }
+}
+
+fn args(out: &Path, extra: Value) -> TrainingArguments {
+    let mut v = json!({
+        "output_dir": out,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "learning_rate": 2e-3,
+        "num_train_epochs": 6,
+        "logging_steps": 4,
+        "save_strategy": "no",
+        "seed": 5,
+    });
+    if let (Value::Object(base), Value::Object(more)) = (&mut v, extra) {
+        base.extend(more);
+    }
+    TrainingArguments::from_json_value(v, "test").unwrap()
+}
+
+fn weights(m: &PreTrainedModel<dyn SequenceClassificationModel>) -> Vec<Vec<f32>> {
+    m.trainable_parameters()
+        .iter()
+        .map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn loss_falls_and_the_task_is_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    assert_eq!(d.labels, ["neg", "pos"]);
+    let model = load(&d.labels);
+    // The 3-label head of the fixture was replaced for 2 labels.
+    assert_eq!(
+        model.newly_initialized(),
+        ["classifier.weight", "classifier.bias"]
+    );
+    let out = dir.path().join("out");
+    let a = args(
+        &out,
+        json!({"eval_strategy": "epoch", "report_to": "tensorboard", "num_train_epochs": 10,
+            "learning_rate": 5e-3}),
+    );
+    let mut t = Trainer::new(
+        a,
+        &model,
+        Some(&d.tok),
+        d.train.clone(),
+        Some(d.eval.clone()),
+    )
+    .unwrap();
+    t.set_compute_metrics(Box::new(|p| {
+        let mut m = serde_json::Map::new();
+        m.insert("accuracy".into(), json!(accuracy(p)));
+        m
+    }));
+    let before = t.evaluate().unwrap();
+    let res = t.train(None).unwrap();
+    assert_eq!(res.global_step, 80);
+    let losses: Vec<f64> = t
+        .state
+        .log_history
+        .iter()
+        .filter_map(|l| l.get("loss").and_then(Value::as_f64))
+        .collect();
+    assert_eq!(losses.len(), 20);
+    assert!(losses[losses.len() - 1] < 0.5 * losses[0], "{losses:?}");
+    let evals: Vec<f64> = t
+        .state
+        .log_history
+        .iter()
+        .filter_map(|l| l.get("eval_accuracy").and_then(Value::as_f64))
+        .collect();
+    assert_eq!(evals.len(), 10);
+    let acc = *evals.last().unwrap();
+    assert!(
+        acc >= 0.9,
+        "held-out accuracy {acc} (before training {before:?})"
+    );
+    // Every log entry carries step and epoch; the learning rate decays linearly to 0.
+    let last_lr = t
+        .state
+        .log_history
+        .iter()
+        .rev()
+        .find_map(|l| l.get("learning_rate").and_then(Value::as_f64))
+        .unwrap();
+    assert_eq!(last_lr, 0.0);
+    assert!(t
+        .state
+        .log_history
+        .iter()
+        .all(|l| l.contains_key("step") && l.contains_key("epoch")));
+    // Curves: TensorBoard events and a PNG.
+    assert!(out.join("training_curves.png").is_file());
+    let runs: Vec<_> = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    let ev = rustformers_trainer::report::read_events(&runs[0].path()).unwrap();
+    assert_eq!(ev.iter().filter(|e| e.0 == "train/loss").count(), 20);
+    assert_eq!(ev.iter().filter(|e| e.0 == "eval/accuracy").count(), 10);
+    // The saved model is a normal checkpoint: it reloads (for inference) with the
+    // training labels and gives the trained model's predictions.
+    let saved = dir.path().join("final");
+    t.save_model(&saved).unwrap();
+    let back =
+        AutoModelForSequenceClassification::from_pretrained(saved.to_str().unwrap()).unwrap();
+    assert_eq!(back.config.base().labels().unwrap(), ["neg", "pos"]);
+    let batch = t
+        .collate(&d.eval.iter().take(4).collect::<Vec<_>>())
+        .unwrap();
+    let want = model
+        .model
+        .forward(rustformers_models::EncoderInputs {
+            input_ids: &batch.input_ids,
+            attention_mask: Some(&batch.attention_mask),
+            token_type_ids: Some(&batch.token_type_ids),
+        })
+        .unwrap();
+    let got = back
+        .model
+        .forward(rustformers_models::EncoderInputs {
+            input_ids: &batch.input_ids,
+            attention_mask: Some(&batch.attention_mask),
+            token_type_ids: Some(&batch.token_type_ids),
+        })
+        .unwrap();
+    let diff = (want - got)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+fn checkpoints_rotate_and_a_resumed_run_reaches_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let extra = json!({"max_steps": 12, "save_steps": 4, "save_strategy": "steps",
+        "save_total_limit": 2, "gradient_accumulation_steps": 2, "warmup_steps": 2,
+        "weight_decay": 0.01});
+    // Uninterrupted.
+    let full = load(&d.labels);
+    let out_a = dir.path().join("a");
+    let mut ta = Trainer::new(
+        args(&out_a, extra.clone()),
+        &full,
+        Some(&d.tok),
+        d.train.clone(),
+        None,
+    )
+    .unwrap();
+    ta.train(None).unwrap();
+    let ckpts: Vec<usize> = list_checkpoints(&out_a)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(ckpts, [8, 12], "save_total_limit 2 keeps the newest two");
+    let ck = out_a.join("checkpoint-8");
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "optimizer.safetensors",
+        "scheduler.json",
+        "trainer_state.json",
+        "rng_state.json",
+        "training_args.json",
+    ] {
+        assert!(ck.join(f).is_file(), "{f}");
+    }
+    let st = TrainerState::load(&ck.join("trainer_state.json")).unwrap();
+    assert_eq!(st.global_step, 8);
+    assert_eq!(st.max_steps, 12);
+    assert!(!st.log_history.is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(&out_a)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary folders left: {leftovers:?}"
+    );
+    // Interrupted after step 8: a fresh model resumes from checkpoint-8.
+    let resumed = load(&d.labels);
+    let out_b = dir.path().join("b");
+    let mut tb = Trainer::new(
+        args(&out_b, extra),
+        &resumed,
+        Some(&d.tok),
+        d.train.clone(),
+        None,
+    )
+    .unwrap();
+    let from = last_checkpoint(&out_a).unwrap().unwrap();
+    assert!(from.ends_with("checkpoint-12"));
+    tb.train(Some(&ck)).unwrap();
+    assert_eq!(tb.state.global_step, 12);
+    let (wa, wb) = (weights(&full), weights(&resumed));
+    let mut worst = 0f32;
+    for (a, b) in wa.iter().zip(&wb) {
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst <= 1e-6, "resumed run differs by {worst}");
+    // The history continues the checkpoint's.
+    assert!(tb.state.log_history.len() > st.log_history.len());
+}
+
+#[test]
+fn early_stopping_stops_and_the_best_model_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let model = load(&d.labels);
+    let out = dir.path().join("out");
+    // A learning rate of 0 never improves: patience 2 stops after the third evaluation.
+    let a = args(
+        &out,
+        json!({"learning_rate": 0.0, "eval_strategy": "steps", "eval_steps": 2,
+            "save_strategy": "steps", "save_steps": 2, "load_best_model_at_end": true,
+            "metric_for_best_model": "loss"}),
+    );
+    EarlyStoppingCallback::check(&a).unwrap();
+    let mut t = Trainer::new(
+        a,
+        &model,
+        Some(&d.tok),
+        d.train.clone(),
+        Some(d.eval.clone()),
+    )
+    .unwrap();
+    t.add_callback(Box::new(EarlyStoppingCallback::new(2, 0.0)));
+    t.train(None).unwrap();
+    assert_eq!(t.state.global_step, 6);
+    assert!(t
+        .state
+        .best_model_checkpoint
+        .as_deref()
+        .is_some_and(|b| b.ends_with("checkpoint-2")));
+}

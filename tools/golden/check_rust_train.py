@@ -1,0 +1,38 @@
+"""Checks that Python transformers loads a checkpoint `rustformers train` wrote and
+gives the logits rustformers gives.
+
+    rustformers train --task text-classification --model REF --train-file F --output-dir DIR ...
+    rustformers run text-classification --model DIR --top-k None TEXT... > rust.jsonl
+    python tools/golden/check_rust_train.py DIR rust.jsonl TEXT...
+
+Compares, for each text, Python's `pipeline("text-classification", top_k=None)` scores
+with the rustformers line (labels and scores, 1e-5), and checks that config.json names the
+training labels. Exits non-zero on any difference.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import transformers
+
+
+def main() -> int:
+    out, rust_lines, texts = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+    pipe = transformers.pipeline("text-classification", model=str(out), top_k=None)
+    rust = [json.loads(line) for line in rust_lines.read_text().splitlines() if line.strip()]
+    worst = 0.0
+    for text, got in zip(texts, rust):
+        res = pipe([text])[0]
+        want = {d["label"]: d["score"] for d in res}
+        have = {d["label"]: d["score"] for d in got}
+        if set(want) != set(have):
+            print(f"labels differ: {sorted(want)} vs {sorted(have)}")
+            return 1
+        worst = max(worst, max(abs(want[k] - have[k]) for k in want))
+    print(f"{len(texts)} texts, labels {sorted(pipe.model.config.id2label.values())}, max |score diff| {worst:.2e}")
+    return 0 if worst <= 1e-5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
