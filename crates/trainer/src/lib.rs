@@ -17,4 +17,7 @@ pub use callbacks::{EarlyStoppingCallback, TrainerCallback, TrainerControl, Trai
 pub use error::{Result, TrainerError};
 pub use optim::{clip_grad_norm, AdamW};
 pub use schedule::Schedule;
-pub use trainer::{accuracy, EvalPrediction, Features, TrainModel, TrainOutput, Trainer};
+pub use trainer::{
+    accuracy, text_classification_features, EvalPrediction, Features, TrainModel, TrainOutput,
+    Trainer,
+};
