@@ -9,28 +9,46 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Map, Value};
 
 use rustformers_core::AutoTokenizer;
-use rustformers_models::{AutoModelForSequenceClassification, LoadOptions, TrainLoad};
+use rustformers_models::{
+    AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+    AutoModelForTokenClassification, LoadOptions, TrainLoad,
+};
 use rustformers_trainer::args::split_flags;
-use rustformers_trainer::data::{text_classification, LabelSet};
-use rustformers_trainer::trainer::{last_checkpoint, text_classification_features};
+use rustformers_trainer::data::{text_classification, texts, token_classification, LabelSet};
+use rustformers_trainer::trainer::{
+    language_modeling_features, last_checkpoint, text_classification_features,
+    token_classification_features, Collator,
+};
 use rustformers_trainer::{accuracy, Trainer, TrainingArguments};
 
 pub const TRAIN_HELP: &str = "\
-Usage: rustformers train --task text-classification --model REF --train-file F
-                         [--eval-file F] --output-dir DIR [--args-file ARGS.json]
-                         [--label-column label] [--max-length N] [--ignore-mismatched-sizes]
-                         [--resume-from-checkpoint DIR|last] [--TRAINING_ARGUMENT VALUE]...
+Usage: rustformers train --task TASK --model REF --train-file F [--eval-file F]
+                         --output-dir DIR [--args-file ARGS.json] [--max-length N]
+                         [--ignore-mismatched-sizes] [--resume-from-checkpoint DIR|last]
+                         [task options] [--TRAINING_ARGUMENT VALUE]...
 
-Fine-tunes REF (a folder, file or Hub id) on a JSONL or CSV file whose rows have a text
-column (text, sentence or sentence1), an optional pair column (text_pair, sentence2) and
-a label (a class name or an id). The label set comes from the training file and goes to
-config.json's id2label/label2id. Any of Python's TrainingArguments can be given as a
-flag (--num-train-epochs 3, --learning-rate 2e-5, --eval-strategy epoch,
---save-steps 500, --report-to tensorboard, ...) or in ARGS.json. The model, tokenizer,
-trainer_state.json and training_curves.png go to DIR, checkpoints to DIR/checkpoint-N.
-Prints the training (and evaluation) metrics as one JSON line.";
+Fine-tunes REF (a folder, file or Hub id; GGUF must be converted first) on JSONL (or,
+for text-classification, CSV) files, as Python's example scripts do:
+  text-classification   rows with a text column (text, sentence or sentence1), an
+                        optional pair (text_pair, sentence2) and a label (name or id;
+                        --label-column label). The label set comes from the training
+                        file and goes to config.json's id2label/label2id.
+  token-classification  rows {\"tokens\": [words], \"ner_tags\": [tags]} (--tags-column);
+                        the first sub-token of each word takes its tag.
+  fill-mask             rows {\"text\": ...} (--text-column); texts concatenated into
+                        blocks (--block-size, default 128), --mlm-probability 0.15.
+  text-generation       rows {\"text\": ...}; causal LM on blocks (--block-size).
+Any of Python's TrainingArguments can be given as a flag (--num-train-epochs 3,
+--learning-rate 2e-5, --eval-strategy epoch, --save-steps 500, --report-to tensorboard,
+...) or in ARGS.json. The model, tokenizer, trainer_state.json and training_curves.png
+go to DIR, checkpoints to DIR/checkpoint-N. Prints the metrics as one JSON line.";
 
-const TASKS: [&str; 1] = ["text-classification"];
+const TASKS: [&str; 4] = [
+    "text-classification",
+    "token-classification",
+    "fill-mask",
+    "text-generation",
+];
 
 pub fn train(words: &[String]) -> Result<ExitCode> {
     if words.iter().any(|w| w == "--help" || w == "-h") {
@@ -50,7 +68,11 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
             | "args-file"
             | "label-column"
             | "max-length"
-            | "resume-from-checkpoint" => {
+            | "resume-from-checkpoint"
+            | "tags-column"
+            | "text-column"
+            | "block-size"
+            | "mlm-probability" => {
                 let v = value.ok_or_else(|| anyhow!("--{key} needs a value"))?;
                 own.insert(key, Value::String(v));
             }
@@ -67,11 +89,7 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
     let get = |k: &str| own.get(k).and_then(Value::as_str);
     let task = get("task").ok_or_else(|| anyhow!("--task is required ({})", TASKS.join(", ")))?;
     if !TASKS.contains(&task) {
-        bail!(
-            "--task {task}: training supports {} so far (token-classification, fill-mask and \
-             text-generation are not wired yet)",
-            TASKS.join(", ")
-        );
+        bail!("--task {task}: training supports {}", TASKS.join(", "));
     }
     let model_ref = get("model").ok_or_else(|| anyhow!("--model is required"))?;
     let train_file =
@@ -88,69 +106,207 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
         bail!("--output-dir is required");
     }
     let args = base.with_flags(&rest)?;
-    let label_column = get("label-column").unwrap_or("label");
     let max_length = get("max-length")
         .map(|v| {
             v.parse::<usize>()
                 .with_context(|| format!("--max-length {v}: not a number"))
         })
         .transpose()?;
-
-    // Data first: a bad file fails before any model is loaded or anything is written.
-    let train_ex = text_classification(&train_file, label_column)?;
-    let tokenizer = AutoTokenizer::from_pretrained(model_ref)?;
-    let labels = LabelSet::from_examples(&train_ex, &train_file, &[])?;
-    let train_idx = labels.indices(&train_ex, &train_file)?;
-    let eval = match get("eval-file") {
-        Some(p) => {
-            let path = PathBuf::from(p);
-            let ex = text_classification(&path, label_column)?;
-            let idx = labels.indices(&ex, &path)?;
-            Some(text_classification_features(
-                &tokenizer, &ex, &idx, max_length,
-            )?)
-        }
-        None => None,
+    let block_size = get("block-size")
+        .map(|v| {
+            v.parse::<usize>()
+                .with_context(|| format!("--block-size {v}: not a number"))
+        })
+        .transpose()?
+        .unwrap_or(128);
+    let mlm_probability = get("mlm-probability")
+        .map(|v| {
+            v.parse::<f64>()
+                .with_context(|| format!("--mlm-probability {v}: not a number"))
+        })
+        .transpose()?
+        .unwrap_or(0.15);
+    if !(0.0..1.0).contains(&mlm_probability) || mlm_probability == 0.0 {
+        bail!("--mlm-probability must lie in (0, 1), got {mlm_probability}");
+    }
+    let eval_file = get("eval-file").map(PathBuf::from);
+    let resume_arg = get("resume-from-checkpoint").map(str::to_string);
+    let ignore_mismatched = own
+        .get("ignore-mismatched-sizes")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let resume = |out: &std::path::Path| -> Result<Option<PathBuf>> {
+        Ok(match resume_arg.as_deref() {
+            None => None,
+            Some("last") => Some(last_checkpoint(out)?.ok_or_else(|| {
+                anyhow!(
+                    "--resume-from-checkpoint last: no checkpoint-N in {}",
+                    out.display()
+                )
+            })?),
+            Some(p) => Some(PathBuf::from(p)),
+        })
     };
-    let train = text_classification_features(&tokenizer, &train_ex, &train_idx, max_length)?;
-    let model = AutoModelForSequenceClassification::for_training(
-        model_ref,
-        &LoadOptions::default(),
-        &TrainLoad {
-            labels: Some(labels.names.clone()),
-            seed: args.seed,
-            ignore_mismatched_sizes: own.get("ignore-mismatched-sizes").and_then(Value::as_bool).unwrap_or(false),
-        },
-    )
-    .map_err(|e| {
+    let load_err = |e: rustformers_core::Error| {
         let text = e.to_string();
         if text.contains("has shape") {
             anyhow!("{text} (the checkpoint's head has other labels: add --ignore-mismatched-sizes to train a new head)")
         } else {
             anyhow!(text)
         }
-    })?;
-    let resume = match get("resume-from-checkpoint") {
-        None => None,
-        Some("last") => Some(last_checkpoint(&args.output_dir)?.ok_or_else(|| {
-            anyhow!(
-                "--resume-from-checkpoint last: no checkpoint-N in {}",
-                args.output_dir.display()
-            )
-        })?),
-        Some(p) => Some(PathBuf::from(p)),
     };
-    let out_dir = args.output_dir.clone();
-    let mut trainer = Trainer::new(args, &model, Some(&tokenizer), train, eval)?;
-    trainer.set_compute_metrics(Box::new(|p| {
-        let mut m = Map::new();
-        m.insert("accuracy".into(), json!(accuracy(p)));
-        m
-    }));
+    let opts = LoadOptions::default();
+
+    // Data first: a bad file fails before any model is loaded or anything is written.
+    match task {
+        "text-classification" => {
+            let label_column = get("label-column").unwrap_or("label");
+            let train_ex = text_classification(&train_file, label_column)?;
+            let labels = LabelSet::from_examples(&train_ex, &train_file, &[])?;
+            let train_idx = labels.indices(&train_ex, &train_file)?;
+            let eval_ex = match &eval_file {
+                Some(p) => {
+                    let ex = text_classification(p, label_column)?;
+                    let idx = labels.indices(&ex, p)?;
+                    Some((ex, idx))
+                }
+                None => None,
+            };
+            let tokenizer = AutoTokenizer::from_pretrained(model_ref)?;
+            let train =
+                text_classification_features(&tokenizer, &train_ex, &train_idx, max_length)?;
+            let eval = eval_ex
+                .map(|(ex, idx)| text_classification_features(&tokenizer, &ex, &idx, max_length))
+                .transpose()?;
+            let model = AutoModelForSequenceClassification::for_training(
+                model_ref,
+                &opts,
+                &train_load(Some(labels.names.clone()), &args, ignore_mismatched),
+            )
+            .map_err(load_err)?;
+            let resume = resume(&args.output_dir)?;
+            finish(
+                Trainer::new(args, &model, Some(&tokenizer), train, eval)?,
+                Collator::Classification,
+                resume,
+            )
+        }
+        "token-classification" => {
+            let tags_column = get("tags-column").unwrap_or("ner_tags");
+            let train_ex = token_classification(&train_file, tags_column)?;
+            let labels = LabelSet::from_tags(&train_ex, &train_file, &[])?;
+            let train_idx = labels.tag_indices(&train_ex, &train_file)?;
+            let eval_ex = match &eval_file {
+                Some(p) => {
+                    let ex = token_classification(p, tags_column)?;
+                    let idx = labels.tag_indices(&ex, p)?;
+                    Some((ex, idx))
+                }
+                None => None,
+            };
+            let tokenizer = AutoTokenizer::from_pretrained(model_ref)?;
+            let train =
+                token_classification_features(&tokenizer, &train_ex, &train_idx, max_length)?;
+            let eval = eval_ex
+                .map(|(ex, idx)| token_classification_features(&tokenizer, &ex, &idx, max_length))
+                .transpose()?;
+            let model = AutoModelForTokenClassification::for_training(
+                model_ref,
+                &opts,
+                &train_load(Some(labels.names.clone()), &args, ignore_mismatched),
+            )
+            .map_err(load_err)?;
+            let resume = resume(&args.output_dir)?;
+            finish(
+                Trainer::new(args, &model, Some(&tokenizer), train, eval)?,
+                Collator::TokenClassification,
+                resume,
+            )
+        }
+        _ => {
+            let text_column = get("text-column").unwrap_or("text");
+            let train_texts = texts(&train_file, text_column)?;
+            let eval_texts = eval_file
+                .as_ref()
+                .map(|p| texts(p, text_column))
+                .transpose()?;
+            let tokenizer = AutoTokenizer::from_pretrained(model_ref)?;
+            let train = language_modeling_features(&tokenizer, &train_texts, block_size)?;
+            let eval = eval_texts
+                .map(|t| language_modeling_features(&tokenizer, &t, block_size))
+                .transpose()?;
+            let resume = resume(&args.output_dir)?;
+            let load = train_load(None, &args, ignore_mismatched);
+            if task == "fill-mask" {
+                let mask_id = tokenizer
+                    .special_tokens()
+                    .mask
+                    .as_deref()
+                    .and_then(|m| tokenizer.token_to_id(m))
+                    .ok_or_else(|| {
+                        anyhow!("fill-mask training needs a tokenizer with a mask token")
+                    })?;
+                let collator = Collator::MaskedLm {
+                    probability: mlm_probability,
+                    mask_id,
+                    vocab_size: tokenizer.vocab_size(),
+                    special_ids: tokenizer.all_special_ids(),
+                };
+                let model = AutoModelForMaskedLM::for_training(model_ref, &opts, &load)
+                    .map_err(load_err)?;
+                finish(
+                    Trainer::new(args, &model, Some(&tokenizer), train, eval)?,
+                    collator,
+                    resume,
+                )
+            } else {
+                let model = AutoModelForCausalLM::for_training(model_ref, &opts, &load)
+                    .map_err(load_err)?;
+                finish(
+                    Trainer::new(args, &model, Some(&tokenizer), train, eval)?,
+                    Collator::CausalLm,
+                    resume,
+                )
+            }
+        }
+    }
+}
+
+fn train_load(labels: Option<Vec<String>>, args: &TrainingArguments, ignore: bool) -> TrainLoad {
+    TrainLoad {
+        labels,
+        seed: args.seed,
+        ignore_mismatched_sizes: ignore,
+    }
+}
+
+/// Trains, evaluates, saves and prints the metrics.
+fn finish(
+    mut trainer: Trainer<'_>,
+    collator: Collator,
+    resume: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let out_dir = trainer.args.output_dir.clone();
+    let classes = collator != Collator::CausalLm && !matches!(collator, Collator::MaskedLm { .. });
+    trainer.set_collator(collator);
+    if classes {
+        trainer.set_compute_metrics(Box::new(|p| {
+            let mut m = Map::new();
+            m.insert("accuracy".into(), json!(accuracy(p)));
+            m
+        }));
+    }
     let out = trainer.train(resume.as_deref())?;
     let mut metrics = out.metrics;
     if trainer.has_eval() {
-        metrics.extend(trainer.evaluate()?);
+        let eval = trainer.evaluate()?;
+        if let Some(l) = eval.get("eval_loss").and_then(Value::as_f64) {
+            // Python's run_clm / run_mlm report perplexity = exp(eval_loss).
+            if !classes {
+                metrics.insert("perplexity".into(), json!(l.exp()));
+            }
+        }
+        metrics.extend(eval);
     }
     trainer.save_model(&out_dir)?;
     trainer.save_state()?;

@@ -811,3 +811,143 @@ fn train_fine_tunes_into_a_folder_run_loads() {
         .unwrap();
     assert_clean_error(&o, "--ignore-mismatched-sizes");
 }
+
+/// `train` for the other tasks: token classification (tags aligned to first sub-tokens),
+/// masked LM and causal LM (texts in blocks) each write a folder the matching `run`
+/// pipeline loads; the causal run's perplexity on its training text falls.
+#[test]
+fn train_token_classification_fill_mask_and_text_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ner = dir.path().join("ner.jsonl");
+    let mut text = String::new();
+    for _ in 0..8 {
+        text.push_str("{\"tokens\": [\"john\", \"lives\", \"in\", \"paris\"], \"ner_tags\": [\"B-PER\", \"O\", \"O\", \"B-LOC\"]}\n");
+        text.push_str("{\"tokens\": [\"mary\", \"was\", \"at\", \"home\"], \"ner_tags\": [\"B-PER\", \"O\", \"O\", \"O\"]}\n");
+    }
+    std::fs::write(&ner, text).unwrap();
+    let lm = dir.path().join("lm.jsonl");
+    let mut text = String::new();
+    for i in 0..16 {
+        text.push_str(&format!(
+            "{{\"text\": \"the cat sat on the mat and it was {} for you\"}}\n",
+            i % 3
+        ));
+    }
+    std::fs::write(&lm, text).unwrap();
+    let common = [
+        "--num-train-epochs",
+        "4",
+        "--learning-rate",
+        "3e-3",
+        "--save-strategy",
+        "no",
+        "--logging-steps",
+        "2",
+    ];
+    let cases: [(&str, &str, &std::path::Path, &[&str], &str); 3] = [
+        (
+            "token-classification",
+            "tiny-bert-tokcls",
+            &ner,
+            &["--ignore-mismatched-sizes"],
+            "john lives in paris",
+        ),
+        (
+            "fill-mask",
+            "tiny-bert-mlm",
+            &lm,
+            &["--block-size", "8"],
+            "the cat sat on the [MASK].",
+        ),
+        (
+            "text-generation",
+            "tiny-llama",
+            &lm,
+            &["--block-size", "8"],
+            "the cat",
+        ),
+    ];
+    for (task, model, file, extra, input) in cases {
+        let out = dir.path().join(task);
+        let model = fixture(model);
+        let mut args = vec![
+            "train",
+            "--task",
+            task,
+            "--model",
+            &model,
+            "--train-file",
+            file.to_str().unwrap(),
+            "--eval-file",
+            file.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ];
+        args.extend(common);
+        args.extend(extra);
+        let o = bin().args(&args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{task}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let m = &lines(&o)[0];
+        assert!(m["train_loss"].as_f64().is_some(), "{task}: {m}");
+        assert!(m["eval_loss"].as_f64().is_some(), "{task}: {m}");
+        if task == "text-generation" {
+            assert!(m["perplexity"].as_f64().unwrap() < 40.0, "{m}");
+        }
+        if task == "token-classification" {
+            assert!(m["eval_accuracy"].as_f64().unwrap() >= 0.9, "{m}");
+            let cfg: Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                    .unwrap();
+            assert_eq!(
+                cfg["id2label"],
+                serde_json::json!({"0": "B-LOC", "1": "B-PER", "2": "O"})
+            );
+        }
+        let o = bin()
+            .args([
+                "run",
+                task,
+                "--model",
+                out.to_str().unwrap(),
+                "--max-new-tokens",
+                "3",
+                input,
+            ])
+            .output()
+            .unwrap();
+        let o = if task == "text-generation" {
+            o
+        } else {
+            bin()
+                .args(["run", task, "--model", out.to_str().unwrap(), input])
+                .output()
+                .unwrap()
+        };
+        assert!(
+            o.status.success(),
+            "{task} run: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(lines(&o).len(), 1, "{task}");
+    }
+    // A GGUF model cannot be trained directly.
+    let o = bin()
+        .args([
+            "train",
+            "--task",
+            "text-generation",
+            "--model",
+            &fixture("gguf/tiny-qwen3.gguf"),
+            "--train-file",
+            lm.to_str().unwrap(),
+            "--output-dir",
+            dir.path().join("g").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_clean_error(&o, "convert it first");
+}

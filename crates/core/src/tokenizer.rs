@@ -99,6 +99,8 @@ impl Default for EncodeOptions {
 pub enum TextInput<'a> {
     Single(&'a str),
     Pair(&'a str, &'a str),
+    /// Words already split (Python's `is_split_into_words=True`): `word_ids` index them.
+    Words(&'a [String]),
 }
 
 /// The result of a batch call, one row per (possibly overflowing) sequence.
@@ -548,6 +550,7 @@ impl AutoTokenizer {
             .map(|i| match i {
                 TextInput::Single(a) => tokenizers::EncodeInput::Single((*a).into()),
                 TextInput::Pair(a, b) => tokenizers::EncodeInput::Dual((*a).into(), (*b).into()),
+                TextInput::Words(w) => tokenizers::EncodeInput::Single((*w).into()),
             })
             .collect();
         let encoded = tok.encode_batch_char_offsets(owned, opts.add_special_tokens);

@@ -353,11 +353,11 @@ impl<M: ?Sized> PreTrainedModel<M> {
                 *t = t.to_dtype(self.dtype)?;
             }
         }
+        // A tied pair is one tensor in Python: the alias is written from its source
+        // (after training, a copy read for the alias would be stale).
         for (alias, source) in self.config.tied_save_keys() {
-            if let Some(t) = self.tensors.get(*source) {
-                tensors
-                    .entry(alias.to_string())
-                    .or_insert_with(|| t.clone());
+            if let Some(t) = tensors.get(*source).cloned() {
+                tensors.insert(alias.to_string(), t);
             }
         }
         save_safetensors(&tensors, &dir.join("model.safetensors"))?;
@@ -453,14 +453,13 @@ fn load_mode<T: ?Sized + 'static>(
                     "training runs in f32 (leave dtype unset)".into(),
                 ));
             }
-            let json: serde_json::Value =
-                serde_json::from_str(&config.to_json_string()?).unwrap_or(serde_json::Value::Null);
-            let init = rustformers_core::weights::InitMissing {
-                std: json["initializer_range"].as_f64().unwrap_or(0.02),
-                seed: t.seed,
-                ignore_mismatched_sizes: t.ignore_mismatched_sizes,
-            };
-            Checkpoint::open_trainable(&paths, prefix, load_dtype, &opts.device, init)?
+            Checkpoint::open_trainable(
+                &paths,
+                prefix,
+                load_dtype,
+                &opts.device,
+                train_init(&config, t)?,
+            )?
         }
     };
     let mut weights = Weights::new(ckpt.var_builder(), None);
@@ -469,6 +468,7 @@ fn load_mode<T: ?Sized + 'static>(
     }
     let model = (entry.ctor)(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
     let report = ckpt.finish()?;
+    let vars = without_tied_aliases(report.vars, &config);
     Ok(PreTrainedModel {
         model,
         config,
@@ -477,9 +477,22 @@ fn load_mode<T: ?Sized + 'static>(
         device: opts.device.clone(),
         tensors: report.tensors,
         architecture: entry.architecture,
-        vars: report.vars,
+        vars,
         initialized: report.initialized,
     })
+}
+
+/// The trainable parameters less the aliases of tied pairs (RoBERTa's
+/// `lm_head.decoder.bias`, read only so that the checkpoint counts it as used): Python
+/// has one parameter per pair.
+fn without_tied_aliases(
+    vars: Vec<(String, candle_core::Var)>,
+    config: &ModelConfig,
+) -> Vec<(String, candle_core::Var)> {
+    let aliases: Vec<&str> = config.tied_save_keys().iter().map(|(a, _)| *a).collect();
+    vars.into_iter()
+        .filter(|(n, _)| !aliases.contains(&n.as_str()))
+        .collect()
 }
 
 macro_rules! auto_class {
@@ -799,17 +812,55 @@ impl AutoModelForCausalLM {
         if let Some(path) = crate::gguf::gguf_path(&files)? {
             return Self::from_gguf(files, &path, opts);
         }
+        Self::from_safetensors(files, opts, None)
+    }
+
+    /// Loads a safetensors checkpoint for training (as the other Auto classes'
+    /// `for_training`); GGUF files are refused (convert them first).
+    pub fn for_training(
+        reference: &str,
+        opts: &LoadOptions,
+        train: &TrainLoad,
+    ) -> Result<PreTrainedModel<dyn CausalLanguageModel>> {
+        let files = ModelFiles::resolve(reference)?;
+        if let Some(path) = crate::gguf::gguf_path(&files)? {
+            return Err(Error::Unsupported(format!(
+                "{} is GGUF: training needs float weights; convert it first \
+                 (rustformers convert FILE.gguf DIR) and train DIR",
+                path.display()
+            )));
+        }
+        Self::from_safetensors(files, opts, Some(train))
+    }
+
+    fn from_safetensors(
+        files: ModelFiles,
+        opts: &LoadOptions,
+        train: Option<&TrainLoad>,
+    ) -> Result<PreTrainedModel<dyn CausalLanguageModel>> {
         let config = ModelConfig::from_files(&files)?;
         let entry = causal_entry(&config)?;
         let dtype = opts.dtype.unwrap_or(DType::F32);
         let (load_dtype, bf16_linears) = cpu_dtype(opts);
         let paths = safetensors_files(&files)?;
-        let ckpt = Checkpoint::open(
-            &paths,
-            Some(config.base_model_prefix()),
-            load_dtype,
-            &opts.device,
-        )?;
+        let prefix = Some(config.base_model_prefix());
+        let ckpt = match train {
+            None => Checkpoint::open(&paths, prefix, load_dtype, &opts.device)?,
+            Some(t) => {
+                if bf16_linears || dtype != DType::F32 {
+                    return Err(Error::Unsupported(
+                        "training runs in f32 (leave dtype unset)".into(),
+                    ));
+                }
+                Checkpoint::open_trainable(
+                    &paths,
+                    prefix,
+                    load_dtype,
+                    &opts.device,
+                    train_init(&config, t)?,
+                )?
+            }
+        };
         let mut weights = Weights::new(ckpt.var_builder(), None);
         if bf16_linears {
             weights = weights.with_bf16_linears();
@@ -824,8 +875,23 @@ impl AutoModelForCausalLM {
             device: opts.device.clone(),
             tensors: report.tensors,
             architecture: entry.architecture,
-            vars: Vec::new(),
-            initialized: Vec::new(),
+            vars: report.vars,
+            initialized: report.initialized,
         })
     }
+}
+
+/// How a trainable load initialises what the checkpoint lacks (config's
+/// `initializer_range`, default 0.02).
+fn train_init(
+    config: &ModelConfig,
+    t: &TrainLoad,
+) -> Result<rustformers_core::weights::InitMissing> {
+    let json: serde_json::Value =
+        serde_json::from_str(&config.to_json_string()?).unwrap_or(serde_json::Value::Null);
+    Ok(rustformers_core::weights::InitMissing {
+        std: json["initializer_range"].as_f64().unwrap_or(0.02),
+        seed: t.seed,
+        ignore_mismatched_sizes: t.ignore_mismatched_sizes,
+    })
 }

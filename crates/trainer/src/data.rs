@@ -261,6 +261,95 @@ pub fn text_classification(path: &Path, label_column: &str) -> Result<Vec<TextEx
         .collect()
 }
 
+/// A token-classification example: words and one tag per word.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenExample {
+    pub line: usize,
+    pub tokens: Vec<String>,
+    pub tags: Vec<LabelValue>,
+}
+
+/// Token-classification examples (`run_ner.py`'s columns): a list of words (`tokens`)
+/// and a list of tags (`tags_column`, e.g. `ner_tags`), names or ids, as long as the
+/// words.
+pub fn token_classification(path: &Path, tags_column: &str) -> Result<Vec<TokenExample>> {
+    let rows = read_rows(path)?;
+    rows.into_iter()
+        .map(|r| {
+            let list = |col: &str| -> Result<Vec<Value>> {
+                match r.columns.get(col) {
+                    Some(Value::Array(a)) => Ok(a.clone()),
+                    Some(_) => Err(data_err(path, r.line, format!("`{col}` is not a list"))),
+                    None => Err(data_err(
+                        path,
+                        r.line,
+                        format!(
+                            "no `{col}` column; columns: {}",
+                            r.columns.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    )),
+                }
+            };
+            let tokens = list("tokens")?
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(data_err(path, r.line, "`tokens` holds a non-string")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let tags = list(tags_column)?
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(LabelValue::Name(s)),
+                    Value::Number(n) if n.as_i64().is_some() => {
+                        Ok(LabelValue::Id(n.as_i64().unwrap_or_default()))
+                    }
+                    other => Err(data_err(
+                        path,
+                        r.line,
+                        format!("tag `{other}` is neither a name nor an integer id"),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if tags.len() != tokens.len() {
+                return Err(data_err(
+                    path,
+                    r.line,
+                    format!("{} tokens but {} tags", tokens.len(), tags.len()),
+                ));
+            }
+            Ok(TokenExample {
+                line: r.line,
+                tokens,
+                tags,
+            })
+        })
+        .collect()
+}
+
+/// The texts of `text_column` (language modelling).
+pub fn texts(path: &Path, text_column: &str) -> Result<Vec<String>> {
+    let rows = read_rows(path)?;
+    rows.into_iter()
+        .map(|r| match r.columns.get(text_column) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(data_err(
+                path,
+                r.line,
+                format!("`{text_column}` is not a string"),
+            )),
+            None => Err(data_err(
+                path,
+                r.line,
+                format!(
+                    "no `{text_column}` column; columns: {}",
+                    r.columns.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        })
+        .collect()
+}
+
 /// The class names of a classification task and each example's class index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelSet {
@@ -277,15 +366,38 @@ impl LabelSet {
         path: &Path,
         config_names: &[String],
     ) -> Result<Self> {
-        let values: BTreeSet<&LabelValue> = examples.iter().map(|e| &e.label).collect();
+        let values: Vec<(usize, &LabelValue)> =
+            examples.iter().map(|e| (e.line, &e.label)).collect();
+        Self::from_values(&values, path, config_names)
+    }
+
+    /// The tag set of token-classification examples (as [`Self::from_examples`]).
+    pub fn from_tags(
+        examples: &[TokenExample],
+        path: &Path,
+        config_names: &[String],
+    ) -> Result<Self> {
+        let values: Vec<(usize, &LabelValue)> = examples
+            .iter()
+            .flat_map(|e| e.tags.iter().map(move |t| (e.line, t)))
+            .collect();
+        Self::from_values(&values, path, config_names)
+    }
+
+    fn from_values(
+        all: &[(usize, &LabelValue)],
+        path: &Path,
+        config_names: &[String],
+    ) -> Result<Self> {
+        let values: BTreeSet<&LabelValue> = all.iter().map(|(_, v)| *v).collect();
         let (ids, names): (Vec<&LabelValue>, Vec<&LabelValue>) = values
             .into_iter()
             .partition(|v| matches!(v, LabelValue::Id(_)));
         if !ids.is_empty() && !names.is_empty() {
-            let line = examples
+            let line = all
                 .iter()
-                .find(|e| matches!(e.label, LabelValue::Name(_)))
-                .map_or(0, |e| e.line);
+                .find(|(_, v)| matches!(v, LabelValue::Name(_)))
+                .map_or(0, |(l, _)| *l);
             return Err(data_err(
                 path,
                 line,
@@ -294,12 +406,13 @@ impl LabelSet {
         }
         if names.is_empty() {
             let n = ids.len();
-            for e in examples {
-                if let LabelValue::Id(v) = e.label {
+            for (line, value) in all {
+                if let LabelValue::Id(v) = value {
+                    let v = *v;
                     if v < 0 || v as usize >= n {
                         return Err(data_err(
                             path,
-                            e.line,
+                            *line,
                             format!("label id {v} is outside 0..{n} (ids must be 0..n-1)"),
                         ));
                     }
@@ -347,23 +460,38 @@ impl LabelSet {
     pub fn indices(&self, examples: &[TextExample], path: &Path) -> Result<Vec<u32>> {
         examples
             .iter()
+            .map(|e| self.index_of(&e.label, e.line, path))
+            .collect()
+    }
+
+    /// The tag indices of each token-classification example.
+    pub fn tag_indices(&self, examples: &[TokenExample], path: &Path) -> Result<Vec<Vec<u32>>> {
+        examples
+            .iter()
             .map(|e| {
-                self.index.get(&e.label).copied().ok_or_else(|| {
-                    let shown = match &e.label {
-                        LabelValue::Name(s) => format!("`{s}`"),
-                        LabelValue::Id(i) => i.to_string(),
-                    };
-                    data_err(
-                        path,
-                        e.line,
-                        format!(
-                            "label {shown} is not one of the training labels ({})",
-                            self.names.join(", ")
-                        ),
-                    )
-                })
+                e.tags
+                    .iter()
+                    .map(|t| self.index_of(t, e.line, path))
+                    .collect()
             })
             .collect()
+    }
+
+    fn index_of(&self, label: &LabelValue, line: usize, path: &Path) -> Result<u32> {
+        self.index.get(label).copied().ok_or_else(|| {
+            let shown = match label {
+                LabelValue::Name(s) => format!("`{s}`"),
+                LabelValue::Id(i) => i.to_string(),
+            };
+            data_err(
+                path,
+                line,
+                format!(
+                    "label {shown} is not one of the training labels ({})",
+                    self.names.join(", ")
+                ),
+            )
+        })
     }
 }
 
@@ -420,6 +548,47 @@ mod tests {
         );
         let e = text_classification(&p, "label").unwrap();
         assert_eq!(e[0].text_pair.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn token_classification_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "t.jsonl",
+            "{\"tokens\": [\"John\", \"lives\"], \"ner_tags\": [\"B-PER\", \"O\"]}\n{\"tokens\": [\"Paris\"], \"ner_tags\": [\"B-LOC\"]}\n",
+        );
+        let ex = token_classification(&p, "ner_tags").unwrap();
+        let set = LabelSet::from_tags(&ex, &p, &[]).unwrap();
+        assert_eq!(set.names, ["B-LOC", "B-PER", "O"]);
+        assert_eq!(set.tag_indices(&ex, &p).unwrap(), vec![vec![1, 2], vec![0]]);
+        for (text, want) in [
+            (
+                "{\"tokens\": [\"a\", \"b\"], \"ner_tags\": [\"O\"]}\n",
+                ":1: 2 tokens but 1 tags",
+            ),
+            (
+                "{\"tokens\": \"a b\", \"ner_tags\": [\"O\"]}\n",
+                ":1: `tokens` is not a list",
+            ),
+            (
+                "{\"tokens\": [\"a\"], \"tags\": [\"O\"]}\n",
+                ":1: no `ner_tags` column",
+            ),
+        ] {
+            let q = write(d.path(), "bad.jsonl", text);
+            let e = token_classification(&q, "ner_tags")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let lm = write(
+            d.path(),
+            "lm.jsonl",
+            "{\"text\": \"a b\"}\n{\"txt\": \"c\"}\n",
+        );
+        let e = texts(&lm, "text").unwrap_err().to_string();
+        assert!(e.contains("lm.jsonl:2: no `text` column"), "{e}");
     }
 
     #[test]

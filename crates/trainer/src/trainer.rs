@@ -19,7 +19,10 @@ use serde_json::{json, Map, Value};
 
 use rustformers_core::rng::Rng;
 use rustformers_core::AutoTokenizer;
-use rustformers_models::{EncoderInputs, PreTrainedModel, SequenceClassificationModel};
+use rustformers_models::{
+    CausalLanguageModel, CausalLmInputs, EncoderInputs, LogitsMode, MaskedLmModel, PreTrainedModel,
+    SequenceClassificationModel, TokenClassificationModel,
+};
 
 use crate::args::{IntervalStrategy, TrainingArguments};
 use crate::callbacks::{best_metric_value, TrainerCallback, TrainerControl, TrainerState};
@@ -33,17 +36,43 @@ use crate::schedule::Schedule;
 pub struct Features {
     pub input_ids: Vec<u32>,
     pub token_type_ids: Vec<u32>,
-    /// The class index (classification) or the target value bits (regression).
-    pub label: u32,
+    /// Sequence classification: the class index (or a regression target's f32 bits).
+    /// Token classification: one label per token ([`IGNORE`] where none). Language
+    /// modelling: empty (the collator derives them).
+    pub labels: Vec<u32>,
 }
 
-/// A padded batch.
+pub use crate::loss::IGNORE;
+
+/// A padded batch: `labels` is `[batch]` for sequence classification, `[batch, seq]`
+/// otherwise ([`IGNORE`] where no loss is taken).
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub token_type_ids: Tensor,
     pub labels: Tensor,
+}
+
+/// How examples become a batch (Python's data collators).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Collator {
+    /// `DataCollatorWithPadding`: inputs padded to the longest, one label per example.
+    Classification,
+    /// `DataCollatorForTokenClassification`: labels padded with [`IGNORE`].
+    TokenClassification,
+    /// `DataCollatorForLanguageModeling(mlm=True)`: each non-special token is chosen with
+    /// `probability`; a chosen token is the label and its input becomes `[MASK]` (80%),
+    /// a random token (10%) or stays (10%); every other label is [`IGNORE`].
+    MaskedLm {
+        probability: f64,
+        mask_id: u32,
+        vocab_size: usize,
+        special_ids: Vec<u32>,
+    },
+    /// `DataCollatorForLanguageModeling(mlm=False)`: labels are the inputs, padding
+    /// [`IGNORE`]d; the model shifts them.
+    CausalLm,
 }
 
 /// What the Trainer trains: its parameters, a forward pass giving the mean loss and the
@@ -82,11 +111,91 @@ impl TrainModel for PreTrainedModel<dyn SequenceClassificationModel> {
     }
 }
 
-/// Predictions and labels handed to `compute_metrics` (Python's `EvalPrediction`).
+/// Mean cross-entropy of `[batch, seq, classes]` logits against `[batch, seq]` labels
+/// ([`IGNORE`] left out), with the labels shifted left by `shift` positions (causal LM:
+/// position `t` predicts token `t + 1`).
+fn token_loss(logits: &Tensor, labels: &Tensor, shift: usize) -> Result<Tensor> {
+    let (b, s, c) = logits.dims3()?;
+    if s <= shift {
+        return Ok(Tensor::zeros((), DType::F32, logits.device())?);
+    }
+    let logits = logits
+        .narrow(1, 0, s - shift)?
+        .reshape((b * (s - shift), c))?;
+    let labels = labels.narrow(1, shift, s - shift)?.flatten_all()?;
+    Ok(crate::loss::cross_entropy(&logits, &labels)?)
+}
+
+impl TrainModel for PreTrainedModel<dyn TokenClassificationModel> {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.trainable_parameters().to_vec()
+    }
+
+    fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let logits = self.model.forward(EncoderInputs {
+            input_ids: &batch.input_ids,
+            attention_mask: Some(&batch.attention_mask),
+            token_type_ids: Some(&batch.token_type_ids),
+        })?;
+        Ok((token_loss(&logits, &batch.labels, 0)?, logits))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        Ok(self.save_pretrained(dir)?)
+    }
+}
+
+impl TrainModel for PreTrainedModel<dyn MaskedLmModel> {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.trainable_parameters().to_vec()
+    }
+
+    fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let logits = self.model.forward(EncoderInputs {
+            input_ids: &batch.input_ids,
+            attention_mask: Some(&batch.attention_mask),
+            token_type_ids: Some(&batch.token_type_ids),
+        })?;
+        Ok((token_loss(&logits, &batch.labels, 0)?, logits))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        Ok(self.save_pretrained(dir)?)
+    }
+}
+
+/// Causal LM: Python's `ForCausalLMLoss` (labels shifted inside the loss).
+impl TrainModel for PreTrainedModel<dyn CausalLanguageModel> {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.trainable_parameters().to_vec()
+    }
+
+    fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let logits = self.model.forward(
+            CausalLmInputs {
+                input_ids: &batch.input_ids,
+                attention_mask: Some(&batch.attention_mask),
+                position_ids: None,
+            },
+            None,
+            LogitsMode::All,
+        )?;
+        Ok((token_loss(&logits, &batch.labels, 1)?, logits))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        Ok(self.save_pretrained(dir)?)
+    }
+}
+
+/// Predictions and labels handed to `compute_metrics` (Python's `EvalPrediction`): one
+/// row per example (sequence classification) or per labelled token.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EvalPrediction {
-    /// Logits, one row per example.
+    /// Logits per row (left empty where a row has more than 1024 classes: a vocabulary).
     pub predictions: Vec<Vec<f32>>,
+    /// The arg-max class of each row.
+    pub pred_ids: Vec<u32>,
     pub label_ids: Vec<u32>,
 }
 
@@ -96,10 +205,10 @@ pub fn accuracy(p: &EvalPrediction) -> f64 {
         return 0.0;
     }
     let hits = p
-        .predictions
+        .pred_ids
         .iter()
         .zip(&p.label_ids)
-        .filter(|(row, label)| argmax(row) == **label as usize)
+        .filter(|(a, b)| a == b)
         .count();
     hits as f64 / p.label_ids.len() as f64
 }
@@ -137,6 +246,7 @@ pub struct Trainer<'m> {
     eval: Option<Vec<Features>>,
     pad_id: u32,
     left_pad: bool,
+    collator: Collator,
     callbacks: Vec<Box<dyn TrainerCallback>>,
     compute_metrics: Option<ComputeMetrics>,
     pub state: TrainerState,
@@ -190,11 +300,17 @@ impl<'m> Trainer<'m> {
             tokenizer,
             train,
             eval,
+            collator: Collator::Classification,
             callbacks: Vec::new(),
             compute_metrics: None,
             state: TrainerState::default(),
             device,
         })
+    }
+
+    /// Sets how batches are built (default [`Collator::Classification`]).
+    pub fn set_collator(&mut self, c: Collator) {
+        self.collator = c;
     }
 
     pub fn add_callback(&mut self, cb: Box<dyn TrainerCallback>) {
@@ -210,47 +326,106 @@ impl<'m> Trainer<'m> {
         self.compute_metrics = Some(f);
     }
 
-    /// Pads `examples` to the longest (on the tokenizer's side) into a batch.
-    pub fn collate(&self, examples: &[&Features]) -> Result<Batch> {
+    /// Pads `examples` to the longest (on the tokenizer's side) into a batch; `rng`
+    /// draws the masked-LM choices.
+    pub fn collate(&self, examples: &[&Features], rng: &mut Rng) -> Result<Batch> {
         let len = examples
             .iter()
             .map(|e| e.input_ids.len())
             .max()
             .unwrap_or(0);
         let n = examples.len();
-        let (mut ids, mut mask, mut types) = (
-            Vec::with_capacity(n * len),
-            Vec::with_capacity(n * len),
-            Vec::with_capacity(n * len),
-        );
+        let mut ids = Vec::with_capacity(n * len);
+        let mut mask = Vec::with_capacity(n * len);
+        let mut types = Vec::with_capacity(n * len);
+        let mut labels = Vec::with_capacity(n * len);
         for e in examples {
-            let pad = len - e.input_ids.len();
-            let padding = |v: &mut Vec<u32>, value: u32| v.extend(std::iter::repeat_n(value, pad));
+            let k = e.input_ids.len();
+            let pad = len - k;
+            let mut row_ids = e.input_ids.clone();
+            let mut row_labels: Vec<u32> = match &self.collator {
+                Collator::Classification => Vec::new(),
+                Collator::TokenClassification => {
+                    let mut l = e.labels.clone();
+                    l.resize(k, IGNORE);
+                    l
+                }
+                Collator::CausalLm => e
+                    .input_ids
+                    .iter()
+                    .map(|t| if *t == self.pad_id { IGNORE } else { *t })
+                    .collect(),
+                Collator::MaskedLm {
+                    probability,
+                    mask_id,
+                    vocab_size,
+                    special_ids,
+                } => {
+                    let mut l = vec![IGNORE; k];
+                    for (i, t) in e.input_ids.iter().enumerate() {
+                        if special_ids.contains(t) || rng.uniform() >= *probability {
+                            continue;
+                        }
+                        l[i] = *t;
+                        let r = rng.uniform();
+                        if r < 0.8 {
+                            row_ids[i] = *mask_id;
+                        } else if r < 0.9 {
+                            row_ids[i] = rng.below(*vocab_size) as u32;
+                        }
+                    }
+                    l
+                }
+            };
+            let mut row_types = e.token_type_ids.clone();
+            row_types.resize(k, 0);
+            let fill = |v: &mut Vec<u32>, value: u32| v.extend(std::iter::repeat_n(value, pad));
             if self.left_pad {
-                padding(&mut ids, self.pad_id);
-                padding(&mut mask, 0);
-                padding(&mut types, 0);
+                fill(&mut ids, self.pad_id);
+                fill(&mut mask, 0);
+                fill(&mut types, 0);
+                if self.collator != Collator::Classification {
+                    fill(&mut labels, IGNORE);
+                }
             }
-            ids.extend_from_slice(&e.input_ids);
-            mask.extend(std::iter::repeat_n(1u32, e.input_ids.len()));
-            types.extend(e.token_type_ids.iter().copied());
-            types.extend(std::iter::repeat_n(
-                0,
-                e.input_ids.len() - e.token_type_ids.len().min(e.input_ids.len()),
-            ));
+            ids.append(&mut row_ids);
+            mask.extend(std::iter::repeat_n(1u32, k));
+            types.append(&mut row_types);
+            match self.collator {
+                Collator::Classification => {
+                    labels.push(e.labels.first().copied().unwrap_or(IGNORE))
+                }
+                _ => labels.append(&mut row_labels),
+            }
             if !self.left_pad {
-                padding(&mut ids, self.pad_id);
-                padding(&mut mask, 0);
-                padding(&mut types, 0);
+                fill(&mut ids, self.pad_id);
+                fill(&mut mask, 0);
+                fill(&mut types, 0);
+                if self.collator != Collator::Classification {
+                    fill(&mut labels, IGNORE);
+                }
             }
         }
-        let labels: Vec<u32> = examples.iter().map(|e| e.label).collect();
+        let labels = match self.collator {
+            Collator::Classification => Tensor::from_vec(labels, n, &self.device)?,
+            _ => Tensor::from_vec(labels, (n, len), &self.device)?,
+        };
         Ok(Batch {
             input_ids: Tensor::from_vec(ids, (n, len), &self.device)?,
             attention_mask: Tensor::from_vec(mask, (n, len), &self.device)?,
             token_type_ids: Tensor::from_vec(types, (n, len), &self.device)?,
-            labels: Tensor::from_vec(labels, n, &self.device)?,
+            labels,
         })
+    }
+
+    /// The generator of micro-batch `index` of `epoch` (masked-LM choices): fixed by
+    /// the seed, so a resumed run draws the same masks.
+    fn batch_rng(&self, epoch: usize, index: usize) -> Rng {
+        Rng::new(
+            self.args.seed
+                ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407)
+                ^ (index as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25),
+        )
     }
 
     /// Micro-batches per epoch and optimizer updates per epoch (Python:
@@ -362,7 +537,7 @@ impl<'m> Trainer<'m> {
                     self.each(&mut lp.control, |cb, a, s, c| cb.on_step_begin(a, s, c));
                 }
                 let examples: Vec<&Features> = idx.iter().map(|i| &self.train[*i]).collect();
-                let batch = self.collate(&examples)?;
+                let batch = self.collate(&examples, &mut self.batch_rng(epoch, mi))?;
                 let (loss, _) = self.model.loss(&batch)?;
                 let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !value.is_finite() {
@@ -556,19 +731,47 @@ impl<'m> Trainer<'m> {
         Ok(metrics)
     }
 
-    /// Logits and labels of `data` (in order) and the mean loss.
+    /// Predictions and labels of `data` (in order) and the mean loss. Token-level tasks
+    /// give one row per labelled token.
     pub fn predict(&self, data: &[Features]) -> Result<(EvalPrediction, f64)> {
         let mut pred = EvalPrediction::default();
         let mut loss_sum = 0.0;
-        for chunk in data.chunks(self.args.per_device_eval_batch_size) {
+        for (bi, chunk) in data
+            .chunks(self.args.per_device_eval_batch_size)
+            .enumerate()
+        {
             let examples: Vec<&Features> = chunk.iter().collect();
-            let batch = self.collate(&examples)?;
+            let batch = self.collate(&examples, &mut self.batch_rng(usize::MAX, bi))?;
             let (loss, logits) = self.model.loss(&batch)?;
-            let logits = logits.detach();
+            let logits = logits.detach().to_dtype(DType::F32)?;
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
-            pred.predictions
-                .extend(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?);
-            pred.label_ids.extend(chunk.iter().map(|e| e.label));
+            if logits.rank() == 2 {
+                let rows = logits.to_vec2::<f32>()?;
+                pred.pred_ids.extend(rows.iter().map(|r| argmax(r) as u32));
+                pred.predictions.extend(rows);
+                pred.label_ids.extend(batch.labels.to_vec1::<u32>()?);
+                continue;
+            }
+            // [batch, seq, classes]: the labelled positions (causal LM: shifted).
+            let (b, s, c) = logits.dims3()?;
+            let labels = batch.labels.to_vec2::<u32>()?;
+            let shift = usize::from(self.collator == Collator::CausalLm);
+            let flat = logits.reshape((b * s, c))?;
+            let keep_full = c <= 1024;
+            for (i, row) in labels.iter().enumerate() {
+                for j in 0..s.saturating_sub(shift) {
+                    let label = row[j + shift];
+                    if label == IGNORE {
+                        continue;
+                    }
+                    let v = flat.get(i * s + j)?.to_vec1::<f32>()?;
+                    pred.pred_ids.push(argmax(&v) as u32);
+                    if keep_full {
+                        pred.predictions.push(v);
+                    }
+                    pred.label_ids.push(label);
+                }
+            }
         }
         Ok((pred, loss_sum / data.len().max(1) as f64))
     }
@@ -843,7 +1046,7 @@ pub fn text_classification_features(
         out.push(Features {
             input_ids: ids.clone(),
             token_type_ids: types.clone(),
-            label: *label,
+            labels: vec![*label],
         });
     }
     Ok(out)
@@ -852,8 +1055,93 @@ pub fn text_classification_features(
 /// Counts per label (for notes and tests).
 pub fn label_counts(f: &[Features]) -> BTreeMap<u32, usize> {
     let mut m = BTreeMap::new();
-    for e in f {
-        *m.entry(e.label).or_insert(0) += 1;
+    for l in f.iter().flat_map(|e| e.labels.iter()) {
+        *m.entry(*l).or_insert(0) += 1;
     }
     m
+}
+
+/// Tokenizes token-classification examples (words given, `is_split_into_words`) and
+/// aligns the tags as `run_ner.py` does: the first sub-token of each word takes the
+/// word's tag, other sub-tokens and special tokens [`IGNORE`].
+pub fn token_classification_features(
+    tokenizer: &AutoTokenizer,
+    examples: &[crate::data::TokenExample],
+    tags: &[Vec<u32>],
+    max_length: Option<usize>,
+) -> Result<Vec<Features>> {
+    use rustformers_core::tokenizer::{EncodeOptions, TextInput, Truncation};
+    let opts = EncodeOptions {
+        truncation: if max_length.is_some() || tokenizer.model_max_length().is_some() {
+            Truncation::LongestFirst
+        } else {
+            Truncation::None
+        },
+        max_length,
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(examples.len());
+    for (e, t) in examples.iter().zip(tags) {
+        let enc = tokenizer.encode(TextInput::Words(&e.tokens), &opts)?;
+        let (Some(ids), Some(types), Some(words)) = (
+            enc.input_ids.first(),
+            enc.token_type_ids.first(),
+            enc.word_ids.first(),
+        ) else {
+            continue;
+        };
+        let mut previous = None;
+        let labels = words
+            .iter()
+            .map(|w| {
+                let label = match w {
+                    Some(w) if previous != Some(*w) => {
+                        t.get(*w as usize).copied().unwrap_or(IGNORE)
+                    }
+                    _ => IGNORE,
+                };
+                previous = *w;
+                label
+            })
+            .collect();
+        out.push(Features {
+            input_ids: ids.clone(),
+            token_type_ids: types.clone(),
+            labels,
+        });
+    }
+    Ok(out)
+}
+
+/// Language-modelling examples as `run_clm.py` / `run_mlm.py` make them: every text
+/// tokenized (with special tokens), concatenated, and cut into blocks of `block_size`
+/// (the last partial block dropped, unless it is the only one).
+pub fn language_modeling_features(
+    tokenizer: &AutoTokenizer,
+    texts: &[String],
+    block_size: usize,
+) -> Result<Vec<Features>> {
+    use rustformers_core::tokenizer::{EncodeOptions, TextInput};
+    if block_size == 0 {
+        return Err(TrainerError::Args("block_size must be at least 1".into()));
+    }
+    let mut all = Vec::new();
+    for t in texts {
+        let enc = tokenizer.encode(TextInput::Single(t), &EncodeOptions::default())?;
+        if let Some(ids) = enc.input_ids.first() {
+            all.extend_from_slice(ids);
+        }
+    }
+    let mut blocks: Vec<&[u32]> = all.chunks(block_size).collect();
+    if blocks.len() > 1 && blocks.last().is_some_and(|b| b.len() < block_size) {
+        blocks.pop();
+    }
+    Ok(blocks
+        .into_iter()
+        .map(|b| Features {
+            input_ids: b.to_vec(),
+            token_type_ids: vec![0; b.len()],
+            labels: Vec::new(),
+        })
+        .collect())
 }

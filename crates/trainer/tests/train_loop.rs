@@ -203,7 +203,7 @@ fn loss_falls_and_the_task_is_learned() {
         AutoModelForSequenceClassification::from_pretrained(saved.to_str().unwrap()).unwrap();
     assert_eq!(back.config.base().labels().unwrap(), ["neg", "pos"]);
     let batch = t
-        .collate(&d.eval.iter().take(4).collect::<Vec<_>>())
+        .collate(&d.eval.iter().take(4).collect::<Vec<_>>(), &mut Rng::new(0))
         .unwrap();
     let want = model
         .model
@@ -340,4 +340,79 @@ fn early_stopping_stops_and_the_best_model_is_loaded() {
         .best_model_checkpoint
         .as_deref()
         .is_some_and(|b| b.ends_with("checkpoint-2")));
+}
+
+/// The collators: token labels padded with IGNORE; causal labels are the inputs with
+/// padding ignored; masked LM picks about `probability` of the non-special tokens, never
+/// a special one, and turns ~80% of the picks into [MASK].
+#[test]
+fn collators_follow_pythons() {
+    use rustformers_trainer::trainer::{Collator, IGNORE};
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let model = load(&d.labels);
+    let out = dir.path().join("out");
+    let mut t = Trainer::new(
+        args(&out, json!({})),
+        &model,
+        Some(&d.tok),
+        d.train.clone(),
+        None,
+    )
+    .unwrap();
+    let a = Features {
+        input_ids: vec![2, 10, 11, 3],
+        token_type_ids: vec![0; 4],
+        labels: vec![IGNORE, 1, 0, IGNORE],
+    };
+    let b = Features {
+        input_ids: vec![2, 12, 3],
+        token_type_ids: vec![0; 3],
+        labels: vec![IGNORE, 1, IGNORE],
+    };
+    let mut rng = Rng::new(1);
+    t.set_collator(Collator::TokenClassification);
+    let batch = t.collate(&[&a, &b], &mut rng).unwrap();
+    assert_eq!(
+        batch.labels.to_vec2::<u32>().unwrap()[1],
+        [IGNORE, 1, IGNORE, IGNORE]
+    );
+    assert_eq!(batch.input_ids.to_vec2::<u32>().unwrap()[1], [2, 12, 3, 0]);
+    assert_eq!(
+        batch.attention_mask.to_vec2::<u32>().unwrap()[1],
+        [1, 1, 1, 0]
+    );
+    t.set_collator(Collator::CausalLm);
+    let batch = t.collate(&[&a, &b], &mut rng).unwrap();
+    assert_eq!(
+        batch.labels.to_vec2::<u32>().unwrap()[1],
+        [2, 12, 3, IGNORE]
+    );
+    t.set_collator(Collator::MaskedLm {
+        probability: 0.15,
+        mask_id: 4,
+        vocab_size: 300,
+        special_ids: vec![0, 2, 3],
+    });
+    let long = Features {
+        input_ids: [2]
+            .into_iter()
+            .chain((0..4000).map(|i| 10 + i % 200))
+            .chain([3])
+            .collect(),
+        token_type_ids: vec![],
+        labels: vec![],
+    };
+    let batch = t.collate(&[&long], &mut rng).unwrap();
+    let (ids, labels) = (
+        &batch.input_ids.to_vec2::<u32>().unwrap()[0],
+        &batch.labels.to_vec2::<u32>().unwrap()[0],
+    );
+    assert_eq!((labels[0], labels[4001]), (IGNORE, IGNORE));
+    let picked: Vec<usize> = (0..ids.len()).filter(|i| labels[*i] != IGNORE).collect();
+    let share = picked.len() as f64 / 4000.0;
+    assert!((share - 0.15).abs() < 0.02, "{share}");
+    let masked = picked.iter().filter(|i| ids[**i] == 4).count() as f64 / picked.len() as f64;
+    assert!((masked - 0.8).abs() < 0.05, "{masked}");
+    assert!(picked.iter().all(|i| labels[*i] == long.input_ids[*i]));
 }

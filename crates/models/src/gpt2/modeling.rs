@@ -13,7 +13,9 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use rustformers_core::kv_cache::KvCache;
-use rustformers_core::layers::{causal_mask, embedding, Activation, Embedding, LayerNorm};
+use rustformers_core::layers::{
+    causal_mask, embedding, softmax_last, Activation, Embedding, LayerNorm,
+};
 use rustformers_core::linear::{QLinear, Weights};
 
 use super::config::Gpt2Config;
@@ -117,7 +119,7 @@ impl Gpt2Attention {
         let scores = scores
             .to_dtype(DType::F32)?
             .broadcast_add(&mask.to_dtype(DType::F32)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let probs = softmax_last(&scores)?.to_dtype(dtype)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, e))?;
         self.c_proj.forward(&out)
     }
