@@ -317,7 +317,7 @@ fn attention_by_ops(
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
     let scores = scores.broadcast_add(mask)?;
-    let probs = softmax_last(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+    let probs = softmax_last(&scores.to_dtype(compute_dtype(q.dtype()))?)?.to_dtype(q.dtype())?;
     probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
@@ -359,6 +359,16 @@ pub fn attention(
     probs.matmul(v)
 }
 
+/// The dtype norms, softmax and rotary run in: f32 for f32 and half precision, f64 for
+/// f64 (the finite-difference gradient tests run in f64).
+pub fn compute_dtype(d: DType) -> DType {
+    if d == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
 /// Softmax over the last dimension: candle's fused kernel, or (for tensors that track
 /// gradients, which that kernel would drop) the differentiable op-by-op form.
 pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -394,7 +404,7 @@ fn layer_norm_by_ops(
     eps: f64,
 ) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
+    let xf = x.to_dtype(compute_dtype(dtype))?;
     let mean = xf.mean_keepdim(D::Minus1)?;
     let centered = xf.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;

@@ -187,10 +187,11 @@ impl RmsNorm {
     fn forward_by_ops(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         use candle_core::D;
         let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?;
+        let cd = crate::layers::compute_dtype(dtype);
+        let xf = x.to_dtype(cd)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        let w = self.weight.to_dtype(DType::F32)?;
+        let w = self.weight.to_dtype(cd)?;
         let w = if self.offset != 0.0 {
             (w + self.offset)?
         } else {

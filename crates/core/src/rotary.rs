@@ -320,11 +320,12 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Resu
 /// [`apply_rotary`] op by op.
 fn rotary_by_ops(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
+    let cd = crate::layers::compute_dtype(dtype);
     let rot = cos.dim(D::Minus1)?;
     let head_dim = x.dim(D::Minus1)?;
-    let cos = cos.unsqueeze(1)?;
-    let sin = sin.unsqueeze(1)?;
-    let xf = x.to_dtype(DType::F32)?;
+    let cos = cos.to_dtype(cd)?.unsqueeze(1)?;
+    let sin = sin.to_dtype(cd)?.unsqueeze(1)?;
+    let xf = x.to_dtype(cd)?;
     let (x_rot, x_pass) = if rot < head_dim {
         (
             xf.narrow(D::Minus1, 0, rot)?,
@@ -359,11 +360,12 @@ pub fn apply_rotary_interleaved(
 /// [`apply_rotary_interleaved`] op by op.
 fn interleaved_by_ops(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
+    let cd = crate::layers::compute_dtype(dtype);
     let (b, h, s, d) = x.dims4()?;
     let half = d / 2;
-    let cos = cos.narrow(D::Minus1, 0, half)?.unsqueeze(1)?;
-    let sin = sin.narrow(D::Minus1, 0, half)?.unsqueeze(1)?;
-    let xf = x.to_dtype(DType::F32)?.reshape((b, h, s, half, 2))?;
+    let cos = cos.to_dtype(cd)?.narrow(D::Minus1, 0, half)?.unsqueeze(1)?;
+    let sin = sin.to_dtype(cd)?.narrow(D::Minus1, 0, half)?.unsqueeze(1)?;
+    let xf = x.to_dtype(cd)?.reshape((b, h, s, half, 2))?;
     let x0 = xf.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
     let x1 = xf.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
     let o0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
