@@ -1,5 +1,7 @@
 """Checks that Python transformers loads a checkpoint `rustformers train` wrote and
-gives the logits rustformers gives.
+gives the logits rustformers gives. A LoRA folder (adapter_config.json) is loaded with
+`peft.PeftModel.from_pretrained` on its base model (transformers' own adapter loading
+leaves PEFT's `modules_to_save`, the classification head, out).
 
     rustformers train --task text-classification --model REF --train-file F --output-dir DIR ...
     rustformers run text-classification --model DIR --top-k None TEXT... > rust.jsonl
@@ -19,7 +21,16 @@ import transformers
 
 def main() -> int:
     out, rust_lines, texts = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-    pipe = transformers.pipeline("text-classification", model=str(out), top_k=None)
+    if (out / "adapter_config.json").is_file():
+        import peft
+
+        base_path = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = transformers.AutoModelForSequenceClassification.from_pretrained(base_path)
+        model = peft.PeftModel.from_pretrained(base, str(out)).merge_and_unload()
+        tok = transformers.AutoTokenizer.from_pretrained(str(out))
+        pipe = transformers.pipeline("text-classification", model=model, tokenizer=tok, top_k=None)
+    else:
+        pipe = transformers.pipeline("text-classification", model=str(out), top_k=None)
     rust = [json.loads(line) for line in rust_lines.read_text().splitlines() if line.strip()]
     worst = 0.0
     for text, got in zip(texts, rust):

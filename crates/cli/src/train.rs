@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Map, Value};
 
-use rustformers_core::AutoTokenizer;
+use rustformers_core::lora::LoraConfig;
+use rustformers_core::{AutoTokenizer, ModelFiles};
 use rustformers_models::{
     AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-    AutoModelForTokenClassification, LoadOptions, TrainLoad,
+    AutoModelForTokenClassification, LoadOptions, ModelConfig, TrainLoad,
 };
 use rustformers_trainer::args::split_flags;
 use rustformers_trainer::data::{text_classification, texts, token_classification, LabelSet};
@@ -25,6 +26,7 @@ pub const TRAIN_HELP: &str = "\
 Usage: rustformers train --task TASK --model REF --train-file F [--eval-file F]
                          --output-dir DIR [--args-file ARGS.json] [--max-length N]
                          [--ignore-mismatched-sizes] [--resume-from-checkpoint DIR|last]
+                         [--lora-r N [--lora-alpha A] [--lora-target-modules a,b]]
                          [task options] [--TRAINING_ARGUMENT VALUE]...
 
 Fine-tunes REF (a folder, file or Hub id; GGUF must be converted first) on JSONL (or,
@@ -41,7 +43,11 @@ for text-classification, CSV) files, as Python's example scripts do:
 Any of Python's TrainingArguments can be given as a flag (--num-train-epochs 3,
 --learning-rate 2e-5, --eval-strategy epoch, --save-steps 500, --report-to tensorboard,
 ...) or in ARGS.json. The model, tokenizer, trainer_state.json and training_curves.png
-go to DIR, checkpoints to DIR/checkpoint-N. Prints the metrics as one JSON line.";
+go to DIR, checkpoints to DIR/checkpoint-N. Prints the metrics as one JSON line.
+With --lora-r, only LoRA adapters (PEFT's default targets for the model type unless
+--lora-target-modules) and the classification head train, and DIR holds a PEFT adapter
+(adapter_model.safetensors, adapter_config.json) that `rustformers run --model DIR` and
+Python (with peft) load on top of the base model.";
 
 const TASKS: [&str; 4] = [
     "text-classification",
@@ -79,10 +85,10 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
             "ignore-mismatched-sizes" => {
                 own.insert(key, Value::Bool(value.is_none_or(|v| v != "false")));
             }
-            k if k.starts_with("lora") => bail!(
-                "--{k}: LoRA fine-tuning is not supported yet; run full fine-tuning without \
-                 the --lora-* flags"
-            ),
+            "lora-r" | "lora-alpha" | "lora-dropout" | "lora-target-modules" => {
+                let v = value.ok_or_else(|| anyhow!("--{key} needs a value"))?;
+                own.insert(key, Value::String(v));
+            }
             _ => rest.push((name, value)),
         }
     }
@@ -156,6 +162,7 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
         }
     };
     let opts = LoadOptions::default();
+    let lora = lora_config(&own, model_ref, task)?;
 
     // Data first: a bad file fails before any model is loaded or anything is written.
     match task {
@@ -181,7 +188,12 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
             let model = AutoModelForSequenceClassification::for_training(
                 model_ref,
                 &opts,
-                &train_load(Some(labels.names.clone()), &args, ignore_mismatched),
+                &train_load(
+                    Some(labels.names.clone()),
+                    &args,
+                    ignore_mismatched,
+                    lora.clone(),
+                ),
             )
             .map_err(load_err)?;
             let resume = resume(&args.output_dir)?;
@@ -213,7 +225,12 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
             let model = AutoModelForTokenClassification::for_training(
                 model_ref,
                 &opts,
-                &train_load(Some(labels.names.clone()), &args, ignore_mismatched),
+                &train_load(
+                    Some(labels.names.clone()),
+                    &args,
+                    ignore_mismatched,
+                    lora.clone(),
+                ),
             )
             .map_err(load_err)?;
             let resume = resume(&args.output_dir)?;
@@ -236,7 +253,7 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
                 .map(|t| language_modeling_features(&tokenizer, &t, block_size))
                 .transpose()?;
             let resume = resume(&args.output_dir)?;
-            let load = train_load(None, &args, ignore_mismatched);
+            let load = train_load(None, &args, ignore_mismatched, lora.clone());
             if task == "fill-mask" {
                 let mask_id = tokenizer
                     .special_tokens()
@@ -272,12 +289,91 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
     }
 }
 
-fn train_load(labels: Option<Vec<String>>, args: &TrainingArguments, ignore: bool) -> TrainLoad {
+fn train_load(
+    labels: Option<Vec<String>>,
+    args: &TrainingArguments,
+    ignore: bool,
+    lora: Option<LoraConfig>,
+) -> TrainLoad {
     TrainLoad {
         labels,
         seed: args.seed,
         ignore_mismatched_sizes: ignore,
+        lora,
+        lora_from: None,
     }
+}
+
+/// PEFT's default LoRA targets per model type (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+fn default_targets(model_type: &str) -> Option<Vec<String>> {
+    let t: &[&str] = match model_type {
+        "bert" | "roberta" | "xlm-roberta" => &["query", "value"],
+        "distilbert" => &["q_lin", "v_lin"],
+        "llama" | "mistral" | "qwen2" | "qwen3" | "gemma2" => &["q_proj", "v_proj"],
+        "phi3" => &["qkv_proj"],
+        _ => return None,
+    };
+    Some(t.iter().map(|s| s.to_string()).collect())
+}
+
+/// The LoRA settings from the `--lora-*` flags (none given: full fine-tuning).
+fn lora_config(
+    own: &Map<String, Value>,
+    model_ref: &str,
+    task: &str,
+) -> Result<Option<LoraConfig>> {
+    let get = |k: &str| own.get(k).and_then(Value::as_str);
+    let Some(r) = get("lora-r") else {
+        if own.keys().any(|k| k.starts_with("lora")) {
+            bail!("the --lora-* flags need --lora-r (the adapter rank)");
+        }
+        return Ok(None);
+    };
+    let r: usize = r
+        .parse()
+        .with_context(|| format!("--lora-r {r}: not a number"))?;
+    let alpha: f64 = match get("lora-alpha") {
+        Some(a) => a
+            .parse()
+            .with_context(|| format!("--lora-alpha {a}: not a number"))?,
+        None => 8.0,
+    };
+    if let Some(d) = get("lora-dropout") {
+        let d: f64 = d
+            .parse()
+            .with_context(|| format!("--lora-dropout {d}: not a number"))?;
+        if d != 0.0 {
+            bail!("--lora-dropout {d}: dropout is not applied in training yet; use 0");
+        }
+    }
+    let model_type = ModelConfig::from_files(&ModelFiles::resolve(model_ref)?)?
+        .model_type()
+        .to_string();
+    let targets = match get("lora-target-modules") {
+        Some(t) => t
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => default_targets(&model_type).ok_or_else(|| {
+            anyhow!(
+                "no default LoRA targets for model type `{model_type}`: pass --lora-target-modules"
+            )
+        })?,
+    };
+    let (task_type, modules_to_save) = match task {
+        "text-classification" => ("SEQ_CLS", Some(vec!["classifier".to_string(), "score".to_string()])),
+        "token-classification" => ("TOKEN_CLS", Some(vec!["classifier".to_string(), "score".to_string()])),
+        "text-generation" => ("CAUSAL_LM", None),
+        other => bail!("LoRA training supports text-classification, token-classification and text-generation, not {other}"),
+    };
+    let cfg: LoraConfig = serde_json::from_value(json!({
+        "peft_type": "LORA", "task_type": task_type, "r": r, "lora_alpha": alpha,
+        "lora_dropout": 0.0, "target_modules": targets, "modules_to_save": modules_to_save,
+        "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
+    }))?;
+    cfg.validate("--lora-* flags")?;
+    Ok(Some(cfg))
 }
 
 /// Trains, evaluates, saves and prints the metrics.

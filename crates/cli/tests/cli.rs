@@ -769,7 +769,10 @@ fn train_fine_tunes_into_a_folder_run_loads() {
             vec!["--train-file", t, "--learning-rat", "1"],
             "unknown training argument --learning_rat",
         ),
-        (vec!["--train-file", t, "--lora-r", "8"], "LoRA"),
+        (
+            vec!["--train-file", t, "--lora-alpha", "8"],
+            "need --lora-r",
+        ),
         (
             vec!["--train-file", t, "--warmup-ratio", "3"],
             "warmup_ratio",
@@ -950,4 +953,95 @@ fn train_token_classification_fill_mask_and_text_generation() {
         .output()
         .unwrap();
     assert_clean_error(&o, "convert it first");
+}
+
+/// `train --lora-r`: only adapters train; the folder is a PEFT adapter (no full weights)
+/// that `run --model DIR` loads on its base model.
+#[test]
+fn train_lora_writes_a_peft_adapter_run_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = dir.path().join("lm.jsonl");
+    let text: String = (0..12)
+        .map(|i| format!("{{\"text\": \"the cat sat on the mat {}\"}}\n", i % 3))
+        .collect();
+    std::fs::write(&lm, text).unwrap();
+    let out = dir.path().join("out");
+    let model = fixture("tiny-llama");
+    let o = bin()
+        .args([
+            "train",
+            "--task",
+            "text-generation",
+            "--model",
+            &model,
+            "--train-file",
+            lm.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--block-size",
+            "8",
+            "--num-train-epochs",
+            "2",
+            "--learning-rate",
+            "1e-2",
+            "--save-strategy",
+            "no",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("adapter_model.safetensors").is_file());
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "a LoRA run saves only the adapter"
+    );
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"])
+    );
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    let o = bin()
+        .args([
+            "run",
+            "text-generation",
+            "--model",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "3",
+            "the cat",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&o).len(), 1);
+    for (args, needle) in [
+        (vec!["--lora-r", "0"], "rank"),
+        (
+            vec!["--lora-r", "4", "--lora-target-modules", "nothing"],
+            "match no linear layer",
+        ),
+        (vec!["--lora-r", "4", "--lora-dropout", "0.1"], "dropout"),
+    ] {
+        let mut full = vec![
+            "train",
+            "--task",
+            "text-generation",
+            "--model",
+            &model,
+            "--train-file",
+            lm.to_str().unwrap(),
+            "--output-dir",
+            dir.path().join("bad").to_str().unwrap().to_string().leak(),
+        ];
+        full.extend(args);
+        let o = bin().args(&full).output().unwrap();
+        assert_clean_error(&o, needle);
+    }
 }

@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod layers;
 pub mod linear;
+pub mod lora;
 pub mod rng;
 pub mod rotary;
 pub mod tokenizer;

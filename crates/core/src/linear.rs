@@ -32,6 +32,13 @@ pub enum QLinear {
     /// A bf16 weight on CPU (f32 activations), for models loaded with `dtype = bf16`.
     /// The bias, if any, is added by the op.
     Bf16 { op: Bf16MatMulOp, out: usize },
+    /// A layer with a LoRA adapter: `base(x) + (x Aᵀ) Bᵀ · scale`.
+    Lora {
+        base: Box<QLinear>,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+    },
 }
 
 impl QLinear {
@@ -111,6 +118,7 @@ impl QLinear {
         match self {
             Self::Dense { weight, .. } => weight.dims().first().copied().unwrap_or(0),
             Self::Quantized { out, .. } | Self::Packed { out, .. } | Self::Bf16 { out, .. } => *out,
+            Self::Lora { base, .. } => base.out_dim(),
         }
     }
 
@@ -131,6 +139,10 @@ impl QLinear {
             Self::Quantized { weight, bias, .. } => (weight.forward(x)?, bias),
             Self::Packed { op, bias, .. } => (apply_f32_op(x, op)?, bias),
             Self::Bf16 { op, .. } => return apply_f32_op(x, op),
+            Self::Lora { base, a, b, scale } => {
+                let delta = crate::lora::matmul_t(&crate::lora::matmul_t(x, a)?, b)?;
+                return base.forward(x)? + (delta * *scale)?;
+            }
         };
         match bias {
             Some(b) => y.broadcast_add(b),
@@ -256,6 +268,8 @@ pub struct Weights {
     quantized: Option<Arc<QuantizedStore>>,
     /// Dense linear weights go to bf16 (CPU `dtype = bf16`: activations stay f32).
     bf16_linears: bool,
+    /// LoRA adapters for the target layers.
+    lora: Option<Arc<crate::lora::LoraState>>,
 }
 
 impl Weights {
@@ -264,7 +278,14 @@ impl Weights {
             vb,
             quantized,
             bf16_linears: false,
+            lora: None,
         }
+    }
+
+    /// The same weights with LoRA adapters on the layers `lora` targets.
+    pub fn with_lora(mut self, lora: Arc<crate::lora::LoraState>) -> Self {
+        self.lora = Some(lora);
+        self
     }
 
     /// The same weights with every dense linear layer stored in bf16 and run by the CPU
@@ -281,6 +302,7 @@ impl Weights {
             vb: self.vb.pp(name),
             quantized: self.quantized.clone(),
             bf16_linears: self.bf16_linears,
+            lora: self.lora.clone(),
         }
     }
 
@@ -349,11 +371,49 @@ impl Weights {
             return QLinear::from_qweight(q.clone(), b);
         }
         let layer = QLinear::load(self.vb.clone(), in_dim, out_dim, bias)?;
+        let layer = match &self.lora {
+            Some(lora) => self.with_adapter(lora, layer, in_dim, out_dim)?,
+            None => layer,
+        };
         if self.bf16_linears {
             layer.to_bf16()
         } else {
             Ok(layer)
         }
+    }
+
+    /// `layer` with its LoRA adapter (merged into the weight when loading merged), or
+    /// unchanged when it is not a target.
+    fn with_adapter(
+        &self,
+        lora: &crate::lora::LoraState,
+        layer: QLinear,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> candle_core::Result<QLinear> {
+        let QLinear::Dense { weight, bias } = layer else {
+            return Ok(layer);
+        };
+        let path = self.vb.prefix();
+        let Some((a, b)) =
+            lora.adapter_for(&path, out_dim, in_dim, weight.dtype(), weight.device())?
+        else {
+            return Ok(QLinear::Dense { weight, bias });
+        };
+        let scale = lora.config.scaling();
+        if lora.merges() {
+            let merged = (&weight + (b.matmul(&a)? * scale)?)?;
+            return Ok(QLinear::Dense {
+                weight: merged,
+                bias,
+            });
+        }
+        Ok(QLinear::Lora {
+            base: Box::new(QLinear::Dense { weight, bias }),
+            a,
+            b,
+            scale,
+        })
     }
 }
 

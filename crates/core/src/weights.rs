@@ -83,12 +83,14 @@ struct Tracker {
     used: BTreeSet<String>,
     /// Canonical names the checkpoint lacks.
     missing: Vec<String>,
+    /// Tensors that replace the checkpoint's (an adapter's `modules_to_save`).
+    overrides: BTreeMap<String, Tensor>,
 }
 
 /// How weights a checkpoint lacks are initialised for training, as Python's
 /// `_init_weights` does for BERT-style and Llama-style models: biases zero,
 /// normalisation weights one, every other weight normal(0, `std`) (`initializer_range`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct InitMissing {
     pub std: f64,
     pub seed: u64,
@@ -96,6 +98,18 @@ pub struct InitMissing {
     /// labels) is initialised anew instead of refused (Python's
     /// `ignore_mismatched_sizes=True`).
     pub ignore_mismatched_sizes: bool,
+    /// Only weights under these modules (a path segment equal to one of them) become
+    /// trainable; the rest load as frozen tensors (LoRA's `modules_to_save`). `None`:
+    /// every weight trains.
+    pub trainable_modules: Option<Vec<String>>,
+}
+
+impl InitMissing {
+    fn trains(&self, name: &str) -> bool {
+        self.trainable_modules
+            .as_ref()
+            .is_none_or(|m| name.split('.').any(|seg| m.iter().any(|x| x == seg)))
+    }
 }
 
 struct TrainableState {
@@ -183,6 +197,24 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
                 return Ok(t.clone());
             }
         }
+        if let Some(t) = tracker.overrides.get(name).cloned() {
+            if t.shape() != &s {
+                candle_core::bail!(
+                    "adapter weight `{name}` has shape {:?} but the config implies {:?}",
+                    t.dims(),
+                    s.dims()
+                );
+            }
+            let t = t.to_device(dev)?.to_dtype(dtype)?;
+            if let Some(key) = self.resolve(name) {
+                tracker.used.insert(key);
+            }
+            if tracker.trainable.is_some() {
+                return make_var(&mut tracker, name, t);
+            }
+            tracker.loaded.insert(name.to_string(), t.clone());
+            return Ok(t);
+        }
         let Some(key) = self.resolve(name) else {
             if let Some(tr) = tracker.trainable.as_mut() {
                 let t = tr.init(name, &s, dtype, dev)?;
@@ -255,8 +287,17 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
     }
 }
 
-/// Records `t` as the trainable parameter `name` and hands out its tensor.
+/// Records `t` as the trainable parameter `name` (frozen when the trainable modules
+/// leave it out) and hands out its tensor.
 fn make_var(tracker: &mut Tracker, name: &str, t: Tensor) -> candle_core::Result<Tensor> {
+    if tracker
+        .trainable
+        .as_ref()
+        .is_some_and(|tr| !tr.init.trains(name))
+    {
+        tracker.loaded.insert(name.to_string(), t.clone());
+        return Ok(t);
+    }
     let var = candle_core::Var::from_tensor(&t)?;
     let out = var.as_tensor().clone();
     tracker.loaded.insert(name.to_string(), out.clone());
@@ -316,6 +357,7 @@ impl Checkpoint {
             trainable: None,
             used: BTreeSet::new(),
             missing: Vec::new(),
+            overrides: BTreeMap::new(),
         }));
         let backend = TrackingBackend {
             st,
@@ -345,13 +387,22 @@ impl Checkpoint {
         let ckpt = Self::open(paths, prefix, dtype, device)?;
         if let Ok(mut t) = ckpt.tracker.lock() {
             t.trainable = Some(TrainableState {
-                init,
                 rng: crate::rng::Rng::new(init.seed),
+                init,
                 vars: Vec::new(),
                 initialized: Vec::new(),
             });
         }
         Ok(ckpt)
+    }
+
+    /// Tensors (by model name) used instead of the checkpoint's: the whole layers an
+    /// adapter saves (`modules_to_save`).
+    pub fn with_overrides(self, overrides: BTreeMap<String, Tensor>) -> Self {
+        if let Ok(mut t) = self.tracker.lock() {
+            t.overrides = overrides;
+        }
+        self
     }
 
     /// The builder the model is constructed from.

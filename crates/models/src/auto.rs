@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use rustformers_core::config::{config_to_json_string, parse_config, peek_model_type};
@@ -303,6 +305,8 @@ pub struct PreTrainedModel<M: ?Sized> {
     vars: Vec<(String, candle_core::Var)>,
     /// Weights the checkpoint lacked, initialised for training.
     initialized: Vec<String>,
+    /// LoRA adapters being trained (a save writes them as a PEFT adapter).
+    lora: Option<Arc<rustformers_core::lora::LoraState>>,
 }
 
 impl<M: ?Sized> std::fmt::Debug for PreTrainedModel<M> {
@@ -342,6 +346,9 @@ impl<M: ?Sized> PreTrainedModel<M> {
     /// `from_pretrained` loads back.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if let Some(lora) = &self.lora {
+            return self.save_adapter(lora, dir);
+        }
         let mut config = self.config.clone();
         config.base_mut().architectures = Some(vec![self.architecture.to_string()]);
         config.base_mut().torch_dtype = Some(dtype_name(self.dtype).to_string());
@@ -361,6 +368,29 @@ impl<M: ?Sized> PreTrainedModel<M> {
             }
         }
         save_safetensors(&tensors, &dir.join("model.safetensors"))?;
+        write_atomic(
+            &dir.join("config.json"),
+            config.to_json_string()?.as_bytes(),
+        )
+    }
+}
+
+impl<M: ?Sized> PreTrainedModel<M> {
+    /// A LoRA model saves as PEFT does: adapter_model.safetensors (the adapters and the
+    /// `modules_to_save` weights) and adapter_config.json; plus config.json with the
+    /// labels (Python ignores it beside adapter_config.json; rustformers reads the labels).
+    fn save_adapter(&self, lora: &rustformers_core::lora::LoraState, dir: &Path) -> Result<()> {
+        let keep = lora.config.modules_to_save.clone().unwrap_or_default();
+        let extra: BTreeMap<String, Tensor> = self
+            .vars
+            .iter()
+            .filter(|(n, _)| !n.contains(".lora_"))
+            .filter(|(n, _)| n.split('.').any(|seg| keep.iter().any(|k| k == seg)))
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        lora.save(dir, &extra)?;
+        let mut config = self.config.clone();
+        config.base_mut().architectures = Some(vec![self.architecture.to_string()]);
         write_atomic(
             &dir.join("config.json"),
             config.to_json_string()?.as_bytes(),
@@ -399,6 +429,13 @@ pub struct TrainLoad {
     /// trained for other labels) instead of failing, as Python's
     /// `ignore_mismatched_sizes=True`.
     pub ignore_mismatched_sizes: bool,
+    /// Train LoRA adapters (on `target_modules`) and the `modules_to_save` instead of
+    /// every weight; the save is a PEFT adapter.
+    pub lora: Option<rustformers_core::lora::LoraConfig>,
+    /// Continue training the adapter saved in this folder (Python's
+    /// `PeftModel.from_pretrained(base, dir, is_trainable=True)`); its
+    /// adapter_config.json is used when `lora` is `None`.
+    pub lora_from: Option<std::path::PathBuf>,
 }
 
 fn load_with<T: ?Sized + 'static>(
@@ -417,7 +454,11 @@ fn load_mode<T: ?Sized + 'static>(
     opts: &LoadOptions,
     train: Option<&TrainLoad>,
 ) -> Result<PreTrainedModel<T>> {
-    let mut config = ModelConfig::from_files(&files)?;
+    let adapter = match train {
+        None => find_adapter(&files)?,
+        Some(_) => None,
+    };
+    let (files, mut config) = base_of(files, adapter.as_ref())?;
     if let Some(labels) = train.and_then(|t| t.labels.as_ref()) {
         if labels.is_empty() {
             return Err(Error::Config {
@@ -441,34 +482,197 @@ fn load_mode<T: ?Sized + 'static>(
                     .join(", ")
             ))
         })?;
+    build(
+        entry.ctor,
+        entry.architecture,
+        config,
+        files,
+        opts,
+        train,
+        adapter,
+    )
+}
+
+/// A PEFT adapter folder: its settings and tensors.
+struct Adapter {
+    dir: std::path::PathBuf,
+    config: rustformers_core::lora::LoraConfig,
+    tensors: BTreeMap<String, Tensor>,
+}
+
+/// The adapter in `files`' folder (adapter_config.json), if any: as Python's
+/// `from_pretrained` does with PEFT installed, the model is then the base model named by
+/// `base_model_name_or_path` with the adapter.
+fn find_adapter(files: &ModelFiles) -> Result<Option<Adapter>> {
+    let Some(dir) = files.root().map(std::path::Path::to_path_buf) else {
+        return Ok(None);
+    };
+    let cfg_path = dir.join("adapter_config.json");
+    if !cfg_path.is_file() {
+        return Ok(None);
+    }
+    let config = rustformers_core::lora::LoraConfig::load(&cfg_path)?;
+    let weights = dir.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+        .map_err(|e| Error::Weights {
+            path: weights.display().to_string(),
+            message: e.to_string(),
+        })?
+        .into_iter()
+        .collect();
+    Ok(Some(Adapter {
+        dir,
+        config,
+        tensors,
+    }))
+}
+
+/// The files and config to build from: the adapter's base model (with the labels of the
+/// adapter folder's config.json, which rustformers writes beside it), else `files`.
+fn base_of(files: ModelFiles, adapter: Option<&Adapter>) -> Result<(ModelFiles, ModelConfig)> {
+    let Some(a) = adapter else {
+        let config = ModelConfig::from_files(&files)?;
+        return Ok((files, config));
+    };
+    let base = a
+        .config
+        .base_model_name_or_path
+        .as_deref()
+        .ok_or_else(|| Error::Config {
+            path: a.dir.join("adapter_config.json").display().to_string(),
+            message: "no base_model_name_or_path: the adapter does not say its base model".into(),
+        })?;
+    let base_files = ModelFiles::resolve(base)?;
+    let mut config = ModelConfig::from_files(&base_files)?;
+    let own = a.dir.join("config.json");
+    if own.is_file() {
+        let mine = ModelConfig::from_json_str(&read_to_string(&own)?, &own)?;
+        if mine.base().id2label.is_some() {
+            let labels = mine.base().labels()?;
+            config.base_mut().set_labels(&labels);
+        }
+    }
+    Ok((base_files, config))
+}
+
+/// The whole layers an adapter file holds (`modules_to_save`), by model name.
+fn adapter_overrides(tensors: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    tensors
+        .iter()
+        .filter(|(k, _)| !k.contains(".lora_"))
+        .filter_map(|(k, t)| {
+            k.strip_prefix("base_model.model.")
+                .map(|n| (n.to_string(), t.clone()))
+        })
+        .collect()
+}
+
+/// Opens the checkpoint (trainable or not, with an adapter or not) and builds the model.
+fn build<T: ?Sized + 'static>(
+    ctor: Ctor<T>,
+    architecture: &'static str,
+    config: ModelConfig,
+    files: ModelFiles,
+    opts: &LoadOptions,
+    train: Option<&TrainLoad>,
+    adapter: Option<Adapter>,
+) -> Result<PreTrainedModel<T>> {
+    use rustformers_core::lora::{LoraMode, LoraState};
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let (load_dtype, bf16_linears) = cpu_dtype(opts);
     let paths = safetensors_files(&files)?;
     let prefix = Some(config.base_model_prefix());
+    let mut lora = None;
     let ckpt = match train {
-        None => Checkpoint::open(&paths, prefix, load_dtype, &opts.device)?,
+        None => {
+            let ckpt = Checkpoint::open(&paths, prefix, load_dtype, &opts.device)?;
+            match adapter {
+                Some(a) => {
+                    // Whole layers the adapter saved (a classification head) replace the
+                    // base model's; the LoRA pairs merge into their weights.
+                    let overrides = adapter_overrides(&a.tensors);
+                    lora = Some(Arc::new(LoraState::new(
+                        a.config,
+                        LoraMode::Load {
+                            tensors: a.tensors,
+                            merge: true,
+                            trainable: false,
+                        },
+                    )));
+                    ckpt.with_overrides(overrides)
+                }
+                None => ckpt,
+            }
+        }
         Some(t) => {
             if bf16_linears || dtype != DType::F32 {
                 return Err(Error::Unsupported(
                     "training runs in f32 (leave dtype unset)".into(),
                 ));
             }
-            Checkpoint::open_trainable(
-                &paths,
-                prefix,
-                load_dtype,
-                &opts.device,
-                train_init(&config, t)?,
-            )?
+            let mut init = train_init(&config, t)?;
+            let from = match &t.lora_from {
+                Some(dir) => Some(
+                    find_adapter(&ModelFiles::resolve(&dir.display().to_string())?)?.ok_or_else(
+                        || Error::Config {
+                            path: dir.display().to_string(),
+                            message: "no adapter_config.json to continue training from".into(),
+                        },
+                    )?,
+                ),
+                None => None,
+            };
+            let cfg = t
+                .lora
+                .clone()
+                .or_else(|| from.as_ref().map(|a| a.config.clone()));
+            let mut overrides = BTreeMap::new();
+            if let Some(mut cfg) = cfg {
+                cfg.validate("LoRA settings")?;
+                init.trainable_modules = Some(cfg.modules_to_save.clone().unwrap_or_default());
+                if cfg.base_model_name_or_path.is_none() {
+                    cfg.base_model_name_or_path = Some(files.reference().to_string());
+                }
+                let mode = match from {
+                    Some(a) => {
+                        overrides = adapter_overrides(&a.tensors);
+                        LoraMode::Load {
+                            tensors: a.tensors,
+                            merge: false,
+                            trainable: true,
+                        }
+                    }
+                    None => LoraMode::Train { seed: t.seed },
+                };
+                lora = Some(Arc::new(LoraState::new(cfg, mode)));
+            }
+            Checkpoint::open_trainable(&paths, prefix, load_dtype, &opts.device, init)?
+                .with_overrides(overrides)
         }
     };
     let mut weights = Weights::new(ckpt.var_builder(), None);
     if bf16_linears {
         weights = weights.with_bf16_linears();
     }
-    let model = (entry.ctor)(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
+    if let Some(l) = &lora {
+        weights = weights.with_lora(l.clone());
+    }
+    let model = ctor(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
     let report = ckpt.finish()?;
-    let vars = without_tied_aliases(report.vars, &config);
+    let mut vars = without_tied_aliases(report.vars, &config);
+    if let Some(l) = &lora {
+        if l.count() == 0 {
+            return Err(Error::Config {
+                path: "adapter_config.json".into(),
+                message: format!(
+                    "target_modules {:?} match no linear layer of this {} model",
+                    l.config.target_modules,
+                    config.model_type()
+                ),
+            });
+        }
+        vars.extend(l.vars());
+    }
     Ok(PreTrainedModel {
         model,
         config,
@@ -476,9 +680,10 @@ fn load_mode<T: ?Sized + 'static>(
         dtype,
         device: opts.device.clone(),
         tensors: report.tensors,
-        architecture: entry.architecture,
+        architecture,
         vars,
         initialized: report.initialized,
+        lora: lora.filter(|l| !l.merges()),
     })
 }
 
@@ -801,6 +1006,7 @@ impl AutoModelForCausalLM {
             architecture: entry.architecture,
             vars: Vec::new(),
             initialized: Vec::new(),
+            lora: None,
         })
     }
 
@@ -838,46 +1044,21 @@ impl AutoModelForCausalLM {
         opts: &LoadOptions,
         train: Option<&TrainLoad>,
     ) -> Result<PreTrainedModel<dyn CausalLanguageModel>> {
-        let config = ModelConfig::from_files(&files)?;
-        let entry = causal_entry(&config)?;
-        let dtype = opts.dtype.unwrap_or(DType::F32);
-        let (load_dtype, bf16_linears) = cpu_dtype(opts);
-        let paths = safetensors_files(&files)?;
-        let prefix = Some(config.base_model_prefix());
-        let ckpt = match train {
-            None => Checkpoint::open(&paths, prefix, load_dtype, &opts.device)?,
-            Some(t) => {
-                if bf16_linears || dtype != DType::F32 {
-                    return Err(Error::Unsupported(
-                        "training runs in f32 (leave dtype unset)".into(),
-                    ));
-                }
-                Checkpoint::open_trainable(
-                    &paths,
-                    prefix,
-                    load_dtype,
-                    &opts.device,
-                    train_init(&config, t)?,
-                )?
-            }
+        let adapter = match train {
+            None => find_adapter(&files)?,
+            Some(_) => None,
         };
-        let mut weights = Weights::new(ckpt.var_builder(), None);
-        if bf16_linears {
-            weights = weights.with_bf16_linears();
-        }
-        let model = (entry.ctor)(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
-        let report = ckpt.finish()?;
-        Ok(PreTrainedModel {
-            model,
+        let (files, config) = base_of(files, adapter.as_ref())?;
+        let entry = causal_entry(&config)?;
+        build(
+            entry.ctor,
+            entry.architecture,
             config,
             files,
-            dtype,
-            device: opts.device.clone(),
-            tensors: report.tensors,
-            architecture: entry.architecture,
-            vars: report.vars,
-            initialized: report.initialized,
-        })
+            opts,
+            train,
+            adapter,
+        )
     }
 }
 
@@ -893,5 +1074,6 @@ fn train_init(
         std: json["initializer_range"].as_f64().unwrap_or(0.02),
         seed: t.seed,
         ignore_mismatched_sizes: t.ignore_mismatched_sizes,
+        trainable_modules: None,
     })
 }

@@ -110,6 +110,8 @@ fn minilm_learns_sentiment_and_generalises_to_unseen_words() {
             labels: Some(labels.names.clone()),
             seed: 42,
             ignore_mismatched_sizes: false,
+            lora: None,
+            lora_from: None,
         },
     )
     .unwrap();

@@ -56,6 +56,8 @@ fn load(labels: &[String]) -> PreTrainedModel<dyn SequenceClassificationModel> {
             labels: Some(labels.to_vec()),
             seed: 3,
             ignore_mismatched_sizes: true,
+            lora: None,
+            lora_from: None,
         },
     )
     .unwrap()

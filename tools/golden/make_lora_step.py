@@ -1,0 +1,106 @@
+"""One LoRA training step recorded from PEFT, for the Rust Trainer's LoRA parity test.
+
+For tiny-llama (causal LM, LoRA on q_proj/v_proj) and tiny-bert-seqcls (sequence
+classification, LoRA on query/value, classifier in modules_to_save): the adapter is
+created with peft.get_peft_model, its A and B set to seeded random values (B is zero at
+PEFT's own init, which would leave A without a gradient), saved with save_pretrained as
+the starting adapter (tests/fixtures/train-lora/<name>/initial/), then one step as
+make_train_step.py takes it (dropout off, clip_grad_norm_ 1.0, AdamW lr 1e-3, weight
+decay 0.1 without decay for biases). Writes <name>/step.json and <name>/step.safetensors
+with `grad.<param>` and `param.<param>` for the trainable parameters, names as the base
+model spells them (`model.layers.0.self_attn.q_proj.lora_A.weight`, `classifier.weight`).
+
+Reference: peft 0.13.2 (tuners/lora, utils/save_and_load.py).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import peft
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from common import FIXTURES, meta, setup, write_json
+
+LR = 1e-3
+WEIGHT_DECAY = 0.1
+CASES = [
+    ("tiny-llama", AutoModelForCausalLM, "CAUSAL_LM", ["q_proj", "v_proj"]),
+    ("tiny-bert-seqcls", AutoModelForSequenceClassification, "SEQ_CLS", ["query", "value"]),
+]
+
+
+def plain(name: str) -> str:
+    return (
+        name.removeprefix("base_model.model.")
+        .replace(".default", "")
+        .replace("modules_to_save.", "")
+    )
+
+
+def main() -> None:
+    setup()
+    for name, auto, task, targets in CASES:
+        out = FIXTURES / "train-lora" / name
+        base = auto.from_pretrained(FIXTURES / name)
+        cfg = peft.LoraConfig(task_type=task, r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets)
+        model = peft.get_peft_model(base, cfg)
+        g = torch.Generator().manual_seed(11)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        model.save_pretrained(out / "initial")
+        (out / "initial" / "README.md").unlink(missing_ok=True)
+        # The base path as the Rust test resolves it (relative to the fixtures folder).
+        import json
+
+        acfg = json.loads((out / "initial" / "adapter_config.json").read_text())
+        acfg["base_model_name_or_path"] = f"../../{name}"
+        (out / "initial" / "adapter_config.json").write_text(json.dumps(acfg, indent=2))
+        model.eval()
+        vocab = base.config.vocab_size
+        ids = torch.randint(3, vocab, (3, 7), generator=g)
+        mask = torch.ones_like(ids)
+        for row, n in ((1, 2), (2, 4)):
+            ids[row, -n:] = 0
+            mask[row, -n:] = 0
+        if task == "CAUSAL_LM":
+            labels = ids.clone()
+            labels[mask == 0] = -100
+        else:
+            labels = torch.tensor([0, 1, 2])
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        decay = [p for n, p in trainable.items() if "bias" not in n]
+        no_decay = [p for n, p in trainable.items() if "bias" in n]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=LR, betas=(0.9, 0.999), eps=1e-8,
+        )
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        grads = {f"grad.{plain(n)}": p.grad.detach().clone() for n, p in trainable.items()}
+        norm = torch.nn.utils.clip_grad_norm_(list(trainable.values()), 1.0)
+        opt.step()
+        after = {f"param.{plain(n)}": p.detach().clone().contiguous() for n, p in trainable.items()}
+        save_file({**grads, **after}, str(out / "step.safetensors"), metadata={"format": "pt"})
+        write_json(
+            out / "step.json",
+            {
+                "meta": meta("make_lora_step.py", fixture=name, peft=peft.__version__),
+                "task": task,
+                "input_ids": ids.tolist(),
+                "attention_mask": mask.tolist(),
+                "labels": labels.tolist(),
+                "loss": loss.item(),
+                "grad_norm": norm.item(),
+                "trainable": sorted(plain(n) for n in trainable),
+            },
+        )
+        print(name, "loss", loss.item(), "trainable", len(trainable), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
