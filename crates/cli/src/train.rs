@@ -29,8 +29,8 @@ Usage: rustformers train --task TASK --model REF --train-file F [--eval-file F]
                          [--lora-r N [--lora-alpha A] [--lora-target-modules a,b]]
                          [task options] [--TRAINING_ARGUMENT VALUE]...
 
-Fine-tunes REF (a folder, file or Hub id; GGUF must be converted first) on JSONL (or,
-for text-classification, CSV) files, as Python's example scripts do:
+Fine-tunes REF (a folder, file or Hub id; GGUF must be converted first) on JSONL,
+Parquet or CSV files (by extension), as Python's example scripts do:
   text-classification   rows with a text column (text, sentence or sentence1), an
                         optional pair (text_pair, sentence2) and a label (name or id;
                         --label-column label). The label set comes from the training
