@@ -325,6 +325,44 @@ def load(work: str, runs: int) -> None:
          baseline_rss_mb=round(statistics.median(r["base_mb"] for r in results), 1), **common)
 
 
+def train_seqcls(work: str, runs: int) -> None:
+    """all-MiniLM-L6-v2 + a 2-label head, batches of 16 padded to 64 tokens: forward,
+    backward, clip_grad_norm_, AdamW (the Trainer's step), in train mode (dropout on)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(42)
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
+    model.train()
+    texts = sentences()
+    batches = []
+    for step in range(8):
+        chunk = [texts[(step * 16 + i) % len(texts)] for i in range(16)]
+        enc = tok(chunk, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
+        enc["labels"] = torch.tensor([i % 2 for i in range(16)])
+        batches.append(enc)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
+
+    def step(b):
+        loss = model(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    step(batches[0])
+
+    def run():
+        for b in batches:
+            step(b)
+
+    secs = timed(run, runs)
+    emit(work, "samples/s", [8 * 16 / s for s in secs], peer="pytorch-f32 (transformers, AdamW, train mode)",
+         batch=16, seq=64, steps=8, versions=versions("torch", "transformers"))
+
+
 WORK = {
     "embeddings-f32": (embeddings, 5),
     "embeddings-bf16": (embeddings, 5),
@@ -335,6 +373,7 @@ WORK = {
     "decode-f32": (decode_f32, 3),
     "load-gguf": (load, 5),
     "load-safetensors": (load, 3),
+    "train-seqcls": (train_seqcls, 3),
 }
 
 

@@ -237,6 +237,81 @@ fn load_safetensors(a: &BenchArgs, start: Instant) -> Result<Value> {
     ))
 }
 
+/// Examples per training step and tokens per example (issue 4, item e).
+const TRAIN_BATCH: usize = 16;
+const TRAIN_SEQ: usize = 64;
+/// Optimizer steps per timed run.
+const TRAIN_STEPS: usize = 8;
+
+/// Training: all-MiniLM-L6-v2 with a 2-label classification head, batches of 16
+/// sentences padded to 64 tokens, forward + backward + gradient clipping + AdamW
+/// (what the Trainer's loop does per step) → samples/s.
+fn train_seqcls(a: &BenchArgs) -> Result<Value> {
+    use rustformers_core::tokenizer::{EncodeOptions, Padding, TextInput, Truncation};
+    use rustformers_trainer::trainer::Batch;
+    use rustformers_trainer::{clip_grad_norm, optim::gather, AdamW, TrainModel};
+    let tok = rustformers_core::AutoTokenizer::from_pretrained(EMBED_MODEL)?;
+    let lines = sentences(a.input.as_deref())?;
+    let model = rustformers_models::AutoModelForSequenceClassification::for_training(
+        EMBED_MODEL,
+        &LoadOptions::default(),
+        &rustformers_models::TrainLoad {
+            labels: Some(vec!["a".into(), "b".into()]),
+            seed: 42,
+            ..Default::default()
+        },
+    )?;
+    let opts = EncodeOptions {
+        padding: Padding::MaxLength,
+        truncation: Truncation::LongestFirst,
+        max_length: Some(TRAIN_SEQ),
+        ..Default::default()
+    };
+    let mut batches = Vec::new();
+    for step in 0..TRAIN_STEPS {
+        let texts: Vec<TextInput> = (0..TRAIN_BATCH)
+            .map(|i| TextInput::Single(lines[(step * TRAIN_BATCH + i) % lines.len()].as_str()))
+            .collect();
+        let enc = tok.encode_batch(&texts, &opts)?;
+        let ids: Vec<u32> = enc.input_ids.concat();
+        let mask: Vec<u32> = enc.attention_mask.concat();
+        let labels: Vec<u32> = (0..TRAIN_BATCH as u32).map(|i| i % 2).collect();
+        let shape = (TRAIN_BATCH, TRAIN_SEQ);
+        batches.push(Batch {
+            input_ids: Tensor::from_vec(ids, shape, &Device::Cpu)?,
+            attention_mask: Tensor::from_vec(mask, shape, &Device::Cpu)?,
+            token_type_ids: Tensor::zeros(shape, DType::U32, &Device::Cpu)?,
+            labels: Tensor::from_vec(labels, TRAIN_BATCH, &Device::Cpu)?,
+        });
+    }
+    let params = model.parameters();
+    let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = AdamW::new(params, 0.9, 0.999, 1e-8, 0.0)?;
+    let mut step = |b: &Batch| -> Result<()> {
+        let (loss, _) = model.loss(b)?;
+        let store = loss.backward()?;
+        let mut grads = gather(&store, &vars);
+        clip_grad_norm(&mut grads, 1.0)?;
+        opt.step(&grads, 5e-5)?;
+        Ok(())
+    };
+    step(&batches[0])?;
+    let mut rates = Vec::new();
+    for _ in 0..a.runs {
+        let t = Instant::now();
+        for b in &batches {
+            step(b)?;
+        }
+        rates.push((TRAIN_STEPS * TRAIN_BATCH) as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(stats(
+        &a.work,
+        "samples/s",
+        rates,
+        json!({"batch": TRAIN_BATCH, "seq": TRAIN_SEQ, "steps": TRAIN_STEPS, "dropout": false}),
+    ))
+}
+
 /// Runs one work item and prints its JSON line.
 pub fn bench(a: &BenchArgs, start: Instant) -> Result<()> {
     if a.runs == 0 {
@@ -251,8 +326,9 @@ pub fn bench(a: &BenchArgs, start: Instant) -> Result<()> {
         "prefill-f32" => prefill(a, Some(DType::F32))?,
         "load-gguf" => load(a, start)?,
         "load-safetensors" => load_safetensors(a, start)?,
+        "train-seqcls" => train_seqcls(a)?,
         other => bail!(
-            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf, load-safetensors"
+            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf, load-safetensors, train-seqcls"
         ),
     };
     println!("{v}");

@@ -391,7 +391,10 @@ mod tests {
         let b = a.with_flags(&flags[..1]).unwrap();
         assert_eq!(b.num_train_epochs, 2.0);
         let e = a.with_flags(&flags).unwrap_err().to_string();
-        assert!(e.contains("bf16 mixed-precision training is not supported"), "{e}");
+        assert!(
+            e.contains("bf16 mixed-precision training is not supported"),
+            "{e}"
+        );
         let flags: Vec<_> = flags.into_iter().filter(|(n, _)| n != "bf16").collect();
         let b = a.with_flags(&flags).unwrap();
         assert_eq!(b.warmup_ratio, 0.1);
