@@ -839,7 +839,7 @@ fn train_token_classification_fill_mask_and_text_generation() {
     std::fs::write(&lm, text).unwrap();
     let common = [
         "--num-train-epochs",
-        "4",
+        "8",
         "--learning-rate",
         "3e-3",
         "--save-strategy",

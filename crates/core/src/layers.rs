@@ -332,13 +332,29 @@ pub fn encoder_attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
+    encoder_attention_with(q, k, v, mask, scale, &Dropout::default())
+}
+
+/// [`encoder_attention`] with dropout on the attention probabilities (training).
+pub fn encoder_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    probs_dropout: &Dropout,
+) -> candle_core::Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     if runs_kernels(q) && runs_kernels(k) && runs_kernels(v) && mask.is_none_or(runs_kernels) {
         return fused_attention(q, k, v, mask, scale, None);
     }
-    attention(q, k, v, mask, scale)?
-        .transpose(1, 2)?
-        .reshape((b, s, h * d))
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let probs = probs_dropout.forward(&softmax_last(&scores.contiguous()?)?)?;
+    probs.matmul(v)?.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
 /// Scaled dot-product attention for encoders: `q, k, v` are `[batch, heads, seq, dim]`,
@@ -366,6 +382,75 @@ pub fn compute_dtype(d: DType) -> DType {
         DType::F64
     } else {
         DType::F32
+    }
+}
+
+/// Whether a model is training (dropout on) and the generator its dropout masks come
+/// from. One per model, shared by its dropout layers; the Trainer turns it on for
+/// training steps (seeding it per micro-batch, so runs and resumed runs draw the same
+/// masks) and off for evaluation.
+#[derive(Debug)]
+pub struct TrainMode {
+    on: std::sync::atomic::AtomicBool,
+    rng: std::sync::Mutex<crate::rng::Rng>,
+}
+
+impl Default for TrainMode {
+    fn default() -> Self {
+        Self {
+            on: std::sync::atomic::AtomicBool::new(false),
+            rng: std::sync::Mutex::new(crate::rng::Rng::new(0)),
+        }
+    }
+}
+
+impl TrainMode {
+    /// Training (`on`, masks drawn from `seed`) or evaluation.
+    pub fn set(&self, on: bool, seed: u64) {
+        self.on.store(on, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut r) = self.rng.lock() {
+            *r = crate::rng::Rng::new(seed);
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `nn.Dropout(p)`: in training, each value is zeroed with probability `p` and the rest
+/// scaled by `1 / (1 - p)`; the identity otherwise (and always without a [`TrainMode`]).
+#[derive(Debug, Clone, Default)]
+pub struct Dropout {
+    p: f64,
+    mode: Option<std::sync::Arc<TrainMode>>,
+}
+
+impl Dropout {
+    pub fn new(p: f64, mode: Option<std::sync::Arc<TrainMode>>) -> Self {
+        Self { p, mode }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let Some(mode) = self.mode.as_ref().filter(|m| m.is_on() && self.p > 0.0) else {
+            return Ok(x.clone());
+        };
+        if self.p >= 1.0 {
+            return x.zeros_like();
+        }
+        let keep = 1.0 / (1.0 - self.p);
+        let n = x.elem_count();
+        let mask: Vec<f64> = {
+            let mut rng = mode
+                .rng
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
+            (0..n)
+                .map(|_| if rng.uniform() < self.p { 0.0 } else { keep })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
     }
 }
 

@@ -270,6 +270,8 @@ pub struct Weights {
     bf16_linears: bool,
     /// LoRA adapters for the target layers.
     lora: Option<Arc<crate::lora::LoraState>>,
+    /// The model's training switch (dropout), when built for training.
+    train_mode: Option<Arc<crate::layers::TrainMode>>,
 }
 
 impl Weights {
@@ -279,7 +281,19 @@ impl Weights {
             quantized,
             bf16_linears: false,
             lora: None,
+            train_mode: None,
         }
+    }
+
+    /// The same weights with dropout layers that follow `mode` (training).
+    pub fn with_train_mode(mut self, mode: Arc<crate::layers::TrainMode>) -> Self {
+        self.train_mode = Some(mode);
+        self
+    }
+
+    /// A dropout layer of probability `p` (the identity unless training).
+    pub fn dropout(&self, p: f64) -> crate::layers::Dropout {
+        crate::layers::Dropout::new(p, self.train_mode.clone())
     }
 
     /// The same weights with LoRA adapters on the layers `lora` targets.
@@ -303,6 +317,7 @@ impl Weights {
             quantized: self.quantized.clone(),
             bf16_linears: self.bf16_linears,
             lora: self.lora.clone(),
+            train_mode: self.train_mode.clone(),
         }
     }
 

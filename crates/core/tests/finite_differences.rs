@@ -201,3 +201,46 @@ fn rotary_both_layouts_and_partial() {
     let (c4, s4) = (cos.narrow(2, 0, 4).unwrap(), sin.narrow(2, 0, 4).unwrap());
     check("partial rotary", &[x], |t| apply_rotary(&t[0], &c4, &s4));
 }
+
+/// Dropout: the identity unless its model is training; in training, zeros with
+/// probability p and scales the rest by 1/(1-p), the same mask for the same seed; its
+/// gradient is the mask.
+#[test]
+fn dropout_in_training_only() {
+    use rustformers_core::layers::{Dropout, TrainMode};
+    let mode = std::sync::Arc::new(TrainMode::default());
+    let d = Dropout::new(0.25, Some(mode.clone()));
+    let x = Tensor::ones(20_000, DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(
+        d.forward(&x).unwrap().to_vec1::<f64>().unwrap(),
+        x.to_vec1::<f64>().unwrap()
+    );
+    mode.set(true, 7);
+    let a = d.forward(&x).unwrap().to_vec1::<f64>().unwrap();
+    let zeros = a.iter().filter(|v| **v == 0.0).count() as f64 / a.len() as f64;
+    assert!((zeros - 0.25).abs() < 0.02, "{zeros}");
+    assert!(a
+        .iter()
+        .all(|v| *v == 0.0 || (*v - 4.0 / 3.0).abs() < 1e-12));
+    mode.set(true, 7);
+    assert_eq!(d.forward(&x).unwrap().to_vec1::<f64>().unwrap(), a);
+    check(
+        "dropout",
+        &[randn(&[20_000], &mut Rng::new(8), 1.0)
+            .narrow(0, 0, 50)
+            .unwrap()],
+        |t| {
+            // Same seed each call: the finite differences see the same mask.
+            mode.set(true, 7);
+            d.forward(&t[0])
+        },
+    );
+    mode.set(false, 0);
+    assert!(Dropout::new(0.5, None)
+        .forward(&x)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+        .iter()
+        .all(|v| *v == 1.0));
+}

@@ -307,6 +307,8 @@ pub struct PreTrainedModel<M: ?Sized> {
     initialized: Vec<String>,
     /// LoRA adapters being trained (a save writes them as a PEFT adapter).
     lora: Option<Arc<rustformers_core::lora::LoraState>>,
+    /// The dropout switch of a model loaded for training.
+    train_mode: Option<Arc<rustformers_core::layers::TrainMode>>,
 }
 
 impl<M: ?Sized> std::fmt::Debug for PreTrainedModel<M> {
@@ -329,6 +331,12 @@ impl<M: ?Sized> PreTrainedModel<M> {
     /// model's own weights, so an optimizer's updates are what it runs and saves.
     pub fn trainable_parameters(&self) -> &[(String, candle_core::Var)] {
         &self.vars
+    }
+
+    /// The training switch of a model loaded with `for_training` (dropout on while the
+    /// Trainer trains, off to evaluate), `None` otherwise.
+    pub fn train_mode(&self) -> Option<&Arc<rustformers_core::layers::TrainMode>> {
+        self.train_mode.as_ref()
     }
 
     /// Weights the checkpoint lacked, initialised for training (Python's "newly
@@ -657,6 +665,11 @@ fn build<T: ?Sized + 'static>(
     if let Some(l) = &lora {
         weights = weights.with_lora(l.clone());
     }
+    let train_mode = train.map(|_| Arc::new(rustformers_core::layers::TrainMode::default()));
+    if let Some(m) = &train_mode {
+        weights = weights.with_train_mode(m.clone());
+        warn_unapplied_dropout(&config)?;
+    }
     let model = ctor(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
     let report = ckpt.finish()?;
     let mut vars = without_tied_aliases(report.vars, &config);
@@ -684,7 +697,38 @@ fn build<T: ?Sized + 'static>(
         vars,
         initialized: report.initialized,
         lora: lora.filter(|l| !l.merges()),
+        train_mode,
     })
+}
+
+/// Dropout is applied in training for BERT, RoBERTa and DistilBERT; the decoders'
+/// dropout rates (GPT-2's `*_pdrop`, the others' `attention_dropout`, 0 by default) are
+/// not yet: said once, as a warning, when one is set.
+fn warn_unapplied_dropout(config: &ModelConfig) -> Result<()> {
+    if matches!(
+        config.model_type(),
+        "bert" | "roberta" | "xlm-roberta" | "distilbert"
+    ) {
+        return Ok(());
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&config.to_json_string()?).unwrap_or(serde_json::Value::Null);
+    for key in [
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "attention_dropout",
+        "hidden_dropout",
+    ] {
+        if json[key].as_f64().is_some_and(|p| p > 0.0) {
+            tracing::warn!(
+                "{key} = {} is not applied: rustformers trains {} without dropout",
+                json[key],
+                config.model_type()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The trainable parameters less the aliases of tied pairs (RoBERTa's
@@ -1007,6 +1051,7 @@ impl AutoModelForCausalLM {
             vars: Vec::new(),
             initialized: Vec::new(),
             lora: None,
+            train_mode: None,
         })
     }
 

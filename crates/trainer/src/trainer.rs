@@ -81,6 +81,8 @@ pub trait TrainModel {
     fn parameters(&self) -> Vec<(String, Var)>;
     fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)>;
     fn save(&self, dir: &Path) -> Result<()>;
+    /// Training mode (dropout on, masks drawn from `seed`) or evaluation.
+    fn set_training(&self, _on: bool, _seed: u64) {}
 }
 
 impl TrainModel for PreTrainedModel<dyn SequenceClassificationModel> {
@@ -108,6 +110,12 @@ impl TrainModel for PreTrainedModel<dyn SequenceClassificationModel> {
 
     fn save(&self, dir: &Path) -> Result<()> {
         Ok(self.save_pretrained(dir)?)
+    }
+
+    fn set_training(&self, on: bool, seed: u64) {
+        if let Some(m) = self.train_mode() {
+            m.set(on, seed);
+        }
     }
 }
 
@@ -143,6 +151,12 @@ impl TrainModel for PreTrainedModel<dyn TokenClassificationModel> {
     fn save(&self, dir: &Path) -> Result<()> {
         Ok(self.save_pretrained(dir)?)
     }
+
+    fn set_training(&self, on: bool, seed: u64) {
+        if let Some(m) = self.train_mode() {
+            m.set(on, seed);
+        }
+    }
 }
 
 impl TrainModel for PreTrainedModel<dyn MaskedLmModel> {
@@ -161,6 +175,12 @@ impl TrainModel for PreTrainedModel<dyn MaskedLmModel> {
 
     fn save(&self, dir: &Path) -> Result<()> {
         Ok(self.save_pretrained(dir)?)
+    }
+
+    fn set_training(&self, on: bool, seed: u64) {
+        if let Some(m) = self.train_mode() {
+            m.set(on, seed);
+        }
     }
 }
 
@@ -185,6 +205,12 @@ impl TrainModel for PreTrainedModel<dyn CausalLanguageModel> {
 
     fn save(&self, dir: &Path) -> Result<()> {
         Ok(self.save_pretrained(dir)?)
+    }
+
+    fn set_training(&self, on: bool, seed: u64) {
+        if let Some(m) = self.train_mode() {
+            m.set(on, seed);
+        }
     }
 }
 
@@ -537,7 +563,9 @@ impl<'m> Trainer<'m> {
                     self.each(&mut lp.control, |cb, a, s, c| cb.on_step_begin(a, s, c));
                 }
                 let examples: Vec<&Features> = idx.iter().map(|i| &self.train[*i]).collect();
-                let batch = self.collate(&examples, &mut self.batch_rng(epoch, mi))?;
+                let mut rng = self.batch_rng(epoch, mi);
+                let batch = self.collate(&examples, &mut rng)?;
+                self.model.set_training(true, rng.next_u64());
                 let (loss, _) = self.model.loss(&batch)?;
                 let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !value.is_finite() {
@@ -611,6 +639,7 @@ impl<'m> Trainer<'m> {
             }
         }
         progress.finish_and_clear();
+        self.model.set_training(false, 0);
         if args.load_best_model_at_end {
             if let Some(best) = self.state.best_model_checkpoint.clone() {
                 load_weights(&lp.optimizer, &Path::new(&best).join("model.safetensors"))?;
@@ -734,6 +763,7 @@ impl<'m> Trainer<'m> {
     /// Predictions and labels of `data` (in order) and the mean loss. Token-level tasks
     /// give one row per labelled token.
     pub fn predict(&self, data: &[Features]) -> Result<(EvalPrediction, f64)> {
+        self.model.set_training(false, 0);
         let mut pred = EvalPrediction::default();
         let mut loss_sum = 0.0;
         for (bi, chunk) in data

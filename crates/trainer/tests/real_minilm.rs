@@ -121,7 +121,7 @@ fn minilm_learns_sentiment_and_generalises_to_unseen_words() {
         .any(|n| n == "classifier.weight"));
     let args = TrainingArguments::from_json_value(
         json!({"output_dir": dir.path().join("out"), "num_train_epochs": 3,
-            "per_device_train_batch_size": 16, "learning_rate": 5e-4, "warmup_ratio": 0.1,
+            "per_device_train_batch_size": 16, "learning_rate": 2e-4, "warmup_ratio": 0.1,
             "weight_decay": 0.01, "logging_steps": 6, "save_strategy": "no"}),
         "test",
     )

@@ -2,14 +2,14 @@
 //! (transformers 4.46: src/transformers/models/bert/modeling_bert.py):
 //! embeddings → self-attention → layer → encoder → pooler → model → task heads.
 //! Field names are the checkpoint keys, so loading and saving need no rename table.
-//! Inference only: dropout is the identity.
+//! Dropout applies in training only (`Weights::dropout`), at Python's places.
 #![allow(non_snake_case)] // field names are checkpoint keys (`LayerNorm`)
 
 use candle_core::{DType, Result, Tensor, D};
 use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
+    encoder_attention_with, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
 };
 
 use super::config::BertConfig;
@@ -33,6 +33,7 @@ pub struct BertEmbeddings {
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     LayerNorm: LayerNorm,
+    dropout: Dropout,
     max_positions: usize,
 }
 
@@ -53,6 +54,7 @@ impl BertEmbeddings {
                 c.hidden_size,
                 c.layer_norm_eps,
             )?,
+            dropout: w.dropout(c.hidden_dropout_prob),
             max_positions: c.max_position_embeddings,
         })
     }
@@ -75,7 +77,7 @@ impl BertEmbeddings {
         let types = self.token_type_embeddings.forward(token_type_ids)?;
         let pos = self.position_embeddings.forward(&positions)?;
         let x = words.add(&types)?.broadcast_add(&pos)?;
-        self.LayerNorm.forward(&x)
+        self.dropout.forward(&self.LayerNorm.forward(&x)?)
     }
 }
 
@@ -87,6 +89,7 @@ pub struct BertSelfAttention {
     value: QLinear,
     num_heads: usize,
     head_dim: usize,
+    dropout: Dropout,
 }
 
 impl BertSelfAttention {
@@ -98,6 +101,7 @@ impl BertSelfAttention {
             value: linear(h, h, w.pp("value"))?,
             num_heads: c.num_attention_heads,
             head_dim: h / c.num_attention_heads,
+            dropout: w.dropout(c.attention_probs_dropout_prob),
         })
     }
 
@@ -113,7 +117,7 @@ impl BertSelfAttention {
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        encoder_attention(&q, &k, &v, mask, scale)
+        encoder_attention_with(&q, &k, &v, mask, scale, &self.dropout)
     }
 }
 
@@ -122,6 +126,7 @@ impl BertSelfAttention {
 pub struct BertResidualOutput {
     dense: QLinear,
     LayerNorm: LayerNorm,
+    dropout: Dropout,
 }
 
 impl BertResidualOutput {
@@ -133,12 +138,13 @@ impl BertResidualOutput {
                 c.hidden_size,
                 c.layer_norm_eps,
             )?,
+            dropout: w.dropout(c.hidden_dropout_prob),
         })
     }
 
     pub fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.LayerNorm
-            .forward(&(self.dense.forward(x)? + residual)?)
+        let h = self.dropout.forward(&self.dense.forward(x)?)?;
+        self.LayerNorm.forward(&(h + residual)?)
     }
 }
 
@@ -239,6 +245,7 @@ impl EncoderModel for BertModel {
 #[derive(Debug, Clone)]
 pub struct BertForSequenceClassification {
     bert: BertModel,
+    dropout: Dropout,
     classifier: QLinear,
 }
 
@@ -250,6 +257,7 @@ impl BertForSequenceClassification {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Self {
             bert: BertModel::load(w.pp(BASE_MODEL_PREFIX), c, true)?,
+            dropout: w.dropout(c.classifier_dropout.unwrap_or(c.hidden_dropout_prob)),
             classifier: linear(c.hidden_size, n, w.pp("classifier"))?,
         })
     }
@@ -261,7 +269,7 @@ impl SequenceClassificationModel for BertForSequenceClassification {
         let pooled = out
             .pooler_output
             .ok_or_else(|| candle_core::Error::Msg("BERT pooler missing".into()))?;
-        self.classifier.forward(&pooled)
+        self.classifier.forward(&self.dropout.forward(&pooled)?)
     }
 }
 
@@ -269,6 +277,7 @@ impl SequenceClassificationModel for BertForSequenceClassification {
 #[derive(Debug, Clone)]
 pub struct BertForTokenClassification {
     bert: BertModel,
+    dropout: Dropout,
     classifier: QLinear,
 }
 
@@ -280,6 +289,7 @@ impl BertForTokenClassification {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Self {
             bert: BertModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?,
+            dropout: w.dropout(c.classifier_dropout.unwrap_or(c.hidden_dropout_prob)),
             classifier: linear(c.hidden_size, n, w.pp("classifier"))?,
         })
     }
@@ -288,7 +298,8 @@ impl BertForTokenClassification {
 impl TokenClassificationModel for BertForTokenClassification {
     fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
         let out = self.bert.forward(inputs)?;
-        self.classifier.forward(&out.last_hidden_state)
+        self.classifier
+            .forward(&self.dropout.forward(&out.last_hidden_state)?)
     }
 }
 

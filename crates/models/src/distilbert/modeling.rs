@@ -2,7 +2,7 @@
 //! (transformers 4.46: src/transformers/models/distilbert/modeling_distilbert.py):
 //! embeddings → multi-head self-attention → FFN → transformer block → model → heads.
 //! Field names are the checkpoint keys, so loading and saving need no rename table.
-//! Inference only: dropout is the identity.
+//! Dropout applies in training only (`Weights::dropout`), at Python's places.
 //!
 //! Differences from BERT worth knowing: no token type embeddings (token_type_ids are
 //! ignored), no pooler, every LayerNorm has eps 1e-12 whatever the config says, and
@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
+    encoder_attention_with, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
 };
 
 use super::config::DistilBertConfig;
@@ -60,6 +60,7 @@ pub struct Embeddings {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
     LayerNorm: LayerNorm,
+    dropout: Dropout,
     max_positions: usize,
 }
 
@@ -78,6 +79,7 @@ impl Embeddings {
             word_embeddings: w.pp("word_embeddings").embedding(c.vocab_size, c.dim)?,
             position_embeddings,
             LayerNorm: LayerNorm::load(w.pp("LayerNorm").vb().clone(), c.dim, LAYER_NORM_EPS)?,
+            dropout: w.dropout(c.dropout),
             max_positions: c.max_position_embeddings,
         })
     }
@@ -98,7 +100,8 @@ impl Embeddings {
         let positions = Tensor::arange(0u32, s as u32, input_ids.device())?;
         let words = self.word_embeddings.forward(input_ids)?;
         let pos = self.position_embeddings.forward(&positions)?;
-        self.LayerNorm.forward(&words.broadcast_add(&pos)?)
+        self.dropout
+            .forward(&self.LayerNorm.forward(&words.broadcast_add(&pos)?)?)
     }
 }
 
@@ -111,6 +114,7 @@ pub struct MultiHeadSelfAttention {
     out_lin: QLinear,
     n_heads: usize,
     head_dim: usize,
+    dropout: Dropout,
 }
 
 impl MultiHeadSelfAttention {
@@ -123,6 +127,7 @@ impl MultiHeadSelfAttention {
             out_lin: linear(d, d, w.pp("out_lin"))?,
             n_heads: c.n_heads,
             head_dim: d / c.n_heads,
+            dropout: w.dropout(c.attention_dropout),
         })
     }
 
@@ -140,8 +145,14 @@ impl MultiHeadSelfAttention {
         let k = self.split_heads(&self.k_lin.forward(x)?)?;
         let v = self.split_heads(&self.v_lin.forward(x)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        self.out_lin
-            .forward(&encoder_attention(&q, &k, &v, mask, scale)?)
+        self.out_lin.forward(&encoder_attention_with(
+            &q,
+            &k,
+            &v,
+            mask,
+            scale,
+            &self.dropout,
+        )?)
     }
 }
 
@@ -151,6 +162,7 @@ pub struct Ffn {
     lin1: QLinear,
     lin2: QLinear,
     act: Activation,
+    dropout: Dropout,
 }
 
 impl Ffn {
@@ -159,12 +171,15 @@ impl Ffn {
             lin1: linear(c.dim, c.hidden_dim, w.pp("lin1"))?,
             lin2: linear(c.hidden_dim, c.dim, w.pp("lin2"))?,
             act: act(c)?,
+            dropout: w.dropout(c.dropout),
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.lin2
-            .forward(&self.act.forward(&self.lin1.forward(x)?)?)
+        let h = self
+            .lin2
+            .forward(&self.act.forward(&self.lin1.forward(x)?)?)?;
+        self.dropout.forward(&h)
     }
 }
 
@@ -260,6 +275,7 @@ impl EncoderModel for DistilBertModel {
 pub struct DistilBertForSequenceClassification {
     distilbert: DistilBertModel,
     pre_classifier: QLinear,
+    dropout: Dropout,
     classifier: QLinear,
 }
 
@@ -269,6 +285,7 @@ impl DistilBertForSequenceClassification {
         Ok(Self {
             distilbert: DistilBertModel::load(w.pp(BASE_MODEL_PREFIX), c)?,
             pre_classifier: linear(c.dim, c.dim, w.pp("pre_classifier"))?,
+            dropout: w.dropout(c.seq_classif_dropout),
             classifier: linear(c.dim, n, w.pp("classifier"))?,
         })
     }
@@ -279,7 +296,7 @@ impl SequenceClassificationModel for DistilBertForSequenceClassification {
         let out = self.distilbert.forward(inputs)?;
         let cls = out.last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
         let x = self.pre_classifier.forward(&cls)?.relu()?;
-        self.classifier.forward(&x)
+        self.classifier.forward(&self.dropout.forward(&x)?)
     }
 }
 
@@ -287,6 +304,7 @@ impl SequenceClassificationModel for DistilBertForSequenceClassification {
 #[derive(Debug, Clone)]
 pub struct DistilBertForTokenClassification {
     distilbert: DistilBertModel,
+    dropout: Dropout,
     classifier: QLinear,
 }
 
@@ -295,6 +313,7 @@ impl DistilBertForTokenClassification {
         let n = num_labels(c)?;
         Ok(Self {
             distilbert: DistilBertModel::load(w.pp(BASE_MODEL_PREFIX), c)?,
+            dropout: w.dropout(c.dropout),
             classifier: linear(c.dim, n, w.pp("classifier"))?,
         })
     }
@@ -303,7 +322,8 @@ impl DistilBertForTokenClassification {
 impl TokenClassificationModel for DistilBertForTokenClassification {
     fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
         let out = self.distilbert.forward(inputs)?;
-        self.classifier.forward(&out.last_hidden_state)
+        self.classifier
+            .forward(&self.dropout.forward(&out.last_hidden_state)?)
     }
 }
 

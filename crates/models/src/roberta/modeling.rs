@@ -3,7 +3,7 @@
 //! src/transformers/models/roberta/modeling_roberta.py):
 //! position ids → embeddings → self-attention → layer → model → task heads.
 //! Field names are the checkpoint keys, so loading and saving need no rename table.
-//! Inference only: dropout is the identity.
+//! Dropout applies in training only (`Weights::dropout`), at Python's places.
 //!
 //! The encoder blocks are copied from `bert/modeling.rs` (a model never imports
 //! another). What differs from BERT:
@@ -19,7 +19,7 @@ use candle_core::{DType, Result, Tensor, D};
 use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    encoder_attention, extended_attention_mask, Activation, Embedding, LayerNorm,
+    encoder_attention_with, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
 };
 
 use super::config::RobertaConfig;
@@ -65,6 +65,7 @@ pub struct RobertaEmbeddings {
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     LayerNorm: LayerNorm,
+    dropout: Dropout,
     padding_idx: u32,
     max_tokens: usize,
 }
@@ -89,6 +90,7 @@ impl RobertaEmbeddings {
                 c.hidden_size,
                 c.layer_norm_eps,
             )?,
+            dropout: w.dropout(c.hidden_dropout_prob),
             padding_idx,
             max_tokens: c.max_input_tokens(),
         })
@@ -112,7 +114,7 @@ impl RobertaEmbeddings {
         let types = self.token_type_embeddings.forward(token_type_ids)?;
         let pos = self.position_embeddings.forward(&positions)?;
         let x = words.add(&types)?.add(&pos)?;
-        self.LayerNorm.forward(&x)
+        self.dropout.forward(&self.LayerNorm.forward(&x)?)
     }
 }
 
@@ -125,6 +127,7 @@ pub struct RobertaSelfAttention {
     value: QLinear,
     num_heads: usize,
     head_dim: usize,
+    dropout: Dropout,
 }
 
 impl RobertaSelfAttention {
@@ -136,6 +139,7 @@ impl RobertaSelfAttention {
             value: linear(h, h, w.pp("value"))?,
             num_heads: c.num_attention_heads,
             head_dim: h / c.num_attention_heads,
+            dropout: w.dropout(c.attention_probs_dropout_prob),
         })
     }
 
@@ -151,7 +155,7 @@ impl RobertaSelfAttention {
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        encoder_attention(&q, &k, &v, mask, scale)
+        encoder_attention_with(&q, &k, &v, mask, scale, &self.dropout)
     }
 }
 
@@ -161,6 +165,7 @@ impl RobertaSelfAttention {
 pub struct RobertaResidualOutput {
     dense: QLinear,
     LayerNorm: LayerNorm,
+    dropout: Dropout,
 }
 
 impl RobertaResidualOutput {
@@ -172,12 +177,13 @@ impl RobertaResidualOutput {
                 c.hidden_size,
                 c.layer_norm_eps,
             )?,
+            dropout: w.dropout(c.hidden_dropout_prob),
         })
     }
 
     pub fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.LayerNorm
-            .forward(&(self.dense.forward(x)? + residual)?)
+        let h = self.dropout.forward(&self.dense.forward(x)?)?;
+        self.LayerNorm.forward(&(h + residual)?)
     }
 }
 
@@ -289,6 +295,7 @@ impl EncoderModel for RobertaModel {
 #[derive(Debug, Clone)]
 pub struct RobertaForSequenceClassification {
     roberta: RobertaModel,
+    dropout: Dropout,
     dense: QLinear,
     out_proj: QLinear,
 }
@@ -299,6 +306,7 @@ impl RobertaForSequenceClassification {
         let head = w.pp("classifier");
         Ok(Self {
             roberta: RobertaModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?,
+            dropout: w.dropout(c.classifier_dropout.unwrap_or(c.hidden_dropout_prob)),
             dense: linear(c.hidden_size, c.hidden_size, head.pp("dense"))?,
             out_proj: linear(c.hidden_size, n, head.pp("out_proj"))?,
         })
@@ -308,11 +316,12 @@ impl RobertaForSequenceClassification {
 impl SequenceClassificationModel for RobertaForSequenceClassification {
     fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
         let out = self.roberta.forward(inputs)?;
+        // Python's head: dropout → dense → tanh → dropout → out_proj.
         let x = self
-            .dense
-            .forward(&first_token(&out.last_hidden_state)?)?
-            .tanh()?;
-        self.out_proj.forward(&x)
+            .dropout
+            .forward(&first_token(&out.last_hidden_state)?)?;
+        let x = self.dense.forward(&x)?.tanh()?;
+        self.out_proj.forward(&self.dropout.forward(&x)?)
     }
 }
 
@@ -320,6 +329,7 @@ impl SequenceClassificationModel for RobertaForSequenceClassification {
 #[derive(Debug, Clone)]
 pub struct RobertaForTokenClassification {
     roberta: RobertaModel,
+    dropout: Dropout,
     classifier: QLinear,
 }
 
@@ -328,6 +338,7 @@ impl RobertaForTokenClassification {
         let n = num_labels(c)?;
         Ok(Self {
             roberta: RobertaModel::load(w.pp(BASE_MODEL_PREFIX), c, false)?,
+            dropout: w.dropout(c.classifier_dropout.unwrap_or(c.hidden_dropout_prob)),
             classifier: linear(c.hidden_size, n, w.pp("classifier"))?,
         })
     }
@@ -336,7 +347,8 @@ impl RobertaForTokenClassification {
 impl TokenClassificationModel for RobertaForTokenClassification {
     fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
         let out = self.roberta.forward(inputs)?;
-        self.classifier.forward(&out.last_hidden_state)
+        self.classifier
+            .forward(&self.dropout.forward(&out.last_hidden_state)?)
     }
 }
 
