@@ -73,6 +73,22 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         words: Vec<String>,
     },
+    /// Serve an OpenAI-compatible API: rustformers serve --model REF [--model REF]
+    /// [--host 127.0.0.1] [--port 8000] [--max-batch-size 8] [--max-queue 64]. One model
+    /// may generate text (a causal LM, GGUF or safetensors), one may embed (an encoder).
+    Serve {
+        /// A model to load (repeat for a generator and an embedder).
+        #[arg(long = "model", required = true)]
+        models: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        #[arg(long, default_value_t = 8)]
+        max_batch_size: usize,
+        #[arg(long, default_value_t = 64)]
+        max_queue: usize,
+    },
     /// Print the environment: version, CPU features, threads, Hub cache.
     Env,
     /// Time a work item (embeddings-f32, embeddings-bf16, decode-gguf, decode-f32,
@@ -111,6 +127,13 @@ pub fn main() -> Result<ExitCode> {
         Command::Convert { gguf, out_dir } => convert(&gguf, &out_dir),
         Command::Inspect { reference } => inspect(&reference),
         Command::Train { words } => crate::train::train(&words),
+        Command::Serve {
+            models,
+            host,
+            port,
+            max_batch_size,
+            max_queue,
+        } => crate::serve::serve(&models, host, port, max_batch_size, max_queue),
         Command::Env => env(),
         Command::Bench { work, runs, input } => {
             crate::bench::bench(&crate::bench::BenchArgs { work, runs, input }, start)?;

@@ -5,6 +5,7 @@
 mod args;
 mod bench;
 mod commands;
+mod serve;
 mod train;
 
 use std::process::ExitCode;

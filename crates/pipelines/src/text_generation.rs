@@ -174,6 +174,17 @@ impl TextGenerationPipeline {
         })
     }
 
+    /// The number of tokens `input` (a text, or a chat as a list of messages) takes as a
+    /// prompt, chat template applied.
+    pub fn prompt_tokens(&self, input: &Value) -> Result<usize> {
+        Ok(self.prepare(input, None)?.ids.len())
+    }
+
+    /// The model's context length.
+    pub fn max_context(&self) -> usize {
+        self.model.model.max_context()
+    }
+
     /// Checks call parameters (pipeline and generation options) without generating.
     pub fn check_params(&self, params: &Params) -> Result<()> {
         self.split_params(params).map(|_| ())
@@ -187,18 +198,27 @@ impl TextGenerationPipeline {
         params: &Params,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<(String, usize)> {
+        self.stream_until(input, params, &mut |t| {
+            on_text(t);
+            true
+        })
+    }
+
+    /// [`Self::stream`] where `on_text` returning false stops generating (a client that
+    /// went away): the generation and its cache end there.
+    pub fn stream_until(
+        &self,
+        input: &Value,
+        params: &Params,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(String, usize)> {
         let (o, config) = self.split_params(params)?;
         let prompt = self.prepare(input, o.add_special_tokens)?;
         let mut streamer = TextStreamer::new(&self.tokenizer, true);
         let mut failure: Option<Error> = None;
         let mut cb = |_row: usize, token: u32| -> bool {
             match streamer.push(token) {
-                Ok(piece) => {
-                    if !piece.is_empty() {
-                        on_text(&piece);
-                    }
-                    true
-                }
+                Ok(piece) => piece.is_empty() || on_text(&piece),
                 Err(e) => {
                     failure = Some(e);
                     false

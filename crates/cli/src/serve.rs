@@ -1,0 +1,78 @@
+//! `rustformers serve`: loads the models, then runs the OpenAI-compatible server.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use rustformers_core::{AutoTokenizer, ModelFiles};
+use rustformers_models::{LoadOptions, ModelConfig};
+use rustformers_pipelines::{FeatureExtractionPipeline, TextGenerationPipeline};
+use rustformers_server::{Models, ServerConfig};
+
+/// Whether `reference` is a causal LM (GGUF files are).
+fn generates(reference: &str) -> Result<bool> {
+    let files = ModelFiles::resolve(reference)?;
+    if rustformers_models::gguf_path(&files)?.is_some() {
+        return Ok(true);
+    }
+    let config = ModelConfig::from_files(&files)?;
+    Ok(matches!(
+        config,
+        ModelConfig::Llama(_)
+            | ModelConfig::Mistral(_)
+            | ModelConfig::Qwen2(_)
+            | ModelConfig::Qwen3(_)
+            | ModelConfig::Gemma2(_)
+            | ModelConfig::Phi3(_)
+            | ModelConfig::Gpt2(_)
+    ))
+}
+
+pub fn serve(
+    refs: &[String],
+    host: String,
+    port: u16,
+    max_batch_size: usize,
+    max_queue: usize,
+) -> Result<ExitCode> {
+    if max_queue == 0 || max_batch_size == 0 {
+        bail!("--max-queue and --max-batch-size must be at least 1");
+    }
+    let mut models = Models {
+        generator: None,
+        embedder: None,
+    };
+    let opts = LoadOptions::default();
+    for r in refs {
+        if generates(r)? {
+            if models.generator.is_some() {
+                bail!("--model {r}: one text-generation model per server");
+            }
+            let p = TextGenerationPipeline::from_pretrained(r, &opts)?;
+            models.generator = Some((r.clone(), Arc::new(p)));
+        } else {
+            if models.embedder.is_some() {
+                bail!("--model {r}: one embedding model per server");
+            }
+            let p = FeatureExtractionPipeline::from_pretrained(r, &opts)?;
+            let tok = AutoTokenizer::from_pretrained(r)?;
+            models.embedder = Some((r.clone(), Arc::new(p), Arc::new(tok)));
+        }
+    }
+    let config = ServerConfig {
+        host: host.clone(),
+        port,
+        max_queue,
+        max_batch_size,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    eprintln!("rustformers: serving on http://{host}:{port}/v1 (Ctrl-C or SIGTERM to stop)");
+    rt.block_on(rustformers_server::serve(models, config))
+        .with_context(|| format!("serving on {host}:{port}"))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,615 @@
+//! `rustformers serve`: an OpenAI-compatible HTTP API (axum on tokio) over a
+//! text-generation model and/or an embedding model.
+//!
+//! Endpoints: POST /v1/chat/completions (chat template, streaming SSE or not),
+//! POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics
+//! (Prometheus text). Errors use OpenAI's JSON shape. Generation runs on one worker
+//! thread fed by a bounded queue (a full queue answers 429); a streaming client that
+//! disconnects stops its generation. SIGTERM / Ctrl-C finish in-flight requests, then
+//! exit.
+
+pub mod api;
+mod metrics;
+mod stop;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use rustformers_core::AutoTokenizer;
+use rustformers_pipelines::{FeatureExtractionPipeline, Params, TextGenerationPipeline};
+
+use api::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, GenSettings};
+pub use metrics::Metrics;
+
+/// What `serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Requests waiting or running beyond this are refused with 429.
+    pub max_queue: usize,
+    /// Sequences one forward pass may hold (reserved for batching; generation runs one
+    /// request at a time for now).
+    pub max_batch_size: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            max_queue: 64,
+            max_batch_size: 8,
+        }
+    }
+}
+
+/// The loaded models.
+pub struct Models {
+    /// A text-generation model and the id clients name it by.
+    pub generator: Option<(String, Arc<TextGenerationPipeline>)>,
+    /// An embedding model, its id and tokenizer (for usage counts).
+    pub embedder: Option<(String, Arc<FeatureExtractionPipeline>, Arc<AutoTokenizer>)>,
+}
+
+/// One generation on the worker thread.
+struct Job {
+    input: Value,
+    settings: GenSettings,
+    seed: Option<u64>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// What the worker reports for a job.
+enum Event {
+    Text(String),
+    Done {
+        completion_tokens: usize,
+        finish_reason: &'static str,
+    },
+    Failed(String),
+}
+
+struct AppState {
+    models: Models,
+    config: ServerConfig,
+    jobs: std::sync::mpsc::Sender<Job>,
+    pending: AtomicUsize,
+    metrics: Metrics,
+    shutting_down: AtomicBool,
+}
+
+/// Runs the server until SIGTERM or Ctrl-C; in-flight requests finish first.
+pub async fn serve(models: Models, config: ServerConfig) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+    serve_on(listener, models, config, shutdown_signal()).await
+}
+
+/// Serves on a bound listener until `shutdown` completes (tests pass their own).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    models: Models,
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let generator = models.generator.as_ref().map(|(_, p)| p.clone());
+    let state = Arc::new(AppState {
+        models,
+        config,
+        jobs: tx,
+        pending: AtomicUsize::new(0),
+        metrics: Metrics::default(),
+        shutting_down: AtomicBool::new(false),
+    });
+    let worker_state = state.clone();
+    std::thread::Builder::new()
+        .name("rustformers-generate".into())
+        .spawn(move || worker(rx, generator, worker_state))?;
+    let app = router(state.clone());
+    tracing::info!("listening on {}", listener.local_addr()?);
+    let drain = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            drain.shutting_down.store(true, Ordering::SeqCst);
+        })
+        .await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
+        .with_state(state)
+}
+
+/// The generation worker: one job at a time; stops a job whose client has gone.
+fn worker(
+    rx: std::sync::mpsc::Receiver<Job>,
+    generator: Option<Arc<TextGenerationPipeline>>,
+    state: Arc<AppState>,
+) {
+    while let Ok(job) = rx.recv() {
+        let Some(pipe) = generator.as_ref() else {
+            let _ = job
+                .events
+                .send(Event::Failed("no text-generation model".into()));
+            continue;
+        };
+        let mut params = Params::new();
+        let s = &job.settings;
+        params.insert("max_new_tokens".into(), json!(s.max_tokens));
+        if s.temperature > 0.0 {
+            params.insert("do_sample".into(), json!(true));
+            params.insert("temperature".into(), json!(s.temperature));
+            params.insert("top_p".into(), json!(s.top_p));
+        } else {
+            params.insert("do_sample".into(), json!(false));
+        }
+        if let Some(seed) = job.seed {
+            params.insert("seed".into(), json!(seed));
+        }
+        let mut trimmer = stop::StopTrimmer::new(&s.stop);
+        let mut stopped_by_string = false;
+        let events = job.events.clone();
+        let result = pipe.stream_until(&job.input, &params, &mut |piece| {
+            let (emit, hit) = trimmer.push(piece);
+            if !emit.is_empty() && events.send(Event::Text(emit)).is_err() {
+                return false; // the client is gone
+            }
+            if hit {
+                stopped_by_string = true;
+                return false;
+            }
+            true
+        });
+        match result {
+            Ok((_, tokens)) => {
+                if !stopped_by_string {
+                    let rest = trimmer.finish();
+                    if !rest.is_empty() {
+                        let _ = job.events.send(Event::Text(rest));
+                    }
+                }
+                state.metrics.add_tokens(tokens);
+                let finish_reason = if !stopped_by_string && tokens >= s.max_tokens {
+                    "length"
+                } else {
+                    "stop"
+                };
+                let _ = job.events.send(Event::Done {
+                    completion_tokens: tokens,
+                    finish_reason,
+                });
+            }
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e.to_string()));
+            }
+        }
+        state.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn request_id(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{:x}{:04x}",
+        now(),
+        COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff
+    )
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    Json(json!({
+        "status": "ok",
+        "queue": state.pending.load(Ordering::SeqCst),
+    }))
+    .into_response()
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(state.pending.load(Ordering::SeqCst)),
+    )
+        .into_response()
+}
+
+async fn list_models(State(state): State<Arc<AppState>>) -> Response {
+    let mut data = Vec::new();
+    if let Some((id, _)) = &state.models.generator {
+        data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": "rustformers"}));
+    }
+    if let Some((id, _, _)) = &state.models.embedder {
+        data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": "rustformers"}));
+    }
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// Parses a JSON body into `T`, with OpenAI-shaped errors.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
+    if !v.is_object() {
+        return Err(ApiError::invalid("the body must be a JSON object", None));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid request: {e}"), None))
+}
+
+/// The generator a request names.
+fn generator_for(
+    state: &AppState,
+    model: Option<&str>,
+) -> Result<(String, Arc<TextGenerationPipeline>), ApiError> {
+    let Some((id, pipe)) = &state.models.generator else {
+        return Err(ApiError::not_found(
+            "this server has no text-generation model",
+        ));
+    };
+    match model {
+        Some(m) if m != id => Err(ApiError::not_found(format!(
+            "model `{m}` does not exist; this server generates with `{id}`"
+        ))),
+        _ => Ok((id.clone(), pipe.clone())),
+    }
+}
+
+/// Queues `n` generations of `input`, or 429 when the queue is full.
+fn submit(
+    state: &AppState,
+    input: &Value,
+    settings: &GenSettings,
+) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, ApiError> {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the server is shutting down".into(),
+            kind: "server_error",
+            param: None,
+        });
+    }
+    let n = settings.n;
+    let before = state.pending.fetch_add(n, Ordering::SeqCst);
+    if before + n > state.config.max_queue {
+        state.pending.fetch_sub(n, Ordering::SeqCst);
+        return Err(ApiError::busy(format!(
+            "the queue is full ({} requests waiting); retry later",
+            state.config.max_queue
+        )));
+    }
+    let mut receivers = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let job = Job {
+            input: input.clone(),
+            settings: settings.clone(),
+            seed: settings.seed.map(|s| s.wrapping_add(i as u64)),
+            events: tx,
+        };
+        if state.jobs.send(job).is_err() {
+            state.pending.fetch_sub(n - i, Ordering::SeqCst);
+            return Err(ApiError::internal("the generation worker has stopped"));
+        }
+        receivers.push(rx);
+    }
+    Ok(receivers)
+}
+
+/// Checks that prompt and completion fit the model's context.
+fn check_context(
+    pipe: &TextGenerationPipeline,
+    input: &Value,
+    settings: &GenSettings,
+    param: &str,
+) -> Result<usize, ApiError> {
+    let prompt = pipe
+        .prompt_tokens(input)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some(param)))?;
+    let ctx = pipe.max_context();
+    if prompt + settings.max_tokens > ctx {
+        return Err(ApiError::invalid(
+            format!(
+                "the prompt is {prompt} tokens and max_tokens {}: more than the model's context of {ctx} tokens",
+                settings.max_tokens
+            ),
+            Some(param),
+        ));
+    }
+    Ok(prompt)
+}
+
+async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let start = Instant::now();
+    let r = chat_inner(&state, &body).await;
+    state.metrics.observe("chat", &r, start);
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(body)?;
+    let settings = req.sampling.settings()?;
+    let messages = req.messages.filter(|m| !m.is_empty()).ok_or_else(|| {
+        ApiError::invalid(
+            "`messages` is required and must not be empty",
+            Some("messages"),
+        )
+    })?;
+    if messages
+        .iter()
+        .any(|m| !m.is_object() || m.get("role").is_none())
+    {
+        return Err(ApiError::invalid(
+            "each message needs a `role` (and `content`)",
+            Some("messages"),
+        ));
+    }
+    let (model, pipe) = generator_for(state, req.sampling.model.as_deref())?;
+    let input = match req.tools {
+        Some(tools) => json!({"messages": messages, "tools": tools}),
+        None => Value::Array(messages),
+    };
+    let prompt_tokens = check_context(&pipe, &input, &settings, "messages")?;
+    let receivers = submit(state, &input, &settings)?;
+    respond(
+        receivers,
+        Kind::Chat,
+        model,
+        prompt_tokens,
+        req.sampling.stream,
+    )
+    .await
+}
+
+async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let start = Instant::now();
+    let r = completions_inner(&state, &body).await;
+    state.metrics.observe("completions", &r, start);
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(body)?;
+    let settings = req.sampling.settings()?;
+    let prompt = match req.prompt {
+        Some(Value::String(s)) => s,
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default().to_string()
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`prompt` must be a string (or a list of one string)",
+                Some("prompt"),
+            ))
+        }
+        None => return Err(ApiError::invalid("`prompt` is required", Some("prompt"))),
+    };
+    let (model, pipe) = generator_for(state, req.sampling.model.as_deref())?;
+    let input = Value::String(prompt);
+    let prompt_tokens = check_context(&pipe, &input, &settings, "prompt")?;
+    let receivers = submit(state, &input, &settings)?;
+    respond(
+        receivers,
+        Kind::Completion,
+        model,
+        prompt_tokens,
+        req.sampling.stream,
+    )
+    .await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// A whole response, or an SSE stream of chunks ending in `data: [DONE]`.
+async fn respond(
+    receivers: Vec<mpsc::UnboundedReceiver<Event>>,
+    kind: Kind,
+    model: String,
+    prompt_tokens: usize,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    let (id, object) = match kind {
+        Kind::Chat => (request_id("chatcmpl"), "chat.completion"),
+        Kind::Completion => (request_id("cmpl"), "text_completion"),
+    };
+    let created = now();
+    if !stream {
+        let mut choices = Vec::new();
+        let mut completion_tokens = 0;
+        for (index, mut rx) in receivers.into_iter().enumerate() {
+            let mut text = String::new();
+            let mut finish = "stop";
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    Event::Text(t) => text.push_str(&t),
+                    Event::Done {
+                        completion_tokens: n,
+                        finish_reason,
+                    } => {
+                        completion_tokens += n;
+                        finish = finish_reason;
+                    }
+                    Event::Failed(e) => return Err(ApiError::internal(e)),
+                }
+            }
+            choices.push(match kind {
+                Kind::Chat => {
+                    json!({"index": index, "message": {"role": "assistant", "content": text},
+                    "logprobs": null, "finish_reason": finish})
+                }
+                Kind::Completion => json!({"index": index, "text": text, "logprobs": null,
+                    "finish_reason": finish}),
+            });
+        }
+        return Ok(Json(json!({
+            "id": id, "object": object, "created": created, "model": model, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens},
+        }))
+        .into_response());
+    }
+    let chunk_object = match kind {
+        Kind::Chat => "chat.completion.chunk",
+        Kind::Completion => "text_completion",
+    };
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        let chunk = |index: usize, delta: Value, finish: Value| -> SseEvent {
+            let choice = match kind {
+                Kind::Chat => {
+                    json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": finish})
+                }
+                Kind::Completion => {
+                    json!({"index": index, "text": delta.get("content").cloned().unwrap_or(json!("")),
+                    "logprobs": null, "finish_reason": finish})
+                }
+            };
+            SseEvent::default().data(
+                json!({"id": id, "object": chunk_object, "created": created, "model": model,
+                    "choices": [choice]})
+                .to_string(),
+            )
+        };
+        for (index, mut rx) in receivers.into_iter().enumerate() {
+            if kind == Kind::Chat
+                && tx
+                    .send(Ok(chunk(
+                        index,
+                        json!({"role": "assistant", "content": ""}),
+                        Value::Null,
+                    )))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            while let Some(ev) = rx.recv().await {
+                let out = match ev {
+                    Event::Text(t) => chunk(index, json!({"content": t}), Value::Null),
+                    Event::Done { finish_reason, .. } => {
+                        chunk(index, json!({}), json!(finish_reason))
+                    }
+                    Event::Failed(e) => {
+                        SseEvent::default().data(ApiError::internal(e).body().to_string())
+                    }
+                };
+                // A closed connection drops the receivers, which stops the worker.
+                if tx.send(Ok(out)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    });
+    Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response())
+}
+
+async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let start = Instant::now();
+    let r = embeddings_inner(&state, &body).await;
+    state.metrics.observe("embeddings", &r, start);
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn embeddings_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, ApiError> {
+    let req: EmbeddingRequest = parse(body)?;
+    let Some((id, pipe, tok)) = state.models.embedder.clone() else {
+        return Err(ApiError::not_found("this server has no embedding model"));
+    };
+    if let Some(m) = &req.model {
+        if *m != id {
+            return Err(ApiError::not_found(format!(
+                "model `{m}` does not exist; this server embeds with `{id}`"
+            )));
+        }
+    }
+    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
+        return Err(ApiError::invalid(
+            "only encoding_format `float` is supported",
+            Some("encoding_format"),
+        ));
+    }
+    let texts: Vec<String> = match req.input {
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => {
+            return Err(ApiError::invalid(
+                "`input` must be a string or a non-empty list of strings",
+                Some("input"),
+            ))
+        }
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors = pipe.embed(&refs, 32)?;
+        let mut tokens = 0;
+        for t in &refs {
+            let enc = tok.encode(rustformers_core::TextInput::Single(t), &Default::default())?;
+            tokens += enc.input_ids.first().map_or(0, Vec::len);
+        }
+        Ok::<_, rustformers_core::Error>((vectors, tokens))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (vectors, tokens) = result.map_err(|e| ApiError::invalid(e.to_string(), Some("input")))?;
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data, "model": id,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response())
+}

@@ -1,0 +1,304 @@
+//! The server on 127.0.0.1 (tiny Llama generating, tiny BERT embedding), driven over
+//! HTTP: OpenAI response shapes, greedy output equal to the pipeline's, SSE streaming,
+//! stop sequences, n > 1, embeddings, every bad input answered in OpenAI's error shape
+//! with the server still up, a full queue refused, concurrent streams all completed.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use rustformers_core::AutoTokenizer;
+use rustformers_models::LoadOptions;
+use rustformers_pipelines::{FeatureExtractionPipeline, Params, TextGenerationPipeline};
+use rustformers_server::{Models, ServerConfig};
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+struct Server {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    generator: Arc<TextGenerationPipeline>,
+    embedder: Arc<FeatureExtractionPipeline>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start(max_queue: usize) -> Server {
+    let opts = LoadOptions::default();
+    let generator =
+        Arc::new(TextGenerationPipeline::from_pretrained(&fixture("tiny-llama"), &opts).unwrap());
+    let embedder = Arc::new(
+        FeatureExtractionPipeline::from_pretrained(&fixture("tiny-bert-base"), &opts).unwrap(),
+    );
+    let tok = Arc::new(AutoTokenizer::from_pretrained(&fixture("tiny-bert-base")).unwrap());
+    let models = Models {
+        generator: Some(("tiny-llama".into(), generator.clone())),
+        embedder: Some(("tiny-bert".into(), embedder.clone(), tok)),
+    };
+    let config = ServerConfig {
+        max_queue,
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            rustformers_server::serve_on(listener, models, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    Server {
+        base: format!("http://{addr}"),
+        stop: Some(tx),
+        thread: Some(thread),
+        generator,
+        embedder,
+    }
+}
+
+/// POSTs `body` (raw text), returning status and JSON.
+fn post(s: &Server, path: &str, body: &str) -> (u16, Value) {
+    let r = ureq::post(&format!("{}{path}", s.base))
+        .set("Content-Type", "application/json")
+        .send_string(body);
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let status = resp.status();
+    let v: Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+    (status, v)
+}
+
+fn get(s: &Server, path: &str) -> (u16, String) {
+    let r = ureq::get(&format!("{}{path}", s.base)).call().unwrap();
+    (r.status(), r.into_string().unwrap())
+}
+
+/// The SSE `data:` payloads of a streaming POST.
+fn stream(s: &Server, path: &str, body: &Value) -> Vec<String> {
+    let r = ureq::post(&format!("{}{path}", s.base))
+        .send_json(body.clone())
+        .unwrap();
+    assert!(r.content_type().starts_with("text/event-stream"));
+    BufReader::new(r.into_reader())
+        .lines()
+        .map(|l| l.unwrap())
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .collect()
+}
+
+fn chat() -> Value {
+    json!([{"role": "user", "content": "Hello there, how are you?"}])
+}
+
+#[test]
+fn openai_endpoints_answer_as_openai_does() {
+    let s = start(64);
+    let (code, body) = get(&s, "/health");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"ok\""));
+    let (_, body) = get(&s, "/v1/models");
+    let models: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny-llama");
+    assert_eq!(models["data"][1]["id"], "tiny-bert");
+
+    // Greedy chat equals the pipeline's own greedy reply.
+    let mut params = Params::new();
+    params.insert("max_new_tokens".into(), json!(8));
+    params.insert("do_sample".into(), json!(false));
+    let (want, want_tokens) = s.generator.stream(&chat(), &params, &mut |_| {}).unwrap();
+    let req = json!({"model": "tiny-llama", "messages": chat(), "max_tokens": 8, "temperature": 0});
+    let (code, r) = post(&s, "/v1/chat/completions", &req.to_string());
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(r["choices"][0]["message"]["content"], want.as_str());
+    assert_eq!(r["usage"]["completion_tokens"], want_tokens);
+    let prompt_tokens = s.generator.prompt_tokens(&chat()).unwrap();
+    assert_eq!(r["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(r["usage"]["total_tokens"], prompt_tokens + want_tokens);
+    assert_eq!(
+        r["choices"][0]["finish_reason"],
+        if want_tokens == 8 { "length" } else { "stop" }
+    );
+
+    // The same as a stream: role first, the deltas add up to the text, [DONE] last.
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let events = stream(&s, "/v1/chat/completions", &sreq);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, want);
+    assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+
+    // Completions with a stop sequence: the text ends before it.
+    let (_, full) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "The cat", "max_tokens": 12, "temperature": 0}).to_string(),
+    );
+    let full_text = full["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(full["object"], "text_completion");
+    assert!(full_text.chars().count() > 3, "{full_text:?}");
+    {
+        let stop: String = full_text.chars().skip(2).take(2).collect();
+        let (_, cut) = post(
+            &s,
+            "/v1/completions",
+            &json!({"prompt": "The cat", "max_tokens": 12, "temperature": 0, "stop": [stop.clone()]}).to_string(),
+        );
+        let t = cut["choices"][0]["text"].as_str().unwrap();
+        assert!(!t.contains(&stop), "{t:?} contains {stop:?}");
+        assert!(full_text.starts_with(t));
+        assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+    }
+
+    // n = 2 with sampling and a seed: two choices, reproducible.
+    let nreq = json!({"messages": chat(), "max_tokens": 6, "n": 2, "seed": 5, "temperature": 0.9});
+    let (_, a) = post(&s, "/v1/chat/completions", &nreq.to_string());
+    let (_, b) = post(&s, "/v1/chat/completions", &nreq.to_string());
+    assert_eq!(a["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(a["choices"], b["choices"]);
+
+    // Embeddings: the pipeline's vectors.
+    let (code, e) = post(
+        &s,
+        "/v1/embeddings",
+        &json!({"model": "tiny-bert", "input": ["one text", "two"]}).to_string(),
+    );
+    assert_eq!(code, 200, "{e}");
+    let want = s.embedder.embed(&["one text", "two"], 32).unwrap();
+    for (i, w) in want.iter().enumerate() {
+        let got: Vec<f32> = serde_json::from_value(e["data"][i]["embedding"].clone()).unwrap();
+        assert_eq!(&got, w);
+    }
+    assert!(e["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    // Bad input: OpenAI's error shape, and the server keeps serving.
+    for (path, body, status, needle) in [
+        ("/v1/chat/completions", "{not json", 400, "not valid JSON"),
+        (
+            "/v1/chat/completions",
+            r#"{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}"#,
+            404,
+            "gpt-9",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model": "tiny-llama"}"#,
+            400,
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}"#,
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}"#,
+            400,
+            "context",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "x"}], "temperature": 7}"#,
+            400,
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": ["hi"]}"#,
+            400,
+            "role",
+        ),
+        ("/v1/completions", r#"{"prompt": 5}"#, 400, "prompt"),
+        ("/v1/embeddings", r#"{"input": []}"#, 400, "input"),
+        ("/v1/nothing", "{}", 404, "no such endpoint"),
+    ] {
+        let (code, v) = post(&s, path, body);
+        assert_eq!(code, status, "{path} {body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{msg}");
+        assert!(v["error"]["type"].is_string());
+        assert_eq!(get(&s, "/health").0, 200);
+    }
+    let (_, metrics) = get(&s, "/metrics");
+    assert!(metrics.contains("rustformers_requests_total{endpoint=\"chat\",status=\"200\"}"));
+    assert!(metrics.contains("rustformers_generated_tokens_total"));
+    assert!(metrics.contains("rustformers_request_seconds_bucket"));
+}
+
+#[test]
+fn a_full_queue_is_refused_and_concurrent_streams_complete() {
+    let s = start(1);
+    let (code, v) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": chat(), "n": 2, "max_tokens": 2}).to_string(),
+    );
+    assert_eq!(code, 429, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("queue is full"));
+    drop(s);
+    let s = Arc::new(start(64));
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let body = json!({"messages": chat(), "max_tokens": 4, "stream": true, "seed": i, "temperature": 0.8});
+                let ev = stream(&s, "/v1/chat/completions", &body);
+                assert_eq!(ev.last().unwrap(), "[DONE]");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(get(&s, "/health").0, 200);
+}
