@@ -12,3 +12,5 @@ export HF_HUB_OFFLINE=1
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The server through the official OpenAI Python client (a venv under target/).
+bash scripts/test-openai-client.sh

@@ -572,12 +572,16 @@ async fn embeddings_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respons
             )));
         }
     }
-    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(ApiError::invalid(
-            "only encoding_format `float` is supported",
-            Some("encoding_format"),
-        ));
-    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("encoding_format `{other}`: use float or base64"),
+                Some("encoding_format"),
+            ))
+        }
+    };
     let texts: Vec<String> = match req.input {
         Some(Value::String(s)) => vec![s],
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a
@@ -607,9 +611,48 @@ async fn embeddings_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respons
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                // OpenAI's base64 form: the little-endian f32 bytes.
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(encode_base64(&bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     Ok(Json(json!({"object": "list", "data": data, "model": id,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
     .into_response())
+}
+
+/// Standard base64 with padding.
+fn encode_base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_is_the_standard_one() {
+        assert_eq!(super::encode_base64(b""), "");
+        assert_eq!(super::encode_base64(b"f"), "Zg==");
+        assert_eq!(super::encode_base64(b"fo"), "Zm8=");
+        assert_eq!(super::encode_base64(b"foobar"), "Zm9vYmFy");
+    }
 }

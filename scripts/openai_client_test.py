@@ -1,0 +1,170 @@
+"""`rustformers serve` driven by the official `openai` client over loopback.
+
+Checks: chat (greedy: equal to `rustformers run text-generation` on the same chat),
+streaming chat (deltas add up to the same reply), completions (equal to `run` on the
+prompt), embeddings, n > 1, stop sequences, errors as openai exceptions with the server
+still up, 64 concurrent streaming requests all completed (aggregate tokens/s printed),
+1000 sequential requests with resident memory growing less than 64 MB, SIGTERM exits 0.
+Prints one JSON line of figures.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import openai
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_cli(bin_: str, *args: str) -> list:
+    out = subprocess.run([bin_, "run", *args], check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--gen", required=True)
+    ap.add_argument("--emb", required=True)
+    a = ap.parse_args()
+    port = free_port()
+    server = subprocess.Popen(
+        [a.bin, "serve", "--model", a.gen, "--model", a.emb, "--port", str(port), "--max-queue", "256"],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        print("server did not start:", server.stderr.read().decode(), file=sys.stderr)
+        return 1
+    figures = {}
+    try:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="none")
+        chat = [{"role": "user", "content": "Hello there, how are you?"}]
+        models = [m.id for m in client.models.list().data]
+        assert models == [a.gen, a.emb], models
+
+        # Greedy chat == `rustformers run text-generation` on the same chat.
+        r = client.chat.completions.create(model=a.gen, messages=chat, max_tokens=8, temperature=0)
+        reply = r.choices[0].message.content
+        ran = run_cli(a.bin, "text-generation", "--model", a.gen, "--max-new-tokens", "8", json.dumps(chat))
+        want = ran[0][0]["generated_text"][-1]["content"]
+        assert reply == want, (reply, want)
+        assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+
+        # Streaming chat: the deltas add up to the same reply.
+        text = ""
+        for chunk in client.chat.completions.create(model=a.gen, messages=chat, max_tokens=8, temperature=0, stream=True):
+            text += chunk.choices[0].delta.content or ""
+        assert text == reply, (text, reply)
+
+        # Completions == `run` with the prompt left out of the output.
+        c = client.completions.create(model=a.gen, prompt="The cat", max_tokens=10, temperature=0)
+        ran = run_cli(a.bin, "text-generation", "--model", a.gen, "--max-new-tokens", "10", "--return-full-text", "false", "The cat")
+        assert c.choices[0].text == ran[0][0]["generated_text"], (c.choices[0].text, ran)
+
+        # Stop sequences.
+        full = c.choices[0].text
+        stop = full[2:4]
+        cut = client.completions.create(model=a.gen, prompt="The cat", max_tokens=10, temperature=0, stop=[stop])
+        assert stop not in cut.choices[0].text and full.startswith(cut.choices[0].text), (stop, cut)
+        assert cut.choices[0].finish_reason == "stop"
+
+        # n > 1.
+        n = client.chat.completions.create(model=a.gen, messages=chat, max_tokens=5, n=3, temperature=0.9, seed=3)
+        assert [ch.index for ch in n.choices] == [0, 1, 2]
+
+        # Embeddings.
+        e = client.embeddings.create(model=a.emb, input=["one sentence", "another"])
+        assert len(e.data) == 2 and len(e.data[0].embedding) > 0
+
+        # Errors as the client's exceptions; the server stays up.
+        for call, exc in [
+            (lambda: client.chat.completions.create(model=a.gen, messages=chat, max_tokens=0), openai.BadRequestError),
+            (lambda: client.chat.completions.create(model="gpt-9", messages=chat), openai.NotFoundError),
+            (lambda: client.chat.completions.create(model=a.gen, messages=[]), openai.BadRequestError),
+            (lambda: client.chat.completions.create(model=a.gen, messages=chat, max_tokens=100000), openai.BadRequestError),
+            (lambda: client.embeddings.create(model=a.emb, input=[]), openai.BadRequestError),
+        ]:
+            try:
+                call()
+                raise AssertionError("no error")
+            except exc:
+                pass
+            urllib.request.urlopen(base + "/health", timeout=5)
+
+        # 64 concurrent streaming requests.
+        async def load() -> int:
+            ac = openai.AsyncOpenAI(base_url=base + "/v1", api_key="none")
+
+            async def one(i: int) -> int:
+                count = 0
+                stream = await ac.chat.completions.create(
+                    model=a.gen, messages=chat, max_tokens=16, temperature=0.8, seed=i, stream=True
+                )
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        count += 1
+                return count
+
+            counts = await asyncio.gather(*(one(i) for i in range(64)))
+            return sum(counts)
+
+        t0 = time.perf_counter()
+        pieces = asyncio.run(load())
+        secs = time.perf_counter() - t0
+        figures["concurrent_streams"] = 64
+        figures["streamed_pieces"] = pieces
+        figures["aggregate_pieces_per_s"] = round(pieces / secs, 1)
+        figures["load_seconds"] = round(secs, 2)
+
+        # 1000 sequential requests: resident memory stays bounded.
+        for _ in range(50):
+            client.completions.create(model=a.gen, prompt="Hi", max_tokens=1, temperature=0)
+        before = rss_mb(server.pid)
+        for i in range(1000):
+            client.completions.create(model=a.gen, prompt=f"Hi {i}", max_tokens=1, temperature=0)
+        after = rss_mb(server.pid)
+        figures["rss_mb_before"] = round(before, 1)
+        figures["rss_mb_after_1000"] = round(after, 1)
+        assert after - before < 64, (before, after)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            code = -1
+    assert code == 0, f"exit code {code}"
+    print(json.dumps({"openai_client": openai.__version__, **figures}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
