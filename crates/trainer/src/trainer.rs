@@ -85,10 +85,28 @@ pub trait TrainModel {
     fn set_training(&self, _on: bool, _seed: u64) {}
 }
 
+/// The [`TrainModel`] methods every `PreTrainedModel` head shares (its parameters, a
+/// save as a normal checkpoint, the dropout switch).
+macro_rules! pretrained_model_methods {
+    () => {
+        fn parameters(&self) -> Vec<(String, Var)> {
+            self.trainable_parameters().to_vec()
+        }
+
+        fn save(&self, dir: &Path) -> Result<()> {
+            Ok(self.save_pretrained(dir)?)
+        }
+
+        fn set_training(&self, on: bool, seed: u64) {
+            if let Some(m) = self.train_mode() {
+                m.set(on, seed);
+            }
+        }
+    };
+}
+
 impl TrainModel for PreTrainedModel<dyn SequenceClassificationModel> {
-    fn parameters(&self) -> Vec<(String, Var)> {
-        self.trainable_parameters().to_vec()
-    }
+    pretrained_model_methods!();
 
     /// Python's heads: one label → mean squared error (regression), else cross-entropy.
     fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
@@ -106,16 +124,6 @@ impl TrainModel for PreTrainedModel<dyn SequenceClassificationModel> {
             crate::loss::cross_entropy(&logits, &batch.labels)?
         };
         Ok((loss, logits))
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        Ok(self.save_pretrained(dir)?)
-    }
-
-    fn set_training(&self, on: bool, seed: u64) {
-        if let Some(m) = self.train_mode() {
-            m.set(on, seed);
-        }
     }
 }
 
@@ -135,9 +143,7 @@ fn token_loss(logits: &Tensor, labels: &Tensor, shift: usize) -> Result<Tensor> 
 }
 
 impl TrainModel for PreTrainedModel<dyn TokenClassificationModel> {
-    fn parameters(&self) -> Vec<(String, Var)> {
-        self.trainable_parameters().to_vec()
-    }
+    pretrained_model_methods!();
 
     fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
         let logits = self.model.forward(EncoderInputs {
@@ -146,23 +152,11 @@ impl TrainModel for PreTrainedModel<dyn TokenClassificationModel> {
             token_type_ids: Some(&batch.token_type_ids),
         })?;
         Ok((token_loss(&logits, &batch.labels, 0)?, logits))
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        Ok(self.save_pretrained(dir)?)
-    }
-
-    fn set_training(&self, on: bool, seed: u64) {
-        if let Some(m) = self.train_mode() {
-            m.set(on, seed);
-        }
     }
 }
 
 impl TrainModel for PreTrainedModel<dyn MaskedLmModel> {
-    fn parameters(&self) -> Vec<(String, Var)> {
-        self.trainable_parameters().to_vec()
-    }
+    pretrained_model_methods!();
 
     fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
         let logits = self.model.forward(EncoderInputs {
@@ -171,24 +165,12 @@ impl TrainModel for PreTrainedModel<dyn MaskedLmModel> {
             token_type_ids: Some(&batch.token_type_ids),
         })?;
         Ok((token_loss(&logits, &batch.labels, 0)?, logits))
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        Ok(self.save_pretrained(dir)?)
-    }
-
-    fn set_training(&self, on: bool, seed: u64) {
-        if let Some(m) = self.train_mode() {
-            m.set(on, seed);
-        }
     }
 }
 
 /// Causal LM: Python's `ForCausalLMLoss` (labels shifted inside the loss).
 impl TrainModel for PreTrainedModel<dyn CausalLanguageModel> {
-    fn parameters(&self) -> Vec<(String, Var)> {
-        self.trainable_parameters().to_vec()
-    }
+    pretrained_model_methods!();
 
     fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
         let logits = self.model.forward(
@@ -201,16 +183,6 @@ impl TrainModel for PreTrainedModel<dyn CausalLanguageModel> {
             LogitsMode::All,
         )?;
         Ok((token_loss(&logits, &batch.labels, 1)?, logits))
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        Ok(self.save_pretrained(dir)?)
-    }
-
-    fn set_training(&self, on: bool, seed: u64) {
-        if let Some(m) = self.train_mode() {
-            m.set(on, seed);
-        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! `modules_to_save` train, and a saved adapter loads back on its base model (merged, as
 //! `from_pretrained(adapter_dir)` does) with the trained model's outputs.
 
-use std::path::PathBuf;
+mod common;
+use common::{fixtures, matrix, max_diff};
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
@@ -12,37 +13,8 @@ use rustformers_models::{
     AutoModelForCausalLM, AutoModelForSequenceClassification, LoadOptions, TrainLoad,
 };
 use rustformers_trainer::optim::gather;
-use rustformers_trainer::trainer::{Batch, IGNORE};
+use rustformers_trainer::trainer::Batch;
 use rustformers_trainer::{clip_grad_norm, AdamW, TrainModel};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn matrix(v: &Value) -> Tensor {
-    let rows: Vec<Vec<i64>> = serde_json::from_value(v.clone()).unwrap();
-    let (r, c) = (rows.len(), rows[0].len());
-    let flat: Vec<u32> = rows
-        .concat()
-        .into_iter()
-        .map(|x| if x < 0 { IGNORE } else { x as u32 })
-        .collect();
-    Tensor::from_vec(flat, (r, c), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    (
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max),
-        scale,
-    )
-}
 
 #[test]
 fn a_lora_step_matches_peft_and_the_adapter_round_trips() {

@@ -11,7 +11,8 @@
 //! `lr · g / (|g| + ε)`, so noise of 1e-9 there moves it by up to `lr` either way in
 //! either implementation; those elements are held to Adam's step bound instead.
 
-use std::path::PathBuf;
+mod common;
+use common::{fixtures, matrix, max_diff};
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
@@ -21,23 +22,8 @@ use rustformers_models::{
     AutoModelForTokenClassification, LoadOptions, TrainLoad,
 };
 use rustformers_trainer::optim::gather;
-use rustformers_trainer::trainer::{Batch, IGNORE};
+use rustformers_trainer::trainer::Batch;
 use rustformers_trainer::{clip_grad_norm, AdamW, TrainModel};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn matrix(v: &Value) -> Tensor {
-    let rows: Vec<Vec<i64>> = serde_json::from_value(v.clone()).unwrap();
-    let (r, c) = (rows.len(), rows[0].len());
-    let flat: Vec<u32> = rows
-        .concat()
-        .into_iter()
-        .map(|x| if x < 0 { IGNORE } else { x as u32 })
-        .collect();
-    Tensor::from_vec(flat, (r, c), &Device::Cpu).unwrap()
-}
 
 fn load(name: &str, task: &str) -> Box<dyn TrainModel> {
     let r = fixtures().join(name);
@@ -50,19 +36,6 @@ fn load(name: &str, task: &str) -> Box<dyn TrainModel> {
         "causal" => Box::new(AutoModelForCausalLM::for_training(r, &o, &t).unwrap()),
         other => panic!("task {other}"),
     }
-}
-
-fn max_rel_diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    (diff, scale)
 }
 
 #[test]
@@ -133,7 +106,7 @@ fn one_adamw_step_matches_pytorch() {
                     w.is_some()
                 ),
             };
-            let (diff, scale) = max_rel_diff(g, w);
+            let (diff, scale) = max_diff(g, w);
             assert!(
                 diff <= 1e-5 * (1.0 + scale),
                 "{name}: grad {n}: {diff} (scale {scale})"
