@@ -701,13 +701,13 @@ fn build<T: ?Sized + 'static>(
     })
 }
 
-/// Dropout is applied in training for BERT, RoBERTa and DistilBERT; the decoders'
-/// dropout rates (GPT-2's `*_pdrop`, the others' `attention_dropout`, 0 by default) are
-/// not yet: said once, as a warning, when one is set.
+/// Dropout is applied in training for BERT, RoBERTa, DistilBERT and GPT-2; the other
+/// decoders' rates (`attention_dropout` and the like, 0 by default) are not yet: said
+/// once, as a warning, when one is set.
 fn warn_unapplied_dropout(config: &ModelConfig) -> Result<()> {
     if matches!(
         config.model_type(),
-        "bert" | "roberta" | "xlm-roberta" | "distilbert"
+        "bert" | "roberta" | "xlm-roberta" | "distilbert" | "gpt2"
     ) {
         return Ok(());
     }

@@ -418,3 +418,80 @@ fn collators_follow_pythons() {
     assert!((masked - 0.8).abs() < 0.05, "{masked}");
     assert!(picked.iter().all(|i| labels[*i] == long.input_ids[*i]));
 }
+
+/// The dropout switch: off, a model loaded for training gives the inference logits (up
+/// to the float order of the op-by-op path); on, the logits change, and the same seed
+/// gives the same ones (GPT-2's attention, residual and embedding dropout; BERT's).
+#[test]
+fn dropout_follows_the_train_switch() {
+    use rustformers_models::AutoModelForCausalLM;
+    use rustformers_trainer::trainer::Batch;
+    use rustformers_trainer::TrainModel;
+    let fx = |n: &str| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(n)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let dev = candle_core::Device::Cpu;
+    let ids = candle_core::Tensor::new(&[[5u32, 9, 14, 3, 7, 2]], &dev).unwrap();
+    let (t, o) = (TrainLoad::default(), LoadOptions::default());
+    // Causal LM labels are the tokens; sequence classification takes one label.
+    // (model for training, model for inference, labels)
+    type Case = (
+        Box<dyn TrainModel>,
+        Box<dyn TrainModel>,
+        candle_core::Tensor,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Box::new(AutoModelForCausalLM::for_training(&fx("tiny-gpt2"), &o, &t).unwrap()),
+            Box::new(AutoModelForCausalLM::from_pretrained(&fx("tiny-gpt2")).unwrap()),
+            ids.clone(),
+        ),
+        (
+            Box::new(
+                AutoModelForSequenceClassification::for_training(&fx("tiny-bert-seqcls"), &o, &t)
+                    .unwrap(),
+            ),
+            Box::new(
+                AutoModelForSequenceClassification::from_pretrained(&fx("tiny-bert-seqcls"))
+                    .unwrap(),
+            ),
+            candle_core::Tensor::new(&[0u32], &dev).unwrap(),
+        ),
+    ];
+    for (train, infer, labels) in &cases {
+        let batch = Batch {
+            token_type_ids: ids.zeros_like().unwrap(),
+            attention_mask: ids.ones_like().unwrap(),
+            labels: labels.clone(),
+            input_ids: ids.clone(),
+        };
+        let run = |m: &dyn TrainModel| -> Vec<f32> {
+            let (_, logits) = m.loss(&batch).unwrap();
+            logits
+                .detach()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        let reference = run(infer.as_ref());
+        train.set_training(false, 0);
+        assert!(max_diff(&run(train.as_ref()), &reference) < 1e-4);
+        train.set_training(true, 1);
+        let a = run(train.as_ref());
+        train.set_training(true, 1);
+        assert_eq!(run(train.as_ref()), a, "same seed, same masks");
+        assert!(max_diff(&a, &reference) > 1e-2, "dropout changed nothing");
+        train.set_training(false, 0);
+    }
+}

@@ -14,7 +14,7 @@ use candle_core::{DType, Result, Tensor, D};
 
 use rustformers_core::kv_cache::KvCache;
 use rustformers_core::layers::{
-    causal_mask, embedding, softmax_last, Activation, Embedding, LayerNorm,
+    causal_mask, embedding, softmax_last, Activation, Dropout, Embedding, LayerNorm,
 };
 use rustformers_core::linear::{QLinear, Weights};
 
@@ -54,6 +54,14 @@ impl Conv1D {
     }
 }
 
+/// The dropout layers of a block: on the attention weights (`attn_pdrop`) and on the
+/// attention and MLP outputs (`resid_pdrop`); identities unless training.
+#[derive(Debug, Clone)]
+pub struct Gpt2Dropouts {
+    pub attn: Dropout,
+    pub resid: Dropout,
+}
+
 /// Causal self-attention with a fused `c_attn` (`[q | k | v]` columns).
 #[derive(Debug, Clone)]
 pub struct Gpt2Attention {
@@ -65,10 +73,17 @@ pub struct Gpt2Attention {
     /// divided by `layer + 1` with `scale_attn_by_inverse_layer_idx`.
     scale: f64,
     upcast: bool,
+    attn_dropout: Dropout,
+    resid_dropout: Dropout,
 }
 
 impl Gpt2Attention {
-    pub fn load(vb: candle_nn::VarBuilder, c: &Gpt2Config, layer: usize) -> Result<Self> {
+    pub fn load(
+        vb: candle_nn::VarBuilder,
+        c: &Gpt2Config,
+        layer: usize,
+        drop: &Gpt2Dropouts,
+    ) -> Result<Self> {
         let e = c.n_embd;
         let mut scale = 1.0;
         if c.scale_attn_weights {
@@ -84,6 +99,8 @@ impl Gpt2Attention {
             head_dim: c.head_dim(),
             scale,
             upcast: c.reorder_and_upcast_attn,
+            attn_dropout: drop.attn.clone(),
+            resid_dropout: drop.resid.clone(),
         })
     }
 
@@ -119,9 +136,11 @@ impl Gpt2Attention {
         let scores = scores
             .to_dtype(DType::F32)?
             .broadcast_add(&mask.to_dtype(DType::F32)?)?;
-        let probs = softmax_last(&scores)?.to_dtype(dtype)?;
+        let probs = self
+            .attn_dropout
+            .forward(&softmax_last(&scores)?.to_dtype(dtype)?)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, e))?;
-        self.c_proj.forward(&out)
+        self.resid_dropout.forward(&self.c_proj.forward(&out)?)
     }
 }
 
@@ -131,21 +150,25 @@ pub struct Gpt2Mlp {
     c_fc: Conv1D,
     c_proj: Conv1D,
     act: Activation,
+    dropout: Dropout,
 }
 
 impl Gpt2Mlp {
-    pub fn load(vb: candle_nn::VarBuilder, c: &Gpt2Config) -> Result<Self> {
+    pub fn load(vb: candle_nn::VarBuilder, c: &Gpt2Config, drop: &Gpt2Dropouts) -> Result<Self> {
         let (e, i) = (c.n_embd, c.inner_dim());
         Ok(Self {
             c_fc: Conv1D::load(vb.pp("c_fc"), e, i)?,
             c_proj: Conv1D::load(vb.pp("c_proj"), i, e)?,
             act: Activation::from_name(&c.activation_function).map_err(msg)?,
+            dropout: drop.resid.clone(),
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.c_proj
-            .forward(&self.act.forward(&self.c_fc.forward(x)?)?)
+        let h = self
+            .c_proj
+            .forward(&self.act.forward(&self.c_fc.forward(x)?)?)?;
+        self.dropout.forward(&h)
     }
 }
 
@@ -159,13 +182,18 @@ pub struct Gpt2Block {
 }
 
 impl Gpt2Block {
-    pub fn load(vb: candle_nn::VarBuilder, c: &Gpt2Config, layer: usize) -> Result<Self> {
+    pub fn load(
+        vb: candle_nn::VarBuilder,
+        c: &Gpt2Config,
+        layer: usize,
+        drop: &Gpt2Dropouts,
+    ) -> Result<Self> {
         let eps = c.layer_norm_epsilon;
         Ok(Self {
             ln_1: LayerNorm::load(vb.pp("ln_1"), c.n_embd, eps)?,
-            attn: Gpt2Attention::load(vb.pp("attn"), c, layer)?,
+            attn: Gpt2Attention::load(vb.pp("attn"), c, layer, drop)?,
             ln_2: LayerNorm::load(vb.pp("ln_2"), c.n_embd, eps)?,
-            mlp: Gpt2Mlp::load(vb.pp("mlp"), c)?,
+            mlp: Gpt2Mlp::load(vb.pp("mlp"), c, drop)?,
         })
     }
 
@@ -192,6 +220,7 @@ pub struct Gpt2Model {
     wpe: Embedding,
     h: Vec<Gpt2Block>,
     ln_f: LayerNorm,
+    drop: Dropout,
     vocab_size: usize,
     n_positions: usize,
     dtype: DType,
@@ -200,14 +229,19 @@ pub struct Gpt2Model {
 impl Gpt2Model {
     pub fn load(w: Weights, c: &Gpt2Config) -> Result<Self> {
         let vb = w.vb();
+        let drop = Gpt2Dropouts {
+            attn: w.dropout(c.attn_pdrop),
+            resid: w.dropout(c.resid_pdrop),
+        };
         let h = (0..c.n_layer)
-            .map(|i| Gpt2Block::load(vb.pp(format!("h.{i}")), c, i))
+            .map(|i| Gpt2Block::load(vb.pp(format!("h.{i}")), c, i, &drop))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             wte: embedding(c.vocab_size, c.n_embd, vb.pp("wte"))?,
             wpe: embedding(c.n_positions, c.n_embd, vb.pp("wpe"))?,
             h,
             ln_f: LayerNorm::load(vb.pp("ln_f"), c.n_embd, c.layer_norm_epsilon)?,
+            drop: w.dropout(c.embd_pdrop),
             vocab_size: c.vocab_size,
             n_positions: c.n_positions,
             dtype: vb.dtype(),
@@ -251,7 +285,9 @@ impl Gpt2Model {
             ids.device(),
         )?;
         // Both lookups fail with a clear error on an id or position past their table.
-        let mut x = (self.wte.forward(ids)? + self.wpe.forward(&positions)?)?;
+        let mut x = self
+            .drop
+            .forward(&(self.wte.forward(ids)? + self.wpe.forward(&positions)?)?)?;
         for (i, block) in self.h.iter().enumerate() {
             x = block.forward(&x, &mask, cache.as_deref_mut(), i)?;
         }
