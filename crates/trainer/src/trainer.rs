@@ -54,6 +54,17 @@ pub struct Batch {
     pub labels: Tensor,
 }
 
+impl Batch {
+    /// The batch as an encoder's inputs.
+    pub fn encoder_inputs(&self) -> EncoderInputs<'_> {
+        EncoderInputs {
+            input_ids: &self.input_ids,
+            attention_mask: Some(&self.attention_mask),
+            token_type_ids: Some(&self.token_type_ids),
+        }
+    }
+}
+
 /// How examples become a batch (Python's data collators).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Collator {
@@ -110,11 +121,7 @@ impl TrainModel for PreTrainedModel<dyn SequenceClassificationModel> {
 
     /// Python's heads: one label → mean squared error (regression), else cross-entropy.
     fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
-        let logits = self.model.forward(EncoderInputs {
-            input_ids: &batch.input_ids,
-            attention_mask: Some(&batch.attention_mask),
-            token_type_ids: Some(&batch.token_type_ids),
-        })?;
+        let logits = self.model.forward(batch.encoder_inputs())?;
         let loss = if logits.dim(1)? == 1 {
             let target = batch.labels.to_vec1::<u32>()?;
             let target: Vec<f32> = target.into_iter().map(f32::from_bits).collect();
@@ -146,11 +153,7 @@ impl TrainModel for PreTrainedModel<dyn TokenClassificationModel> {
     pretrained_model_methods!();
 
     fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
-        let logits = self.model.forward(EncoderInputs {
-            input_ids: &batch.input_ids,
-            attention_mask: Some(&batch.attention_mask),
-            token_type_ids: Some(&batch.token_type_ids),
-        })?;
+        let logits = self.model.forward(batch.encoder_inputs())?;
         Ok((token_loss(&logits, &batch.labels, 0)?, logits))
     }
 }
@@ -159,11 +162,7 @@ impl TrainModel for PreTrainedModel<dyn MaskedLmModel> {
     pretrained_model_methods!();
 
     fn loss(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
-        let logits = self.model.forward(EncoderInputs {
-            input_ids: &batch.input_ids,
-            attention_mask: Some(&batch.attention_mask),
-            token_type_ids: Some(&batch.token_type_ids),
-        })?;
+        let logits = self.model.forward(batch.encoder_inputs())?;
         Ok((token_loss(&logits, &batch.labels, 0)?, logits))
     }
 }
