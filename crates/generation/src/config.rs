@@ -10,6 +10,10 @@ use serde_json::Value;
 use rustformers_core::error::read_to_string;
 use rustformers_core::{Error, ModelFiles, Result};
 
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 fn d_max_length() -> usize {
     20
 }
@@ -92,6 +96,14 @@ pub struct GenerationConfig {
     pub eta_cutoff: f64,
     #[serde(default = "d_one")]
     pub repetition_penalty: f64,
+    /// OpenAI's presence penalty (rustformers' extension, for the server): each token
+    /// generated so far loses this much score. Not written to generation_config.json
+    /// when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub presence_penalty: f64,
+    /// OpenAI's frequency penalty: each token loses this much per time generated.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub frequency_penalty: f64,
     #[serde(default)]
     pub no_repeat_ngram_size: usize,
     #[serde(default)]
@@ -143,6 +155,8 @@ impl Default for GenerationConfig {
             epsilon_cutoff: 0.0,
             eta_cutoff: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             no_repeat_ngram_size: 0,
             bad_words_ids: None,
             suppress_tokens: None,
@@ -199,10 +213,12 @@ impl GenerationConfig {
             context: "generation config".into(),
             source: e,
         })?;
-        let known: Vec<String> = match serde_json::to_value(Self::default()) {
+        let mut known: Vec<String> = match serde_json::to_value(Self::default()) {
             Ok(Value::Object(o)) => o.keys().cloned().collect(),
             _ => Vec::new(),
         };
+        // Left out of the JSON while 0 (generation_config.json files stay Python's).
+        known.extend(["presence_penalty".into(), "frequency_penalty".into()]);
         if let Some(bad) = overrides.keys().find(|k| !known.contains(k)) {
             return Err(Error::invalid(format!(
                 "unknown generation option `{bad}`; known: {}",
@@ -281,6 +297,14 @@ impl GenerationConfig {
                 "typical_p must be in (0, 1], got {}",
                 self.typical_p
             ));
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} must lie in [-2, 2], got {v}"));
+            }
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return bad(format!(

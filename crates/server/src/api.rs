@@ -130,6 +130,8 @@ pub struct EmbeddingRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenSettings {
     pub max_tokens: usize,
+    pub presence_penalty: f64,
+    pub frequency_penalty: f64,
     pub temperature: f64,
     pub top_p: f64,
     pub seed: Option<u64>,
@@ -188,12 +190,6 @@ impl Sampling {
                         Some(name),
                     ));
                 }
-                if v != 0.0 {
-                    return Err(ApiError::invalid(
-                        format!("{name} is not supported yet (use 0)"),
-                        Some(name),
-                    ));
-                }
             }
         }
         if self.logprobs == Some(true) || self.top_logprobs.is_some() {
@@ -211,6 +207,8 @@ impl Sampling {
         }
         Ok(GenSettings {
             max_tokens,
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             temperature,
             top_p,
             seed: self.seed,

@@ -185,6 +185,10 @@ fn worker(
         if let Some(seed) = job.seed {
             params.insert("seed".into(), json!(seed));
         }
+        if s.presence_penalty != 0.0 || s.frequency_penalty != 0.0 {
+            params.insert("presence_penalty".into(), json!(s.presence_penalty));
+            params.insert("frequency_penalty".into(), json!(s.frequency_penalty));
+        }
         let mut trimmer = stop::StopTrimmer::new(&s.stop);
         let mut stopped_by_string = false;
         let events = job.events.clone();

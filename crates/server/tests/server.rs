@@ -202,6 +202,29 @@ fn openai_endpoints_answer_as_openai_does() {
     assert_eq!(a["choices"].as_array().unwrap().len(), 2);
     assert_eq!(a["choices"], b["choices"]);
 
+    // A strong frequency penalty changes a greedy reply that repeats tokens, and the
+    // reply equals the pipeline's with the same penalty.
+    let mut pen = Params::new();
+    pen.insert("max_new_tokens".into(), json!(12));
+    pen.insert("do_sample".into(), json!(false));
+    pen.insert("frequency_penalty".into(), json!(2.0));
+    pen.insert("presence_penalty".into(), json!(1.0));
+    let (want_pen, _) = s.generator.stream(&chat(), &pen, &mut |_| {}).unwrap();
+    let mut plain = pen.clone();
+    plain.remove("frequency_penalty");
+    plain.remove("presence_penalty");
+    let (want_plain, _) = s.generator.stream(&chat(), &plain, &mut |_| {}).unwrap();
+    assert_ne!(want_pen, want_plain, "the penalties changed nothing");
+    let (code, p) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": chat(), "max_tokens": 12, "temperature": 0,
+            "frequency_penalty": 2.0, "presence_penalty": 1.0})
+        .to_string(),
+    );
+    assert_eq!(code, 200, "{p}");
+    assert_eq!(p["choices"][0]["message"]["content"], want_pen.as_str());
+
     // Embeddings: the pipeline's vectors.
     let (code, e) = post(
         &s,

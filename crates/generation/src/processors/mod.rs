@@ -10,6 +10,7 @@ mod min_length;
 mod min_new_tokens;
 mod min_p;
 mod no_repeat_ngram;
+mod openai_penalties;
 mod repetition_penalty;
 mod suppress_tokens;
 mod temperature;
@@ -24,6 +25,7 @@ pub use min_length::MinLength;
 pub use min_new_tokens::MinNewTokens;
 pub use min_p::MinP;
 pub use no_repeat_ngram::NoRepeatNGram;
+pub use openai_penalties::OpenAiPenalties;
 pub use repetition_penalty::RepetitionPenalty;
 pub use suppress_tokens::{SuppressTokens, SuppressTokensAtBegin};
 pub use temperature::Temperature;
@@ -124,6 +126,12 @@ pub fn processors(c: &GenerationConfig) -> Vec<Box<dyn LogitsProcessor>> {
     if c.repetition_penalty != 1.0 {
         out.push(Box::new(RepetitionPenalty::new(
             c.repetition_penalty as f32,
+        )));
+    }
+    if c.presence_penalty != 0.0 || c.frequency_penalty != 0.0 {
+        out.push(Box::new(OpenAiPenalties::new(
+            c.presence_penalty as f32,
+            c.frequency_penalty as f32,
         )));
     }
     if c.no_repeat_ngram_size > 0 {
