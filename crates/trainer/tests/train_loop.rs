@@ -207,22 +207,8 @@ fn loss_falls_and_the_task_is_learned() {
     let batch = t
         .collate(&d.eval.iter().take(4).collect::<Vec<_>>(), &mut Rng::new(0))
         .unwrap();
-    let want = model
-        .model
-        .forward(rustformers_models::EncoderInputs {
-            input_ids: &batch.input_ids,
-            attention_mask: Some(&batch.attention_mask),
-            token_type_ids: Some(&batch.token_type_ids),
-        })
-        .unwrap();
-    let got = back
-        .model
-        .forward(rustformers_models::EncoderInputs {
-            input_ids: &batch.input_ids,
-            attention_mask: Some(&batch.attention_mask),
-            token_type_ids: Some(&batch.token_type_ids),
-        })
-        .unwrap();
+    let want = model.model.forward(batch.encoder_inputs()).unwrap();
+    let got = back.model.forward(batch.encoder_inputs()).unwrap();
     let diff = (want - got)
         .unwrap()
         .abs()
