@@ -176,6 +176,47 @@ impl TrackingBackend {
         candidates.extend(legacy);
         candidates.into_iter().find(|c| self.keys.contains(c))
     }
+
+    /// Copies tensor `key` out of the mapping, then hands the mapped pages it read back
+    /// to the kernel: the copy is what the model keeps, so without this the file would
+    /// be resident twice at the peak (the mapping's touched pages and the copies).
+    fn load(&self, key: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        use candle_core::safetensors::Load;
+        let view = self.st.get(key)?;
+        let t = view.load(dev)?;
+        release_mapped_pages(view.data());
+        Ok(t)
+    }
+}
+
+/// `madvise(MADV_DONTNEED)` over the whole pages inside `bytes`, a slice of a read-only
+/// file mapping. Nothing in such a mapping is ever written, so a later read of those
+/// pages faults the same bytes back in from the file; the call only lowers the resident
+/// set. Failure is harmless (the pages stay resident) and ignored.
+fn release_mapped_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no memory arguments.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let Ok(page) = usize::try_from(page) else {
+            return;
+        };
+        if page == 0 {
+            return;
+        }
+        let start = (bytes.as_ptr() as usize).div_ceil(page) * page;
+        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: [start, end) lies inside `bytes`, which borrows a read-only file
+            // mapping that stays mapped; MADV_DONTNEED on such pages drops them from
+            // the resident set and later reads see the file's bytes again.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
 }
 
 impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
@@ -225,7 +266,7 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
             // Stand-in so that construction can go on and report every missing key.
             return Tensor::zeros(s, dtype, dev);
         };
-        let t = self.st.load(&key, dev)?;
+        let t = self.load(&key, dev)?;
         if t.shape() != &s {
             if let Some(tr) = tracker.trainable.as_mut() {
                 if tr.init.ignore_mismatched_sizes {
@@ -268,7 +309,7 @@ impl candle_nn::var_builder::SimpleBackend for TrackingBackend {
         let key = self.resolve(name).ok_or_else(|| {
             candle_core::Error::Msg(format!("weight `{name}` is not in the checkpoint"))
         })?;
-        let t = self.st.load(&key, dev)?;
+        let t = self.load(&key, dev)?;
         let t = if t.dtype() == dtype {
             t
         } else {
@@ -591,6 +632,32 @@ mod tests {
         // Shape mismatch is an error, not a panic.
         let ck = Checkpoint::open(&[p], None, DType::F32, &dev).unwrap();
         assert!(ck.var_builder().get((3, 3), "embeddings.weight").is_err());
+    }
+
+    #[test]
+    fn released_pages_read_back_the_file() {
+        // Tensors spanning many pages, the second starting mid-page: after the first
+        // load hands its pages back, loading again reads the same values.
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("model.safetensors");
+        let dev = Device::Cpu;
+        let a = Tensor::arange(0f32, 3.0 * 70_001.0, &dev)
+            .unwrap()
+            .reshape((3, 70_001))
+            .unwrap();
+        let b = (Tensor::arange(0f32, 50_000.0, &dev).unwrap() * -0.5).unwrap();
+        write(&p, &[("a", a.clone()), ("b", b.clone())]);
+        let ck = Checkpoint::open(std::slice::from_ref(&p), None, DType::F32, &dev).unwrap();
+        let vb = ck.var_builder();
+        for _ in 0..2 {
+            let got = vb.get((3, 70_001), "a").unwrap();
+            assert_eq!(
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+            let got = vb.get(50_000, "b").unwrap();
+            assert_eq!(got.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+        }
     }
 
     #[test]
