@@ -544,8 +544,9 @@ mod tests {
     #[test]
     fn fused_attention_equals_the_op_by_op_path() {
         let dev = Device::Cpu;
-        // 3 queries: the row kernel; 20: the gemm-per-head path.
-        for (s, t) in [(3, 7), (20, 24)] {
+        // 3 queries: the row kernel; 20 and 33: the gemm-per-head path (rows of one
+        // 16-lane piece plus a tail, and of two).
+        for (s, t) in [(3, 7), (20, 24), (33, 40)] {
             let (b, h, kvh, cap, d) = (2, 6, 2, 30, 8);
             let q = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev).unwrap();
             // Views of a bigger cache along the sequence, as KvCache returns them.

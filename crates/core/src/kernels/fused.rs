@@ -501,7 +501,68 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn softmax_rows_avx512(scores: &mut [f32], a: &HeadGemm) {
-    softmax_rows(scores, a)
+    use std::arch::x86_64::*;
+    if a.softcap.is_some() || a.t == 0 {
+        return softmax_rows(scores, a);
+    }
+    let t = a.t;
+    let scale = _mm512_set1_ps(a.scale);
+    // Rows are short in encoders (a sentence's tokens): whole 16-lane pieces with the
+    // tail masked, rather than a scalar remainder per row.
+    for (row, mrow) in scores.chunks_exact_mut(t).zip(a.mask.chunks_exact(t)) {
+        let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut j = 0;
+        while j < t {
+            let lanes: __mmask16 = if t - j >= 16 {
+                0xffff
+            } else {
+                (1u16 << (t - j)) - 1
+            };
+            let p = row.as_mut_ptr().add(j);
+            let x = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(lanes, p),
+                scale,
+                _mm512_maskz_loadu_ps(lanes, mrow.as_ptr().add(j)),
+            );
+            _mm512_mask_storeu_ps(p, lanes, x);
+            maxv = _mm512_mask_max_ps(maxv, lanes, maxv, x);
+            j += 16;
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
+        let mut sum = _mm512_setzero_ps();
+        j = 0;
+        while j < t {
+            let lanes: __mmask16 = if t - j >= 16 {
+                0xffff
+            } else {
+                (1u16 << (t - j)) - 1
+            };
+            let p = row.as_mut_ptr().add(j);
+            let e = super::activation::exp_approx_avx512(_mm512_sub_ps(
+                _mm512_maskz_loadu_ps(lanes, p),
+                max,
+            ));
+            _mm512_mask_storeu_ps(p, lanes, e);
+            sum = _mm512_mask_add_ps(sum, lanes, sum, e);
+            j += 16;
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        j = 0;
+        while j < t {
+            let lanes: __mmask16 = if t - j >= 16 {
+                0xffff
+            } else {
+                (1u16 << (t - j)) - 1
+            };
+            let p = row.as_mut_ptr().add(j);
+            _mm512_mask_storeu_ps(
+                p,
+                lanes,
+                _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, p), inv),
+            );
+            j += 16;
+        }
+    }
 }
 
 /// The keys and values one query row attends over (from the head's first position).
