@@ -547,7 +547,7 @@ mod tests {
         // 3 queries: the row kernel; 20 and 33: the gemm-per-head path (rows of one
         // 16-lane piece plus a tail, and of two).
         for (s, t) in [(3, 7), (20, 24), (33, 40)] {
-            let (b, h, kvh, cap, d) = (2, 6, 2, 30, 8);
+            let (b, h, kvh, cap, d) = (2, 6, 2, 48, 8);
             let q = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev).unwrap();
             // Views of a bigger cache along the sequence, as KvCache returns them.
             let kc = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
