@@ -123,6 +123,77 @@ impl KvCache {
         Ok(())
     }
 
+    /// A new cache assembled from rows of others (continuous batching: sequences join
+    /// and leave a running batch). Row `i` of the result is row `rows[i].row` of
+    /// `rows[i].cache`, of which the last `rows[i].keep` positions are kept and placed so
+    /// that every row ends at the same position: the result holds as many positions as
+    /// the longest `keep`, and shorter rows are left-padded with zeros (the caller's
+    /// attention mask hides them). Every source must have run at least one forward pass.
+    pub fn gather(rows: &[CacheRow<'_>], capacity: usize) -> Result<KvCache> {
+        let Some(first) = rows.first() else {
+            return Err(Error::invalid("a cache needs at least one row"));
+        };
+        let num_layers = first.cache.layers.len();
+        let len = rows.iter().map(|r| r.keep).max().unwrap_or(0);
+        if len > capacity {
+            return Err(Error::invalid(format!(
+                "{len} positions do not fit a cache of capacity {capacity}"
+            )));
+        }
+        for r in rows {
+            if r.cache.layers.len() != num_layers {
+                return Err(Error::invalid(
+                    "caches of different models cannot be merged",
+                ));
+            }
+            if r.keep > r.cache.len {
+                return Err(Error::invalid(format!(
+                    "cannot keep {} positions of a cache holding {}",
+                    r.keep, r.cache.len
+                )));
+            }
+        }
+        let mut layers = Vec::with_capacity(num_layers);
+        for l in 0..num_layers {
+            let mut ks = Vec::with_capacity(rows.len());
+            let mut vs = Vec::with_capacity(rows.len());
+            for r in rows {
+                let Some(c) = r.cache.layers[l].as_ref() else {
+                    return Err(Error::invalid(format!("layer {l} of a cache never ran")));
+                };
+                if r.row >= c.k.dims()[0] {
+                    return Err(Error::invalid(format!(
+                        "the cache has {} rows, no row {}",
+                        c.k.dims()[0],
+                        r.row
+                    )));
+                }
+                let place = |t: &Tensor| -> candle_core::Result<Tensor> {
+                    let (_, h, _, d) = t.dims4()?;
+                    let src = t
+                        .narrow(0, r.row, 1)?
+                        .narrow(2, r.cache.len - r.keep, r.keep)?
+                        .contiguous()?;
+                    let dst = Tensor::zeros((1, h, capacity, d), t.dtype(), t.device())?;
+                    dst.slice_set(&src, 2, len - r.keep)?;
+                    Ok(dst)
+                };
+                ks.push(place(&c.k)?);
+                vs.push(place(&c.v)?);
+            }
+            layers.push(Some(LayerCache {
+                k: Tensor::cat(&ks, 0)?,
+                v: Tensor::cat(&vs, 0)?,
+            }));
+        }
+        Ok(KvCache {
+            layers,
+            len,
+            capacity,
+            pending: 0,
+        })
+    }
+
     /// Empties the cache (buffers are kept for reuse).
     pub fn reset(&mut self) {
         self.len = 0;
@@ -137,6 +208,14 @@ impl KvCache {
             .map(|c| 2 * c.k.elem_count() * c.k.dtype().size_in_bytes())
             .sum()
     }
+}
+
+/// One row of a [`KvCache::gather`]: row `row` of `cache`, its last `keep` positions.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheRow<'a> {
+    pub cache: &'a KvCache,
+    pub row: usize,
+    pub keep: usize,
 }
 
 /// A zero-length stand-in used by callers that need a dtype and device only.
@@ -191,5 +270,106 @@ mod tests {
         // Capacity overflow is an error, not a panic.
         let big = Tensor::zeros((2, 1, 4, 2), DType::F32, &dev).unwrap();
         assert!(c.append(0, &big, &big).is_err());
+    }
+
+    fn positions(c: &KvCache, row: usize) -> Vec<f32> {
+        let k = c.layers[0]
+            .as_ref()
+            .unwrap()
+            .k
+            .narrow(2, 0, c.len())
+            .unwrap();
+        k.get(row)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn gather_aligns_rows_at_the_end() {
+        let dev = Device::Cpu;
+        // Cache a: 2 rows, 3 positions; cache b: 1 row, 1 position. One head, dim 1.
+        let mut a = KvCache::new(1, 8);
+        let x = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev)
+            .unwrap()
+            .reshape((2, 1, 3, 1))
+            .unwrap();
+        a.append(0, &x, &x).unwrap();
+        a.commit();
+        let mut b = KvCache::new(1, 2);
+        let y = Tensor::new(&[9f32], &dev)
+            .unwrap()
+            .reshape((1, 1, 1, 1))
+            .unwrap();
+        b.append(0, &y, &y).unwrap();
+        b.commit();
+        let rows = [
+            CacheRow {
+                cache: &b,
+                row: 0,
+                keep: 1,
+            },
+            CacheRow {
+                cache: &a,
+                row: 1,
+                keep: 2,
+            },
+            CacheRow {
+                cache: &a,
+                row: 0,
+                keep: 3,
+            },
+        ];
+        let mut g = KvCache::gather(&rows, 5).unwrap();
+        assert_eq!((g.len(), g.capacity()), (3, 5));
+        assert_eq!(positions(&g, 0), vec![0., 0., 9.]);
+        assert_eq!(positions(&g, 1), vec![0., 5., 6.]);
+        assert_eq!(positions(&g, 2), vec![1., 2., 3.]);
+        // It appends like any cache, up to its capacity.
+        let z = Tensor::zeros((3, 1, 2, 1), DType::F32, &dev).unwrap();
+        g.append(0, &z, &z).unwrap();
+        g.commit();
+        assert!(g.append(0, &z, &z).is_err());
+        // Bad requests are errors.
+        assert!(KvCache::gather(&[], 4).is_err());
+        assert!(KvCache::gather(
+            &[CacheRow {
+                cache: &a,
+                row: 2,
+                keep: 1
+            }],
+            4
+        )
+        .is_err());
+        assert!(KvCache::gather(
+            &[CacheRow {
+                cache: &a,
+                row: 0,
+                keep: 4
+            }],
+            8
+        )
+        .is_err());
+        assert!(KvCache::gather(
+            &[CacheRow {
+                cache: &a,
+                row: 0,
+                keep: 3
+            }],
+            2
+        )
+        .is_err());
+        let empty = KvCache::new(1, 4);
+        assert!(KvCache::gather(
+            &[CacheRow {
+                cache: &empty,
+                row: 0,
+                keep: 0
+            }],
+            4
+        )
+        .is_err());
     }
 }

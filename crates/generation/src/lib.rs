@@ -5,6 +5,7 @@
 
 mod beam;
 pub mod config;
+pub mod continuous;
 pub mod generate;
 pub mod processors;
 pub mod sampling;
@@ -12,6 +13,9 @@ pub mod stopping;
 pub mod streamer;
 
 pub use config::{EarlyStopping, GenerationConfig};
+pub use continuous::{
+    BatchEvent, ContinuousBatcher, FinishReason, SeqId, SequenceOptions, TokenLogprobs,
+};
 pub use generate::{generate, GenerateOutput, Generator, TokenCallback, TokenStream};
 pub use stopping::{EosToken, MaxLength, StopStrings, StoppingCriteria};
 pub use streamer::TextStreamer;
