@@ -3,7 +3,8 @@
 Checks: chat (greedy: equal to `rustformers run text-generation` on the same chat),
 streaming chat (deltas add up to the same reply), completions (equal to `run` on the
 prompt), embeddings, n > 1, stop sequences, errors as openai exceptions with the server
-still up, 64 concurrent streaming requests all completed (aggregate tokens/s printed),
+still up, log-probabilities, 64 concurrent streaming requests all completed (aggregate
+pieces/s and median time to first token printed),
 1000 sequential requests with resident memory growing less than 64 MB, SIGTERM exits 0.
 Prints one JSON line of figures.
 """
@@ -100,6 +101,18 @@ def main() -> int:
         n = client.chat.completions.create(model=a.gen, messages=chat, max_tokens=5, n=3, temperature=0.9, seed=3)
         assert [ch.index for ch in n.choices] == [0, 1, 2]
 
+        # Log-probabilities: one entry per generated token, greedy picks the most likely.
+        lp = client.chat.completions.create(
+            model=a.gen, messages=chat, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+        )
+        content = lp.choices[0].logprobs.content
+        assert len(content) == lp.usage.completion_tokens, (content, lp.usage)
+        for tok in content:
+            assert tok.logprob <= 0 and len(tok.top_logprobs) == 2, tok
+            assert tok.top_logprobs[0].token == tok.token, tok
+        clp = client.completions.create(model=a.gen, prompt="The cat", max_tokens=3, temperature=0, logprobs=1)
+        assert len(clp.choices[0].logprobs.tokens) == clp.usage.completion_tokens, clp
+
         # Embeddings.
         e = client.embeddings.create(model=a.emb, input=["one sentence", "another"])
         assert len(e.data) == 2 and len(e.data[0].embedding) > 0
@@ -125,20 +138,26 @@ def main() -> int:
 
             async def one(i: int) -> int:
                 count = 0
+                sent = time.perf_counter()
                 stream = await ac.chat.completions.create(
                     model=a.gen, messages=chat, max_tokens=16, temperature=0.8, seed=i, stream=True
                 )
                 async for chunk in stream:
                     if chunk.choices and chunk.choices[0].delta.content:
+                        if count == 0:
+                            first_token.append(time.perf_counter() - sent)
                         count += 1
                 return count
 
             counts = await asyncio.gather(*(one(i) for i in range(64)))
             return sum(counts)
 
+        first_token: list = []
         t0 = time.perf_counter()
         pieces = asyncio.run(load())
         secs = time.perf_counter() - t0
+        first_token.sort()
+        figures["ttft_median_s"] = round(first_token[len(first_token) // 2], 3)
         figures["concurrent_streams"] = 64
         figures["streamed_pieces"] = pieces
         figures["aggregate_pieces_per_s"] = round(pieces / secs, 1)

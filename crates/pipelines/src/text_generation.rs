@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use rustformers_core::chat_template::ChatOptions;
 use rustformers_core::{AutoTokenizer, EncodeOptions, Error, ModelFiles, Result, TextInput};
-use rustformers_generation::{GenerationConfig, Generator, TextStreamer};
+use rustformers_generation::{ContinuousBatcher, GenerationConfig, Generator, TextStreamer};
 use rustformers_models::{AutoModelForCausalLM, CausalLanguageModel, LoadOptions, PreTrainedModel};
 
 use crate::common::batch_size;
@@ -178,6 +178,22 @@ impl TextGenerationPipeline {
     /// prompt, chat template applied.
     pub fn prompt_tokens(&self, input: &Value) -> Result<usize> {
         Ok(self.prepare(input, None)?.ids.len())
+    }
+
+    /// One request for continuous batching: the prompt's ids (chat template applied for
+    /// chat input) and the generation config `params` give (pipeline-only options such
+    /// as `return_full_text` are checked and otherwise ignored).
+    pub fn request(&self, input: &Value, params: &Params) -> Result<(Vec<u32>, GenerationConfig)> {
+        let (o, config) = self.split_params(params)?;
+        let prompt = self.prepare(input, o.add_special_tokens)?;
+        Ok((prompt.ids, config))
+    }
+
+    /// A continuous batcher over this pipeline's model, running up to `max_batch`
+    /// sequences together (`stop_strings` decode with the pipeline's tokenizer).
+    pub fn batcher(&self, max_batch: usize) -> ContinuousBatcher<'_> {
+        ContinuousBatcher::new(self.model.model.as_ref(), &self.model.device, max_batch)
+            .with_tokenizer(&self.tokenizer)
     }
 
     /// The model's context length.

@@ -95,8 +95,9 @@ pub struct Sampling {
     pub n: Option<i64>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
+    /// Chat: a boolean; text completions: how many alternatives (0 to 5).
     #[serde(default)]
-    pub logprobs: Option<bool>,
+    pub logprobs: Option<Value>,
     pub top_logprobs: Option<i64>,
 }
 
@@ -137,7 +138,20 @@ pub struct GenSettings {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub n: usize,
+    /// Log-probabilities asked for: the chosen token's and this many alternatives.
+    pub logprobs: Option<usize>,
 }
+
+/// Which endpoint the settings are for (they read `logprobs` differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// Most alternatives per token: chat's `top_logprobs`, completions' `logprobs`.
+pub const MAX_TOP_LOGPROBS_CHAT: i64 = 20;
+pub const MAX_TOP_LOGPROBS_COMPLETIONS: i64 = 5;
 
 /// Default completion length when the request sets none.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
@@ -146,7 +160,7 @@ pub const MAX_N: i64 = 16;
 
 impl Sampling {
     /// The settings, or the first invalid one as an error naming its parameter.
-    pub fn settings(&self) -> Result<GenSettings, ApiError> {
+    pub fn settings(&self, endpoint: Endpoint) -> Result<GenSettings, ApiError> {
         let max = self.max_completion_tokens.or(self.max_tokens);
         let max_tokens = match max {
             None => DEFAULT_MAX_TOKENS,
@@ -192,12 +206,7 @@ impl Sampling {
                 }
             }
         }
-        if self.logprobs == Some(true) || self.top_logprobs.is_some() {
-            return Err(ApiError::invalid(
-                "logprobs are not supported yet",
-                Some("logprobs"),
-            ));
-        }
+        let logprobs = self.logprobs(endpoint)?;
         let stop = self.stop.as_ref().map(Stop::list).unwrap_or_default();
         if stop.len() > 4 || stop.iter().any(String::is_empty) {
             return Err(ApiError::invalid(
@@ -214,7 +223,61 @@ impl Sampling {
             seed: self.seed,
             stop,
             n: n as usize,
+            logprobs,
         })
+    }
+
+    fn logprobs(&self, endpoint: Endpoint) -> Result<Option<usize>, ApiError> {
+        let lp = self.logprobs.as_ref().filter(|v| !v.is_null());
+        match endpoint {
+            Endpoint::Chat => {
+                let on = match lp {
+                    None => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => {
+                        return Err(ApiError::invalid(
+                            "logprobs must be a boolean",
+                            Some("logprobs"),
+                        ))
+                    }
+                };
+                match self.top_logprobs {
+                    Some(t) if !(0..=MAX_TOP_LOGPROBS_CHAT).contains(&t) => Err(ApiError::invalid(
+                        format!(
+                            "top_logprobs must be between 0 and {MAX_TOP_LOGPROBS_CHAT}, got {t}"
+                        ),
+                        Some("top_logprobs"),
+                    )),
+                    Some(_) if !on => Err(ApiError::invalid(
+                        "top_logprobs needs logprobs set to true",
+                        Some("top_logprobs"),
+                    )),
+                    t => Ok(on.then_some(t.unwrap_or(0) as usize)),
+                }
+            }
+            Endpoint::Completions => {
+                if self.top_logprobs.is_some() {
+                    return Err(ApiError::invalid(
+                        "text completions take the number of alternatives in `logprobs`",
+                        Some("top_logprobs"),
+                    ));
+                }
+                match lp {
+                    None => Ok(None),
+                    Some(v) => match v.as_i64() {
+                        Some(n) if (0..=MAX_TOP_LOGPROBS_COMPLETIONS).contains(&n) => {
+                            Ok(Some(n as usize))
+                        }
+                        _ => Err(ApiError::invalid(
+                            format!(
+                                "logprobs must be an integer between 0 and {MAX_TOP_LOGPROBS_COMPLETIONS}, got {v}"
+                            ),
+                            Some("logprobs"),
+                        )),
+                    },
+                }
+            }
+        }
     }
 }
 
@@ -226,7 +289,7 @@ mod tests {
     fn settings_check_ranges() {
         let s: Sampling =
             serde_json::from_value(json!({"max_tokens": 5, "temperature": 0})).unwrap();
-        let g = s.settings().unwrap();
+        let g = s.settings(Endpoint::Chat).unwrap();
         assert_eq!((g.max_tokens, g.temperature, g.n), (5, 0.0, 1));
         for (body, param) in [
             (json!({"max_tokens": 0}), "max_tokens"),
@@ -238,11 +301,46 @@ mod tests {
             (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
         ] {
             let s: Sampling = serde_json::from_value(body).unwrap();
-            let e = s.settings().unwrap_err();
+            let e = s.settings(Endpoint::Chat).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param));
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
         }
+        let lp = |body: Value, e: Endpoint| {
+            serde_json::from_value::<Sampling>(body)
+                .unwrap()
+                .settings(e)
+                .map(|g| g.logprobs)
+        };
+        use Endpoint::{Chat, Completions};
+        assert_eq!(lp(json!({}), Chat).unwrap(), None);
+        assert_eq!(lp(json!({"logprobs": true}), Chat).unwrap(), Some(0));
+        assert_eq!(
+            lp(json!({"logprobs": true, "top_logprobs": 3}), Chat).unwrap(),
+            Some(3)
+        );
+        assert_eq!(lp(json!({"logprobs": false}), Chat).unwrap(), None);
+        assert_eq!(lp(json!({"logprobs": 2}), Completions).unwrap(), Some(2));
+        assert_eq!(lp(json!({"logprobs": null}), Completions).unwrap(), None);
+        for (body, e, param) in [
+            (json!({"top_logprobs": 2}), Chat, "top_logprobs"),
+            (
+                json!({"logprobs": true, "top_logprobs": 21}),
+                Chat,
+                "top_logprobs",
+            ),
+            (json!({"logprobs": 1}), Chat, "logprobs"),
+            (json!({"logprobs": 6}), Completions, "logprobs"),
+            (json!({"logprobs": true}), Completions, "logprobs"),
+            (
+                json!({"logprobs": 1, "top_logprobs": 1}),
+                Completions,
+                "top_logprobs",
+            ),
+        ] {
+            let err = lp(body.clone(), e).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{body}");
+        }
         let s: Sampling = serde_json::from_value(json!({"stop": "x"})).unwrap();
-        assert_eq!(s.settings().unwrap().stop, ["x"]);
+        assert_eq!(s.settings(Endpoint::Chat).unwrap().stop, ["x"]);
     }
 }

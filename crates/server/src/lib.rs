@@ -4,8 +4,10 @@
 //! Endpoints: POST /v1/chat/completions (chat template, streaming SSE or not),
 //! POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics
 //! (Prometheus text). Errors use OpenAI's JSON shape. Generation runs on one worker
-//! thread fed by a bounded queue (a full queue answers 429); a streaming client that
-//! disconnects stops its generation. SIGTERM / Ctrl-C finish in-flight requests, then
+//! thread with continuous batching (`ContinuousBatcher`): requests join the running
+//! batch at the next decode step, up to `max_batch_size` at once, and their prompts run
+//! one chunk per step; more wait in a bounded queue (a full queue answers 429). A client
+//! that disconnects has its sequence cancelled and its cache rows freed. SIGTERM / Ctrl-C finish in-flight requests, then
 //! exit.
 
 pub mod api;
@@ -27,9 +29,11 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use rustformers_core::AutoTokenizer;
+use rustformers_generation::{BatchEvent, FinishReason, GenerationConfig, SeqId, SequenceOptions};
+use rustformers_generation::{TextStreamer, TokenLogprobs};
 use rustformers_pipelines::{FeatureExtractionPipeline, Params, TextGenerationPipeline};
 
-use api::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, GenSettings};
+use api::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, Endpoint, GenSettings};
 pub use metrics::Metrics;
 
 /// What `serve` runs with.
@@ -63,17 +67,28 @@ pub struct Models {
     pub embedder: Option<(String, Arc<FeatureExtractionPipeline>, Arc<AutoTokenizer>)>,
 }
 
-/// One generation on the worker thread.
+/// One generation on the worker thread: the prompt's ids and the generation config,
+/// prepared by the handler.
 struct Job {
-    input: Value,
-    settings: GenSettings,
-    seed: Option<u64>,
+    ids: Vec<u32>,
+    config: GenerationConfig,
+    stop: Vec<String>,
+    logprobs: Option<usize>,
     events: mpsc::UnboundedSender<Event>,
+}
+
+/// A generated token's log-probability and the most likely alternatives, as text.
+#[derive(Debug, Clone)]
+struct TokenLp {
+    token: String,
+    logprob: f32,
+    top: Vec<(String, f32)>,
 }
 
 /// What the worker reports for a job.
 enum Event {
-    Text(String),
+    /// New text and the log-probabilities of the tokens it came from (when asked).
+    Text(String, Vec<TokenLp>),
     Done {
         completion_tokens: usize,
         finish_reason: &'static str,
@@ -159,74 +174,199 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The generation worker: one job at a time; stops a job whose client has gone.
+/// A job in the batcher: where its events go and its text state.
+struct Active<'p> {
+    events: mpsc::UnboundedSender<Event>,
+    streamer: TextStreamer<'p>,
+    trimmer: stop::StopTrimmer,
+    tokens: usize,
+    logprobs: Vec<TokenLp>,
+}
+
+/// The generation worker: continuous batching over every queued job; a job whose client
+/// has gone is cancelled.
 fn worker(
     rx: std::sync::mpsc::Receiver<Job>,
     generator: Option<Arc<TextGenerationPipeline>>,
     state: Arc<AppState>,
 ) {
-    while let Ok(job) = rx.recv() {
-        let Some(pipe) = generator.as_ref() else {
+    let Some(pipe) = generator else {
+        while let Ok(job) = rx.recv() {
             let _ = job
                 .events
                 .send(Event::Failed("no text-generation model".into()));
-            continue;
-        };
-        let mut params = Params::new();
-        let s = &job.settings;
-        params.insert("max_new_tokens".into(), json!(s.max_tokens));
-        if s.temperature > 0.0 {
-            params.insert("do_sample".into(), json!(true));
-            params.insert("temperature".into(), json!(s.temperature));
-            params.insert("top_p".into(), json!(s.top_p));
-        } else {
-            params.insert("do_sample".into(), json!(false));
+            state.pending.fetch_sub(1, Ordering::SeqCst);
         }
-        if let Some(seed) = job.seed {
-            params.insert("seed".into(), json!(seed));
-        }
-        if s.presence_penalty != 0.0 || s.frequency_penalty != 0.0 {
-            params.insert("presence_penalty".into(), json!(s.presence_penalty));
-            params.insert("frequency_penalty".into(), json!(s.frequency_penalty));
-        }
-        let mut trimmer = stop::StopTrimmer::new(&s.stop);
-        let mut stopped_by_string = false;
-        let events = job.events.clone();
-        let result = pipe.stream_until(&job.input, &params, &mut |piece| {
-            let (emit, hit) = trimmer.push(piece);
-            if !emit.is_empty() && events.send(Event::Text(emit)).is_err() {
-                return false; // the client is gone
+        return;
+    };
+    let tok = pipe.tokenizer();
+    let mut batcher = pipe.batcher(state.config.max_batch_size);
+    let mut active: std::collections::HashMap<SeqId, Active<'_>> = Default::default();
+    let done = |state: &AppState| {
+        state.pending.fetch_sub(1, Ordering::SeqCst);
+    };
+    loop {
+        // Wait for work when idle; otherwise take what has arrived and go on stepping.
+        let mut jobs = Vec::new();
+        if batcher.is_empty() {
+            match rx.recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => return,
             }
-            if hit {
-                stopped_by_string = true;
-                return false;
+        }
+        jobs.extend(rx.try_iter());
+        for job in jobs {
+            let opts = SequenceOptions {
+                top_logprobs: job.logprobs,
+            };
+            match batcher.add(job.ids, &job.config, opts) {
+                Ok(id) => {
+                    active.insert(
+                        id,
+                        Active {
+                            events: job.events,
+                            streamer: TextStreamer::new(tok, true),
+                            trimmer: stop::StopTrimmer::new(&job.stop),
+                            tokens: 0,
+                            logprobs: Vec::new(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    let _ = job.events.send(Event::Failed(e.to_string()));
+                    done(&state);
+                }
             }
-            true
-        });
-        match result {
-            Ok((_, tokens)) => {
-                if !stopped_by_string {
-                    let rest = trimmer.finish();
-                    if !rest.is_empty() {
-                        let _ = job.events.send(Event::Text(rest));
+        }
+        // Clients that have gone: their sequences stop and free their rows.
+        let gone: Vec<SeqId> = active
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            batcher.cancel(id);
+            active.remove(&id);
+            done(&state);
+        }
+        let rows = batcher.running();
+        let events = batcher.step();
+        state.metrics.add_step(rows, batcher.running());
+        for event in events {
+            match event {
+                BatchEvent::Token {
+                    id,
+                    token,
+                    logprobs,
+                    finished,
+                } => {
+                    let Some(a) = active.get_mut(&id) else {
+                        continue;
+                    };
+                    a.tokens += 1;
+                    state.metrics.add_tokens(1);
+                    if let Some(lp) = logprobs {
+                        a.logprobs.push(token_lp(tok, token, &lp));
+                    }
+                    let outcome = emit_token(a, token, finished);
+                    if outcome != Outcome::Running {
+                        if finished.is_none() {
+                            batcher.cancel(id);
+                        }
+                        if let Some(a) = active.remove(&id) {
+                            if outcome != Outcome::Gone {
+                                let finish_reason = match (outcome, finished) {
+                                    (Outcome::Finished, Some(FinishReason::Length)) => "length",
+                                    _ => "stop",
+                                };
+                                let _ = a.events.send(Event::Done {
+                                    completion_tokens: a.tokens,
+                                    finish_reason,
+                                });
+                            }
+                        }
+                        done(&state);
                     }
                 }
-                state.metrics.add_tokens(tokens);
-                let finish_reason = if !stopped_by_string && tokens >= s.max_tokens {
-                    "length"
-                } else {
-                    "stop"
-                };
-                let _ = job.events.send(Event::Done {
-                    completion_tokens: tokens,
-                    finish_reason,
-                });
-            }
-            Err(e) => {
-                let _ = job.events.send(Event::Failed(e.to_string()));
+                BatchEvent::Failed { id, message } => {
+                    if let Some(a) = active.remove(&id) {
+                        let _ = a.events.send(Event::Failed(message));
+                        done(&state);
+                    }
+                }
             }
         }
-        state.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Running,
+    /// The sequence ended (eos, max_tokens).
+    Finished,
+    /// A stop string was generated.
+    StopString,
+    /// The client has gone.
+    Gone,
+}
+
+/// Turns a generated token into text for the client: the streamer's UTF-8-safe piece,
+/// held back by the stop-string trimmer as needed; at the end, what is left.
+fn emit_token(a: &mut Active<'_>, token: u32, finished: Option<FinishReason>) -> Outcome {
+    let mut text = String::new();
+    let mut hit = false;
+    let mut pieces = Vec::new();
+    match a.streamer.push(token) {
+        Ok(p) => pieces.push(p),
+        Err(e) => {
+            let _ = a.events.send(Event::Failed(e.to_string()));
+            return Outcome::Gone;
+        }
+    }
+    if finished.is_some() {
+        match a.streamer.finish() {
+            Ok(p) => pieces.push(p),
+            Err(e) => {
+                let _ = a.events.send(Event::Failed(e.to_string()));
+                return Outcome::Gone;
+            }
+        }
+    }
+    for p in pieces {
+        if hit || p.is_empty() {
+            continue;
+        }
+        let (emit, h) = a.trimmer.push(&p);
+        text.push_str(&emit);
+        hit = h;
+    }
+    if finished.is_some() && !hit {
+        text.push_str(&a.trimmer.finish());
+    }
+    let ended = hit || finished.is_some();
+    if (!text.is_empty() || (ended && !a.logprobs.is_empty()))
+        && a.events
+            .send(Event::Text(text, std::mem::take(&mut a.logprobs)))
+            .is_err()
+    {
+        return Outcome::Gone;
+    }
+    if hit {
+        Outcome::StopString
+    } else if finished.is_some() {
+        Outcome::Finished
+    } else {
+        Outcome::Running
+    }
+}
+
+/// A token's text (special tokens kept) and log-probabilities for the response.
+fn token_lp(tok: &AutoTokenizer, token: u32, lp: &TokenLogprobs) -> TokenLp {
+    let text = |t: u32| tok.decode(&[t], false).unwrap_or_default();
+    TokenLp {
+        token: text(token),
+        logprob: lp.logprob,
+        top: lp.top.iter().map(|&(t, l)| (text(t), l)).collect(),
     }
 }
 
@@ -304,12 +444,34 @@ fn generator_for(
     }
 }
 
-/// Queues `n` generations of `input`, or 429 when the queue is full.
+/// The generation parameters of `settings`, in the pipeline's (`generate()`'s) names.
+fn params_for(s: &GenSettings) -> Params {
+    let mut params = Params::new();
+    params.insert("max_new_tokens".into(), json!(s.max_tokens));
+    if s.temperature > 0.0 {
+        params.insert("do_sample".into(), json!(true));
+        params.insert("temperature".into(), json!(s.temperature));
+        params.insert("top_p".into(), json!(s.top_p));
+    } else {
+        params.insert("do_sample".into(), json!(false));
+    }
+    if s.presence_penalty != 0.0 || s.frequency_penalty != 0.0 {
+        params.insert("presence_penalty".into(), json!(s.presence_penalty));
+        params.insert("frequency_penalty".into(), json!(s.frequency_penalty));
+    }
+    params
+}
+
+/// Tokenizes `input` once, checks that prompt and completion fit the model's context,
+/// and queues `n` generations of it (429 when the queue is full). Returns the event
+/// receivers and the prompt's token count.
 fn submit(
     state: &AppState,
+    pipe: &TextGenerationPipeline,
     input: &Value,
     settings: &GenSettings,
-) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, ApiError> {
+    param: &str,
+) -> Result<(Vec<mpsc::UnboundedReceiver<Event>>, usize), ApiError> {
     if state.shutting_down.load(Ordering::SeqCst) {
         return Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -317,6 +479,20 @@ fn submit(
             kind: "server_error",
             param: None,
         });
+    }
+    let (ids, config) = pipe
+        .request(input, &params_for(settings))
+        .map_err(|e| ApiError::invalid(e.to_string(), Some(param)))?;
+    let prompt = ids.len();
+    let ctx = pipe.max_context();
+    if prompt + settings.max_tokens > ctx {
+        return Err(ApiError::invalid(
+            format!(
+                "the prompt is {prompt} tokens and max_tokens {}: more than the model's context of {ctx} tokens",
+                settings.max_tokens
+            ),
+            Some(param),
+        ));
     }
     let n = settings.n;
     let before = state.pending.fetch_add(n, Ordering::SeqCst);
@@ -330,10 +506,14 @@ fn submit(
     let mut receivers = Vec::with_capacity(n);
     for i in 0..n {
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut config = config.clone();
+        // The n completions of one request differ: seeds seed, seed + 1, ...
+        config.seed = settings.seed.map(|s| s.wrapping_add(i as u64));
         let job = Job {
-            input: input.clone(),
-            settings: settings.clone(),
-            seed: settings.seed.map(|s| s.wrapping_add(i as u64)),
+            ids: ids.clone(),
+            config,
+            stop: settings.stop.clone(),
+            logprobs: settings.logprobs,
             events: tx,
         };
         if state.jobs.send(job).is_err() {
@@ -342,30 +522,7 @@ fn submit(
         }
         receivers.push(rx);
     }
-    Ok(receivers)
-}
-
-/// Checks that prompt and completion fit the model's context.
-fn check_context(
-    pipe: &TextGenerationPipeline,
-    input: &Value,
-    settings: &GenSettings,
-    param: &str,
-) -> Result<usize, ApiError> {
-    let prompt = pipe
-        .prompt_tokens(input)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some(param)))?;
-    let ctx = pipe.max_context();
-    if prompt + settings.max_tokens > ctx {
-        return Err(ApiError::invalid(
-            format!(
-                "the prompt is {prompt} tokens and max_tokens {}: more than the model's context of {ctx} tokens",
-                settings.max_tokens
-            ),
-            Some(param),
-        ));
-    }
-    Ok(prompt)
+    Ok((receivers, prompt))
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -377,7 +534,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
 
 async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(body)?;
-    let settings = req.sampling.settings()?;
+    let settings = req.sampling.settings(Endpoint::Chat)?;
     let messages = req.messages.filter(|m| !m.is_empty()).ok_or_else(|| {
         ApiError::invalid(
             "`messages` is required and must not be empty",
@@ -398,14 +555,14 @@ async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, Api
         Some(tools) => json!({"messages": messages, "tools": tools}),
         None => Value::Array(messages),
     };
-    let prompt_tokens = check_context(&pipe, &input, &settings, "messages")?;
-    let receivers = submit(state, &input, &settings)?;
+    let (receivers, prompt_tokens) = submit(state, &pipe, &input, &settings, "messages")?;
     respond(
         receivers,
         Kind::Chat,
         model,
         prompt_tokens,
         req.sampling.stream,
+        settings.logprobs.is_some(),
     )
     .await
 }
@@ -419,7 +576,7 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Respons
 
 async fn completions_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(body)?;
-    let settings = req.sampling.settings()?;
+    let settings = req.sampling.settings(Endpoint::Completions)?;
     let prompt = match req.prompt {
         Some(Value::String(s)) => s,
         Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
@@ -435,14 +592,14 @@ async fn completions_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respon
     };
     let (model, pipe) = generator_for(state, req.sampling.model.as_deref())?;
     let input = Value::String(prompt);
-    let prompt_tokens = check_context(&pipe, &input, &settings, "prompt")?;
-    let receivers = submit(state, &input, &settings)?;
+    let (receivers, prompt_tokens) = submit(state, &pipe, &input, &settings, "prompt")?;
     respond(
         receivers,
         Kind::Completion,
         model,
         prompt_tokens,
         req.sampling.stream,
+        settings.logprobs.is_some(),
     )
     .await
 }
@@ -453,6 +610,54 @@ enum Kind {
     Completion,
 }
 
+/// Chat's `logprobs` object: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+fn chat_logprobs(lps: &[TokenLp]) -> Value {
+    let entry = |t: &str, l: f32| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|lp| {
+            let mut e = entry(&lp.token, lp.logprob);
+            e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, *l)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Text completions' `logprobs` object: parallel lists of tokens, their log-probabilities,
+/// `{token: logprob}` alternatives and character offsets into the completion text
+/// (`offset` carries across stream chunks).
+fn completion_logprobs(lps: &[TokenLp], offset: &mut usize) -> Value {
+    let mut text_offset = Vec::with_capacity(lps.len());
+    for lp in lps {
+        text_offset.push(*offset);
+        *offset += lp.token.chars().count();
+    }
+    json!({
+        "tokens": lps.iter().map(|lp| lp.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|lp| lp.logprob).collect::<Vec<_>>(),
+        "top_logprobs": lps
+            .iter()
+            .map(|lp| {
+                lp.top
+                    .iter()
+                    .map(|(t, l)| (t.clone(), json!(l)))
+                    .collect::<serde_json::Map<String, Value>>()
+            })
+            .collect::<Vec<_>>(),
+        "text_offset": text_offset,
+    })
+}
+
+/// The response's `logprobs` value for `lps` (null when they were not asked for).
+fn logprobs_value(kind: Kind, wanted: bool, lps: &[TokenLp], offset: &mut usize) -> Value {
+    match (wanted, kind) {
+        (false, _) => Value::Null,
+        (true, Kind::Chat) => chat_logprobs(lps),
+        (true, Kind::Completion) => completion_logprobs(lps, offset),
+    }
+}
+
 /// A whole response, or an SSE stream of chunks ending in `data: [DONE]`.
 async fn respond(
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
@@ -460,6 +665,7 @@ async fn respond(
     model: String,
     prompt_tokens: usize,
     stream: bool,
+    logprobs: bool,
 ) -> Result<Response, ApiError> {
     let (id, object) = match kind {
         Kind::Chat => (request_id("chatcmpl"), "chat.completion"),
@@ -471,10 +677,14 @@ async fn respond(
         let mut completion_tokens = 0;
         for (index, mut rx) in receivers.into_iter().enumerate() {
             let mut text = String::new();
+            let mut lps = Vec::new();
             let mut finish = "stop";
             while let Some(ev) = rx.recv().await {
                 match ev {
-                    Event::Text(t) => text.push_str(&t),
+                    Event::Text(t, lp) => {
+                        text.push_str(&t);
+                        lps.extend(lp);
+                    }
                     Event::Done {
                         completion_tokens: n,
                         finish_reason,
@@ -485,12 +695,13 @@ async fn respond(
                     Event::Failed(e) => return Err(ApiError::internal(e)),
                 }
             }
+            let lp = logprobs_value(kind, logprobs, &lps, &mut 0);
             choices.push(match kind {
                 Kind::Chat => {
                     json!({"index": index, "message": {"role": "assistant", "content": text},
-                    "logprobs": null, "finish_reason": finish})
+                    "logprobs": lp, "finish_reason": finish})
                 }
-                Kind::Completion => json!({"index": index, "text": text, "logprobs": null,
+                Kind::Completion => json!({"index": index, "text": text, "logprobs": lp,
                     "finish_reason": finish}),
             });
         }
@@ -507,14 +718,14 @@ async fn respond(
     };
     let (tx, rx) = mpsc::channel::<Result<SseEvent, std::convert::Infallible>>(64);
     tokio::spawn(async move {
-        let chunk = |index: usize, delta: Value, finish: Value| -> SseEvent {
+        let chunk = |index: usize, delta: Value, lp: Value, finish: Value| -> SseEvent {
             let choice = match kind {
                 Kind::Chat => {
-                    json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": finish})
+                    json!({"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish})
                 }
                 Kind::Completion => {
                     json!({"index": index, "text": delta.get("content").cloned().unwrap_or(json!("")),
-                    "logprobs": null, "finish_reason": finish})
+                    "logprobs": lp, "finish_reason": finish})
                 }
             };
             SseEvent::default().data(
@@ -530,17 +741,24 @@ async fn respond(
                         index,
                         json!({"role": "assistant", "content": ""}),
                         Value::Null,
+                        Value::Null,
                     )))
                     .await
                     .is_err()
             {
                 return;
             }
+            let mut offset = 0;
             while let Some(ev) = rx.recv().await {
                 let out = match ev {
-                    Event::Text(t) => chunk(index, json!({"content": t}), Value::Null),
+                    Event::Text(t, lp) => chunk(
+                        index,
+                        json!({"content": t}),
+                        logprobs_value(kind, logprobs, &lp, &mut offset),
+                        Value::Null,
+                    ),
                     Event::Done { finish_reason, .. } => {
-                        chunk(index, json!({}), json!(finish_reason))
+                        chunk(index, json!({}), Value::Null, json!(finish_reason))
                     }
                     Event::Failed(e) => {
                         SseEvent::default().data(ApiError::internal(e).body().to_string())

@@ -17,6 +17,10 @@ type Histogram = ([u64; BUCKETS.len()], f64, u64);
 #[derive(Default)]
 pub struct Metrics {
     tokens: AtomicU64,
+    /// Decode steps of the running batch, and the rows they ran (their sum).
+    decode_steps: AtomicU64,
+    decode_rows: AtomicU64,
+    running: AtomicU64,
     /// (endpoint, status) → count.
     requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
     /// endpoint → (bucket counts, sum, count).
@@ -26,6 +30,15 @@ pub struct Metrics {
 impl Metrics {
     pub fn add_tokens(&self, n: usize) {
         self.tokens.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a decode step of `rows` sequences; `running` is the batch's size after it.
+    pub fn add_step(&self, rows: usize, running: usize) {
+        if rows > 0 {
+            self.decode_steps.fetch_add(1, Ordering::Relaxed);
+            self.decode_rows.fetch_add(rows as u64, Ordering::Relaxed);
+        }
+        self.running.store(running as u64, Ordering::Relaxed);
     }
 
     /// Counts a request and its latency (to the response head; streams continue after).
@@ -68,6 +81,27 @@ impl Metrics {
         out.push_str(&format!(
             "rustformers_generated_tokens_total {}\n",
             self.tokens.load(Ordering::Relaxed)
+        ));
+        out.push_str("# HELP rustformers_decode_steps_total Decode steps of the running batch.\n");
+        out.push_str("# TYPE rustformers_decode_steps_total counter\n");
+        out.push_str(&format!(
+            "rustformers_decode_steps_total {}\n",
+            self.decode_steps.load(Ordering::Relaxed)
+        ));
+        out.push_str(
+            "# HELP rustformers_decode_rows_total Sequences run by those steps (summed: \
+             divided by the steps, the mean batch size).\n",
+        );
+        out.push_str("# TYPE rustformers_decode_rows_total counter\n");
+        out.push_str(&format!(
+            "rustformers_decode_rows_total {}\n",
+            self.decode_rows.load(Ordering::Relaxed)
+        ));
+        out.push_str("# HELP rustformers_running_sequences Sequences in the running batch.\n");
+        out.push_str("# TYPE rustformers_running_sequences gauge\n");
+        out.push_str(&format!(
+            "rustformers_running_sequences {}\n",
+            self.running.load(Ordering::Relaxed)
         ));
         out.push_str("# HELP rustformers_queue_depth Generations waiting or running.\n");
         out.push_str("# TYPE rustformers_queue_depth gauge\n");

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use rustformers_core::AutoTokenizer;
 use rustformers_models::LoadOptions;
-use rustformers_pipelines::{FeatureExtractionPipeline, Params, TextGenerationPipeline};
+use rustformers_pipelines::{FeatureExtractionPipeline, Params, Pipeline, TextGenerationPipeline};
 use rustformers_server::{Models, ServerConfig};
 
 fn fixture(name: &str) -> String {
@@ -324,4 +324,143 @@ fn a_full_queue_is_refused_and_concurrent_streams_complete() {
         h.join().unwrap();
     }
     assert_eq!(get(&s, "/health").0, 200);
+}
+
+#[test]
+fn concurrent_requests_share_decode_steps_and_keep_their_greedy_replies() {
+    let s = Arc::new(start(64));
+    let prompts: Vec<String> = (0..6)
+        .map(|i| format!("Request {i}: {}", "rain ".repeat(i + 1)))
+        .collect();
+    // Each prompt's greedy reply from the pipeline alone.
+    let want: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let mut params = Params::new();
+            params.insert("max_new_tokens".into(), json!(16));
+            params.insert("do_sample".into(), json!(false));
+            params.insert("return_full_text".into(), json!(false));
+            let out = s.generator.run(&[json!(p)], &params).unwrap();
+            out[0][0]["generated_text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let handles: Vec<_> = prompts
+        .iter()
+        .cloned()
+        .map(|p| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let body = json!({"prompt": p, "max_tokens": 16, "temperature": 0});
+                let (code, r) = post(&s, "/v1/completions", &body.to_string());
+                assert_eq!(code, 200, "{r}");
+                r["choices"][0]["text"].as_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    let got: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(got, want);
+    // One request for six completions queues them at once: they run as one batch, and
+    // the six greedy replies are the same.
+    let body = json!({"prompt": prompts[0], "max_tokens": 16, "temperature": 0, "n": 6});
+    let (code, r) = post(&s, "/v1/completions", &body.to_string());
+    assert_eq!(code, 200, "{r}");
+    for c in r["choices"].as_array().unwrap() {
+        assert_eq!(c["text"], want[0].as_str());
+    }
+    // Requests ran together: fewer decode steps than rows run.
+    let (_, metrics) = get(&s, "/metrics");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (steps, rows) = (
+        value("rustformers_decode_steps_total"),
+        value("rustformers_decode_rows_total"),
+    );
+    assert!(
+        steps > 0.0 && rows / steps > 1.5,
+        "{rows} rows in {steps} steps"
+    );
+    assert_eq!(value("rustformers_running_sequences"), 0.0);
+}
+
+#[test]
+fn logprobs_in_chat_and_completions() {
+    let s = start(64);
+    let req = json!({"messages": chat(), "max_tokens": 5, "temperature": 0, "logprobs": true,
+        "top_logprobs": 3});
+    let (code, r) = post(&s, "/v1/chat/completions", &req.to_string());
+    assert_eq!(code, 200, "{r}");
+    let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len(),
+        r["usage"]["completion_tokens"].as_u64().unwrap() as usize
+    );
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0);
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(top[0]["token"], e["token"]);
+        assert!((top[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-6);
+        assert!(top[1]["logprob"].as_f64().unwrap() <= lp);
+        assert_eq!(
+            e["bytes"].as_array().unwrap().len(),
+            e["token"].as_str().unwrap().len()
+        );
+    }
+    // Without logprobs the field is null.
+    let (_, r) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": chat(), "max_tokens": 2}).to_string(),
+    );
+    assert!(r["choices"][0]["logprobs"].is_null());
+    // Streaming: the chunks' entries add up to one per token.
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let events = stream(&s, "/v1/chat/completions", &sreq);
+    let n: usize = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .map(Vec::len)
+        })
+        .sum();
+    assert_eq!(n, content.len());
+    // Text completions: parallel lists, `logprobs` alternatives per token.
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "The cat", "max_tokens": 4, "temperature": 0, "logprobs": 2}).to_string(),
+    );
+    assert_eq!(code, 200, "{r}");
+    let lp = &r["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(
+        tokens.len(),
+        r["usage"]["completion_tokens"].as_u64().unwrap() as usize
+    );
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), tokens.len());
+    assert_eq!(lp["text_offset"][0], 0);
+    assert!(lp["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.as_object().unwrap().len() <= 2));
+    // Out of range: 400 naming the parameter.
+    let (code, r) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": chat(), "logprobs": true, "top_logprobs": 50}).to_string(),
+    );
+    assert_eq!(code, 400);
+    assert_eq!(r["error"]["param"], "top_logprobs");
 }
