@@ -363,6 +363,12 @@ def train_seqcls(work: str, runs: int) -> None:
          batch=16, seq=64, steps=8, versions=versions("torch", "transformers"))
 
 
+def no_peer(work: str, runs: int) -> None:
+    """Serving (serve-c1/c8/c32): rustformers' own figures; no peer runs the same
+    continuous-batching work on this CPU-only set-up."""
+    print(f"{work}: no peer; rustformers figures only", file=sys.stderr)
+
+
 WORK = {
     "embeddings-f32": (embeddings, 5),
     "embeddings-bf16": (embeddings, 5),
@@ -374,6 +380,9 @@ WORK = {
     "load-gguf": (load, 5),
     "load-safetensors": (load, 3),
     "train-seqcls": (train_seqcls, 3),
+    "serve-c1": (no_peer, 3),
+    "serve-c8": (no_peer, 3),
+    "serve-c32": (no_peer, 3),
 }
 
 

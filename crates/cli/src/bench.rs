@@ -312,6 +312,74 @@ fn train_seqcls(a: &BenchArgs) -> Result<Value> {
     ))
 }
 
+/// New tokens per sequence in the serving benchmark.
+const SERVE_NEW_TOKENS: usize = 64;
+
+/// Serving (issue 6, item 5): `concurrency` chat requests to SmolLM2 Q4_1 arrive at
+/// once and run through the batcher `rustformers serve` uses (in process, no HTTP),
+/// greedy, 64 new tokens each (eos ignored, so every run does the same work). Reports
+/// aggregate generated tokens/s and the median and worst time to first token.
+fn serve(a: &BenchArgs, concurrency: usize) -> Result<Value> {
+    use rustformers_generation::{BatchEvent, SequenceOptions};
+    let pipe = rustformers_pipelines::TextGenerationPipeline::from_pretrained(
+        GGUF_MODEL,
+        &LoadOptions::default(),
+    )?;
+    let mut params = rustformers_pipelines::Params::new();
+    params.insert("max_new_tokens".into(), json!(SERVE_NEW_TOKENS));
+    params.insert("do_sample".into(), json!(false));
+    params.insert("eos_token_id".into(), json!([]));
+    let requests: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let chat = json!([{"role": "user", "content": format!("{PROMPT} (story {i})")}]);
+            pipe.request(&chat, &params)
+        })
+        .collect::<rustformers_core::Result<_>>()?;
+    let run = || -> Result<(f64, Vec<f64>)> {
+        let mut b = pipe.batcher(concurrency);
+        let t0 = Instant::now();
+        let mut first = vec![None; concurrency];
+        let mut tokens = 0usize;
+        for (ids, config) in &requests {
+            b.add(ids.clone(), config, SequenceOptions::default())?;
+        }
+        while !b.is_empty() {
+            for e in b.step() {
+                match e {
+                    BatchEvent::Token { id, .. } => {
+                        tokens += 1;
+                        let slot = &mut first[id as usize];
+                        if slot.is_none() {
+                            *slot = Some(t0.elapsed().as_secs_f64());
+                        }
+                    }
+                    BatchEvent::Failed { message, .. } => bail!("{message}"),
+                }
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        Ok((tokens as f64 / secs, first.into_iter().flatten().collect()))
+    };
+    run()?; // warm-up
+    let mut rates = Vec::new();
+    let mut ttft = Vec::new();
+    for _ in 0..a.runs {
+        let (rate, mut firsts) = run()?;
+        rates.push(rate);
+        firsts.sort_by(|x, y| x.total_cmp(y));
+        ttft.push((firsts[firsts.len() / 2], firsts[firsts.len() - 1]));
+    }
+    ttft.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (ttft_median, ttft_max) = ttft[ttft.len() / 2];
+    Ok(stats(
+        &a.work,
+        "tokens/s",
+        rates,
+        json!({"concurrency": concurrency, "new_tokens": SERVE_NEW_TOKENS,
+            "ttft_median_s": ttft_median, "ttft_max_s": ttft_max}),
+    ))
+}
+
 /// Runs one work item and prints its JSON line.
 pub fn bench(a: &BenchArgs, start: Instant) -> Result<()> {
     if a.runs == 0 {
@@ -327,8 +395,11 @@ pub fn bench(a: &BenchArgs, start: Instant) -> Result<()> {
         "load-gguf" => load(a, start)?,
         "load-safetensors" => load_safetensors(a, start)?,
         "train-seqcls" => train_seqcls(a)?,
+        "serve-c1" => serve(a, 1)?,
+        "serve-c8" => serve(a, 8)?,
+        "serve-c32" => serve(a, 32)?,
         other => bail!(
-            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf, load-safetensors, train-seqcls"
+            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf, load-safetensors, train-seqcls, serve-c1, serve-c8, serve-c32"
         ),
     };
     println!("{v}");

@@ -5,9 +5,10 @@
 //! The running batch is a left-padded batch, as in `generate()` for several prompts:
 //! one KV cache whose rows all end at the same position, an attention mask that hides
 //! each row's padding, and position ids that count each row's own tokens. A new
-//! sequence's prompt runs alone, in chunks of [`ContinuousBatcher::prefill_chunk`] tokens,
-//! one chunk per step next to the running batch's decode step, so a long prompt delays
-//! the other streams by one chunk at a time. Once its prompt has run, its cache row is
+//! sequence's prompt runs alone, next to the running batch's decode step: each step runs
+//! up to [`ContinuousBatcher::prefill_chunk`] prompt tokens, of as many waiting prompts
+//! as that covers, so short prompts join several at a time and a long prompt delays the
+//! other streams by one chunk at a time. Once its prompt has run, its cache row is
 //! gathered into the batch's cache ([`KvCache::gather`]); a finished or cancelled row
 //! is dropped the same way, which also trims padding no row needs any more.
 //!
@@ -332,27 +333,35 @@ impl<'a> ContinuousBatcher<'a> {
         self.running.as_ref().map_or(0, |r| r.cache.len())
     }
 
-    /// One step: a decode step of the running batch (one token per row), then one
-    /// chunk of the next prompt. Failures come back as [`BatchEvent::Failed`] for the
+    /// One step: a decode step of the running batch (one token per row), then up to
+    /// [`Self::prefill_chunk`] tokens of the waiting prompts. Failures come back as [`BatchEvent::Failed`] for the
     /// sequences they hit; the others go on.
     pub fn step(&mut self) -> Vec<BatchEvent> {
         let mut events = std::mem::take(&mut self.failed_carry);
         if self.running.is_some() {
             self.decode(&mut events);
         }
-        if self.prefill.is_none() && self.running() < self.max_batch {
-            if let Some(seq) = self.waiting.pop_front() {
-                let cache = self.model.new_cache(Some(seq.prompt_len));
-                self.prefill = Some(Prefill {
-                    seq,
-                    cache,
-                    done: 0,
-                });
+        // Prompt tokens: up to one chunk per step, spread over as many waiting prompts
+        // as it covers (short prompts join together; a long one takes several steps).
+        let mut budget = self.prefill_chunk;
+        while budget > 0 {
+            if self.prefill.is_none() && self.running() < self.max_batch {
+                if let Some(seq) = self.waiting.pop_front() {
+                    let cache = self.model.new_cache(Some(seq.prompt_len));
+                    self.prefill = Some(Prefill {
+                        seq,
+                        cache,
+                        done: 0,
+                    });
+                }
             }
-        }
-        if let Some(p) = self.prefill.take() {
+            let Some(p) = self.prefill.take() else {
+                break;
+            };
             let id = p.seq.id;
-            if let Err(e) = self.prefill_step(p, &mut events) {
+            let n = (p.seq.prompt_len - p.done).min(budget);
+            budget -= n;
+            if let Err(e) = self.prefill_step(p, n, &mut events) {
                 events.push(BatchEvent::Failed {
                     id,
                     message: e.to_string(),
@@ -362,10 +371,15 @@ impl<'a> ContinuousBatcher<'a> {
         events
     }
 
-    /// Runs the next chunk of the prefilling prompt; once the prompt has run, picks the
-    /// first token and moves the sequence into the batch.
-    fn prefill_step(&mut self, mut p: Prefill<'a>, events: &mut Vec<BatchEvent>) -> Result<()> {
-        let end = (p.done + self.prefill_chunk).min(p.seq.prompt_len);
+    /// Runs the next `n` tokens of the prefilling prompt; once the prompt has run, picks
+    /// the first token and moves the sequence into the batch.
+    fn prefill_step(
+        &mut self,
+        mut p: Prefill<'a>,
+        n: usize,
+        events: &mut Vec<BatchEvent>,
+    ) -> Result<()> {
+        let end = (p.done + n).min(p.seq.prompt_len);
         let chunk = p.seq.tokens[p.done..end].to_vec();
         let n = chunk.len();
         let input = Tensor::from_vec(chunk, (1, n), &self.device)?;

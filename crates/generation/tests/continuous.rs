@@ -1,7 +1,8 @@
 //! Continuous batching: sequences that join a running batch at different steps, with
 //! prompts of different lengths run in chunks, each get the tokens `generate()` gives
 //! their prompt alone (greedy and seeded sampling); a long prompt runs one chunk per step
-//! while the running rows keep getting a token every step; cancelled and finished rows
+//! while the running rows keep getting a token every step, and short prompts share a
+//! step's chunk; cancelled and finished rows
 //! leave the batch; log-probabilities are the model's; bad requests are errors.
 
 use std::collections::HashMap;
@@ -165,6 +166,26 @@ fn a_long_prompt_runs_one_chunk_per_step_while_the_batch_streams() {
         assert_eq!(long_tokens, usize::from(step == 8), "step {step}");
     }
     assert_eq!(b.running(), 2);
+    // Short prompts share a step's chunk: three of 2 tokens all start in the next step
+    // (and the batch's cap of 4 holds the last one back).
+    let short: Vec<SeqId> = (0..3)
+        .map(|i| {
+            b.add(
+                prompt(2, 10 + i, vocab),
+                &greedy,
+                SequenceOptions::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let events = b.step();
+    let started = |id: SeqId| {
+        events
+            .iter()
+            .any(|e| matches!(e, BatchEvent::Token { id: x, .. } if *x == id))
+    };
+    assert!(started(short[0]) && started(short[1]) && !started(short[2]));
+    assert_eq!(b.running(), 4);
 }
 
 #[test]
@@ -215,7 +236,9 @@ fn cancelled_and_finished_rows_leave_the_batch() {
         }
     }
     assert!(b.is_empty());
-    assert_eq!(tokens[&gone].len(), 3, "cancelled after its third token");
+    // Its prompt ran in step 0 (with the first one: both fit the chunk), then it decoded
+    // in steps 1 to 3: four tokens before the cancel.
+    assert_eq!(tokens[&gone].len(), 4, "cancelled after its fourth token");
     assert_eq!(finish[&quick], FinishReason::Length);
     assert_eq!(tokens[&quick].len(), 3);
     for (id, i, c) in [(keep, 0, &config), (quick, 2, &short), (last, 3, &config)] {
