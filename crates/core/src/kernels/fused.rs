@@ -496,6 +496,17 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     lanes.iter().sum()
 }
 
+/// The lanes of a 16-lane piece that hold values when `left` remain in the row.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tail_mask(left: usize) -> u16 {
+    if left >= 16 {
+        0xffff
+    } else {
+        (1u16 << left) - 1
+    }
+}
+
 /// # Safety
 /// The CPU has AVX-512 F.
 #[cfg(target_arch = "x86_64")]
@@ -513,11 +524,7 @@ unsafe fn softmax_rows_avx512(scores: &mut [f32], a: &HeadGemm) {
         let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut j = 0;
         while j < t {
-            let lanes: __mmask16 = if t - j >= 16 {
-                0xffff
-            } else {
-                (1u16 << (t - j)) - 1
-            };
+            let lanes = tail_mask(t - j);
             let p = row.as_mut_ptr().add(j);
             let x = _mm512_fmadd_ps(
                 _mm512_maskz_loadu_ps(lanes, p),
@@ -532,11 +539,7 @@ unsafe fn softmax_rows_avx512(scores: &mut [f32], a: &HeadGemm) {
         let mut sum = _mm512_setzero_ps();
         j = 0;
         while j < t {
-            let lanes: __mmask16 = if t - j >= 16 {
-                0xffff
-            } else {
-                (1u16 << (t - j)) - 1
-            };
+            let lanes = tail_mask(t - j);
             let p = row.as_mut_ptr().add(j);
             let e = super::activation::exp_approx_avx512(_mm512_sub_ps(
                 _mm512_maskz_loadu_ps(lanes, p),
@@ -549,11 +552,7 @@ unsafe fn softmax_rows_avx512(scores: &mut [f32], a: &HeadGemm) {
         let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
         j = 0;
         while j < t {
-            let lanes: __mmask16 = if t - j >= 16 {
-                0xffff
-            } else {
-                (1u16 << (t - j)) - 1
-            };
+            let lanes = tail_mask(t - j);
             let p = row.as_mut_ptr().add(j);
             _mm512_mask_storeu_ps(
                 p,
