@@ -3,8 +3,9 @@
 Checks: chat (greedy: equal to `rustformers run text-generation` on the same chat),
 streaming chat (deltas add up to the same reply), completions (equal to `run` on the
 prompt), embeddings, n > 1, stop sequences, errors as openai exceptions with the server
-still up, log-probabilities, 64 concurrent streaming requests all completed (aggregate
-pieces/s and median time to first token printed),
+still up, log-probabilities, 64 concurrent streaming requests all completed (aggregate tokens/s,
+counted by the usage chunk that `stream_options.include_usage` asks for, and median time
+to first token printed),
 1000 sequential requests with resident memory growing less than 64 MB, SIGTERM exits 0.
 Prints one JSON line of figures.
 """
@@ -136,31 +137,36 @@ def main() -> int:
         async def load() -> int:
             ac = openai.AsyncOpenAI(base_url=base + "/v1", api_key="none")
 
-            async def one(i: int) -> int:
-                count = 0
+            async def one(i: int) -> tuple:
+                pieces, tokens = 0, None
                 sent = time.perf_counter()
                 stream = await ac.chat.completions.create(
-                    model=a.gen, messages=chat, max_tokens=16, temperature=0.8, seed=i, stream=True
+                    model=a.gen, messages=chat, max_tokens=16, temperature=0.8, seed=i, stream=True,
+                    stream_options={"include_usage": True},
                 )
                 async for chunk in stream:
                     if chunk.choices and chunk.choices[0].delta.content:
-                        if count == 0:
+                        if pieces == 0:
                             first_token.append(time.perf_counter() - sent)
-                        count += 1
-                return count
+                        pieces += 1
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+                assert tokens is not None and tokens >= pieces > 0, (pieces, tokens)
+                return pieces, tokens
 
             counts = await asyncio.gather(*(one(i) for i in range(64)))
-            return sum(counts)
+            return sum(p for p, _ in counts), sum(t for _, t in counts)
 
         first_token: list = []
         t0 = time.perf_counter()
-        pieces = asyncio.run(load())
+        pieces, tokens = asyncio.run(load())
         secs = time.perf_counter() - t0
         first_token.sort()
         figures["ttft_median_s"] = round(first_token[len(first_token) // 2], 3)
         figures["concurrent_streams"] = 64
         figures["streamed_pieces"] = pieces
-        figures["aggregate_pieces_per_s"] = round(pieces / secs, 1)
+        figures["generated_tokens"] = tokens
+        figures["aggregate_tokens_per_s"] = round(tokens / secs, 1)
         figures["load_seconds"] = round(secs, 2)
 
         # 1000 sequential requests: resident memory stays bounded.

@@ -86,6 +86,8 @@ pub struct Sampling {
     pub model: Option<String>,
     #[serde(default)]
     pub stream: bool,
+    /// `{"include_usage": true}`: a last chunk with the usage counts (streams only).
+    pub stream_options: Option<Value>,
     pub max_tokens: Option<i64>,
     pub max_completion_tokens: Option<i64>,
     pub temperature: Option<f64>,
@@ -140,6 +142,8 @@ pub struct GenSettings {
     pub n: usize,
     /// Log-probabilities asked for: the chosen token's and this many alternatives.
     pub logprobs: Option<usize>,
+    /// Streams: end with a chunk holding the usage counts.
+    pub include_usage: bool,
 }
 
 /// Which endpoint the settings are for (they read `logprobs` differently).
@@ -207,6 +211,31 @@ impl Sampling {
             }
         }
         let logprobs = self.logprobs(endpoint)?;
+        let include_usage = match self.stream_options.as_ref().filter(|v| !v.is_null()) {
+            None => false,
+            Some(_) if !self.stream => {
+                return Err(ApiError::invalid(
+                    "stream_options is only allowed when stream is true",
+                    Some("stream_options"),
+                ))
+            }
+            Some(Value::Object(o)) => match o.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "stream_options.include_usage must be a boolean",
+                        Some("stream_options"),
+                    ))
+                }
+            },
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "stream_options must be an object",
+                    Some("stream_options"),
+                ))
+            }
+        };
         let stop = self.stop.as_ref().map(Stop::list).unwrap_or_default();
         if stop.len() > 4 || stop.iter().any(String::is_empty) {
             return Err(ApiError::invalid(
@@ -224,6 +253,7 @@ impl Sampling {
             stop,
             n: n as usize,
             logprobs,
+            include_usage,
         })
     }
 

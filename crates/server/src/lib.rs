@@ -563,6 +563,7 @@ async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, Api
         prompt_tokens,
         req.sampling.stream,
         settings.logprobs.is_some(),
+        settings.include_usage,
     )
     .await
 }
@@ -600,6 +601,7 @@ async fn completions_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respon
         prompt_tokens,
         req.sampling.stream,
         settings.logprobs.is_some(),
+        settings.include_usage,
     )
     .await
 }
@@ -666,6 +668,7 @@ async fn respond(
     prompt_tokens: usize,
     stream: bool,
     logprobs: bool,
+    include_usage: bool,
 ) -> Result<Response, ApiError> {
     let (id, object) = match kind {
         Kind::Chat => (request_id("chatcmpl"), "chat.completion"),
@@ -728,12 +731,14 @@ async fn respond(
                     "logprobs": lp, "finish_reason": finish})
                 }
             };
-            SseEvent::default().data(
-                json!({"id": id, "object": chunk_object, "created": created, "model": model,
-                    "choices": [choice]})
-                .to_string(),
-            )
+            let mut body = json!({"id": id, "object": chunk_object, "created": created,
+                "model": model, "choices": [choice]});
+            if include_usage {
+                body["usage"] = Value::Null;
+            }
+            SseEvent::default().data(body.to_string())
         };
+        let mut completion_tokens = 0;
         for (index, mut rx) in receivers.into_iter().enumerate() {
             if kind == Kind::Chat
                 && tx
@@ -757,7 +762,11 @@ async fn respond(
                         logprobs_value(kind, logprobs, &lp, &mut offset),
                         Value::Null,
                     ),
-                    Event::Done { finish_reason, .. } => {
+                    Event::Done {
+                        finish_reason,
+                        completion_tokens: n,
+                    } => {
+                        completion_tokens += n;
                         chunk(index, json!({}), Value::Null, json!(finish_reason))
                     }
                     Event::Failed(e) => {
@@ -768,6 +777,19 @@ async fn respond(
                 if tx.send(Ok(out)).await.is_err() {
                     return;
                 }
+            }
+        }
+        if include_usage {
+            let usage = json!({"id": id, "object": chunk_object, "created": created,
+                "model": model, "choices": [],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens}});
+            if tx
+                .send(Ok(SseEvent::default().data(usage.to_string())))
+                .await
+                .is_err()
+            {
+                return;
             }
         }
         let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;

@@ -464,3 +464,39 @@ fn logprobs_in_chat_and_completions() {
     assert_eq!(code, 400);
     assert_eq!(r["error"]["param"], "top_logprobs");
 }
+
+#[test]
+fn streams_end_with_usage_when_asked() {
+    let s = start(64);
+    let body = json!({"messages": chat(), "max_tokens": 6, "temperature": 0, "stream": true,
+        "stream_options": {"include_usage": true}});
+    let events = stream(&s, "/v1/chat/completions", &body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let (last, rest) = chunks.split_last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert!(rest.iter().all(|c| c["usage"].is_null()));
+    // The same request without streaming counts the same tokens.
+    let mut plain = body.clone();
+    plain["stream"] = json!(false);
+    plain.as_object_mut().unwrap().remove("stream_options");
+    let (_, r) = post(&s, "/v1/chat/completions", &plain.to_string());
+    assert_eq!(last["usage"], r["usage"]);
+    // stream_options needs stream.
+    let (code, r) = post(
+        &s,
+        "/v1/chat/completions",
+        &plain_with_options(&plain).to_string(),
+    );
+    assert_eq!(code, 400);
+    assert_eq!(r["error"]["param"], "stream_options");
+}
+
+fn plain_with_options(plain: &Value) -> Value {
+    let mut v = plain.clone();
+    v["stream_options"] = json!({"include_usage": true});
+    v
+}
