@@ -312,72 +312,141 @@ fn train_seqcls(a: &BenchArgs) -> Result<Value> {
     ))
 }
 
-/// New tokens per sequence in the serving benchmark.
+/// New tokens per request in the serving benchmark.
 const SERVE_NEW_TOKENS: usize = 64;
 
-/// Serving (issue 6, item 5): `concurrency` chat requests to SmolLM2 Q4_1 arrive at
-/// once and run through the batcher `rustformers serve` uses (in process, no HTTP),
-/// greedy, 64 new tokens each (eos ignored, so every run does the same work). Reports
-/// aggregate generated tokens/s and the median and worst time to first token.
+/// Serving (issue 6, item 5): `rustformers serve` with SmolLM2 Q4_1 on a loopback port
+/// (in this process, `--max-batch-size` = `concurrency`), and `concurrency` clients that
+/// each send one streaming chat request at once: greedy, 64 new tokens (`ignore_eos`, so
+/// every run does the same work), usage counted by the stream's usage chunk. Reports
+/// aggregate generated tokens/s and the median and worst time to first token (request
+/// sent → first content chunk received).
 fn serve(a: &BenchArgs, concurrency: usize) -> Result<Value> {
-    use rustformers_generation::{BatchEvent, SequenceOptions};
+    use std::sync::Arc;
     let pipe = rustformers_pipelines::TextGenerationPipeline::from_pretrained(
         GGUF_MODEL,
         &LoadOptions::default(),
     )?;
-    let mut params = rustformers_pipelines::Params::new();
-    params.insert("max_new_tokens".into(), json!(SERVE_NEW_TOKENS));
-    params.insert("do_sample".into(), json!(false));
-    params.insert("eos_token_id".into(), json!([]));
-    let requests: Vec<_> = (0..concurrency)
-        .map(|i| {
-            let chat = json!([{"role": "user", "content": format!("{PROMPT} (story {i})")}]);
-            pipe.request(&chat, &params)
-        })
-        .collect::<rustformers_core::Result<_>>()?;
-    let run = || -> Result<(f64, Vec<f64>)> {
-        let mut b = pipe.batcher(concurrency);
-        let t0 = Instant::now();
-        let mut first = vec![None; concurrency];
-        let mut tokens = 0usize;
-        for (ids, config) in &requests {
-            b.add(ids.clone(), config, SequenceOptions::default())?;
-        }
-        while !b.is_empty() {
-            for e in b.step() {
-                match e {
-                    BatchEvent::Token { id, .. } => {
-                        tokens += 1;
-                        let slot = &mut first[id as usize];
-                        if slot.is_none() {
-                            *slot = Some(t0.elapsed().as_secs_f64());
-                        }
-                    }
-                    BatchEvent::Failed { message, .. } => bail!("{message}"),
-                }
+    let models = rustformers_server::Models {
+        generator: Some((GGUF_MODEL.to_string(), Arc::new(pipe))),
+        embedder: None,
+    };
+    let config = rustformers_server::ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        max_queue: 4 * concurrency,
+        max_batch_size: concurrency,
+    };
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let _ = addr_tx.send(listener.local_addr()?);
+            rustformers_server::serve_on(listener, models, config, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })?;
+        Ok(())
+    });
+    let addr = match addr_rx.recv() {
+        Ok(addr) => addr,
+        Err(_) => {
+            return match server.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow!("the server did not start")),
             }
         }
-        let secs = t0.elapsed().as_secs_f64();
-        Ok((tokens as f64 / secs, first.into_iter().flatten().collect()))
     };
-    run()?; // warm-up
-    let mut rates = Vec::new();
-    let mut ttft = Vec::new();
-    for _ in 0..a.runs {
-        let (rate, mut firsts) = run()?;
-        rates.push(rate);
-        firsts.sort_by(|x, y| x.total_cmp(y));
-        ttft.push((firsts[firsts.len() / 2], firsts[firsts.len() - 1]));
+    let url = format!("http://{addr}/v1/chat/completions");
+    let run = || -> Result<(f64, Vec<f64>)> {
+        let t0 = Instant::now();
+        let clients: Vec<_> = (0..concurrency)
+            .map(|i| {
+                let url = url.clone();
+                std::thread::spawn(move || stream_chat(&url, i))
+            })
+            .collect();
+        let mut tokens = 0;
+        let mut first = Vec::new();
+        for c in clients {
+            let (ttft, n) = c
+                .join()
+                .map_err(|_| anyhow!("a client thread panicked"))??;
+            tokens += n;
+            first.push(ttft);
+        }
+        Ok((tokens as f64 / t0.elapsed().as_secs_f64(), first))
+    };
+    let result = (|| -> Result<Value> {
+        run()?; // warm-up
+        let mut rates = Vec::new();
+        let mut ttft = Vec::new();
+        for _ in 0..a.runs {
+            let (rate, mut firsts) = run()?;
+            rates.push(rate);
+            firsts.sort_by(|x, y| x.total_cmp(y));
+            ttft.push((firsts[firsts.len() / 2], firsts[firsts.len() - 1]));
+        }
+        ttft.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let (ttft_median, ttft_max) = ttft[ttft.len() / 2];
+        Ok(stats(
+            &a.work,
+            "tokens/s",
+            rates,
+            json!({"concurrency": concurrency, "new_tokens": SERVE_NEW_TOKENS,
+                "ttft_median_s": ttft_median, "ttft_max_s": ttft_max, "over": "http"}),
+        ))
+    })();
+    let _ = stop_tx.send(());
+    let _ = server.join();
+    result
+}
+
+/// One streaming chat request; (seconds to the first content chunk, completion tokens).
+fn stream_chat(url: &str, i: usize) -> Result<(f64, usize)> {
+    use std::io::BufRead;
+    let body = json!({
+        "messages": [{"role": "user", "content": format!("{PROMPT} (story {i})")}],
+        "max_tokens": SERVE_NEW_TOKENS, "temperature": 0, "ignore_eos": true, "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let sent = Instant::now();
+    let resp = ureq::post(url)
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+        .map_err(|e| anyhow!("request {i}: {e}"))?;
+    let mut first = None;
+    let mut tokens = None;
+    for line in std::io::BufReader::new(resp.into_reader()).lines() {
+        let line = line?;
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(data)?;
+        if let Some(e) = v.get("error") {
+            bail!("request {i}: {e}");
+        }
+        let content = v["choices"][0]["delta"]["content"].as_str();
+        if first.is_none() && content.is_some_and(|c| !c.is_empty()) {
+            first = Some(sent.elapsed().as_secs_f64());
+        }
+        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            tokens = Some(n as usize);
+        }
     }
-    ttft.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let (ttft_median, ttft_max) = ttft[ttft.len() / 2];
-    Ok(stats(
-        &a.work,
-        "tokens/s",
-        rates,
-        json!({"concurrency": concurrency, "new_tokens": SERVE_NEW_TOKENS,
-            "ttft_median_s": ttft_median, "ttft_max_s": ttft_max}),
-    ))
+    match (first, tokens) {
+        (Some(f), Some(n)) => Ok((f, n)),
+        _ => bail!("request {i}: the stream ended without text or usage"),
+    }
 }
 
 /// Runs one work item and prints its JSON line.

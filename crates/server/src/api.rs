@@ -96,6 +96,9 @@ pub struct Sampling {
     pub stop: Option<Stop>,
     pub n: Option<i64>,
     pub presence_penalty: Option<f64>,
+    /// Extension (as vLLM's): keep generating past the eos token, up to max_tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
     pub frequency_penalty: Option<f64>,
     /// Chat: a boolean; text completions: how many alternatives (0 to 5).
     #[serde(default)]
@@ -144,6 +147,8 @@ pub struct GenSettings {
     pub logprobs: Option<usize>,
     /// Streams: end with a chunk holding the usage counts.
     pub include_usage: bool,
+    /// Generate past eos (benchmarks: a fixed amount of work per request).
+    pub ignore_eos: bool,
 }
 
 /// Which endpoint the settings are for (they read `logprobs` differently).
@@ -254,6 +259,7 @@ impl Sampling {
             n: n as usize,
             logprobs,
             include_usage,
+            ignore_eos: self.ignore_eos,
         })
     }
 

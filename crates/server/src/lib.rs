@@ -459,6 +459,9 @@ fn params_for(s: &GenSettings) -> Params {
         params.insert("presence_penalty".into(), json!(s.presence_penalty));
         params.insert("frequency_penalty".into(), json!(s.frequency_penalty));
     }
+    if s.ignore_eos {
+        params.insert("eos_token_id".into(), json!([]));
+    }
     params
 }
 

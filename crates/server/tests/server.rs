@@ -485,6 +485,15 @@ fn streams_end_with_usage_when_asked() {
     plain.as_object_mut().unwrap().remove("stream_options");
     let (_, r) = post(&s, "/v1/chat/completions", &plain.to_string());
     assert_eq!(last["usage"], r["usage"]);
+    // ignore_eos (vLLM's extension): always max_tokens tokens.
+    let (_, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "The cat", "max_tokens": 30, "temperature": 0, "ignore_eos": true})
+            .to_string(),
+    );
+    assert_eq!(r["usage"]["completion_tokens"], 30);
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
     // stream_options needs stream.
     let (code, r) = post(
         &s,
