@@ -5,10 +5,12 @@
 //! The running batch is a left-padded batch, as in `generate()` for several prompts:
 //! one KV cache whose rows all end at the same position, an attention mask that hides
 //! each row's padding, and position ids that count each row's own tokens. A new
-//! sequence's prompt runs alone, next to the running batch's decode step: each step runs
-//! up to [`ContinuousBatcher::prefill_chunk`] prompt tokens, of as many waiting prompts
-//! as that covers, so short prompts join several at a time and a long prompt delays the
-//! other streams by one chunk at a time. Once its prompt has run, its cache row is
+//! sequence's prompt runs next to the running batch's decode step, outside the batch:
+//! each step runs up to [`ContinuousBatcher::prefill_chunk`] prompt tokens (padding
+//! counted). Whole waiting prompts that fit run together as one left-padded batch (one
+//! forward pass, so the products get the rows that fast kernels need); a prompt longer
+//! than what is left of the step's budget runs in chunks, one per step, so a long prompt
+//! delays the other streams by one chunk at a time. Once its prompt has run, its cache row is
 //! gathered into the batch's cache ([`KvCache::gather`]); a finished or cancelled row
 //! is dropped the same way, which also trims padding no row needs any more.
 //!
@@ -22,6 +24,7 @@ use std::collections::VecDeque;
 use candle_core::{Device, Tensor};
 
 use rustformers_core::kv_cache::{CacheRow, KvCache};
+use rustformers_core::rotary::position_ids_from_mask;
 use rustformers_core::{AutoTokenizer, Error, Result};
 use rustformers_models::{CausalLanguageModel, CausalLmInputs, LogitsMode};
 
@@ -341,26 +344,14 @@ impl<'a> ContinuousBatcher<'a> {
         if self.running.is_some() {
             self.decode(&mut events);
         }
-        // Prompt tokens: up to one chunk per step, spread over as many waiting prompts
-        // as it covers (short prompts join together; a long one takes several steps).
+        // Prompt tokens: up to one chunk per step. A prompt in progress goes on first;
+        // then whole waiting prompts that fit what is left run together as one padded
+        // batch; a prompt longer than what is left starts in chunks.
         let mut budget = self.prefill_chunk;
-        while budget > 0 {
-            if self.prefill.is_none() && self.running() < self.max_batch {
-                if let Some(seq) = self.waiting.pop_front() {
-                    let cache = self.model.new_cache(Some(seq.prompt_len));
-                    self.prefill = Some(Prefill {
-                        seq,
-                        cache,
-                        done: 0,
-                    });
-                }
-            }
-            let Some(p) = self.prefill.take() else {
-                break;
-            };
-            let id = p.seq.id;
+        if let Some(p) = self.prefill.take() {
             let n = (p.seq.prompt_len - p.done).min(budget);
             budget -= n;
+            let id = p.seq.id;
             if let Err(e) = self.prefill_step(p, n, &mut events) {
                 events.push(BatchEvent::Failed {
                     id,
@@ -368,7 +359,118 @@ impl<'a> ContinuousBatcher<'a> {
                 });
             }
         }
+        while budget > 0 && self.prefill.is_none() && !self.waiting.is_empty() {
+            let room = self.max_batch.saturating_sub(self.running());
+            if room == 0 {
+                break;
+            }
+            let mut group: Vec<Seq<'a>> = Vec::new();
+            let mut longest = 0;
+            while group.len() < room {
+                let Some(next) = self.waiting.front() else {
+                    break;
+                };
+                let width = longest.max(next.prompt_len);
+                if (group.len() + 1) * width > budget {
+                    break;
+                }
+                longest = width;
+                if let Some(seq) = self.waiting.pop_front() {
+                    group.push(seq);
+                }
+            }
+            if group.is_empty() {
+                let Some(seq) = self.waiting.pop_front() else {
+                    break;
+                };
+                let p = Prefill {
+                    cache: self.model.new_cache(Some(seq.prompt_len)),
+                    seq,
+                    done: 0,
+                };
+                let id = p.seq.id;
+                if let Err(e) = self.prefill_step(p, budget, &mut events) {
+                    events.push(BatchEvent::Failed {
+                        id,
+                        message: e.to_string(),
+                    });
+                }
+                break;
+            }
+            budget -= group.len() * longest;
+            let ids: Vec<SeqId> = group.iter().map(|s| s.id).collect();
+            if let Err(e) = self.prefill_group(group, &mut events) {
+                for id in ids {
+                    events.push(BatchEvent::Failed {
+                        id,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
         events
+    }
+
+    /// Runs whole prompts as one left-padded batch, picks their first tokens and moves
+    /// those that go on into the running batch.
+    fn prefill_group(&mut self, mut group: Vec<Seq<'a>>, events: &mut Vec<BatchEvent>) -> Result<()> {
+        let k = group.len();
+        let longest = group.iter().map(|s| s.prompt_len).max().unwrap_or(0);
+        let mask: Vec<Vec<u32>> = group
+            .iter()
+            .map(|s| {
+                let mut m = vec![0u32; longest - s.prompt_len];
+                m.resize(longest, 1);
+                m
+            })
+            .collect();
+        let ids: Vec<u32> = group
+            .iter()
+            .flat_map(|s| {
+                std::iter::repeat_n(0u32, longest - s.prompt_len).chain(s.tokens.iter().copied())
+            })
+            .collect();
+        let positions = position_ids_from_mask(&mask, &self.device)?;
+        let flat: Vec<u32> = mask.into_iter().flatten().collect();
+        let mask = Tensor::from_vec(flat, (k, longest), &self.device)?;
+        let input = Tensor::from_vec(ids, (k, longest), &self.device)?;
+        let mut cache = self.model.new_cache(Some(longest));
+        let logits = self.model.forward(
+            CausalLmInputs {
+                input_ids: &input,
+                attention_mask: Some(&mask),
+                position_ids: Some(&positions),
+            },
+            Some(&mut cache),
+            LogitsMode::Last,
+        )?;
+        let logits = logits.squeeze(1)?.to_vec2::<f32>()?;
+        let mut joining = Vec::new();
+        for (i, (mut seq, l)) in group.drain(..).zip(logits).enumerate() {
+            match seq.choose(l) {
+                Ok((token, logprobs, finished)) => {
+                    events.push(BatchEvent::Token {
+                        id: seq.id,
+                        token,
+                        logprobs,
+                        finished,
+                    });
+                    if finished.is_none() {
+                        let row = Row {
+                            cached: seq.prompt_len,
+                            pending: token,
+                            seq,
+                        };
+                        joining.push((i, row));
+                    }
+                }
+                Err(e) => events.push(BatchEvent::Failed {
+                    id: seq.id,
+                    message: e.to_string(),
+                }),
+            }
+        }
+        self.join(joining, &cache)
     }
 
     /// Runs the next `n` tokens of the prefilling prompt; once the prompt has run, picks
@@ -409,36 +511,39 @@ impl<'a> ContinuousBatcher<'a> {
             pending: token,
             seq: p.seq,
         };
-        match self.running.take() {
-            None => {
-                let cache = gather(&[(&p.cache, 0, &joining)])?;
-                self.running = Some(Running {
-                    rows: vec![joining],
-                    cache,
-                });
+        self.join(vec![(0, joining)], &p.cache)
+    }
+
+    /// Adds `rows` (each at its index in `cache`) to the running batch.
+    fn join(&mut self, rows: Vec<(usize, Row<'a>)>, cache: &KvCache) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut run = self.running.take().unwrap_or_else(|| Running {
+            rows: Vec::new(),
+            cache: KvCache::new(0, 0),
+        });
+        let sources: Vec<(&KvCache, usize, &Row<'_>)> = run
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&run.cache, i, r))
+            .chain(rows.iter().map(|(i, r)| (cache, *i, r)))
+            .collect();
+        match gather(&sources) {
+            Ok(merged) => {
+                run.cache = merged;
+                run.rows.extend(rows.into_iter().map(|(_, r)| r));
+                self.running = Some(run);
+                Ok(())
             }
-            Some(mut run) => {
-                let sources: Vec<(&KvCache, usize, &Row<'_>)> = run
-                    .rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (&run.cache, i, r))
-                    .chain(std::iter::once((&p.cache, 0, &joining)))
-                    .collect();
-                match gather(&sources) {
-                    Ok(cache) => {
-                        run.cache = cache;
-                        run.rows.push(joining);
-                        self.running = Some(run);
-                    }
-                    Err(e) => {
-                        self.running = Some(run);
-                        return Err(e);
-                    }
+            Err(e) => {
+                if !run.rows.is_empty() {
+                    self.running = Some(run);
                 }
+                Err(e)
             }
         }
-        Ok(())
     }
 
     /// One token for every running row.
