@@ -413,7 +413,11 @@ impl<'a> ContinuousBatcher<'a> {
 
     /// Runs whole prompts as one left-padded batch, picks their first tokens and moves
     /// those that go on into the running batch.
-    fn prefill_group(&mut self, mut group: Vec<Seq<'a>>, events: &mut Vec<BatchEvent>) -> Result<()> {
+    fn prefill_group(
+        &mut self,
+        mut group: Vec<Seq<'a>>,
+        events: &mut Vec<BatchEvent>,
+    ) -> Result<()> {
         let k = group.len();
         let longest = group.iter().map(|s| s.prompt_len).max().unwrap_or(0);
         let mask: Vec<Vec<u32>> = group

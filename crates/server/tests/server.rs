@@ -1,7 +1,8 @@
 //! The server on 127.0.0.1 (tiny Llama generating, tiny BERT embedding), driven over
 //! HTTP: OpenAI response shapes, greedy output equal to the pipeline's, SSE streaming,
 //! stop sequences, n > 1, embeddings, every bad input answered in OpenAI's error shape
-//! with the server still up, a full queue refused, concurrent streams all completed.
+//! with the server still up, a full queue refused, concurrent streams all completed and
+//! batched, logprobs, usage chunks, a disconnecting client cancelled (real SmolLM2).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -42,9 +43,12 @@ impl Drop for Server {
 }
 
 fn start(max_queue: usize) -> Server {
+    start_with(&fixture("tiny-llama"), max_queue)
+}
+
+fn start_with(generator: &str, max_queue: usize) -> Server {
     let opts = LoadOptions::default();
-    let generator =
-        Arc::new(TextGenerationPipeline::from_pretrained(&fixture("tiny-llama"), &opts).unwrap());
+    let generator = Arc::new(TextGenerationPipeline::from_pretrained(generator, &opts).unwrap());
     let embedder = Arc::new(
         FeatureExtractionPipeline::from_pretrained(&fixture("tiny-bert-base"), &opts).unwrap(),
     );
@@ -508,4 +512,88 @@ fn plain_with_options(plain: &Value) -> Value {
     let mut v = plain.clone();
     v["stream_options"] = json!({"include_usage": true});
     v
+}
+
+const SMOLLM2: &str = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
+
+/// The real SmolLM2 GGUF is in the Hub cache (scripts/fetch-test-models.sh); without it
+/// the test fails when RUSTFORMERS_REQUIRE_REAL_MODELS=1 (as .ci/run sets) and otherwise
+/// passes with a notice.
+fn smollm2_available() -> bool {
+    let cached = rustformers_core::ModelFiles::resolve(SMOLLM2)
+        .ok()
+        .and_then(|f| {
+            f.root()
+                .map(|r| r.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file())
+        })
+        .unwrap_or(false);
+    if cached {
+        return true;
+    }
+    if std::env::var("RUSTFORMERS_REQUIRE_REAL_MODELS").as_deref() == Ok("1") {
+        panic!("{SMOLLM2} is not in the Hub cache: run scripts/fetch-test-models.sh");
+    }
+    eprintln!("NOTICE: {SMOLLM2} not cached; run scripts/fetch-test-models.sh to test it");
+    false
+}
+
+fn metric(s: &Server, name: &str) -> f64 {
+    let (_, text) = get(s, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_disconnects_is_cancelled_and_its_row_freed() {
+    if !smollm2_available() {
+        return;
+    }
+    let s = start_with(SMOLLM2, 8);
+    // A long generation (SmolLM2 on CPU: seconds), streamed; the client reads the first
+    // piece of text and hangs up.
+    let body = json!({"messages": chat(), "max_tokens": 2000, "temperature": 0,
+        "ignore_eos": true, "stream": true});
+    // A raw connection, so that closing it is certain.
+    use std::io::{Read, Write};
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    let payload = body.to_string();
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+        payload.len()
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("\"content\"").count() < 3 {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    conn.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(conn);
+    // The sequence is cancelled: the batch empties, the queue drains and no more tokens
+    // are generated, long before 2000 tokens.
+    let t0 = std::time::Instant::now();
+    while metric(&s, "rustformers_running_sequences") > 0.0
+        || metric(&s, "rustformers_queue_depth") > 0.0
+    {
+        assert!(t0.elapsed().as_secs() < 10, "the stream was not cancelled");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let tokens = metric(&s, "rustformers_generated_tokens_total");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(metric(&s, "rustformers_generated_tokens_total"), tokens);
+    assert!(tokens < 1000.0, "{tokens} tokens generated");
+    // The server goes on serving.
+    let (code, r) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": chat(), "max_tokens": 3}).to_string(),
+    );
+    assert_eq!(code, 200, "{r}");
 }
