@@ -1,6 +1,7 @@
 """One LoRA training step recorded from PEFT, for the Rust Trainer's LoRA parity test.
 
-For tiny-llama (causal LM, LoRA on q_proj/v_proj) and tiny-bert-seqcls (sequence
+For tiny-llama (causal LM, LoRA on q_proj/v_proj), tiny-gpt2 (causal LM, LoRA on the
+Conv1D c_attn, which PEFT marks fan_in_fan_out) and tiny-bert-seqcls (sequence
 classification, LoRA on query/value, classifier in modules_to_save): the adapter is
 created with peft.get_peft_model, its A and B set to seeded random values (B is zero at
 PEFT's own init, which would leave A without a gradient), saved with save_pretrained as
@@ -28,6 +29,7 @@ LR = 1e-3
 WEIGHT_DECAY = 0.1
 CASES = [
     ("tiny-llama", AutoModelForCausalLM, "CAUSAL_LM", ["q_proj", "v_proj"]),
+    ("tiny-gpt2", AutoModelForCausalLM, "CAUSAL_LM", ["c_attn"]),
     ("tiny-bert-seqcls", AutoModelForSequenceClassification, "SEQ_CLS", ["query", "value"]),
 ]
 
@@ -42,7 +44,11 @@ def plain(name: str) -> str:
 
 def main() -> None:
     setup()
+    # `--only NAME` records one case (the others' fixtures stay as they are).
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     for name, auto, task, targets in CASES:
+        if only is not None and name != only:
+            continue
         out = FIXTURES / "train-lora" / name
         base = auto.from_pretrained(FIXTURES / name)
         cfg = peft.LoraConfig(task_type=task, r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets)

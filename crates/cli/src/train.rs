@@ -311,6 +311,7 @@ fn default_targets(model_type: &str) -> Option<Vec<String>> {
         "distilbert" => &["q_lin", "v_lin"],
         "llama" | "mistral" | "qwen2" | "qwen3" | "gemma2" => &["q_proj", "v_proj"],
         "phi3" => &["qkv_proj"],
+        "gpt2" => &["c_attn"],
         _ => return None,
     };
     Some(t.iter().map(|s| s.to_string()).collect())
@@ -370,7 +371,8 @@ fn lora_config(
     let cfg: LoraConfig = serde_json::from_value(json!({
         "peft_type": "LORA", "task_type": task_type, "r": r, "lora_alpha": alpha,
         "lora_dropout": 0.0, "target_modules": targets, "modules_to_save": modules_to_save,
-        "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
+        // GPT-2's layers are Conv1D: PEFT records them as fan_in_fan_out.
+        "bias": "none", "fan_in_fan_out": model_type == "gpt2", "inference_mode": true,
     }))?;
     cfg.validate("--lora-* flags")?;
     Ok(Some(cfg))

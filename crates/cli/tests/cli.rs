@@ -965,62 +965,68 @@ fn train_lora_writes_a_peft_adapter_run_loads() {
         .map(|i| format!("{{\"text\": \"the cat sat on the mat {}\"}}\n", i % 3))
         .collect();
     std::fs::write(&lm, text).unwrap();
-    let out = dir.path().join("out");
-    let model = fixture("tiny-llama");
-    let o = bin()
-        .args([
-            "train",
-            "--task",
-            "text-generation",
-            "--model",
-            &model,
-            "--train-file",
-            lm.to_str().unwrap(),
-            "--output-dir",
-            out.to_str().unwrap(),
-            "--lora-r",
-            "4",
-            "--lora-alpha",
-            "8",
-            "--block-size",
-            "8",
-            "--num-train-epochs",
-            "2",
-            "--learning-rate",
-            "1e-2",
-            "--save-strategy",
-            "no",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.join("adapter_model.safetensors").is_file());
-    assert!(
-        !out.join("model.safetensors").exists(),
-        "a LoRA run saves only the adapter"
-    );
-    let cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+    // Llama's linear layers and GPT-2's Conv1D (PEFT's fan_in_fan_out).
+    for (name, targets, fan_in_fan_out) in [
+        ("tiny-llama", serde_json::json!(["q_proj", "v_proj"]), false),
+        ("tiny-gpt2", serde_json::json!(["c_attn"]), true),
+    ] {
+        let out = dir.path().join(format!("out-{name}"));
+        let model = fixture(name);
+        let o = bin()
+            .args([
+                "train",
+                "--task",
+                "text-generation",
+                "--model",
+                &model,
+                "--train-file",
+                lm.to_str().unwrap(),
+                "--output-dir",
+                out.to_str().unwrap(),
+                "--lora-r",
+                "4",
+                "--lora-alpha",
+                "8",
+                "--block-size",
+                "8",
+                "--num-train-epochs",
+                "2",
+                "--learning-rate",
+                "1e-2",
+                "--save-strategy",
+                "no",
+            ])
+            .output()
             .unwrap();
-    assert_eq!(
-        cfg["target_modules"],
-        serde_json::json!(["q_proj", "v_proj"])
-    );
-    assert_eq!(cfg["task_type"], "CAUSAL_LM");
-    let o = bin()
-        .args([
-            "run",
-            "text-generation",
-            "--model",
-            out.to_str().unwrap(),
-            "--max-new-tokens",
-            "3",
-            "the cat",
-        ])
-        .output()
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.join("adapter_model.safetensors").is_file());
+        assert!(
+            !out.join("model.safetensors").exists(),
+            "a LoRA run saves only the adapter"
+        );
+        let cfg: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+        )
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(lines(&o).len(), 1);
+        assert_eq!(cfg["target_modules"], targets);
+        assert_eq!(cfg["fan_in_fan_out"], fan_in_fan_out);
+        assert_eq!(cfg["task_type"], "CAUSAL_LM");
+        let o = bin()
+            .args([
+                "run",
+                "text-generation",
+                "--model",
+                out.to_str().unwrap(),
+                "--max-new-tokens",
+                "3",
+                "the cat",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(lines(&o).len(), 1);
+    }
+    let model = fixture("tiny-llama");
     for (args, needle) in [
         (vec!["--lora-r", "0"], "rank"),
         (

@@ -260,6 +260,16 @@ impl QuantizedStore {
     }
 }
 
+/// A layer's LoRA adapter: the update is `(x Aᵀ) Bᵀ · scale` (A `[r, in]`, B `[out, r]`);
+/// `merge`: add it to the weight at load instead of running it beside the layer.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub merge: bool,
+}
+
 /// What a model is built from: dense weights through a `VarBuilder`, plus quantized
 /// linear weights when the checkpoint is a GGUF file run quantized.
 #[derive(Clone)]
@@ -395,6 +405,27 @@ impl Weights {
         } else {
             Ok(layer)
         }
+    }
+
+    /// The LoRA adapter of the layer at this prefix, for a layer of `in_dim` inputs and
+    /// `out_dim` outputs, or `None` when there are no adapters or the layer is not a
+    /// target. For layers that are not [`Weights::linear`]s (GPT-2's Conv1D).
+    pub fn lora_adapter(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> candle_core::Result<Option<LoraAdapter>> {
+        let Some(lora) = &self.lora else {
+            return Ok(None);
+        };
+        let (dtype, device) = (self.vb.dtype(), self.vb.device().clone());
+        let found = lora.adapter_for(&self.vb.prefix(), out_dim, in_dim, dtype, &device)?;
+        Ok(found.map(|(a, b)| LoraAdapter {
+            a,
+            b,
+            scale: lora.config.scaling(),
+            merge: lora.merges(),
+        }))
     }
 
     /// `layer` with its LoRA adapter (merged into the weight when loading merged), or

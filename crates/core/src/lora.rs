@@ -3,6 +3,8 @@
 //! `1/√in`) and `B` `[out, r]` (zeros). Saved in PEFT's format: adapter_model.safetensors
 //! with keys `base_model.model.{module}.lora_A.weight` / `.lora_B.weight` (and the
 //! `modules_to_save` weights under `base_model.model.{name}`), plus adapter_config.json.
+//! GPT-2's Conv1D layers (weights `[in, out]`, PEFT's `fan_in_fan_out`) take the same A
+//! and B; merging adds the transposed update.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +37,8 @@ pub struct LoraConfig {
     pub base_model_name_or_path: Option<String>,
     #[serde(default = "none")]
     pub bias: String,
+    /// Set for GPT-2's Conv1D (weights stored `[in, out]`). A and B have the same shapes
+    /// either way; only merging transposes the update.
     #[serde(default)]
     pub fan_in_fan_out: bool,
     #[serde(default)]
@@ -97,9 +101,6 @@ impl LoraConfig {
         }
         if self.bias != "none" {
             return bad(format!("LoRA bias `{}` is not supported (none)", self.bias));
-        }
-        if self.fan_in_fan_out {
-            return bad("fan_in_fan_out adapters (GPT-2's Conv1D) are not supported".into());
         }
         Ok(())
     }
@@ -303,10 +304,6 @@ mod tests {
             ),
             (serde_json::json!({"r": 0, "target_modules": ["q"]}), "rank"),
             (serde_json::json!({"r": 2, "target_modules": []}), "empty"),
-            (
-                serde_json::json!({"r": 2, "target_modules": ["c_attn"], "fan_in_fan_out": true}),
-                "Conv1D",
-            ),
         ] {
             let c: LoraConfig = serde_json::from_value(bad).unwrap();
             let e = c.validate("t").unwrap_err().to_string();

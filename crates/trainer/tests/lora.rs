@@ -1,5 +1,6 @@
 //! LoRA: one step from a PEFT adapter equals PEFT's (tests/fixtures/train-lora,
-//! tools/golden/make_lora_step.py: peft 0.13.2), only the adapters and the
+//! tools/golden/make_lora_step.py: peft 0.13.2; Llama, GPT-2's Conv1D, BERT), only the
+//! adapters and the
 //! `modules_to_save` train, and a saved adapter loads back on its base model (merged, as
 //! `from_pretrained(adapter_dir)` does) with the trained model's outputs.
 
@@ -18,7 +19,7 @@ use rustformers_trainer::{clip_grad_norm, AdamW, TrainModel};
 
 #[test]
 fn a_lora_step_matches_peft_and_the_adapter_round_trips() {
-    for name in ["tiny-llama", "tiny-bert-seqcls"] {
+    for name in ["tiny-llama", "tiny-gpt2", "tiny-bert-seqcls"] {
         let dir = fixtures().join("train-lora").join(name);
         let exp: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("step.json")).unwrap()).unwrap();

@@ -30,27 +30,44 @@ fn msg(e: impl std::fmt::Display) -> candle_core::Error {
 
 /// Python's `Conv1D`: a linear layer whose weight is stored `[in, out]`, so
 /// `y = x W + b` without a transpose (the checkpoint layout is kept, for save_pretrained).
+/// A LoRA target (PEFT's `fan_in_fan_out`) adds `(x Aᵀ) Bᵀ · scale`, or has it merged
+/// into `W` as `(B A)ᵀ · scale`.
 #[derive(Debug, Clone)]
 pub struct Conv1D {
     weight: Tensor,
     bias: Tensor,
+    lora: Option<(Tensor, Tensor, f64)>,
 }
 
 impl Conv1D {
-    pub fn load(vb: candle_nn::VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    pub fn load(w: Weights, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let vb = w.vb();
+        let mut weight = vb.get((in_dim, out_dim), "weight")?;
+        let mut lora = None;
+        if let Some(ad) = w.lora_adapter(in_dim, out_dim)? {
+            if ad.merge {
+                let delta = (ad.b.matmul(&ad.a)?.t()? * ad.scale)?;
+                weight = (weight + delta)?;
+            } else {
+                lora = Some((ad.a, ad.b, ad.scale));
+            }
+        }
         Ok(Self {
-            weight: vb.get((in_dim, out_dim), "weight")?,
+            weight,
             bias: vb.get(out_dim, "bias")?,
+            lora,
         })
     }
 
     /// Applies the layer to `[batch, seq, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, i) = x.dims3()?;
-        x.reshape((b * s, i))?
-            .matmul(&self.weight)?
-            .reshape((b, s, ()))?
-            .broadcast_add(&self.bias)
+        let x2 = x.reshape((b * s, i))?;
+        let mut y = x2.matmul(&self.weight)?;
+        if let Some((a, bm, scale)) = &self.lora {
+            y = (y + (x2.matmul(&a.t()?)?.matmul(&bm.t()?)? * *scale)?)?;
+        }
+        y.reshape((b, s, ()))?.broadcast_add(&self.bias)
     }
 }
 
@@ -78,12 +95,7 @@ pub struct Gpt2Attention {
 }
 
 impl Gpt2Attention {
-    pub fn load(
-        vb: candle_nn::VarBuilder,
-        c: &Gpt2Config,
-        layer: usize,
-        drop: &Gpt2Dropouts,
-    ) -> Result<Self> {
+    pub fn load(w: Weights, c: &Gpt2Config, layer: usize, drop: &Gpt2Dropouts) -> Result<Self> {
         let e = c.n_embd;
         let mut scale = 1.0;
         if c.scale_attn_weights {
@@ -93,8 +105,8 @@ impl Gpt2Attention {
             scale /= (layer + 1) as f64;
         }
         Ok(Self {
-            c_attn: Conv1D::load(vb.pp("c_attn"), e, 3 * e)?,
-            c_proj: Conv1D::load(vb.pp("c_proj"), e, e)?,
+            c_attn: Conv1D::load(w.pp("c_attn"), e, 3 * e)?,
+            c_proj: Conv1D::load(w.pp("c_proj"), e, e)?,
             num_heads: c.n_head,
             head_dim: c.head_dim(),
             scale,
@@ -154,11 +166,11 @@ pub struct Gpt2Mlp {
 }
 
 impl Gpt2Mlp {
-    pub fn load(vb: candle_nn::VarBuilder, c: &Gpt2Config, drop: &Gpt2Dropouts) -> Result<Self> {
+    pub fn load(w: Weights, c: &Gpt2Config, drop: &Gpt2Dropouts) -> Result<Self> {
         let (e, i) = (c.n_embd, c.inner_dim());
         Ok(Self {
-            c_fc: Conv1D::load(vb.pp("c_fc"), e, i)?,
-            c_proj: Conv1D::load(vb.pp("c_proj"), i, e)?,
+            c_fc: Conv1D::load(w.pp("c_fc"), e, i)?,
+            c_proj: Conv1D::load(w.pp("c_proj"), i, e)?,
             act: Activation::from_name(&c.activation_function).map_err(msg)?,
             dropout: drop.resid.clone(),
         })
@@ -182,18 +194,14 @@ pub struct Gpt2Block {
 }
 
 impl Gpt2Block {
-    pub fn load(
-        vb: candle_nn::VarBuilder,
-        c: &Gpt2Config,
-        layer: usize,
-        drop: &Gpt2Dropouts,
-    ) -> Result<Self> {
+    pub fn load(w: Weights, c: &Gpt2Config, layer: usize, drop: &Gpt2Dropouts) -> Result<Self> {
         let eps = c.layer_norm_epsilon;
+        let vb = w.vb();
         Ok(Self {
             ln_1: LayerNorm::load(vb.pp("ln_1"), c.n_embd, eps)?,
-            attn: Gpt2Attention::load(vb.pp("attn"), c, layer, drop)?,
+            attn: Gpt2Attention::load(w.pp("attn"), c, layer, drop)?,
             ln_2: LayerNorm::load(vb.pp("ln_2"), c.n_embd, eps)?,
-            mlp: Gpt2Mlp::load(vb.pp("mlp"), c, drop)?,
+            mlp: Gpt2Mlp::load(w.pp("mlp"), c, drop)?,
         })
     }
 
@@ -234,7 +242,7 @@ impl Gpt2Model {
             resid: w.dropout(c.resid_pdrop),
         };
         let h = (0..c.n_layer)
-            .map(|i| Gpt2Block::load(vb.pp(format!("h.{i}")), c, i, &drop))
+            .map(|i| Gpt2Block::load(w.pp(format!("h.{i}")), c, i, &drop))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             wte: embedding(c.vocab_size, c.n_embd, vb.pp("wte"))?,
