@@ -252,15 +252,34 @@ pub fn cached_attention(
     scale: f64,
     softcap: Option<f64>,
 ) -> candle_core::Result<Tensor> {
+    cached_attention_with(q, k, v, mask, scale, softcap, &Dropout::default())
+}
+
+/// [`cached_attention`] with dropout on the attention probabilities (Python's
+/// `attention_dropout`, applied in training only).
+pub fn cached_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    probs_dropout: &Dropout,
+) -> candle_core::Result<Tensor> {
     let (_, h, s, _) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     if kv_heads == 0 || h % kv_heads != 0 {
         candle_core::bail!("{h} attention heads cannot share {kv_heads} key/value heads");
     }
-    if s <= FUSED_ATTENTION_MAX_QUERIES && runs_kernels(q) && runs_kernels(k) && runs_kernels(v) {
+    if s <= FUSED_ATTENTION_MAX_QUERIES
+        && !probs_dropout.is_active()
+        && runs_kernels(q)
+        && runs_kernels(k)
+        && runs_kernels(v)
+    {
         return fused_attention(q, k, v, Some(mask), scale, softcap);
     }
-    attention_by_ops(q, k, v, mask, scale, softcap)
+    attention_by_ops(q, k, v, mask, scale, softcap, probs_dropout)
 }
 
 /// Attention through the fused CPU kernel (f32), whatever the query count: `mask`
@@ -307,6 +326,7 @@ fn attention_by_ops(
     mask: &Tensor,
     scale: f64,
     softcap: Option<f64>,
+    probs_dropout: &Dropout,
 ) -> candle_core::Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     let n_rep = h / k.dim(1)?;
@@ -318,6 +338,7 @@ fn attention_by_ops(
     }
     let scores = scores.broadcast_add(mask)?;
     let probs = softmax_last(&scores.to_dtype(compute_dtype(q.dtype()))?)?.to_dtype(q.dtype())?;
+    let probs = probs_dropout.forward(&probs)?;
     probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
@@ -429,6 +450,11 @@ pub struct Dropout {
 impl Dropout {
     pub fn new(p: f64, mode: Option<std::sync::Arc<TrainMode>>) -> Self {
         Self { p, mode }
+    }
+
+    /// True when `forward` changes its input (training, `p > 0`).
+    pub fn is_active(&self) -> bool {
+        self.p > 0.0 && self.mode.as_ref().is_some_and(|m| m.is_on())
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -559,7 +585,8 @@ mod tests {
             let mask = causal_mask(Some(&pad), b, s, t - s, None, DType::F32, &dev).unwrap();
             for softcap in [None, Some(2.0)] {
                 let fused = fused_attention(&q, &k, &v, Some(&mask), 0.3, softcap).unwrap();
-                let ops = attention_by_ops(&q, &k, &v, &mask, 0.3, softcap).unwrap();
+                let ops =
+                    attention_by_ops(&q, &k, &v, &mask, 0.3, softcap, &Dropout::default()).unwrap();
                 assert_eq!(fused.dims(), &[b, s, h * d]);
                 let diff = crate::test_util::max_abs_diff(&fused, &ops);
                 assert!(diff < 1e-5, "s={s} {softcap:?}: {diff}");

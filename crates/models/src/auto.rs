@@ -668,7 +668,6 @@ fn build<T: ?Sized + 'static>(
     let train_mode = train.map(|_| Arc::new(rustformers_core::layers::TrainMode::default()));
     if let Some(m) = &train_mode {
         weights = weights.with_train_mode(m.clone());
-        warn_unapplied_dropout(&config)?;
     }
     let model = ctor(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
     let report = ckpt.finish()?;
@@ -699,36 +698,6 @@ fn build<T: ?Sized + 'static>(
         lora: lora.filter(|l| !l.merges()),
         train_mode,
     })
-}
-
-/// Dropout is applied in training for BERT, RoBERTa, DistilBERT and GPT-2; the other
-/// decoders' rates (`attention_dropout` and the like, 0 by default) are not yet: said
-/// once, as a warning, when one is set.
-fn warn_unapplied_dropout(config: &ModelConfig) -> Result<()> {
-    if matches!(
-        config.model_type(),
-        "bert" | "roberta" | "xlm-roberta" | "distilbert" | "gpt2"
-    ) {
-        return Ok(());
-    }
-    let json: serde_json::Value =
-        serde_json::from_str(&config.to_json_string()?).unwrap_or(serde_json::Value::Null);
-    for key in [
-        "resid_pdrop",
-        "embd_pdrop",
-        "attn_pdrop",
-        "attention_dropout",
-        "hidden_dropout",
-    ] {
-        if json[key].as_f64().is_some_and(|p| p > 0.0) {
-            tracing::warn!(
-                "{key} = {} is not applied: rustformers trains {} without dropout",
-                json[key],
-                config.model_type()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The trainable parameters less the aliases of tied pairs (RoBERTa's

@@ -407,7 +407,8 @@ fn collators_follow_pythons() {
 
 /// The dropout switch: off, a model loaded for training gives the inference logits (up
 /// to the float order of the op-by-op path); on, the logits change, and the same seed
-/// gives the same ones (GPT-2's attention, residual and embedding dropout; BERT's).
+/// gives the same ones (GPT-2's attention, residual and embedding dropout; BERT's; the
+/// Llama family's `attention_dropout`, and Phi-3's `resid_pdrop` too).
 #[test]
 fn dropout_follows_the_train_switch() {
     use rustformers_models::AutoModelForCausalLM;
@@ -430,7 +431,33 @@ fn dropout_follows_the_train_switch() {
         Box<dyn TrainModel>,
         candle_core::Tensor,
     );
-    let cases: Vec<Case> = vec![
+    // Llama-family fixtures have no dropout: copies with `attention_dropout` (and Phi-3's
+    // `resid_pdrop`) set.
+    let tmp = tempfile::tempdir().unwrap();
+    let with_dropout = |name: &str, rates: serde_json::Value| -> String {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(fx(name)).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+        }
+        let path = dir.join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (k, v) in rates.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        dir.to_string_lossy().into_owned()
+    };
+    let llama = with_dropout("tiny-llama", serde_json::json!({"attention_dropout": 0.3}));
+    let phi3 = with_dropout(
+        "tiny-phi3",
+        serde_json::json!({"attention_dropout": 0.2, "resid_pdrop": 0.2}),
+    );
+    let mut cases: Vec<Case> = vec![
         (
             Box::new(AutoModelForCausalLM::for_training(&fx("tiny-gpt2"), &o, &t).unwrap()),
             Box::new(AutoModelForCausalLM::from_pretrained(&fx("tiny-gpt2")).unwrap()),
@@ -448,6 +475,13 @@ fn dropout_follows_the_train_switch() {
             candle_core::Tensor::new(&[0u32], &dev).unwrap(),
         ),
     ];
+    for m in [&llama, &phi3] {
+        cases.push((
+            Box::new(AutoModelForCausalLM::for_training(m, &o, &t).unwrap()),
+            Box::new(AutoModelForCausalLM::from_pretrained(m).unwrap()),
+            ids.clone(),
+        ));
+    }
     for (train, infer, labels) in &cases {
         let batch = Batch {
             token_type_ids: ids.zeros_like().unwrap(),

@@ -16,7 +16,9 @@
 use candle_core::{DType, Result, Tensor};
 
 use rustformers_core::kv_cache::KvCache;
-use rustformers_core::layers::{cached_attention, causal_mask, Activation, Embedding};
+use rustformers_core::layers::{
+    cached_attention_with, causal_mask, Activation, Dropout, Embedding,
+};
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RopeScaling, RotaryEmbedding};
 
@@ -74,6 +76,8 @@ impl Gemma2Mlp {
 /// Self-attention with grouped-query heads and soft-capped scores.
 #[derive(Debug, Clone)]
 pub struct Gemma2Attention {
+    /// `attention_dropout` on the attention probabilities (training only).
+    attn_dropout: Dropout,
     q_proj: QLinear,
     k_proj: QLinear,
     v_proj: QLinear,
@@ -91,6 +95,7 @@ impl Gemma2Attention {
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
         let bias = c.attention_bias;
         Ok(Self {
+            attn_dropout: w.dropout(c.attention_dropout),
             q_proj: w.pp("q_proj").linear(h, nh * hd, bias)?,
             k_proj: w.pp("k_proj").linear(h, nkv * hd, bias)?,
             v_proj: w.pp("v_proj").linear(h, nkv * hd, bias)?,
@@ -127,7 +132,15 @@ impl Gemma2Attention {
             Some(c) => c.append(layer, &k, &v)?,
             None => (k, v),
         };
-        let out = cached_attention(&q, &k, &v, mask, self.scaling, self.attn_logit_softcapping)?;
+        let out = cached_attention_with(
+            &q,
+            &k,
+            &v,
+            mask,
+            self.scaling,
+            self.attn_logit_softcapping,
+            &self.attn_dropout,
+        )?;
         self.o_proj.forward(&out)
     }
 }

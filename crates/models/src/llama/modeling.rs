@@ -6,7 +6,9 @@
 use candle_core::{DType, Result, Tensor};
 
 use rustformers_core::kv_cache::KvCache;
-use rustformers_core::layers::{cached_attention, causal_mask, Activation, Embedding};
+use rustformers_core::layers::{
+    cached_attention_with, causal_mask, Activation, Dropout, Embedding,
+};
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, apply_rotary_interleaved, RotaryEmbedding};
 
@@ -25,6 +27,8 @@ fn msg(e: impl std::fmt::Display) -> candle_core::Error {
 /// Self-attention with grouped-query heads.
 #[derive(Debug, Clone)]
 pub struct LlamaAttention {
+    /// `attention_dropout` on the attention probabilities (training only).
+    attn_dropout: Dropout,
     q_proj: QLinear,
     k_proj: QLinear,
     v_proj: QLinear,
@@ -40,6 +44,7 @@ impl LlamaAttention {
         let (h, hd) = (c.hidden_size, c.head_dim());
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads());
         Ok(Self {
+            attn_dropout: w.dropout(c.attention_dropout),
             q_proj: w.pp("q_proj").linear(h, nh * hd, c.attention_bias)?,
             k_proj: w.pp("k_proj").linear(h, nkv * hd, c.attention_bias)?,
             v_proj: w.pp("v_proj").linear(h, nkv * hd, c.attention_bias)?,
@@ -82,7 +87,7 @@ impl LlamaAttention {
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = cached_attention(&q, &k, &v, mask, scale, None)?;
+        let out = cached_attention_with(&q, &k, &v, mask, scale, None, &self.attn_dropout)?;
         self.o_proj.forward(&out)
     }
 }

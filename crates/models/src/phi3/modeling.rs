@@ -14,7 +14,9 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use rustformers_core::kv_cache::KvCache;
-use rustformers_core::layers::{cached_attention, causal_mask, Activation, Embedding};
+use rustformers_core::layers::{
+    cached_attention_with, causal_mask, Activation, Dropout, Embedding,
+};
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RopeScaling, RotaryEmbedding};
 
@@ -156,6 +158,8 @@ impl Phi3Mlp {
 /// Self-attention with a fused `qkv_proj` and grouped-query heads.
 #[derive(Debug, Clone)]
 pub struct Phi3Attention {
+    /// `attention_dropout` on the attention probabilities (training only).
+    attn_dropout: Dropout,
     qkv_proj: QLinear,
     o_proj: QLinear,
     num_heads: usize,
@@ -168,6 +172,7 @@ impl Phi3Attention {
         let (h, hd) = (c.hidden_size, c.head_dim());
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads());
         Ok(Self {
+            attn_dropout: w.dropout(c.attention_dropout),
             qkv_proj: w.pp("qkv_proj").linear(h, (nh + 2 * nkv) * hd, false)?,
             o_proj: w.pp("o_proj").linear(nh * hd, h, false)?,
             num_heads: nh,
@@ -207,7 +212,7 @@ impl Phi3Attention {
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = cached_attention(&q, &k, &v, mask, scale, None)?;
+        let out = cached_attention_with(&q, &k, &v, mask, scale, None, &self.attn_dropout)?;
         self.o_proj.forward(&out)
     }
 }
@@ -217,6 +222,9 @@ impl Phi3Attention {
 pub struct Phi3DecoderLayer {
     self_attn: Phi3Attention,
     mlp: Phi3Mlp,
+    /// `resid_pdrop` on the attention and MLP outputs (training only). Python defines
+    /// `embed_dropout` (`embd_pdrop`) but never applies it; neither does rustformers.
+    resid_dropout: Dropout,
     input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
 }
@@ -226,6 +234,7 @@ impl Phi3DecoderLayer {
         Ok(Self {
             self_attn: Phi3Attention::load(w.pp("self_attn"), c)?,
             mlp: Phi3Mlp::load(w.pp("mlp"), c)?,
+            resid_dropout: w.dropout(c.resid_pdrop),
             input_layernorm: RmsNorm::load(
                 w.vb().pp("input_layernorm"),
                 c.hidden_size,
@@ -256,11 +265,11 @@ impl Phi3DecoderLayer {
             cache,
             layer,
         )?;
-        let x = (x + a)?;
+        let x = (x + self.resid_dropout.forward(&a)?)?;
         let m = self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&x)?)?;
-        x + m
+        x + self.resid_dropout.forward(&m)?
     }
 }
 
