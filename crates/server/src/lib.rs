@@ -251,7 +251,6 @@ fn worker(
         }
         let rows = batcher.running();
         let events = batcher.step();
-        state.metrics.add_step(rows, batcher.running());
         for event in events {
             match event {
                 BatchEvent::Token {
@@ -296,6 +295,9 @@ fn worker(
                 }
             }
         }
+        // After the step's finished and cancelled rows left (the gauge must not keep a
+        // stale count while the worker waits for work).
+        state.metrics.add_step(rows, batcher.running());
     }
 }
 

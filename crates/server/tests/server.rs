@@ -582,7 +582,11 @@ fn a_client_that_disconnects_is_cancelled_and_its_row_freed() {
     while metric(&s, "rustformers_running_sequences") > 0.0
         || metric(&s, "rustformers_queue_depth") > 0.0
     {
-        assert!(t0.elapsed().as_secs() < 10, "the stream was not cancelled");
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the stream was not cancelled: {}",
+            get(&s, "/metrics").1
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let tokens = metric(&s, "rustformers_generated_tokens_total");
