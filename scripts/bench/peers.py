@@ -345,8 +345,12 @@ def train_seqcls(work: str, runs: int) -> None:
         batches.append(enc)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
 
+    bf16 = work == "train-seqcls-bf16"
+
     def step(b):
-        loss = model(**b).loss
+        # bf16: PyTorch's mixed precision on CPU (autocast), as Trainer(bf16=True) runs it.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**b).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -359,7 +363,8 @@ def train_seqcls(work: str, runs: int) -> None:
             step(b)
 
     secs = timed(run, runs)
-    emit(work, "samples/s", [8 * 16 / s for s in secs], peer="pytorch-f32 (transformers, AdamW, train mode)",
+    peer = "pytorch-bf16-autocast" if bf16 else "pytorch-f32"
+    emit(work, "samples/s", [8 * 16 / s for s in secs], peer=f"{peer} (transformers, AdamW, train mode)",
          batch=16, seq=64, steps=8, versions=versions("torch", "transformers"))
 
 
@@ -380,6 +385,7 @@ WORK = {
     "load-gguf": (load, 5),
     "load-safetensors": (load, 3),
     "train-seqcls": (train_seqcls, 3),
+    "train-seqcls-bf16": (train_seqcls, 3),
     "serve-c1": (no_peer, 3),
     "serve-c8": (no_peer, 3),
     "serve-c32": (no_peer, 3),

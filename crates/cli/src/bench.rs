@@ -246,7 +246,7 @@ const TRAIN_STEPS: usize = 8;
 /// Training: all-MiniLM-L6-v2 with a 2-label classification head, batches of 16
 /// sentences padded to 64 tokens, forward + backward + gradient clipping + AdamW
 /// (what the Trainer's loop does per step) → samples/s.
-fn train_seqcls(a: &BenchArgs) -> Result<Value> {
+fn train_seqcls(a: &BenchArgs, bf16: bool) -> Result<Value> {
     use rustformers_core::tokenizer::{EncodeOptions, Padding, TextInput, Truncation};
     use rustformers_trainer::trainer::Batch;
     use rustformers_trainer::{clip_grad_norm, optim::gather, AdamW, TrainModel};
@@ -258,6 +258,7 @@ fn train_seqcls(a: &BenchArgs) -> Result<Value> {
         &rustformers_models::TrainLoad {
             labels: Some(vec!["a".into(), "b".into()]),
             seed: 42,
+            bf16,
             ..Default::default()
         },
     )?;
@@ -463,12 +464,13 @@ pub fn bench(a: &BenchArgs, start: Instant) -> Result<()> {
         "prefill-f32" => prefill(a, Some(DType::F32))?,
         "load-gguf" => load(a, start)?,
         "load-safetensors" => load_safetensors(a, start)?,
-        "train-seqcls" => train_seqcls(a)?,
+        "train-seqcls" => train_seqcls(a, false)?,
+        "train-seqcls-bf16" => train_seqcls(a, true)?,
         "serve-c1" => serve(a, 1)?,
         "serve-c8" => serve(a, 8)?,
         "serve-c32" => serve(a, 32)?,
         other => bail!(
-            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf, load-safetensors, train-seqcls, serve-c1, serve-c8, serve-c32"
+            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf, load-safetensors, train-seqcls, train-seqcls-bf16, serve-c1, serve-c8, serve-c32"
         ),
     };
     println!("{v}");

@@ -301,6 +301,7 @@ fn train_load(
         ignore_mismatched_sizes: ignore,
         lora,
         lora_from: None,
+        bf16: args.bf16,
     }
 }
 

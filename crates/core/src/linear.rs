@@ -32,6 +32,12 @@ pub enum QLinear {
     /// A bf16 weight on CPU (f32 activations), for models loaded with `dtype = bf16`.
     /// The bias, if any, is added by the op.
     Bf16 { op: Bf16MatMulOp, out: usize },
+    /// A trainable dense layer whose products run in bf16 with f32 sums, forward and
+    /// backward (mixed-precision training); the weight stays the f32 master copy.
+    Bf16Train {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
     /// A layer with a LoRA adapter: `base(x) + (x Aᵀ) Bᵀ · scale`.
     Lora {
         base: Box<QLinear>,
@@ -116,7 +122,9 @@ impl QLinear {
     /// The output size.
     pub fn out_dim(&self) -> usize {
         match self {
-            Self::Dense { weight, .. } => weight.dims().first().copied().unwrap_or(0),
+            Self::Dense { weight, .. } | Self::Bf16Train { weight, .. } => {
+                weight.dims().first().copied().unwrap_or(0)
+            }
             Self::Quantized { out, .. } | Self::Packed { out, .. } | Self::Bf16 { out, .. } => *out,
             Self::Lora { base, .. } => base.out_dim(),
         }
@@ -136,6 +144,21 @@ impl QLinear {
                 };
                 (y, bias)
             }
+            Self::Bf16Train { weight, bias } => {
+                let dims = x.dims().to_vec();
+                let Some((&k, lead)) = dims.split_last() else {
+                    candle_core::bail!("a linear layer needs an input of rank 1 or more");
+                };
+                let m: usize = lead.iter().product();
+                let y = x
+                    .to_dtype(DType::F32)?
+                    .reshape((m, k))?
+                    .contiguous()?
+                    .apply_op2(&weight.contiguous()?, crate::kernels::bf16::Bf16TrainMatMul)?;
+                let mut shape = lead.to_vec();
+                shape.push(weight.dim(0)?);
+                (y.reshape(shape)?, bias)
+            }
             Self::Quantized { weight, bias, .. } => (weight.forward(x)?, bias),
             Self::Packed { op, bias, .. } => (apply_f32_op(x, op)?, bias),
             Self::Bf16 { op, .. } => return apply_f32_op(x, op),
@@ -148,6 +171,20 @@ impl QLinear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// `layer` with its dense products (a LoRA adapter's base included) in bf16 for training.
+fn bf16_training(layer: QLinear) -> QLinear {
+    match layer {
+        QLinear::Dense { weight, bias } => QLinear::Bf16Train { weight, bias },
+        QLinear::Lora { base, a, b, scale } => QLinear::Lora {
+            base: Box::new(bf16_training(*base)),
+            a,
+            b,
+            scale,
+        },
+        other => other,
     }
 }
 
@@ -282,6 +319,8 @@ pub struct Weights {
     lora: Option<Arc<crate::lora::LoraState>>,
     /// The model's training switch (dropout), when built for training.
     train_mode: Option<Arc<crate::layers::TrainMode>>,
+    /// Dense linear products in bf16, forward and backward (mixed-precision training).
+    bf16_train: bool,
 }
 
 impl Weights {
@@ -292,7 +331,21 @@ impl Weights {
             bf16_linears: false,
             lora: None,
             train_mode: None,
+            bf16_train: false,
         }
+    }
+
+    /// The same weights with the dense linear layers' products in bf16, forward and
+    /// backward (bf16 mixed-precision training; the weights stay f32).
+    pub fn with_bf16_training(mut self) -> Self {
+        self.bf16_train = true;
+        self
+    }
+
+    /// True for bf16 mixed-precision training (layers built outside [`Weights::linear`],
+    /// such as GPT-2's Conv1D, follow it).
+    pub fn bf16_training(&self) -> bool {
+        self.bf16_train
     }
 
     /// The same weights with dropout layers that follow `mode` (training).
@@ -328,6 +381,7 @@ impl Weights {
             bf16_linears: self.bf16_linears,
             lora: self.lora.clone(),
             train_mode: self.train_mode.clone(),
+            bf16_train: self.bf16_train,
         }
     }
 
@@ -400,6 +454,9 @@ impl Weights {
             Some(lora) => self.with_adapter(lora, layer, in_dim, out_dim)?,
             None => layer,
         };
+        if self.bf16_train {
+            return Ok(bf16_training(layer));
+        }
         if self.bf16_linears {
             layer.to_bf16()
         } else {

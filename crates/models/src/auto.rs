@@ -309,6 +309,8 @@ pub struct PreTrainedModel<M: ?Sized> {
     lora: Option<Arc<rustformers_core::lora::LoraState>>,
     /// The dropout switch of a model loaded for training.
     train_mode: Option<Arc<rustformers_core::layers::TrainMode>>,
+    /// Loaded for bf16 mixed-precision training (`TrainLoad::bf16`).
+    bf16_training: bool,
 }
 
 impl<M: ?Sized> std::fmt::Debug for PreTrainedModel<M> {
@@ -337,6 +339,12 @@ impl<M: ?Sized> PreTrainedModel<M> {
     /// Trainer trains, off to evaluate), `None` otherwise.
     pub fn train_mode(&self) -> Option<&Arc<rustformers_core::layers::TrainMode>> {
         self.train_mode.as_ref()
+    }
+
+    /// True when loaded for bf16 mixed-precision training (`TrainLoad::bf16`): the dense
+    /// linear products run in bf16, forward and backward, over f32 weights.
+    pub fn bf16_training(&self) -> bool {
+        self.bf16_training
     }
 
     /// Weights the checkpoint lacked, initialised for training (Python's "newly
@@ -444,6 +452,10 @@ pub struct TrainLoad {
     /// `PeftModel.from_pretrained(base, dir, is_trainable=True)`); its
     /// adapter_config.json is used when `lora` is `None`.
     pub lora_from: Option<std::path::PathBuf>,
+    /// bf16 mixed precision (Python's `TrainingArguments(bf16=True)`): the dense linear
+    /// layers' products run in bf16 with f32 sums, forward and backward (AMX or
+    /// AVX512-BF16 where the CPU has them); weights, gradients and the optimizer stay f32.
+    pub bf16: bool,
 }
 
 fn load_with<T: ?Sized + 'static>(
@@ -669,6 +681,10 @@ fn build<T: ?Sized + 'static>(
     if let Some(m) = &train_mode {
         weights = weights.with_train_mode(m.clone());
     }
+    let bf16_training = train.is_some_and(|t| t.bf16);
+    if bf16_training {
+        weights = weights.with_bf16_training();
+    }
     let model = ctor(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
     let report = ckpt.finish()?;
     let mut vars = without_tied_aliases(report.vars, &config);
@@ -697,6 +713,7 @@ fn build<T: ?Sized + 'static>(
         initialized: report.initialized,
         lora: lora.filter(|l| !l.merges()),
         train_mode,
+        bf16_training,
     })
 }
 
@@ -1021,6 +1038,7 @@ impl AutoModelForCausalLM {
             initialized: Vec::new(),
             lora: None,
             train_mode: None,
+            bf16_training: false,
         })
     }
 

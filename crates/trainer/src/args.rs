@@ -239,13 +239,6 @@ impl TrainingArguments {
                 ));
             }
         }
-        if self.bf16 {
-            return bad(
-                "bf16 mixed-precision training is not supported yet (the bf16 kernels have no \
-                 backward pass); train in f32 (leave bf16 false)"
-                    .into(),
-            );
-        }
         if self.gradient_checkpointing {
             return bad(
                 "gradient_checkpointing is not supported yet (it trades compute for memory; \
@@ -390,13 +383,8 @@ mod tests {
         .unwrap();
         let b = a.with_flags(&flags[..1]).unwrap();
         assert_eq!(b.num_train_epochs, 2.0);
-        let e = a.with_flags(&flags).unwrap_err().to_string();
-        assert!(
-            e.contains("bf16 mixed-precision training is not supported"),
-            "{e}"
-        );
-        let flags: Vec<_> = flags.into_iter().filter(|(n, _)| n != "bf16").collect();
         let b = a.with_flags(&flags).unwrap();
+        assert!(b.bf16);
         assert_eq!(b.warmup_ratio, 0.1);
         assert_eq!(b.eval_steps, Some(5.0));
     }

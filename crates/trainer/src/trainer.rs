@@ -94,6 +94,10 @@ pub trait TrainModel {
     fn save(&self, dir: &Path) -> Result<()>;
     /// Training mode (dropout on, masks drawn from `seed`) or evaluation.
     fn set_training(&self, _on: bool, _seed: u64) {}
+    /// Loaded for bf16 mixed-precision training (`TrainLoad::bf16`).
+    fn bf16(&self) -> bool {
+        false
+    }
 }
 
 /// The [`TrainModel`] methods every `PreTrainedModel` head shares (its parameters, a
@@ -112,6 +116,10 @@ macro_rules! pretrained_model_methods {
             if let Some(m) = self.train_mode() {
                 m.set(on, seed);
             }
+        }
+
+        fn bf16(&self) -> bool {
+            self.bf16_training()
         }
     };
 }
@@ -278,6 +286,17 @@ impl<'m> Trainer<'m> {
         let args = args.validated()?;
         if train.is_empty() {
             return Err(TrainerError::Other("the training set is empty".into()));
+        }
+        if args.bf16 != model.bf16() {
+            return Err(TrainerError::Other(if args.bf16 {
+                "bf16 is set but the model was loaded for f32 training: load it with \
+                 TrainLoad { bf16: true, .. }"
+                    .into()
+            } else {
+                "the model was loaded for bf16 training (TrainLoad { bf16: true }) but bf16 \
+                 is not set in the TrainingArguments"
+                    .into()
+            }));
         }
         let device = model
             .parameters()

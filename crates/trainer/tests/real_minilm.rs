@@ -112,6 +112,7 @@ fn minilm_learns_sentiment_and_generalises_to_unseen_words() {
             ignore_mismatched_sizes: false,
             lora: None,
             lora_from: None,
+            bf16: false,
         },
     )
     .unwrap();

@@ -49,6 +49,10 @@ fn task_file(dir: &Path, name: &str, n: usize, seed: u64) -> PathBuf {
 }
 
 fn load(labels: &[String]) -> PreTrainedModel<dyn SequenceClassificationModel> {
+    load_with(labels, false)
+}
+
+fn load_with(labels: &[String], bf16: bool) -> PreTrainedModel<dyn SequenceClassificationModel> {
     AutoModelForSequenceClassification::for_training(
         fixture().to_str().unwrap(),
         &LoadOptions::default(),
@@ -58,6 +62,7 @@ fn load(labels: &[String]) -> PreTrainedModel<dyn SequenceClassificationModel> {
             ignore_mismatched_sizes: true,
             lora: None,
             lora_from: None,
+            bf16,
         },
     )
     .unwrap()
@@ -514,4 +519,61 @@ fn dropout_follows_the_train_switch() {
         assert!(max_diff(&a, &reference) > 1e-2, "dropout changed nothing");
         train.set_training(false, 0);
     }
+}
+
+/// `bf16: true` in the arguments with a model loaded for bf16 (`TrainLoad::bf16`): the
+/// same run as f32 learns the task; the saved weights are f32; arguments and model that
+/// disagree are an error.
+#[test]
+fn bf16_training_learns_and_must_match_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let model = load_with(&d.labels, true);
+    let out = dir.path().join("out");
+    let a = args(
+        &out,
+        json!({"eval_strategy": "epoch", "num_train_epochs": 10, "learning_rate": 5e-3,
+            "bf16": true}),
+    );
+    let mut t = Trainer::new(
+        a.clone(),
+        &model,
+        Some(&d.tok),
+        d.train.clone(),
+        Some(d.eval.clone()),
+    )
+    .unwrap();
+    t.set_compute_metrics(Box::new(|p| {
+        let mut m = serde_json::Map::new();
+        m.insert("accuracy".into(), json!(accuracy(p)));
+        m
+    }));
+    t.train(None).unwrap();
+    let evals: Vec<f64> = t
+        .state
+        .log_history
+        .iter()
+        .filter_map(|l| l.get("eval_accuracy").and_then(Value::as_f64))
+        .collect();
+    let acc = *evals.last().unwrap();
+    assert!(acc >= 0.9, "held-out accuracy {acc} with bf16");
+    let saved = dir.path().join("final");
+    t.save_model(&saved).unwrap();
+    let w =
+        candle_core::safetensors::load(saved.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(w.values().all(|t| t.dtype() == candle_core::DType::F32));
+    // Arguments and model must agree.
+    let f32_model = load(&d.labels);
+    let e = Trainer::new(a, &f32_model, Some(&d.tok), d.train.clone(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("TrainLoad { bf16: true"), "{e}");
+    let plain = args(&out, json!({}));
+    let e = Trainer::new(plain, &model, Some(&d.tok), d.train.clone(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("bf16 is not set"), "{e}");
 }

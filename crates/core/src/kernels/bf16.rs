@@ -739,9 +739,149 @@ impl CustomOp1 for Bf16MatMulOp {
     }
 }
 
+/// `a [m, k] · bᵀ` for `b [n, k]`, both rounded to bf16, sums in f32 (`b` packed for
+/// this one product).
+pub fn product_nt(a: &[f32], m: usize, b: &[f32], n: usize, k: usize) -> Result<Vec<f32>, String> {
+    let packed = PackedBf16::from_f32(n, k, b)?;
+    matmul(&packed, a, m, None)
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; x.len()];
+    for (r, row) in x.chunks_exact(cols.max(1)).enumerate().take(rows) {
+        for (c, v) in row.iter().enumerate() {
+            t[c * rows + r] = *v;
+        }
+    }
+    t
+}
+
+/// Training's linear product `x [m, k] · Wᵀ` with `W [n, k]` (bf16 mixed precision):
+/// operands rounded to bf16, sums in f32, on AMX or AVX512-BF16 where they run. Its
+/// backward pass runs the same way: `∂x = g · W` and `∂W = gᵀ · x`, so the f32 master
+/// weights get f32 gradients of bf16 products, as PyTorch's autocast gives.
+#[derive(Debug, Clone, Copy)]
+pub struct Bf16TrainMatMul;
+
+fn f32_vec(t: &candle_core::Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+impl candle_core::CustomOp2 for Bf16TrainMatMul {
+    fn name(&self) -> &'static str {
+        "rustformers-bf16-train-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (n, wk) = wl.shape().dims2()?;
+        if wk != k {
+            candle_core::bail!("bf16 train matmul: x [{m}, {k}] and W [{n}, {wk}]");
+        }
+        let data = |s: &CpuStorage, l: &Layout| -> candle_core::Result<Vec<f32>> {
+            let CpuStorage::F32(v) = s else {
+                candle_core::bail!("bf16 train matmul: f32 operands expected");
+            };
+            match l.contiguous_offsets() {
+                Some((a, b)) => Ok(v[a..b].to_vec()),
+                None => candle_core::bail!("bf16 train matmul: contiguous operands expected"),
+            }
+        };
+        let (x, w) = (data(xs, xl)?, data(ws, wl)?);
+        let y = product_nt(&x, m, &w, n, k).map_err(candle_core::Error::Msg)?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &candle_core::Tensor,
+        w: &candle_core::Tensor,
+        _res: &candle_core::Tensor,
+        g: &candle_core::Tensor,
+    ) -> candle_core::Result<(Option<candle_core::Tensor>, Option<candle_core::Tensor>)> {
+        let (m, k) = x.dims2()?;
+        let n = w.dim(0)?;
+        let (xv, wv, gv) = (f32_vec(x)?, f32_vec(w)?, f32_vec(g)?);
+        let msg = candle_core::Error::Msg;
+        // ∂x [m, k] = g [m, n] · W [n, k] = g · (Wᵀ [k, n])ᵀ
+        let dx = product_nt(&gv, m, &transpose(&wv, n, k), k, n).map_err(msg)?;
+        // ∂W [n, k] = gᵀ [n, m] · x [m, k] = gᵀ · (xᵀ [k, m])ᵀ
+        let dw = product_nt(&transpose(&gv, m, n), n, &transpose(&xv, m, k), k, m)
+            .map_err(candle_core::Error::Msg)?;
+        let dev = x.device();
+        Ok((
+            Some(candle_core::Tensor::from_vec(dx, (m, k), dev)?),
+            Some(candle_core::Tensor::from_vec(dw, (n, k), dev)?),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The training op's forward and both gradients equal the f32 products of the
+    /// bf16-rounded operands (odd sizes: padding and tails).
+    #[test]
+    fn train_matmul_and_its_gradients_equal_rounded_f32_products() {
+        use candle_core::{DType, Device, Tensor, Var};
+        let dev = Device::Cpu;
+        for (m, n, k) in [(3, 5, 7), (37, 20, 70), (64, 48, 96)] {
+            let round = |t: &Tensor| {
+                t.to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            };
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (n, k), &dev).unwrap()).unwrap();
+            let g = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+            let y = x
+                .as_tensor()
+                .apply_op2(w.as_tensor(), Bf16TrainMatMul)
+                .unwrap();
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let (xr, wr, gr) = (round(x.as_tensor()), round(w.as_tensor()), round(&g));
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                let d = (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let s = b
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(d <= 1e-5 * (1.0 + s), "[{m}, {n}, {k}] {what}: {d}");
+            };
+            close(&y, &xr.matmul(&wr.t().unwrap()).unwrap(), "y");
+            close(
+                grads.get(x.as_tensor()).unwrap(),
+                &gr.matmul(&wr).unwrap(),
+                "dx",
+            );
+            close(
+                grads.get(w.as_tensor()).unwrap(),
+                &gr.t().unwrap().matmul(&xr).unwrap(),
+                "dw",
+            );
+        }
+    }
 
     /// Every path this machine runs, every tile shape (m and n not multiples of 4 or 16,
     /// k not a multiple of 32), against the f64 product of the bf16-rounded operands.

@@ -37,6 +37,8 @@ pub struct Conv1D {
     weight: Tensor,
     bias: Tensor,
     lora: Option<(Tensor, Tensor, f64)>,
+    /// bf16 mixed-precision training: the product runs in bf16, forward and backward.
+    bf16_train: bool,
 }
 
 impl Conv1D {
@@ -56,6 +58,7 @@ impl Conv1D {
             weight,
             bias: vb.get(out_dim, "bias")?,
             lora,
+            bf16_train: w.bf16_training(),
         })
     }
 
@@ -63,7 +66,15 @@ impl Conv1D {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, i) = x.dims3()?;
         let x2 = x.reshape((b * s, i))?;
-        let mut y = x2.matmul(&self.weight)?;
+        let mut y = if self.bf16_train {
+            // The op takes `[out, in]`; the transpose is a tracked copy.
+            x2.contiguous()?.apply_op2(
+                &self.weight.t()?.contiguous()?,
+                rustformers_core::kernels::bf16::Bf16TrainMatMul,
+            )?
+        } else {
+            x2.matmul(&self.weight)?
+        };
         if let Some((a, bm, scale)) = &self.lora {
             y = (y + (x2.matmul(&a.t()?)?.matmul(&bm.t()?)? * *scale)?)?;
         }
