@@ -6,34 +6,20 @@
 //! batch lower the loss.
 
 mod common;
-use common::{fixtures, matrix};
+use common::{load_for_training, step_fixtures};
 
-use candle_core::{Device, Tensor};
-use serde_json::Value;
+use candle_core::Tensor;
 
-use rustformers_models::{
-    AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-    AutoModelForTokenClassification, LoadOptions, TrainLoad,
-};
+use rustformers_models::TrainLoad;
 use rustformers_trainer::optim::gather;
-use rustformers_trainer::trainer::Batch;
 use rustformers_trainer::{AdamW, TrainModel};
 
 fn load(name: &str, task: &str, bf16: bool) -> Box<dyn TrainModel> {
-    let r = fixtures().join(name);
-    let r = r.to_str().unwrap();
-    let o = LoadOptions::default();
     let t = TrainLoad {
         bf16,
         ..Default::default()
     };
-    match task {
-        "seqcls" => Box::new(AutoModelForSequenceClassification::for_training(r, &o, &t).unwrap()),
-        "tokcls" => Box::new(AutoModelForTokenClassification::for_training(r, &o, &t).unwrap()),
-        "mlm" => Box::new(AutoModelForMaskedLM::for_training(r, &o, &t).unwrap()),
-        "causal" => Box::new(AutoModelForCausalLM::for_training(r, &o, &t).unwrap()),
-        other => panic!("task {other}"),
-    }
+    load_for_training(name, task, &t)
 }
 
 /// `sqrt(Σ |a - b|²) / sqrt(Σ |b|²)` over every parameter's gradient.
@@ -52,45 +38,13 @@ fn relative_error(a: &[Tensor], b: &[Tensor]) -> f64 {
 
 #[test]
 fn a_bf16_step_stays_within_bf16_rounding_of_pytorch() {
-    let mut names: Vec<String> = std::fs::read_dir(fixtures().join("train"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".json")
-                .map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 18, "{names:?}");
-    for name in &names {
-        let exp: Value = serde_json::from_str(
-            &std::fs::read_to_string(fixtures().join(format!("train/{name}.json"))).unwrap(),
-        )
-        .unwrap();
-        let want = candle_core::safetensors::load(
-            fixtures().join(format!("train/{name}.safetensors")),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let task = exp["task"].as_str().unwrap();
-        let ids = matrix(&exp["input_ids"]);
-        let labels = if task == "seqcls" {
-            let l: Vec<u32> = serde_json::from_value(exp["labels"].clone()).unwrap();
-            Tensor::new(l.as_slice(), &Device::Cpu).unwrap()
-        } else {
-            matrix(&exp["labels"])
-        };
-        let batch = Batch {
-            token_type_ids: ids.zeros_like().unwrap(),
-            attention_mask: matrix(&exp["attention_mask"]),
-            input_ids: ids,
-            labels,
-        };
+    let fixtures = step_fixtures();
+    assert_eq!(fixtures.len(), 18);
+    for f in &fixtures {
+        let (name, task, exp, want, batch) = (&f.name, f.task.as_str(), &f.exp, &f.want, &f.batch);
         let step = |model: &dyn TrainModel| -> (f32, Vec<String>, Vec<Tensor>) {
             let params = model.parameters();
-            let (loss, _) = model.loss(&batch).unwrap();
+            let (loss, _) = model.loss(batch).unwrap();
             let store = loss.backward().unwrap();
             let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
             let grads = gather(&store, &vars)
@@ -131,24 +85,19 @@ fn a_bf16_step_stays_within_bf16_rounding_of_pytorch() {
 
 #[test]
 fn bf16_steps_lower_the_loss() {
-    let exp: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("train/tiny-llama.json")).unwrap(),
-    )
-    .unwrap();
-    let ids = matrix(&exp["input_ids"]);
-    let batch = Batch {
-        token_type_ids: ids.zeros_like().unwrap(),
-        attention_mask: matrix(&exp["attention_mask"]),
-        labels: matrix(&exp["labels"]),
-        input_ids: ids,
-    };
+    let fixtures = step_fixtures();
+    let batch = &fixtures
+        .iter()
+        .find(|f| f.name == "tiny-llama")
+        .unwrap()
+        .batch;
     let model = load("tiny-llama", "causal", true);
     let params = model.parameters();
     let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(params.clone(), 0.9, 0.999, 1e-8, 0.0).unwrap();
     let mut losses = Vec::new();
     for _ in 0..6 {
-        let (loss, _) = model.loss(&batch).unwrap();
+        let (loss, _) = model.loss(batch).unwrap();
         losses.push(loss.to_scalar::<f32>().unwrap());
         let grads = gather(&loss.backward().unwrap(), &vars);
         opt.step(&grads, 1e-2).unwrap();

@@ -12,74 +12,20 @@
 //! either implementation; those elements are held to Adam's step bound instead.
 
 mod common;
-use common::{fixtures, matrix, max_diff};
+use common::{load_for_training, max_diff, step_fixtures};
 
-use candle_core::{Device, Tensor};
-use serde_json::Value;
-
-use rustformers_models::{
-    AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-    AutoModelForTokenClassification, LoadOptions, TrainLoad,
-};
+use rustformers_models::TrainLoad;
 use rustformers_trainer::optim::gather;
-use rustformers_trainer::trainer::Batch;
-use rustformers_trainer::{clip_grad_norm, AdamW, TrainModel};
-
-fn load(name: &str, task: &str) -> Box<dyn TrainModel> {
-    let r = fixtures().join(name);
-    let r = r.to_str().unwrap();
-    let (o, t) = (LoadOptions::default(), TrainLoad::default());
-    match task {
-        "seqcls" => Box::new(AutoModelForSequenceClassification::for_training(r, &o, &t).unwrap()),
-        "tokcls" => Box::new(AutoModelForTokenClassification::for_training(r, &o, &t).unwrap()),
-        "mlm" => Box::new(AutoModelForMaskedLM::for_training(r, &o, &t).unwrap()),
-        "causal" => Box::new(AutoModelForCausalLM::for_training(r, &o, &t).unwrap()),
-        other => panic!("task {other}"),
-    }
-}
+use rustformers_trainer::{clip_grad_norm, AdamW};
 
 #[test]
 fn one_adamw_step_matches_pytorch() {
-    let mut names: Vec<String> = std::fs::read_dir(fixtures().join("train"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".json")
-                .map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 18, "{names:?}");
-    for name in &names {
-        let name = name.as_str();
-        let exp: Value = serde_json::from_str(
-            &std::fs::read_to_string(fixtures().join(format!("train/{name}.json"))).unwrap(),
-        )
-        .unwrap();
-        let want = candle_core::safetensors::load(
-            fixtures().join(format!("train/{name}.safetensors")),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let task = exp["task"].as_str().unwrap();
-        let model = load(name, task);
-        let ids = matrix(&exp["input_ids"]);
-        let mask = matrix(&exp["attention_mask"]);
-        let labels = if task == "seqcls" {
-            let l: Vec<u32> = serde_json::from_value(exp["labels"].clone()).unwrap();
-            Tensor::new(l.as_slice(), &Device::Cpu).unwrap()
-        } else {
-            matrix(&exp["labels"])
-        };
-        let batch = Batch {
-            token_type_ids: ids.zeros_like().unwrap(),
-            input_ids: ids,
-            attention_mask: mask,
-            labels,
-        };
-        let (l, _) = model.loss(&batch).unwrap();
+    let fixtures = step_fixtures();
+    assert_eq!(fixtures.len(), 18);
+    for f in &fixtures {
+        let (name, exp, want) = (f.name.as_str(), &f.exp, &f.want);
+        let model = load_for_training(name, &f.task, &TrainLoad::default());
+        let (l, _) = model.loss(&f.batch).unwrap();
         let lv = l.to_scalar::<f32>().unwrap();
         let want_loss = exp["loss"].as_f64().unwrap() as f32;
         assert!(

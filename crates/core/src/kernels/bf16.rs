@@ -787,17 +787,10 @@ impl candle_core::CustomOp2 for Bf16TrainMatMul {
         if wk != k {
             candle_core::bail!("bf16 train matmul: x [{m}, {k}] and W [{n}, {wk}]");
         }
-        let data = |s: &CpuStorage, l: &Layout| -> candle_core::Result<Vec<f32>> {
-            let CpuStorage::F32(v) = s else {
-                candle_core::bail!("bf16 train matmul: f32 operands expected");
-            };
-            match l.contiguous_offsets() {
-                Some((a, b)) => Ok(v[a..b].to_vec()),
-                None => candle_core::bail!("bf16 train matmul: contiguous operands expected"),
-            }
-        };
-        let (x, w) = (data(xs, xl)?, data(ws, wl)?);
-        let y = product_nt(&x, m, &w, n, k).map_err(candle_core::Error::Msg)?;
+        let what = "bf16 train matmul";
+        let x = super::contiguous(super::f32_data(xs, what)?, xl, what)?;
+        let w = super::contiguous(super::f32_data(ws, what)?, wl, what)?;
+        let y = product_nt(x, m, w, n, k).map_err(candle_core::Error::Msg)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 

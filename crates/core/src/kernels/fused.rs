@@ -4,25 +4,10 @@
 //! inputs on CPU; the callers in `linear`, `rotary` and `layers` fall back to the candle
 //! chains for anything else, and the tests compare the two.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
 
 use super::pool::Pool;
-use super::OutPtr;
-
-fn f32_data<'a>(s: &'a CpuStorage, what: &str) -> candle_core::Result<&'a [f32]> {
-    match s {
-        CpuStorage::F32(d) => Ok(d),
-        other => candle_core::bail!("{what} takes f32, got {:?}", other.dtype()),
-    }
-}
-
-fn contiguous<'a>(data: &'a [f32], l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what} takes a contiguous input"),
-    }
-}
+use super::{contiguous, f32_data, OutPtr};
 
 /// `weight_eff · x / sqrt(mean(x²) + eps)` over the last dimension, where `weight_eff`
 /// is `weight + offset` (Gemma's `1 + w`).

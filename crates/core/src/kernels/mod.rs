@@ -97,6 +97,26 @@ pub(crate) fn tiled_product(
 /// `cpu_fwd` of a linear-layer op: checks that `s` is a contiguous f32 input whose last
 /// dimension is `cols`, runs `f(x, m)` on its `m` rows, and shapes the `[.., rows]`
 /// result.
+/// The f32 values of a kernel op's operand.
+pub(crate) fn f32_data<'a>(s: &'a CpuStorage, what: &str) -> candle_core::Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(d) => Ok(d),
+        other => candle_core::bail!("{what} takes f32, got {:?}", other.dtype()),
+    }
+}
+
+/// The part of `data` a contiguous layout covers.
+pub(crate) fn contiguous<'a>(
+    data: &'a [f32],
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what} takes a contiguous input"),
+    }
+}
+
 pub(crate) fn linear_op_fwd(
     what: &str,
     s: &CpuStorage,
