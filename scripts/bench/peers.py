@@ -336,6 +336,8 @@ def train_seqcls(work: str, runs: int) -> None:
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
     model.train()
+    if work == "train-seqcls-checkpointing":
+        model.gradient_checkpointing_enable()
     texts = sentences()
     batches = []
     for step in range(8):
@@ -364,8 +366,11 @@ def train_seqcls(work: str, runs: int) -> None:
 
     secs = timed(run, runs)
     peer = "pytorch-bf16-autocast" if bf16 else "pytorch-f32"
+    if work == "train-seqcls-checkpointing":
+        peer += " gradient checkpointing"
     emit(work, "samples/s", [8 * 16 / s for s in secs], peer=f"{peer} (transformers, AdamW, train mode)",
-         batch=16, seq=64, steps=8, versions=versions("torch", "transformers"))
+         batch=16, seq=64, steps=8, versions=versions("torch", "transformers"),
+         peak_rss_mb=__import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def no_peer(work: str, runs: int) -> None:
@@ -386,6 +391,7 @@ WORK = {
     "load-safetensors": (load, 3),
     "train-seqcls": (train_seqcls, 3),
     "train-seqcls-bf16": (train_seqcls, 3),
+    "train-seqcls-checkpointing": (train_seqcls, 3),
     "serve-c1": (no_peer, 3),
     "serve-c8": (no_peer, 3),
     "serve-c32": (no_peer, 3),

@@ -246,7 +246,7 @@ const TRAIN_STEPS: usize = 8;
 /// Training: all-MiniLM-L6-v2 with a 2-label classification head, batches of 16
 /// sentences padded to 64 tokens, forward + backward + gradient clipping + AdamW
 /// (what the Trainer's loop does per step) → samples/s.
-fn train_seqcls(a: &BenchArgs, bf16: bool) -> Result<Value> {
+fn train_seqcls(a: &BenchArgs, bf16: bool, gradient_checkpointing: bool) -> Result<Value> {
     use rustformers_core::tokenizer::{EncodeOptions, Padding, TextInput, Truncation};
     use rustformers_trainer::trainer::Batch;
     use rustformers_trainer::{clip_grad_norm, optim::gather, AdamW, TrainModel};
@@ -259,6 +259,7 @@ fn train_seqcls(a: &BenchArgs, bf16: bool) -> Result<Value> {
             labels: Some(vec!["a".into(), "b".into()]),
             seed: 42,
             bf16,
+            gradient_checkpointing,
             ..Default::default()
         },
     )?;
@@ -290,7 +291,7 @@ fn train_seqcls(a: &BenchArgs, bf16: bool) -> Result<Value> {
     let mut opt = AdamW::new(params, 0.9, 0.999, 1e-8, 0.0)?;
     let mut step = |b: &Batch| -> Result<()> {
         let (loss, _) = model.loss(b)?;
-        let store = loss.backward()?;
+        let store = model.backward(&loss)?;
         let mut grads = gather(&store, &vars);
         clip_grad_norm(&mut grads, 1.0)?;
         opt.step(&grads, 5e-5)?;
@@ -309,7 +310,8 @@ fn train_seqcls(a: &BenchArgs, bf16: bool) -> Result<Value> {
         &a.work,
         "samples/s",
         rates,
-        json!({"batch": TRAIN_BATCH, "seq": TRAIN_SEQ, "steps": TRAIN_STEPS, "dropout": false}),
+        json!({"batch": TRAIN_BATCH, "seq": TRAIN_SEQ, "steps": TRAIN_STEPS, "dropout": false,
+            "peak_rss_mb": peak_rss_mb()}),
     ))
 }
 
@@ -464,13 +466,14 @@ pub fn bench(a: &BenchArgs, start: Instant) -> Result<()> {
         "prefill-f32" => prefill(a, Some(DType::F32))?,
         "load-gguf" => load(a, start)?,
         "load-safetensors" => load_safetensors(a, start)?,
-        "train-seqcls" => train_seqcls(a, false)?,
-        "train-seqcls-bf16" => train_seqcls(a, true)?,
+        "train-seqcls" => train_seqcls(a, false, false)?,
+        "train-seqcls-bf16" => train_seqcls(a, true, false)?,
+        "train-seqcls-checkpointing" => train_seqcls(a, false, true)?,
         "serve-c1" => serve(a, 1)?,
         "serve-c8" => serve(a, 8)?,
         "serve-c32" => serve(a, 32)?,
         other => bail!(
-            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf, load-safetensors, train-seqcls, train-seqcls-bf16, serve-c1, serve-c8, serve-c32"
+            "unknown bench work `{other}`; known: embeddings-f32, embeddings-bf16, decode-gguf, decode-f32, prefill-gguf, prefill-f32, load-gguf, load-safetensors, train-seqcls, train-seqcls-bf16, train-seqcls-checkpointing, serve-c1, serve-c8, serve-c32"
         ),
     };
     println!("{v}");

@@ -302,6 +302,7 @@ fn train_load(
         lora,
         lora_from: None,
         bf16: args.bf16,
+        gradient_checkpointing: args.gradient_checkpointing,
     }
 }
 

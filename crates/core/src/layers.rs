@@ -437,6 +437,25 @@ impl TrainMode {
     pub fn is_on(&self) -> bool {
         self.on.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// The mask generator's state (gradient checkpointing replays it).
+    pub(crate) fn snapshot(&self) -> Option<crate::rng::Rng> {
+        self.rng.lock().ok().map(|r| r.clone())
+    }
+
+    /// Runs `f` with the mask generator at `state`, then puts back the state it had.
+    pub(crate) fn replay<T>(&self, state: crate::rng::Rng, f: impl FnOnce() -> T) -> T {
+        let saved = self
+            .rng
+            .lock()
+            .ok()
+            .map(|mut r| std::mem::replace(&mut *r, state));
+        let out = f();
+        if let (Some(saved), Ok(mut r)) = (saved, self.rng.lock()) {
+            *r = saved;
+        }
+        out
+    }
 }
 
 /// `nn.Dropout(p)`: in training, each value is zeroed with probability `p` and the rest

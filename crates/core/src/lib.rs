@@ -2,6 +2,7 @@
 //! layers model families share. See DESIGN.md for the layering.
 
 pub mod chat_template;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod gguf;

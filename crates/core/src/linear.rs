@@ -321,6 +321,8 @@ pub struct Weights {
     train_mode: Option<Arc<crate::layers::TrainMode>>,
     /// Dense linear products in bf16, forward and backward (mixed-precision training).
     bf16_train: bool,
+    /// Gradient checkpointing of the model's layers (training).
+    checkpointing: Option<Arc<crate::checkpoint::Checkpointing>>,
 }
 
 impl Weights {
@@ -332,7 +334,20 @@ impl Weights {
             lora: None,
             train_mode: None,
             bf16_train: false,
+            checkpointing: None,
         }
+    }
+
+    /// The same weights for a model whose layers are checkpointed (recomputed in the
+    /// backward pass instead of keeping their activations).
+    pub fn with_checkpointing(mut self, c: Arc<crate::checkpoint::Checkpointing>) -> Self {
+        self.checkpointing = Some(c);
+        self
+    }
+
+    /// The checkpointing state, when the model's layers are checkpointed.
+    pub fn checkpointing(&self) -> Option<Arc<crate::checkpoint::Checkpointing>> {
+        self.checkpointing.clone()
     }
 
     /// The same weights with the dense linear layers' products in bf16, forward and
@@ -382,6 +397,7 @@ impl Weights {
             lora: self.lora.clone(),
             train_mode: self.train_mode.clone(),
             bf16_train: self.bf16_train,
+            checkpointing: self.checkpointing.clone(),
         }
     }
 

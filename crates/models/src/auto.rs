@@ -311,6 +311,8 @@ pub struct PreTrainedModel<M: ?Sized> {
     train_mode: Option<Arc<rustformers_core::layers::TrainMode>>,
     /// Loaded for bf16 mixed-precision training (`TrainLoad::bf16`).
     bf16_training: bool,
+    /// Gradient checkpointing (`TrainLoad::gradient_checkpointing`).
+    checkpointing: Option<Arc<rustformers_core::checkpoint::Checkpointing>>,
 }
 
 impl<M: ?Sized> std::fmt::Debug for PreTrainedModel<M> {
@@ -345,6 +347,28 @@ impl<M: ?Sized> PreTrainedModel<M> {
     /// linear products run in bf16, forward and backward, over f32 weights.
     pub fn bf16_training(&self) -> bool {
         self.bf16_training
+    }
+
+    /// True when loaded with gradient checkpointing (`TrainLoad::gradient_checkpointing`).
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing.is_some()
+    }
+
+    /// Layer recomputations the backward passes have run (0 without checkpointing).
+    pub fn checkpoint_recomputations(&self) -> usize {
+        self.checkpointing
+            .as_ref()
+            .map_or(0, |c| c.recomputations())
+    }
+
+    /// `loss.backward()`, with the gradients of checkpointed layers' parameters (found
+    /// by their recomputation) added: what the Trainer calls.
+    pub fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        let mut store = loss.backward()?;
+        if let Some(c) = &self.checkpointing {
+            c.merge_into(&mut store)?;
+        }
+        Ok(store)
     }
 
     /// Weights the checkpoint lacked, initialised for training (Python's "newly
@@ -456,6 +480,9 @@ pub struct TrainLoad {
     /// layers' products run in bf16 with f32 sums, forward and backward (AMX or
     /// AVX512-BF16 where the CPU has them); weights, gradients and the optimizer stay f32.
     pub bf16: bool,
+    /// Gradient checkpointing (Python's `gradient_checkpointing=True`): each layer keeps
+    /// only its input and output; the backward pass runs it again.
+    pub gradient_checkpointing: bool,
 }
 
 fn load_with<T: ?Sized + 'static>(
@@ -685,6 +712,14 @@ fn build<T: ?Sized + 'static>(
     if bf16_training {
         weights = weights.with_bf16_training();
     }
+    let checkpointing = train.filter(|t| t.gradient_checkpointing).map(|_| {
+        Arc::new(rustformers_core::checkpoint::Checkpointing::new(
+            train_mode.clone(),
+        ))
+    });
+    if let Some(c) = &checkpointing {
+        weights = weights.with_checkpointing(c.clone());
+    }
     let model = ctor(weights, &config).map_err(|e| ckpt.wrap_error(e))?;
     let report = ckpt.finish()?;
     let mut vars = without_tied_aliases(report.vars, &config);
@@ -701,6 +736,9 @@ fn build<T: ?Sized + 'static>(
         }
         vars.extend(l.vars());
     }
+    if let Some(c) = &checkpointing {
+        c.set_params(vars.iter().map(|(_, v)| v.as_tensor().clone()).collect());
+    }
     Ok(PreTrainedModel {
         model,
         config,
@@ -714,6 +752,7 @@ fn build<T: ?Sized + 'static>(
         lora: lora.filter(|l| !l.merges()),
         train_mode,
         bf16_training,
+        checkpointing,
     })
 }
 
@@ -1039,6 +1078,7 @@ impl AutoModelForCausalLM {
             lora: None,
             train_mode: None,
             bf16_training: false,
+            checkpointing: None,
         })
     }
 

@@ -239,13 +239,6 @@ impl TrainingArguments {
                 ));
             }
         }
-        if self.gradient_checkpointing {
-            return bad(
-                "gradient_checkpointing is not supported yet (it trades compute for memory; \
-                 train without it)"
-                    .into(),
-            );
-        }
         Ok(self)
     }
 

@@ -98,6 +98,14 @@ pub trait TrainModel {
     fn bf16(&self) -> bool {
         false
     }
+    /// Loaded with gradient checkpointing (`TrainLoad::gradient_checkpointing`).
+    fn gradient_checkpointing(&self) -> bool {
+        false
+    }
+    /// The gradients of `loss` (checkpointed layers' parameters included).
+    fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        Ok(loss.backward()?)
+    }
 }
 
 /// The [`TrainModel`] methods every `PreTrainedModel` head shares (its parameters, a
@@ -120,6 +128,14 @@ macro_rules! pretrained_model_methods {
 
         fn bf16(&self) -> bool {
             self.bf16_training()
+        }
+
+        fn gradient_checkpointing(&self) -> bool {
+            PreTrainedModel::gradient_checkpointing(self)
+        }
+
+        fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+            Ok(PreTrainedModel::backward(self, loss)?)
         }
     };
 }
@@ -286,6 +302,18 @@ impl<'m> Trainer<'m> {
         let args = args.validated()?;
         if train.is_empty() {
             return Err(TrainerError::Other("the training set is empty".into()));
+        }
+        if args.gradient_checkpointing != model.gradient_checkpointing() {
+            return Err(TrainerError::Other(if args.gradient_checkpointing {
+                "gradient_checkpointing is set but the model was loaded without it: load it \
+                 with TrainLoad { gradient_checkpointing: true, .. }"
+                    .into()
+            } else {
+                "the model was loaded with gradient checkpointing (TrainLoad { \
+                 gradient_checkpointing: true }) but gradient_checkpointing is not set in the \
+                 TrainingArguments"
+                    .into()
+            }));
         }
         if args.bf16 != model.bf16() {
             return Err(TrainerError::Other(if args.bf16 {
@@ -565,7 +593,7 @@ impl<'m> Trainer<'m> {
                     )));
                 }
                 let scaled = (loss / args.gradient_accumulation_steps as f64)?;
-                let store = scaled.backward()?;
+                let store = self.model.backward(&scaled)?;
                 accumulate(&mut grads, gather(&store, &lp.vars))?;
                 loss_in_update += value / args.gradient_accumulation_steps as f64;
                 in_update += 1;

@@ -113,6 +113,7 @@ fn minilm_learns_sentiment_and_generalises_to_unseen_words() {
             lora: None,
             lora_from: None,
             bf16: false,
+            gradient_checkpointing: false,
         },
     )
     .unwrap();

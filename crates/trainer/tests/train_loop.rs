@@ -63,6 +63,7 @@ fn load_with(labels: &[String], bf16: bool) -> PreTrainedModel<dyn SequenceClass
             lora: None,
             lora_from: None,
             bf16,
+            gradient_checkpointing: false,
         },
     )
     .unwrap()

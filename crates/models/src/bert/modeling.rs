@@ -184,6 +184,8 @@ impl BertLayer {
 /// The base model: embeddings, encoder layers and (optionally) the pooler.
 #[derive(Debug, Clone)]
 pub struct BertModel {
+    /// Layers recomputed in the backward pass (`gradient_checkpointing`).
+    checkpointing: Option<std::sync::Arc<rustformers_core::checkpoint::Checkpointing>>,
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
     pooler: Option<QLinear>,
@@ -203,6 +205,7 @@ impl BertModel {
             None
         };
         Ok(Self {
+            checkpointing: w.checkpointing(),
             embeddings,
             layers,
             pooler,
@@ -222,7 +225,13 @@ impl BertModel {
             .map(|m| extended_attention_mask(m, self.dtype))
             .transpose()?;
         for layer in &self.layers {
-            x = layer.forward(&x, mask.as_ref())?;
+            x = match &self.checkpointing {
+                Some(c) => {
+                    let (layer, mask) = (layer.clone(), mask.clone());
+                    c.run(&x, move |x| layer.forward(x, mask.as_ref()))?
+                }
+                None => layer.forward(&x, mask.as_ref())?,
+            };
         }
         let pooler_output = match &self.pooler {
             Some(p) => Some(p.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),

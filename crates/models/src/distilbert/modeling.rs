@@ -223,6 +223,8 @@ impl TransformerBlock {
 /// The base model: embeddings and `transformer.layer.N` blocks; no pooler.
 #[derive(Debug, Clone)]
 pub struct DistilBertModel {
+    /// Layers recomputed in the backward pass (`gradient_checkpointing`).
+    checkpointing: Option<std::sync::Arc<rustformers_core::checkpoint::Checkpointing>>,
     embeddings: Embeddings,
     layers: Vec<TransformerBlock>,
     dtype: DType,
@@ -236,6 +238,7 @@ impl DistilBertModel {
             .map(|i| TransformerBlock::load(w.pp(format!("transformer.layer.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            checkpointing: w.checkpointing(),
             embeddings,
             layers,
             dtype: w.vb().dtype(),
@@ -254,7 +257,13 @@ impl DistilBertModel {
             .map(|m| extended_attention_mask(m, self.dtype))
             .transpose()?;
         for layer in &self.layers {
-            x = layer.forward(&x, mask.as_ref())?;
+            x = match &self.checkpointing {
+                Some(c) => {
+                    let (layer, mask) = (layer.clone(), mask.clone());
+                    c.run(&x, move |x| layer.forward(x, mask.as_ref()))?
+                }
+                None => layer.forward(&x, mask.as_ref())?,
+            };
         }
         Ok(BaseModelOutput {
             last_hidden_state: x,

@@ -201,6 +201,8 @@ impl Gemma2DecoderLayer {
 /// The decoder stack (`model.*`).
 #[derive(Debug, Clone)]
 pub struct Gemma2Model {
+    /// Layers recomputed in the backward pass (`gradient_checkpointing`).
+    checkpointing: Option<std::sync::Arc<rustformers_core::checkpoint::Checkpointing>>,
     embed_tokens: Embedding,
     layers: Vec<Gemma2DecoderLayer>,
     norm: RmsNorm,
@@ -222,6 +224,7 @@ impl Gemma2Model {
         let rotary =
             RotaryEmbedding::new(c.head_dim, c.rope_theta, RopeScaling::Default).map_err(msg)?;
         Ok(Self {
+            checkpointing: w.checkpointing(),
             embed_tokens,
             layers,
             norm: gemma_rms_norm(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
@@ -290,7 +293,14 @@ impl Gemma2Model {
                 (Some(_), Some(m)) => m,
                 _ => &global,
             };
-            x = layer.forward(&x, &cos, &sin, mask, cache.as_deref_mut(), i)?;
+            x = match (&self.checkpointing, cache.is_none()) {
+                (Some(c), true) => {
+                    let (layer, cos, sin, mask) =
+                        (layer.clone(), cos.clone(), sin.clone(), mask.clone());
+                    c.run(&x, move |x| layer.forward(x, &cos, &sin, &mask, None, i))?
+                }
+                _ => layer.forward(&x, &cos, &sin, mask, cache.as_deref_mut(), i)?,
+            };
         }
         if let Some(c) = cache {
             c.commit();

@@ -235,6 +235,8 @@ impl Gpt2Block {
 /// `GPT2Model` (`transformer.*`).
 #[derive(Debug, Clone)]
 pub struct Gpt2Model {
+    /// Layers recomputed in the backward pass (`gradient_checkpointing`).
+    checkpointing: Option<std::sync::Arc<rustformers_core::checkpoint::Checkpointing>>,
     wte: Embedding,
     wpe: Embedding,
     h: Vec<Gpt2Block>,
@@ -256,6 +258,7 @@ impl Gpt2Model {
             .map(|i| Gpt2Block::load(w.pp(format!("h.{i}")), c, i, &drop))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            checkpointing: w.checkpointing(),
             wte: embedding(c.vocab_size, c.n_embd, vb.pp("wte"))?,
             wpe: embedding(c.n_positions, c.n_embd, vb.pp("wpe"))?,
             h,
@@ -308,7 +311,13 @@ impl Gpt2Model {
             .drop
             .forward(&(self.wte.forward(ids)? + self.wpe.forward(&positions)?)?)?;
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward(&x, &mask, cache.as_deref_mut(), i)?;
+            x = match (&self.checkpointing, cache.is_none()) {
+                (Some(c), true) => {
+                    let (block, mask) = (block.clone(), mask.clone());
+                    c.run(&x, move |x| block.forward(x, &mask, None, i))?
+                }
+                _ => block.forward(&x, &mask, cache.as_deref_mut(), i)?,
+            };
         }
         if let Some(c) = cache {
             c.commit();

@@ -170,6 +170,8 @@ impl MistralDecoderLayer {
 /// The decoder stack (`model.*`).
 #[derive(Debug, Clone)]
 pub struct MistralModel {
+    /// Layers recomputed in the backward pass (`gradient_checkpointing`).
+    checkpointing: Option<std::sync::Arc<rustformers_core::checkpoint::Checkpointing>>,
     embed_tokens: Embedding,
     layers: Vec<MistralDecoderLayer>,
     norm: RmsNorm,
@@ -191,6 +193,7 @@ impl MistralModel {
         let rotary =
             RotaryEmbedding::new(c.head_dim(), c.rope_theta, RopeScaling::Default).map_err(msg)?;
         Ok(Self {
+            checkpointing: w.checkpointing(),
             embed_tokens,
             layers,
             norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
@@ -243,7 +246,14 @@ impl MistralModel {
         )?;
         let mut x = self.embed_tokens.forward(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &cos, &sin, &mask, cache.as_deref_mut(), i)?;
+            x = match (&self.checkpointing, cache.is_none()) {
+                (Some(c), true) => {
+                    let (layer, cos, sin, mask) =
+                        (layer.clone(), cos.clone(), sin.clone(), mask.clone());
+                    c.run(&x, move |x| layer.forward(x, &cos, &sin, &mask, None, i))?
+                }
+                _ => layer.forward(&x, &cos, &sin, &mask, cache.as_deref_mut(), i)?,
+            };
         }
         if let Some(c) = cache {
             c.commit();

@@ -276,6 +276,8 @@ impl Phi3DecoderLayer {
 /// The decoder stack (`model.*`).
 #[derive(Debug, Clone)]
 pub struct Phi3Model {
+    /// Layers recomputed in the backward pass (`gradient_checkpointing`).
+    checkpointing: Option<std::sync::Arc<rustformers_core::checkpoint::Checkpointing>>,
     embed_tokens: Embedding,
     layers: Vec<Phi3DecoderLayer>,
     norm: RmsNorm,
@@ -295,6 +297,7 @@ impl Phi3Model {
             .map(|i| Phi3DecoderLayer::load(w.pp(format!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            checkpointing: w.checkpointing(),
             embed_tokens,
             layers,
             norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
@@ -345,7 +348,14 @@ impl Phi3Model {
         )?;
         let mut x = self.embed_tokens.forward(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &cos, &sin, &mask, cache.as_deref_mut(), i)?;
+            x = match (&self.checkpointing, cache.is_none()) {
+                (Some(c), true) => {
+                    let (layer, cos, sin, mask) =
+                        (layer.clone(), cos.clone(), sin.clone(), mask.clone());
+                    c.run(&x, move |x| layer.forward(x, &cos, &sin, &mask, None, i))?
+                }
+                _ => layer.forward(&x, &cos, &sin, &mask, cache.as_deref_mut(), i)?,
+            };
         }
         if let Some(c) = cache {
             c.commit();

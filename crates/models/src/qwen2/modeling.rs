@@ -172,6 +172,8 @@ impl Qwen2DecoderLayer {
 /// The decoder stack (`model.*`).
 #[derive(Debug, Clone)]
 pub struct Qwen2Model {
+    /// Layers recomputed in the backward pass (`gradient_checkpointing`).
+    checkpointing: Option<std::sync::Arc<rustformers_core::checkpoint::Checkpointing>>,
     embed_tokens: Embedding,
     layers: Vec<Qwen2DecoderLayer>,
     norm: RmsNorm,
@@ -194,6 +196,7 @@ impl Qwen2Model {
             RotaryEmbedding::new(c.head_dim(), c.rope_theta, c.rope_scaling().map_err(msg)?)
                 .map_err(msg)?;
         Ok(Self {
+            checkpointing: w.checkpointing(),
             embed_tokens,
             layers,
             norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
@@ -246,7 +249,14 @@ impl Qwen2Model {
         )?;
         let mut x = self.embed_tokens.forward(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &cos, &sin, &mask, cache.as_deref_mut(), i)?;
+            x = match (&self.checkpointing, cache.is_none()) {
+                (Some(c), true) => {
+                    let (layer, cos, sin, mask) =
+                        (layer.clone(), cos.clone(), sin.clone(), mask.clone());
+                    c.run(&x, move |x| layer.forward(x, &cos, &sin, &mask, None, i))?
+                }
+                _ => layer.forward(&x, &cos, &sin, &mask, cache.as_deref_mut(), i)?,
+            };
         }
         if let Some(c) = cache {
             c.commit();

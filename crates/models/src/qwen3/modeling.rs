@@ -185,6 +185,8 @@ impl Qwen3DecoderLayer {
 /// The decoder stack (`model.*`).
 #[derive(Debug, Clone)]
 pub struct Qwen3Model {
+    /// Layers recomputed in the backward pass (`gradient_checkpointing`).
+    checkpointing: Option<std::sync::Arc<rustformers_core::checkpoint::Checkpointing>>,
     embed_tokens: Embedding,
     layers: Vec<Qwen3DecoderLayer>,
     norm: RmsNorm,
@@ -208,6 +210,7 @@ impl Qwen3Model {
             RotaryEmbedding::new(c.head_dim(), c.rope_theta, c.rope_scaling().map_err(msg)?)
                 .map_err(msg)?;
         Ok(Self {
+            checkpointing: w.checkpointing(),
             embed_tokens,
             layers,
             norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
@@ -272,7 +275,14 @@ impl Qwen3Model {
             let Some((_, mask)) = masks.iter().find(|(k, _)| k == w) else {
                 candle_core::bail!("internal error: no attention mask for layer {i}");
             };
-            x = layer.forward(&x, &cos, &sin, mask, cache.as_deref_mut(), i)?;
+            x = match (&self.checkpointing, cache.is_none()) {
+                (Some(c), true) => {
+                    let (layer, cos, sin, mask) =
+                        (layer.clone(), cos.clone(), sin.clone(), mask.clone());
+                    c.run(&x, move |x| layer.forward(x, &cos, &sin, &mask, None, i))?
+                }
+                _ => layer.forward(&x, &cos, &sin, mask, cache.as_deref_mut(), i)?,
+            };
         }
         if let Some(c) = cache {
             c.commit();

@@ -228,6 +228,8 @@ impl RobertaLayer {
 /// from `BertModel`; only the embeddings differ.
 #[derive(Debug, Clone)]
 pub struct RobertaModel {
+    /// Layers recomputed in the backward pass (`gradient_checkpointing`).
+    checkpointing: Option<std::sync::Arc<rustformers_core::checkpoint::Checkpointing>>,
     embeddings: RobertaEmbeddings,
     layers: Vec<RobertaLayer>,
     pooler: Option<QLinear>,
@@ -247,6 +249,7 @@ impl RobertaModel {
             None
         };
         Ok(Self {
+            checkpointing: w.checkpointing(),
             embeddings,
             layers,
             pooler,
@@ -266,7 +269,13 @@ impl RobertaModel {
             .map(|m| extended_attention_mask(m, self.dtype))
             .transpose()?;
         for layer in &self.layers {
-            x = layer.forward(&x, mask.as_ref())?;
+            x = match &self.checkpointing {
+                Some(c) => {
+                    let (layer, mask) = (layer.clone(), mask.clone());
+                    c.run(&x, move |x| layer.forward(x, mask.as_ref()))?
+                }
+                None => layer.forward(&x, mask.as_ref())?,
+            };
         }
         let pooler_output = match &self.pooler {
             Some(p) => Some(p.forward(&first_token(&x)?)?.tanh()?),
