@@ -341,13 +341,14 @@ fn lora_config(
             .with_context(|| format!("--lora-alpha {a}: not a number"))?,
         None => 8.0,
     };
-    if let Some(d) = get("lora-dropout") {
-        let d: f64 = d
+    let dropout: f64 = match get("lora-dropout") {
+        Some(d) => d
             .parse()
-            .with_context(|| format!("--lora-dropout {d}: not a number"))?;
-        if d != 0.0 {
-            bail!("--lora-dropout {d}: dropout is not applied in training yet; use 0");
-        }
+            .with_context(|| format!("--lora-dropout {d}: not a number"))?,
+        None => 0.0,
+    };
+    if !(0.0..1.0).contains(&dropout) {
+        bail!("--lora-dropout {dropout}: a probability in [0, 1) is expected");
     }
     let model_type = ModelConfig::from_files(&ModelFiles::resolve(model_ref)?)?
         .model_type()
@@ -372,7 +373,7 @@ fn lora_config(
     };
     let cfg: LoraConfig = serde_json::from_value(json!({
         "peft_type": "LORA", "task_type": task_type, "r": r, "lora_alpha": alpha,
-        "lora_dropout": 0.0, "target_modules": targets, "modules_to_save": modules_to_save,
+        "lora_dropout": dropout, "target_modules": targets, "modules_to_save": modules_to_save,
         // GPT-2's layers are Conv1D: PEFT records them as fan_in_fan_out.
         "bias": "none", "fan_in_fan_out": model_type == "gpt2", "inference_mode": true,
     }))?;

@@ -1033,7 +1033,10 @@ fn train_lora_writes_a_peft_adapter_run_loads() {
             vec!["--lora-r", "4", "--lora-target-modules", "nothing"],
             "match no linear layer",
         ),
-        (vec!["--lora-r", "4", "--lora-dropout", "0.1"], "dropout"),
+        (
+            vec!["--lora-r", "4", "--lora-dropout", "1.5"],
+            "probability",
+        ),
     ] {
         let mut full = vec![
             "train",

@@ -38,12 +38,14 @@ pub enum QLinear {
         weight: Tensor,
         bias: Option<Tensor>,
     },
-    /// A layer with a LoRA adapter: `base(x) + (x Aᵀ) Bᵀ · scale`.
+    /// A layer with a LoRA adapter: `base(x) + (dropout(x) Aᵀ) Bᵀ · scale` (PEFT's
+    /// `lora_dropout`, in training only).
     Lora {
         base: Box<QLinear>,
         a: Tensor,
         b: Tensor,
         scale: f64,
+        dropout: crate::layers::Dropout,
     },
 }
 
@@ -162,8 +164,15 @@ impl QLinear {
             Self::Quantized { weight, bias, .. } => (weight.forward(x)?, bias),
             Self::Packed { op, bias, .. } => (apply_f32_op(x, op)?, bias),
             Self::Bf16 { op, .. } => return apply_f32_op(x, op),
-            Self::Lora { base, a, b, scale } => {
-                let delta = crate::lora::matmul_t(&crate::lora::matmul_t(x, a)?, b)?;
+            Self::Lora {
+                base,
+                a,
+                b,
+                scale,
+                dropout,
+            } => {
+                let xd = dropout.forward(x)?;
+                let delta = crate::lora::matmul_t(&crate::lora::matmul_t(&xd, a)?, b)?;
                 return base.forward(x)? + (delta * *scale)?;
             }
         };
@@ -178,11 +187,18 @@ impl QLinear {
 fn bf16_training(layer: QLinear) -> QLinear {
     match layer {
         QLinear::Dense { weight, bias } => QLinear::Bf16Train { weight, bias },
-        QLinear::Lora { base, a, b, scale } => QLinear::Lora {
+        QLinear::Lora {
+            base,
+            a,
+            b,
+            scale,
+            dropout,
+        } => QLinear::Lora {
             base: Box::new(bf16_training(*base)),
             a,
             b,
             scale,
+            dropout,
         },
         other => other,
     }
@@ -297,14 +313,16 @@ impl QuantizedStore {
     }
 }
 
-/// A layer's LoRA adapter: the update is `(x Aᵀ) Bᵀ · scale` (A `[r, in]`, B `[out, r]`);
-/// `merge`: add it to the weight at load instead of running it beside the layer.
+/// A layer's LoRA adapter: the update is `(dropout(x) Aᵀ) Bᵀ · scale` (A `[r, in]`, B
+/// `[out, r]`); `merge`: add it to the weight at load instead of running it beside the
+/// layer.
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
     pub a: Tensor,
     pub b: Tensor,
     pub scale: f64,
     pub merge: bool,
+    pub dropout: crate::layers::Dropout,
 }
 
 /// What a model is built from: dense weights through a `VarBuilder`, plus quantized
@@ -498,6 +516,7 @@ impl Weights {
             b,
             scale: lora.config.scaling(),
             merge: lora.merges(),
+            dropout: self.dropout(lora.config.lora_dropout),
         }))
     }
 
@@ -532,6 +551,7 @@ impl Weights {
             a,
             b,
             scale,
+            dropout: self.dropout(lora.config.lora_dropout),
         })
     }
 }

@@ -99,6 +99,12 @@ impl LoraConfig {
         if self.target_modules.is_empty() {
             return bad("target_modules is empty".into());
         }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return bad(format!(
+                "lora_dropout {} is not a probability in [0, 1)",
+                self.lora_dropout
+            ));
+        }
         if self.bias != "none" {
             return bad(format!("LoRA bias `{}` is not supported (none)", self.bias));
         }
@@ -304,6 +310,10 @@ mod tests {
             ),
             (serde_json::json!({"r": 0, "target_modules": ["q"]}), "rank"),
             (serde_json::json!({"r": 2, "target_modules": []}), "empty"),
+            (
+                serde_json::json!({"r": 2, "target_modules": ["q"], "lora_dropout": 1.0}),
+                "probability",
+            ),
         ] {
             let c: LoraConfig = serde_json::from_value(bad).unwrap();
             let e = c.validate("t").unwrap_err().to_string();

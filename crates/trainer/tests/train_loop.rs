@@ -414,7 +414,8 @@ fn collators_follow_pythons() {
 /// The dropout switch: off, a model loaded for training gives the inference logits (up
 /// to the float order of the op-by-op path); on, the logits change, and the same seed
 /// gives the same ones (GPT-2's attention, residual and embedding dropout; BERT's; the
-/// Llama family's `attention_dropout`, and Phi-3's `resid_pdrop` too).
+/// Llama family's `attention_dropout`, and Phi-3's `resid_pdrop` too; LoRA's
+/// `lora_dropout`).
 #[test]
 fn dropout_follows_the_train_switch() {
     use rustformers_models::AutoModelForCausalLM;
@@ -488,6 +489,23 @@ fn dropout_follows_the_train_switch() {
             ids.clone(),
         ));
     }
+    // PEFT's lora_dropout, on the input of the adapters (a PEFT-made adapter, B ≠ 0),
+    // against the same adapter without it.
+    let lora = |p: f64| TrainLoad {
+        lora: Some(
+            serde_json::from_value(serde_json::json!({"r": 4, "lora_alpha": 8,
+                "lora_dropout": p, "target_modules": ["q_proj", "v_proj"],
+                "task_type": "CAUSAL_LM"}))
+            .unwrap(),
+        ),
+        lora_from: Some(PathBuf::from(fx("train-lora/tiny-llama/initial"))),
+        ..Default::default()
+    };
+    cases.push((
+        Box::new(AutoModelForCausalLM::for_training(&fx("tiny-llama"), &o, &lora(0.4)).unwrap()),
+        Box::new(AutoModelForCausalLM::for_training(&fx("tiny-llama"), &o, &lora(0.0)).unwrap()),
+        ids.clone(),
+    ));
     for (train, infer, labels) in &cases {
         let batch = Batch {
             token_type_ids: ids.zeros_like().unwrap(),

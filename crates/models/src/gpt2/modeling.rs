@@ -30,13 +30,13 @@ fn msg(e: impl std::fmt::Display) -> candle_core::Error {
 
 /// Python's `Conv1D`: a linear layer whose weight is stored `[in, out]`, so
 /// `y = x W + b` without a transpose (the checkpoint layout is kept, for save_pretrained).
-/// A LoRA target (PEFT's `fan_in_fan_out`) adds `(x Aᵀ) Bᵀ · scale`, or has it merged
+/// A LoRA target (PEFT's `fan_in_fan_out`) adds `(dropout(x) Aᵀ) Bᵀ · scale`, or has it merged
 /// into `W` as `(B A)ᵀ · scale`.
 #[derive(Debug, Clone)]
 pub struct Conv1D {
     weight: Tensor,
     bias: Tensor,
-    lora: Option<(Tensor, Tensor, f64)>,
+    lora: Option<(Tensor, Tensor, f64, Dropout)>,
     /// bf16 mixed-precision training: the product runs in bf16, forward and backward.
     bf16_train: bool,
 }
@@ -51,7 +51,7 @@ impl Conv1D {
                 let delta = (ad.b.matmul(&ad.a)?.t()? * ad.scale)?;
                 weight = (weight + delta)?;
             } else {
-                lora = Some((ad.a, ad.b, ad.scale));
+                lora = Some((ad.a, ad.b, ad.scale, ad.dropout));
             }
         }
         Ok(Self {
@@ -75,8 +75,9 @@ impl Conv1D {
         } else {
             x2.matmul(&self.weight)?
         };
-        if let Some((a, bm, scale)) = &self.lora {
-            y = (y + (x2.matmul(&a.t()?)?.matmul(&bm.t()?)? * *scale)?)?;
+        if let Some((a, bm, scale, dropout)) = &self.lora {
+            let xd = dropout.forward(&x2)?;
+            y = (y + (xd.matmul(&a.t()?)?.matmul(&bm.t()?)? * *scale)?)?;
         }
         y.reshape((b, s, ()))?.broadcast_add(&self.bias)
     }
