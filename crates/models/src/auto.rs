@@ -281,6 +281,11 @@ pub struct LoadOptions {
     /// Compute dtype; `None` keeps f32 (as Python without `torch_dtype`).
     pub dtype: Option<DType>,
     pub device: Device,
+    /// A LoRA adapter folder loads onto its base model merged into the weights (`true`,
+    /// the default: PEFT's `merge_and_unload()`, the fast path) or as adapter layers run
+    /// beside the base weights (`false`: `PeftModel.from_pretrained` as loaded; a save
+    /// writes the adapter again).
+    pub merge_adapter: bool,
 }
 
 impl Default for LoadOptions {
@@ -288,6 +293,7 @@ impl Default for LoadOptions {
         Self {
             dtype: None,
             device: Device::Cpu,
+            merge_adapter: true,
         }
     }
 }
@@ -642,7 +648,7 @@ fn build<T: ?Sized + 'static>(
                         a.config,
                         LoraMode::Load {
                             tensors: a.tensors,
-                            merge: true,
+                            merge: opts.merge_adapter,
                             trainable: false,
                         },
                     )));

@@ -170,6 +170,7 @@ fn half_precision_stays_close_to_f32() {
         let opts = LoadOptions {
             dtype: Some(DType::F16),
             device: Device::Cpu,
+            ..Default::default()
         };
         let m = AutoModelForMaskedLM::from_pretrained_with(dir.to_str().unwrap(), &opts).unwrap();
         let got = m.model.forward(case.inputs()).unwrap();
@@ -223,6 +224,7 @@ fn bf16_on_cpu_runs_close_to_f32() {
         let opts = LoadOptions {
             dtype: Some(DType::BF16),
             device: Device::Cpu,
+            ..Default::default()
         };
         let f32_model = AutoModel::from_pretrained(reference).unwrap();
         let bf16_model = AutoModel::from_pretrained_with(reference, &opts).unwrap();

@@ -1,8 +1,8 @@
 //! LoRA: one step from a PEFT adapter equals PEFT's (tests/fixtures/train-lora,
 //! tools/golden/make_lora_step.py: peft 0.13.2; Llama, GPT-2's Conv1D, BERT), only the
-//! adapters and the
-//! `modules_to_save` train, and a saved adapter loads back on its base model (merged, as
-//! `from_pretrained(adapter_dir)` does) with the trained model's outputs.
+//! adapters and the `modules_to_save` train, and a saved adapter loads back on its base
+//! model with the trained model's outputs, merged (as `from_pretrained(adapter_dir)`
+//! does) or not (`LoadOptions::merge_adapter = false`).
 
 mod common;
 use common::{fixtures, matrix, max_diff};
@@ -117,5 +117,27 @@ fn a_lora_step_matches_peft_and_the_adapter_round_trips() {
             d <= 1e-5 * (1.0 + s),
             "{name}: reloaded adapter differs by {d}"
         );
+        // Unmerged (adapter layers beside the base weights): the same outputs, and a
+        // save writes the adapter again rather than full weights.
+        let files = rustformers_core::ModelFiles::resolve(out.path().to_str().unwrap()).unwrap();
+        let unmerged = LoadOptions {
+            merge_adapter: false,
+            ..Default::default()
+        };
+        let back: Box<dyn TrainModel> = if exp["task"] == "CAUSAL_LM" {
+            Box::new(AutoModelForCausalLM::from_files(files, &unmerged).unwrap())
+        } else {
+            Box::new(AutoModelForSequenceClassification::from_files(files, &unmerged).unwrap())
+        };
+        let (_, loaded) = back.loss(&batch).unwrap();
+        let (d, s) = max_diff(&loaded, &trained.detach());
+        assert!(
+            d <= 1e-5 * (1.0 + s),
+            "{name}: unmerged adapter differs by {d}"
+        );
+        let again = tempfile::tempdir().unwrap();
+        back.save(again.path()).unwrap();
+        assert!(again.path().join("adapter_model.safetensors").is_file());
+        assert!(!again.path().join("model.safetensors").exists());
     }
 }
