@@ -567,8 +567,7 @@ async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, Api
         model,
         prompt_tokens,
         req.sampling.stream,
-        settings.logprobs.is_some(),
-        settings.include_usage,
+        &settings,
     )
     .await
 }
@@ -605,8 +604,7 @@ async fn completions_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respon
         model,
         prompt_tokens,
         req.sampling.stream,
-        settings.logprobs.is_some(),
-        settings.include_usage,
+        &settings,
     )
     .await
 }
@@ -672,9 +670,9 @@ async fn respond(
     model: String,
     prompt_tokens: usize,
     stream: bool,
-    logprobs: bool,
-    include_usage: bool,
+    settings: &GenSettings,
 ) -> Result<Response, ApiError> {
+    let (logprobs, include_usage) = (settings.logprobs.is_some(), settings.include_usage);
     let (id, object) = match kind {
         Kind::Chat => (request_id("chatcmpl"), "chat.completion"),
         Kind::Completion => (request_id("cmpl"), "text_completion"),

@@ -808,8 +808,7 @@ impl candle_core::CustomOp2 for Bf16TrainMatMul {
         // ∂x [m, k] = g [m, n] · W [n, k] = g · (Wᵀ [k, n])ᵀ
         let dx = product_nt(&gv, m, &transpose(&wv, n, k), k, n).map_err(msg)?;
         // ∂W [n, k] = gᵀ [n, m] · x [m, k] = gᵀ · (xᵀ [k, m])ᵀ
-        let dw = product_nt(&transpose(&gv, m, n), n, &transpose(&xv, m, k), k, m)
-            .map_err(candle_core::Error::Msg)?;
+        let dw = product_nt(&transpose(&gv, m, n), n, &transpose(&xv, m, k), k, m).map_err(msg)?;
         let dev = x.device();
         Ok((
             Some(candle_core::Tensor::from_vec(dx, (m, k), dev)?),
