@@ -251,6 +251,9 @@ fn worker(
         }
         let rows = batcher.running();
         let events = batcher.step();
+        // Ends are sent after the metrics are updated, so that a client that has its
+        // reply never reads a gauge still counting its sequence.
+        let mut ends = Vec::new();
         for event in events {
             match event {
                 BatchEvent::Token {
@@ -278,10 +281,11 @@ fn worker(
                                     (Outcome::Finished, Some(FinishReason::Length)) => "length",
                                     _ => "stop",
                                 };
-                                let _ = a.events.send(Event::Done {
+                                let end = Event::Done {
                                     completion_tokens: a.tokens,
                                     finish_reason,
-                                });
+                                };
+                                ends.push((a.events, end));
                             }
                         }
                         done(&state);
@@ -289,7 +293,7 @@ fn worker(
                 }
                 BatchEvent::Failed { id, message } => {
                     if let Some(a) = active.remove(&id) {
-                        let _ = a.events.send(Event::Failed(message));
+                        ends.push((a.events, Event::Failed(message)));
                         done(&state);
                     }
                 }
@@ -298,6 +302,9 @@ fn worker(
         // After the step's finished and cancelled rows left (the gauge must not keep a
         // stale count while the worker waits for work).
         state.metrics.add_step(rows, batcher.running());
+        for (events, end) in ends {
+            let _ = events.send(end);
+        }
     }
 }
 
