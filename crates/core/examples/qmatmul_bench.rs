@@ -1,6 +1,6 @@
 //! Times the quantized matmul kernels alone: `cargo run --release -p rustformers-core
 //! --example qmatmul_bench -- [ROWS COLS M]` (default: SmolLM2's 1536×576 FFN, m = 1).
-//! Prints GB/s of weight read and GMAC/s per instruction set, then the same for the bf16
+//! Prints GB/s of weight read and GMAC/s per instruction set, then f32 (gemm blocks) and the bf16
 //! kernel's paths (scalar, AVX512-BF16, AMX).
 
 use std::time::Instant;
@@ -22,10 +22,15 @@ fn main() {
     };
     let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).expect("weight");
     let x: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+    // `BENCH_ONLY=amx` times the bf16 AMX path alone (for a profiler).
+    let only_amx = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "amx");
     for (t, f) in [
         (GgmlDType::Q4_1, QFormat::Q4_1),
         (GgmlDType::Q8_0, QFormat::Q8_0),
     ] {
+        if only_amx {
+            break;
+        }
         let q = QTensor::quantize(&w, t).expect("quantize");
         let p = PackedQ::from_ggml(f, rows, cols, &q.data().expect("data")).expect("pack");
         for isa in Isa::all_available() {
@@ -61,12 +66,30 @@ fn main() {
         .flatten_all()
         .and_then(|t| t.to_vec1::<f32>())
         .expect("weight values");
+    if !only_amx {
+        // f32: gemm per column block on the pool (the f32 linear layers' path).
+        let iters = (2_000_000_000 / (rows * cols * m)).clamp(3, 20_000);
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(
+                rustformers_core::kernels::gemv::matmul_blocks(&wv, rows, cols, &x, m, None)
+                    .expect("matmul"),
+            );
+        }
+        let s = t0.elapsed().as_secs_f64() / iters as f64;
+        println!(
+            "f32 gemm blocks [{rows}x{cols}] m={m}: {:.1} us, {:.2} GMAC/s",
+            s * 1e6,
+            (rows * cols * m) as f64 / s / 1e9
+        );
+    }
     let p = PackedBf16::from_f32(rows, cols, &wv).expect("pack");
     for path in [Path::Scalar, Path::Avx512, Path::Amx] {
-        if !path.available() {
+        if !path.available() || (only_amx && path != Path::Amx) {
             continue;
         }
         let iters = (2_000_000_000 / (rows * cols * m)).clamp(3, 20_000);
+        let iters = if only_amx { iters * 50 } else { iters };
         let iters = if path == Path::Scalar {
             iters.div_ceil(20)
         } else {
