@@ -105,12 +105,65 @@ fn gelu_slice_body(xs: &[f32], out: &mut [f32]) {
     }
 }
 
+/// [`gelu_erf`] on 16 lanes: the same approximation, with fused multiply-adds and the
+/// reciprocal `1 / (1 + p·|x|)` from `vrcp14ps` plus one Newton step (a division is
+/// most of the time otherwise); within 1e-7 of the scalar form.
+///
 /// # Safety
 /// The CPU has AVX-512 F.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+unsafe fn gelu_erf_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let one = _mm512_set1_ps(1.0);
+    let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let a = _mm512_abs_ps(z);
+    let d = _mm512_fmadd_ps(_mm512_set1_ps(0.327_591_1), a, one);
+    let r0 = _mm512_rcp14_ps(d);
+    // One Newton step: t = r0 (2 - d r0).
+    let t = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.0)));
+    let mut poly = _mm512_set1_ps(1.061_405_4);
+    for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+        poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
+    }
+    poly = _mm512_mul_ps(poly, t);
+    let e = exp_approx_avx512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
+    // erf(|z|) = 1 - poly · e, then z's sign.
+    let erf_abs = _mm512_fnmadd_ps(poly, e, one);
+    let sign = _mm512_and_si512(_mm512_castps_si512(z), _mm512_set1_epi32(i32::MIN));
+    let erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(erf_abs), sign));
+    _mm512_mul_ps(
+        _mm512_mul_ps(_mm512_set1_ps(0.5), x),
+        _mm512_add_ps(one, erf),
+    )
+}
+
+/// `out = gelu(xs)` (`out` as long as `xs`, or the same slice when `xs` is null).
+///
+/// # Safety
+/// The CPU has AVX-512 F; `src` and `dst` hold `n` values (they may be the same).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn gelu_ptr_avx512(src: *const f32, dst: *mut f32, n: usize) {
+    use std::arch::x86_64::*;
+    let mut i = 0;
+    while i + 16 <= n {
+        _mm512_storeu_ps(dst.add(i), gelu_erf_avx512(_mm512_loadu_ps(src.add(i))));
+        i += 16;
+    }
+    if i < n {
+        let mask: __mmask16 = (1u16 << (n - i)) - 1;
+        let v = gelu_erf_avx512(_mm512_maskz_loadu_ps(mask, src.add(i)));
+        _mm512_mask_storeu_ps(dst.add(i), mask, v);
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
 unsafe fn gelu_slice_avx512(xs: &[f32], out: &mut [f32]) {
-    gelu_slice_body(xs, out)
+    gelu_ptr_avx512(xs.as_ptr(), out.as_mut_ptr(), xs.len().min(out.len()))
 }
 
 /// # Safety

@@ -266,6 +266,36 @@ mod x86 {
         }
     }
 
+    /// One row of `src` (`KB` values per input block, the last block zero padded) into
+    /// `dst`: input block `kb` at `dst + kb * step` (32 bf16 each, one 64-byte store).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/BF16; `dst + kb * step` has room for [`KB`] values for
+    /// every input block of `src`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn row_to_tiles(src: &[f32], dst: *mut bf16, step: usize) {
+        let n = src.len();
+        let p = src.as_ptr();
+        let mut kb = 0;
+        while kb * KB < n {
+            let i = kb * KB;
+            let mask = |at: usize| -> __mmask16 {
+                let left = n.saturating_sub(at);
+                if left >= 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << left) - 1
+                }
+            };
+            let lo = _mm512_maskz_loadu_ps(mask(i), p.add(i));
+            let hi = _mm512_maskz_loadu_ps(mask(i + 16), p.add((i + 16).min(n)));
+            // Lanes 0-15 from `lo`, 16-31 from `hi`.
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.add(kb * step) as *mut _, v);
+            kb += 1;
+        }
+    }
+
     /// Rows `m0..m0 + R`, column blocks `nb0..nb0 + C`.
     ///
     /// # Safety
@@ -568,12 +598,25 @@ fn amx_rows(x: &[f32], m: usize, k: usize, kblocks: usize) -> Vec<bf16> {
     let fill = |p: usize| {
         // SAFETY: pair p's values, written by this task alone; `xa` outlives the run.
         let dst = unsafe { std::slice::from_raw_parts_mut(ptr.at(p * per_pair), per_pair) };
+        if k == 0 {
+            return;
+        }
         for r in 0..PAIR.min(m - p * PAIR) {
             let src = &x[(p * PAIR + r) * k..][..k];
             let (t, rr) = (r / NB, r % NB);
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: the AMX path runs only where AVX512-BF16 does
+                // (`has_amx_bf16`); row r's input block kb is at t * BLOCK + rr * KB +
+                // kb * 2 * BLOCK, KB values inside pair p's part.
+                unsafe {
+                    x86::row_to_tiles(src, dst[t * BLOCK + rr * KB..].as_mut_ptr(), 2 * BLOCK)
+                };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
             for (kb, vals) in src.chunks(KB).enumerate() {
                 let at = (kb * 2 + t) * BLOCK + rr * KB;
-                to_bf16(vals, &mut dst[at..at + vals.len()], true);
+                to_bf16(vals, &mut dst[at..at + vals.len()], false);
             }
         }
     };
@@ -706,7 +749,6 @@ fn tile(
 /// Copies the valid part of a 2×2 block of tiles (`vals`: [`PAIR`] rows of `PAIR`
 /// values; row tile pair from row `r0`, column blocks `nb`, `nb1`; `nb1 == nb` when the
 /// block has one column block) into `out` (`[m, n]`).
-#[allow(clippy::too_many_arguments)]
 fn copy_pair(vals: &[f32], r0: usize, m: usize, nb: usize, nb1: usize, n: usize, out: OutPtr) {
     for r in 0..PAIR.min(m - r0) {
         for (j, block) in [nb, nb1].into_iter().enumerate() {
