@@ -246,8 +246,16 @@ pub fn matmul_t(
     if m == 0 {
         return Ok(None);
     }
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    // The weight's storage, without a copy when it is a plain contiguous tensor.
+    // The input's and the weight's storage, without a copy when they are contiguous.
+    let x = x.contiguous()?;
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(x_data)) = &*x_storage else {
+        return Ok(None);
+    };
+    let Some((xa, xb)) = x_layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let xs = &x_data[xa..xb];
     let (storage, layout) = w.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         return Ok(None);
@@ -259,9 +267,9 @@ pub fn matmul_t(
         return Ok(None);
     };
     let y = if m <= MAX_ROWS {
-        matmul_slices_bias(&data[a..b], n, k, &xs, m, bias.as_deref(), Isa::detect())
+        matmul_slices_bias(&data[a..b], n, k, xs, m, bias.as_deref(), Isa::detect())
     } else {
-        matmul_blocks(&data[a..b], n, k, &xs, m, bias.as_deref())
+        matmul_blocks(&data[a..b], n, k, xs, m, bias.as_deref())
     }
     .map_err(candle_core::Error::Msg)?;
     let mut out_dims = dims.to_vec();
