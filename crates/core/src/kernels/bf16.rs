@@ -593,40 +593,62 @@ impl Bf16Ptr {
 fn amx_rows(x: &[f32], m: usize, k: usize, kblocks: usize) -> Vec<bf16> {
     let pairs = m.div_ceil(PAIR);
     let per_pair = kblocks * 2 * BLOCK;
-    let mut xa = vec![bf16::ZERO; pairs * per_pair];
-    let ptr = Bf16Ptr(xa.as_mut_ptr());
-    let fill = |p: usize| {
-        // SAFETY: pair p's values, written by this task alone; `xa` outlives the run.
-        let dst = unsafe { std::slice::from_raw_parts_mut(ptr.at(p * per_pair), per_pair) };
-        if k == 0 {
-            return;
-        }
-        for r in 0..PAIR.min(m - p * PAIR) {
-            let src = &x[(p * PAIR + r) * k..][..k];
-            let (t, rr) = (r / NB, r % NB);
-            #[cfg(target_arch = "x86_64")]
-            {
-                // SAFETY: the AMX path runs only where AVX512-BF16 does
-                // (`has_amx_bf16`); row r's input block kb is at t * BLOCK + rr * KB +
-                // kb * 2 * BLOCK, KB values inside pair p's part.
-                unsafe {
-                    x86::row_to_tiles(src, dst[t * BLOCK + rr * KB..].as_mut_ptr(), 2 * BLOCK)
-                };
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            for (kb, vals) in src.chunks(KB).enumerate() {
-                let at = (kb * 2 + t) * BLOCK + rr * KB;
-                to_bf16(vals, &mut dst[at..at + vals.len()], false);
-            }
+    let len = pairs * per_pair;
+    let pool = super::pool::Pool::global();
+    let run = |fill: &(dyn Fn(usize) + Sync)| {
+        if pool.threads() <= 1 || m * k < 1 << 15 {
+            (0..pairs).for_each(fill);
+        } else {
+            pool.run(pairs, fill);
         }
     };
-    let pool = super::pool::Pool::global();
-    if pool.threads() <= 1 || m * k < 1 << 15 {
-        (0..pairs).for_each(fill);
-    } else {
-        pool.run(pairs, &fill);
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Written once, value by value, without zeroing it first.
+        let mut xa: Vec<bf16> = Vec::with_capacity(len);
+        let ptr = Bf16Ptr(xa.as_mut_ptr());
+        run(&|p: usize| {
+            for r in 0..PAIR {
+                let (t, rr) = (r / NB, r % NB);
+                // Row r of pair p, input block kb: at kb * 2 * BLOCK from here.
+                let row = ptr.at(p * per_pair + t * BLOCK + rr * KB);
+                let i = p * PAIR + r;
+                if i < m {
+                    // SAFETY: the AMX path runs only where AVX512-BF16 does
+                    // (`has_amx_bf16`); row_to_tiles writes KB values at each of the
+                    // kblocks input blocks, all inside pair p's part of the capacity.
+                    unsafe { x86::row_to_tiles(&x[i * k..][..k], row, 2 * BLOCK) };
+                } else {
+                    for kb in 0..kblocks {
+                        // SAFETY: as above; rows past `m` are zero.
+                        unsafe { std::ptr::write_bytes(row.add(kb * 2 * BLOCK), 0, KB) };
+                    }
+                }
+            }
+        });
+        // SAFETY: every value of every pair was written above (each row of each tile,
+        // each input block); bf16 has no invalid bit patterns.
+        unsafe { xa.set_len(len) };
+        xa
     }
-    xa
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut xa = vec![bf16::ZERO; len];
+        let ptr = Bf16Ptr(xa.as_mut_ptr());
+        run(&|p: usize| {
+            // SAFETY: pair p's values, written by this task alone; `xa` outlives the run.
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.at(p * per_pair), per_pair) };
+            for r in 0..PAIR.min(m - p * PAIR) {
+                let src = &x[(p * PAIR + r) * k..][..k];
+                let (t, rr) = (r / NB, r % NB);
+                for (kb, vals) in src.chunks(KB).enumerate() {
+                    let at = (kb * 2 + t) * BLOCK + rr * KB;
+                    to_bf16(vals, &mut dst[at..at + vals.len()], false);
+                }
+            }
+        });
+        xa
+    }
 }
 
 /// `x [m, cols] · Wᵀ (+ bias)` on AMX tiles. Only where [`has_amx_bf16`] holds.
