@@ -324,10 +324,136 @@ impl CustomOp1 for GeluErf {
     }
 }
 
-/// Exact-form GELU: the vectorized kernel for f32 on CPU, candle's `gelu_erf` otherwise.
+/// GELU's derivative times the incoming gradient: `g · (Φ(x) + x φ(x))`, with
+/// `Φ(x) = (1 + erf(x/√2)) / 2` and `φ(x) = e^(-x²/2) / √(2π)`.
+#[inline(always)]
+fn gelu_grad_body(xs: &[f32], gs: &[f32], out: &mut [f32]) {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for ((o, x), g) in out.iter_mut().zip(xs).zip(gs) {
+        let cdf = 0.5 * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * exp_approx(-0.5 * x * x);
+        *o = g * (cdf + x * pdf);
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gelu_grad_avx512(xs: &[f32], gs: &[f32], out: &mut [f32]) {
+    gelu_grad_body(xs, gs, out)
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_grad_avx2(xs: &[f32], gs: &[f32], out: &mut [f32]) {
+    gelu_grad_body(xs, gs, out)
+}
+
+fn gelu_grad_slice(isa: Isa, xs: &[f32], gs: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `isa` was detected on this CPU.
+        match isa {
+            Isa::Avx512Vnni => return unsafe { gelu_grad_avx512(xs, gs, out) },
+            Isa::Avx2 => return unsafe { gelu_grad_avx2(xs, gs, out) },
+            Isa::Scalar => {}
+        }
+    }
+    gelu_grad_body(xs, gs, out)
+}
+
+/// The gradient of GELU (erf form) at `xs` times `gs` (same length), with `isa`, on the
+/// pool.
+pub fn gelu_grad(xs: &[f32], gs: &[f32], isa: Isa) -> Vec<f32> {
+    let n = xs.len().min(gs.len());
+    let mut out = vec![0f32; n];
+    let chunks = n.div_ceil(CHUNK);
+    if chunks <= 1 {
+        gelu_grad_slice(isa, &xs[..n], &gs[..n], &mut out);
+        return out;
+    }
+    let ptr = OutPtr(out.as_mut_ptr());
+    Pool::global().run(chunks, &|c| {
+        let lo = c * CHUNK;
+        let hi = (lo + CHUNK).min(n);
+        // SAFETY: chunk `c` owns `out[lo..hi]`; chunks are disjoint and `out` outlives
+        // the loop.
+        let dst = unsafe { std::slice::from_raw_parts_mut(ptr.at(lo), hi - lo) };
+        gelu_grad_slice(isa, &xs[lo..hi], &gs[lo..hi], dst);
+    });
+    out
+}
+
+/// GELU (erf form) with its gradient, for training: the forward pass is [`GeluErf`]'s
+/// kernel, the backward pass [`GeluErfGrad`] (candle's `gelu_erf` calls libm's scalar
+/// `erff` per element both ways).
+#[derive(Debug, Clone, Copy)]
+pub struct GeluErfTrain;
+
+impl CustomOp1 for GeluErfTrain {
+    fn name(&self) -> &'static str {
+        "rustformers-gelu-erf-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        GeluErf.cpu_fwd(s, l)
+    }
+
+    fn bwd(
+        &self,
+        arg: &candle_core::Tensor,
+        _res: &candle_core::Tensor,
+        grad_res: &candle_core::Tensor,
+    ) -> candle_core::Result<Option<candle_core::Tensor>> {
+        let grad = arg
+            .contiguous()?
+            .apply_op2_no_bwd(&grad_res.contiguous()?, &GeluErfGrad)?;
+        Ok(Some(grad))
+    }
+}
+
+/// `(x, g)` → `g · gelu'(x)` (f32, contiguous, same shape).
+#[derive(Debug, Clone, Copy)]
+pub struct GeluErfGrad;
+
+impl candle_core::CustomOp2 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "rustformers-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = super::contiguous(super::f32_data(xs, "gelu gradient")?, xl, "gelu gradient")?;
+        let g = super::contiguous(super::f32_data(gs, "gelu gradient")?, gl, "gelu gradient")?;
+        if xl.shape() != gl.shape() {
+            candle_core::bail!(
+                "gelu gradient: input {:?} and gradient {:?} differ",
+                xl.shape().dims(),
+                gl.shape().dims()
+            );
+        }
+        Ok((
+            CpuStorage::F32(gelu_grad(x, g, Isa::detect())),
+            xl.shape().clone(),
+        ))
+    }
+}
+
+/// Exact-form GELU: the vectorized kernel for f32 on CPU (with its gradient when `x`
+/// takes part in a backward pass), candle's `gelu_erf` otherwise.
 pub fn gelu_erf_tensor(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
     if super::runs_kernels(x) {
         x.contiguous()?.apply_op1_no_bwd(&GeluErf)
+    } else if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1(GeluErfTrain)
     } else {
         x.gelu_erf()
     }
@@ -376,6 +502,52 @@ mod tests {
             let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
             assert_eq!(t - 12_582_912.0, n, "{x}");
         }
+    }
+
+    /// The training op's gradient against candle's `gelu_erf` backward (libm erf), and
+    /// the gradient kernel against the exact derivative, on every instruction set.
+    #[test]
+    fn gelu_gradient_matches_the_exact_derivative() {
+        use candle_core::{Device, Tensor, Var};
+        let xs: Vec<f32> = (-6_000..6_000).map(|i| i as f32 * 1e-3).collect();
+        let gs: Vec<f32> = xs.iter().map(|x| (x * 3.1).sin()).collect();
+        for isa in Isa::all_available() {
+            let got = gelu_grad(&xs, &gs, isa);
+            for ((x, g), y) in xs.iter().zip(&gs).zip(&got) {
+                let x64 = *x as f64;
+                // d/dx [x Φ(x)] = Φ(x) + x φ(x), Φ from the f64 reference GELU.
+                let cdf = if x64 == 0.0 {
+                    0.5
+                } else {
+                    reference_gelu(x64) / x64
+                };
+                let pdf = (-0.5 * x64 * x64).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let want = *g as f64 * (cdf + x64 * pdf);
+                assert!(
+                    (*y as f64 - want).abs() < 2e-6,
+                    "{isa:?} gelu'({x}) · {g} = {y}, want {want}"
+                );
+            }
+        }
+        // Through autograd: the same gradients as candle's op, and the same values.
+        let dev = Device::Cpu;
+        let x = Var::from_vec(xs.clone(), (40, 300), &dev).unwrap();
+        let w = Tensor::from_vec(gs.clone(), (40, 300), &dev).unwrap();
+        let ours = gelu_erf_tensor(x.as_tensor()).unwrap();
+        let theirs = x.as_tensor().gelu_erf().unwrap();
+        let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+        let g_ours = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_theirs = (theirs * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let a = g_ours.get(x.as_tensor()).unwrap();
+        let b = g_theirs.get(x.as_tensor()).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 2e-6);
     }
 
     #[test]
