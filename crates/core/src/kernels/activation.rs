@@ -218,42 +218,53 @@ fn silu_mul_body(g: &[f32], u: &[f32], out: &mut [f32]) {
     }
 }
 
-/// # Safety
-/// The CPU has AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn silu_mul_avx512(g: &[f32], u: &[f32], out: &mut [f32]) {
-    silu_mul_body(g, u, out)
-}
-
-/// # Safety
-/// The CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn silu_mul_avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
-    silu_mul_body(g, u, out)
-}
-
-fn silu_mul_slice(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: `isa` was detected on this CPU.
-        match isa {
-            Isa::Avx512Vnni => return unsafe { silu_mul_avx512(g, u, out) },
-            Isa::Avx2 => return unsafe { silu_mul_avx2(g, u, out) },
-            Isa::Scalar => {}
+/// `$slice(isa, a, b, out)`: `$body` compiled for AVX-512 and for AVX2 (so that it
+/// vectorizes for each), picked by `isa`, plain elsewhere.
+macro_rules! elementwise2 {
+    ($slice:ident, $body:ident) => {
+        fn $slice(isa: Isa, a: &[f32], b: &[f32], out: &mut [f32]) {
+            /// # Safety
+            /// The CPU has AVX-512 F.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512(a: &[f32], b: &[f32], out: &mut [f32]) {
+                $body(a, b, out)
+            }
+            /// # Safety
+            /// The CPU has AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(a: &[f32], b: &[f32], out: &mut [f32]) {
+                $body(a, b, out)
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: `isa` was detected on this CPU.
+                match isa {
+                    Isa::Avx512Vnni => return unsafe { avx512(a, b, out) },
+                    Isa::Avx2 => return unsafe { avx2(a, b, out) },
+                    Isa::Scalar => {}
+                }
+            }
+            let _ = isa;
+            $body(a, b, out)
         }
-    }
-    silu_mul_body(g, u, out)
+    };
 }
 
-/// `silu(g) · u` for slices of equal length, with `isa`.
-pub fn silu_mul(g: &[f32], u: &[f32], isa: Isa) -> Vec<f32> {
-    let n = g.len().min(u.len());
+/// `slice(isa, a, b, out)` over the first `min(a.len(), b.len())` values, in chunks on
+/// the pool.
+fn elementwise2_on_pool(
+    a: &[f32],
+    b: &[f32],
+    isa: Isa,
+    slice: fn(Isa, &[f32], &[f32], &mut [f32]),
+) -> Vec<f32> {
+    let n = a.len().min(b.len());
     let mut out = vec![0f32; n];
     let chunks = n.div_ceil(CHUNK);
     if chunks <= 1 {
-        silu_mul_slice(isa, &g[..n], &u[..n], &mut out);
+        slice(isa, &a[..n], &b[..n], &mut out);
         return out;
     }
     let ptr = OutPtr(out.as_mut_ptr());
@@ -263,9 +274,16 @@ pub fn silu_mul(g: &[f32], u: &[f32], isa: Isa) -> Vec<f32> {
         // SAFETY: chunk `c` owns `out[lo..hi]`; chunks are disjoint and `out` outlives
         // the loop.
         let dst = unsafe { std::slice::from_raw_parts_mut(ptr.at(lo), hi - lo) };
-        silu_mul_slice(isa, &g[lo..hi], &u[lo..hi], dst);
+        slice(isa, &a[lo..hi], &b[lo..hi], dst);
     });
     out
+}
+
+elementwise2!(silu_mul_slice, silu_mul_body);
+
+/// `silu(g) · u` for slices of equal length, with `isa`.
+pub fn silu_mul(g: &[f32], u: &[f32], isa: Isa) -> Vec<f32> {
+    elementwise2_on_pool(g, u, isa, silu_mul_slice)
 }
 
 /// The candle op `silu(g) · u` (gated MLPs), f32 of the same shape.
@@ -336,55 +354,12 @@ fn gelu_grad_body(xs: &[f32], gs: &[f32], out: &mut [f32]) {
     }
 }
 
-/// # Safety
-/// The CPU has AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gelu_grad_avx512(xs: &[f32], gs: &[f32], out: &mut [f32]) {
-    gelu_grad_body(xs, gs, out)
-}
-
-/// # Safety
-/// The CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_grad_avx2(xs: &[f32], gs: &[f32], out: &mut [f32]) {
-    gelu_grad_body(xs, gs, out)
-}
-
-fn gelu_grad_slice(isa: Isa, xs: &[f32], gs: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: `isa` was detected on this CPU.
-        match isa {
-            Isa::Avx512Vnni => return unsafe { gelu_grad_avx512(xs, gs, out) },
-            Isa::Avx2 => return unsafe { gelu_grad_avx2(xs, gs, out) },
-            Isa::Scalar => {}
-        }
-    }
-    gelu_grad_body(xs, gs, out)
-}
+elementwise2!(gelu_grad_slice, gelu_grad_body);
 
 /// The gradient of GELU (erf form) at `xs` times `gs` (same length), with `isa`, on the
 /// pool.
 pub fn gelu_grad(xs: &[f32], gs: &[f32], isa: Isa) -> Vec<f32> {
-    let n = xs.len().min(gs.len());
-    let mut out = vec![0f32; n];
-    let chunks = n.div_ceil(CHUNK);
-    if chunks <= 1 {
-        gelu_grad_slice(isa, &xs[..n], &gs[..n], &mut out);
-        return out;
-    }
-    let ptr = OutPtr(out.as_mut_ptr());
-    Pool::global().run(chunks, &|c| {
-        let lo = c * CHUNK;
-        let hi = (lo + CHUNK).min(n);
-        // SAFETY: chunk `c` owns `out[lo..hi]`; chunks are disjoint and `out` outlives
-        // the loop.
-        let dst = unsafe { std::slice::from_raw_parts_mut(ptr.at(lo), hi - lo) };
-        gelu_grad_slice(isa, &xs[lo..hi], &gs[lo..hi], dst);
-    });
-    out
+    elementwise2_on_pool(xs, gs, isa, gelu_grad_slice)
 }
 
 /// GELU (erf form) with its gradient, for training: the forward pass is [`GeluErf`]'s
