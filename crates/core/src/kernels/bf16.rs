@@ -279,14 +279,7 @@ mod x86 {
         let mut kb = 0;
         while kb * KB < n {
             let i = kb * KB;
-            let mask = |at: usize| -> __mmask16 {
-                let left = n.saturating_sub(at);
-                if left >= 16 {
-                    u16::MAX
-                } else {
-                    (1u16 << left) - 1
-                }
-            };
+            let mask = |at: usize| super::super::fused::tail_mask(n.saturating_sub(at));
             let lo = _mm512_maskz_loadu_ps(mask(i), p.add(i));
             let hi = _mm512_maskz_loadu_ps(mask(i + 16), p.add((i + 16).min(n)));
             // Lanes 0-15 from `lo`, 16-31 from `hi`.
@@ -399,11 +392,10 @@ mod amx {
             Tiles(())
         }
 
-        /// Four 16×16 f32 output tiles, `[i][j]` = start `[i][j]` + row tile `i` of
-        /// `a` · column block `j` of `b`, over `kblocks` input blocks. Output tile
-        /// `[i][j]` is stored at `c[i]` plus `j` × 64 bytes, rows `stride` bytes apart; the
-        /// start is read the same way from `init[i]` with rows `init_stride` apart (0:
-        /// every row starts as the same 16 values, a bias).
+        /// Four 16×16 f32 output tiles, `[i][j]` = `bias[16j..16j + 16]` (every row) +
+        /// row tile `i` of `a` · column block `j` of `b`, over `kblocks` input blocks.
+        /// Output tile `[i][j]` is stored at `c[i]` plus `j` × 64 bytes, rows `stride`
+        /// bytes apart.
         ///
         /// `a` holds the two row tiles in [`amx_rows`](super::amx_rows)'s order (per input
         /// block: tile 0, then tile 1, each 16 rows × [`KB`] values); `b[j]` holds
@@ -417,16 +409,16 @@ mod amx {
             a: *const bf16,
             b: [*const bf16; 2],
             kblocks: usize,
-            init: [*const f32; 2],
-            init_stride: usize,
+            bias: *const f32,
             c: [*mut f32; 2],
             stride: usize,
         ) {
             asm!(
-                "tileloadd tmm0, [{p0} + {si}*1]",
-                "tileloadd tmm1, [{p0} + {si}*1 + 64]",
-                "tileloadd tmm2, [{p2} + {si}*1]",
-                "tileloadd tmm3, [{p2} + {si}*1 + 64]",
+                // Stride 0: every row of an output tile starts as the same 16 values.
+                "tileloadd tmm0, [{p} + {z}*1]",
+                "tileloadd tmm1, [{p} + {z}*1 + 64]",
+                "tileloadd tmm2, [{p} + {z}*1]",
+                "tileloadd tmm3, [{p} + {z}*1 + 64]",
                 "test {n}, {n}",
                 "jz 3f",
                 "2:",
@@ -448,9 +440,8 @@ mod amx {
                 "tilestored [{c} + {sc}*1 + 64], tmm1",
                 "tilestored [{c2} + {sc}*1], tmm2",
                 "tilestored [{c2} + {sc}*1 + 64], tmm3",
-                p0 = in(reg) init[0],
-                p2 = in(reg) init[1],
-                si = in(reg) init_stride,
+                p = in(reg) bias,
+                z = in(reg) 0usize,
                 a = inout(reg) a => _,
                 b0 = inout(reg) b[0] => _,
                 b1 = inout(reg) b[1] => _,
@@ -822,20 +813,18 @@ fn run_amx<W: ColumnBlocks>(
             // A lone last block is computed twice and its copy dropped.
             let nb1 = if nb + 1 < b1 { nb + 1 } else { nb };
             let bp = [blocks[nb - b0], blocks[nb1 - b0]];
-            let start = [init[nb * NB..].as_ptr(); 2];
+            let bias = init[nb * NB..].as_ptr();
             if whole_rows && nb1 != nb && (nb1 + 1) * NB <= n {
                 let c = [out.at(r0 * n + nb * NB), out.at((r0 + NB) * n + nb * NB)];
                 // SAFETY: `a` is pair p's tiles; blocks nb, nb1 hold `kblocks` blocks
                 // each; `init` has 2 × NB values from block nb's first column (it is padded
                 // by a block); rows r0..r0 + PAIR, columns nb * NB..nb * NB + PAIR are
                 // inside [m, n] and this task's.
-                unsafe { tiles.block_2x2(a, bp, kblocks, start, 0, c, n * 4) };
+                unsafe { tiles.block_2x2(a, bp, kblocks, bias, c, n * 4) };
             } else {
                 let c = scratch.as_mut_ptr();
                 // SAFETY: as above, into the scratch block of PAIR rows of PAIR values.
-                unsafe {
-                    tiles.block_2x2(a, bp, kblocks, start, 0, [c, c.add(NB * PAIR)], PAIR * 4)
-                };
+                unsafe { tiles.block_2x2(a, bp, kblocks, bias, [c, c.add(NB * PAIR)], PAIR * 4) };
                 copy_pair(&scratch, r0, m, nb, nb1, n, out);
             }
             nb += 2;

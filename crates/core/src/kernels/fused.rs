@@ -484,7 +484,7 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
 /// The lanes of a 16-lane piece that hold values when `left` remain in the row.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn tail_mask(left: usize) -> u16 {
+pub(crate) fn tail_mask(left: usize) -> u16 {
     if left >= 16 {
         0xffff
     } else {
