@@ -10,6 +10,10 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
+use rustformers_core::kernels::optim::{
+    adamw_update_tensor, scale_tensor, sum_squares_tensor, AdamWStep,
+};
+
 use crate::error::{Result, TrainerError};
 
 /// Whether the Trainer decays this parameter: not a bias, not in a normalisation layer
@@ -28,8 +32,10 @@ struct Param {
     name: String,
     var: Var,
     decay: bool,
-    m: Tensor,
-    v: Tensor,
+    /// First and second moments (`exp_avg`, `exp_avg_sq`), f32, in the parameter's
+    /// element order.
+    m: Vec<f32>,
+    v: Vec<f32>,
 }
 
 /// AdamW over named parameters.
@@ -54,12 +60,12 @@ impl AdamW {
         let params = vars
             .into_iter()
             .map(|(name, var)| {
-                let z = var.as_tensor().zeros_like()?;
+                let n = var.elem_count();
                 Ok(Param {
                     decay: decays(&name),
                     name,
-                    m: z.clone(),
-                    v: z,
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
                     var,
                 })
             })
@@ -100,24 +106,29 @@ impl AdamW {
         }
         self.step += 1;
         let t = self.step as i32;
-        let (b1, b2) = (self.beta1, self.beta2);
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2 = 1.0 - b2.powi(t);
         for (p, g) in self.params.iter_mut().zip(grads) {
             let Some(g) = g else {
                 continue;
             };
-            let g = g.to_dtype(DType::F32)?;
-            let mut w = p.var.as_tensor().to_dtype(DType::F32)?;
-            if p.decay && self.weight_decay != 0.0 {
-                w = (w * (1.0 - lr * self.weight_decay))?;
+            let wd = if p.decay { self.weight_decay } else { 0.0 };
+            let coef = AdamWStep::new(lr, self.beta1, self.beta2, self.eps, wd, t);
+            let g = g.to_dtype(DType::F32)?.contiguous()?;
+            // The kernel updates f32 parameters in place; half-precision ones are updated
+            // on an f32 copy and written back.
+            let param = p.var.as_tensor();
+            let copy = (param.dtype() != DType::F32)
+                .then(|| param.to_dtype(DType::F32))
+                .transpose()?;
+            let target = copy.as_ref().unwrap_or(param);
+            if !adamw_update_tensor(target, &g, &mut p.m, &mut p.v, &coef)? {
+                return Err(TrainerError::Other(format!(
+                    "AdamW: parameter `{}` is not a contiguous tensor on the CPU",
+                    p.name
+                )));
             }
-            p.m = ((&p.m * b1)? + (&g * (1.0 - b1))?)?;
-            p.v = ((&p.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let denom = ((p.v.sqrt()? / bc2.sqrt())? + self.eps)?;
-            let update = ((&p.m / denom)? * (lr / bc1))?;
-            let w = (w - update)?;
-            p.var.set(&w.to_dtype(p.var.dtype())?)?;
+            if let Some(w) = copy {
+                p.var.set(&w.to_dtype(p.var.dtype())?)?;
+            }
         }
         Ok(())
     }
@@ -127,8 +138,12 @@ impl AdamW {
     pub fn state(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
         for p in &self.params {
-            out.insert(format!("{}.exp_avg", p.name), p.m.clone());
-            out.insert(format!("{}.exp_avg_sq", p.name), p.v.clone());
+            let shape = p.var.shape();
+            let dev = p.var.device();
+            let m = Tensor::from_slice(&p.m, shape, dev)?;
+            let v = Tensor::from_slice(&p.v, shape, dev)?;
+            out.insert(format!("{}.exp_avg", p.name), m);
+            out.insert(format!("{}.exp_avg_sq", p.name), v);
         }
         out.insert(
             "step".into(),
@@ -156,15 +171,16 @@ impl AdamW {
                 get(&format!("{}.exp_avg", p.name))?,
                 get(&format!("{}.exp_avg_sq", p.name))?,
             );
-            if m.shape() != p.m.shape() || v.shape() != p.v.shape() {
+            if m.shape() != p.var.shape() || v.shape() != p.var.shape() {
                 return Err(TrainerError::Other(format!(
                     "{}: optimizer state of `{}` has another shape than the model's",
                     path.display(),
                     p.name
                 )));
             }
-            p.m = m;
-            p.v = v;
+            let flat = |t: Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            p.m = flat(m)?;
+            p.v = flat(v)?;
         }
         self.step = get("step")?
             .to_vec1::<f64>()?
@@ -199,17 +215,23 @@ pub fn accumulate(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Resu
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.iter().flatten() {
-        sq += g
-            .to_dtype(DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f64>()?;
+        sq += match sum_squares_tensor(g) {
+            Some(s) => s,
+            None => g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?,
+        };
     }
     let norm = sq.sqrt();
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
     if max_norm > 0.0 && coef < 1.0 {
         for g in grads.iter_mut().flatten() {
-            *g = (&*g * coef)?;
+            *g = match scale_tensor(g, coef as f32)? {
+                Some(s) => s,
+                None => (&*g * coef)?,
+            };
         }
     }
     Ok(norm)

@@ -8,6 +8,7 @@ pub mod activation;
 pub mod bf16;
 pub mod fused;
 pub mod gemv;
+pub mod optim;
 pub mod pool;
 pub mod qmatmul;
 
@@ -35,6 +36,20 @@ impl OutPtr {
     /// Element `i` (a method, so that closures capture the `Sync` wrapper, not the raw
     /// pointer field).
     pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// [`OutPtr`] for f64 results (per-task partial sums).
+#[derive(Clone, Copy)]
+pub(crate) struct OutF64(pub(crate) *mut f64);
+// SAFETY: as for `OutPtr`: each task writes its own elements of a live buffer.
+unsafe impl Send for OutF64 {}
+unsafe impl Sync for OutF64 {}
+
+impl OutF64 {
+    /// Element `i`.
+    pub(crate) fn at(self, i: usize) -> *mut f64 {
         self.0.wrapping_add(i)
     }
 }
