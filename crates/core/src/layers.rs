@@ -378,6 +378,62 @@ pub fn encoder_attention_with(
     probs.matmul(v)?.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
+/// Encoder self-attention from the projections `q, k, v` `[batch, seq, heads · dim]`
+/// (not yet split into heads), returning `[batch, seq, heads · dim]`; `mask` additive,
+/// broadcastable to `[batch, 1, seq, seq]`. In training (f32 on the CPU, tracking
+/// gradients, no dropout on the probabilities) one differentiable op computes it (and
+/// its backward pass) from the projections' columns; otherwise the heads are split and
+/// [`encoder_attention_with`] runs.
+pub fn encoder_self_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    scale: f64,
+    probs_dropout: &Dropout,
+) -> candle_core::Result<Tensor> {
+    let (b, s, hd) = q.dims3()?;
+    if heads == 0 || hd % heads != 0 {
+        candle_core::bail!("attention: hidden size {hd} for {heads} heads");
+    }
+    let tracked = q.track_op() || k.track_op() || v.track_op();
+    let f32_cpu = [q, k, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if tracked && f32_cpu && !probs_dropout.is_active() && mask.is_none_or(|m| !m.track_op()) {
+        let mask = match mask {
+            Some(m) => m
+                .to_dtype(DType::F32)?
+                .broadcast_as((b, 1, s, s))?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            None => vec![0f32; b * s * s],
+        };
+        let op = crate::kernels::train::EncoderAttentionTrainOp {
+            heads,
+            mask,
+            scale: scale as f32,
+        };
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    let split = |x: &Tensor| {
+        x.reshape((b, s, heads, hd / heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    encoder_attention_with(
+        &split(q)?,
+        &split(k)?,
+        &split(v)?,
+        mask,
+        scale,
+        probs_dropout,
+    )
+}
+
 /// Scaled dot-product attention for encoders: `q, k, v` are `[batch, heads, seq, dim]`,
 /// `mask` an additive mask broadcastable to `[batch, heads, seq_q, seq_k]`.
 pub fn attention(
@@ -517,11 +573,18 @@ pub fn layer_norm(
     bias: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
+    let op = crate::kernels::fused::LayerNormOp { eps: eps as f32 };
     if runs_kernels(x) && runs_kernels(weight) && runs_kernels(bias) {
-        let op = crate::kernels::fused::LayerNormOp { eps: eps as f32 };
         return x
             .contiguous()?
             .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op);
+    }
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if f32_cpu(x) && f32_cpu(weight) && f32_cpu(bias) {
+        // Training: the same kernel, with its backward pass.
+        return x
+            .contiguous()?
+            .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
     }
     layer_norm_by_ops(x, weight, bias, eps)
 }

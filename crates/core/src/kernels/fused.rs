@@ -147,6 +147,23 @@ impl CustomOp3 for LayerNormOp {
         }
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
+
+    /// Training's backward pass (`super::train`): `∂x`, `∂w`, `∂b` in one pass.
+    fn bwd(
+        &self,
+        x: &candle_core::Tensor,
+        w: &candle_core::Tensor,
+        _b: &candle_core::Tensor,
+        _res: &candle_core::Tensor,
+        g: &candle_core::Tensor,
+    ) -> candle_core::Result<(
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+    )> {
+        let (dx, dw, db) = super::train::layer_norm_bwd_tensors(x, w, g, self.eps)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
 }
 
 /// Rotary embedding of `x [batch, heads, seq, head_dim]` with `cos`/`sin`
@@ -285,6 +302,8 @@ impl CustomOp3 for AttentionOp {
                 // Many queries (a prompt, an encoder batch): both products through gemm.
                 let head = HeadGemm {
                     q: &q[(bi * h + hi) * s * d..][..s * d],
+                    q_step: d,
+                    s,
                     k: &k[kb..],
                     k_step: kst[2],
                     v: &v[vb..],
@@ -340,17 +359,63 @@ const ROW_KERNEL_MAX_QUERIES: usize = 16;
 
 /// One head's operands for the gemm path (keys and values from the head's first
 /// position, rows `k_step` / `v_step` apart).
-struct HeadGemm<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    k_step: usize,
-    v: &'a [f32],
-    v_step: usize,
-    mask: &'a [f32],
-    scale: f32,
-    softcap: Option<f32>,
-    t: usize,
-    d: usize,
+pub(super) struct HeadGemm<'a> {
+    /// `s` query rows `q_step` apart.
+    pub(super) q: &'a [f32],
+    pub(super) q_step: usize,
+    pub(super) s: usize,
+    pub(super) k: &'a [f32],
+    pub(super) k_step: usize,
+    pub(super) v: &'a [f32],
+    pub(super) v_step: usize,
+    pub(super) mask: &'a [f32],
+    pub(super) scale: f32,
+    pub(super) softcap: Option<f32>,
+    pub(super) t: usize,
+    pub(super) d: usize,
+}
+
+/// The attention probabilities `softmax(q kᵀ · scale (+cap) + mask)` of one head,
+/// `[s, t]` row-major.
+pub(super) fn head_probs(a: &HeadGemm) -> Vec<f32> {
+    let (s, t, d) = (a.s, a.t, a.d);
+    let mut scores = vec![0f32; s * t];
+    // SAFETY: `scores` is [s, t]; q holds s rows q_step apart and k t rows k_step apart,
+    // each of d values (checked by the callers).
+    unsafe {
+        // scores[i, j] = Σ q[i, x] k[j, x]
+        gemm::gemm(
+            s,
+            t,
+            d,
+            scores.as_mut_ptr(),
+            1,
+            t as isize,
+            false,
+            a.q.as_ptr(),
+            1,
+            a.q_step as isize,
+            a.k.as_ptr(),
+            a.k_step as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    };
+    #[cfg(target_arch = "x86_64")]
+    if super::Isa::detect() == super::Isa::Avx512Vnni {
+        // SAFETY: AVX-512 was detected on this CPU.
+        unsafe { softmax_rows_avx512(&mut scores, a) };
+    } else {
+        softmax_rows(&mut scores, a);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    softmax_rows(&mut scores, a);
+    scores
 }
 
 /// `softmax(q kᵀ · scale (+cap) + mask) v` for one head, written to `dst` rows
@@ -359,40 +424,9 @@ struct HeadGemm<'a> {
 /// # Safety
 /// `dst + i·dst_rs + [0, d)` is writable for every query row `i`, and nothing else
 /// writes there meanwhile; `k` and `v` hold `t` rows at their steps (checked by the op).
-unsafe fn attend_head_gemm(a: &HeadGemm, dst: *mut f32, dst_rs: usize) {
-    let s = a.q.len() / a.d.max(1);
-    let (t, d) = (a.t, a.d);
-    let mut scores = vec![0f32; s * t];
-    // scores[i, j] = Σ q[i, x] k[j, x]
-    gemm::gemm(
-        s,
-        t,
-        d,
-        scores.as_mut_ptr(),
-        1,
-        t as isize,
-        false,
-        a.q.as_ptr(),
-        1,
-        d as isize,
-        a.k.as_ptr(),
-        a.k_step as isize,
-        1,
-        0.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
-    #[cfg(target_arch = "x86_64")]
-    if super::Isa::detect() == super::Isa::Avx512Vnni {
-        softmax_rows_avx512(&mut scores, a);
-    } else {
-        softmax_rows(&mut scores, a);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    softmax_rows(&mut scores, a);
+pub(super) unsafe fn attend_head_gemm(a: &HeadGemm, dst: *mut f32, dst_rs: usize) {
+    let scores = head_probs(a);
+    let (s, t, d) = (a.s, a.t, a.d);
     // out[i, x] = Σ p[i, j] v[j, x]
     gemm::gemm(
         s,
@@ -455,6 +489,36 @@ fn row_max(row: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, v| if *v > m { *v } else { m })
 }
 
+/// Shifted scores below which a softmax term is taken as 0: `e^-80 ≈ 1.8e-35` is nothing
+/// next to the row's largest term (1), and flushing keeps the normalised probabilities
+/// of masked keys out of the subnormal range, where x86 multiplies take microcode
+/// assists (a training step that multiplied them through its gradients ran 10× slower).
+const SOFTMAX_CUTOFF: f32 = -80.0;
+
+/// `e^d` for a softmax term `d = x − max ≤ 0`: 0 below [`SOFTMAX_CUTOFF`].
+#[inline(always)]
+fn softmax_exp(d: f32) -> f32 {
+    let e = super::activation::exp_approx(d);
+    if d < SOFTMAX_CUTOFF {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// [`softmax_exp`] on 16 lanes.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn softmax_exp_avx512(d: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(d, _mm512_set1_ps(SOFTMAX_CUTOFF));
+    _mm512_maskz_mov_ps(keep, super::activation::exp_approx_avx512(d))
+}
+
 /// `row[i] = e^(row[i] - max)`, returning their sum: 16 lanes at a time, the tail
 /// through a padded buffer, so that both the exponentials and the sum vectorize (a running
 /// sum would keep the loop scalar).
@@ -464,7 +528,7 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     let mut chunks = row.chunks_exact_mut(16);
     for c in &mut chunks {
         for (l, v) in lanes.iter_mut().zip(c.iter_mut()) {
-            *v = super::activation::exp_approx(*v - max);
+            *v = softmax_exp(*v - max);
             *l += *v;
         }
     }
@@ -472,7 +536,7 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     let mut buf = [0f32; 16];
     buf[..rem.len()].copy_from_slice(rem);
     for v in buf.iter_mut() {
-        *v = super::activation::exp_approx(*v - max);
+        *v = softmax_exp(*v - max);
     }
     rem.copy_from_slice(&buf[..rem.len()]);
     for (l, v) in lanes.iter_mut().zip(&buf[..rem.len()]) {
@@ -526,10 +590,7 @@ unsafe fn softmax_rows_avx512(scores: &mut [f32], a: &HeadGemm) {
         while j < t {
             let lanes = tail_mask(t - j);
             let p = row.as_mut_ptr().add(j);
-            let e = super::activation::exp_approx_avx512(_mm512_sub_ps(
-                _mm512_maskz_loadu_ps(lanes, p),
-                max,
-            ));
+            let e = softmax_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, p), max));
             _mm512_mask_storeu_ps(p, lanes, e);
             sum = _mm512_mask_add_ps(sum, lanes, sum, e);
             j += 16;

@@ -11,17 +11,28 @@ pub mod gemv;
 pub mod optim;
 pub mod pool;
 pub mod qmatmul;
+pub mod train;
 
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
 
 /// True for an f32 tensor on the CPU outside autograd: what the kernels here take. They
 /// have no backward pass, so a tensor that tracks gradients (a trainable parameter, or
 /// computed from one) takes the op-by-op paths, which candle differentiates.
 pub(crate) fn runs_kernels(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
+}
+
+/// Runs `f` on the values of an f32 CPU tensor (made contiguous first where it is not).
+pub(crate) fn read_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(d)), Some((a, b))) => Ok(f(&d[a..b])),
+        _ => candle_core::bail!("a kernel takes f32 CPU tensors, got {:?}", t.dtype()),
+    }
 }
 
 /// An output buffer that parallel tasks write through, each to its own disjoint part,

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Tensor};
 
 use super::pool::Pool;
 use super::{Isa, OutPtr};
@@ -268,15 +268,10 @@ pub fn sum_squares(x: &[f32]) -> f64 {
 /// The f32 values of a contiguous f32 CPU tensor, passed to `f`; `None` for other
 /// tensors.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 || !t.is_contiguous() {
         return None;
     }
-    let (storage, layout) = t.storage_and_layout();
-    let (a, b) = layout.contiguous_offsets()?;
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(d)) => Some(f(&d[a..b])),
-        _ => None,
-    }
+    super::read_f32(t, f).ok()
 }
 
 /// `Σ t²` of a contiguous f32 CPU tensor by [`sum_squares`]; `None` for other tensors.

@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    encoder_attention_with, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
+    encoder_self_attention, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
 };
 
 use super::config::DistilBertConfig;
@@ -131,24 +131,18 @@ impl MultiHeadSelfAttention {
         })
     }
 
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        x.reshape((b, s, self.n_heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
     /// `mask` is the additive `[batch, 1, 1, seq]` mask; Python fills masked scores
     /// with the dtype minimum, which softmax turns into the same zeros.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let q = self.split_heads(&self.q_lin.forward(x)?)?;
-        let k = self.split_heads(&self.k_lin.forward(x)?)?;
-        let v = self.split_heads(&self.v_lin.forward(x)?)?;
+        let q = self.q_lin.forward(x)?;
+        let k = self.k_lin.forward(x)?;
+        let v = self.v_lin.forward(x)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        self.out_lin.forward(&encoder_attention_with(
+        self.out_lin.forward(&encoder_self_attention(
             &q,
             &k,
             &v,
+            self.n_heads,
             mask,
             scale,
             &self.dropout,

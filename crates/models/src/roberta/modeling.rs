@@ -19,7 +19,7 @@ use candle_core::{DType, Result, Tensor, D};
 use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    encoder_attention_with, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
+    encoder_self_attention, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
 };
 
 use super::config::RobertaConfig;
@@ -143,19 +143,12 @@ impl RobertaSelfAttention {
         })
     }
 
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        x.reshape((b, s, self.num_heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let q = self.split_heads(&self.query.forward(x)?)?;
-        let k = self.split_heads(&self.key.forward(x)?)?;
-        let v = self.split_heads(&self.value.forward(x)?)?;
+        let q = self.query.forward(x)?;
+        let k = self.key.forward(x)?;
+        let v = self.value.forward(x)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        encoder_attention_with(&q, &k, &v, mask, scale, &self.dropout)
+        encoder_self_attention(&q, &k, &v, self.num_heads, mask, scale, &self.dropout)
     }
 }
 

@@ -1,0 +1,626 @@
+//! Training ops: fused CPU kernels with a backward pass, for f32 tensors that track
+//! gradients. candle's autograd runs a layer op by op, and each op costs a fresh buffer
+//! and a single-threaded pass forward, and more of both backward (every gradient is
+//! accumulated as `zeros + grad`); a LayerNorm was about 30 such passes. Here a
+//! LayerNorm, and an encoder's whole self-attention, are one op each way.
+//!
+//! The backward formulas:
+//! - LayerNorm, `y = x̂·w + b` with `x̂ = (x − μ)·r`, `r = 1/√(σ² + ε)` over a row of `n`:
+//!   `∂b = Σ_rows g`, `∂w = Σ_rows g·x̂`, `∂x = r·(g·w − mean(g·w) − x̂·mean(g·w·x̂))`.
+//! - Attention per head, `P = softmax(q kᵀ·c + mask)`, `o = P v`: `∂v = Pᵀ ∂o`,
+//!   `∂P = ∂o vᵀ`, `∂S = P ∘ (∂P − rowsum(∂P ∘ P))·c`, `∂q = ∂S k`, `∂k = ∂Sᵀ q`. The
+//!   probabilities are recomputed in the backward pass instead of kept.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+
+use super::fused::{attend_head_gemm, head_probs, HeadGemm};
+use super::pool::Pool;
+use super::{contiguous, f32_data, read_f32, Isa, OutPtr};
+
+/// Rows of a LayerNorm one pool task takes.
+const LN_ROWS: usize = 32;
+
+/// Mean and `1/√(var + eps)` of one row, in 16 lanes so that the sums vectorize.
+#[inline(always)]
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mut lanes = [0f32; 16];
+    for c in row.chunks(16) {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    let mean = lanes.iter().sum::<f32>() / n;
+    let mut lanes = [0f32; 16];
+    for c in row.chunks(16) {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            let d = v - mean;
+            *l += d * d;
+        }
+    }
+    let var = lanes.iter().sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm's backward pass over whole rows: `dx` for these rows, and their
+/// contributions added into `dw`, `db`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_bwd_rows(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let n = w.len();
+    for ((row, grow), dxrow) in x
+        .chunks_exact(n)
+        .zip(g.chunks_exact(n))
+        .zip(dx.chunks_exact_mut(n))
+    {
+        let (mean, r) = row_stats(row, eps);
+        let (mut sa, mut sc) = ([0f32; 16], [0f32; 16]);
+        for ((((xc, gc), wc), dwc), dbc) in row
+            .chunks(16)
+            .zip(grow.chunks(16))
+            .zip(w.chunks(16))
+            .zip(dw.chunks_mut(16))
+            .zip(db.chunks_mut(16))
+        {
+            for i in 0..xc.len() {
+                let xh = (xc[i] - mean) * r;
+                let gw = gc[i] * wc[i];
+                sa[i] += gw;
+                sc[i] += gw * xh;
+                dwc[i] += gc[i] * xh;
+                dbc[i] += gc[i];
+            }
+        }
+        let a = sa.iter().sum::<f32>() / n as f32;
+        let c = sc.iter().sum::<f32>() / n as f32;
+        for (((d, xv), gv), wv) in dxrow.iter_mut().zip(row).zip(grow).zip(w) {
+            let xh = (xv - mean) * r;
+            *d = r * (gv * wv - a - xh * c);
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn layer_norm_bwd_rows_avx512(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    layer_norm_bwd_rows(x, w, g, eps, dx, dw, db)
+}
+
+/// `(∂x, ∂w, ∂b)` of a LayerNorm.
+pub type LayerNormGrads = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// LayerNorm's backward pass on slices: `x` and `g` are `[rows, n]` with `n = w.len()`.
+pub fn layer_norm_backward(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+) -> Result<LayerNormGrads, String> {
+    let n = w.len();
+    if n == 0 || !x.len().is_multiple_of(n) || g.len() != x.len() {
+        return Err(format!(
+            "layer norm backward: input of {}, gradient of {}, weight of {n}",
+            x.len(),
+            g.len()
+        ));
+    }
+    let rows = x.len() / n;
+    let mut dx = vec![0f32; x.len()];
+    let tasks = rows.div_ceil(LN_ROWS).max(1);
+    // Each task sums its rows' ∂w and ∂b apart; the parts are added up after.
+    let mut parts = vec![0f32; tasks * 2 * n];
+    let run = |t: usize, dx: &mut [f32], part: &mut [f32]| {
+        let (r0, r1) = (t * LN_ROWS, ((t + 1) * LN_ROWS).min(rows));
+        let (xs, gs) = (&x[r0 * n..r1 * n], &g[r0 * n..r1 * n]);
+        let (dw, db) = part.split_at_mut(n);
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni {
+            // SAFETY: AVX-512 was detected on this CPU.
+            return unsafe { layer_norm_bwd_rows_avx512(xs, w, gs, eps, dx, dw, db) };
+        }
+        let _ = isa;
+        layer_norm_bwd_rows(xs, w, gs, eps, dx, dw, db)
+    };
+    if tasks == 1 {
+        run(0, &mut dx, &mut parts);
+    } else {
+        let (dxp, pp) = (OutPtr(dx.as_mut_ptr()), OutPtr(parts.as_mut_ptr()));
+        Pool::global().run(tasks, &|t| {
+            let (r0, r1) = (t * LN_ROWS, ((t + 1) * LN_ROWS).min(rows));
+            // SAFETY: task t alone writes rows r0..r1 of dx and part t of `parts`; both
+            // outlive the loop.
+            let (d, p) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(dxp.at(r0 * n), (r1 - r0) * n),
+                    std::slice::from_raw_parts_mut(pp.at(t * 2 * n), 2 * n),
+                )
+            };
+            run(t, d, p);
+        });
+    }
+    let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+    for part in parts.chunks_exact(2 * n) {
+        for (a, b) in dw.iter_mut().zip(&part[..n]) {
+            *a += b;
+        }
+        for (a, b) in db.iter_mut().zip(&part[n..]) {
+            *a += b;
+        }
+    }
+    Ok((dx, dw, db))
+}
+
+/// The backward pass of [`super::fused::LayerNormOp`] on tensors.
+pub(crate) fn layer_norm_bwd_tensors(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f32,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let res = read_f32(x, |xv| {
+        read_f32(w, |wv| {
+            read_f32(g, |gv| layer_norm_backward(Isa::detect(), xv, wv, gv, eps))
+        })
+    })???;
+    let (dx, dw, db) = res.map_err(candle_core::Error::Msg)?;
+    let dev = x.device();
+    Ok((
+        Tensor::from_vec(dx, x.shape(), dev)?,
+        Tensor::from_vec(dw, w.shape(), dev)?,
+        Tensor::from_vec(db, w.shape(), dev)?,
+    ))
+}
+
+/// Encoder self-attention for training: `q`, `k`, `v` are the projections
+/// `[batch, seq, heads · dim]` (no split into heads: each head reads its columns), the
+/// result is `[batch, seq, heads · dim]`, ready for the output projection. `mask` is
+/// additive, `[batch, seq, seq]`. Differentiable in `q`, `k` and `v`.
+#[derive(Debug, Clone)]
+pub struct EncoderAttentionTrainOp {
+    pub heads: usize,
+    pub mask: Vec<f32>,
+    pub scale: f32,
+}
+
+impl EncoderAttentionTrainOp {
+    /// `(batch, seq, heads · dim, dim)` of operands of shape `dims`, checked.
+    fn geometry(&self, dims: &[usize]) -> candle_core::Result<(usize, usize, usize, usize)> {
+        let &[b, s, hd] = dims else {
+            candle_core::bail!("training attention takes [batch, seq, hidden], got {dims:?}");
+        };
+        if self.heads == 0 || hd % self.heads != 0 || self.mask.len() != b * s * s {
+            candle_core::bail!(
+                "training attention: hidden {hd} for {} heads, mask of {} for {dims:?}",
+                self.heads,
+                self.mask.len()
+            );
+        }
+        Ok((b, s, hd, hd / self.heads))
+    }
+
+    /// Head `hi` of batch row `bi`: its operands, read from column `hi·d` of each row.
+    fn head<'a>(
+        &'a self,
+        (q, k, v): (&'a [f32], &'a [f32], &'a [f32]),
+        (bi, hi): (usize, usize),
+        (s, hd, d): (usize, usize, usize),
+    ) -> HeadGemm<'a> {
+        let off = bi * s * hd + hi * d;
+        HeadGemm {
+            q: &q[off..],
+            q_step: hd,
+            s,
+            k: &k[off..],
+            k_step: hd,
+            v: &v[off..],
+            v_step: hd,
+            mask: &self.mask[bi * s * s..][..s * s],
+            scale: self.scale,
+            softcap: None,
+            t: s,
+            d,
+        }
+    }
+
+    /// The gradients of `q`, `k`, `v` from the output's gradient `g`.
+    fn backward(
+        &self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        g: &[f32],
+        dims: &[usize],
+    ) -> candle_core::Result<[Vec<f32>; 3]> {
+        let (b, s, hd, d) = self.geometry(dims)?;
+        let n = b * s * hd;
+        if q.len() != n || k.len() != n || v.len() != n || g.len() != n {
+            candle_core::bail!("training attention backward: operands are not {dims:?}");
+        }
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let (dqp, dkp, dvp) = (
+            OutPtr(dq.as_mut_ptr()),
+            OutPtr(dk.as_mut_ptr()),
+            OutPtr(dv.as_mut_ptr()),
+        );
+        let heads = self.heads;
+        let scale = self.scale;
+        let task = |bh: usize| {
+            let (bi, hi) = (bh / heads, bh % heads);
+            let head = self.head((q, k, v), (bi, hi), (s, hd, d));
+            let p = head_probs(&head);
+            let off = bi * s * hd + hi * d;
+            let go = &g[off..];
+            let mut dp = vec![0f32; s * s];
+            // SAFETY: every operand holds the rows its strides reach (the head's columns
+            // of [b, s, hd] buffers, `geometry` checked); task (bi, hi) alone writes
+            // these columns of dq, dk, dv, which outlive the loop.
+            unsafe {
+                // ∂v [s, d] = Pᵀ ∂o
+                gemm::gemm(
+                    s,
+                    d,
+                    s,
+                    dvp.at(off),
+                    1,
+                    hd as isize,
+                    false,
+                    p.as_ptr(),
+                    s as isize,
+                    1,
+                    go.as_ptr(),
+                    1,
+                    hd as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                // ∂P [s, s] = ∂o vᵀ
+                gemm::gemm(
+                    s,
+                    s,
+                    d,
+                    dp.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    go.as_ptr(),
+                    1,
+                    hd as isize,
+                    head.v.as_ptr(),
+                    hd as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            // ∂S = P ∘ (∂P − rowsum(∂P ∘ P)) · scale, in place of ∂P.
+            for (dprow, prow) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
+                let mut lanes = [0f32; 16];
+                for (dc, pc) in dprow.chunks(16).zip(prow.chunks(16)) {
+                    for i in 0..dc.len() {
+                        lanes[i] += dc[i] * pc[i];
+                    }
+                }
+                let r: f32 = lanes.iter().sum();
+                for (dv, pv) in dprow.iter_mut().zip(prow) {
+                    *dv = pv * (*dv - r) * scale;
+                }
+            }
+            // SAFETY: as above.
+            unsafe {
+                // ∂q [s, d] = ∂S k
+                gemm::gemm(
+                    s,
+                    d,
+                    s,
+                    dqp.at(off),
+                    1,
+                    hd as isize,
+                    false,
+                    dp.as_ptr(),
+                    1,
+                    s as isize,
+                    head.k.as_ptr(),
+                    1,
+                    hd as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                // ∂k [s, d] = ∂Sᵀ q
+                gemm::gemm(
+                    s,
+                    d,
+                    s,
+                    dkp.at(off),
+                    1,
+                    hd as isize,
+                    false,
+                    dp.as_ptr(),
+                    s as isize,
+                    1,
+                    head.q.as_ptr(),
+                    1,
+                    hd as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        Pool::global().run(b * heads, &task);
+        Ok([dq, dk, dv])
+    }
+}
+
+impl CustomOp3 for EncoderAttentionTrainOp {
+    fn name(&self) -> &'static str {
+        "rustformers-encoder-attention-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let what = "training attention";
+        let dims = ql.shape().dims();
+        if kl.shape().dims() != dims || vl.shape().dims() != dims {
+            candle_core::bail!(
+                "{what}: q {dims:?}, k {:?}, v {:?}",
+                kl.shape().dims(),
+                vl.shape().dims()
+            );
+        }
+        let (b, s, hd, d) = self.geometry(dims)?;
+        let q = contiguous(f32_data(qs, what)?, ql, what)?;
+        let k = contiguous(f32_data(ks, what)?, kl, what)?;
+        let v = contiguous(f32_data(vs, what)?, vl, what)?;
+        let mut out = vec![0f32; b * s * hd];
+        let ptr = OutPtr(out.as_mut_ptr());
+        let heads = self.heads;
+        Pool::global().run(b * heads, &|bh| {
+            let (bi, hi) = (bh / heads, bh % heads);
+            let head = self.head((q, k, v), (bi, hi), (s, hd, d));
+            // SAFETY: task (bi, hi) alone writes its head's columns of `out` (rows hd
+            // apart), which outlives the loop.
+            unsafe { attend_head_gemm(&head, ptr.at(bi * s * hd + hi * d), hd) };
+        });
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = q.dims().to_vec();
+        let [dq, dk, dv] = read_f32(q, |qv| {
+            read_f32(k, |kv| {
+                read_f32(v, |vv| {
+                    read_f32(g, |gv| self.backward((qv, kv, vv), gv, &dims))
+                })
+            })
+        })?????;
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, q.shape(), dev)?),
+            Some(Tensor::from_vec(dv, q.shape(), dev)?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// LayerNorm's fused backward equals autograd through the op-by-op form, for all
+    /// three operands, on every instruction set, with rows past one pool task and a
+    /// width that is not a multiple of 16.
+    #[test]
+    fn layer_norm_backward_equals_autograd_of_the_ops() {
+        let dev = Device::Cpu;
+        for (rows, n) in [(3, 16), (70, 40), (100, 384)] {
+            let x = Var::from_tensor(
+                &(Tensor::randn(0f32, 2.0, (rows, n), &dev).unwrap() + 0.5).unwrap(),
+            )
+            .unwrap();
+            let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, n, &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, n, &dev).unwrap()).unwrap();
+            let g = Tensor::randn(0f32, 1.0, (rows, n), &dev).unwrap();
+            let eps = 1e-5;
+            let xt = x.as_tensor();
+            let mean = xt.mean_keepdim(D::Minus1).unwrap();
+            let c = xt.broadcast_sub(&mean).unwrap();
+            let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let y = c
+                .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+                .unwrap()
+                .broadcast_mul(w.as_tensor())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap();
+            let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let want = [
+                grads.get(x.as_tensor()).unwrap(),
+                grads.get(w.as_tensor()).unwrap(),
+                grads.get(b.as_tensor()).unwrap(),
+            ];
+            let xv = xt.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let wv = w.as_tensor().to_vec1::<f32>().unwrap();
+            let gv = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for isa in Isa::all_available() {
+                let (dx, dw, db) = layer_norm_backward(isa, &xv, &wv, &gv, eps as f32).unwrap();
+                let got = [
+                    Tensor::from_vec(dx, (rows, n), &dev).unwrap(),
+                    Tensor::from_vec(dw, n, &dev).unwrap(),
+                    Tensor::from_vec(db, n, &dev).unwrap(),
+                ];
+                for (what, (a, b)) in ["dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+                    let diff = max_diff(a, b);
+                    assert!(diff < 2e-4, "{isa:?} [{rows}, {n}] {what}: {diff}");
+                }
+            }
+        }
+        assert!(layer_norm_backward(Isa::Scalar, &[0.0; 5], &[1.0; 2], &[0.0; 5], 1e-5).is_err());
+    }
+
+    /// Masked keys get probability exactly 0, not the subnormal quotient of an
+    /// approximate `e^-87` (subnormal operands slowed training's products tenfold).
+    #[test]
+    fn masked_probabilities_are_exactly_zero() {
+        let (s, t, d) = (3, 40, 4);
+        let q: Vec<f32> = (0..s * d).map(|i| (i as f32 * 0.7).sin() * 4.0).collect();
+        let k: Vec<f32> = (0..t * d).map(|i| (i as f32 * 0.3).cos() * 4.0).collect();
+        let mut mask = vec![0f32; s * t];
+        for row in mask.chunks_exact_mut(t) {
+            row[30..].fill(f32::MIN);
+        }
+        let head = HeadGemm {
+            q: &q,
+            q_step: d,
+            s,
+            k: &k,
+            k_step: d,
+            v: &k,
+            v_step: d,
+            mask: &mask,
+            scale: 1.0,
+            softcap: None,
+            t,
+            d,
+        };
+        let p = head_probs(&head);
+        for row in p.chunks_exact(t) {
+            assert!(row[..30].iter().all(|x| x.is_normal()), "{row:?}");
+            assert!(row[30..].iter().all(|x| *x == 0.0), "{row:?}");
+        }
+    }
+
+    /// The training attention op's output and its gradients equal autograd through the
+    /// op-by-op attention (split heads, matmuls, mask, softmax), with a padded row.
+    #[test]
+    fn training_attention_equals_autograd_of_the_ops() {
+        let dev = Device::Cpu;
+        for (b, s, h, d) in [(2, 21, 3, 8), (1, 5, 2, 4)] {
+            let hd = h * d;
+            let var = || Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, hd), &dev).unwrap());
+            let (q, k, v) = (var().unwrap(), var().unwrap(), var().unwrap());
+            let g = Tensor::randn(0f32, 1.0, (b, s, hd), &dev).unwrap();
+            // Key mask: the last 4 keys of the last batch row are padding.
+            let mut keep = vec![0f32; b * s];
+            keep[b * s - s.min(4)..].fill(f32::MIN);
+            let key_mask = Tensor::from_vec(keep.clone(), (b, 1, 1, s), &dev).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let split = |x: &Tensor| {
+                x.reshape((b, s, h, d))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let (qh, kh, vh) = (
+                split(q.as_tensor()),
+                split(k.as_tensor()),
+                split(v.as_tensor()),
+            );
+            let scores = (qh.matmul(&kh.t().unwrap()).unwrap() * scale)
+                .unwrap()
+                .broadcast_add(&key_mask)
+                .unwrap();
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+            let want = probs
+                .matmul(&vh)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b, s, hd))
+                .unwrap();
+            let want_grads = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
+
+            let mask: Vec<f32> = (0..b * s * s)
+                .map(|i| keep[(i / (s * s)) * s + i % s])
+                .collect();
+            let op = EncoderAttentionTrainOp {
+                heads: h,
+                mask,
+                scale: scale as f32,
+            };
+            let got = q
+                .as_tensor()
+                .apply_op3(k.as_tensor(), v.as_tensor(), op)
+                .unwrap();
+            assert!(max_diff(&got, &want) < 1e-5);
+            let grads = (&got * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            for (what, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                let diff = max_diff(
+                    grads.get(x.as_tensor()).unwrap(),
+                    want_grads.get(x.as_tensor()).unwrap(),
+                );
+                assert!(diff < 1e-4, "[{b}, {s}, {h}x{d}] d{what}: {diff}");
+            }
+        }
+        let q = Var::from_tensor(&Tensor::zeros((1, 3, 4), DType::F32, &dev).unwrap()).unwrap();
+        let op = EncoderAttentionTrainOp {
+            heads: 3,
+            mask: vec![0.0; 9],
+            scale: 1.0,
+        };
+        let t = q.as_tensor();
+        assert!(t.apply_op3(t, t, op).is_err());
+    }
+}
