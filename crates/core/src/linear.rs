@@ -139,6 +139,18 @@ impl QLinear {
                 if let Some(y) = crate::kernels::gemv::matmul_t(x, weight, bias.as_ref())? {
                     return Ok(y);
                 }
+                let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+                if let Some(b) = bias
+                    .as_ref()
+                    .filter(|b| f32_cpu(x) && f32_cpu(weight) && f32_cpu(b))
+                {
+                    // Training (an operand tracks gradients): one op with its backward.
+                    return x.contiguous()?.apply_op3(
+                        &weight.contiguous()?,
+                        &b.contiguous()?,
+                        crate::kernels::train::LinearTrainOp,
+                    );
+                }
                 let w = weight.t()?;
                 let y = match x.dims() {
                     [b, s, i] => x.reshape((b * s, *i))?.matmul(&w)?.reshape((*b, *s, ()))?,

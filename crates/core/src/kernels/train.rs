@@ -449,6 +449,246 @@ impl CustomOp3 for EncoderAttentionTrainOp {
     }
 }
 
+/// One operand of [`gemm_on_pool`]: element `(r, c)` at `ptr + r·rs + c·cs`.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: *const f32,
+    rs: usize,
+    cs: usize,
+}
+// SAFETY: read-only views of buffers that outlive the pool loop they are used in.
+unsafe impl Send for Operand {}
+unsafe impl Sync for Operand {}
+
+impl Operand {
+    /// The pointer, strides as isize (a method, so that closures capture the `Sync`
+    /// wrapper rather than its raw pointer field).
+    fn parts(self) -> (*const f32, isize, isize) {
+        (self.ptr, self.rs as isize, self.cs as isize)
+    }
+}
+
+/// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` (row-major `dst`, row stride `n`), with
+/// output column blocks spread over the pool, each through gemm. `accumulate` adds to
+/// what `dst` holds (a bias written there first).
+///
+/// # Safety
+/// `dst` holds `m · n` values; `lhs` and `rhs` reach every element their strides
+/// address for `(m, k)` and `(k, n)`.
+unsafe fn gemm_on_pool(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: Operand,
+    rhs: Operand,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let ptr = OutPtr(dst.as_mut_ptr());
+    let pool = Pool::global();
+    let chunk = n
+        .div_ceil(pool.threads() * 4)
+        .clamp(16, 256)
+        .next_multiple_of(16);
+    let block = |c: usize| {
+        let n0 = c * chunk;
+        let cols = chunk.min(n - n0);
+        let ((lp, lrs, lcs), (rp, rrs, rcs)) = (lhs.parts(), rhs.parts());
+        // SAFETY: dst[.., n0..n0 + cols] (row stride n) is this block's alone; the
+        // operands are in bounds (the caller's contract), rhs from its column n0.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                ptr.at(n0),
+                1,
+                n as isize,
+                accumulate,
+                lp,
+                lcs,
+                lrs,
+                rp.offset(n0 as isize * rcs),
+                rcs,
+                rrs,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+    };
+    let blocks = n.div_ceil(chunk);
+    if pool.threads() <= 1 || blocks <= 1 || m * n * k < 1 << 15 {
+        (0..blocks).for_each(block);
+    } else {
+        pool.run(blocks, &block);
+    }
+}
+
+/// A dense layer for training, `y = x Wᵀ + b` for `x [.., k]`, `W [n, k]`, `b [n]`,
+/// differentiable in all three: `∂x = g W`, `∂W = gᵀ x`, `∂b = Σ_rows g`, each one pass
+/// on the pool. (candle's form, a reshape, a transposed matmul and a broadcast add, cost
+/// a single-threaded strided reduction for `∂b` and a zeroed buffer plus an add per
+/// node.)
+#[derive(Debug, Clone, Copy)]
+pub struct LinearTrainOp;
+
+/// `(m, n, k)` of a linear op's operands, checked.
+fn linear_dims(
+    x: &[usize],
+    w: &[usize],
+    b: &[usize],
+) -> candle_core::Result<(usize, usize, usize)> {
+    let (&[n, k], Some(&xk)) = (w, x.last()) else {
+        candle_core::bail!("linear: input {x:?} and weight {w:?}");
+    };
+    if xk != k || b != [n] {
+        candle_core::bail!("linear: input {x:?}, weight {w:?}, bias {b:?}");
+    }
+    Ok((x.iter().product::<usize>() / k.max(1), n, k))
+}
+
+impl LinearTrainOp {
+    /// `x Wᵀ + b` on slices.
+    fn forward(x: &[f32], w: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+        let mut out = b.repeat(m);
+        let lhs = Operand {
+            ptr: x.as_ptr(),
+            rs: k,
+            cs: 1,
+        };
+        let rhs = Operand {
+            ptr: w.as_ptr(),
+            rs: 1,
+            cs: k,
+        };
+        // SAFETY: out is [m, n]; x is [m, k]; rhs (kk, j) = w[j·k + kk] inside [n, k].
+        unsafe { gemm_on_pool((m, n, k), &mut out, lhs, rhs, true) };
+        out
+    }
+
+    /// `(∂x, ∂W, ∂b)` from the output gradient `g [m, n]`.
+    fn backward(
+        x: &[f32],
+        w: &[f32],
+        g: &[f32],
+        (m, n, k): (usize, usize, usize),
+    ) -> LayerNormGrads {
+        let mut dx = vec![0f32; m * k];
+        let mut dw = vec![0f32; n * k];
+        // SAFETY: dx is [m, k]: g [m, n] (row stride n) times w [n, k]; dw is [n, k]:
+        // gᵀ, (j, i) = g[i·n + j] inside [m, n], times x [m, k].
+        unsafe {
+            gemm_on_pool(
+                (m, k, n),
+                &mut dx,
+                Operand {
+                    ptr: g.as_ptr(),
+                    rs: n,
+                    cs: 1,
+                },
+                Operand {
+                    ptr: w.as_ptr(),
+                    rs: k,
+                    cs: 1,
+                },
+                false,
+            );
+            gemm_on_pool(
+                (n, k, m),
+                &mut dw,
+                Operand {
+                    ptr: g.as_ptr(),
+                    rs: 1,
+                    cs: n,
+                },
+                Operand {
+                    ptr: x.as_ptr(),
+                    rs: k,
+                    cs: 1,
+                },
+                false,
+            );
+        }
+        // ∂b: column sums, column blocks on the pool.
+        let mut db = vec![0f32; n];
+        let ptr = OutPtr(db.as_mut_ptr());
+        const COLS: usize = 64;
+        let sums = |c: usize| {
+            let (c0, c1) = (c * COLS, ((c + 1) * COLS).min(n));
+            // SAFETY: db[c0..c1] is this task's alone and outlives the loop.
+            let out = unsafe { std::slice::from_raw_parts_mut(ptr.at(c0), c1 - c0) };
+            for row in g.chunks_exact(n) {
+                for (o, v) in out.iter_mut().zip(&row[c0..c1]) {
+                    *o += v;
+                }
+            }
+        };
+        let tasks = n.div_ceil(COLS);
+        if tasks <= 1 || m * n < 1 << 14 {
+            (0..tasks).for_each(sums);
+        } else {
+            Pool::global().run(tasks, &sums);
+        }
+        (dx, dw, db)
+    }
+}
+
+impl CustomOp3 for LinearTrainOp {
+    fn name(&self) -> &'static str {
+        "rustformers-linear-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let what = "training linear";
+        let dims = linear_dims(xl.shape().dims(), wl.shape().dims(), bl.shape().dims())?;
+        let x = contiguous(f32_data(xs, what)?, xl, what)?;
+        let w = contiguous(f32_data(ws, what)?, wl, what)?;
+        let b = contiguous(f32_data(bs, what)?, bl, what)?;
+        let y = Self::forward(x, w, b, dims);
+        let mut out = xl.shape().dims().to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = dims.1;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = linear_dims(x.dims(), w.dims(), b.dims())?;
+        if g.elem_count() != dims.0 * dims.1 {
+            candle_core::bail!("training linear: gradient {:?} for {dims:?}", g.dims());
+        }
+        let (dx, dw, db) = read_f32(x, |xv| {
+            read_f32(w, |wv| read_f32(g, |gv| Self::backward(xv, wv, gv, dims)))
+        })???;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,6 +756,45 @@ mod tests {
             }
         }
         assert!(layer_norm_backward(Isa::Scalar, &[0.0; 5], &[1.0; 2], &[0.0; 5], 1e-5).is_err());
+    }
+
+    /// The training linear op and its three gradients equal autograd through candle's
+    /// matmul and broadcast add, for a 3-d input and sizes spanning several column
+    /// blocks.
+    #[test]
+    fn training_linear_equals_autograd_of_the_ops() {
+        let dev = Device::Cpu;
+        for (b, s, k, n) in [(2, 3, 5, 7), (4, 33, 40, 300)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, k), &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (n, k), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 0.5, n, &dev).unwrap()).unwrap();
+            let g = Tensor::randn(0f32, 1.0, (b, s, n), &dev).unwrap();
+            let want = x
+                .as_tensor()
+                .broadcast_matmul(&w.as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_add(bias.as_tensor())
+                .unwrap();
+            let want_grads = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let got = x
+                .as_tensor()
+                .apply_op3(w.as_tensor(), bias.as_tensor(), LinearTrainOp)
+                .unwrap();
+            assert_eq!(got.dims(), &[b, s, n]);
+            assert!(max_diff(&got, &want) < 1e-4);
+            let grads = (&got * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            for (what, v) in [("x", &x), ("w", &w), ("b", &bias)] {
+                let diff = max_diff(
+                    grads.get(v.as_tensor()).unwrap(),
+                    want_grads.get(v.as_tensor()).unwrap(),
+                );
+                assert!(diff < 1e-3, "[{b}, {s}, {k}] -> {n}: d{what} {diff}");
+            }
+        }
+        let x = Tensor::zeros((2, 4), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((3, 5), DType::F32, &dev).unwrap();
+        let bias = Tensor::zeros(3, DType::F32, &dev).unwrap();
+        assert!(x.apply_op3(&w, &bias, LinearTrainOp).is_err());
     }
 
     /// Masked keys get probability exactly 0, not the subnormal quotient of an
