@@ -158,6 +158,16 @@ impl QLinear {
                 };
                 (y, bias)
             }
+            Self::Bf16Train {
+                weight,
+                bias: Some(b),
+            } => {
+                return x.to_dtype(DType::F32)?.contiguous()?.apply_op3(
+                    &weight.contiguous()?,
+                    &b.contiguous()?,
+                    crate::kernels::bf16::Bf16TrainLinear,
+                );
+            }
             Self::Bf16Train { weight, bias } => {
                 let dims = x.dims().to_vec();
                 let Some((&k, lead)) = dims.split_last() else {

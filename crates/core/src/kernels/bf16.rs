@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::bf16;
 
+use super::pool::Pool;
 use super::{linear_op_fwd, OutPtr};
 
 /// Output columns per weight block.
@@ -114,17 +115,33 @@ impl PackedBf16 {
             kblocks,
             data: AlignedBf16::zeroed(rows.div_ceil(NB) * kblocks * BLOCK),
         };
-        for (r, row) in w.chunks_exact(cols.max(1)).enumerate().take(rows) {
-            for (c, v) in row.iter().enumerate() {
-                let i = p.index(r, c);
-                p.data[i] = bf16::from_f32(*v);
+        // Column blocks (NB weight rows each) on the pool: each fills its own blocks.
+        let ptr = Bf16Ptr(p.data.as_mut_ptr());
+        let fill = |nb: usize| {
+            for r in nb * NB..((nb + 1) * NB).min(rows) {
+                for (c, v) in w[r * cols..][..cols].iter().enumerate() {
+                    let i = Self::index_in(kblocks, r, c);
+                    // SAFETY: `i` is inside column block nb's part of `data` (its rows are
+                    // r / NB = nb), written by this task alone while `p` lives.
+                    unsafe { *ptr.at(i) = bf16::from_f32(*v) };
+                }
             }
+        };
+        let blocks = rows.div_ceil(NB);
+        if rows * cols < 1 << 16 || blocks <= 1 {
+            (0..blocks).for_each(fill);
+        } else {
+            Pool::global().run(blocks, &fill);
         }
         Ok(p)
     }
 
+    fn index_in(kblocks: usize, r: usize, c: usize) -> usize {
+        ((r / NB) * kblocks + c / KB) * BLOCK + (c % KB) / 2 * (2 * NB) + (r % NB) * 2 + c % 2
+    }
+
     fn index(&self, r: usize, c: usize) -> usize {
-        ((r / NB) * self.kblocks + c / KB) * BLOCK + (c % KB) / 2 * (2 * NB) + (r % NB) * 2 + c % 2
+        Self::index_in(self.kblocks, r, c)
     }
 
     pub fn rows(&self) -> usize {
@@ -959,13 +976,32 @@ pub fn product_nt(a: &[f32], m: usize, b: &[f32], n: usize, k: usize) -> Result<
     matmul(&packed, a, m, None)
 }
 
-/// `[rows, cols]` → `[cols, rows]`.
+/// `[rows, cols]` → `[cols, rows]`, in 32 × 32 blocks (so that reads and writes stay
+/// in cache), bands of 32 rows on the pool.
 fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; x.len()];
-    for (r, row) in x.chunks_exact(cols.max(1)).enumerate().take(rows) {
-        for (c, v) in row.iter().enumerate() {
-            t[c * rows + r] = *v;
+    const T: usize = 32;
+    let mut t = vec![0f32; rows * cols];
+    if x.len() < rows * cols {
+        return t;
+    }
+    let ptr = OutPtr(t.as_mut_ptr());
+    let band = |b: usize| {
+        let (r0, r1) = (b * T, ((b + 1) * T).min(rows));
+        for c0 in (0..cols).step_by(T) {
+            for r in r0..r1 {
+                for c in c0..(c0 + T).min(cols) {
+                    // SAFETY: (c, r) is inside [cols, rows]; column r of the output
+                    // belongs to band b alone, and `t` outlives the loop.
+                    unsafe { *ptr.at(c * rows + r) = x[r * cols + c] };
+                }
+            }
         }
+    };
+    let bands = rows.div_ceil(T);
+    if rows * cols < 1 << 16 {
+        (0..bands).for_each(band);
+    } else {
+        Pool::global().run(bands, &band);
     }
     t
 }
@@ -1030,6 +1066,78 @@ impl candle_core::CustomOp2 for Bf16TrainMatMul {
     }
 }
 
+/// Training's dense layer with a bias in bf16 mixed precision: `y = x Wᵀ + b` for
+/// `x [.., k]`, its products as [`Bf16TrainMatMul`]'s (operands rounded to bf16, sums in
+/// f32), the bias and `∂b = Σ_rows g` in f32. One op, no reshape or broadcast nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Bf16TrainLinear;
+
+impl candle_core::CustomOp3 for Bf16TrainLinear {
+    fn name(&self) -> &'static str {
+        "rustformers-bf16-train-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let what = "bf16 train linear";
+        let (m, n, k) =
+            super::train::linear_dims(xl.shape().dims(), wl.shape().dims(), bl.shape().dims())?;
+        let x = super::contiguous(super::f32_data(xs, what)?, xl, what)?;
+        let w = super::contiguous(super::f32_data(ws, what)?, wl, what)?;
+        let b = super::contiguous(super::f32_data(bs, what)?, bl, what)?;
+        let packed = PackedBf16::from_f32(n, k, w).map_err(candle_core::Error::Msg)?;
+        let y = matmul(&packed, x, m, Some(b)).map_err(candle_core::Error::Msg)?;
+        let mut out = xl.shape().dims().to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+
+    fn bwd(
+        &self,
+        x: &candle_core::Tensor,
+        w: &candle_core::Tensor,
+        b: &candle_core::Tensor,
+        _res: &candle_core::Tensor,
+        g: &candle_core::Tensor,
+    ) -> candle_core::Result<(
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+    )> {
+        let (m, n, k) = super::train::linear_dims(x.dims(), w.dims(), b.dims())?;
+        if g.elem_count() != m * n {
+            candle_core::bail!("bf16 train linear: gradient {:?} for [{m}, {n}]", g.dims());
+        }
+        let grads = super::read_f32(x, |xv| {
+            super::read_f32(w, |wv| {
+                super::read_f32(g, |gv| -> Result<_, String> {
+                    // ∂x [m, k] = g [m, n] · (Wᵀ [k, n])ᵀ
+                    let dx = product_nt(gv, m, &transpose(wv, n, k), k, n)?;
+                    // ∂W [n, k] = gᵀ [n, m] · (xᵀ [k, m])ᵀ
+                    let dw = product_nt(&transpose(gv, m, n), n, &transpose(xv, m, k), k, m)?;
+                    Ok((dx, dw, super::train::column_sums(gv, m, n)))
+                })
+            })
+        })???;
+        let (dx, dw, db) = grads.map_err(candle_core::Error::Msg)?;
+        let dev = x.device();
+        Ok((
+            Some(candle_core::Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(candle_core::Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(candle_core::Tensor::from_vec(db, b.shape(), dev)?),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1037,10 +1145,11 @@ mod tests {
     /// The training op's forward and both gradients equal the f32 products of the
     /// bf16-rounded operands (odd sizes: padding and tails).
     #[test]
-    fn train_matmul_and_its_gradients_equal_rounded_f32_products() {
+    fn train_matmul_and_linear_gradients_equal_rounded_f32_products() {
         use candle_core::{DType, Device, Tensor, Var};
         let dev = Device::Cpu;
-        for (m, n, k) in [(3, 5, 7), (37, 20, 70), (64, 48, 96)] {
+        // The last size packs and transposes on the pool.
+        for (m, n, k) in [(3, 5, 7), (37, 20, 70), (64, 48, 96), (300, 260, 256)] {
             let round = |t: &Tensor| {
                 t.to_dtype(DType::BF16)
                     .unwrap()
@@ -1084,6 +1193,35 @@ mod tests {
                 grads.get(w.as_tensor()).unwrap(),
                 &gr.t().unwrap().matmul(&xr).unwrap(),
                 "dw",
+            );
+            // The linear op with a bias: the same products, the bias and its gradient
+            // (the gradient's column sums) in f32.
+            let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, n, &dev).unwrap()).unwrap();
+            let y = x
+                .as_tensor()
+                .apply_op3(w.as_tensor(), b.as_tensor(), Bf16TrainLinear)
+                .unwrap();
+            let want = xr
+                .matmul(&wr.t().unwrap())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap();
+            close(&y, &want, "linear y");
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            close(
+                grads.get(x.as_tensor()).unwrap(),
+                &gr.matmul(&wr).unwrap(),
+                "linear dx",
+            );
+            close(
+                grads.get(w.as_tensor()).unwrap(),
+                &gr.t().unwrap().matmul(&xr).unwrap(),
+                "linear dw",
+            );
+            close(
+                grads.get(b.as_tensor()).unwrap(),
+                &g.sum(0).unwrap(),
+                "linear db",
             );
         }
     }

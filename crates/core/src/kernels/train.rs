@@ -529,6 +529,33 @@ unsafe fn gemm_on_pool(
     }
 }
 
+/// `Σ_rows g` of `g [m, n]` (a bias gradient), column blocks on the pool.
+pub(crate) fn column_sums(g: &[f32], m: usize, n: usize) -> Vec<f32> {
+    let mut db = vec![0f32; n];
+    if n == 0 || g.len() < m * n {
+        return db;
+    }
+    let ptr = OutPtr(db.as_mut_ptr());
+    const COLS: usize = 64;
+    let sums = |c: usize| {
+        let (c0, c1) = (c * COLS, ((c + 1) * COLS).min(n));
+        // SAFETY: db[c0..c1] is this task's alone and outlives the loop.
+        let out = unsafe { std::slice::from_raw_parts_mut(ptr.at(c0), c1 - c0) };
+        for row in g.chunks_exact(n).take(m) {
+            for (o, v) in out.iter_mut().zip(&row[c0..c1]) {
+                *o += v;
+            }
+        }
+    };
+    let tasks = n.div_ceil(COLS);
+    if tasks <= 1 || m * n < 1 << 14 {
+        (0..tasks).for_each(sums);
+    } else {
+        Pool::global().run(tasks, &sums);
+    }
+    db
+}
+
 /// A dense layer for training, `y = x Wᵀ + b` for `x [.., k]`, `W [n, k]`, `b [n]`,
 /// differentiable in all three: `∂x = g W`, `∂W = gᵀ x`, `∂b = Σ_rows g`, each one pass
 /// on the pool. (candle's form, a reshape, a transposed matmul and a broadcast add, cost
@@ -538,7 +565,7 @@ unsafe fn gemm_on_pool(
 pub struct LinearTrainOp;
 
 /// `(m, n, k)` of a linear op's operands, checked.
-fn linear_dims(
+pub(crate) fn linear_dims(
     x: &[usize],
     w: &[usize],
     b: &[usize],
@@ -614,26 +641,7 @@ impl LinearTrainOp {
                 false,
             );
         }
-        // ∂b: column sums, column blocks on the pool.
-        let mut db = vec![0f32; n];
-        let ptr = OutPtr(db.as_mut_ptr());
-        const COLS: usize = 64;
-        let sums = |c: usize| {
-            let (c0, c1) = (c * COLS, ((c + 1) * COLS).min(n));
-            // SAFETY: db[c0..c1] is this task's alone and outlives the loop.
-            let out = unsafe { std::slice::from_raw_parts_mut(ptr.at(c0), c1 - c0) };
-            for row in g.chunks_exact(n) {
-                for (o, v) in out.iter_mut().zip(&row[c0..c1]) {
-                    *o += v;
-                }
-            }
-        };
-        let tasks = n.div_ceil(COLS);
-        if tasks <= 1 || m * n < 1 << 14 {
-            (0..tasks).for_each(sums);
-        } else {
-            Pool::global().run(tasks, &sums);
-        }
+        let db = column_sums(g, m, n);
         (dx, dw, db)
     }
 }
