@@ -116,14 +116,23 @@ impl PackedBf16 {
             data: AlignedBf16::zeroed(rows.div_ceil(NB) * kblocks * BLOCK),
         };
         // Column blocks (NB weight rows each) on the pool: each fills its own blocks.
+        // A row is rounded at once (SIMD where it runs), then its pairs of values
+        // scattered: pair (c, c + 1) of row r sits at `index(r, c)`.
         let ptr = Bf16Ptr(p.data.as_mut_ptr());
+        let simd = has_avx512_bf16();
         let fill = |nb: usize| {
+            let mut row16 = vec![bf16::ZERO; cols.next_multiple_of(2)];
             for r in nb * NB..((nb + 1) * NB).min(rows) {
-                for (c, v) in w[r * cols..][..cols].iter().enumerate() {
-                    let i = Self::index_in(kblocks, r, c);
-                    // SAFETY: `i` is inside column block nb's part of `data` (its rows are
-                    // r / NB = nb), written by this task alone while `p` lives.
-                    unsafe { *ptr.at(i) = bf16::from_f32(*v) };
+                to_bf16(&w[r * cols..][..cols], &mut row16[..cols], simd);
+                for (pair, v) in row16.chunks_exact(2).enumerate() {
+                    let i = Self::index_in(kblocks, r, 2 * pair);
+                    // SAFETY: `i` and `i + 1` are inside column block nb's part of
+                    // `data` (rows r / NB = nb), written by this task alone while `p`
+                    // lives; a padding value past `cols` is zero.
+                    unsafe {
+                        *ptr.at(i) = v[0];
+                        *ptr.at(i + 1) = v[1];
+                    }
                 }
             }
         };
@@ -987,12 +996,23 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let ptr = OutPtr(t.as_mut_ptr());
     let band = |b: usize| {
         let (r0, r1) = (b * T, ((b + 1) * T).min(rows));
+        // Through a block in L1: rows read whole, columns written whole (writing
+        // columns straight out strides `rows` floats between stores, and strides of a
+        // power of two pile every store of a block onto one cache set).
+        let mut block = [[0f32; T]; T];
         for c0 in (0..cols).step_by(T) {
-            for r in r0..r1 {
-                for c in c0..(c0 + T).min(cols) {
-                    // SAFETY: (c, r) is inside [cols, rows]; column r of the output
-                    // belongs to band b alone, and `t` outlives the loop.
-                    unsafe { *ptr.at(c * rows + r) = x[r * cols + c] };
+            let cn = T.min(cols - c0);
+            for (r, brow) in (r0..r1).zip(block.iter_mut()) {
+                brow[..cn].copy_from_slice(&x[r * cols + c0..][..cn]);
+            }
+            for c in 0..cn {
+                // SAFETY: out[c0 + c, r0..r1] is inside [cols, rows]; columns r0..r1
+                // of the output belong to band b alone, and `t` outlives the loop.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(ptr.at((c0 + c) * rows + r0), r1 - r0)
+                };
+                for (d, brow) in dst.iter_mut().zip(block.iter()) {
+                    *d = brow[c];
                 }
             }
         }
