@@ -381,9 +381,9 @@ pub fn encoder_attention_with(
 /// Encoder self-attention from the projections `q, k, v` `[batch, seq, heads · dim]`
 /// (not yet split into heads), returning `[batch, seq, heads · dim]`; `mask` additive,
 /// broadcastable to `[batch, 1, seq, seq]`. In training (f32 on the CPU, tracking
-/// gradients, no dropout on the probabilities) one differentiable op computes it (and
-/// its backward pass) from the projections' columns; otherwise the heads are split and
-/// [`encoder_attention_with`] runs.
+/// gradients) one differentiable op computes it (and its backward pass) from the
+/// projections' columns, with the dropout masks drawn as the op-by-op path draws them;
+/// otherwise the heads are split and [`encoder_attention_with`] runs.
 pub fn encoder_self_attention(
     q: &Tensor,
     k: &Tensor,
@@ -401,7 +401,7 @@ pub fn encoder_self_attention(
     let f32_cpu = [q, k, v]
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if tracked && f32_cpu && !probs_dropout.is_active() && mask.is_none_or(|m| !m.track_op()) {
+    if tracked && f32_cpu && mask.is_none_or(|m| !m.track_op()) {
         let mask = match mask {
             Some(m) => m
                 .to_dtype(DType::F32)?
@@ -414,6 +414,8 @@ pub fn encoder_self_attention(
             heads,
             mask,
             scale: scale as f32,
+            // The same draws, in the same order, as dropout on [b, heads, s, s] probs.
+            dropout: probs_dropout.multipliers(b * heads * s * s)?,
         };
         return q
             .contiguous()?
@@ -533,25 +535,42 @@ impl Dropout {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let Some(mode) = self.mode.as_ref().filter(|m| m.is_on() && self.p > 0.0) else {
+        if !self.is_active() {
             return Ok(x.clone());
-        };
+        }
         if self.p >= 1.0 {
             return x.zeros_like();
         }
-        let keep = 1.0 / (1.0 - self.p);
-        let n = x.elem_count();
-        let mask: Vec<f64> = {
-            let mut rng = mode
-                .rng
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
-            (0..n)
-                .map(|_| if rng.uniform() < self.p { 0.0 } else { keep })
-                .collect()
-        };
+        let mask = self.draw(x.elem_count(), |m| m)?;
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
+    }
+
+    /// The multipliers `forward` would apply to `n` values (0 or `1/(1 − p)`, drawn from
+    /// the generator in the same order), in f32; `None` when dropout is not active.
+    pub fn multipliers(&self, n: usize) -> candle_core::Result<Option<Vec<f32>>> {
+        if !self.is_active() {
+            return Ok(None);
+        }
+        if self.p >= 1.0 {
+            return Ok(Some(vec![0.0; n]));
+        }
+        self.draw(n, |m| m as f32).map(Some)
+    }
+
+    /// `n` draws: 0 with probability `p`, else `1/(1 − p)`, each through `f`.
+    fn draw<T>(&self, n: usize, f: impl Fn(f64) -> T) -> candle_core::Result<Vec<T>> {
+        let keep = 1.0 / (1.0 - self.p);
+        let Some(mode) = self.mode.as_ref() else {
+            return Ok((0..n).map(|_| f(1.0)).collect());
+        };
+        let mut rng = mode
+            .rng
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
+        Ok((0..n)
+            .map(|_| f(if rng.uniform() < self.p { 0.0 } else { keep }))
+            .collect())
     }
 }
 
@@ -719,6 +738,67 @@ mod tests {
                 .unwrap();
             let diff = crate::test_util::max_abs_diff(&fused, &ops);
             assert!(diff < 1e-5, "{diff}");
+        }
+    }
+
+    /// In training, the fused encoder attention draws the same dropout masks as the
+    /// op-by-op path (same generator, same order) and gives its outputs and gradients.
+    #[test]
+    fn training_attention_with_dropout_equals_the_op_by_op_path() {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let (b, s, h, d) = (2, 19, 3, 8);
+        let var = || Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, h * d), &dev).unwrap());
+        let (q, k, v) = (var().unwrap(), var().unwrap(), var().unwrap());
+        let g = Tensor::randn(0f32, 1.0, (b, s, h * d), &dev).unwrap();
+        let mut pad = vec![1u32; b * s];
+        pad[2 * s - 5..].fill(0);
+        let mask =
+            extended_attention_mask(&Tensor::from_vec(pad, (b, s), &dev).unwrap(), DType::F32)
+                .unwrap();
+        let dropout = || {
+            let mode = std::sync::Arc::new(TrainMode::default());
+            mode.set(true, 7);
+            Dropout::new(0.3, Some(mode))
+        };
+        let scale = 1.0 / (d as f64).sqrt();
+        let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let fused = encoder_self_attention(qt, kt, vt, h, Some(&mask), scale, &dropout()).unwrap();
+        let split = |x: &Tensor| {
+            x.reshape((b, s, h, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let ops = encoder_attention_with(
+            &split(qt),
+            &split(kt),
+            &split(vt),
+            Some(&mask),
+            scale,
+            &dropout(),
+        )
+        .unwrap();
+        assert!(crate::test_util::max_abs_diff(&fused, &ops) < 1e-5);
+        // Dropout did something: without it the output differs.
+        let plain =
+            encoder_self_attention(qt, kt, vt, h, Some(&mask), scale, &Dropout::default()).unwrap();
+        assert!(crate::test_util::max_abs_diff(&fused, &plain) > 1e-2);
+        let gf = (&fused * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let go = (&ops * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for (what, x) in [("q", &q), ("k", &k), ("v", &v)] {
+            let diff = crate::test_util::max_abs_diff(
+                gf.get(x.as_tensor()).unwrap(),
+                go.get(x.as_tensor()).unwrap(),
+            );
+            assert!(diff < 1e-4, "d{what}: {diff}");
         }
     }
 

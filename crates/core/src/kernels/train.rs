@@ -194,12 +194,15 @@ pub(crate) fn layer_norm_bwd_tensors(
 /// Encoder self-attention for training: `q`, `k`, `v` are the projections
 /// `[batch, seq, heads · dim]` (no split into heads: each head reads its columns), the
 /// result is `[batch, seq, heads · dim]`, ready for the output projection. `mask` is
-/// additive, `[batch, seq, seq]`. Differentiable in `q`, `k` and `v`.
+/// additive, `[batch, seq, seq]`. `dropout`, where given, multiplies the probabilities
+/// (`[batch, heads, seq, seq]`: 0 or `1/(1 − p)`, drawn by the caller as
+/// `Dropout::forward` would draw them). Differentiable in `q`, `k` and `v`.
 #[derive(Debug, Clone)]
 pub struct EncoderAttentionTrainOp {
     pub heads: usize,
     pub mask: Vec<f32>,
     pub scale: f32,
+    pub dropout: Option<Vec<f32>>,
 }
 
 impl EncoderAttentionTrainOp {
@@ -214,6 +217,15 @@ impl EncoderAttentionTrainOp {
                 self.heads,
                 self.mask.len()
             );
+        }
+        if let Some(d) = &self.dropout {
+            if d.len() != b * self.heads * s * s {
+                candle_core::bail!(
+                    "training attention: dropout mask of {} for {dims:?} and {} heads",
+                    d.len(),
+                    self.heads
+                );
+            }
         }
         Ok((b, s, hd, hd / self.heads))
     }
@@ -242,6 +254,11 @@ impl EncoderAttentionTrainOp {
         }
     }
 
+    /// The dropout multipliers of head `bh` (`[s, s]`), if any.
+    fn dropout_of(&self, bh: usize, s: usize) -> Option<&[f32]> {
+        self.dropout.as_ref().map(|d| &d[bh * s * s..][..s * s])
+    }
+
     /// The gradients of `q`, `k`, `v` from the output's gradient `g`.
     fn backward(
         &self,
@@ -266,6 +283,10 @@ impl EncoderAttentionTrainOp {
             let (bi, hi) = (bh / heads, bh % heads);
             let head = self.head((q, k, v), (bi, hi), (s, hd, d));
             let p = head_probs(&head);
+            let drop = self.dropout_of(bh, s);
+            // The probabilities the values were weighted by (after dropout).
+            let pd: Option<Vec<f32>> = drop.map(|m| p.iter().zip(m).map(|(a, b)| a * b).collect());
+            let pv = pd.as_deref().unwrap_or(&p);
             let off = bi * s * hd + hi * d;
             let go = &g[off..];
             let mut dp = vec![0f32; s * s];
@@ -282,7 +303,7 @@ impl EncoderAttentionTrainOp {
                     1,
                     hd as isize,
                     false,
-                    p.as_ptr(),
+                    pv.as_ptr(),
                     s as isize,
                     1,
                     go.as_ptr(),
@@ -317,6 +338,12 @@ impl EncoderAttentionTrainOp {
                     false,
                     gemm::Parallelism::None,
                 );
+            }
+            // Through dropout: ∂P = ∂(P∘D) ∘ D.
+            if let Some(m) = drop {
+                for (a, b) in dp.iter_mut().zip(m) {
+                    *a *= b;
+                }
             }
             // ∂S = P ∘ (∂P − rowsum(∂P ∘ P)) · scale, in place of ∂P.
             for (dprow, prow) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
@@ -417,9 +444,41 @@ impl CustomOp3 for EncoderAttentionTrainOp {
         Pool::global().run(b * heads, &|bh| {
             let (bi, hi) = (bh / heads, bh % heads);
             let head = self.head((q, k, v), (bi, hi), (s, hd, d));
-            // SAFETY: task (bi, hi) alone writes its head's columns of `out` (rows hd
-            // apart), which outlives the loop.
-            unsafe { attend_head_gemm(&head, ptr.at(bi * s * hd + hi * d), hd) };
+            let dst = ptr.at(bi * s * hd + hi * d);
+            let Some(m) = self.dropout_of(bh, s) else {
+                // SAFETY: task (bi, hi) alone writes its head's columns of `out` (rows
+                // hd apart), which outlives the loop.
+                return unsafe { attend_head_gemm(&head, dst, hd) };
+            };
+            let mut p = head_probs(&head);
+            for (a, b) in p.iter_mut().zip(m) {
+                *a *= b;
+            }
+            // out[i, x] = Σ_j (P∘D)[i, j] v[j, x]
+            // SAFETY: as above; v holds s rows hd apart from the head's column.
+            unsafe {
+                gemm::gemm(
+                    s,
+                    d,
+                    s,
+                    dst,
+                    1,
+                    hd as isize,
+                    false,
+                    p.as_ptr(),
+                    1,
+                    s as isize,
+                    head.v.as_ptr(),
+                    1,
+                    hd as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            };
         });
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
@@ -886,6 +945,7 @@ mod tests {
                 heads: h,
                 mask,
                 scale: scale as f32,
+                dropout: None,
             };
             let got = q
                 .as_tensor()
@@ -906,6 +966,7 @@ mod tests {
             heads: 3,
             mask: vec![0.0; 9],
             scale: 1.0,
+            dropout: None,
         };
         let t = q.as_tensor();
         assert!(t.apply_op3(t, t, op).is_err());
