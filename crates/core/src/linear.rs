@@ -148,7 +148,7 @@ impl QLinear {
                     return x.contiguous()?.apply_op3(
                         &weight.contiguous()?,
                         &b.contiguous()?,
-                        crate::kernels::train::LinearTrainOp,
+                        crate::kernels::train::LinearTrainOp { bf16: false },
                     );
                 }
                 let w = weight.t()?;
@@ -165,7 +165,7 @@ impl QLinear {
                 return x.to_dtype(DType::F32)?.contiguous()?.apply_op3(
                     &weight.contiguous()?,
                     &b.contiguous()?,
-                    crate::kernels::bf16::Bf16TrainLinear,
+                    crate::kernels::train::LinearTrainOp { bf16: true },
                 );
             }
             Self::Bf16Train { weight, bias } => {

@@ -987,7 +987,7 @@ pub fn product_nt(a: &[f32], m: usize, b: &[f32], n: usize, k: usize) -> Result<
 
 /// `[rows, cols]` → `[cols, rows]`, in 32 × 32 blocks (so that reads and writes stay
 /// in cache), bands of 32 rows on the pool.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const T: usize = 32;
     let mut t = vec![0f32; rows * cols];
     if x.len() < rows * cols {
@@ -1086,78 +1086,6 @@ impl candle_core::CustomOp2 for Bf16TrainMatMul {
     }
 }
 
-/// Training's dense layer with a bias in bf16 mixed precision: `y = x Wᵀ + b` for
-/// `x [.., k]`, its products as [`Bf16TrainMatMul`]'s (operands rounded to bf16, sums in
-/// f32), the bias and `∂b = Σ_rows g` in f32. One op, no reshape or broadcast nodes.
-#[derive(Debug, Clone, Copy)]
-pub struct Bf16TrainLinear;
-
-impl candle_core::CustomOp3 for Bf16TrainLinear {
-    fn name(&self) -> &'static str {
-        "rustformers-bf16-train-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let what = "bf16 train linear";
-        let (m, n, k) =
-            super::train::linear_dims(xl.shape().dims(), wl.shape().dims(), bl.shape().dims())?;
-        let x = super::contiguous(super::f32_data(xs, what)?, xl, what)?;
-        let w = super::contiguous(super::f32_data(ws, what)?, wl, what)?;
-        let b = super::contiguous(super::f32_data(bs, what)?, bl, what)?;
-        let packed = PackedBf16::from_f32(n, k, w).map_err(candle_core::Error::Msg)?;
-        let y = matmul(&packed, x, m, Some(b)).map_err(candle_core::Error::Msg)?;
-        let mut out = xl.shape().dims().to_vec();
-        if let Some(last) = out.last_mut() {
-            *last = n;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(out)))
-    }
-
-    fn bwd(
-        &self,
-        x: &candle_core::Tensor,
-        w: &candle_core::Tensor,
-        b: &candle_core::Tensor,
-        _res: &candle_core::Tensor,
-        g: &candle_core::Tensor,
-    ) -> candle_core::Result<(
-        Option<candle_core::Tensor>,
-        Option<candle_core::Tensor>,
-        Option<candle_core::Tensor>,
-    )> {
-        let (m, n, k) = super::train::linear_dims(x.dims(), w.dims(), b.dims())?;
-        if g.elem_count() != m * n {
-            candle_core::bail!("bf16 train linear: gradient {:?} for [{m}, {n}]", g.dims());
-        }
-        let grads = super::read_f32(x, |xv| {
-            super::read_f32(w, |wv| {
-                super::read_f32(g, |gv| -> Result<_, String> {
-                    // ∂x [m, k] = g [m, n] · (Wᵀ [k, n])ᵀ
-                    let dx = product_nt(gv, m, &transpose(wv, n, k), k, n)?;
-                    // ∂W [n, k] = gᵀ [n, m] · (xᵀ [k, m])ᵀ
-                    let dw = product_nt(&transpose(gv, m, n), n, &transpose(xv, m, k), k, m)?;
-                    Ok((dx, dw, super::train::column_sums(gv, m, n)))
-                })
-            })
-        })???;
-        let (dx, dw, db) = grads.map_err(candle_core::Error::Msg)?;
-        let dev = x.device();
-        Ok((
-            Some(candle_core::Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(candle_core::Tensor::from_vec(dw, w.shape(), dev)?),
-            Some(candle_core::Tensor::from_vec(db, b.shape(), dev)?),
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1219,7 +1147,11 @@ mod tests {
             let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, n, &dev).unwrap()).unwrap();
             let y = x
                 .as_tensor()
-                .apply_op3(w.as_tensor(), b.as_tensor(), Bf16TrainLinear)
+                .apply_op3(
+                    w.as_tensor(),
+                    b.as_tensor(),
+                    super::super::train::LinearTrainOp { bf16: true },
+                )
                 .unwrap();
             let want = xr
                 .matmul(&wr.t().unwrap())

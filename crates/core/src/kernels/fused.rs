@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
 
 use super::pool::Pool;
-use super::{contiguous, f32_data, OutPtr};
+use super::{contiguous, f32_data, gemm_into, Mat, OutPtr};
 
 /// `weight_eff · x / sqrt(mean(x²) + eps)` over the last dimension, where `weight_eff`
 /// is `weight + offset` (Gemma's `1 + w`).
@@ -381,29 +381,15 @@ pub(super) fn head_probs(a: &HeadGemm) -> Vec<f32> {
     let (s, t, d) = (a.s, a.t, a.d);
     let mut scores = vec![0f32; s * t];
     // SAFETY: `scores` is [s, t]; q holds s rows q_step apart and k t rows k_step apart,
-    // each of d values (checked by the callers).
+    // each of d values (checked by the callers). scores[i, j] = Σ q[i, x] k[j, x].
     unsafe {
-        // scores[i, j] = Σ q[i, x] k[j, x]
-        gemm::gemm(
-            s,
-            t,
-            d,
+        gemm_into(
+            (s, t, d),
             scores.as_mut_ptr(),
-            1,
-            t as isize,
+            t,
+            Mat::rows(a.q, a.q_step),
+            Mat::cols(a.k, a.k_step),
             false,
-            a.q.as_ptr(),
-            1,
-            a.q_step as isize,
-            a.k.as_ptr(),
-            a.k_step as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         )
     };
     #[cfg(target_arch = "x86_64")]
@@ -428,26 +414,13 @@ pub(super) unsafe fn attend_head_gemm(a: &HeadGemm, dst: *mut f32, dst_rs: usize
     let scores = head_probs(a);
     let (s, t, d) = (a.s, a.t, a.d);
     // out[i, x] = Σ p[i, j] v[j, x]
-    gemm::gemm(
-        s,
-        d,
-        t,
+    gemm_into(
+        (s, d, t),
         dst,
-        1,
-        dst_rs as isize,
+        dst_rs,
+        Mat::rows(&scores, t),
+        Mat::rows(a.v, a.v_step),
         false,
-        scores.as_ptr(),
-        1,
-        t as isize,
-        a.v.as_ptr(),
-        1,
-        a.v_step as isize,
-        0.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
     );
 }
 

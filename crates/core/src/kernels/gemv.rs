@@ -188,26 +188,13 @@ pub fn matmul_blocks(
         // alone; lhs is x [m, k] row-major; rhs[kk, j] = w[(n0 + j) * k + kk]. All in
         // bounds: (m - 1) * n + n0 + cols <= m * n and (n0 + cols) * k <= n * k.
         unsafe {
-            gemm::gemm(
-                m,
-                cols,
-                k,
+            super::gemm_into(
+                (m, cols, k),
                 ptr.at(n0),
-                1,
-                n as isize,
+                n,
+                super::Mat::rows(x, k),
+                super::Mat::cols(&w[n0 * k..], k),
                 read_dst,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr().add(n0 * k),
-                k as isize,
-                1,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             )
         };
     };

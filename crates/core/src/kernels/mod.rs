@@ -65,6 +65,83 @@ impl OutF64 {
     }
 }
 
+/// A gemm operand: element `(r, c)` at `ptr + r·rs + c·cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    ptr: *const f32,
+    rs: usize,
+    cs: usize,
+}
+// SAFETY: a read-only view of a buffer that outlives the loops it is used in.
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
+
+impl Mat {
+    /// `data` row-major, rows `rs` apart.
+    pub(crate) fn rows(data: &[f32], rs: usize) -> Self {
+        Self {
+            ptr: data.as_ptr(),
+            rs,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of `data` row-major with rows `rs` apart: `(r, c)` is
+    /// `data[c·rs + r]`.
+    pub(crate) fn cols(data: &[f32], rs: usize) -> Self {
+        Self {
+            ptr: data.as_ptr(),
+            rs: 1,
+            cs: rs,
+        }
+    }
+
+    /// The view from column `c` on.
+    pub(crate) fn skip_cols(self, c: usize) -> Self {
+        Self {
+            ptr: self.ptr.wrapping_add(c * self.cs),
+            ..self
+        }
+    }
+}
+
+/// `dst [m, n]` (rows `dst_rs` apart) `= lhs [m, k] · rhs [k, n]`, or `+=` with
+/// `accumulate`, through gemm on this thread.
+///
+/// # Safety
+/// `dst` is writable at every `(i, j)` of `[m, n]` and nothing else touches those
+/// elements meanwhile; `lhs` and `rhs` reach every element their strides address.
+pub(crate) unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs as isize,
+        lhs.rs as isize,
+        rhs.ptr,
+        rhs.cs as isize,
+        rhs.rs as isize,
+        1.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
 /// Input rows × weight rows a tile kernel computes at once.
 pub(crate) const TILE: usize = 4;
 

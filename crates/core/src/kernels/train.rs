@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::fused::{attend_head_gemm, head_probs, HeadGemm};
 use super::pool::Pool;
-use super::{contiguous, f32_data, read_f32, Isa, OutPtr};
+use super::{contiguous, f32_data, gemm_into, read_f32, Isa, Mat, OutPtr};
 
 /// Rows of a LayerNorm one pool task takes.
 const LN_ROWS: usize = 32;
@@ -105,8 +105,8 @@ unsafe fn layer_norm_bwd_rows_avx512(
     layer_norm_bwd_rows(x, w, g, eps, dx, dw, db)
 }
 
-/// `(∂x, ∂w, ∂b)` of a LayerNorm.
-pub type LayerNormGrads = (Vec<f32>, Vec<f32>, Vec<f32>);
+/// Three gradients (`∂x`, `∂w`, `∂b` of a LayerNorm or a dense layer).
+pub type Grads3 = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 /// LayerNorm's backward pass on slices: `x` and `g` are `[rows, n]` with `n = w.len()`.
 pub fn layer_norm_backward(
@@ -115,7 +115,7 @@ pub fn layer_norm_backward(
     w: &[f32],
     g: &[f32],
     eps: f32,
-) -> Result<LayerNormGrads, String> {
+) -> Result<Grads3, String> {
     let n = w.len();
     if n == 0 || !x.len().is_multiple_of(n) || g.len() != x.len() {
         return Err(format!(
@@ -295,49 +295,11 @@ impl EncoderAttentionTrainOp {
             // these columns of dq, dk, dv, which outlive the loop.
             unsafe {
                 // ∂v [s, d] = Pᵀ ∂o
-                gemm::gemm(
-                    s,
-                    d,
-                    s,
-                    dvp.at(off),
-                    1,
-                    hd as isize,
-                    false,
-                    pv.as_ptr(),
-                    s as isize,
-                    1,
-                    go.as_ptr(),
-                    1,
-                    hd as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let go = Mat::rows(go, hd);
+                gemm_into((s, d, s), dvp.at(off), hd, Mat::cols(pv, s), go, false);
                 // ∂P [s, s] = ∂o vᵀ
-                gemm::gemm(
-                    s,
-                    s,
-                    d,
-                    dp.as_mut_ptr(),
-                    1,
-                    s as isize,
-                    false,
-                    go.as_ptr(),
-                    1,
-                    hd as isize,
-                    head.v.as_ptr(),
-                    hd as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let vt = Mat::cols(head.v, hd);
+                gemm_into((s, s, d), dp.as_mut_ptr(), s, go, vt, false);
             }
             // Through dropout: ∂P = ∂(P∘D) ∘ D.
             if let Some(m) = drop {
@@ -361,49 +323,11 @@ impl EncoderAttentionTrainOp {
             // SAFETY: as above.
             unsafe {
                 // ∂q [s, d] = ∂S k
-                gemm::gemm(
-                    s,
-                    d,
-                    s,
-                    dqp.at(off),
-                    1,
-                    hd as isize,
-                    false,
-                    dp.as_ptr(),
-                    1,
-                    s as isize,
-                    head.k.as_ptr(),
-                    1,
-                    hd as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let k = Mat::rows(head.k, hd);
+                gemm_into((s, d, s), dqp.at(off), hd, Mat::rows(&dp, s), k, false);
                 // ∂k [s, d] = ∂Sᵀ q
-                gemm::gemm(
-                    s,
-                    d,
-                    s,
-                    dkp.at(off),
-                    1,
-                    hd as isize,
-                    false,
-                    dp.as_ptr(),
-                    s as isize,
-                    1,
-                    head.q.as_ptr(),
-                    1,
-                    hd as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let q = Mat::rows(head.q, hd);
+                gemm_into((s, d, s), dkp.at(off), hd, Mat::cols(&dp, s), q, false);
             }
         };
         Pool::global().run(b * heads, &task);
@@ -457,27 +381,8 @@ impl CustomOp3 for EncoderAttentionTrainOp {
             // out[i, x] = Σ_j (P∘D)[i, j] v[j, x]
             // SAFETY: as above; v holds s rows hd apart from the head's column.
             unsafe {
-                gemm::gemm(
-                    s,
-                    d,
-                    s,
-                    dst,
-                    1,
-                    hd as isize,
-                    false,
-                    p.as_ptr(),
-                    1,
-                    s as isize,
-                    head.v.as_ptr(),
-                    1,
-                    hd as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
+                let v = Mat::rows(head.v, hd);
+                gemm_into((s, d, s), dst, hd, Mat::rows(&p, s), v, false)
             };
         });
         Ok((CpuStorage::F32(out), ql.shape().clone()))
@@ -508,25 +413,6 @@ impl CustomOp3 for EncoderAttentionTrainOp {
     }
 }
 
-/// One operand of [`gemm_on_pool`]: element `(r, c)` at `ptr + r·rs + c·cs`.
-#[derive(Clone, Copy)]
-struct Operand {
-    ptr: *const f32,
-    rs: usize,
-    cs: usize,
-}
-// SAFETY: read-only views of buffers that outlive the pool loop they are used in.
-unsafe impl Send for Operand {}
-unsafe impl Sync for Operand {}
-
-impl Operand {
-    /// The pointer, strides as isize (a method, so that closures capture the `Sync`
-    /// wrapper rather than its raw pointer field).
-    fn parts(self) -> (*const f32, isize, isize) {
-        (self.ptr, self.rs as isize, self.cs as isize)
-    }
-}
-
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` (row-major `dst`, row stride `n`), with
 /// output column blocks spread over the pool, each through gemm. `accumulate` adds to
 /// what `dst` holds (a bias written there first).
@@ -537,8 +423,8 @@ impl Operand {
 unsafe fn gemm_on_pool(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    lhs: Operand,
-    rhs: Operand,
+    lhs: Mat,
+    rhs: Mat,
     accumulate: bool,
 ) {
     if m == 0 || n == 0 {
@@ -553,30 +439,16 @@ unsafe fn gemm_on_pool(
     let block = |c: usize| {
         let n0 = c * chunk;
         let cols = chunk.min(n - n0);
-        let ((lp, lrs, lcs), (rp, rrs, rcs)) = (lhs.parts(), rhs.parts());
         // SAFETY: dst[.., n0..n0 + cols] (row stride n) is this block's alone; the
         // operands are in bounds (the caller's contract), rhs from its column n0.
         unsafe {
-            gemm::gemm(
-                m,
-                cols,
-                k,
+            gemm_into(
+                (m, cols, k),
                 ptr.at(n0),
-                1,
-                n as isize,
+                n,
+                lhs,
+                rhs.skip_cols(n0),
                 accumulate,
-                lp,
-                lcs,
-                lrs,
-                rp.offset(n0 as isize * rcs),
-                rcs,
-                rrs,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             )
         };
     };
@@ -619,9 +491,13 @@ pub(crate) fn column_sums(g: &[f32], m: usize, n: usize) -> Vec<f32> {
 /// differentiable in all three: `∂x = g W`, `∂W = gᵀ x`, `∂b = Σ_rows g`, each one pass
 /// on the pool. (candle's form, a reshape, a transposed matmul and a broadcast add, cost
 /// a single-threaded strided reduction for `∂b` and a zeroed buffer plus an add per
-/// node.)
+/// node.) With `bf16` the products are bf16 mixed precision, as PyTorch's autocast:
+/// operands rounded to bf16, sums in f32 (AMX or AVX512-BF16 where they run), so the f32
+/// master weights get f32 gradients of bf16 products; the bias and `∂b` stay f32.
 #[derive(Debug, Clone, Copy)]
-pub struct LinearTrainOp;
+pub struct LinearTrainOp {
+    pub bf16: bool,
+}
 
 /// `(m, n, k)` of a linear op's operands, checked.
 pub(crate) fn linear_dims(
@@ -640,68 +516,49 @@ pub(crate) fn linear_dims(
 
 impl LinearTrainOp {
     /// `x Wᵀ + b` on slices.
-    fn forward(x: &[f32], w: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+    fn forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<Vec<f32>, String> {
+        if self.bf16 {
+            let packed = super::bf16::PackedBf16::from_f32(n, k, w)?;
+            return super::bf16::matmul(&packed, x, m, Some(b));
+        }
         let mut out = b.repeat(m);
-        let lhs = Operand {
-            ptr: x.as_ptr(),
-            rs: k,
-            cs: 1,
-        };
-        let rhs = Operand {
-            ptr: w.as_ptr(),
-            rs: 1,
-            cs: k,
-        };
-        // SAFETY: out is [m, n]; x is [m, k]; rhs (kk, j) = w[j·k + kk] inside [n, k].
-        unsafe { gemm_on_pool((m, n, k), &mut out, lhs, rhs, true) };
-        out
+        // SAFETY: out is [m, n]; x is [m, k]; (kk, j) = w[j·k + kk] is inside [n, k].
+        unsafe { gemm_on_pool((m, n, k), &mut out, Mat::rows(x, k), Mat::cols(w, k), true) };
+        Ok(out)
     }
 
     /// `(∂x, ∂W, ∂b)` from the output gradient `g [m, n]`.
     fn backward(
+        &self,
         x: &[f32],
         w: &[f32],
         g: &[f32],
         (m, n, k): (usize, usize, usize),
-    ) -> LayerNormGrads {
+    ) -> Result<Grads3, String> {
+        let db = column_sums(g, m, n);
+        if self.bf16 {
+            use super::bf16::{product_nt, transpose};
+            // ∂x [m, k] = g [m, n] · (Wᵀ [k, n])ᵀ
+            let dx = product_nt(g, m, &transpose(w, n, k), k, n)?;
+            // ∂W [n, k] = gᵀ [n, m] · (xᵀ [k, m])ᵀ
+            let dw = product_nt(&transpose(g, m, n), n, &transpose(x, m, k), k, m)?;
+            return Ok((dx, dw, db));
+        }
         let mut dx = vec![0f32; m * k];
         let mut dw = vec![0f32; n * k];
-        // SAFETY: dx is [m, k]: g [m, n] (row stride n) times w [n, k]; dw is [n, k]:
-        // gᵀ, (j, i) = g[i·n + j] inside [m, n], times x [m, k].
+        // SAFETY: dx [m, k] = g [m, n] · w [n, k]; dw [n, k] = gᵀ · x [m, k], gᵀ's
+        // (j, i) = g[i·n + j] inside [m, n].
         unsafe {
-            gemm_on_pool(
-                (m, k, n),
-                &mut dx,
-                Operand {
-                    ptr: g.as_ptr(),
-                    rs: n,
-                    cs: 1,
-                },
-                Operand {
-                    ptr: w.as_ptr(),
-                    rs: k,
-                    cs: 1,
-                },
-                false,
-            );
-            gemm_on_pool(
-                (n, k, m),
-                &mut dw,
-                Operand {
-                    ptr: g.as_ptr(),
-                    rs: 1,
-                    cs: n,
-                },
-                Operand {
-                    ptr: x.as_ptr(),
-                    rs: k,
-                    cs: 1,
-                },
-                false,
-            );
+            gemm_on_pool((m, k, n), &mut dx, Mat::rows(g, n), Mat::rows(w, k), false);
+            gemm_on_pool((n, k, m), &mut dw, Mat::cols(g, n), Mat::rows(x, k), false);
         }
-        let db = column_sums(g, m, n);
-        (dx, dw, db)
+        Ok((dx, dw, db))
     }
 }
 
@@ -724,7 +581,9 @@ impl CustomOp3 for LinearTrainOp {
         let x = contiguous(f32_data(xs, what)?, xl, what)?;
         let w = contiguous(f32_data(ws, what)?, wl, what)?;
         let b = contiguous(f32_data(bs, what)?, bl, what)?;
-        let y = Self::forward(x, w, b, dims);
+        let y = self
+            .forward(x, w, b, dims)
+            .map_err(candle_core::Error::Msg)?;
         let mut out = xl.shape().dims().to_vec();
         if let Some(last) = out.last_mut() {
             *last = dims.1;
@@ -744,9 +603,10 @@ impl CustomOp3 for LinearTrainOp {
         if g.elem_count() != dims.0 * dims.1 {
             candle_core::bail!("training linear: gradient {:?} for {dims:?}", g.dims());
         }
-        let (dx, dw, db) = read_f32(x, |xv| {
-            read_f32(w, |wv| read_f32(g, |gv| Self::backward(xv, wv, gv, dims)))
+        let grads = read_f32(x, |xv| {
+            read_f32(w, |wv| read_f32(g, |gv| self.backward(xv, wv, gv, dims)))
         })???;
+        let (dx, dw, db) = grads.map_err(candle_core::Error::Msg)?;
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), dev)?),
@@ -845,7 +705,11 @@ mod tests {
             let want_grads = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
             let got = x
                 .as_tensor()
-                .apply_op3(w.as_tensor(), bias.as_tensor(), LinearTrainOp)
+                .apply_op3(
+                    w.as_tensor(),
+                    bias.as_tensor(),
+                    LinearTrainOp { bf16: false },
+                )
                 .unwrap();
             assert_eq!(got.dims(), &[b, s, n]);
             assert!(max_diff(&got, &want) < 1e-4);
@@ -861,7 +725,9 @@ mod tests {
         let x = Tensor::zeros((2, 4), DType::F32, &dev).unwrap();
         let w = Tensor::zeros((3, 5), DType::F32, &dev).unwrap();
         let bias = Tensor::zeros(3, DType::F32, &dev).unwrap();
-        assert!(x.apply_op3(&w, &bias, LinearTrainOp).is_err());
+        assert!(x
+            .apply_op3(&w, &bias, LinearTrainOp { bf16: false })
+            .is_err());
     }
 
     /// Masked keys get probability exactly 0, not the subnormal quotient of an
