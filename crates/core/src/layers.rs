@@ -398,9 +398,7 @@ pub fn encoder_self_attention(
         candle_core::bail!("attention: hidden size {hd} for {heads} heads");
     }
     let tracked = q.track_op() || k.track_op() || v.track_op();
-    let f32_cpu = [q, k, v]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    let f32_cpu = [q, k, v].into_iter().all(crate::kernels::f32_cpu);
     if tracked && f32_cpu && mask.is_none_or(|m| !m.track_op()) {
         let mask = match mask {
             Some(m) => m
@@ -531,17 +529,22 @@ impl Dropout {
 
     /// True when `forward` changes its input (training, `p > 0`).
     pub fn is_active(&self) -> bool {
-        self.p > 0.0 && self.mode.as_ref().is_some_and(|m| m.is_on())
+        self.active_mode().is_some()
+    }
+
+    /// The train mode, while it is on and `p > 0`.
+    fn active_mode(&self) -> Option<&TrainMode> {
+        self.mode.as_deref().filter(|m| m.is_on() && self.p > 0.0)
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if !self.is_active() {
+        let Some(mode) = self.active_mode() else {
             return Ok(x.clone());
-        }
+        };
         if self.p >= 1.0 {
             return x.zeros_like();
         }
-        let mask = self.draw(x.elem_count(), |m| m)?;
+        let mask = self.draw(mode, x.elem_count(), |m| m)?;
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
     }
@@ -549,21 +552,24 @@ impl Dropout {
     /// The multipliers `forward` would apply to `n` values (0 or `1/(1 − p)`, drawn from
     /// the generator in the same order), in f32; `None` when dropout is not active.
     pub fn multipliers(&self, n: usize) -> candle_core::Result<Option<Vec<f32>>> {
-        if !self.is_active() {
+        let Some(mode) = self.active_mode() else {
             return Ok(None);
-        }
+        };
         if self.p >= 1.0 {
             return Ok(Some(vec![0.0; n]));
         }
-        self.draw(n, |m| m as f32).map(Some)
+        self.draw(mode, n, |m| m as f32).map(Some)
     }
 
-    /// `n` draws: 0 with probability `p`, else `1/(1 − p)`, each through `f`.
-    fn draw<T>(&self, n: usize, f: impl Fn(f64) -> T) -> candle_core::Result<Vec<T>> {
+    /// `n` draws from `mode`'s generator: 0 with probability `p`, else `1/(1 − p)`, each
+    /// through `f`.
+    fn draw<T>(
+        &self,
+        mode: &TrainMode,
+        n: usize,
+        f: impl Fn(f64) -> T,
+    ) -> candle_core::Result<Vec<T>> {
         let keep = 1.0 / (1.0 - self.p);
-        let Some(mode) = self.mode.as_ref() else {
-            return Ok((0..n).map(|_| f(1.0)).collect());
-        };
         let mut rng = mode
             .rng
             .lock()
@@ -598,8 +604,7 @@ pub fn layer_norm(
             .contiguous()?
             .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op);
     }
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if f32_cpu(x) && f32_cpu(weight) && f32_cpu(bias) {
+    if [x, weight, bias].into_iter().all(crate::kernels::f32_cpu) {
         // Training: the same kernel, with its backward pass.
         return x
             .contiguous()?

@@ -139,7 +139,7 @@ impl QLinear {
                 if let Some(y) = crate::kernels::gemv::matmul_t(x, weight, bias.as_ref())? {
                     return Ok(y);
                 }
-                let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+                let f32_cpu = crate::kernels::f32_cpu;
                 if let Some(b) = bias
                     .as_ref()
                     .filter(|b| f32_cpu(x) && f32_cpu(weight) && f32_cpu(b))

@@ -7,9 +7,8 @@
 
 use candle_core::Tensor;
 
-use super::pool::Pool;
 use super::Isa;
-use super::{runs_kernels, tiled_product, OutPtr, Tile};
+use super::{runs_kernels, tiled_product, Tile};
 
 /// Input rows up to which [`matmul_t`] is used for an f32 linear layer.
 pub const MAX_ROWS: usize = 8;
@@ -174,36 +173,17 @@ pub fn matmul_blocks(
         Some(b) => b.repeat(m),
         None => vec![0f32; m * n],
     };
-    let read_dst = bias.is_some();
-    let ptr = OutPtr(out.as_mut_ptr());
-    let pool = Pool::global();
-    let chunk = n
-        .div_ceil(pool.threads() * 4)
-        .clamp(16, 256)
-        .next_multiple_of(16);
-    let block = |c: usize| {
-        let n0 = c * chunk;
-        let cols = chunk.min(n - n0);
-        // SAFETY: dst is out[.., n0..n0 + cols] (row stride n), written by this block
-        // alone; lhs is x [m, k] row-major; rhs[kk, j] = w[(n0 + j) * k + kk]. All in
-        // bounds: (m - 1) * n + n0 + cols <= m * n and (n0 + cols) * k <= n * k.
-        unsafe {
-            super::gemm_into(
-                (m, cols, k),
-                ptr.at(n0),
-                n,
-                super::Mat::rows(x, k),
-                super::Mat::cols(&w[n0 * k..], k),
-                read_dst,
-            )
-        };
+    // SAFETY: out is [m, n]; x is [m, k] (checked above); (kk, j) = w[j·k + kk] is
+    // inside [n, k].
+    unsafe {
+        super::gemm_on_pool(
+            (m, n, k),
+            &mut out,
+            super::Mat::rows(x, k),
+            super::Mat::cols(w, k),
+            bias.is_some(),
+        )
     };
-    let blocks = n.div_ceil(chunk);
-    if pool.threads() <= 1 || blocks <= 1 {
-        (0..blocks).for_each(block);
-    } else {
-        pool.run(blocks, &block);
-    }
     Ok(out)
 }
 

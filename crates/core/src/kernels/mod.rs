@@ -22,7 +22,13 @@ use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
 /// have no backward pass, so a tensor that tracks gradients (a trainable parameter, or
 /// computed from one) takes the op-by-op paths, which candle differentiates.
 pub(crate) fn runs_kernels(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
+    f32_cpu(t) && !t.track_op()
+}
+
+/// True for an f32 tensor on the CPU, tracking gradients or not: what the training ops
+/// ([`train`], which have backward passes) take.
+pub(crate) fn f32_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
 }
 
 /// Runs `f` on the values of an f32 CPU tensor (made contiguous first where it is not).
@@ -140,6 +146,53 @@ pub(crate) unsafe fn gemm_into(
         false,
         gemm::Parallelism::None,
     )
+}
+
+/// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` (row-major `dst`, row stride `n`), with
+/// output column blocks spread over the pool, each through gemm. `accumulate` adds to
+/// what `dst` holds (a bias written there first).
+///
+/// # Safety
+/// `dst` holds `m · n` values; `lhs` and `rhs` reach every element their strides
+/// address for `(m, k)` and `(k, n)`.
+pub(crate) unsafe fn gemm_on_pool(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let ptr = OutPtr(dst.as_mut_ptr());
+    let pool = pool::Pool::global();
+    let chunk = n
+        .div_ceil(pool.threads() * 4)
+        .clamp(16, 256)
+        .next_multiple_of(16);
+    let block = |c: usize| {
+        let n0 = c * chunk;
+        let cols = chunk.min(n - n0);
+        // SAFETY: dst[.., n0..n0 + cols] (row stride n) is this block's alone; the
+        // operands are in bounds (the caller's contract), rhs from its column n0.
+        unsafe {
+            gemm_into(
+                (m, cols, k),
+                ptr.at(n0),
+                n,
+                lhs,
+                rhs.skip_cols(n0),
+                accumulate,
+            )
+        };
+    };
+    let blocks = n.div_ceil(chunk);
+    if pool.threads() <= 1 || blocks <= 1 || m * n * k < 1 << 15 {
+        (0..blocks).for_each(block);
+    } else {
+        pool.run(blocks, &block);
+    }
 }
 
 /// Input rows × weight rows a tile kernel computes at once.

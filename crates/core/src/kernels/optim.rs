@@ -194,7 +194,7 @@ pub fn adamw_update_tensor(
     v: &mut [f32],
     step: &AdamWStep,
 ) -> candle_core::Result<bool> {
-    let fits = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+    let fits = |t: &Tensor| super::f32_cpu(t) && t.is_contiguous();
     if !fits(param) || !fits(grad) || param.elem_count() != grad.elem_count() {
         return Ok(false);
     }

@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::fused::{attend_head_gemm, head_probs, HeadGemm};
 use super::pool::Pool;
-use super::{contiguous, f32_data, gemm_into, read_f32, Isa, Mat, OutPtr};
+use super::{contiguous, f32_data, gemm_into, gemm_on_pool, read_f32, Isa, Mat, OutPtr};
 
 /// Rows of a LayerNorm one pool task takes.
 const LN_ROWS: usize = 32;
@@ -413,53 +413,6 @@ impl CustomOp3 for EncoderAttentionTrainOp {
     }
 }
 
-/// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` (row-major `dst`, row stride `n`), with
-/// output column blocks spread over the pool, each through gemm. `accumulate` adds to
-/// what `dst` holds (a bias written there first).
-///
-/// # Safety
-/// `dst` holds `m · n` values; `lhs` and `rhs` reach every element their strides
-/// address for `(m, k)` and `(k, n)`.
-unsafe fn gemm_on_pool(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    lhs: Mat,
-    rhs: Mat,
-    accumulate: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let ptr = OutPtr(dst.as_mut_ptr());
-    let pool = Pool::global();
-    let chunk = n
-        .div_ceil(pool.threads() * 4)
-        .clamp(16, 256)
-        .next_multiple_of(16);
-    let block = |c: usize| {
-        let n0 = c * chunk;
-        let cols = chunk.min(n - n0);
-        // SAFETY: dst[.., n0..n0 + cols] (row stride n) is this block's alone; the
-        // operands are in bounds (the caller's contract), rhs from its column n0.
-        unsafe {
-            gemm_into(
-                (m, cols, k),
-                ptr.at(n0),
-                n,
-                lhs,
-                rhs.skip_cols(n0),
-                accumulate,
-            )
-        };
-    };
-    let blocks = n.div_ceil(chunk);
-    if pool.threads() <= 1 || blocks <= 1 || m * n * k < 1 << 15 {
-        (0..blocks).for_each(block);
-    } else {
-        pool.run(blocks, &block);
-    }
-}
-
 /// `Σ_rows g` of `g [m, n]` (a bias gradient), column blocks on the pool.
 pub(crate) fn column_sums(g: &[f32], m: usize, n: usize) -> Vec<f32> {
     let mut db = vec![0f32; n];
@@ -527,10 +480,7 @@ impl LinearTrainOp {
             let packed = super::bf16::PackedBf16::from_f32(n, k, w)?;
             return super::bf16::matmul(&packed, x, m, Some(b));
         }
-        let mut out = b.repeat(m);
-        // SAFETY: out is [m, n]; x is [m, k]; (kk, j) = w[j·k + kk] is inside [n, k].
-        unsafe { gemm_on_pool((m, n, k), &mut out, Mat::rows(x, k), Mat::cols(w, k), true) };
-        Ok(out)
+        super::gemv::matmul_blocks(w, n, k, x, m, Some(b))
     }
 
     /// `(∂x, ∂W, ∂b)` from the output gradient `g [m, n]`.
