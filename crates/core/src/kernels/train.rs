@@ -571,19 +571,6 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var, D};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     /// LayerNorm's fused backward equals autograd through the op-by-op form, for all
     /// three operands, on every instruction set, with rows past one pool task and a
     /// width that is not a multiple of 16.
@@ -627,7 +614,7 @@ mod tests {
                     Tensor::from_vec(db, n, &dev).unwrap(),
                 ];
                 for (what, (a, b)) in ["dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
-                    let diff = max_diff(a, b);
+                    let diff = crate::test_util::max_abs_diff(a, b);
                     assert!(diff < 2e-4, "{isa:?} [{rows}, {n}] {what}: {diff}");
                 }
             }
@@ -662,10 +649,10 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(got.dims(), &[b, s, n]);
-            assert!(max_diff(&got, &want) < 1e-4);
+            assert!(crate::test_util::max_abs_diff(&got, &want) < 1e-4);
             let grads = (&got * &g).unwrap().sum_all().unwrap().backward().unwrap();
             for (what, v) in [("x", &x), ("w", &w), ("b", &bias)] {
-                let diff = max_diff(
+                let diff = crate::test_util::max_abs_diff(
                     grads.get(v.as_tensor()).unwrap(),
                     want_grads.get(v.as_tensor()).unwrap(),
                 );
@@ -767,10 +754,10 @@ mod tests {
                 .as_tensor()
                 .apply_op3(k.as_tensor(), v.as_tensor(), op)
                 .unwrap();
-            assert!(max_diff(&got, &want) < 1e-5);
+            assert!(crate::test_util::max_abs_diff(&got, &want) < 1e-5);
             let grads = (&got * &g).unwrap().sum_all().unwrap().backward().unwrap();
             for (what, x) in [("q", &q), ("k", &k), ("v", &v)] {
-                let diff = max_diff(
+                let diff = crate::test_util::max_abs_diff(
                     grads.get(x.as_tensor()).unwrap(),
                     want_grads.get(x.as_tensor()).unwrap(),
                 );
