@@ -52,7 +52,6 @@ impl AlignedBf16 {
 
     /// Room for `len` values (a multiple of [`KB`]), not yet written: write them all
     /// through [`Self::as_mut_ptr`], then call [`Self::assume_init`].
-    #[cfg(target_arch = "x86_64")]
     fn uninit(len: usize) -> Self {
         Self {
             lines: Vec::with_capacity(len.div_ceil(KB)),
@@ -66,7 +65,6 @@ impl AlignedBf16 {
 
     /// # Safety
     /// All `len` values of a buffer from [`Self::uninit`] were written.
-    #[cfg(target_arch = "x86_64")]
     unsafe fn assume_init(&mut self) {
         self.lines.set_len(self.len.div_ceil(KB))
     }
@@ -189,6 +187,11 @@ pub(crate) trait ColumnBlocks: Sync {
     /// The blocks of column block `nb`: borrowed where they are stored so, else written
     /// into `scratch` (zero for rows past the weight's).
     fn column_blocks<'a>(&'a self, nb: usize, scratch: &'a mut Vec<bf16>) -> &'a [bf16];
+    /// Whether [`Self::column_blocks`] borrows stored blocks (then reading them again
+    /// costs nothing more than the read).
+    fn stored(&self) -> bool {
+        false
+    }
 }
 
 impl ColumnBlocks for PackedBf16 {
@@ -203,6 +206,10 @@ impl ColumnBlocks for PackedBf16 {
     fn column_blocks<'a>(&'a self, nb: usize, _scratch: &'a mut Vec<bf16>) -> &'a [bf16] {
         let start = nb * self.kblocks * BLOCK;
         &self.data[start..start + self.kblocks * BLOCK]
+    }
+
+    fn stored(&self) -> bool {
+        true
     }
 }
 
@@ -511,10 +518,10 @@ mod amx {
                 "2:",
                 "tileloadd tmm4, [{a} + {s}*1]",
                 "tileloadd tmm6, [{b0} + {s}*1]",
-                "tileloadd tmm5, [{a} + {s}*1 + {tile}]",
-                "tileloadd tmm7, [{b1} + {s}*1]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s}*1]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a} + {s}*1 + {tile}]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 "add {a}, {ka}",
@@ -671,61 +678,55 @@ impl Bf16Ptr {
 fn amx_rows(x: &[f32], m: usize, k: usize, kblocks: usize) -> AlignedBf16 {
     let pairs = m.div_ceil(PAIR);
     let per_pair = kblocks * 2 * BLOCK;
-    let len = pairs * per_pair;
+    let mut xa = AlignedBf16::uninit(pairs * per_pair);
+    let ptr = Bf16Ptr(xa.as_mut_ptr());
+    // SAFETY: pair p's part of the capacity, written by its task alone.
+    let fill = |p: usize| unsafe { fill_pair(x, m, k, kblocks, p, ptr.at(p * per_pair)) };
     let pool = super::pool::Pool::global();
-    let run = |fill: &(dyn Fn(usize) + Sync)| {
-        if pool.threads() <= 1 || m * k < 1 << 15 {
-            (0..pairs).for_each(fill);
-        } else {
-            pool.run(pairs, fill);
-        }
-    };
-    #[cfg(target_arch = "x86_64")]
-    {
-        // Written once, value by value, without zeroing it first.
-        let mut xa = AlignedBf16::uninit(len);
-        let ptr = Bf16Ptr(xa.as_mut_ptr());
-        run(&|p: usize| {
-            for r in 0..PAIR {
-                let (t, rr) = (r / NB, r % NB);
-                // Row r of pair p, input block kb: at kb * 2 * BLOCK from here.
-                let row = ptr.at(p * per_pair + t * BLOCK + rr * KB);
-                let i = p * PAIR + r;
-                if i < m {
-                    // SAFETY: the AMX path runs only where AVX512-BF16 does
-                    // (`has_amx_bf16`); row_to_tiles writes KB values at each of the
-                    // kblocks input blocks, all inside pair p's part of the capacity.
-                    unsafe { x86::row_to_tiles(&x[i * k..][..k], row, 2 * BLOCK) };
-                } else {
-                    for kb in 0..kblocks {
-                        // SAFETY: as above; rows past `m` are zero.
-                        unsafe { std::ptr::write_bytes(row.add(kb * 2 * BLOCK), 0, KB) };
-                    }
-                }
-            }
-        });
-        // SAFETY: every value of every pair was written above (each row of each tile,
-        // each input block); bf16 has no invalid bit patterns.
-        unsafe { xa.assume_init() };
-        xa
+    if pool.threads() <= 1 || m * k < 1 << 15 {
+        (0..pairs).for_each(fill);
+    } else {
+        pool.run(pairs, &fill);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let mut xa = AlignedBf16::zeroed(len);
-        let ptr = Bf16Ptr(xa.as_mut_ptr());
-        run(&|p: usize| {
-            // SAFETY: pair p's values, written by this task alone; `xa` outlives the run.
-            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.at(p * per_pair), per_pair) };
-            for r in 0..PAIR.min(m - p * PAIR) {
-                let src = &x[(p * PAIR + r) * k..][..k];
-                let (t, rr) = (r / NB, r % NB);
-                for (kb, vals) in src.chunks(KB).enumerate() {
-                    let at = (kb * 2 + t) * BLOCK + rr * KB;
-                    to_bf16(vals, &mut dst[at..at + vals.len()], false);
-                }
+    // SAFETY: `fill_pair` wrote every value of every pair; bf16 has no invalid bit
+    // patterns.
+    unsafe { xa.assume_init() };
+    xa
+}
+
+/// Writes row pair `p` of `x` (`m` rows of `k`) in [`amx_rows`]'s order (rows past `m`
+/// zero) at `dst`.
+///
+/// # Safety
+/// `dst` is valid for `kblocks * 2 * BLOCK` writes that no one else makes meanwhile.
+unsafe fn fill_pair(x: &[f32], m: usize, k: usize, kblocks: usize, p: usize, dst: *mut bf16) {
+    for r in 0..PAIR {
+        let (t, rr) = (r / NB, r % NB);
+        // Row r of the pair, input block kb: at kb * 2 * BLOCK from here.
+        let row = dst.wrapping_add(t * BLOCK + rr * KB);
+        let i = p * PAIR + r;
+        if i < m {
+            let src = &x[i * k..][..k];
+            #[cfg(target_arch = "x86_64")]
+            if has_avx512_bf16() {
+                // SAFETY: checked just above; row_to_tiles writes KB values at each of
+                // the kblocks input blocks, all inside the pair's part (the caller's).
+                unsafe { x86::row_to_tiles(src, row, 2 * BLOCK) };
+                continue;
             }
-        });
-        xa
+            for kb in 0..kblocks {
+                let vals = &src[(kb * KB).min(k)..((kb + 1) * KB).min(k)];
+                // SAFETY: KB values of input block kb, inside the pair's part.
+                let d = unsafe { std::slice::from_raw_parts_mut(row.add(kb * 2 * BLOCK), KB) };
+                to_bf16(vals, &mut d[..vals.len()], false);
+                d[vals.len()..].fill(bf16::ZERO);
+            }
+        } else {
+            for kb in 0..kblocks {
+                // SAFETY: as above; rows past `m` are zero.
+                unsafe { std::ptr::write_bytes(row.add(kb * 2 * BLOCK), 0, KB) };
+            }
+        }
     }
 }
 
@@ -738,7 +739,6 @@ pub(crate) fn amx_product<W: ColumnBlocks>(
 ) -> Vec<f32> {
     let (n, k) = w.shape();
     let kblocks = w.kblocks();
-    let xa = amx_rows(x, m, k, kblocks);
     // The output tiles start from the bias (zero padded to whole column blocks, plus
     // one: a lone last block reads the next block's starts too).
     let mut init = vec![0f32; (n.div_ceil(NB) + 1) * NB];
@@ -746,9 +746,42 @@ pub(crate) fn amx_product<W: ColumnBlocks>(
         init[..n].copy_from_slice(&b[..n]);
     }
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    split_columns_into(m, n, k, OutPtr(out.as_mut_ptr()), |b0, b1, out| {
-        run_amx(w, &xa, m, b0, b1, &init, out)
-    });
+    let pairs = m.div_ceil(PAIR);
+    let pool = super::pool::Pool::global();
+    let nblocks = n.div_ceil(NB);
+    if w.stored() && pool.threads() > 1 && pairs >= 2 * pool.threads() && m * n * k >= 1 << 18 {
+        // Row pairs split over the pool, each task every column: a task rounds its
+        // pairs' rows into tiles just before using them (they stay in its core's L1/L2),
+        // and reads the weight, which stays in its core's L2, once per pair. (Split by
+        // columns, every task read all of the rounded rows from the shared cache.)
+        let per = pairs.div_ceil(pool.threads() * 2);
+        let ptr = OutPtr(out.as_mut_ptr());
+        pool.run(pairs.div_ceil(per), &|t| {
+            let mut xa = AlignedBf16::zeroed(kblocks * 2 * BLOCK);
+            for p in t * per..((t + 1) * per).min(pairs) {
+                let (r0, rows) = (p * PAIR, PAIR.min(m - p * PAIR));
+                // SAFETY: the capacity holds one pair, written by this task alone.
+                unsafe { fill_pair(&x[r0 * k..], rows, k, kblocks, 0, xa.as_mut_ptr()) };
+                // Rows r0.. as a matrix of `rows` rows, written by this task alone.
+                run_amx(
+                    w,
+                    &xa,
+                    rows,
+                    0,
+                    1,
+                    0,
+                    nblocks,
+                    &init,
+                    OutPtr(ptr.at(r0 * n)),
+                );
+            }
+        });
+    } else {
+        let xa = amx_rows(x, m, k, kblocks);
+        split_columns_into(m, n, k, OutPtr(out.as_mut_ptr()), |b0, b1, out| {
+            run_amx(w, &xa, m, 0, pairs, b0, b1, &init, out)
+        });
+    }
     // SAFETY: `run_amx` wrote every element of rows 0..m, column blocks b0..b1, and the
     // tasks' column blocks cover 0..n; f32 has no invalid bit patterns.
     unsafe { out.set_len(m * n) };
@@ -871,10 +904,13 @@ fn copy_pair(vals: &[f32], r0: usize, m: usize, nb: usize, nb1: usize, n: usize,
 /// straight into `out`; tiles at the edges (rows past `m`, columns past `n`, a lone
 /// last column block) go through a scratch block.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::too_many_arguments)]
 fn run_amx<W: ColumnBlocks>(
     w: &W,
     xa: &[bf16],
     m: usize,
+    p0: usize,
+    p1: usize,
     b0: usize,
     b1: usize,
     init: &[f32],
@@ -891,7 +927,7 @@ fn run_amx<W: ColumnBlocks>(
     for (nb, scratch_blocks) in (b0..b1).zip(store.iter_mut()) {
         blocks.push(w.column_blocks(nb, scratch_blocks).as_ptr());
     }
-    for p in 0..m.div_ceil(PAIR) {
+    for p in p0..p1 {
         let r0 = p * PAIR;
         let a = xa[p * per_pair..].as_ptr();
         let whole_rows = r0 + PAIR <= m;
@@ -923,10 +959,13 @@ fn run_amx<W: ColumnBlocks>(
 /// Without AMX: the plain loop over the same blocks (never reached: `has_amx_bf16` is
 /// false there).
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[allow(clippy::too_many_arguments)]
 fn run_amx<W: ColumnBlocks>(
     w: &W,
     xa: &[bf16],
     m: usize,
+    p0: usize,
+    p1: usize,
     b0: usize,
     b1: usize,
     init: &[f32],
@@ -936,7 +975,7 @@ fn run_amx<W: ColumnBlocks>(
     let mut scratch = Vec::new();
     for nb in b0..b1 {
         let blocks = w.column_blocks(nb, &mut scratch);
-        for i in 0..m {
+        for i in (p0 * PAIR)..m.min(p1 * PAIR) {
             let mut row = [0f32; PAIR];
             row[..NB].copy_from_slice(&init[nb * NB..][..NB]);
             let (p, t, rr) = (i / PAIR, (i % PAIR) / NB, i % NB);
@@ -1179,7 +1218,9 @@ mod tests {
     }
 
     /// Every path this machine runs, every tile shape (m and n not multiples of 4 or 16,
-    /// k not a multiple of 32), against the f64 product of the bf16-rounded operands.
+    /// k not a multiple of 32), against the f64 product of the bf16-rounded operands. The
+    /// last two shapes are large enough for AMX to split row pairs over the pool (a
+    /// partial last pair, an odd number of column blocks).
     #[test]
     fn paths_equal_the_product_of_rounded_operands() {
         for (m, n, k) in [
@@ -1191,6 +1232,8 @@ mod tests {
             (40, 80, 384),
             (64, 64, 64),
             (70, 50, 0),
+            (150, 70, 100),
+            (200, 33, 64),
         ] {
             let w: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.37).sin()).collect();
             let x: Vec<f32> = (0..m * k)
