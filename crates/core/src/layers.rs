@@ -380,10 +380,11 @@ pub fn encoder_attention_with(
 
 /// Encoder self-attention from the projections `q, k, v` `[batch, seq, heads · dim]`
 /// (not yet split into heads), returning `[batch, seq, heads · dim]`; `mask` additive,
-/// broadcastable to `[batch, 1, seq, seq]`. In training (f32 on the CPU, tracking
-/// gradients) one differentiable op computes it (and its backward pass) from the
-/// projections' columns, with the dropout masks drawn as the op-by-op path draws them;
-/// otherwise the heads are split and [`encoder_attention_with`] runs.
+/// broadcastable to `[batch, 1, seq, seq]`. For f32 on the CPU one op computes it from
+/// the projections' columns (no copies to split and merge the heads), with its backward
+/// pass when the inputs track gradients, and in training with the dropout masks drawn
+/// as the op-by-op path draws them; otherwise the heads are split and
+/// [`encoder_attention_with`] runs.
 pub fn encoder_self_attention(
     q: &Tensor,
     k: &Tensor,
@@ -397,9 +398,8 @@ pub fn encoder_self_attention(
     if heads == 0 || hd % heads != 0 {
         candle_core::bail!("attention: hidden size {hd} for {heads} heads");
     }
-    let tracked = q.track_op() || k.track_op() || v.track_op();
     let f32_cpu = [q, k, v].into_iter().all(crate::kernels::f32_cpu);
-    if tracked && f32_cpu && mask.is_none_or(|m| !m.track_op()) {
+    if f32_cpu && mask.is_none_or(|m| !m.track_op()) {
         let mask = match mask {
             Some(m) => m
                 .to_dtype(DType::F32)?

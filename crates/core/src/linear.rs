@@ -113,6 +113,7 @@ impl QLinear {
                     op: Bf16MatMulOp {
                         weight: Arc::new(packed),
                         bias,
+                        gelu: false,
                     },
                     out: rows,
                 })
@@ -130,6 +131,25 @@ impl QLinear {
             Self::Quantized { out, .. } | Self::Packed { out, .. } | Self::Bf16 { out, .. } => *out,
             Self::Lora { base, .. } => base.out_dim(),
         }
+    }
+
+    /// `act(self.forward(x))`: for a bf16 layer on CPU with exact GELU, one op that
+    /// applies the activation to each block of outputs as it is written.
+    pub fn forward_act(
+        &self,
+        x: &Tensor,
+        act: &crate::layers::Activation,
+    ) -> candle_core::Result<Tensor> {
+        if let Self::Bf16 { op, .. } = self {
+            if *act == crate::layers::Activation::Gelu {
+                let op = Bf16MatMulOp {
+                    gelu: true,
+                    ..op.clone()
+                };
+                return apply_f32_op(x, &op);
+            }
+        }
+        act.forward(&self.forward(x)?)
     }
 
     /// Applies the layer to `[..., in]`.

@@ -17,8 +17,9 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::bf16;
 
+use super::activation::gelu_rows_in_place;
 use super::pool::Pool;
-use super::{linear_op_fwd, OutPtr};
+use super::{linear_op_fwd, Isa, OutPtr};
 
 /// Output columns per weight block.
 pub(crate) const NB: usize = 16;
@@ -584,6 +585,19 @@ pub fn matmul_on(
     bias: Option<&[f32]>,
     path: Path,
 ) -> Result<Vec<f32>, String> {
+    matmul_act_on(w, x, m, bias, false, path)
+}
+
+/// [`matmul_on`], then GELU (erf form) of every output when `gelu`: on AMX, each block
+/// of outputs as soon as it is written (still in L1), instead of a pass of its own.
+pub fn matmul_act_on(
+    w: &PackedBf16,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    gelu: bool,
+    path: Path,
+) -> Result<Vec<f32>, String> {
     let (n, k) = (w.rows, w.cols);
     if x.len() != m * k {
         return Err(format!(
@@ -596,14 +610,19 @@ pub fn matmul_on(
     }
     let path = if path.available() { path } else { Path::Scalar };
     if path == Path::Amx {
-        return Ok(amx_product(w, x, m, bias));
+        return Ok(amx_product(w, x, m, bias, gelu));
     }
     let kpad = w.kblocks * KB;
     let xb = bf16_rows(x, m, k, m, kpad, path == Path::Avx512);
     let simd = path == Path::Avx512;
-    Ok(split_columns(m, n, k, |b0, b1, out| {
+    let mut y = split_columns(m, n, k, |b0, b1, out| {
         run_simd(w, &xb, kpad, m, b0, b1, simd, bias, out)
-    }))
+    });
+    if gelu {
+        // SAFETY: `y` is m rows of n values, borrowed mutably here alone.
+        unsafe { gelu_rows_in_place(y.as_mut_ptr(), n, m, n, Isa::detect()) };
+    }
+    Ok(y)
 }
 
 /// `x` (`m` rows of `k`) in bf16, as `mpad` rows of `kpad` (zero padded).
@@ -731,11 +750,14 @@ unsafe fn fill_pair(x: &[f32], m: usize, k: usize, kblocks: usize, p: usize, dst
 }
 
 /// `x [m, cols] · Wᵀ (+ bias)` on AMX tiles. Only where [`has_amx_bf16`] holds.
+///
+/// With `gelu`, GELU (erf form) of every output, block by block as it is written.
 pub(crate) fn amx_product<W: ColumnBlocks>(
     w: &W,
     x: &[f32],
     m: usize,
     bias: Option<&[f32]>,
+    gelu: bool,
 ) -> Vec<f32> {
     let (n, k) = w.shape();
     let kblocks = w.kblocks();
@@ -772,6 +794,7 @@ pub(crate) fn amx_product<W: ColumnBlocks>(
                     0,
                     nblocks,
                     &init,
+                    gelu,
                     OutPtr(ptr.at(r0 * n)),
                 );
             }
@@ -779,7 +802,7 @@ pub(crate) fn amx_product<W: ColumnBlocks>(
     } else {
         let xa = amx_rows(x, m, k, kblocks);
         split_columns_into(m, n, k, OutPtr(out.as_mut_ptr()), |b0, b1, out| {
-            run_amx(w, &xa, m, 0, pairs, b0, b1, &init, out)
+            run_amx(w, &xa, m, 0, pairs, b0, b1, &init, gelu, out)
         });
     }
     // SAFETY: `run_amx` wrote every element of rows 0..m, column blocks b0..b1, and the
@@ -914,10 +937,12 @@ fn run_amx<W: ColumnBlocks>(
     b0: usize,
     b1: usize,
     init: &[f32],
+    gelu: bool,
     out: OutPtr,
 ) {
     // SAFETY: this path is taken only when `has_amx_bf16()`.
     let tiles = unsafe { amx::Tiles::configure() };
+    let isa = Isa::detect();
     let (n, kblocks) = (w.shape().0, w.kblocks());
     let per_pair = kblocks * 2 * BLOCK;
     let mut scratch = [0f32; PAIR * PAIR];
@@ -944,10 +969,18 @@ fn run_amx<W: ColumnBlocks>(
                 // by a block); rows r0..r0 + PAIR, columns nb * NB..nb * NB + PAIR are
                 // inside [m, n] and this task's.
                 unsafe { tiles.block_2x2(a, bp, kblocks, bias, c, n * 4) };
+                if gelu {
+                    // SAFETY: the block just written, as above.
+                    unsafe { gelu_rows_in_place(c[0], n, PAIR, PAIR, isa) };
+                }
             } else {
                 let c = scratch.as_mut_ptr();
                 // SAFETY: as above, into the scratch block of PAIR rows of PAIR values.
                 unsafe { tiles.block_2x2(a, bp, kblocks, bias, [c, c.add(NB * PAIR)], PAIR * 4) };
+                if gelu {
+                    // SAFETY: the scratch block, PAIR rows of PAIR values.
+                    unsafe { gelu_rows_in_place(c, PAIR, PAIR, PAIR, isa) };
+                }
                 copy_pair(&scratch, r0, m, nb, nb1, n, out);
             }
             nb += 2;
@@ -969,6 +1002,7 @@ fn run_amx<W: ColumnBlocks>(
     b0: usize,
     b1: usize,
     init: &[f32],
+    gelu: bool,
     out: OutPtr,
 ) {
     let (n, kblocks) = (w.shape().0, w.kblocks());
@@ -991,6 +1025,10 @@ fn run_amx<W: ColumnBlocks>(
                     }
                 }
             }
+            if gelu {
+                // SAFETY: `row` holds PAIR values.
+                unsafe { gelu_rows_in_place(row.as_mut_ptr(), PAIR, 1, NB, Isa::detect()) };
+            }
             copy_pair(&row, i, i + 1, nb, nb, n, out);
         }
     }
@@ -1002,6 +1040,8 @@ pub struct Bf16MatMulOp {
     pub weight: std::sync::Arc<PackedBf16>,
     /// Added to each output row (`weight.rows()` values).
     pub bias: Option<std::sync::Arc<[f32]>>,
+    /// GELU (erf form) of the outputs, applied as they are written.
+    pub gelu: bool,
 }
 
 impl CustomOp1 for Bf16MatMulOp {
@@ -1012,7 +1052,7 @@ impl CustomOp1 for Bf16MatMulOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let w = &self.weight;
         linear_op_fwd("bf16 matmul", s, l, w.rows, w.cols, |x, m| {
-            matmul(w, x, m, self.bias.as_deref())
+            matmul_act_on(w, x, m, self.bias.as_deref(), self.gelu, Path::best(m))
         })
     }
 }

@@ -883,7 +883,7 @@ pub fn matmul_amx(w: &PackedQ, x: &[f32], m: usize) -> Option<Result<Vec<f32>, S
             w.cols
         )));
     }
-    Some(Ok(super::bf16::amx_product(w, x, m, None)))
+    Some(Ok(super::bf16::amx_product(w, x, m, None, false)))
 }
 
 /// The candle op: `x [..., cols]` (f32) → `[..., rows]`.

@@ -272,6 +272,9 @@ impl EncoderAttentionTrainOp {
             candle_core::bail!("training attention backward: operands are not {dims:?}");
         }
         let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        if n == 0 {
+            return Ok([dq, dk, dv]);
+        }
         let (dqp, dkp, dvp) = (
             OutPtr(dq.as_mut_ptr()),
             OutPtr(dk.as_mut_ptr()),
@@ -363,6 +366,9 @@ impl CustomOp3 for EncoderAttentionTrainOp {
         let k = contiguous(f32_data(ks, what)?, kl, what)?;
         let v = contiguous(f32_data(vs, what)?, vl, what)?;
         let mut out = vec![0f32; b * s * hd];
+        if out.is_empty() {
+            return Ok((CpuStorage::F32(out), ql.shape().clone()));
+        }
         let ptr = OutPtr(out.as_mut_ptr());
         let heads = self.heads;
         Pool::global().run(b * heads, &|bh| {

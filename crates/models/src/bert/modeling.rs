@@ -169,7 +169,7 @@ impl BertLayer {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let a = self.attention_self.forward(x, mask)?;
         let a = self.attention_output.forward(&a, x)?;
-        let i = self.act.forward(&self.intermediate.forward(&a)?)?;
+        let i = self.intermediate.forward_act(&a, &self.act)?;
         self.output.forward(&i, &a)
     }
 }

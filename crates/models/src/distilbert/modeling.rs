@@ -170,9 +170,7 @@ impl Ffn {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self
-            .lin2
-            .forward(&self.act.forward(&self.lin1.forward(x)?)?)?;
+        let h = self.lin2.forward(&self.lin1.forward_act(x, &self.act)?)?;
         self.dropout.forward(&h)
     }
 }

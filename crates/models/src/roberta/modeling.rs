@@ -212,7 +212,7 @@ impl RobertaLayer {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let a = self.attention_self.forward(x, mask)?;
         let a = self.attention_output.forward(&a, x)?;
-        let i = self.act.forward(&self.intermediate.forward(&a)?)?;
+        let i = self.intermediate.forward_act(&a, &self.act)?;
         self.output.forward(&i, &a)
     }
 }
