@@ -1313,6 +1313,31 @@ mod tests {
         assert!(matmul(&p, &[0.0; 3], 1, Some(&[0.0; 3])).is_err());
     }
 
+    /// With the GELU epilogue, every path gives GELU of its plain product (blocks
+    /// written straight out, through the scratch block, and the row split).
+    #[test]
+    fn gelu_epilogue_equals_gelu_of_the_product() {
+        for (m, n, k) in [(5, 40, 64), (37, 70, 100), (150, 70, 100), (200, 64, 96)] {
+            let w: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.37).sin()).collect();
+            let x: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.11).cos()).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 2.0).collect();
+            let p = PackedBf16::from_f32(n, k, &w).unwrap();
+            for path in [Path::Scalar, Path::Avx512, Path::Amx] {
+                let plain = matmul_on(&p, &x, m, Some(&bias), path).unwrap();
+                let want = super::super::activation::gelu(&plain, Isa::Scalar);
+                let got = matmul_act_on(&p, &x, m, Some(&bias), true, path).unwrap();
+                assert_eq!(got.len(), want.len());
+                let d = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-5, "{path:?} m={m} n={n} k={k}: max diff {d}");
+                assert!(want.iter().any(|v| *v < 0.0) && want.iter().any(|v| *v > 1.0));
+            }
+        }
+    }
+
     /// The packing round-trips the bf16-rounded weight.
     #[test]
     fn packing_round_trips() {
