@@ -361,6 +361,28 @@ mod x86 {
         }
     }
 
+    /// `out[r·n + j] += src[r·n + j]` for `r < rows`, `j < cols`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `out` holds those values, `src` has at least
+    /// `(rows - 1)·n + cols` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_rows(out: *mut f32, n: usize, src: &[f32], rows: usize, cols: usize) {
+        for r in 0..rows {
+            let (o, s) = (out.add(r * n), src.as_ptr().add(r * n));
+            let mut j = 0;
+            while j < cols {
+                let mask = super::super::fused::tail_mask(cols - j);
+                let v = _mm512_add_ps(
+                    _mm512_maskz_loadu_ps(mask, o.add(j)),
+                    _mm512_maskz_loadu_ps(mask, s.add(j)),
+                );
+                _mm512_mask_storeu_ps(o.add(j), mask, v);
+                j += 16;
+            }
+        }
+    }
+
     /// One row of `src` (`KB` values per input block, the last block zero padded) into
     /// `dst`: input block `kb` at `dst + kb * step` (32 bf16 each, one 64-byte store).
     ///
@@ -585,17 +607,17 @@ pub fn matmul_on(
     bias: Option<&[f32]>,
     path: Path,
 ) -> Result<Vec<f32>, String> {
-    matmul_act_on(w, x, m, bias, false, path)
+    matmul_epi_on(w, x, m, bias, Epilogue::default(), path)
 }
 
-/// [`matmul_on`], then GELU (erf form) of every output when `gelu`: on AMX, each block
-/// of outputs as soon as it is written (still in L1), instead of a pass of its own.
-pub fn matmul_act_on(
+/// [`matmul_on`], then the epilogue on every output: on AMX, on each block of outputs
+/// as soon as it is written (still in L1), instead of passes of their own.
+pub fn matmul_epi_on(
     w: &PackedBf16,
     x: &[f32],
     m: usize,
     bias: Option<&[f32]>,
-    gelu: bool,
+    epi: Epilogue,
     path: Path,
 ) -> Result<Vec<f32>, String> {
     let (n, k) = (w.rows, w.cols);
@@ -608,9 +630,14 @@ pub fn matmul_act_on(
     if bias.is_some_and(|b| b.len() != n) {
         return Err(format!("bf16 matmul: a bias of {n} values expected"));
     }
+    if epi.residual.is_some_and(|r| r.len() != m * n) {
+        return Err(format!(
+            "bf16 matmul: a residual of {m} rows of {n} expected"
+        ));
+    }
     let path = if path.available() { path } else { Path::Scalar };
     if path == Path::Amx {
-        return Ok(amx_product(w, x, m, bias, gelu));
+        return Ok(amx_product(w, x, m, bias, epi));
     }
     let kpad = w.kblocks * KB;
     let xb = bf16_rows(x, m, k, m, kpad, path == Path::Avx512);
@@ -618,9 +645,10 @@ pub fn matmul_act_on(
     let mut y = split_columns(m, n, k, |b0, b1, out| {
         run_simd(w, &xb, kpad, m, b0, b1, simd, bias, out)
     });
-    if gelu {
-        // SAFETY: `y` is m rows of n values, borrowed mutably here alone.
-        unsafe { gelu_rows_in_place(y.as_mut_ptr(), n, m, n, Isa::detect()) };
+    if !epi.is_empty() {
+        // SAFETY: `y` is m rows of n values, borrowed mutably here alone; the residual
+        // holds m rows of n (checked above).
+        unsafe { epi.apply(y.as_mut_ptr(), n, (0, 0), m, n, Isa::detect()) };
     }
     Ok(y)
 }
@@ -690,6 +718,68 @@ impl Bf16Ptr {
     }
 }
 
+/// What is done to each block of a product's outputs right after it is written (while
+/// it is in L1): GELU, then a residual added.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// GELU (erf form) of the outputs.
+    pub gelu: bool,
+    /// `[m, n]` values added to the outputs last.
+    pub residual: Option<&'a [f32]>,
+}
+
+impl<'a> Epilogue<'a> {
+    /// The same, for the rows of the output from `r0` on (rows `n` wide).
+    fn rows_from(self, r0: usize, n: usize) -> Self {
+        Self {
+            residual: self.residual.map(|r| &r[(r0 * n).min(r.len())..]),
+            ..self
+        }
+    }
+
+    /// Applies it to `rows` rows of `cols` outputs at `out` (rows `n` apart), which
+    /// are outputs `(r0.., c0..)` of the `[m, n]` product.
+    ///
+    /// # Safety
+    /// Those outputs are valid and this call's alone; the residual, if any, holds the
+    /// `[m, n]` values (`r0 + rows <= m`, `c0 + cols <= n`).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn apply(
+        &self,
+        out: *mut f32,
+        n: usize,
+        (r0, c0): (usize, usize),
+        rows: usize,
+        cols: usize,
+        isa: Isa,
+    ) {
+        if self.gelu {
+            // SAFETY: the caller's contract.
+            unsafe { gelu_rows_in_place(out, n, rows, cols, isa) };
+        }
+        if let Some(res) = self.residual {
+            let src = &res[r0 * n + c0..];
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512Vnni && src.len() >= (rows - 1) * n + cols {
+                // SAFETY: AVX-512 runs here (`isa`); `src` holds the rows (checked) and
+                // `out` the outputs (the caller's contract).
+                return unsafe { x86::add_rows(out, n, src, rows, cols) };
+            }
+            for r in 0..rows {
+                // SAFETY: the caller's contract.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.add(r * n), cols) };
+                for (d, v) in dst.iter_mut().zip(&src[r * n..][..cols]) {
+                    *d += v;
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.gelu && self.residual.is_none()
+    }
+}
+
 /// `x` (`m` rows of `k`) rounded to bf16 in the order the AMX kernel reads it: rows in
 /// pairs of 16-row tiles (the last pair zero padded), and for pair `p` and input block
 /// `kb`, tile 0 then tile 1 at `((p * kblocks + kb) * 2 + t) * BLOCK`, each 16 rows of
@@ -751,13 +841,13 @@ unsafe fn fill_pair(x: &[f32], m: usize, k: usize, kblocks: usize, p: usize, dst
 
 /// `x [m, cols] · Wᵀ (+ bias)` on AMX tiles. Only where [`has_amx_bf16`] holds.
 ///
-/// With `gelu`, GELU (erf form) of every output, block by block as it is written.
+/// The epilogue (its residual `[m, n]`) runs on each block of outputs as it is written.
 pub(crate) fn amx_product<W: ColumnBlocks>(
     w: &W,
     x: &[f32],
     m: usize,
     bias: Option<&[f32]>,
-    gelu: bool,
+    epi: Epilogue,
 ) -> Vec<f32> {
     let (n, k) = w.shape();
     let kblocks = w.kblocks();
@@ -794,7 +884,7 @@ pub(crate) fn amx_product<W: ColumnBlocks>(
                     0,
                     nblocks,
                     &init,
-                    gelu,
+                    epi.rows_from(r0, n),
                     OutPtr(ptr.at(r0 * n)),
                 );
             }
@@ -802,7 +892,7 @@ pub(crate) fn amx_product<W: ColumnBlocks>(
     } else {
         let xa = amx_rows(x, m, k, kblocks);
         split_columns_into(m, n, k, OutPtr(out.as_mut_ptr()), |b0, b1, out| {
-            run_amx(w, &xa, m, 0, pairs, b0, b1, &init, gelu, out)
+            run_amx(w, &xa, m, 0, pairs, b0, b1, &init, epi, out)
         });
     }
     // SAFETY: `run_amx` wrote every element of rows 0..m, column blocks b0..b1, and the
@@ -937,7 +1027,7 @@ fn run_amx<W: ColumnBlocks>(
     b0: usize,
     b1: usize,
     init: &[f32],
-    gelu: bool,
+    epi: Epilogue,
     out: OutPtr,
 ) {
     // SAFETY: this path is taken only when `has_amx_bf16()`.
@@ -969,19 +1059,23 @@ fn run_amx<W: ColumnBlocks>(
                 // by a block); rows r0..r0 + PAIR, columns nb * NB..nb * NB + PAIR are
                 // inside [m, n] and this task's.
                 unsafe { tiles.block_2x2(a, bp, kblocks, bias, c, n * 4) };
-                if gelu {
+                if !epi.is_empty() {
                     // SAFETY: the block just written, as above.
-                    unsafe { gelu_rows_in_place(c[0], n, PAIR, PAIR, isa) };
+                    unsafe { epi.apply(c[0], n, (r0, nb * NB), PAIR, PAIR, isa) };
                 }
             } else {
                 let c = scratch.as_mut_ptr();
                 // SAFETY: as above, into the scratch block of PAIR rows of PAIR values.
                 unsafe { tiles.block_2x2(a, bp, kblocks, bias, [c, c.add(NB * PAIR)], PAIR * 4) };
-                if gelu {
-                    // SAFETY: the scratch block, PAIR rows of PAIR values.
-                    unsafe { gelu_rows_in_place(c, PAIR, PAIR, PAIR, isa) };
-                }
                 copy_pair(&scratch, r0, m, nb, nb1, n, out);
+                if !epi.is_empty() {
+                    let blocks = if nb1 == nb { 1 } else { 2 };
+                    let (rows, cols) = (PAIR.min(m - r0), (blocks * NB).min(n - nb * NB));
+                    // SAFETY: the outputs copy_pair just wrote (inside [m, n], this task's).
+                    unsafe {
+                        epi.apply(out.at(r0 * n + nb * NB), n, (r0, nb * NB), rows, cols, isa)
+                    };
+                }
             }
             nb += 2;
         }
@@ -1002,7 +1096,7 @@ fn run_amx<W: ColumnBlocks>(
     b0: usize,
     b1: usize,
     init: &[f32],
-    gelu: bool,
+    epi: Epilogue,
     out: OutPtr,
 ) {
     let (n, kblocks) = (w.shape().0, w.kblocks());
@@ -1025,11 +1119,10 @@ fn run_amx<W: ColumnBlocks>(
                     }
                 }
             }
-            if gelu {
-                // SAFETY: `row` holds PAIR values.
-                unsafe { gelu_rows_in_place(row.as_mut_ptr(), PAIR, 1, NB, Isa::detect()) };
-            }
             copy_pair(&row, i, i + 1, nb, nb, n, out);
+            let (c0, isa) = (nb * NB, Isa::detect());
+            // SAFETY: the outputs copy_pair just wrote (row i, columns c0.., this task's).
+            unsafe { epi.apply(out.at(i * n + c0), n, (i, c0), 1, NB.min(n - c0), isa) };
         }
     }
 }
@@ -1044,6 +1137,16 @@ pub struct Bf16MatMulOp {
     pub gelu: bool,
 }
 
+impl Bf16MatMulOp {
+    fn run(&self, x: &[f32], m: usize, residual: Option<&[f32]>) -> Result<Vec<f32>, String> {
+        let epi = Epilogue {
+            gelu: self.gelu,
+            residual,
+        };
+        matmul_epi_on(&self.weight, x, m, self.bias.as_deref(), epi, Path::best(m))
+    }
+}
+
 impl CustomOp1 for Bf16MatMulOp {
     fn name(&self) -> &'static str {
         "rustformers-bf16-matmul"
@@ -1052,8 +1155,40 @@ impl CustomOp1 for Bf16MatMulOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let w = &self.weight;
         linear_op_fwd("bf16 matmul", s, l, w.rows, w.cols, |x, m| {
-            matmul_act_on(w, x, m, self.bias.as_deref(), self.gelu, Path::best(m))
+            self.run(x, m, None)
         })
+    }
+}
+
+/// `(x, residual)`: the product (and GELU) plus `residual`, which has the output's shape.
+impl candle_core::CustomOp2 for Bf16MatMulOp {
+    fn name(&self) -> &'static str {
+        "rustformers-bf16-matmul-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let what = "bf16 matmul with residual";
+        let CpuStorage::F32(res) = rs else {
+            candle_core::bail!("{what} takes an f32 residual, got {:?}", rs.dtype());
+        };
+        let Some((r0, r1)) = rl.contiguous_offsets() else {
+            candle_core::bail!("{what} takes a contiguous residual");
+        };
+        let w = &self.weight;
+        let (storage, shape) = linear_op_fwd(what, s, l, w.rows, w.cols, |x, m| {
+            self.run(x, m, Some(&res[r0..r1]))
+        })?;
+        if rl.shape() != &shape {
+            candle_core::bail!("{what}: residual {:?} for output {shape:?}", rl.shape());
+        }
+        Ok((storage, shape))
     }
 }
 
@@ -1313,27 +1448,44 @@ mod tests {
         assert!(matmul(&p, &[0.0; 3], 1, Some(&[0.0; 3])).is_err());
     }
 
-    /// With the GELU epilogue, every path gives GELU of its plain product (blocks
-    /// written straight out, through the scratch block, and the row split).
+    /// With the epilogue (GELU, a residual, both), every path gives the epilogue applied
+    /// to its plain product (blocks written straight out, through the scratch block,
+    /// and the row split); a residual of the wrong size is an error.
     #[test]
-    fn gelu_epilogue_equals_gelu_of_the_product() {
+    fn epilogue_equals_its_ops_on_the_product() {
         for (m, n, k) in [(5, 40, 64), (37, 70, 100), (150, 70, 100), (200, 64, 96)] {
             let w: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.37).sin()).collect();
             let x: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.11).cos()).collect();
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 2.0).collect();
+            let res: Vec<f32> = (0..m * n)
+                .map(|i| ((i as f32) * 0.07).sin() * 5.0)
+                .collect();
             let p = PackedBf16::from_f32(n, k, &w).unwrap();
             for path in [Path::Scalar, Path::Avx512, Path::Amx] {
                 let plain = matmul_on(&p, &x, m, Some(&bias), path).unwrap();
-                let want = super::super::activation::gelu(&plain, Isa::Scalar);
-                let got = matmul_act_on(&p, &x, m, Some(&bias), true, path).unwrap();
-                assert_eq!(got.len(), want.len());
-                let d = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(d < 1e-5, "{path:?} m={m} n={n} k={k}: max diff {d}");
-                assert!(want.iter().any(|v| *v < 0.0) && want.iter().any(|v| *v > 1.0));
+                let gelu = super::super::activation::gelu(&plain, Isa::Scalar);
+                assert!(gelu.iter().any(|v| *v < 0.0) && gelu.iter().any(|v| *v > 1.0));
+                for (g, r) in [(true, false), (false, true), (true, true)] {
+                    let epi = Epilogue {
+                        gelu: g,
+                        residual: r.then_some(res.as_slice()),
+                    };
+                    let got = matmul_epi_on(&p, &x, m, Some(&bias), epi, path).unwrap();
+                    let base = if g { &gelu } else { &plain };
+                    assert_eq!(got.len(), m * n);
+                    let d = (0..m * n)
+                        .map(|i| (got[i] - base[i] - if r { res[i] } else { 0.0 }).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        d < 1e-5,
+                        "{path:?} m={m} n={n} k={k} gelu={g} residual={r}: {d}"
+                    );
+                }
+                let short = Epilogue {
+                    gelu: false,
+                    residual: Some(&res[1..]),
+                };
+                assert!(matmul_epi_on(&p, &x, m, None, short, path).is_err());
             }
         }
     }

@@ -161,6 +161,20 @@ pub fn matmul_blocks(
     m: usize,
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>, String> {
+    matmul_blocks_residual(w, n, k, x, m, bias, None)
+}
+
+/// [`matmul_blocks`] plus `residual` (`[m, n]`): the residual and the bias go into the
+/// output first, and gemm adds the product to them (no pass of its own for the add).
+pub fn matmul_blocks_residual(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Result<Vec<f32>, String> {
     if w.len() != n * k || x.len() != m * k || bias.is_some_and(|b| b.len() != n) {
         return Err(format!(
             "matmul: weight of {} values for [{n}, {k}], input of {} for [{m}, {k}]",
@@ -168,11 +182,24 @@ pub fn matmul_blocks(
             x.len()
         ));
     }
-    // The bias goes into the output first; gemm then adds the product to it.
-    let mut out = match bias {
-        Some(b) => b.repeat(m),
-        None => vec![0f32; m * n],
+    if residual.is_some_and(|r| r.len() != m * n) {
+        return Err(format!("matmul: a residual of {m} rows of {n} expected"));
+    }
+    let mut out = match (residual, bias) {
+        (Some(r), Some(b)) => {
+            let mut out = r.to_vec();
+            for row in out.chunks_exact_mut(n) {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += b;
+                }
+            }
+            out
+        }
+        (Some(r), None) => r.to_vec(),
+        (None, Some(b)) => b.repeat(m),
+        (None, None) => vec![0f32; m * n],
     };
+    let accumulate = bias.is_some() || residual.is_some();
     // SAFETY: out is [m, n]; x is [m, k] (checked above); (kk, j) = w[j·k + kk] is
     // inside [n, k].
     unsafe {
@@ -181,7 +208,7 @@ pub fn matmul_blocks(
             &mut out,
             super::Mat::rows(x, k),
             super::Mat::cols(w, k),
-            bias.is_some(),
+            accumulate,
         )
     };
     Ok(out)
@@ -195,7 +222,21 @@ pub fn matmul_t(
     w: &Tensor,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
+    matmul_t_residual(x, w, bias, None)
+}
+
+/// [`matmul_t`] plus `residual`, a tensor of the output's shape (added by the kernels,
+/// without a pass of its own on the gemm path); `None` where the operands do not fit.
+pub fn matmul_t_residual(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
     if !runs_kernels(x) || !runs_kernels(w) || w.rank() != 2 || !w.is_contiguous() {
+        return Ok(None);
+    }
+    if residual.is_some_and(|r| !runs_kernels(r)) {
         return Ok(None);
     }
     if bias.is_some_and(|b| !runs_kernels(b) || b.elem_count() != w.dims()[0]) {
@@ -233,16 +274,40 @@ pub fn matmul_t(
     let Some((a, b)) = layout.contiguous_offsets() else {
         return Ok(None);
     };
-    let y = if m <= MAX_ROWS {
-        matmul_slices_bias(&data[a..b], n, k, xs, m, bias.as_deref(), Isa::detect())
-    } else {
-        matmul_blocks(&data[a..b], n, k, xs, m, bias.as_deref())
-    }
-    .map_err(candle_core::Error::Msg)?;
     let mut out_dims = dims.to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = n;
     }
+    if residual.is_some_and(|r| r.dims() != out_dims.as_slice()) {
+        return Ok(None);
+    }
+    let residual = residual.map(|r| r.contiguous()).transpose()?;
+    let res_storage = residual.as_ref().map(|r| r.storage_and_layout());
+    let res = match &res_storage {
+        Some((st, l)) => {
+            let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(d)) = &**st else {
+                return Ok(None);
+            };
+            let Some((r0, r1)) = l.contiguous_offsets() else {
+                return Ok(None);
+            };
+            Some(&d[r0..r1])
+        }
+        None => None,
+    };
+    let y = if m <= MAX_ROWS {
+        matmul_slices_bias(&data[a..b], n, k, xs, m, bias.as_deref(), Isa::detect()).map(|mut y| {
+            if let Some(r) = res {
+                for (o, v) in y.iter_mut().zip(r) {
+                    *o += v;
+                }
+            }
+            y
+        })
+    } else {
+        matmul_blocks_residual(&data[a..b], n, k, xs, m, bias.as_deref(), res)
+    }
+    .map_err(candle_core::Error::Msg)?;
     Ok(Some(Tensor::from_vec(y, out_dims, x.device())?))
 }
 

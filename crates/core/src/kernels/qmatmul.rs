@@ -883,7 +883,13 @@ pub fn matmul_amx(w: &PackedQ, x: &[f32], m: usize) -> Option<Result<Vec<f32>, S
             w.cols
         )));
     }
-    Some(Ok(super::bf16::amx_product(w, x, m, None, false)))
+    Some(Ok(super::bf16::amx_product(
+        w,
+        x,
+        m,
+        None,
+        Default::default(),
+    )))
 }
 
 /// The candle op: `x [..., cols]` (f32) → `[..., rows]`.
