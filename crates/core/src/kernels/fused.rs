@@ -411,6 +411,34 @@ pub(super) fn head_probs(a: &HeadGemm) -> Vec<f32> {
 /// `dst + i·dst_rs + [0, d)` is writable for every query row `i`, and nothing else
 /// writes there meanwhile; `k` and `v` hold `t` rows at their steps (checked by the op).
 pub(super) unsafe fn attend_head_gemm(a: &HeadGemm, dst: *mut f32, dst_rs: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if a.softcap.is_none() && super::Isa::detect() == super::Isa::Avx512Vnni {
+        // SAFETY: AVX-512 was detected; the operands and `dst` as this function's.
+        let done = unsafe {
+            match (a.t.div_ceil(16), a.d) {
+                (1, 32) => attend_small_avx512::<1, 2>(a, dst, dst_rs),
+                (2, 32) => attend_small_avx512::<2, 2>(a, dst, dst_rs),
+                (3, 32) => attend_small_avx512::<3, 2>(a, dst, dst_rs),
+                (4, 32) => attend_small_avx512::<4, 2>(a, dst, dst_rs),
+                (1, 64) => attend_small_avx512::<1, 4>(a, dst, dst_rs),
+                (2, 64) => attend_small_avx512::<2, 4>(a, dst, dst_rs),
+                (3, 64) => attend_small_avx512::<3, 4>(a, dst, dst_rs),
+                (4, 64) => attend_small_avx512::<4, 4>(a, dst, dst_rs),
+                _ => false,
+            }
+        };
+        if done {
+            return;
+        }
+    }
+    attend_head_by_gemm(a, dst, dst_rs)
+}
+
+/// [`attend_head_gemm`] through gemm calls (any size).
+///
+/// # Safety
+/// As [`attend_head_gemm`].
+unsafe fn attend_head_by_gemm(a: &HeadGemm, dst: *mut f32, dst_rs: usize) {
     let scores = head_probs(a);
     let (s, t, d) = (a.s, a.t, a.d);
     // out[i, x] = Σ p[i, j] v[j, x]
@@ -422,6 +450,109 @@ pub(super) unsafe fn attend_head_gemm(a: &HeadGemm, dst: *mut f32, dst_rs: usize
         Mat::rows(a.v, a.v_step),
         false,
     );
+}
+
+/// Query rows computed together by [`attend_small_avx512`].
+#[cfg(target_arch = "x86_64")]
+const SMALL_ROWS: usize = 4;
+
+/// One short head (`t <= 16·NV` keys, `d = 16·DV`) in registers, without gemm calls
+/// (whose set-up costs more than a head of a short sentence): kᵀ into a block in L1,
+/// then per group of [`SMALL_ROWS`] query rows the scores, the masked softmax (as
+/// [`softmax_rows_avx512`]: `score·scale + mask`, terms below the cutoff zero) and
+/// `p v`. Returns false (nothing written) where the head does not fit.
+///
+/// # Safety
+/// The CPU has AVX-512 F; the operands and `dst` as [`attend_head_gemm`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+// Lane and row indices address several register arrays at once.
+#[allow(clippy::needless_range_loop)]
+unsafe fn attend_small_avx512<const NV: usize, const DV: usize>(
+    a: &HeadGemm,
+    dst: *mut f32,
+    dst_rs: usize,
+) -> bool {
+    use std::arch::x86_64::*;
+    let (s, t, d) = (a.s, a.t, DV * 16);
+    let tp = NV * 16;
+    let holds = |m: &[f32], rows: usize, step: usize| m.len() >= (rows - 1) * step + d;
+    if t == 0 || t > tp || a.d != d || s == 0 || a.mask.len() < s * t {
+        return false;
+    }
+    if !holds(a.q, s, a.q_step) || !holds(a.k, t, a.k_step) || !holds(a.v, t, a.v_step) {
+        return false;
+    }
+    // kt[x·tp + j] = k[j, x]; keys past t stay zero.
+    let mut kt = [0f32; 64 * 64];
+    for j in 0..t {
+        let row = &a.k[j * a.k_step..][..d];
+        for (x, v) in row.iter().enumerate() {
+            kt[x * tp + j] = *v;
+        }
+    }
+    let scale = _mm512_set1_ps(a.scale);
+    let mut p = [[0f32; 64]; SMALL_ROWS];
+    let mut i = 0;
+    while i < s {
+        // Rows past the last repeat it (computed, not written).
+        let rows: [usize; SMALL_ROWS] = std::array::from_fn(|r| (i + r).min(s - 1));
+        let mut sc = [[_mm512_setzero_ps(); NV]; SMALL_ROWS];
+        for x in 0..d {
+            let kv: [__m512; NV] =
+                std::array::from_fn(|v| _mm512_loadu_ps(kt[x * tp + 16 * v..].as_ptr()));
+            for (r, row) in rows.iter().enumerate() {
+                // SAFETY: q holds s rows q_step apart of d values (checked above).
+                let qb = _mm512_set1_ps(*a.q.get_unchecked(row * a.q_step + x));
+                for v in 0..NV {
+                    sc[r][v] = _mm512_fmadd_ps(qb, kv[v], sc[r][v]);
+                }
+            }
+        }
+        for (r, row) in rows.iter().enumerate() {
+            let mrow = a.mask[row * t..].as_ptr();
+            let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
+            for v in 0..NV {
+                let lanes = tail_mask(t.saturating_sub(16 * v));
+                let m = _mm512_maskz_loadu_ps(lanes, mrow.add(16 * v));
+                sc[r][v] = _mm512_fmadd_ps(sc[r][v], scale, m);
+                maxv = _mm512_mask_max_ps(maxv, lanes, maxv, sc[r][v]);
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
+            let mut sum = _mm512_setzero_ps();
+            for v in 0..NV {
+                let lanes = tail_mask(t.saturating_sub(16 * v));
+                let e =
+                    _mm512_maskz_mov_ps(lanes, softmax_exp_avx512(_mm512_sub_ps(sc[r][v], max)));
+                sc[r][v] = e;
+                sum = _mm512_add_ps(sum, e);
+            }
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+            for v in 0..NV {
+                _mm512_storeu_ps(p[r][16 * v..].as_mut_ptr(), _mm512_mul_ps(sc[r][v], inv));
+            }
+        }
+        // out[r, x] = Σ_j p[r, j] v[j, x]
+        let mut acc = [[_mm512_setzero_ps(); DV]; SMALL_ROWS];
+        for j in 0..t {
+            let vrow = a.v[j * a.v_step..][..d].as_ptr();
+            let vv: [__m512; DV] = std::array::from_fn(|c| _mm512_loadu_ps(vrow.add(16 * c)));
+            for r in 0..SMALL_ROWS {
+                let pb = _mm512_set1_ps(p[r][j]);
+                for c in 0..DV {
+                    acc[r][c] = _mm512_fmadd_ps(pb, vv[c], acc[r][c]);
+                }
+            }
+        }
+        for (r, accr) in acc.iter().enumerate().take(SMALL_ROWS.min(s - i)) {
+            let o = dst.add((i + r) * dst_rs);
+            for (c, v) in accr.iter().enumerate() {
+                _mm512_storeu_ps(o.add(16 * c), *v);
+            }
+        }
+        i += SMALL_ROWS;
+    }
+    true
 }
 
 /// Scaled, soft-capped, masked softmax of each row of `scores` (`t` wide), in place.
@@ -648,4 +779,78 @@ unsafe fn attend_row_avx512(
     o: &mut [f32],
 ) {
     attend_row(r, q, mask, scores, o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The register kernel for short heads gives what the gemm path gives: query and
+    /// key counts around the 16-lane and 4-row edges, both head sizes, rows wider than
+    /// the head (a head's columns in a wider row), and masks with padded keys.
+    #[test]
+    fn short_heads_equal_the_gemm_path() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::Isa::detect() == crate::kernels::Isa::Avx512Vnni {
+            let mut ran = 0;
+            for d in [32, 64] {
+                for (s, t) in [
+                    (1, 1),
+                    (3, 5),
+                    (4, 16),
+                    (5, 17),
+                    (23, 23),
+                    (9, 33),
+                    (64, 64),
+                ] {
+                    let step = 3 * d;
+                    let val = |i: usize, f: f32| ((i as f32) * f).sin() * 2.0;
+                    let q: Vec<f32> = (0..s * step).map(|i| val(i, 0.37)).collect();
+                    let k: Vec<f32> = (0..t * step).map(|i| val(i, 0.11)).collect();
+                    let v: Vec<f32> = (0..t * step).map(|i| val(i, 0.23)).collect();
+                    // The last two keys are padding (as an attention mask makes them).
+                    let mask: Vec<f32> = (0..s * t)
+                        .map(|i| {
+                            if t > 2 && i % t >= t - 2 {
+                                f32::MIN
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let head = HeadGemm {
+                        q: &q,
+                        q_step: step,
+                        s,
+                        k: &k,
+                        k_step: step,
+                        v: &v,
+                        v_step: step,
+                        mask: &mask,
+                        scale: 0.17,
+                        softcap: None,
+                        t,
+                        d,
+                    };
+                    let (mut fast, mut slow) = (vec![7f32; s * step], vec![7f32; s * step]);
+                    // SAFETY: AVX-512 runs here; the operands hold s / t rows of `step`
+                    // and the outputs s rows of `step`.
+                    unsafe {
+                        attend_head_gemm(&head, fast.as_mut_ptr(), step);
+                        attend_head_by_gemm(&head, slow.as_mut_ptr(), step);
+                    }
+                    let diff = fast
+                        .iter()
+                        .zip(&slow)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(diff < 1e-5, "d={d} s={s} t={t}: {diff}");
+                    // Only the head's columns were written.
+                    assert!(fast.chunks(step).all(|r| r[d..].iter().all(|x| *x == 7.0)));
+                    ran += 1;
+                }
+            }
+            assert_eq!(ran, 14);
+        }
+    }
 }
