@@ -122,11 +122,19 @@ fn pooling_from_config(cfg: &Value) -> Vec<Pooling> {
 
 /// Pools one row of token vectors `[seq, hidden]` (real tokens only).
 pub fn pool(tokens: &Tensor, modes: &[Pooling]) -> Result<Tensor> {
-    let mut parts = Vec::with_capacity(modes.len());
-    let n = tokens.dim(0)?;
-    if n == 0 {
+    if tokens.dim(0)? == 0 {
         return Err(Error::invalid("cannot pool an input with no tokens"));
     }
+    if tokens.dtype() == candle_core::DType::F32 && tokens.rank() == 2 {
+        return pool_f32(tokens, modes);
+    }
+    pool_by_ops(tokens, modes)
+}
+
+/// [`pool`] through candle's reductions (other dtypes).
+fn pool_by_ops(tokens: &Tensor, modes: &[Pooling]) -> Result<Tensor> {
+    let mut parts = Vec::with_capacity(modes.len());
+    let n = tokens.dim(0)?;
     for m in modes {
         parts.push(match m {
             Pooling::Cls => tokens.get(0)?,
@@ -136,6 +144,49 @@ pub fn pool(tokens: &Tensor, modes: &[Pooling]) -> Result<Tensor> {
         });
     }
     Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// [`pool`] for f32 `[seq, hidden]`, by rows in one read of the values (candle reduces
+/// over the sequence dimension with strided reads, serially): sums in token order, then
+/// scaled by the reciprocal, as candle's `mean` and the division by a scalar do.
+fn pool_f32(tokens: &Tensor, modes: &[Pooling]) -> Result<Tensor> {
+    let (n, h) = tokens.dims2()?;
+    let values = tokens.flatten_all()?.to_vec1::<f32>()?;
+    let rows = values.chunks_exact(h);
+    let mut out = Vec::with_capacity(modes.len() * h);
+    let sum = || {
+        let mut acc = vec![0f32; h];
+        for row in rows.clone() {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        acc
+    };
+    for m in modes {
+        match m {
+            Pooling::Cls => out.extend_from_slice(&values[..h]),
+            Pooling::Max => {
+                let mut acc = vec![f32::NEG_INFINITY; h];
+                for row in rows.clone() {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a = a.max(*v);
+                    }
+                }
+                out.extend(acc);
+            }
+            Pooling::Mean => {
+                let k = (1.0 / n as f64) as f32;
+                out.extend(sum().into_iter().map(|v| v * k));
+            }
+            Pooling::MeanSqrtLen => {
+                let k = (1.0 / (n as f64).sqrt()) as f32;
+                out.extend(sum().into_iter().map(|v| v * k));
+            }
+        }
+    }
+    let len = out.len();
+    Ok(Tensor::from_vec(out, len, tokens.device())?)
 }
 
 /// L2-normalises a vector as torch's `F.normalize` (eps 1e-12).
@@ -306,5 +357,42 @@ impl Pipeline for FeatureExtractionPipeline {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The f32 pooling by rows gives what candle's reductions give, for every mode and
+    /// for all modes concatenated (sentence-transformers' order).
+    #[test]
+    fn row_pooling_equals_candle_reductions() {
+        let dev = candle_core::Device::Cpu;
+        let tokens = Tensor::randn(0f32, 1.0, (23, 40), &dev).unwrap();
+        let all = [
+            Pooling::Cls,
+            Pooling::Max,
+            Pooling::Mean,
+            Pooling::MeanSqrtLen,
+        ];
+        let mut cases: Vec<Vec<Pooling>> = all.iter().map(|m| vec![*m]).collect();
+        cases.push(all.to_vec());
+        for modes in cases {
+            let got = pool(&tokens, &modes).unwrap().to_vec1::<f32>().unwrap();
+            let want = pool_by_ops(&tokens, &modes)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(got.len(), 40 * modes.len());
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "{modes:?}: {a} vs {b}"
+                );
+            }
+        }
+        let empty = Tensor::zeros((0, 40), candle_core::DType::F32, &dev).unwrap();
+        assert!(pool(&empty, &all).is_err());
     }
 }
