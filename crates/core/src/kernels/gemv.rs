@@ -123,6 +123,23 @@ pub fn matmul_slices(
     matmul_slices_bias(w, n, k, x, m, None, isa)
 }
 
+/// An error naming `what` unless `w` is `[n, k]`, `x` `[m, k]` and `bias` `n` values.
+fn check_operands(
+    what: &str,
+    (w, n, k): (&[f32], usize, usize),
+    (x, m): (&[f32], usize),
+    bias: Option<&[f32]>,
+) -> Result<(), String> {
+    if w.len() != n * k || x.len() != m * k || bias.is_some_and(|b| b.len() != n) {
+        return Err(format!(
+            "{what}: weight of {} values for [{n}, {k}], input of {} for [{m}, {k}]",
+            w.len(),
+            x.len()
+        ));
+    }
+    Ok(())
+}
+
 /// [`matmul_slices`] plus a bias of `n` values added to every row.
 pub fn matmul_slices_bias(
     w: &[f32],
@@ -133,13 +150,7 @@ pub fn matmul_slices_bias(
     bias: Option<&[f32]>,
     isa: Isa,
 ) -> Result<Vec<f32>, String> {
-    if w.len() != n * k || x.len() != m * k || bias.is_some_and(|b| b.len() != n) {
-        return Err(format!(
-            "gemv: weight of {} values for [{n}, {k}], input of {} for [{m}, {k}]",
-            w.len(),
-            x.len()
-        ));
-    }
+    check_operands("gemv", (w, n, k), (x, m), bias)?;
     let simd = isa == Isa::Avx512Vnni;
     Ok(tiled_product(
         m,
@@ -175,13 +186,7 @@ pub fn matmul_blocks_residual(
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
 ) -> Result<Vec<f32>, String> {
-    if w.len() != n * k || x.len() != m * k || bias.is_some_and(|b| b.len() != n) {
-        return Err(format!(
-            "matmul: weight of {} values for [{n}, {k}], input of {} for [{m}, {k}]",
-            w.len(),
-            x.len()
-        ));
-    }
+    check_operands("matmul", (w, n, k), (x, m), bias)?;
     if residual.is_some_and(|r| r.len() != m * n) {
         return Err(format!("matmul: a residual of {m} rows of {n} expected"));
     }
