@@ -259,26 +259,6 @@ pub fn matmul_t_residual(
     if m == 0 {
         return Ok(None);
     }
-    // The input's and the weight's storage, without a copy when they are contiguous.
-    let x = x.contiguous()?;
-    let (x_storage, x_layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(x_data)) = &*x_storage else {
-        return Ok(None);
-    };
-    let Some((xa, xb)) = x_layout.contiguous_offsets() else {
-        return Ok(None);
-    };
-    let xs = &x_data[xa..xb];
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Ok(None);
-    };
-    let candle_core::CpuStorage::F32(data) = cpu else {
-        return Ok(None);
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        return Ok(None);
-    };
     let mut out_dims = dims.to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = n;
@@ -286,32 +266,25 @@ pub fn matmul_t_residual(
     if residual.is_some_and(|r| r.dims() != out_dims.as_slice()) {
         return Ok(None);
     }
-    let residual = residual.map(|r| r.contiguous()).transpose()?;
-    let res_storage = residual.as_ref().map(|r| r.storage_and_layout());
-    let res = match &res_storage {
-        Some((st, l)) => {
-            let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(d)) = &**st else {
-                return Ok(None);
-            };
-            let Some((r0, r1)) = l.contiguous_offsets() else {
-                return Ok(None);
-            };
-            Some(&d[r0..r1])
-        }
-        None => None,
-    };
-    let y = if m <= MAX_ROWS {
-        matmul_slices_bias(&data[a..b], n, k, xs, m, bias.as_deref(), Isa::detect()).map(|mut y| {
-            if let Some(r) = res {
-                for (o, v) in y.iter_mut().zip(r) {
-                    *o += v;
-                }
+    let product = |xs: &[f32], ws: &[f32], res: Option<&[f32]>| {
+        if m <= MAX_ROWS {
+            let mut y = matmul_slices_bias(ws, n, k, xs, m, bias.as_deref(), Isa::detect())?;
+            for (o, v) in y.iter_mut().zip(res.unwrap_or_default()) {
+                *o += v;
             }
-            y
+            Ok(y)
+        } else {
+            matmul_blocks_residual(ws, n, k, xs, m, bias.as_deref(), res)
+        }
+    };
+    // The operands' values, without a copy where they are contiguous (all are f32 on
+    // the CPU: checked above).
+    let y = super::read_f32(x, |xs| {
+        super::read_f32(w, |ws| match residual {
+            Some(r) => super::read_f32(r, |rs| product(xs, ws, Some(rs))),
+            None => Ok(product(xs, ws, None)),
         })
-    } else {
-        matmul_blocks_residual(&data[a..b], n, k, xs, m, bias.as_deref(), res)
-    }
+    })???
     .map_err(candle_core::Error::Msg)?;
     Ok(Some(Tensor::from_vec(y, out_dims, x.device())?))
 }
