@@ -9,6 +9,7 @@ use candle_core::{DType, Module, Tensor};
 
 use crate::kernels::bf16::{Bf16MatMulOp, PackedBf16};
 use crate::kernels::qmatmul::{PackedQ, QFormat, QMatMulOp};
+use crate::kernels::sgemm::{F32MatMulOp, PackedF32};
 use candle_nn::VarBuilder;
 
 /// `y = x Wᵀ (+ b)` with a dense or quantized `W` `[out, in]`.
@@ -29,6 +30,9 @@ pub enum QLinear {
         bias: Option<Tensor>,
         out: usize,
     },
+    /// An f32 weight on CPU packed for rustformers' AVX-512 kernel (inference). The bias,
+    /// if any, is added by the op.
+    F32 { op: F32MatMulOp, out: usize },
     /// A bf16 weight on CPU (f32 activations), for models loaded with `dtype = bf16`.
     /// The bias, if any, is added by the op.
     Bf16 { op: Bf16MatMulOp, out: usize },
@@ -122,13 +126,47 @@ impl QLinear {
         }
     }
 
+    /// This layer packed for the f32 CPU kernel, when it is a dense f32 layer on a CPU
+    /// with AVX-512 (unchanged otherwise). For inference: the packed layer has no
+    /// gradients.
+    pub fn to_packed_f32(self) -> candle_core::Result<Self> {
+        match self {
+            Self::Dense { weight, bias }
+                if crate::kernels::f32_cpu(&weight)
+                    && bias.as_ref().is_none_or(crate::kernels::f32_cpu)
+                    && crate::kernels::Isa::detect() == crate::kernels::Isa::Avx512Vnni =>
+            {
+                let (rows, cols) = weight.dims2()?;
+                let packed =
+                    crate::kernels::read_f32(&weight, |w| PackedF32::from_rows(rows, cols, w))?
+                        .map_err(candle_core::Error::Msg)?;
+                let bias = match bias {
+                    Some(b) => Some(Arc::from(b.flatten_all()?.to_vec1::<f32>()?)),
+                    None => None,
+                };
+                Ok(Self::F32 {
+                    op: F32MatMulOp {
+                        weight: Arc::new(packed),
+                        bias,
+                        gelu: false,
+                    },
+                    out: rows,
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
     /// The output size.
     pub fn out_dim(&self) -> usize {
         match self {
             Self::Dense { weight, .. } | Self::Bf16Train { weight, .. } => {
                 weight.dims().first().copied().unwrap_or(0)
             }
-            Self::Quantized { out, .. } | Self::Packed { out, .. } | Self::Bf16 { out, .. } => *out,
+            Self::Quantized { out, .. }
+            | Self::Packed { out, .. }
+            | Self::Bf16 { out, .. }
+            | Self::F32 { out, .. } => *out,
             Self::Lora { base, .. } => base.out_dim(),
         }
     }
@@ -140,13 +178,23 @@ impl QLinear {
         x: &Tensor,
         act: &crate::layers::Activation,
     ) -> candle_core::Result<Tensor> {
-        if let Self::Bf16 { op, .. } = self {
-            if *act == crate::layers::Activation::Gelu {
-                let op = Bf16MatMulOp {
-                    gelu: true,
-                    ..op.clone()
-                };
-                return apply_f32_op(x, &op);
+        if *act == crate::layers::Activation::Gelu {
+            match self {
+                Self::Bf16 { op, .. } => {
+                    let op = Bf16MatMulOp {
+                        gelu: true,
+                        ..op.clone()
+                    };
+                    return apply_f32_op(x, &op);
+                }
+                Self::F32 { op, .. } => {
+                    let op = F32MatMulOp {
+                        gelu: true,
+                        ..op.clone()
+                    };
+                    return apply_f32_op(x, &op);
+                }
+                _ => {}
             }
         }
         act.forward(&self.forward(x)?)
@@ -168,15 +216,13 @@ impl QLinear {
                 }
             }
             Self::Bf16 { op, out } => {
-                let mut dims = x.dims().to_vec();
-                if let Some(last) = dims.last_mut() {
-                    *last = *out;
+                if let Some(y) = residual_op(x, residual, *out, op)? {
+                    return Ok(y);
                 }
-                let fits = crate::kernels::runs_kernels(residual) && residual.dims() == dims;
-                if fits && crate::kernels::runs_kernels(x) {
-                    return x
-                        .contiguous()?
-                        .apply_op2_no_bwd(&residual.contiguous()?, op);
+            }
+            Self::F32 { op, out } => {
+                if let Some(y) = residual_op(x, residual, *out, op)? {
+                    return Ok(y);
                 }
             }
             _ => {}
@@ -238,6 +284,7 @@ impl QLinear {
             Self::Quantized { weight, bias, .. } => (weight.forward(x)?, bias),
             Self::Packed { op, bias, .. } => (apply_f32_op(x, op)?, bias),
             Self::Bf16 { op, .. } => return apply_f32_op(x, op),
+            Self::F32 { op, .. } => return apply_f32_op(x, op),
             Self::Lora {
                 base,
                 a,
@@ -276,6 +323,27 @@ fn bf16_training(layer: QLinear) -> QLinear {
         },
         other => other,
     }
+}
+
+/// `op(x, residual)` for a layer of `out` outputs when both are f32 CPU tensors outside
+/// autograd and the residual has the output's shape; `None` otherwise.
+fn residual_op(
+    x: &Tensor,
+    residual: &Tensor,
+    out: usize,
+    op: &impl candle_core::CustomOp2,
+) -> candle_core::Result<Option<Tensor>> {
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    let fits = crate::kernels::runs_kernels(residual) && residual.dims() == dims;
+    if !fits || !crate::kernels::runs_kernels(x) {
+        return Ok(None);
+    }
+    x.contiguous()?
+        .apply_op2_no_bwd(&residual.contiguous()?, op)
+        .map(Some)
 }
 
 /// Runs an f32 kernel op on `x` (converted to f32 and back, made contiguous).
@@ -407,6 +475,9 @@ pub struct Weights {
     quantized: Option<Arc<QuantizedStore>>,
     /// Dense linear weights go to bf16 (CPU `dtype = bf16`: activations stay f32).
     bf16_linears: bool,
+    /// Dense f32 linear weights are packed for the CPU kernel (inference only), and
+    /// handed over to the checkpoint's record in place of their tensors.
+    packed_f32: Option<crate::weights::PackedWeights>,
     /// LoRA adapters for the target layers.
     lora: Option<Arc<crate::lora::LoraState>>,
     /// The model's training switch (dropout), when built for training.
@@ -423,6 +494,7 @@ impl Weights {
             vb,
             quantized,
             bf16_linears: false,
+            packed_f32: None,
             lora: None,
             train_mode: None,
             bf16_train: false,
@@ -480,12 +552,22 @@ impl Weights {
         self
     }
 
+    /// The same weights with every dense f32 linear layer on CPU packed for
+    /// rustformers' f32 kernel ([`QLinear::to_packed_f32`]): for inference, as the
+    /// packed layers have no gradients. Each packed weight replaces its tensor in
+    /// `record` (the checkpoint's), so the file's values are not held twice.
+    pub fn with_packed_f32_linears(mut self, record: crate::weights::PackedWeights) -> Self {
+        self.packed_f32 = Some(record);
+        self
+    }
+
     /// Descends into a sub-module.
     pub fn pp(&self, name: impl ToString) -> Self {
         Self {
             vb: self.vb.pp(name),
             quantized: self.quantized.clone(),
             bf16_linears: self.bf16_linears,
+            packed_f32: self.packed_f32.clone(),
             lora: self.lora.clone(),
             train_mode: self.train_mode.clone(),
             bf16_train: self.bf16_train,
@@ -567,6 +649,12 @@ impl Weights {
         }
         if self.bf16_linears {
             layer.to_bf16()
+        } else if let Some(record) = &self.packed_f32 {
+            let layer = layer.to_packed_f32()?;
+            if let QLinear::F32 { op, .. } = &layer {
+                record.replace(&key, op.weight.clone())?;
+            }
+            Ok(layer)
         } else {
             Ok(layer)
         }
@@ -636,6 +724,29 @@ mod tests {
     use candle_core::quantized::GgmlDType;
     use candle_core::{DType, Device};
 
+    /// A dense f32 layer packed for the f32 kernel gives the dense layer's outputs, for
+    /// a row (decoding), a few and many rows; it is packed exactly where AVX-512 runs.
+    #[test]
+    fn packed_f32_layer_equals_the_dense_layer() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.2, (70, 52), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.5, 70, &dev).unwrap();
+        for bias in [Some(b), None] {
+            let dense = QLinear::new(w.clone(), bias);
+            let packed = dense.clone().to_packed_f32().unwrap();
+            let avx512 = crate::kernels::Isa::detect() == crate::kernels::Isa::Avx512Vnni;
+            assert_eq!(matches!(packed, QLinear::F32 { .. }), avx512);
+            assert_eq!(packed.out_dim(), 70);
+            for rows in [1, 5, 37] {
+                let x = Tensor::randn(0f32, 1.0, (1, rows, 52), &dev).unwrap();
+                let want = dense.forward(&x).unwrap();
+                let got = packed.forward(&x).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                assert!(crate::test_util::max_abs_diff(&got, &want) < 1e-5);
+            }
+        }
+    }
+
     /// `forward_residual` equals `forward` plus the residual and `forward_act` the
     /// activation of `forward`, for f32 (the row kernel and the gemm blocks) and bf16
     /// layers; a residual of another shape is an error.
@@ -649,6 +760,10 @@ mod tests {
             QLinear::new(w.clone(), Some(b.clone())),
             QLinear::new(w.clone(), None),
             QLinear::new(w.clone(), Some(b.clone())).to_bf16().unwrap(),
+            QLinear::new(w.clone(), Some(b.clone()))
+                .to_packed_f32()
+                .unwrap(),
+            QLinear::new(w.clone(), None).to_packed_f32().unwrap(),
         ] {
             for rows in [3, 70] {
                 let x = Tensor::randn(0f32, 1.0, (2, rows, 40), &dev).unwrap();

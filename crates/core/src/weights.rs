@@ -72,9 +72,35 @@ pub fn safetensors_files(files: &ModelFiles) -> Result<Vec<PathBuf>> {
     })
 }
 
+/// A checkpoint's record of the weights its model packed for the f32 kernel: a packed
+/// weight takes its tensor's place, so that the tensor is freed with the layer's.
+#[derive(Clone)]
+pub struct PackedWeights(Arc<Mutex<Tracker>>);
+
+impl PackedWeights {
+    /// The weight asked for as `name` is now held as `packed`.
+    pub fn replace(
+        &self,
+        name: &str,
+        packed: Arc<crate::kernels::sgemm::PackedF32>,
+    ) -> candle_core::Result<()> {
+        let mut tracker = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("weight tracker poisoned".into()))?;
+        if tracker.loaded.remove(name).is_some() {
+            tracker.packed.insert(name.to_string(), packed);
+        }
+        Ok(())
+    }
+}
+
 struct Tracker {
     /// Canonical name → tensor handed to the model (for save_pretrained).
     loaded: BTreeMap<String, Tensor>,
+    /// Canonical name → a weight the model holds packed for the f32 kernel instead (its
+    /// tensor left `loaded`, so that the file's values are not held twice).
+    packed: BTreeMap<String, Arc<crate::kernels::sgemm::PackedF32>>,
     /// For training: every tensor handed out is a `Var` (in `loaded` too, sharing its
     /// storage, so that a save after training writes the trained values); weights the
     /// checkpoint lacks are initialised instead of reported missing.
@@ -362,6 +388,8 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
     pub tensors: BTreeMap<String, Tensor>,
+    /// Weights held packed for the f32 kernel (not in `tensors`; rebuilt for a save).
+    pub packed: BTreeMap<String, Arc<crate::kernels::sgemm::PackedF32>>,
     pub unexpected: Vec<String>,
     /// Trainable parameters (opened with [`Checkpoint::open_trainable`]), by name.
     pub vars: Vec<(String, candle_core::Var)>,
@@ -395,6 +423,7 @@ impl Checkpoint {
         let keys: BTreeSet<String> = st.tensors().into_iter().map(|(k, _)| k).collect();
         let tracker = Arc::new(Mutex::new(Tracker {
             loaded: BTreeMap::new(),
+            packed: BTreeMap::new(),
             trainable: None,
             used: BTreeSet::new(),
             missing: Vec::new(),
@@ -449,6 +478,12 @@ impl Checkpoint {
     /// The builder the model is constructed from.
     pub fn var_builder(&self) -> VarBuilder<'static> {
         self.vb.clone()
+    }
+
+    /// Where the model's packed f32 linear layers hand over their weights
+    /// ([`crate::linear::Weights::with_packed_f32_linears`]).
+    pub fn packed_weights(&self) -> PackedWeights {
+        PackedWeights(self.tracker.clone())
     }
 
     /// All tensor names in the checkpoint.
@@ -518,6 +553,7 @@ impl Checkpoint {
             .unwrap_or_default();
         Ok(LoadReport {
             tensors: tracker.loaded.clone(),
+            packed: tracker.packed.clone(),
             unexpected,
             vars,
             initialized,

@@ -306,6 +306,8 @@ pub struct PreTrainedModel<M: ?Sized> {
     pub dtype: DType,
     pub device: Device,
     tensors: BTreeMap<String, Tensor>,
+    /// Weights held packed by the model's f32 layers instead of in `tensors`.
+    packed: BTreeMap<String, Arc<rustformers_core::kernels::sgemm::PackedF32>>,
     architecture: &'static str,
     /// Trainable parameters (loaded with `for_training`), by name.
     vars: Vec<(String, candle_core::Var)>,
@@ -385,7 +387,8 @@ impl<M: ?Sized> PreTrainedModel<M> {
 
     /// Number of parameters (tied weights counted once).
     pub fn num_parameters(&self) -> usize {
-        self.tensors.values().map(|t| t.elem_count()).sum()
+        let packed: usize = self.packed.values().map(|p| p.rows() * p.cols()).sum();
+        self.tensors.values().map(|t| t.elem_count()).sum::<usize>() + packed
     }
 
     /// Writes config.json and model.safetensors into `dir`, which Python's
@@ -401,6 +404,10 @@ impl<M: ?Sized> PreTrainedModel<M> {
         // Tensors held in another dtype than the model's (f32 norms of a CPU bf16 model)
         // are saved in the model's dtype, as Python saves a bf16 model.
         let mut tensors = self.tensors.clone();
+        for (name, p) in &self.packed {
+            let t = Tensor::from_vec(p.to_rows(), (p.rows(), p.cols()), &Device::Cpu)?;
+            tensors.insert(name.clone(), t);
+        }
         for t in tensors.values_mut() {
             if t.dtype() != self.dtype {
                 *t = t.to_dtype(self.dtype)?;
@@ -706,6 +713,9 @@ fn build<T: ?Sized + 'static>(
     let mut weights = Weights::new(ckpt.var_builder(), None);
     if bf16_linears {
         weights = weights.with_bf16_linears();
+    } else if train.is_none() {
+        // Inference: dense f32 layers packed for the CPU kernel (no gradients needed).
+        weights = weights.with_packed_f32_linears(ckpt.packed_weights());
     }
     if let Some(l) = &lora {
         weights = weights.with_lora(l.clone());
@@ -752,6 +762,7 @@ fn build<T: ?Sized + 'static>(
         dtype,
         device: opts.device.clone(),
         tensors: report.tensors,
+        packed: report.packed,
         architecture,
         vars,
         initialized: report.initialized,
@@ -1078,6 +1089,7 @@ impl AutoModelForCausalLM {
             dtype: opts.dtype.unwrap_or(DType::F32),
             device: opts.device.clone(),
             tensors: BTreeMap::new(),
+            packed: BTreeMap::new(),
             architecture: entry.architecture,
             vars: Vec::new(),
             initialized: Vec::new(),

@@ -1173,22 +1173,10 @@ impl candle_core::CustomOp2 for Bf16MatMulOp {
         rs: &CpuStorage,
         rl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let what = "bf16 matmul with residual";
-        let CpuStorage::F32(res) = rs else {
-            candle_core::bail!("{what} takes an f32 residual, got {:?}", rs.dtype());
-        };
-        let Some((r0, r1)) = rl.contiguous_offsets() else {
-            candle_core::bail!("{what} takes a contiguous residual");
-        };
-        let w = &self.weight;
-        let (storage, shape) = linear_op_fwd(what, s, l, w.rows, w.cols, |x, m| {
-            self.run(x, m, Some(&res[r0..r1]))
-        })?;
-        if rl.shape() != &shape {
-            candle_core::bail!("{what}: residual {:?} for output {shape:?}", rl.shape());
-        }
-        Ok((storage, shape))
+        let (w, what) = (&self.weight, "bf16 matmul with residual");
+        super::linear_op_fwd_residual(what, s, l, rs, rl, w.rows, w.cols, |x, m, res| {
+            self.run(x, m, Some(res))
+        })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod gemv;
 pub mod optim;
 pub mod pool;
 pub mod qmatmul;
+pub mod sgemm;
 pub mod train;
 
 use std::sync::OnceLock;
@@ -300,6 +301,32 @@ pub(crate) fn linear_op_fwd(
         *last = rows;
     }
     Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+}
+
+/// [`linear_op_fwd`] for a `(x, residual)` op: `f(x, m, residual)`, the residual being
+/// an f32 tensor of the output's shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_op_fwd_residual(
+    what: &str,
+    s: &CpuStorage,
+    l: &Layout,
+    rs: &CpuStorage,
+    rl: &Layout,
+    rows: usize,
+    cols: usize,
+    f: impl FnOnce(&[f32], usize, &[f32]) -> Result<Vec<f32>, String>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let CpuStorage::F32(res) = rs else {
+        candle_core::bail!("{what} takes an f32 residual, got {:?}", rs.dtype());
+    };
+    let Some((r0, r1)) = rl.contiguous_offsets() else {
+        candle_core::bail!("{what} takes a contiguous residual");
+    };
+    let (storage, shape) = linear_op_fwd(what, s, l, rows, cols, |x, m| f(x, m, &res[r0..r1]))?;
+    if rl.shape() != &shape {
+        candle_core::bail!("{what}: residual {:?} for output {shape:?}", rl.shape());
+    }
+    Ok((storage, shape))
 }
 
 /// The instruction set a kernel runs with.
