@@ -678,20 +678,30 @@ pub fn quantized_store(
         })
         .map(|(name, _)| name.clone())
         .collect();
-    for name in names {
-        if let Some(t) = tensors.remove(&name) {
-            store.insert(name, t)?;
-        }
-    }
-    // The token embedding: repacked, it serves the lookup (rows dequantized on the fly)
-    // and, when tied, the output layer, and leaves the map; otherwise the map keeps it
-    // for a dense lookup.
+    let mut taken: Vec<(String, Arc<QTensor>)> = names
+        .into_iter()
+        .filter_map(|name| tensors.remove(&name).map(|t| (name, t)))
+        .collect();
+    // The token embedding: repacked (with the others), it serves the lookup (rows
+    // dequantized on the fly) and, when tied, the output layer, and leaves the map;
+    // otherwise the map keeps it for a dense lookup.
     let embed = "model.embed_tokens.weight";
-    if let Some(e) = tensors
+    let embed_tensor = tensors
         .get(embed)
         .filter(|e| is_block(e) && runs_quantized(e))
-    {
-        let q = QWeight::new(e.clone())?;
+        .cloned();
+    let has_embed = embed_tensor.is_some();
+    if let Some(e) = embed_tensor {
+        taken.push((embed.to_string(), e));
+    }
+    let (names, weights): (Vec<String>, Vec<Arc<QTensor>>) = taken.into_iter().unzip();
+    let mut repacked = repack_all(weights);
+    let embed_repacked = if has_embed { repacked.pop() } else { None };
+    for (name, w) in names.into_iter().zip(repacked) {
+        store.tensors.insert(name, w?);
+    }
+    if let Some(q) = embed_repacked {
+        let q = q?;
         let tied = !tensors.contains_key("lm_head.weight")
             && !store.tensors.contains_key("lm_head.weight");
         if tied {
@@ -703,6 +713,40 @@ pub fn quantized_store(
         }
     }
     Ok(store)
+}
+
+/// `QWeight::new` of each tensor, on the pool (largest first, so that the last task to
+/// start is a small one): repacking was a third of the time to first token when serial.
+/// Each task drops its file tensor once repacked, so that the raw and repacked forms of
+/// all weights are never held at once.
+fn repack_all(items: Vec<Arc<QTensor>>) -> Vec<candle_core::Result<QWeight>> {
+    use std::sync::Mutex;
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(items[i].shape().elem_count()));
+    let inputs: Vec<Mutex<Option<Arc<QTensor>>>> =
+        items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    let slots: Vec<Mutex<Option<candle_core::Result<QWeight>>>> =
+        inputs.iter().map(|_| Mutex::new(None)).collect();
+    let task = |t: usize| {
+        let i = order[t];
+        let input = inputs[i].lock().ok().and_then(|mut t| t.take());
+        if let Some(input) = input {
+            let w = QWeight::new(input);
+            if let Ok(mut slot) = slots[i].lock() {
+                *slot = Some(w);
+            }
+        }
+    };
+    crate::kernels::pool::Pool::global().run(slots.len(), &task);
+    slots
+        .into_iter()
+        .map(|s| match s.into_inner() {
+            Ok(Some(w)) => w,
+            _ => Err(candle_core::Error::Msg(
+                "a weight repack did not finish".into(),
+            )),
+        })
+        .collect()
 }
 
 /// tokenizer.json text for the GGUF's tokenizer, as transformers' GGUF converter builds it.
