@@ -682,6 +682,11 @@ mod x86 {
             } else {
                 (w0, w1)
             };
+            // The block scales (and minimums) are streams of their own, 1 KB ahead.
+            _mm_prefetch::<_MM_HINT_T0>(dw.wrapping_add(2 * p + 512) as *const i8);
+            if !w.m.is_empty() {
+                _mm_prefetch::<_MM_HINT_T0>(wm.wrapping_add(2 * p + 512) as *const i8);
+            }
             let d2 = two_f16(dw.add(2 * p));
             for r in 0..R {
                 let at = xq.add((r * nb + 2 * p) * QK);
@@ -739,13 +744,20 @@ mod x86 {
         // Lanes 0-7 hold the first block's partial sums, lanes 8-15 the second's.
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         let mask = _mm512_set1_epi8(0x0F);
+        // Quants fetched this many bytes ahead of use (a prefetch never faults, so past
+        // the end is harmless). Decoding streams every weight from DRAM once per token,
+        // and the hardware prefetchers alone kept it well below the DRAM rate: SmolLM2
+        // Q4_1 decode 134-148 tokens/s without, 155-172 with the quants fetched 4096
+        // bytes ahead (1024: 142-145; 8192: as 4096), 202-213 with the scales too.
+        const AHEAD: usize = 4096;
         let zero = _mm512_setzero_si512();
         for p in 0..pairs {
             let mut neg: __mmask64 = 0;
             let wv = match &w.payload {
                 Payload::Nibbles(q) => {
-                    let raw =
-                        _mm256_loadu_si256(q.as_ptr().add(n * nb * 16 + p * 32) as *const __m256i);
+                    let at = q.as_ptr().add(n * nb * 16 + p * 32);
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(AHEAD) as *const i8);
+                    let raw = _mm256_loadu_si256(at as *const __m256i);
                     let both = _mm512_inserti64x4(
                         _mm512_castsi256_si512(raw),
                         _mm256_srli_epi16(raw, 4),
@@ -754,11 +766,14 @@ mod x86 {
                     _mm512_and_si512(both, mask)
                 }
                 Payload::Bytes(q) => {
-                    _mm512_loadu_si512(q.as_ptr().add((n * nb + 2 * p) * QK) as *const __m512i)
+                    let at = q.as_ptr().add((n * nb + 2 * p) * QK);
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(AHEAD) as *const i8);
+                    _mm512_loadu_si512(at as *const __m512i)
                 }
                 Payload::Signed(q) => {
-                    let v =
-                        _mm512_loadu_si512(q.as_ptr().add((n * nb + 2 * p) * QK) as *const __m512i);
+                    let at = q.as_ptr().add((n * nb + 2 * p) * QK);
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(AHEAD));
+                    let v = _mm512_loadu_si512(at as *const __m512i);
                     neg = _mm512_movepi8_mask(v);
                     _mm512_abs_epi8(v)
                 }
