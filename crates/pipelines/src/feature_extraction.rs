@@ -222,22 +222,28 @@ impl FeatureExtractionPipeline {
     }
 
     /// Sentence embeddings with the checkpoint's pooling (mean if it names none), one
-    /// vector per text.
+    /// vector per text, in the order of `texts`. As sentence-transformers' `encode`, the
+    /// texts are batched longest first (by characters), so that each batch pads to
+    /// similar lengths; the attention mask makes each vector independent of its batch.
     pub fn embed(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
         let modes = self
             .st
             .pooling
             .clone()
             .unwrap_or_else(|| vec![Pooling::Mean]);
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(batch.max(1)) {
-            for t in self.forward_pooled(
-                chunk,
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].chars().count()));
+        let mut out = vec![Vec::new(); texts.len()];
+        for idx in order.chunks(batch.max(1)) {
+            let chunk: Vec<&str> = idx.iter().map(|&i| texts[i]).collect();
+            let rows = self.forward_pooled(
+                &chunk,
                 Some(&modes),
                 self.st.normalize,
                 self.st.max_seq_length,
-            )? {
-                out.push(t.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            )?;
+            for (&i, t) in idx.iter().zip(rows) {
+                out[i] = t.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             }
         }
         Ok(out)

@@ -40,6 +40,35 @@ fn model_available() -> bool {
     false
 }
 
+/// `embed` batches the texts longest first (as sentence-transformers' `encode`) and
+/// returns the vectors in the order given: with batches of 2 over texts of mixed
+/// lengths, each vector equals that text embedded alone.
+#[test]
+fn embeddings_come_back_in_input_order_whatever_the_batching() {
+    if !model_available() {
+        return;
+    }
+    let texts = [
+        "short",
+        "a much longer sentence with quite a few more words in it than the others",
+        "medium length text here",
+        "tiny",
+        "another sentence of a middling length",
+    ];
+    let pipe = FeatureExtractionPipeline::from_pretrained(MODEL, &LoadOptions::default()).unwrap();
+    let batched = pipe.embed(&texts, 2).unwrap();
+    assert_eq!(batched.len(), texts.len());
+    for (t, got) in texts.iter().zip(&batched) {
+        let alone = pipe.embed(&[t], 1).unwrap().remove(0);
+        let diff = alone
+            .iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{t}: {diff}");
+    }
+}
+
 #[test]
 fn sentence_embeddings_match_sentence_transformers() {
     if !model_available() {
