@@ -14,12 +14,12 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use candle_core::{CpuStorage, Layout, Shape};
 use half::bf16;
 
 use super::activation::gelu_rows_in_place;
 use super::pool::Pool;
-use super::{linear_op_fwd, Isa, OutPtr};
+use super::{Isa, OutPtr};
 
 /// Output columns per weight block.
 pub(crate) const NB: usize = 16;
@@ -1127,56 +1127,28 @@ fn run_amx<W: ColumnBlocks>(
     }
 }
 
-/// The candle op: `x [..., cols]` (f32) → `[..., rows]` (f32).
-#[derive(Debug, Clone)]
-pub struct Bf16MatMulOp {
-    pub weight: std::sync::Arc<PackedBf16>,
-    /// Added to each output row (`weight.rows()` values).
-    pub bias: Option<std::sync::Arc<[f32]>>,
-    /// GELU (erf form) of the outputs, applied as they are written.
-    pub gelu: bool,
-}
+/// The candle op of a bf16 layer: `x [..., cols]` (f32) → `[..., rows]` (f32).
+pub type Bf16MatMulOp = super::LinearOp<PackedBf16>;
 
-impl Bf16MatMulOp {
-    fn run(&self, x: &[f32], m: usize, residual: Option<&[f32]>) -> Result<Vec<f32>, String> {
-        let epi = Epilogue {
-            gelu: self.gelu,
-            residual,
-        };
-        matmul_epi_on(&self.weight, x, m, self.bias.as_deref(), epi, Path::best(m))
-    }
-}
+impl super::PackedLinear for PackedBf16 {
+    const OP: &'static str = "rustformers-bf16-matmul";
+    const OP_RESIDUAL: &'static str = "rustformers-bf16-matmul-residual";
+    const WHAT: &'static str = "bf16 matmul";
 
-impl CustomOp1 for Bf16MatMulOp {
-    fn name(&self) -> &'static str {
-        "rustformers-bf16-matmul"
+    fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let w = &self.weight;
-        linear_op_fwd("bf16 matmul", s, l, w.rows, w.cols, |x, m| {
-            self.run(x, m, None)
-        })
-    }
-}
-
-/// `(x, residual)`: the product (and GELU) plus `residual`, which has the output's shape.
-impl candle_core::CustomOp2 for Bf16MatMulOp {
-    fn name(&self) -> &'static str {
-        "rustformers-bf16-matmul-residual"
-    }
-
-    fn cpu_fwd(
+    fn product(
         &self,
-        s: &CpuStorage,
-        l: &Layout,
-        rs: &CpuStorage,
-        rl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (w, what) = (&self.weight, "bf16 matmul with residual");
-        super::linear_op_fwd_residual(what, s, l, rs, rl, w.rows, w.cols, |x, m, res| {
-            self.run(x, m, Some(res))
-        })
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        gelu: bool,
+    ) -> Result<Vec<f32>, String> {
+        let epi = Epilogue { gelu, residual };
+        matmul_epi_on(self, x, m, bias, epi, Path::best(m))
     }
 }
 

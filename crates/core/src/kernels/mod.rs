@@ -303,6 +303,84 @@ pub(crate) fn linear_op_fwd(
     Ok((CpuStorage::F32(y), Shape::from(out_dims)))
 }
 
+/// A weight packed for one of rustformers' CPU linear kernels (bf16 on AMX, f32 on
+/// AVX-512), run through [`LinearOp`].
+pub trait PackedLinear: std::fmt::Debug + Send + Sync + 'static {
+    /// candle's names of the op without and with a residual.
+    const OP: &'static str;
+    const OP_RESIDUAL: &'static str;
+    /// What errors call the product.
+    const WHAT: &'static str;
+    /// Outputs `n` and inputs `k`.
+    fn dims(&self) -> (usize, usize);
+    /// `x [m, k] · Wᵀ` plus `bias`, `residual` (`[m, n]`) and GELU, `[m, n]`.
+    fn product(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        gelu: bool,
+    ) -> Result<Vec<f32>, String>;
+}
+
+/// The candle op of a packed linear layer: `x [..., k]` (f32) → `[..., n]` (f32) with
+/// the layer's bias and GELU; as a two-input op `(x, residual)` it also adds
+/// `residual`, which has the output's shape.
+#[derive(Debug)]
+pub struct LinearOp<W> {
+    pub weight: std::sync::Arc<W>,
+    /// Added to each output row (`n` values).
+    pub bias: Option<std::sync::Arc<[f32]>>,
+    /// GELU (erf form) of the outputs, applied as they are written.
+    pub gelu: bool,
+}
+
+impl<W> Clone for LinearOp<W> {
+    fn clone(&self) -> Self {
+        Self {
+            weight: self.weight.clone(),
+            bias: self.bias.clone(),
+            gelu: self.gelu,
+        }
+    }
+}
+
+impl<W: PackedLinear> candle_core::CustomOp1 for LinearOp<W> {
+    fn name(&self) -> &'static str {
+        W::OP
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = self.weight.dims();
+        linear_op_fwd(W::WHAT, s, l, n, k, |x, m| {
+            let bias = self.bias.as_deref();
+            self.weight.product(x, m, bias, None, self.gelu)
+        })
+    }
+}
+
+impl<W: PackedLinear> candle_core::CustomOp2 for LinearOp<W> {
+    fn name(&self) -> &'static str {
+        W::OP_RESIDUAL
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = self.weight.dims();
+        let what = format!("{} with residual", W::WHAT);
+        linear_op_fwd_residual(&what, s, l, rs, rl, n, k, |x, m, res| {
+            let bias = self.bias.as_deref();
+            self.weight.product(x, m, bias, Some(res), self.gelu)
+        })
+    }
+}
+
 /// [`linear_op_fwd`] for a `(x, residual)` op: `f(x, m, residual)`, the residual being
 /// an f32 tensor of the output's shape.
 #[allow(clippy::too_many_arguments)]

@@ -183,59 +183,32 @@ pub fn matmul(
     Ok(out)
 }
 
-/// The candle op: `x [..., k]` (f32) → `[..., n]` (f32), with the weight's bias and
-/// GELU; as a two-input op `(x, residual)` it adds `residual` (the output's shape).
-#[derive(Debug, Clone)]
-pub struct F32MatMulOp {
-    pub weight: std::sync::Arc<PackedF32>,
-    /// Added to each output row (`weight.rows()` values).
-    pub bias: Option<std::sync::Arc<[f32]>>,
-    /// GELU (erf form) of the outputs, applied as they are written.
-    pub gelu: bool,
-}
+/// The candle op of a packed f32 layer: `x [..., k]` (f32) → `[..., n]` (f32).
+pub type F32MatMulOp = super::LinearOp<PackedF32>;
 
-impl F32MatMulOp {
-    fn run(&self, x: &[f32], m: usize, residual: Option<&[f32]>) -> Result<Vec<f32>, String> {
+impl super::PackedLinear for PackedF32 {
+    const OP: &'static str = "rustformers-f32-matmul";
+    const OP_RESIDUAL: &'static str = "rustformers-f32-matmul-residual";
+    const WHAT: &'static str = "f32 matmul";
+
+    fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    fn product(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        gelu: bool,
+    ) -> Result<Vec<f32>, String> {
         let extras = Extras {
-            bias: self.bias.as_deref(),
+            bias,
             residual,
-            gelu: self.gelu,
+            gelu,
         };
-        matmul(&self.weight, x, m, extras, Isa::detect())
-    }
-}
-
-impl candle_core::CustomOp1 for F32MatMulOp {
-    fn name(&self) -> &'static str {
-        "rustformers-f32-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let w = &self.weight;
-        super::linear_op_fwd("f32 matmul", s, l, w.n, w.k, |x, m| self.run(x, m, None))
-    }
-}
-
-impl candle_core::CustomOp2 for F32MatMulOp {
-    fn name(&self) -> &'static str {
-        "rustformers-f32-matmul-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-        rs: &candle_core::CpuStorage,
-        rl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (w, what) = (&self.weight, "f32 matmul with residual");
-        super::linear_op_fwd_residual(what, s, l, rs, rl, w.n, w.k, |x, m, res| {
-            self.run(x, m, Some(res))
-        })
+        matmul(self, x, m, extras, Isa::detect())
     }
 }
 
