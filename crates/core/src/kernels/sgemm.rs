@@ -324,18 +324,18 @@ fn block(
         // input rows (rows − 1)·lda + kc values from a, the panel slice kc·NR values.
         unsafe {
             match rows {
-                12 => x86::block::<12>(args),
-                11 => x86::block::<11>(args),
-                10 => x86::block::<10>(args),
-                9 => x86::block::<9>(args),
-                8 => x86::block::<8>(args),
-                7 => x86::block::<7>(args),
-                6 => x86::block::<6>(args),
-                5 => x86::block::<5>(args),
-                4 => x86::block_few::<4>(args),
-                3 => x86::block_few::<3>(args),
-                2 => x86::block_few::<2>(args),
-                _ => x86::block_few::<1>(args),
+                12 => x86::block::<12, false>(args),
+                11 => x86::block::<11, false>(args),
+                10 => x86::block::<10, false>(args),
+                9 => x86::block::<9, false>(args),
+                8 => x86::block::<8, false>(args),
+                7 => x86::block::<7, false>(args),
+                6 => x86::block::<6, false>(args),
+                5 => x86::block::<5, false>(args),
+                4 => x86::block::<4, true>(args),
+                3 => x86::block::<3, true>(args),
+                2 => x86::block::<2, true>(args),
+                _ => x86::block::<1, true>(args),
             }
         }
         return;
@@ -427,81 +427,49 @@ mod x86 {
         }
     }
 
-    /// `R` rows (5 to 12): one set of sums, 2·R registers.
+    /// `R` rows. With `SPLIT` (few rows: 1 to 4) the odd input indices go into a second
+    /// set of sums, so that enough independent chains of multiply-adds hide their
+    /// latency; without it (5 to 12 rows) one set, 2·R registers.
     ///
     /// # Safety
     /// AVX-512 F; see [`super::block`] for the operands.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block<const R: usize>(s: Args) {
+    pub(super) unsafe fn block<const R: usize, const SPLIT: bool>(s: Args) {
         let (m0, m1) = (s.mask as __mmask16, (s.mask >> 16) as __mmask16);
         let mut acc = start::<R>(&s, m0, m1);
+        let mut odd = [[_mm512_setzero_ps(); 2]; R];
         let rows: [*const f32; R] = std::array::from_fn(|r| s.a.add(r * s.lda));
         let mut p = 0;
         while p + 2 <= s.kc {
             let w = s.b.add(p * NR);
             let (w0, w1) = (_mm512_load_ps(w), _mm512_load_ps(w.add(16)));
             let (v0, v1) = (_mm512_load_ps(w.add(32)), _mm512_load_ps(w.add(48)));
-            for (a, row) in acc.iter_mut().zip(&rows) {
+            for ((a, o), row) in acc.iter_mut().zip(odd.iter_mut()).zip(&rows) {
                 let xr = row.add(p);
                 let x = _mm512_set1_ps(*xr);
                 a[0] = _mm512_fmadd_ps(x, w0, a[0]);
                 a[1] = _mm512_fmadd_ps(x, w1, a[1]);
                 let y = _mm512_set1_ps(*xr.add(1));
-                a[0] = _mm512_fmadd_ps(y, v0, a[0]);
-                a[1] = _mm512_fmadd_ps(y, v1, a[1]);
+                let o = if SPLIT { o } else { a };
+                o[0] = _mm512_fmadd_ps(y, v0, o[0]);
+                o[1] = _mm512_fmadd_ps(y, v1, o[1]);
             }
             p += 2;
         }
         if p < s.kc {
             let w = s.b.add(p * NR);
             let (w0, w1) = (_mm512_load_ps(w), _mm512_load_ps(w.add(16)));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*s.a.add(r * s.lda + p));
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                let x = _mm512_set1_ps(*row.add(p));
                 a[0] = _mm512_fmadd_ps(x, w0, a[0]);
                 a[1] = _mm512_fmadd_ps(x, w1, a[1]);
             }
         }
-        store::<R>(&s, &acc, m0, m1);
-    }
-
-    /// `R` rows (1 to 4): two sets of sums over even and odd input indices, so that
-    /// enough independent chains of multiply-adds hide their latency.
-    ///
-    /// # Safety
-    /// As [`block`].
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block_few<const R: usize>(s: Args) {
-        let (m0, m1) = (s.mask as __mmask16, (s.mask >> 16) as __mmask16);
-        let mut acc = start::<R>(&s, m0, m1);
-        let mut odd = [[_mm512_setzero_ps(); 2]; R];
-        let mut p = 0;
-        while p + 2 <= s.kc {
-            let w = s.b.add(p * NR);
-            let (w0, w1) = (_mm512_load_ps(w), _mm512_load_ps(w.add(16)));
-            let (v0, v1) = (_mm512_load_ps(w.add(32)), _mm512_load_ps(w.add(48)));
-            for r in 0..R {
-                let xr = s.a.add(r * s.lda + p);
-                let x = _mm512_set1_ps(*xr);
-                acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
-                let y = _mm512_set1_ps(*xr.add(1));
-                odd[r][0] = _mm512_fmadd_ps(y, v0, odd[r][0]);
-                odd[r][1] = _mm512_fmadd_ps(y, v1, odd[r][1]);
+        if SPLIT {
+            for (a, o) in acc.iter_mut().zip(&odd) {
+                a[0] = _mm512_add_ps(a[0], o[0]);
+                a[1] = _mm512_add_ps(a[1], o[1]);
             }
-            p += 2;
-        }
-        if p < s.kc {
-            let w = s.b.add(p * NR);
-            let (w0, w1) = (_mm512_load_ps(w), _mm512_load_ps(w.add(16)));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*s.a.add(r * s.lda + p));
-                a[0] = _mm512_fmadd_ps(x, w0, a[0]);
-                a[1] = _mm512_fmadd_ps(x, w1, a[1]);
-            }
-        }
-        for (a, o) in acc.iter_mut().zip(&odd) {
-            a[0] = _mm512_add_ps(a[0], o[0]);
-            a[1] = _mm512_add_ps(a[1], o[1]);
         }
         store::<R>(&s, &acc, m0, m1);
     }
