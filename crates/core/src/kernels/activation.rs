@@ -165,6 +165,7 @@ unsafe fn gelu_erf_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__
 /// The CPU has AVX-512 F; `src` and `dst` hold `n` values (they may be the same).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
+#[inline]
 unsafe fn gelu_ptr_avx512(src: *const f32, dst: *mut f32, n: usize) {
     use std::arch::x86_64::*;
     let mut i = 0;
@@ -222,20 +223,33 @@ pub(crate) unsafe fn gelu_rows_in_place(
 ) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
-        for r in 0..rows {
-            let row = ptr.add(r * stride);
-            // SAFETY: AVX-512 was detected (`isa`); the row holds `cols` values (the
-            // caller's contract) and the kernel may read and write the same values.
-            unsafe { gelu_ptr_avx512(row, row, cols) };
-        }
-        return;
+        // SAFETY: AVX-512 was detected (`isa`); the rows as this function's contract.
+        return unsafe { gelu_rows_avx512(ptr, stride, rows, cols) };
     }
-    let mut tmp = vec![0f32; cols];
+    let mut tmp = [0f32; 64];
     for r in 0..rows {
         // SAFETY: the row holds `cols` values, this call's alone (the caller's contract).
         let row = unsafe { std::slice::from_raw_parts_mut(ptr.add(r * stride), cols) };
-        tmp.copy_from_slice(row);
-        gelu_slice(isa, &tmp, row);
+        for part in row.chunks_mut(tmp.len()) {
+            let src = &mut tmp[..part.len()];
+            src.copy_from_slice(part);
+            gelu_slice(isa, src, part);
+        }
+    }
+}
+
+/// [`gelu_rows_in_place`] on AVX-512: one function for all the rows, so that the
+/// constants are loaded once per block, not once per row (an epilogue's rows are 32
+/// values: the constants' loads had been most of a row's work).
+///
+/// # Safety
+/// The CPU has AVX-512 F; the rows as [`gelu_rows_in_place`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn gelu_rows_avx512(ptr: *mut f32, stride: usize, rows: usize, cols: usize) {
+    for r in 0..rows {
+        let row = ptr.add(r * stride);
+        gelu_ptr_avx512(row, row, cols);
     }
 }
 

@@ -483,14 +483,32 @@ unsafe fn attend_small_avx512<const NV: usize, const DV: usize>(
     if !holds(a.q, s, a.q_step) || !holds(a.k, t, a.k_step) || !holds(a.v, t, a.v_step) {
         return false;
     }
-    // kt[x·tp + j] = k[j, x]; keys past t stay zero.
-    let mut kt = [0f32; 64 * 64];
-    for j in 0..t {
-        let row = &a.k[j * a.k_step..][..d];
-        for (x, v) in row.iter().enumerate() {
-            kt[x * tp + j] = *v;
+    // kt[x·tp + j] = k[j, x], keys past t zero: 16 keys × 16 dimensions at a time
+    // through registers (element-wise stores were a fifth of the kernel, and zeroing
+    // the whole block first another memset per head). Every value read below, x < d
+    // and j < tp, is written here.
+    let mut kt_buf = std::mem::MaybeUninit::<[f32; 64 * 64]>::uninit();
+    let kt_ptr = kt_buf.as_mut_ptr().cast::<f32>();
+    for jg in 0..NV {
+        for h in 0..DV {
+            let rows: [__m512; 16] = std::array::from_fn(|r| {
+                let j = 16 * jg + r;
+                if j < t {
+                    // SAFETY: key j < t has d values at j·k_step (checked above).
+                    _mm512_loadu_ps(a.k.as_ptr().add(j * a.k_step + 16 * h))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            let cols = transpose_16x16(rows);
+            for (c, v) in cols.iter().enumerate() {
+                // SAFETY: (16h + c)·tp + 16jg + 16 ≤ d·tp ≤ 64·64.
+                _mm512_storeu_ps(kt_ptr.add((16 * h + c) * tp + 16 * jg), *v);
+            }
         }
     }
+    // SAFETY: the reads below stay at x < d, j < tp, all written above.
+    let kt = std::slice::from_raw_parts(kt_ptr, d * tp);
     let scale = _mm512_set1_ps(a.scale);
     let mut p = [[0f32; 64]; SMALL_ROWS];
     let mut i = 0;
@@ -553,6 +571,57 @@ unsafe fn attend_small_avx512<const NV: usize, const DV: usize>(
         i += SMALL_ROWS;
     }
     true
+}
+
+/// The transpose of 16 rows of 16 values: `out[c]` lane `r` is `rows[r]` lane `c`
+/// (pairs of rows interleaved, then pairs of pairs, then 128-bit quarters twice).
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose_16x16(
+    rows: [std::arch::x86_64::__m512; 16],
+) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    // Within each 128-bit quarter: a[2i] = (r0 s0 r1 s1), a[2i+1] = (r2 s2 r3 s3) of
+    // rows r = 2i, s = 2i + 1.
+    let a: [__m512; 16] = std::array::from_fn(|i| {
+        let (x, y) = (rows[i & !1], rows[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(x, y)
+        } else {
+            _mm512_unpackhi_ps(x, y)
+        }
+    });
+    // b[4g + c], quarter q: column 4q + c of rows 4g .. 4g + 4.
+    let b: [__m512; 16] = std::array::from_fn(|i| {
+        let (g, c) = (i / 4, i % 4);
+        let (x, y) = (
+            _mm512_castps_pd(a[4 * g + c / 2]),
+            _mm512_castps_pd(a[4 * g + 2 + c / 2]),
+        );
+        _mm512_castpd_ps(if c % 2 == 0 {
+            _mm512_unpacklo_pd(x, y)
+        } else {
+            _mm512_unpackhi_pd(x, y)
+        })
+    });
+    // Gather the quarters: column 4q + c is quarter q of b[c], b[4 + c], b[8 + c],
+    // b[12 + c].
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let even_lo = _mm512_shuffle_f32x4::<0x88>(b[c], b[4 + c]);
+        let odd_lo = _mm512_shuffle_f32x4::<0xdd>(b[c], b[4 + c]);
+        let even_hi = _mm512_shuffle_f32x4::<0x88>(b[8 + c], b[12 + c]);
+        let odd_hi = _mm512_shuffle_f32x4::<0xdd>(b[8 + c], b[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi);
+        out[8 + c] = _mm512_shuffle_f32x4::<0xdd>(even_lo, even_hi);
+        out[4 + c] = _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi);
+        out[12 + c] = _mm512_shuffle_f32x4::<0xdd>(odd_lo, odd_hi);
+    }
+    out
 }
 
 /// Scaled, soft-capped, masked softmax of each row of `scores` (`t` wide), in place.
@@ -784,6 +853,28 @@ unsafe fn attend_row_avx512(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn register_transpose_moves_every_value() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::Isa::detect() == crate::kernels::Isa::Avx512Vnni {
+            use std::arch::x86_64::*;
+            let m: Vec<f32> = (0..256).map(|i| i as f32).collect();
+            let mut got = [0f32; 256];
+            // SAFETY: AVX-512 runs here; 16 rows of 16 values each way.
+            unsafe {
+                let rows = std::array::from_fn(|r| _mm512_loadu_ps(m.as_ptr().add(16 * r)));
+                for (c, v) in transpose_16x16(rows).iter().enumerate() {
+                    _mm512_storeu_ps(got.as_mut_ptr().add(16 * c), *v);
+                }
+            }
+            for r in 0..16 {
+                for c in 0..16 {
+                    assert_eq!(got[16 * c + r], m[16 * r + c], "({r}, {c})");
+                }
+            }
+        }
+    }
 
     /// The register kernel for short heads gives what the gemm path gives: query and
     /// key counts around the 16-lane and 4-row edges, both head sizes, rows wider than
