@@ -203,6 +203,9 @@ pub struct EncoderAttentionTrainOp {
     pub mask: Vec<f32>,
     pub scale: f32,
     pub dropout: Option<Vec<f32>>,
+    /// Inference of a model run in bf16: the forward pass's products in bf16 (the
+    /// backward pass recomputes the probabilities in f32).
+    pub bf16_products: bool,
 }
 
 impl EncoderAttentionTrainOp {
@@ -251,6 +254,7 @@ impl EncoderAttentionTrainOp {
             softcap: None,
             t: s,
             d,
+            bf16: self.bf16_products,
         }
     }
 
@@ -703,6 +707,7 @@ mod tests {
             softcap: None,
             t,
             d,
+            bf16: false,
         };
         let p = head_probs(&head);
         for row in p.chunks_exact(t) {
@@ -761,6 +766,7 @@ mod tests {
                 mask,
                 scale: scale as f32,
                 dropout: None,
+                bf16_products: false,
             };
             let got = q
                 .as_tensor()
@@ -782,6 +788,7 @@ mod tests {
             mask: vec![0.0; 9],
             scale: 1.0,
             dropout: None,
+            bf16_products: false,
         };
         let t = q.as_tensor();
         assert!(t.apply_op3(t, t, op).is_err());
