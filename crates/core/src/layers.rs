@@ -394,35 +394,6 @@ pub fn encoder_self_attention(
     scale: f64,
     probs_dropout: &Dropout,
 ) -> candle_core::Result<Tensor> {
-    encoder_self_attention_in(q, k, v, (heads, scale), mask, probs_dropout, false)
-}
-
-/// [`encoder_self_attention`] for a model run in bf16 (its projections bf16 products):
-/// at inference, where the CPU has AVX512-BF16, short heads take both attention
-/// products in bf16 with f32 sums (as PyTorch's bf16 attention), the softmax in f32.
-/// With gradients tracked it is [`encoder_self_attention`].
-pub fn encoder_self_attention_bf16(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    mask: Option<&Tensor>,
-    scale: f64,
-    probs_dropout: &Dropout,
-) -> candle_core::Result<Tensor> {
-    let bf16 = ![q, k, v].into_iter().any(|t| t.track_op());
-    encoder_self_attention_in(q, k, v, (heads, scale), mask, probs_dropout, bf16)
-}
-
-fn encoder_self_attention_in(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    (heads, scale): (usize, f64),
-    mask: Option<&Tensor>,
-    probs_dropout: &Dropout,
-    bf16_products: bool,
-) -> candle_core::Result<Tensor> {
     let (b, s, hd) = q.dims3()?;
     if heads == 0 || hd % heads != 0 {
         candle_core::bail!("attention: hidden size {hd} for {heads} heads");
@@ -443,7 +414,6 @@ fn encoder_self_attention_in(
             scale: scale as f32,
             // The same draws, in the same order, as dropout on [b, heads, s, s] probs.
             dropout: probs_dropout.multipliers(b * heads * s * s)?,
-            bf16_products,
         };
         return q
             .contiguous()?

@@ -54,11 +54,6 @@ pub enum QLinear {
 }
 
 impl QLinear {
-    /// Whether the layer's products run in bf16 (a model loaded with `dtype = bf16`).
-    pub fn is_bf16(&self) -> bool {
-        matches!(self, QLinear::Bf16 { .. })
-    }
-
     /// A dense layer from a `[out, in]` weight and an optional bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self::Dense { weight, bias }

@@ -328,7 +328,6 @@ impl CustomOp3 for AttentionOp {
                     softcap: self.softcap,
                     t,
                     d,
-                    bf16: false,
                 };
                 // SAFETY: out[bi, si, hi, ..] for every si belongs to this task; the
                 // pointer and row stride h·d stay inside `out` (see `attend_head_gemm`).
@@ -389,9 +388,6 @@ pub(super) struct HeadGemm<'a> {
     pub(super) softcap: Option<f32>,
     pub(super) t: usize,
     pub(super) d: usize,
-    /// Both products in bf16 where the short-head kernel runs them (inference of
-    /// models run in bf16).
-    pub(super) bf16: bool,
 }
 
 /// The attention probabilities `softmax(q kᵀ · scale (+cap) + mask)` of one head,
@@ -431,25 +427,6 @@ pub(super) fn head_probs(a: &HeadGemm) -> Vec<f32> {
 /// writes there meanwhile; `k` and `v` hold `t` rows at their steps (checked by the op).
 pub(super) unsafe fn attend_head_gemm(a: &HeadGemm, dst: *mut f32, dst_rs: usize) {
     #[cfg(target_arch = "x86_64")]
-    if a.bf16 && a.softcap.is_none() && super::bf16::has_avx512_bf16() {
-        // SAFETY: AVX-512 BF16 was detected; the operands and `dst` as this function's.
-        let done = unsafe {
-            match (a.t.div_ceil(16), a.d) {
-                (1, 32) => attend_small_bf16::<1, 2>(a, dst, dst_rs),
-                (2, 32) => attend_small_bf16::<2, 2>(a, dst, dst_rs),
-                (3, 32) => attend_small_bf16::<3, 2>(a, dst, dst_rs),
-                (4, 32) => attend_small_bf16::<4, 2>(a, dst, dst_rs),
-                (1, 64) => attend_small_bf16::<1, 4>(a, dst, dst_rs),
-                (2, 64) => attend_small_bf16::<2, 4>(a, dst, dst_rs),
-                (3, 64) => attend_small_bf16::<3, 4>(a, dst, dst_rs),
-                (4, 64) => attend_small_bf16::<4, 4>(a, dst, dst_rs),
-                _ => false,
-            }
-        };
-        if done {
-            return;
-        }
-    }
     if a.softcap.is_none() && super::Isa::detect() == super::Isa::Avx512Vnni {
         // SAFETY: AVX-512 was detected; the operands and `dst` as this function's.
         let done = unsafe {
@@ -565,7 +542,29 @@ unsafe fn attend_small_avx512<const NV: usize, const DV: usize>(
                 }
             }
         }
-        small_softmax(&mut sc, &rows, a, scale, &mut p);
+        for (r, row) in rows.iter().enumerate() {
+            let mrow = a.mask[row * t..].as_ptr();
+            let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
+            for v in 0..NV {
+                let lanes = tail_mask(t.saturating_sub(16 * v));
+                let m = _mm512_maskz_loadu_ps(lanes, mrow.add(16 * v));
+                sc[r][v] = _mm512_fmadd_ps(sc[r][v], scale, m);
+                maxv = _mm512_mask_max_ps(maxv, lanes, maxv, sc[r][v]);
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
+            let mut sum = _mm512_setzero_ps();
+            for v in 0..NV {
+                let lanes = tail_mask(t.saturating_sub(16 * v));
+                let e =
+                    _mm512_maskz_mov_ps(lanes, softmax_exp_avx512(_mm512_sub_ps(sc[r][v], max)));
+                sc[r][v] = e;
+                sum = _mm512_add_ps(sum, e);
+            }
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+            for v in 0..NV {
+                _mm512_storeu_ps(p[r][16 * v..].as_mut_ptr(), _mm512_mul_ps(sc[r][v], inv));
+            }
+        }
         // out[r, x] = Σ_j p[r, j] v[j, x]
         let mut acc = [[_mm512_setzero_ps(); DV]; SMALL_ROWS];
         for j in 0..t {
@@ -575,192 +574,6 @@ unsafe fn attend_small_avx512<const NV: usize, const DV: usize>(
                 let pb = _mm512_set1_ps(p[r][j]);
                 for c in 0..DV {
                     acc[r][c] = _mm512_fmadd_ps(pb, vv[c], acc[r][c]);
-                }
-            }
-        }
-        for (r, accr) in acc.iter().enumerate().take(SMALL_ROWS.min(s - i)) {
-            let o = dst.add((i + r) * dst_rs);
-            for (c, v) in accr.iter().enumerate() {
-                _mm512_storeu_ps(o.add(16 * c), *v);
-            }
-        }
-        i += SMALL_ROWS;
-    }
-    true
-}
-
-/// The masked softmax of [`SMALL_ROWS`] rows of scores (`score·scale + mask`, keys past
-/// `t` zero) into `p`, for the short-head kernels.
-///
-/// # Safety
-/// The CPU has AVX-512 F; `a.mask` holds row `rows[r]` of `t` values for every `r`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-#[allow(clippy::needless_range_loop)]
-unsafe fn small_softmax<const NV: usize>(
-    sc: &mut [[std::arch::x86_64::__m512; NV]; SMALL_ROWS],
-    rows: &[usize; SMALL_ROWS],
-    a: &HeadGemm,
-    scale: std::arch::x86_64::__m512,
-    p: &mut [[f32; 64]; SMALL_ROWS],
-) {
-    use std::arch::x86_64::*;
-    let t = a.t;
-    for (r, row) in rows.iter().enumerate() {
-        let mrow = a.mask[row * t..].as_ptr();
-        let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
-        for v in 0..NV {
-            let lanes = tail_mask(t.saturating_sub(16 * v));
-            let m = _mm512_maskz_loadu_ps(lanes, mrow.add(16 * v));
-            sc[r][v] = _mm512_fmadd_ps(sc[r][v], scale, m);
-            maxv = _mm512_mask_max_ps(maxv, lanes, maxv, sc[r][v]);
-        }
-        let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
-        let mut sum = _mm512_setzero_ps();
-        for v in 0..NV {
-            let lanes = tail_mask(t.saturating_sub(16 * v));
-            let e = _mm512_maskz_mov_ps(lanes, softmax_exp_avx512(_mm512_sub_ps(sc[r][v], max)));
-            sc[r][v] = e;
-            sum = _mm512_add_ps(sum, e);
-        }
-        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
-        for v in 0..NV {
-            _mm512_storeu_ps(p[r][16 * v..].as_mut_ptr(), _mm512_mul_ps(sc[r][v], inv));
-        }
-    }
-}
-
-/// 32 values from `p` as 16 bf16 pairs (32-bit words `(p[2w], p[2w + 1])`), rounded to
-/// nearest even.
-///
-/// # Safety
-/// The CPU has AVX-512 F/BF16; `p` holds 32 values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-#[inline]
-unsafe fn bf16_pairs(p: *const f32) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let bh = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p));
-    std::mem::transmute::<__m512bh, __m512>(bh)
-}
-
-/// [`attend_small_avx512`] with both products in bf16 (`vdpbf16ps`: pairs of bf16
-/// products summed into f32, half the instructions of f32 multiply-adds), the softmax
-/// in f32: for models run in bf16, whose projections were bf16 products already (as
-/// PyTorch's bf16 attention). `q`, `k` are rounded to bf16 for the scores, the
-/// probabilities and `v` for `p v`.
-///
-/// Layouts: `kt2` word `w` of key `j` (at `w·tp + j`) is the pair `k[j, 2w..2w + 2]`
-/// (a 16 × 16 transpose of 32-bit words per 16 keys); `v2` holds, per pair of keys
-/// `(2u, 2u + 1)` and 16 dimensions, the words `(v[2u, x], v[2u + 1, x])`.
-///
-/// # Safety
-/// The CPU has AVX-512 F/BW/BF16; the operands and `dst` as [`attend_head_gemm`]'s.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
-#[allow(clippy::needless_range_loop)]
-unsafe fn attend_small_bf16<const NV: usize, const DV: usize>(
-    a: &HeadGemm,
-    dst: *mut f32,
-    dst_rs: usize,
-) -> bool {
-    use std::arch::x86_64::*;
-    let (s, t, d) = (a.s, a.t, DV * 16);
-    let tp = NV * 16;
-    let holds = |m: &[f32], rows: usize, step: usize| m.len() >= (rows - 1) * step + d;
-    if t == 0 || t > tp || a.d != d || s == 0 || a.mask.len() < s * t || !DV.is_multiple_of(2) {
-        return false;
-    }
-    if !holds(a.q, s, a.q_step) || !holds(a.k, t, a.k_step) || !holds(a.v, t, a.v_step) {
-        return false;
-    }
-    let words = DV * 8;
-    let mut kt_buf = std::mem::MaybeUninit::<[f32; 32 * 64]>::uninit();
-    let kt2 = kt_buf.as_mut_ptr().cast::<f32>();
-    for jg in 0..NV {
-        for h in 0..DV / 2 {
-            let rows: [__m512; 16] = std::array::from_fn(|r| {
-                let j = 16 * jg + r;
-                if j < t {
-                    // SAFETY: key j < t has d values at j·k_step (checked above).
-                    bf16_pairs(a.k.as_ptr().add(j * a.k_step + 32 * h))
-                } else {
-                    _mm512_setzero_ps()
-                }
-            });
-            for (c, v) in transpose_16x16(rows).iter().enumerate() {
-                // SAFETY: (16h + c)·tp + 16jg + 16 ≤ words·tp ≤ 32·64.
-                _mm512_storeu_ps(kt2.add((16 * h + c) * tp + 16 * jg), *v);
-            }
-        }
-    }
-    // v2[(u·DV + c)·16 ..]: keys 2u, 2u + 1 interleaved over dimensions 16c .. 16c + 16.
-    let interleave = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
-    let key_pairs = t.div_ceil(2);
-    let mut v_buf = std::mem::MaybeUninit::<[__m512i; 32 * 4]>::uninit();
-    let v2 = v_buf.as_mut_ptr().cast::<__m512i>();
-    for u in 0..key_pairs {
-        for c in 0..DV {
-            let lo = _mm512_loadu_ps(a.v.as_ptr().add(2 * u * a.v_step + 16 * c));
-            let hi = if 2 * u + 1 < t {
-                _mm512_loadu_ps(a.v.as_ptr().add((2 * u + 1) * a.v_step + 16 * c))
-            } else {
-                _mm512_setzero_ps()
-            };
-            let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
-            // SAFETY: u·DV + c < 32·4.
-            v2.add(u * DV + c)
-                .write(_mm512_permutexvar_epi16(interleave, both));
-        }
-    }
-    let scale = _mm512_set1_ps(a.scale);
-    // Probabilities past the keys stay zero (for the last, odd key's pair).
-    let mut p = [[0f32; 64]; SMALL_ROWS];
-    let mut q2 = [[0i32; 32]; SMALL_ROWS];
-    let mut p2 = [[0i32; 32]; SMALL_ROWS];
-    let mut i = 0;
-    while i < s {
-        let rows: [usize; SMALL_ROWS] = std::array::from_fn(|r| (i + r).min(s - 1));
-        for (r, row) in rows.iter().enumerate() {
-            for h in 0..DV / 2 {
-                // SAFETY: q holds s rows q_step apart of d values (checked above).
-                let v = bf16_pairs(a.q.as_ptr().add(row * a.q_step + 32 * h));
-                _mm512_storeu_ps(q2[r][16 * h..].as_mut_ptr().cast(), v);
-            }
-        }
-        let mut sc = [[_mm512_setzero_ps(); NV]; SMALL_ROWS];
-        for w in 0..words {
-            let kv: [__m512bh; NV] = std::array::from_fn(|v| {
-                std::mem::transmute::<__m512, __m512bh>(_mm512_loadu_ps(kt2.add(w * tp + 16 * v)))
-            });
-            for r in 0..SMALL_ROWS {
-                let qb = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(q2[r][w]));
-                for v in 0..NV {
-                    sc[r][v] = _mm512_dpbf16_ps(sc[r][v], qb, kv[v]);
-                }
-            }
-        }
-        small_softmax(&mut sc, &rows, a, scale, &mut p);
-        for r in 0..SMALL_ROWS {
-            for h in 0..NV.div_ceil(2) {
-                let v = bf16_pairs(p[r][32 * h..].as_ptr());
-                _mm512_storeu_ps(p2[r][16 * h..].as_mut_ptr().cast(), v);
-            }
-        }
-        // out[r, x] = Σ_u p[r, 2u] v[2u, x] + p[r, 2u + 1] v[2u + 1, x]
-        let mut acc = [[_mm512_setzero_ps(); DV]; SMALL_ROWS];
-        for u in 0..key_pairs {
-            let vv: [__m512bh; DV] = std::array::from_fn(|c| {
-                std::mem::transmute::<__m512i, __m512bh>(v2.add(u * DV + c).read())
-            });
-            for r in 0..SMALL_ROWS {
-                let pb = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(p2[r][u]));
-                for c in 0..DV {
-                    acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pb, vv[c]);
                 }
             }
         }
@@ -1056,34 +869,6 @@ unsafe fn attend_row_avx512(
 mod tests {
     use super::*;
 
-    /// One head's attention with `q`, `k`, the probabilities and `v` rounded to bf16
-    /// (to nearest even) and everything else in f64: `[s, d]`.
-    fn bf16_attention_reference(a: &HeadGemm) -> Vec<f64> {
-        let r = |x: f32| half::bf16::from_f32(x).to_f32() as f64;
-        let (s, t, d) = (a.s, a.t, a.d);
-        let mut out = vec![0f64; s * d];
-        for i in 0..s {
-            let z: Vec<f64> = (0..t)
-                .map(|j| {
-                    let dot: f64 = (0..d)
-                        .map(|x| r(a.q[i * a.q_step + x]) * r(a.k[j * a.k_step + x]))
-                        .sum();
-                    dot * a.scale as f64 + a.mask[i * t + j] as f64
-                })
-                .collect();
-            let max = z.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            for (j, ej) in e.iter().enumerate() {
-                let p = r((ej / sum) as f32);
-                for x in 0..d {
-                    out[i * d + x] += p * r(a.v[j * a.v_step + x]);
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn register_transpose_moves_every_value() {
         #[cfg(target_arch = "x86_64")]
@@ -1152,7 +937,6 @@ mod tests {
                         softcap: None,
                         t,
                         d,
-                        bf16: false,
                     };
                     let (mut fast, mut slow) = (vec![7f32; s * step], vec![7f32; s * step]);
                     // SAFETY: AVX-512 runs here; the operands hold s / t rows of `step`
@@ -1169,23 +953,6 @@ mod tests {
                     assert!(diff < 1e-5, "d={d} s={s} t={t}: {diff}");
                     // Only the head's columns were written.
                     assert!(fast.chunks(step).all(|r| r[d..].iter().all(|x| *x == 7.0)));
-                    if crate::kernels::bf16::has_avx512_bf16() {
-                        let head = HeadGemm { bf16: true, ..head };
-                        let mut got = vec![7f32; s * step];
-                        // SAFETY: as above.
-                        unsafe { attend_head_gemm(&head, got.as_mut_ptr(), step) };
-                        let want = bf16_attention_reference(&head);
-                        for i in 0..s {
-                            for x in 0..d {
-                                let (g, w) = (got[i * step + x], want[i * d + x]);
-                                assert!(
-                                    (g as f64 - w).abs() < 4e-3,
-                                    "bf16 d={d} s={s} t={t} ({i}, {x}): {g} vs {w}"
-                                );
-                            }
-                        }
-                        assert!(got.chunks(step).all(|r| r[d..].iter().all(|x| *x == 7.0)));
-                    }
                     ran += 1;
                 }
             }

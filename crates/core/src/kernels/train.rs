@@ -203,9 +203,6 @@ pub struct EncoderAttentionTrainOp {
     pub mask: Vec<f32>,
     pub scale: f32,
     pub dropout: Option<Vec<f32>>,
-    /// Inference of a model run in bf16: the forward pass's products in bf16 (the
-    /// backward pass recomputes the probabilities in f32).
-    pub bf16_products: bool,
 }
 
 impl EncoderAttentionTrainOp {
@@ -254,7 +251,6 @@ impl EncoderAttentionTrainOp {
             softcap: None,
             t: s,
             d,
-            bf16: self.bf16_products,
         }
     }
 
@@ -707,7 +703,6 @@ mod tests {
             softcap: None,
             t,
             d,
-            bf16: false,
         };
         let p = head_probs(&head);
         for row in p.chunks_exact(t) {
@@ -766,7 +761,6 @@ mod tests {
                 mask,
                 scale: scale as f32,
                 dropout: None,
-                bf16_products: false,
             };
             let got = q
                 .as_tensor()
@@ -788,7 +782,6 @@ mod tests {
             mask: vec![0.0; 9],
             scale: 1.0,
             dropout: None,
-            bf16_products: false,
         };
         let t = q.as_tensor();
         assert!(t.apply_op3(t, t, op).is_err());

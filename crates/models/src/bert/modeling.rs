@@ -9,8 +9,7 @@ use candle_core::{DType, Result, Tensor, D};
 use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    encoder_self_attention, encoder_self_attention_bf16, extended_attention_mask, Activation,
-    Dropout, Embedding, LayerNorm,
+    encoder_self_attention, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
 };
 
 use super::config::BertConfig;
@@ -111,13 +110,7 @@ impl BertSelfAttention {
         let k = self.key.forward(x)?;
         let v = self.value.forward(x)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // A model run in bf16 takes the attention products in bf16 too.
-        let attend = if self.query.is_bf16() {
-            encoder_self_attention_bf16
-        } else {
-            encoder_self_attention
-        };
-        attend(&q, &k, &v, self.num_heads, mask, scale, &self.dropout)
+        encoder_self_attention(&q, &k, &v, self.num_heads, mask, scale, &self.dropout)
     }
 }
 

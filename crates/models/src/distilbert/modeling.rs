@@ -15,8 +15,7 @@ use candle_nn::VarBuilder;
 use rustformers_core::linear::{linear, QLinear, Weights};
 
 use rustformers_core::layers::{
-    encoder_self_attention, encoder_self_attention_bf16, extended_attention_mask, Activation,
-    Dropout, Embedding, LayerNorm,
+    encoder_self_attention, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
 };
 
 use super::config::DistilBertConfig;
@@ -139,13 +138,7 @@ impl MultiHeadSelfAttention {
         let k = self.k_lin.forward(x)?;
         let v = self.v_lin.forward(x)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // A model run in bf16 takes the attention products in bf16 too.
-        let attend = if self.q_lin.is_bf16() {
-            encoder_self_attention_bf16
-        } else {
-            encoder_self_attention
-        };
-        self.out_lin.forward(&attend(
+        self.out_lin.forward(&encoder_self_attention(
             &q,
             &k,
             &v,
