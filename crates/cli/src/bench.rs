@@ -249,7 +249,7 @@ const TRAIN_STEPS: usize = 8;
 fn train_seqcls(a: &BenchArgs, bf16: bool, gradient_checkpointing: bool) -> Result<Value> {
     use rustformers_core::tokenizer::{EncodeOptions, Padding, TextInput, Truncation};
     use rustformers_trainer::trainer::Batch;
-    use rustformers_trainer::{clip_grad_norm, optim::gather, AdamW, TrainModel};
+    use rustformers_trainer::{grad_norm_coef, optim::gather, AdamW, TrainModel};
     let tok = rustformers_core::AutoTokenizer::from_pretrained(EMBED_MODEL)?;
     let lines = sentences(a.input.as_deref())?;
     let model = rustformers_models::AutoModelForSequenceClassification::for_training(
@@ -292,9 +292,10 @@ fn train_seqcls(a: &BenchArgs, bf16: bool, gradient_checkpointing: bool) -> Resu
     let mut step = |b: &Batch| -> Result<()> {
         let (loss, _) = model.loss(b)?;
         let store = model.backward(&loss)?;
-        let mut grads = gather(&store, &vars);
-        clip_grad_norm(&mut grads, 1.0)?;
-        opt.step(&grads, 5e-5)?;
+        let grads = gather(&store, &vars);
+        // As the Trainer: clipping's coefficient applied in the update pass.
+        let (_, grad_scale) = grad_norm_coef(&grads, 1.0)?;
+        opt.step_scaled(&grads, 5e-5, grad_scale)?;
         Ok(())
     };
     step(&batches[0])?;

@@ -15,7 +15,7 @@ pub mod trainer;
 pub use args::{IntervalStrategy, SchedulerType, TrainingArguments};
 pub use callbacks::{EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState};
 pub use error::{Result, TrainerError};
-pub use optim::{clip_grad_norm, AdamW};
+pub use optim::{clip_grad_norm, grad_norm_coef, AdamW};
 pub use schedule::Schedule;
 pub use trainer::{
     accuracy, text_classification_features, EvalPrediction, Features, TrainModel, TrainOutput,

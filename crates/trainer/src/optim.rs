@@ -97,6 +97,19 @@ impl AdamW {
     /// [`gather`] gives them). Parameters without a gradient (unused in the forward) are
     /// left alone, as torch skips `grad is None`.
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.step_scaled(grads, lr, 1.0)
+    }
+
+    /// [`Self::step`] from the gradients times `grad_scale` (the coefficient of
+    /// [`grad_norm_coef`]): the same update as clipping the gradients first, each
+    /// gradient value multiplied by the same f32 coefficient, without a pass and a
+    /// buffer of its own per gradient.
+    pub fn step_scaled(
+        &mut self,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        grad_scale: f32,
+    ) -> Result<()> {
         if grads.len() != self.params.len() {
             return Err(TrainerError::Other(format!(
                 "{} gradients for {} parameters",
@@ -111,7 +124,10 @@ impl AdamW {
                 continue;
             };
             let wd = if p.decay { self.weight_decay } else { 0.0 };
-            let coef = AdamWStep::new(lr, self.beta1, self.beta2, self.eps, wd, t);
+            let coef = AdamWStep {
+                grad_scale,
+                ..AdamWStep::new(lr, self.beta1, self.beta2, self.eps, wd, t)
+            };
             let g = g.to_dtype(DType::F32)?.contiguous()?;
             // The kernel updates f32 parameters in place; half-precision ones are updated
             // on an f32 copy and written back.
@@ -213,6 +229,23 @@ pub fn accumulate(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Resu
 /// (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, clamped to 1). Returns the
 /// norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
+    let (norm, coef) = grad_norm_coef(grads, max_norm)?;
+    if coef < 1.0 {
+        for g in grads.iter_mut().flatten() {
+            *g = match scale_tensor(g, coef)? {
+                Some(s) => s,
+                None => (&*g * coef as f64)?,
+            };
+        }
+    }
+    Ok(norm)
+}
+
+/// The gradients' global L2 norm and the coefficient [`clip_grad_norm`] would scale them
+/// by (1 when `max_norm` is not positive or not exceeded), in f32 as torch's
+/// `clip_grad_norm_` multiplies f32 gradients. [`AdamW::step_scaled`] takes it, so that
+/// the scaling is part of the update's one pass over memory.
+pub fn grad_norm_coef(grads: &[Option<Tensor>], max_norm: f64) -> Result<(f64, f32)> {
     let mut sq = 0f64;
     for g in grads.iter().flatten() {
         sq += match sum_squares_tensor(g) {
@@ -226,15 +259,7 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64
     }
     let norm = sq.sqrt();
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
-    if max_norm > 0.0 && coef < 1.0 {
-        for g in grads.iter_mut().flatten() {
-            *g = match scale_tensor(g, coef as f32)? {
-                Some(s) => s,
-                None => (&*g * coef)?,
-            };
-        }
-    }
-    Ok(norm)
+    Ok((norm, if max_norm > 0.0 { coef as f32 } else { 1.0 }))
 }
 
 #[cfg(test)]
@@ -293,6 +318,53 @@ mod tests {
         let mut other = AdamW::new(vec![("w".into(), w.clone())], 0.9, 0.999, 1e-8, 0.01).unwrap();
         other.load_state(&p).unwrap();
         assert_eq!(other.step, 2);
+    }
+
+    /// The clipping coefficient applied in the update pass gives exactly the parameters
+    /// of clipping the gradients first and updating from them (each gradient value
+    /// multiplied by the same f32 coefficient), over three steps, a clipped and an
+    /// unclipped one among them.
+    #[test]
+    fn clipping_in_the_update_equals_clipping_first() {
+        let init: Vec<f32> = (0..3000).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let make = || {
+            let w = Var::from_vec(init.clone(), (3, 1000), &Device::Cpu).unwrap();
+            let opt = AdamW::new(vec![("w".into(), w.clone())], 0.9, 0.999, 1e-8, 0.01).unwrap();
+            (w, opt)
+        };
+        let ((wa, mut a), (wb, mut b)) = (make(), make());
+        let mut clipped = 0;
+        for (t, max_norm) in [(0, 1.0), (1, 1e9), (2, 0.5)] {
+            let grads_of = |w: &Var| {
+                let loss = (w.as_tensor().sqr().unwrap() * (t + 1) as f64)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                gather(&loss.backward().unwrap(), std::slice::from_ref(w))
+            };
+            let mut ga = grads_of(&wa);
+            let norm = clip_grad_norm(&mut ga, max_norm).unwrap();
+            a.step(&ga, 0.1).unwrap();
+            let gb = grads_of(&wb);
+            let (norm_b, coef) = grad_norm_coef(&gb, max_norm).unwrap();
+            assert_eq!(norm, norm_b);
+            clipped += usize::from(coef < 1.0);
+            b.step_scaled(&gb, 0.1, coef).unwrap();
+            let (pa, pb) = (
+                wa.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+                wb.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
+            assert_eq!(pa, pb, "step {t}");
+        }
+        assert_eq!(clipped, 2);
     }
 
     #[test]

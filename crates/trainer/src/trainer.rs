@@ -27,7 +27,7 @@ use rustformers_models::{
 use crate::args::{IntervalStrategy, TrainingArguments};
 use crate::callbacks::{best_metric_value, TrainerCallback, TrainerControl, TrainerState};
 use crate::error::{Result, TrainerError};
-use crate::optim::{accumulate, clip_grad_norm, gather, AdamW};
+use crate::optim::{accumulate, gather, grad_norm_coef, AdamW};
 use crate::report::Reporter;
 use crate::schedule::Schedule;
 
@@ -602,11 +602,16 @@ impl<'m> Trainer<'m> {
                     continue;
                 }
                 // One optimizer update.
+                // Clipping's coefficient goes into the update pass (the same values as
+                // scaling the gradients first).
+                let mut grad_scale = 1.0;
                 if args.max_grad_norm > 0.0 {
-                    lp.last_grad_norm = Some(clip_grad_norm(&mut grads, args.max_grad_norm)?);
+                    let (norm, coef) = grad_norm_coef(&grads, args.max_grad_norm)?;
+                    lp.last_grad_norm = Some(norm);
+                    grad_scale = coef;
                 }
                 let lr = lp.schedule.lr(self.state.global_step, args.learning_rate);
-                lp.optimizer.step(&grads, lr)?;
+                lp.optimizer.step_scaled(&grads, lr, grad_scale)?;
                 grads = vec![None; lp.vars.len()];
                 in_update = 0;
                 self.state.global_step += 1;

@@ -869,6 +869,46 @@ unsafe fn attend_row_avx512(
 mod tests {
     use super::*;
 
+    /// Timing of one short head (not a test: `cargo test --release -p rustformers-core
+    /// short_head_speed -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn short_head_speed() {
+        for (s, t, d) in [(23, 23, 32), (35, 35, 32), (64, 64, 32)] {
+            let val = |i: usize, f: f32| ((i as f32) * f).sin() * 2.0;
+            let step = 12 * d;
+            let q: Vec<f32> = (0..s * step).map(|i| val(i, 0.37)).collect();
+            let k: Vec<f32> = (0..t * step).map(|i| val(i, 0.11)).collect();
+            let v: Vec<f32> = (0..t * step).map(|i| val(i, 0.23)).collect();
+            let mask = vec![0f32; s * t];
+            let mut out = vec![0f32; s * step];
+            let head = HeadGemm {
+                q: &q,
+                q_step: step,
+                s,
+                k: &k,
+                k_step: step,
+                v: &v,
+                v_step: step,
+                mask: &mask,
+                scale: 0.17,
+                softcap: None,
+                t,
+                d,
+            };
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t0 = std::time::Instant::now();
+                for _ in 0..4000 {
+                    // SAFETY: the operands hold s / t rows of `step`, `out` s rows.
+                    unsafe { attend_head_gemm(&head, out.as_mut_ptr(), step) };
+                }
+                best = best.min(t0.elapsed().as_secs_f64() / 4000.0);
+            }
+            println!("s={s} t={t} d={d}: {:.3} us", best * 1e6);
+        }
+    }
+
     #[test]
     fn register_transpose_moves_every_value() {
         #[cfg(target_arch = "x86_64")]

@@ -210,7 +210,7 @@ pub fn matmul_blocks_residual(
     unsafe {
         super::gemm_on_pool(
             (m, n, k),
-            &mut out,
+            out.as_mut_ptr(),
             super::Mat::rows(x, k),
             super::Mat::cols(w, k),
             accumulate,

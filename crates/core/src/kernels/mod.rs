@@ -151,14 +151,16 @@ pub(crate) unsafe fn gemm_into(
 
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` (row-major `dst`, row stride `n`), with
 /// output column blocks spread over the pool, each through gemm. `accumulate` adds to
-/// what `dst` holds (a bias written there first).
+/// what `dst` holds (a bias written there first); without it `dst` is only written
+/// (it may be uninitialised memory).
 ///
 /// # Safety
-/// `dst` holds `m · n` values; `lhs` and `rhs` reach every element their strides
+/// `dst` is valid for writes (and, with `accumulate`, reads) of `m · n` values that no
+/// one else touches meanwhile; `lhs` and `rhs` reach every element their strides
 /// address for `(m, k)` and `(k, n)`.
 pub(crate) unsafe fn gemm_on_pool(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
+    dst: *mut f32,
     lhs: Mat,
     rhs: Mat,
     accumulate: bool,
@@ -166,7 +168,7 @@ pub(crate) unsafe fn gemm_on_pool(
     if m == 0 || n == 0 {
         return;
     }
-    let ptr = OutPtr(dst.as_mut_ptr());
+    let ptr = OutPtr(dst);
     let pool = pool::Pool::global();
     let chunk = n
         .div_ceil(pool.threads() * 4)

@@ -30,6 +30,9 @@ pub struct AdamWStep {
     /// `√(1 − β₂ᵗ)`.
     pub bias_correction2_sqrt: f32,
     pub eps: f32,
+    /// The gradient is multiplied by this first (gradient clipping's coefficient,
+    /// folded into the update pass; 1 otherwise).
+    pub grad_scale: f32,
 }
 
 impl AdamWStep {
@@ -43,6 +46,7 @@ impl AdamWStep {
             step_size: (lr / (1.0 - beta1.powi(t))) as f32,
             bias_correction2_sqrt: (1.0 - beta2.powi(t)).sqrt() as f32,
             eps: eps as f32,
+            grad_scale: 1.0,
         }
     }
 }
@@ -54,8 +58,9 @@ const CHUNK: usize = 1 << 15;
 fn adamw_slice(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamWStep) {
     let (w1, w2) = (s.one_minus_beta1, s.one_minus_beta2);
     for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let mm = *m + w1 * (*g - *m);
-        let vv = s.beta2 * *v + w2 * *g * *g;
+        let g = *g * s.grad_scale;
+        let mm = *m + w1 * (g - *m);
+        let vv = s.beta2 * *v + w2 * g * g;
         *m = mm;
         *v = vv;
         let denom = vv.sqrt() / s.bias_correction2_sqrt + s.eps;

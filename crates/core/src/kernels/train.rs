@@ -512,13 +512,31 @@ impl LinearTrainOp {
             let dw = product_nt(&transpose(g, m, n), n, &transpose(x, m, k), k, m)?;
             return Ok((dx, dw, db));
         }
-        let mut dx = vec![0f32; m * k];
-        let mut dw = vec![0f32; n * k];
+        if m == 0 || n == 0 || k == 0 {
+            return Ok((vec![0f32; m * k], vec![0f32; n * k], db));
+        }
+        // Not zeroed first: gemm writes every output (no accumulation).
+        let (mut dx, mut dw) = (Vec::with_capacity(m * k), Vec::with_capacity(n * k));
         // SAFETY: dx [m, k] = g [m, n] · w [n, k]; dw [n, k] = gᵀ · x [m, k], gᵀ's
-        // (j, i) = g[i·n + j] inside [m, n].
+        // (j, i) = g[i·n + j] inside [m, n]; both outputs have room for their values,
+        // and the products (every dimension positive) write all of them.
         unsafe {
-            gemm_on_pool((m, k, n), &mut dx, Mat::rows(g, n), Mat::rows(w, k), false);
-            gemm_on_pool((n, k, m), &mut dw, Mat::cols(g, n), Mat::rows(x, k), false);
+            gemm_on_pool(
+                (m, k, n),
+                dx.as_mut_ptr(),
+                Mat::rows(g, n),
+                Mat::rows(w, k),
+                false,
+            );
+            gemm_on_pool(
+                (n, k, m),
+                dw.as_mut_ptr(),
+                Mat::cols(g, n),
+                Mat::rows(x, k),
+                false,
+            );
+            dx.set_len(m * k);
+            dw.set_len(n * k);
         }
         Ok((dx, dw, db))
     }
