@@ -372,7 +372,14 @@ impl CustomOp3 for EncoderAttentionTrainOp {
         let mut out: Vec<f32> = Vec::with_capacity(b * s * hd);
         let ptr = OutPtr(out.as_mut_ptr());
         let heads = self.heads;
-        Pool::global().run(b * heads, &|bh| {
+        // Heads grouped per task so that a task's heads are those of one sequence (its
+        // rows stay in that core's caches) where there are enough sequences to share.
+        let per_task = if b >= 4 * Pool::global().threads() {
+            heads
+        } else {
+            1
+        };
+        let attend = |bh: usize| {
             let (bi, hi) = (bh / heads, bh % heads);
             let head = self.head((q, k, v), (bi, hi), (s, hd, d));
             let dst = ptr.at(bi * s * hd + hi * d);
@@ -391,6 +398,9 @@ impl CustomOp3 for EncoderAttentionTrainOp {
                 let v = Mat::rows(head.v, hd);
                 gemm_into((s, d, s), dst, hd, Mat::rows(&p, s), v, false)
             };
+        };
+        Pool::global().run((b * heads).div_ceil(per_task), &|t| {
+            (t * per_task..((t + 1) * per_task).min(b * heads)).for_each(attend)
         });
         // SAFETY: task (bi, hi) wrote rows 0..s, columns hi·d..(hi + 1)·d of batch row
         // bi (both attention paths write their whole [s, d] block, gemm without reading
@@ -734,7 +744,10 @@ mod tests {
     #[test]
     fn training_attention_equals_autograd_of_the_ops() {
         let dev = Device::Cpu;
-        for (b, s, h, d) in [(2, 21, 3, 8), (1, 5, 2, 4)] {
+        // Enough sequences for one task per sequence (all its heads), with the
+        // short-head kernel's head size.
+        let many = 4 * Pool::global().threads() + 1;
+        for (b, s, h, d) in [(2, 21, 3, 8), (1, 5, 2, 4), (many, 7, 3, 32)] {
             let hd = h * d;
             let var = || Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, hd), &dev).unwrap());
             let (q, k, v) = (var().unwrap(), var().unwrap(), var().unwrap());
