@@ -869,33 +869,47 @@ unsafe fn attend_row_avx512(
 mod tests {
     use super::*;
 
+    /// `q` (`s` rows), `k` and `v` (`t` rows), rows of `step` values.
+    fn head_operands(s: usize, t: usize, step: usize) -> [Vec<f32>; 3] {
+        let val = |i: usize, f: f32| ((i as f32) * f).sin() * 2.0;
+        [(s, 0.37), (t, 0.11), (t, 0.23)]
+            .map(|(rows, f)| (0..rows * step).map(|i| val(i, f)).collect())
+    }
+
+    /// One head of `d` columns over those operands (scale 0.17, no soft cap).
+    fn test_head<'a>(
+        (q, k, v): (&'a [f32], &'a [f32], &'a [f32]),
+        mask: &'a [f32],
+        step: usize,
+        (s, t, d): (usize, usize, usize),
+    ) -> HeadGemm<'a> {
+        HeadGemm {
+            q,
+            q_step: step,
+            s,
+            k,
+            k_step: step,
+            v,
+            v_step: step,
+            mask,
+            scale: 0.17,
+            softcap: None,
+            t,
+            d,
+        }
+    }
+
     /// Timing of one short head (not a test: `cargo test --release -p rustformers-core
     /// short_head_speed -- --ignored --nocapture`).
     #[test]
     #[ignore]
     fn short_head_speed() {
         for (s, t, d) in [(23, 23, 32), (35, 35, 32), (64, 64, 32)] {
-            let val = |i: usize, f: f32| ((i as f32) * f).sin() * 2.0;
             let step = 12 * d;
-            let q: Vec<f32> = (0..s * step).map(|i| val(i, 0.37)).collect();
-            let k: Vec<f32> = (0..t * step).map(|i| val(i, 0.11)).collect();
-            let v: Vec<f32> = (0..t * step).map(|i| val(i, 0.23)).collect();
+            let [q, k, v] = head_operands(s, t, step);
             let mask = vec![0f32; s * t];
             let mut out = vec![0f32; s * step];
-            let head = HeadGemm {
-                q: &q,
-                q_step: step,
-                s,
-                k: &k,
-                k_step: step,
-                v: &v,
-                v_step: step,
-                mask: &mask,
-                scale: 0.17,
-                softcap: None,
-                t,
-                d,
-            };
+            let head = test_head((&q, &k, &v), &mask, step, (s, t, d));
             let mut best = f64::MAX;
             for _ in 0..5 {
                 let t0 = std::time::Instant::now();
@@ -950,10 +964,7 @@ mod tests {
                     (64, 64),
                 ] {
                     let step = 3 * d;
-                    let val = |i: usize, f: f32| ((i as f32) * f).sin() * 2.0;
-                    let q: Vec<f32> = (0..s * step).map(|i| val(i, 0.37)).collect();
-                    let k: Vec<f32> = (0..t * step).map(|i| val(i, 0.11)).collect();
-                    let v: Vec<f32> = (0..t * step).map(|i| val(i, 0.23)).collect();
+                    let [q, k, v] = head_operands(s, t, step);
                     // The last two keys are padding (as an attention mask makes them).
                     let mask: Vec<f32> = (0..s * t)
                         .map(|i| {
@@ -964,20 +975,7 @@ mod tests {
                             }
                         })
                         .collect();
-                    let head = HeadGemm {
-                        q: &q,
-                        q_step: step,
-                        s,
-                        k: &k,
-                        k_step: step,
-                        v: &v,
-                        v_step: step,
-                        mask: &mask,
-                        scale: 0.17,
-                        softcap: None,
-                        t,
-                        d,
-                    };
+                    let head = test_head((&q, &k, &v), &mask, step, (s, t, d));
                     let (mut fast, mut slow) = (vec![7f32; s * step], vec![7f32; s * step]);
                     // SAFETY: AVX-512 runs here; the operands hold s / t rows of `step`
                     // and the outputs s rows of `step`.
