@@ -616,6 +616,13 @@ mod x86 {
         _mm_castsi128_ps(_mm_loadl_epi64(p as *const __m128i))
     }
 
+    /// Quants fetched this many bytes ahead of use (a prefetch never faults, so past the
+    /// end is harmless). Decoding streams every weight from DRAM once per token, and the
+    /// hardware prefetchers alone kept it well below the DRAM rate: SmolLM2 Q4_1 decode
+    /// (AVX-512) 134-148 tokens/s without, 155-172 with the quants fetched 4096 bytes
+    /// ahead (1024: 142-145; 8192: as 4096), 202-213 with the scales too.
+    const AHEAD: usize = 4096;
+
     /// The weight quants of block pair `p` of a row as two 32-byte vectors, and for
     /// Q8_0 the signed originals (whose signs move onto the activations).
     ///
@@ -626,7 +633,9 @@ mod x86 {
     unsafe fn pair_avx2(payload: &Payload, base: usize, p: usize) -> (__m256i, __m256i, bool) {
         match payload {
             Payload::Nibbles(q) => {
-                let raw = _mm256_loadu_si256(q.as_ptr().add(base * 16 + p * 32) as *const __m256i);
+                let at = q.as_ptr().add(base * 16 + p * 32);
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(AHEAD) as *const i8);
+                let raw = _mm256_loadu_si256(at as *const __m256i);
                 let mask = _mm256_set1_epi8(0x0F);
                 (
                     _mm256_and_si256(raw, mask),
@@ -636,6 +645,7 @@ mod x86 {
             }
             Payload::Bytes(q) => {
                 let at = q.as_ptr().add((base + 2 * p) * QK);
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(AHEAD) as *const i8);
                 (
                     _mm256_loadu_si256(at as *const __m256i),
                     _mm256_loadu_si256(at.add(QK) as *const __m256i),
@@ -644,6 +654,7 @@ mod x86 {
             }
             Payload::Signed(q) => {
                 let at = q.as_ptr().add((base + 2 * p) * QK);
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(AHEAD));
                 (
                     _mm256_loadu_si256(at as *const __m256i),
                     _mm256_loadu_si256(at.add(QK) as *const __m256i),
@@ -744,12 +755,6 @@ mod x86 {
         // Lanes 0-7 hold the first block's partial sums, lanes 8-15 the second's.
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         let mask = _mm512_set1_epi8(0x0F);
-        // Quants fetched this many bytes ahead of use (a prefetch never faults, so past
-        // the end is harmless). Decoding streams every weight from DRAM once per token,
-        // and the hardware prefetchers alone kept it well below the DRAM rate: SmolLM2
-        // Q4_1 decode 134-148 tokens/s without, 155-172 with the quants fetched 4096
-        // bytes ahead (1024: 142-145; 8192: as 4096), 202-213 with the scales too.
-        const AHEAD: usize = 4096;
         let zero = _mm512_setzero_si512();
         for p in 0..pairs {
             let mut neg: __mmask64 = 0;
