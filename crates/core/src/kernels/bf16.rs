@@ -1139,16 +1139,12 @@ impl super::PackedLinear for PackedBf16 {
         (self.rows, self.cols)
     }
 
-    fn product(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-        gelu: bool,
-    ) -> Result<Vec<f32>, String> {
-        let epi = Epilogue { gelu, residual };
-        matmul_epi_on(self, x, m, bias, epi, Path::best(m))
+    fn product(&self, x: &[f32], m: usize, extras: super::Extras) -> Result<Vec<f32>, String> {
+        let epi = Epilogue {
+            gelu: extras.gelu,
+            residual: extras.residual,
+        };
+        matmul_epi_on(self, x, m, extras.bias, epi, Path::best(m))
     }
 }
 

@@ -305,6 +305,16 @@ pub(crate) fn linear_op_fwd(
     Ok((CpuStorage::F32(y), Shape::from(out_dims)))
 }
 
+/// What goes with a product: a bias of `n` values, a residual `[m, n]` added to the
+/// outputs, and exact GELU applied last (after the bias; the residual, when both are
+/// given, is added before the activation, as the operands' order says).
+#[derive(Clone, Copy, Default)]
+pub struct Extras<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+    pub gelu: bool,
+}
+
 /// A weight packed for one of rustformers' CPU linear kernels (bf16 on AMX, f32 on
 /// AVX-512), run through [`LinearOp`].
 pub trait PackedLinear: std::fmt::Debug + Send + Sync + 'static {
@@ -315,15 +325,8 @@ pub trait PackedLinear: std::fmt::Debug + Send + Sync + 'static {
     const WHAT: &'static str;
     /// Outputs `n` and inputs `k`.
     fn dims(&self) -> (usize, usize);
-    /// `x [m, k] · Wᵀ` plus `bias`, `residual` (`[m, n]`) and GELU, `[m, n]`.
-    fn product(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-        gelu: bool,
-    ) -> Result<Vec<f32>, String>;
+    /// `x [m, k] · Wᵀ` plus `extras`, `[m, n]`.
+    fn product(&self, x: &[f32], m: usize, extras: Extras) -> Result<Vec<f32>, String>;
 }
 
 /// The candle op of a packed linear layer: `x [..., k]` (f32) → `[..., n]` (f32) with
@@ -356,8 +359,12 @@ impl<W: PackedLinear> candle_core::CustomOp1 for LinearOp<W> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, k) = self.weight.dims();
         linear_op_fwd(W::WHAT, s, l, n, k, |x, m| {
-            let bias = self.bias.as_deref();
-            self.weight.product(x, m, bias, None, self.gelu)
+            let extras = Extras {
+                bias: self.bias.as_deref(),
+                residual: None,
+                gelu: self.gelu,
+            };
+            self.weight.product(x, m, extras)
         })
     }
 }
@@ -377,8 +384,12 @@ impl<W: PackedLinear> candle_core::CustomOp2 for LinearOp<W> {
         let (n, k) = self.weight.dims();
         let what = format!("{} with residual", W::WHAT);
         linear_op_fwd_residual(&what, s, l, rs, rl, n, k, |x, m, res| {
-            let bias = self.bias.as_deref();
-            self.weight.product(x, m, bias, Some(res), self.gelu)
+            let extras = Extras {
+                bias: self.bias.as_deref(),
+                residual: Some(res),
+                gelu: self.gelu,
+            };
+            self.weight.product(x, m, extras)
         })
     }
 }

@@ -15,6 +15,7 @@
 //! Layout and blocking follow the usual register-blocked GEMM design (Goto and van de
 //! Geijn, "Anatomy of High-Performance Matrix Multiplication", 2008).
 
+pub use super::Extras;
 use super::{pool::Pool, Isa, OutPtr};
 
 /// Output columns per panel: two AVX-512 vectors.
@@ -107,16 +108,6 @@ impl PackedF32 {
     }
 }
 
-/// What goes with a product: a bias of `n` values, a residual `[m, n]` added to the
-/// outputs, and exact GELU applied last (after the bias; the residual, when both are
-/// given, is added before the activation, as the operands' order says).
-#[derive(Clone, Copy, Default)]
-pub struct Extras<'a> {
-    pub bias: Option<&'a [f32]>,
-    pub residual: Option<&'a [f32]>,
-    pub gelu: bool,
-}
-
 /// `x [m, k] · Wᵀ` plus `extras`, `[m, n]` row-major, on the pool.
 pub fn matmul(
     w: &PackedF32,
@@ -195,19 +186,7 @@ impl super::PackedLinear for PackedF32 {
         (self.n, self.k)
     }
 
-    fn product(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-        gelu: bool,
-    ) -> Result<Vec<f32>, String> {
-        let extras = Extras {
-            bias,
-            residual,
-            gelu,
-        };
+    fn product(&self, x: &[f32], m: usize, extras: Extras) -> Result<Vec<f32>, String> {
         matmul(self, x, m, extras, Isa::detect())
     }
 }
