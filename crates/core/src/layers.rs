@@ -466,10 +466,17 @@ pub fn compute_dtype(d: DType) -> DType {
 /// from. One per model, shared by its dropout layers; the Trainer turns it on for
 /// training steps (seeding it per micro-batch, so runs and resumed runs draw the same
 /// masks) and off for evaluation.
+///
+/// It also collects the parameter gradients that fused training ops compute inside
+/// their own backward pass, where candle sees only their input
+/// ([`crate::kernels::encoder_layer`]): [`TrainMode::clear_side_grads`] before a backward
+/// pass, [`TrainMode::merge_side_grads`] after it.
 #[derive(Debug)]
 pub struct TrainMode {
     on: std::sync::atomic::AtomicBool,
     rng: std::sync::Mutex<crate::rng::Rng>,
+    /// `(parameter, gradient)` pairs from the current backward pass.
+    side: std::sync::Mutex<Vec<(Tensor, Tensor)>>,
 }
 
 impl Default for TrainMode {
@@ -477,6 +484,7 @@ impl Default for TrainMode {
         Self {
             on: std::sync::atomic::AtomicBool::new(false),
             rng: std::sync::Mutex::new(crate::rng::Rng::new(0)),
+            side: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -492,6 +500,44 @@ impl TrainMode {
 
     pub fn is_on(&self) -> bool {
         self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds `grad` to the side gradient of `param` (a fused op's backward pass).
+    pub(crate) fn stash_grad(&self, param: &Tensor, grad: Tensor) -> candle_core::Result<()> {
+        let mut side = self.side_grads()?;
+        match side.iter_mut().find(|(p, _)| p.id() == param.id()) {
+            Some((_, g)) => *g = (&*g + grad)?,
+            None => side.push((param.clone(), grad)),
+        }
+        Ok(())
+    }
+
+    fn side_grads(&self) -> candle_core::Result<std::sync::MutexGuard<'_, Vec<(Tensor, Tensor)>>> {
+        self.side
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("side gradients poisoned".into()))
+    }
+
+    /// Forgets the side gradients (call before a backward pass).
+    pub fn clear_side_grads(&self) -> candle_core::Result<()> {
+        self.side_grads()?.clear();
+        Ok(())
+    }
+
+    /// Adds the side gradients of the backward pass just run to `store`, and forgets
+    /// them.
+    pub fn merge_side_grads(
+        &self,
+        store: &mut candle_core::backprop::GradStore,
+    ) -> candle_core::Result<()> {
+        for (p, g) in self.side_grads()?.drain(..) {
+            let sum = match store.get(&p) {
+                Some(outer) => (outer + g)?,
+                None => g,
+            };
+            store.insert(&p, sum);
+        }
+        Ok(())
     }
 
     /// The mask generator's state (gradient checkpointing replays it).

@@ -533,6 +533,11 @@ impl Weights {
         self
     }
 
+    /// The model's training state, when loaded for training.
+    pub fn train_mode(&self) -> Option<Arc<crate::layers::TrainMode>> {
+        self.train_mode.clone()
+    }
+
     /// A dropout layer of probability `p` (the identity unless training).
     pub fn dropout(&self, p: f64) -> crate::layers::Dropout {
         crate::layers::Dropout::new(p, self.train_mode.clone())

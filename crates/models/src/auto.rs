@@ -370,11 +370,20 @@ impl<M: ?Sized> PreTrainedModel<M> {
     }
 
     /// `loss.backward()`, with the gradients of checkpointed layers' parameters (found
-    /// by their recomputation) added: what the Trainer calls.
+    /// by their recomputation) and of fused training ops' parameters (encoder layers,
+    /// which candle sees as ops of their input alone) added: what the Trainer calls.
+    /// Call it rather than `loss.backward()` for a model loaded for training.
     pub fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        if let Some(m) = &self.train_mode {
+            m.clear_side_grads()?;
+        }
         let mut store = loss.backward()?;
         if let Some(c) = &self.checkpointing {
             c.merge_into(&mut store)?;
+        }
+        // Gradients of the parameters inside fused training ops (encoder layers).
+        if let Some(m) = &self.train_mode {
+            m.merge_side_grads(&mut store)?;
         }
         Ok(store)
     }

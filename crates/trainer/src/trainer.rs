@@ -102,7 +102,8 @@ pub trait TrainModel {
     fn gradient_checkpointing(&self) -> bool {
         false
     }
-    /// The gradients of `loss` (checkpointed layers' parameters included).
+    /// The gradients of `loss` (checkpointed layers' and fused layers' parameters
+    /// included).
     fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
         Ok(loss.backward()?)
     }

@@ -45,7 +45,7 @@ fn a_bf16_step_stays_within_bf16_rounding_of_pytorch() {
         let step = |model: &dyn TrainModel| -> (f32, Vec<String>, Vec<Tensor>) {
             let params = model.parameters();
             let (loss, _) = model.loss(batch).unwrap();
-            let store = loss.backward().unwrap();
+            let store = model.backward(&loss).unwrap();
             let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
             let grads = gather(&store, &vars)
                 .into_iter()
@@ -99,7 +99,7 @@ fn bf16_steps_lower_the_loss() {
     for _ in 0..6 {
         let (loss, _) = model.loss(batch).unwrap();
         losses.push(loss.to_scalar::<f32>().unwrap());
-        let grads = gather(&loss.backward().unwrap(), &vars);
+        let grads = gather(&model.backward(&loss).unwrap(), &vars);
         opt.step(&grads, 1e-2).unwrap();
     }
     assert!(losses[5] < 0.7 * losses[0], "{losses:?}");

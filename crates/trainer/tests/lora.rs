@@ -72,7 +72,7 @@ fn a_lora_step_matches_peft_and_the_adapter_round_trips() {
             (lv - exp["loss"].as_f64().unwrap() as f32).abs() < 1e-5,
             "{name}: loss {lv}"
         );
-        let store = loss.backward().unwrap();
+        let store = model.backward(&loss).unwrap();
         let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
         let mut grads = gather(&store, &vars);
         for ((n, _), g) in params.iter().zip(&grads) {

@@ -32,7 +32,7 @@ fn one_adamw_step_matches_pytorch() {
             (lv - want_loss).abs() < 1e-5,
             "{name}: loss {lv} vs {want_loss}"
         );
-        let store = l.backward().unwrap();
+        let store = model.backward(&l).unwrap();
         let params = model.parameters();
         let vars = &params;
         let torch_names: Vec<&String> = want.keys().filter(|k| k.starts_with("param.")).collect();

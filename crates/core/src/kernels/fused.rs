@@ -99,6 +99,56 @@ unsafe fn layer_norm_rows_avx512(
     layer_norm_rows(x, w, b, eps, out)
 }
 
+/// LayerNorm of the whole rows of `x` (rows of `w.len()`) with weight `w` and bias `b`
+/// (of `w.len()` too), row blocks on the pool.
+pub(crate) fn layer_norm_forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+) -> Result<Vec<f32>, String> {
+    let dim = w.len();
+    if dim == 0 || b.len() != dim {
+        return Err(format!("layer norm: weight {dim}, bias {}", b.len()));
+    }
+    let rows = x.len() / dim;
+    // Not zeroed first (a serial pass while the pool waits): every row is written.
+    let mut out: Vec<f32> = Vec::with_capacity(rows * dim);
+    let isa = super::Isa::detect();
+    let run = |r0: usize, r1: usize, dst: &mut [MaybeUninit<f32>]| {
+        let src = &x[r0 * dim..r1 * dim];
+        #[cfg(target_arch = "x86_64")]
+        if isa == super::Isa::Avx512Vnni {
+            // SAFETY: AVX-512 was detected on this CPU.
+            return unsafe { layer_norm_rows_avx512(src, w, b, eps, dst) };
+        }
+        let _ = isa;
+        layer_norm_rows(src, w, b, eps, dst)
+    };
+    const ROWS: usize = 64;
+    let tasks = rows.div_ceil(ROWS);
+    if tasks <= 1 {
+        run(0, rows, &mut out.spare_capacity_mut()[..rows * dim]);
+    } else {
+        let ptr = OutPtr(out.as_mut_ptr());
+        Pool::global().run(tasks, &|t| {
+            let (r0, r1) = (t * ROWS, ((t + 1) * ROWS).min(rows));
+            // SAFETY: task t alone writes rows r0..r1 of `out`'s capacity, which
+            // outlives the loop.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    ptr.at(r0 * dim).cast::<MaybeUninit<f32>>(),
+                    (r1 - r0) * dim,
+                )
+            };
+            run(r0, r1, dst);
+        });
+    }
+    // SAFETY: the rows 0..rows, rows·dim values, were written above.
+    unsafe { out.set_len(rows * dim) };
+    Ok(out)
+}
+
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "rustformers-layer-norm"
@@ -124,42 +174,7 @@ impl CustomOp3 for LayerNormOp {
                 xl.shape().dims()
             );
         }
-        let rows = x.len() / dim;
-        // Not zeroed first (a serial pass while the pool waits): every row is written.
-        let mut out: Vec<f32> = Vec::with_capacity(x.len());
-        let isa = super::Isa::detect();
-        let eps = self.eps;
-        let run = |r0: usize, r1: usize, dst: &mut [MaybeUninit<f32>]| {
-            let src = &x[r0 * dim..r1 * dim];
-            #[cfg(target_arch = "x86_64")]
-            if isa == super::Isa::Avx512Vnni {
-                // SAFETY: AVX-512 was detected on this CPU.
-                return unsafe { layer_norm_rows_avx512(src, w, b, eps, dst) };
-            }
-            let _ = isa;
-            layer_norm_rows(src, w, b, eps, dst)
-        };
-        const ROWS: usize = 64;
-        let tasks = rows.div_ceil(ROWS);
-        if tasks <= 1 {
-            run(0, rows, &mut out.spare_capacity_mut()[..rows * dim]);
-        } else {
-            let ptr = OutPtr(out.as_mut_ptr());
-            Pool::global().run(tasks, &|t| {
-                let (r0, r1) = (t * ROWS, ((t + 1) * ROWS).min(rows));
-                // SAFETY: task t alone writes rows r0..r1 of `out`'s capacity, which
-                // outlives the loop.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        ptr.at(r0 * dim).cast::<MaybeUninit<f32>>(),
-                        (r1 - r0) * dim,
-                    )
-                };
-                run(r0, r1, dst);
-            });
-        }
-        // SAFETY: the rows 0..rows, rows·dim = x.len() values, were written above.
-        unsafe { out.set_len(x.len()) };
+        let out = layer_norm_forward(x, w, b, self.eps).map_err(candle_core::Error::Msg)?;
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 

@@ -205,6 +205,16 @@ pub struct EncoderAttentionTrainOp {
     pub dropout: Option<Vec<f32>>,
 }
 
+/// Row strides of the training attention's operands: `q`, `k`, `v` (and their
+/// gradients) have rows `input` apart, the output (and its gradient) rows `output` apart.
+/// The op on its own tensors has both at `heads · dim`; a fused layer reads `q`, `k`, `v`
+/// from one `[rows, 3 · hidden]` projection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Steps {
+    pub(crate) input: usize,
+    pub(crate) output: usize,
+}
+
 impl EncoderAttentionTrainOp {
     /// `(batch, seq, heads · dim, dim)` of operands of shape `dims`, checked.
     fn geometry(&self, dims: &[usize]) -> candle_core::Result<(usize, usize, usize, usize)> {
@@ -230,22 +240,23 @@ impl EncoderAttentionTrainOp {
         Ok((b, s, hd, hd / self.heads))
     }
 
-    /// Head `hi` of batch row `bi`: its operands, read from column `hi·d` of each row.
+    /// Head `hi` of batch row `bi`: its operands, read from column `hi·d` of each row
+    /// (rows `step` apart).
     fn head<'a>(
         &'a self,
         (q, k, v): (&'a [f32], &'a [f32], &'a [f32]),
         (bi, hi): (usize, usize),
-        (s, hd, d): (usize, usize, usize),
+        (s, d, step): (usize, usize, usize),
     ) -> HeadGemm<'a> {
-        let off = bi * s * hd + hi * d;
+        let off = bi * s * step + hi * d;
         HeadGemm {
             q: &q[off..],
-            q_step: hd,
+            q_step: step,
             s,
             k: &k[off..],
-            k_step: hd,
+            k_step: step,
             v: &v[off..],
-            v_step: hd,
+            v_step: step,
             mask: &self.mask[bi * s * s..][..s * s],
             scale: self.scale,
             softcap: None,
@@ -259,49 +270,135 @@ impl EncoderAttentionTrainOp {
         self.dropout.as_ref().map(|d| &d[bh * s * s..][..s * s])
     }
 
-    /// The gradients of `q`, `k`, `v` from the output's gradient `g`.
-    fn backward(
+    /// Checks that `q`, `k`, `v` (rows `steps.input` apart) reach every value of
+    /// `[b, s, hd]`.
+    fn check_operands(
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        (b, s, hd): (usize, usize, usize),
+        step: usize,
+    ) -> candle_core::Result<()> {
+        let need = if b * s == 0 {
+            0
+        } else {
+            (b * s - 1) * step + hd
+        };
+        if step < hd || q.len() < need || k.len() < need || v.len() < need {
+            candle_core::bail!("training attention: operands do not hold [{b}, {s}, {hd}]");
+        }
+        Ok(())
+    }
+
+    /// The attention of `q`, `k`, `v` (`[batch, seq, heads · dim]` as `dims` says, rows
+    /// `steps.input` apart) written to `out` (rows `steps.output` apart; every value of
+    /// its `[batch · seq, heads · dim]` is written, none read).
+    ///
+    /// # Safety
+    /// `out` is valid for writes of that many rows and nothing else touches them
+    /// meanwhile.
+    pub(crate) unsafe fn forward_into(
+        &self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        dims: &[usize],
+        steps: Steps,
+        out: OutPtr,
+    ) -> candle_core::Result<()> {
+        let (b, s, hd, d) = self.geometry(dims)?;
+        Self::check_operands((q, k, v), (b, s, hd), steps.input)?;
+        if b * s * hd == 0 {
+            return Ok(());
+        }
+        let heads = self.heads;
+        // Heads grouped per task so that a task's heads are those of one sequence (its
+        // rows stay in that core's caches) where there are enough sequences to share.
+        let per_task = if b >= 4 * Pool::global().threads() {
+            heads
+        } else {
+            1
+        };
+        let attend = |bh: usize| {
+            let (bi, hi) = (bh / heads, bh % heads);
+            let head = self.head((q, k, v), (bi, hi), (s, d, steps.input));
+            let dst = out.at(bi * s * steps.output + hi * d);
+            let Some(m) = self.dropout_of(bh, s) else {
+                // SAFETY: task (bi, hi) alone writes its head's columns of `out` (rows
+                // steps.output apart), which the caller keeps alive.
+                return unsafe { attend_head_gemm(&head, dst, steps.output) };
+            };
+            let mut p = head_probs(&head);
+            for (a, b) in p.iter_mut().zip(m) {
+                *a *= b;
+            }
+            // out[i, x] = Σ_j (P∘D)[i, j] v[j, x]
+            // SAFETY: as above; v holds s rows steps.input apart from the head's column.
+            unsafe {
+                let v = Mat::rows(head.v, steps.input);
+                gemm_into((s, d, s), dst, steps.output, Mat::rows(&p, s), v, false)
+            };
+        };
+        Pool::global().run((b * heads).div_ceil(per_task), &|t| {
+            (t * per_task..((t + 1) * per_task).min(b * heads)).for_each(attend)
+        });
+        Ok(())
+    }
+
+    /// The gradients of `q`, `k`, `v` from the output's gradient `g` (rows
+    /// `steps.output` apart), written to `dq`, `dk`, `dv` (rows `steps.input` apart:
+    /// each head's columns written, not read).
+    ///
+    /// # Safety
+    /// `dq`, `dk`, `dv` are valid for writes of `[batch · seq]` rows `steps.input` apart
+    /// and the columns `0..heads · dim` of those rows, disjoint from each other, and
+    /// nothing else touches them meanwhile.
+    pub(crate) unsafe fn backward_into(
         &self,
         (q, k, v): (&[f32], &[f32], &[f32]),
         g: &[f32],
         dims: &[usize],
-    ) -> candle_core::Result<[Vec<f32>; 3]> {
+        steps: Steps,
+        (dqp, dkp, dvp): (OutPtr, OutPtr, OutPtr),
+    ) -> candle_core::Result<()> {
         let (b, s, hd, d) = self.geometry(dims)?;
-        let n = b * s * hd;
-        if q.len() != n || k.len() != n || v.len() != n || g.len() != n {
-            candle_core::bail!("training attention backward: operands are not {dims:?}");
+        Self::check_operands((q, k, v), (b, s, hd), steps.input)?;
+        let need = if b * s == 0 {
+            0
+        } else {
+            (b * s - 1) * steps.output + hd
+        };
+        if steps.output < hd || g.len() < need {
+            candle_core::bail!("training attention backward: gradient does not hold {dims:?}");
         }
-        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-        if n == 0 {
-            return Ok([dq, dk, dv]);
+        if b * s * hd == 0 {
+            return Ok(());
         }
-        let (dqp, dkp, dvp) = (
-            OutPtr(dq.as_mut_ptr()),
-            OutPtr(dk.as_mut_ptr()),
-            OutPtr(dv.as_mut_ptr()),
-        );
         let heads = self.heads;
         let scale = self.scale;
         let task = |bh: usize| {
             let (bi, hi) = (bh / heads, bh % heads);
-            let head = self.head((q, k, v), (bi, hi), (s, hd, d));
+            let head = self.head((q, k, v), (bi, hi), (s, d, steps.input));
             let p = head_probs(&head);
             let drop = self.dropout_of(bh, s);
             // The probabilities the values were weighted by (after dropout).
             let pd: Option<Vec<f32>> = drop.map(|m| p.iter().zip(m).map(|(a, b)| a * b).collect());
             let pv = pd.as_deref().unwrap_or(&p);
-            let off = bi * s * hd + hi * d;
-            let go = &g[off..];
+            let off = bi * s * steps.input + hi * d;
+            let go = &g[bi * s * steps.output + hi * d..];
             let mut dp = vec![0f32; s * s];
-            // SAFETY: every operand holds the rows its strides reach (the head's columns
-            // of [b, s, hd] buffers, `geometry` checked); task (bi, hi) alone writes
-            // these columns of dq, dk, dv, which outlive the loop.
+            // SAFETY: every operand holds the rows its strides reach (checked above);
+            // task (bi, hi) alone writes these columns of dq, dk, dv, which the caller
+            // keeps alive.
             unsafe {
                 // ∂v [s, d] = Pᵀ ∂o
-                let go = Mat::rows(go, hd);
-                gemm_into((s, d, s), dvp.at(off), hd, Mat::cols(pv, s), go, false);
+                let go = Mat::rows(go, steps.output);
+                gemm_into(
+                    (s, d, s),
+                    dvp.at(off),
+                    steps.input,
+                    Mat::cols(pv, s),
+                    go,
+                    false,
+                );
                 // ∂P [s, s] = ∂o vᵀ
-                let vt = Mat::cols(head.v, hd);
+                let vt = Mat::cols(head.v, steps.input);
                 gemm_into((s, s, d), dp.as_mut_ptr(), s, go, vt, false);
             }
             // Through dropout: ∂P = ∂(P∘D) ∘ D.
@@ -326,15 +423,29 @@ impl EncoderAttentionTrainOp {
             // SAFETY: as above.
             unsafe {
                 // ∂q [s, d] = ∂S k
-                let k = Mat::rows(head.k, hd);
-                gemm_into((s, d, s), dqp.at(off), hd, Mat::rows(&dp, s), k, false);
+                let k = Mat::rows(head.k, steps.input);
+                gemm_into(
+                    (s, d, s),
+                    dqp.at(off),
+                    steps.input,
+                    Mat::rows(&dp, s),
+                    k,
+                    false,
+                );
                 // ∂k [s, d] = ∂Sᵀ q
-                let q = Mat::rows(head.q, hd);
-                gemm_into((s, d, s), dkp.at(off), hd, Mat::cols(&dp, s), q, false);
+                let q = Mat::rows(head.q, steps.input);
+                gemm_into(
+                    (s, d, s),
+                    dkp.at(off),
+                    steps.input,
+                    Mat::cols(&dp, s),
+                    q,
+                    false,
+                );
             }
         };
         Pool::global().run(b * heads, &task);
-        Ok([dq, dk, dv])
+        Ok(())
     }
 }
 
@@ -361,52 +472,27 @@ impl CustomOp3 for EncoderAttentionTrainOp {
                 vl.shape().dims()
             );
         }
-        let (b, s, hd, d) = self.geometry(dims)?;
+        let (b, s, hd, _) = self.geometry(dims)?;
         let q = contiguous(f32_data(qs, what)?, ql, what)?;
         let k = contiguous(f32_data(ks, what)?, kl, what)?;
         let v = contiguous(f32_data(vs, what)?, vl, what)?;
-        if b * s * hd == 0 {
-            return Ok((CpuStorage::F32(Vec::new()), ql.shape().clone()));
+        let n = b * s * hd;
+        if q.len() != n || k.len() != n || v.len() != n {
+            candle_core::bail!("{what}: operands are not {dims:?}");
         }
         // Not zeroed first: the heads write every value (below).
-        let mut out: Vec<f32> = Vec::with_capacity(b * s * hd);
-        let ptr = OutPtr(out.as_mut_ptr());
-        let heads = self.heads;
-        // Heads grouped per task so that a task's heads are those of one sequence (its
-        // rows stay in that core's caches) where there are enough sequences to share.
-        let per_task = if b >= 4 * Pool::global().threads() {
-            heads
-        } else {
-            1
+        let mut out: Vec<f32> = Vec::with_capacity(n);
+        let steps = Steps {
+            input: hd,
+            output: hd,
         };
-        let attend = |bh: usize| {
-            let (bi, hi) = (bh / heads, bh % heads);
-            let head = self.head((q, k, v), (bi, hi), (s, hd, d));
-            let dst = ptr.at(bi * s * hd + hi * d);
-            let Some(m) = self.dropout_of(bh, s) else {
-                // SAFETY: task (bi, hi) alone writes its head's columns of `out` (rows
-                // hd apart), which outlives the loop.
-                return unsafe { attend_head_gemm(&head, dst, hd) };
-            };
-            let mut p = head_probs(&head);
-            for (a, b) in p.iter_mut().zip(m) {
-                *a *= b;
-            }
-            // out[i, x] = Σ_j (P∘D)[i, j] v[j, x]
-            // SAFETY: as above; v holds s rows hd apart from the head's column.
-            unsafe {
-                let v = Mat::rows(head.v, hd);
-                gemm_into((s, d, s), dst, hd, Mat::rows(&p, s), v, false)
-            };
-        };
-        Pool::global().run((b * heads).div_ceil(per_task), &|t| {
-            (t * per_task..((t + 1) * per_task).min(b * heads)).for_each(attend)
-        });
-        // SAFETY: task (bi, hi) wrote rows 0..s, columns hi·d..(hi + 1)·d of batch row
-        // bi (both attention paths write their whole [s, d] block, gemm without reading
-        // it); the tasks cover every (bi, hi), so all b·s·hd values; f32 has no invalid
-        // bit patterns.
-        unsafe { out.set_len(b * s * hd) };
+        // SAFETY: `out` has room for the b·s rows of hd; forward_into writes every value
+        // (each head its whole [s, d] block, the heads covering every column) before
+        // the length is set; f32 has no invalid bit patterns.
+        unsafe {
+            self.forward_into((q, k, v), dims, steps, OutPtr(out.as_mut_ptr()))?;
+            out.set_len(n);
+        }
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 
@@ -419,10 +505,29 @@ impl CustomOp3 for EncoderAttentionTrainOp {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = q.dims().to_vec();
-        let [dq, dk, dv] = read_f32(q, |qv| {
+        let n = q.elem_count();
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let hd = dims.last().copied().unwrap_or(0);
+        let steps = Steps {
+            input: hd,
+            output: hd,
+        };
+        let outs = (
+            OutPtr(dq.as_mut_ptr()),
+            OutPtr(dk.as_mut_ptr()),
+            OutPtr(dv.as_mut_ptr()),
+        );
+        read_f32(q, |qv| {
             read_f32(k, |kv| {
                 read_f32(v, |vv| {
-                    read_f32(g, |gv| self.backward((qv, kv, vv), gv, &dims))
+                    read_f32(g, |gv| {
+                        if [kv.len(), vv.len(), gv.len()] != [n; 3] {
+                            candle_core::bail!("training attention backward: operands differ");
+                        }
+                        // SAFETY: dq, dk, dv are three [n] buffers of [b, s, hd] rows hd
+                        // apart, alive until the end of this function.
+                        unsafe { self.backward_into((qv, kv, vv), gv, &dims, steps, outs) }
+                    })
                 })
             })
         })?????;

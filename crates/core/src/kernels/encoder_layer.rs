@@ -1,0 +1,693 @@
+//! A post-LayerNorm encoder layer (BERT's, RoBERTa's, DistilBERT's) for training as one
+//! op with its own backward pass. Op by op, a layer was about a dozen candle nodes
+//! (three projections, attention, output projection, dropout, residual add, LayerNorm,
+//! intermediate, GELU, ...), and candle's backward pass accumulates every node's
+//! gradient into a fresh zeroed buffer and runs the dropout and residual nodes on one
+//! thread. Here candle sees one node whose only argument is the layer's input; the
+//! parameters' gradients are computed in the same backward pass and handed to the
+//! model's [`TrainMode`] side store, which `PreTrainedModel::backward` merges into the
+//! gradient store (as gradient checkpointing does for its recomputed layers).
+//!
+//! The layer (Python's `BertLayer`, transformers 4.46,
+//! src/transformers/models/bert/modeling_bert.py):
+//! `qkv = x Wqkvᵀ + b`, `c = attention(q, k, v)` (probabilities dropped out),
+//! `s₁ = drop(c Woᵀ + bo) + x`, `a = LN₁(s₁)`, `u = a Wiᵀ + bi`, `g = gelu(u)`,
+//! `s₂ = drop(g Wfᵀ + bf) + a`, `y = LN₂(s₂)`. Backward, from `∂y`:
+//! `∂s₂ = LN₂'(∂y)`; `∂(g Wfᵀ) = ∂s₂ ∘ D₂`, giving `∂Wf`, `∂bf`, `∂g`;
+//! `∂u = ∂g ∘ gelu'(u)`, giving `∂Wi`, `∂bi`; `∂a = ∂s₂ + ∂u Wi`; `∂s₁ = LN₁'(∂a)`;
+//! `∂(c Woᵀ) = ∂s₁ ∘ D₁`, giving `∂Wo`, `∂bo`, `∂c`; the attention's backward gives
+//! `∂qkv`, then `∂Wqkv`, `∂bqkv` and `∂x = ∂s₁ + ∂qkv Wqkv`.
+//!
+//! The dropout masks are drawn when the op is built, in the op-by-op layer's order
+//! (probabilities, attention output, output), so both paths draw the same masks.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+use super::activation::{gelu, gelu_grad};
+use super::fused::layer_norm_forward;
+use super::gemv::{matmul_blocks, matmul_blocks_residual};
+use super::train::{column_sums, layer_norm_backward, EncoderAttentionTrainOp, Steps};
+use super::{contiguous, f32_data, gemm_on_pool, read_f32, Isa, Mat, OutPtr};
+use crate::layers::{Activation, Dropout, LayerNorm, TrainMode};
+use crate::linear::QLinear;
+
+/// A post-LayerNorm encoder layer's parts, borrowed from the model that holds them.
+/// `attention_dropout` follows the attention's output projection (BERT's
+/// `attention.output.dropout`; pass an inactive one where the model has none, as
+/// DistilBERT), `output_dropout` the feed-forward output.
+#[derive(Debug, Clone, Copy)]
+pub struct PostLnEncoderLayer<'a> {
+    pub query: &'a QLinear,
+    pub key: &'a QLinear,
+    pub value: &'a QLinear,
+    pub attention_output: &'a QLinear,
+    pub attention_norm: &'a LayerNorm,
+    pub intermediate: &'a QLinear,
+    pub activation: &'a Activation,
+    pub output: &'a QLinear,
+    pub output_norm: &'a LayerNorm,
+    pub heads: usize,
+    pub probs_dropout: &'a Dropout,
+    pub attention_dropout: &'a Dropout,
+    pub output_dropout: &'a Dropout,
+    /// The model's training state (where the parameters' gradients go).
+    pub mode: Option<&'a Arc<TrainMode>>,
+}
+
+/// Indices of the layer's parameters in [`LayerOp::params`].
+const WQ: usize = 0;
+const BQ: usize = 1;
+const WK: usize = 2;
+const BK: usize = 3;
+const WV: usize = 4;
+const BV: usize = 5;
+const WO: usize = 6;
+const BO: usize = 7;
+const N1W: usize = 8;
+const N1B: usize = 9;
+const WI: usize = 10;
+const BI: usize = 11;
+const WF: usize = 12;
+const BF: usize = 13;
+const N2W: usize = 14;
+const N2B: usize = 15;
+const PARAMS: usize = 16;
+
+impl PostLnEncoderLayer<'_> {
+    /// The layer on `x [batch, seq, hidden]` for training, as one op with its backward
+    /// pass; `mask` is additive, broadcastable to `[batch, 1, seq, seq]`. `None` where
+    /// the op does not apply, and the caller runs the layer op by op: `x` tracks no
+    /// gradient (inference), the model was not loaded for training, a tensor is not f32
+    /// on the CPU, a linear layer is not a plain dense one with a bias (LoRA, bf16
+    /// training, quantized), or the activation is not the exact GELU.
+    pub fn train_forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let Some(mode) = self.mode else {
+            return Ok(None);
+        };
+        if !x.track_op()
+            || !super::f32_cpu(x)
+            || *self.activation != Activation::Gelu
+            || mask.is_some_and(|m| m.track_op())
+        {
+            return Ok(None);
+        }
+        // Contiguous as they are: their gradients are stashed under these tensors' ids.
+        let usable = |t: &Tensor| super::f32_cpu(t) && t.is_contiguous();
+        let dense = |l: &QLinear| match l {
+            QLinear::Dense {
+                weight,
+                bias: Some(b),
+            } if [weight, b].into_iter().all(usable) => Some((weight.clone(), b.clone())),
+            _ => None,
+        };
+        let norm = |n: &LayerNorm| {
+            [&n.weight, &n.bias]
+                .into_iter()
+                .all(usable)
+                .then(|| (n.weight.clone(), n.bias.clone()))
+        };
+        let parts = [
+            dense(self.query),
+            dense(self.key),
+            dense(self.value),
+            dense(self.attention_output),
+            norm(self.attention_norm),
+            dense(self.intermediate),
+            dense(self.output),
+            norm(self.output_norm),
+        ];
+        let mut params = Vec::with_capacity(PARAMS);
+        for p in parts {
+            let Some((w, b)) = p else {
+                return Ok(None);
+            };
+            params.push(w);
+            params.push(b);
+        }
+        let (b, s, hd) = x.dims3()?;
+        let heads = self.heads;
+        if heads == 0 || hd % heads != 0 {
+            candle_core::bail!("attention: hidden size {hd} for {heads} heads");
+        }
+        let inter = params[WI].dim(0)?;
+        let shapes: [&[usize]; PARAMS] = [
+            &[hd, hd],
+            &[hd],
+            &[hd, hd],
+            &[hd],
+            &[hd, hd],
+            &[hd],
+            &[hd, hd],
+            &[hd],
+            &[hd],
+            &[hd],
+            &[inter, hd],
+            &[inter],
+            &[hd, inter],
+            &[hd],
+            &[hd],
+            &[hd],
+        ];
+        for (i, (p, want)) in params.iter().zip(shapes).enumerate() {
+            if p.dims() != want {
+                candle_core::bail!(
+                    "encoder layer: parameter {i} is {:?}, expected {want:?}",
+                    p.dims()
+                );
+            }
+        }
+        let mask = match mask {
+            Some(m) => m
+                .to_dtype(candle_core::DType::F32)?
+                .broadcast_as((b, 1, s, s))?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            None => vec![0f32; b * s * s],
+        };
+        // The op-by-op layer's draws, in its order.
+        let attention = EncoderAttentionTrainOp {
+            heads,
+            mask,
+            scale: 1.0 / ((hd / heads) as f32).sqrt(),
+            dropout: self.probs_dropout.multipliers(b * heads * s * s)?,
+        };
+        let drop1 = self.attention_dropout.multipliers(b * s * hd)?;
+        let drop2 = self.output_dropout.multipliers(b * s * hd)?;
+        let op = LayerOp {
+            params,
+            eps: [self.attention_norm.eps as f32, self.output_norm.eps as f32],
+            attention,
+            drop: [drop1, drop2],
+            saved: Mutex::new(None),
+            mode: mode.clone(),
+        };
+        x.contiguous()?.apply_op1(op).map(Some)
+    }
+}
+
+/// What the forward pass keeps for the backward pass (`t = batch · seq` rows).
+struct Saved {
+    /// `[Wq; Wk; Wv]`, `[3·hidden, hidden]`.
+    wqkv: Vec<f32>,
+    /// `[t, 3·hidden]`: q, k, v side by side.
+    qkv: Vec<f32>,
+    /// The attention's output, `[t, hidden]`.
+    ctx: Vec<f32>,
+    /// LayerNorm inputs, `[t, hidden]`.
+    s1: Vec<f32>,
+    s2: Vec<f32>,
+    /// The first LayerNorm's output, `[t, hidden]`.
+    a: Vec<f32>,
+    /// The intermediate layer's output before and after GELU, `[t, inter]`.
+    u: Vec<f32>,
+    g: Vec<f32>,
+}
+
+struct LayerOp {
+    /// The parameter tensors, in the order of the index constants above.
+    params: Vec<Tensor>,
+    eps: [f32; 2],
+    attention: EncoderAttentionTrainOp,
+    /// The dropout multipliers after the attention output and the output projections.
+    drop: [Option<Vec<f32>>; 2],
+    saved: Mutex<Option<Saved>>,
+    mode: Arc<TrainMode>,
+}
+
+/// Runs `f` on the values of every tensor of `ts` (f32, CPU, contiguous).
+fn read_all<R>(
+    ts: &[Tensor],
+    f: impl FnOnce(&[&[f32]]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(ts.len());
+    for (storage, layout) in &guards {
+        match (&**storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(CpuStorage::F32(d)), Some((a, b))) => slices.push(&d[a..b]),
+            _ => {
+                candle_core::bail!("encoder layer: a parameter is not a contiguous f32 CPU tensor")
+            }
+        }
+    }
+    f(&slices)
+}
+
+fn msg(e: String) -> candle_core::Error {
+    candle_core::Error::Msg(e)
+}
+
+/// `x ∘ m + r` elementwise (dropout, then the residual), in place of `x`.
+fn drop_add(x: &mut [f32], m: &[f32], r: &[f32]) {
+    for ((x, m), r) in x.iter_mut().zip(m).zip(r) {
+        *x = *x * m + r;
+    }
+}
+
+/// `[t, n]` values of a gemm on the pool, none read: `lhs [t, k] · rhs [k, n]`.
+///
+/// # Safety
+/// `lhs` and `rhs` reach every element their strides address for `(t, k)` and `(k, n)`.
+unsafe fn product(t: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) -> Vec<f32> {
+    if t == 0 || n == 0 || k == 0 {
+        return vec![0f32; t * n];
+    }
+    let mut out = Vec::with_capacity(t * n);
+    // SAFETY: `out` has room for [t, n], which the product (every dimension positive)
+    // writes entirely; the operands are the caller's contract.
+    unsafe {
+        gemm_on_pool((t, n, k), out.as_mut_ptr(), lhs, rhs, false);
+        out.set_len(t * n);
+    }
+    out
+}
+
+impl LayerOp {
+    fn forward(
+        &self,
+        x: &[f32],
+        p: &[&[f32]],
+        (b, s, hd): (usize, usize, usize),
+    ) -> candle_core::Result<(Vec<f32>, Saved)> {
+        let t = b * s;
+        let inter = p[BI].len();
+        let isa = Isa::detect();
+        let mut wqkv = Vec::with_capacity(3 * hd * hd);
+        let mut bqkv = Vec::with_capacity(3 * hd);
+        for (w, bias) in [(WQ, BQ), (WK, BK), (WV, BV)] {
+            wqkv.extend_from_slice(p[w]);
+            bqkv.extend_from_slice(p[bias]);
+        }
+        let qkv = matmul_blocks(&wqkv, 3 * hd, hd, x, t, Some(&bqkv)).map_err(msg)?;
+        let mut ctx = Vec::with_capacity(t * hd);
+        let steps = Steps {
+            input: 3 * hd,
+            output: hd,
+        };
+        // SAFETY: `ctx` has room for t rows of hd, which forward_into writes entirely
+        // (each head its whole block, the heads every column) before the length is set.
+        unsafe {
+            let (q, k, v) = (
+                &qkv[..],
+                &qkv[hd.min(qkv.len())..],
+                &qkv[(2 * hd).min(qkv.len())..],
+            );
+            self.attention
+                .forward_into((q, k, v), &[b, s, hd], steps, OutPtr(ctx.as_mut_ptr()))?;
+            ctx.set_len(t * hd);
+        }
+        // `drop(input Wᵀ + b) + r`.
+        let residual = |(w, bias): (usize, usize),
+                        input: &[f32],
+                        k: usize,
+                        r: &[f32],
+                        drop: &Option<Vec<f32>>|
+         -> Result<Vec<f32>, String> {
+            let Some(m) = drop else {
+                return matmul_blocks_residual(p[w], hd, k, input, t, Some(p[bias]), Some(r));
+            };
+            let mut o = matmul_blocks(p[w], hd, k, input, t, Some(p[bias]))?;
+            drop_add(&mut o, m, r);
+            Ok(o)
+        };
+        let s1 = residual((WO, BO), &ctx, hd, x, &self.drop[0]).map_err(msg)?;
+        let a = layer_norm_forward(&s1, p[N1W], p[N1B], self.eps[0]).map_err(msg)?;
+        let u = matmul_blocks(p[WI], inter, hd, &a, t, Some(p[BI])).map_err(msg)?;
+        let g = gelu(&u, isa);
+        let s2 = residual((WF, BF), &g, inter, &a, &self.drop[1]).map_err(msg)?;
+        let y = layer_norm_forward(&s2, p[N2W], p[N2B], self.eps[1]).map_err(msg)?;
+        Ok((
+            y,
+            Saved {
+                wqkv,
+                qkv,
+                ctx,
+                s1,
+                s2,
+                a,
+                u,
+                g,
+            },
+        ))
+    }
+
+    /// `∂x` from `∂y`, with the parameters' gradients in the order of `params`.
+    fn backward(
+        &self,
+        sv: &Saved,
+        x: &[f32],
+        gy: &[f32],
+        p: &[&[f32]],
+        (b, s, hd): (usize, usize, usize),
+    ) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let t = b * s;
+        let inter = p[BI].len();
+        let isa = Isa::detect();
+        if x.len() != t * hd || gy.len() != t * hd || sv.u.len() != t * inter {
+            candle_core::bail!("encoder layer backward: operands are not [{b}, {s}, {hd}]");
+        }
+        let masked = |g: &[f32], m: &Option<Vec<f32>>| -> Option<Vec<f32>> {
+            m.as_ref()
+                .map(|m| g.iter().zip(m).map(|(a, b)| a * b).collect())
+        };
+        let mut grads: Vec<Vec<f32>> = vec![Vec::new(); PARAMS];
+
+        // The feed-forward half.
+        let (ds2, dn2w, dn2b) =
+            layer_norm_backward(isa, &sv.s2, p[N2W], gy, self.eps[1]).map_err(msg)?;
+        let do2_owned = masked(&ds2, &self.drop[1]);
+        let do2 = do2_owned.as_deref().unwrap_or(&ds2);
+        grads[BF] = column_sums(do2, t, hd);
+        // SAFETY (the products below): every operand is a full row-major buffer of the
+        // dimensions given (or its transpose through `Mat::cols`), checked above or
+        // built so by the forward pass.
+        let dg = unsafe {
+            // ∂Wf [hd, inter] = ∂o₂ᵀ g
+            grads[WF] = product(hd, inter, t, Mat::cols(do2, hd), Mat::rows(&sv.g, inter));
+            // ∂g [t, inter] = ∂o₂ Wf
+            product(t, inter, hd, Mat::rows(do2, hd), Mat::rows(p[WF], inter))
+        };
+        drop(do2_owned);
+        let du = gelu_grad(&sv.u, &dg, isa);
+        drop(dg);
+        grads[BI] = column_sums(&du, t, inter);
+        let mut da = ds2;
+        // SAFETY: as above; `da` is [t, hd], read and written by the accumulation.
+        unsafe {
+            // ∂Wi [inter, hd] = ∂uᵀ a
+            grads[WI] = product(inter, hd, t, Mat::cols(&du, inter), Mat::rows(&sv.a, hd));
+            // ∂a += ∂u Wi
+            if t > 0 && inter > 0 {
+                gemm_on_pool(
+                    (t, hd, inter),
+                    da.as_mut_ptr(),
+                    Mat::rows(&du, inter),
+                    Mat::rows(p[WI], hd),
+                    true,
+                );
+            }
+        }
+        drop(du);
+
+        // The attention half.
+        let (ds1, dn1w, dn1b) =
+            layer_norm_backward(isa, &sv.s1, p[N1W], &da, self.eps[0]).map_err(msg)?;
+        drop(da);
+        let do1_owned = masked(&ds1, &self.drop[0]);
+        let do1 = do1_owned.as_deref().unwrap_or(&ds1);
+        grads[BO] = column_sums(do1, t, hd);
+        // SAFETY: as above.
+        let dctx = unsafe {
+            // ∂Wo [hd, hd] = ∂o₁ᵀ c
+            grads[WO] = product(hd, hd, t, Mat::cols(do1, hd), Mat::rows(&sv.ctx, hd));
+            // ∂c [t, hd] = ∂o₁ Wo
+            product(t, hd, hd, Mat::rows(do1, hd), Mat::rows(p[WO], hd))
+        };
+        drop(do1_owned);
+        let mut dqkv: Vec<f32> = Vec::with_capacity(t * 3 * hd);
+        let steps = Steps {
+            input: 3 * hd,
+            output: hd,
+        };
+        let q = &sv.qkv[..];
+        let k = &sv.qkv[hd.min(q.len())..];
+        let v = &sv.qkv[(2 * hd).min(q.len())..];
+        // SAFETY: `dqkv` has room for t rows of 3·hd; backward_into writes columns
+        // 0..hd (∂q), hd..2hd (∂k) and 2hd..3hd (∂v) of every row (each head its
+        // columns of all rows, the heads covering 0..hd) before the length is set.
+        unsafe {
+            let base = OutPtr(dqkv.as_mut_ptr());
+            let outs = (base, OutPtr(base.at(hd)), OutPtr(base.at(2 * hd)));
+            self.attention
+                .backward_into((q, k, v), &dctx, &[b, s, hd], steps, outs)?;
+            dqkv.set_len(t * 3 * hd);
+        }
+        drop(dctx);
+        let dbqkv = column_sums(&dqkv, t, 3 * hd);
+        let mut dx = ds1;
+        // SAFETY: as above; ∂W of q, k, v read columns j·hd.. of ∂qkv's rows (3·hd
+        // apart); `dx` is [t, hd], read and written by the accumulation.
+        unsafe {
+            for (j, w) in [WQ, WK, WV].into_iter().enumerate() {
+                // ∂Wj [hd, hd] = ∂jᵀ x
+                let dj = Mat::cols(&dqkv[j * hd..], 3 * hd);
+                grads[w] = product(hd, hd, t, dj, Mat::rows(x, hd));
+            }
+            // ∂x += ∂qkv Wqkv
+            if t > 0 {
+                gemm_on_pool(
+                    (t, hd, 3 * hd),
+                    dx.as_mut_ptr(),
+                    Mat::rows(&dqkv, 3 * hd),
+                    Mat::rows(&sv.wqkv, hd),
+                    true,
+                );
+            }
+        }
+        for (j, bias) in [BQ, BK, BV].into_iter().enumerate() {
+            grads[bias] = dbqkv[j * hd..(j + 1) * hd].to_vec();
+        }
+        grads[N1W] = dn1w;
+        grads[N1B] = dn1b;
+        grads[N2W] = dn2w;
+        grads[N2B] = dn2b;
+        Ok((dx, grads))
+    }
+
+    fn dims(&self, dims: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
+        match dims {
+            &[b, s, hd] => Ok((b, s, hd)),
+            _ => candle_core::bail!("encoder layer takes [batch, seq, hidden], got {dims:?}"),
+        }
+    }
+}
+
+impl CustomOp1 for LayerOp {
+    fn name(&self) -> &'static str {
+        "rustformers-encoder-layer-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let what = "encoder layer";
+        let x = contiguous(f32_data(s, what)?, l, what)?;
+        let dims = self.dims(l.shape().dims())?;
+        let (y, saved) = read_all(&self.params, |p| self.forward(x, p, dims))?;
+        *self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("encoder layer state poisoned".into()))? =
+            Some(saved);
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let dims = self.dims(arg.dims())?;
+        // Taken: the activations are freed as the backward pass goes down the layers.
+        let saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("encoder layer state poisoned".into()))?
+            .take()
+            .ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "encoder layer: a second backward pass through the same forward pass".into(),
+                )
+            })?;
+        let (dx, grads) = read_f32(arg, |x| {
+            read_f32(grad_res, |gy| {
+                read_all(&self.params, |p| self.backward(&saved, x, gy, p, dims))
+            })
+        })???;
+        drop(saved);
+        for (param, g) in self.params.iter().zip(grads) {
+            let g = Tensor::from_vec(g, param.shape(), param.device())?;
+            self.mode.stash_grad(param, g)?;
+        }
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::encoder_self_attention;
+    use candle_core::{Device, Var};
+
+    /// A layer of random parameters (hidden `h`, intermediate `f`), as Vars.
+    struct Layer {
+        lin: Vec<QLinear>,
+        norms: [LayerNorm; 2],
+        vars: Vec<Var>,
+    }
+
+    fn layer(h: usize, f: usize) -> Layer {
+        let dev = Device::Cpu;
+        let mut vars = Vec::new();
+        // Values around `shift`, `scale` apart.
+        let mut var = |dims: &[usize], scale: f64, shift: f64| {
+            let t = Tensor::randn(0f32, 1.0, dims, &dev)
+                .unwrap()
+                .affine(scale, shift)
+                .unwrap();
+            let v = Var::from_tensor(&t).unwrap();
+            vars.push(v.clone());
+            v.as_tensor().clone()
+        };
+        let mut lin = Vec::new();
+        for (o, i) in [(h, h), (h, h), (h, h), (h, h), (f, h), (h, f)] {
+            let w = var(&[o, i], 1.0 / (i as f64).sqrt(), 0.0);
+            let b = var(&[o], 0.1, 0.0);
+            lin.push(QLinear::new(w, Some(b)));
+        }
+        let mut norm = || LayerNorm {
+            weight: var(&[h], 0.1, 1.0),
+            bias: var(&[h], 0.1, 0.0),
+            eps: 1e-12,
+        };
+        let norms = [norm(), norm()];
+        Layer { lin, norms, vars }
+    }
+
+    /// The fused training layer equals the op-by-op layer (BERT's forward written out
+    /// with the same core ops) in its output and in the gradients of its input and of
+    /// every parameter, with dropout on (the same masks drawn) and off, with a padded
+    /// key in the mask.
+    #[test]
+    fn fused_layer_equals_the_op_by_op_layer() {
+        let dev = Device::Cpu;
+        let (b, s, heads, d, f) = (3, 9, 4, 8, 48);
+        let h = heads * d;
+        let l = layer(h, f);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, h), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (b, s, h), &dev).unwrap();
+        let mut keep = vec![0f32; b * s];
+        keep[b * s - 3..].fill(f32::MIN);
+        let mask = Tensor::from_vec(keep, (b, 1, 1, s), &dev).unwrap();
+        let act = Activation::Gelu;
+        for p in [0.0, 0.25] {
+            let mode = Arc::new(TrainMode::default());
+            let dropout = || Dropout::new(p, Some(mode.clone()));
+            let (pd, ad, od) = (dropout(), dropout(), dropout());
+            let parts = PostLnEncoderLayer {
+                query: &l.lin[0],
+                key: &l.lin[1],
+                value: &l.lin[2],
+                attention_output: &l.lin[3],
+                attention_norm: &l.norms[0],
+                intermediate: &l.lin[4],
+                activation: &act,
+                output: &l.lin[5],
+                output_norm: &l.norms[1],
+                heads,
+                probs_dropout: &pd,
+                attention_dropout: &ad,
+                output_dropout: &od,
+                mode: Some(&mode),
+            };
+            mode.set(true, 7);
+            let fused = parts
+                .train_forward(x.as_tensor(), Some(&mask))
+                .unwrap()
+                .unwrap();
+            mode.clear_side_grads().unwrap();
+            let mut got = (&fused * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            mode.merge_side_grads(&mut got).unwrap();
+
+            mode.set(true, 7);
+            let xt = x.as_tensor();
+            let [q, k, v] = [0, 1, 2].map(|i| l.lin[i].forward(xt).unwrap());
+            let scale = 1.0 / (d as f64).sqrt();
+            let c = encoder_self_attention(&q, &k, &v, heads, Some(&mask), scale, &pd).unwrap();
+            let o = ad.forward(&l.lin[3].forward(&c).unwrap()).unwrap();
+            let a = l.norms[0].forward(&(o + xt).unwrap()).unwrap();
+            let u = act.forward(&l.lin[4].forward(&a).unwrap()).unwrap();
+            let o2 = od.forward(&l.lin[5].forward(&u).unwrap()).unwrap();
+            let want = l.norms[1].forward(&(o2 + &a).unwrap()).unwrap();
+            let expected = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
+
+            let diff = crate::test_util::max_abs_diff(&fused, &want);
+            assert!(diff < 1e-5, "p={p}: output {diff}");
+            if p > 0.0 {
+                // Dropout did something: the output differs from the one without.
+                mode.set(false, 0);
+                let plain = parts.train_forward(xt, Some(&mask)).unwrap().unwrap();
+                assert!(crate::test_util::max_abs_diff(&plain, &fused) > 1e-2);
+            }
+            for (i, v) in std::iter::once(&x).chain(&l.vars).enumerate() {
+                let (gv, wv) = (got.get(v.as_tensor()), expected.get(v.as_tensor()));
+                let (Some(gv), Some(wv)) = (gv, wv) else {
+                    panic!(
+                        "p={p}: gradient {i} missing: {}, {}",
+                        gv.is_some(),
+                        wv.is_some()
+                    );
+                };
+                let scale = wv
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let diff = crate::test_util::max_abs_diff(gv, wv);
+                assert!(
+                    diff <= 1e-4 * (1.0 + scale),
+                    "p={p}: gradient {i}: {diff} (scale {scale})"
+                );
+            }
+        }
+    }
+
+    /// Where the op does not apply it says so (`None`), and the caller runs the layer
+    /// op by op: an input outside autograd, a model not loaded for training.
+    #[test]
+    fn the_fused_layer_declines_what_it_does_not_cover() {
+        let (h, heads) = (16, 2);
+        let l = layer(h, 32);
+        let mode = Arc::new(TrainMode::default());
+        let none = Dropout::default();
+        let act = Activation::Gelu;
+        let tanh = Activation::GeluTanh;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, h), &Device::Cpu).unwrap();
+        let tracked = Var::from_tensor(&x).unwrap();
+        for (input, mode, act, applies) in [
+            (&x, Some(&mode), &act, false),
+            (tracked.as_tensor(), None, &act, false),
+            (tracked.as_tensor(), Some(&mode), &tanh, false),
+            (tracked.as_tensor(), Some(&mode), &act, true),
+        ] {
+            let layer = PostLnEncoderLayer {
+                query: &l.lin[0],
+                key: &l.lin[1],
+                value: &l.lin[2],
+                attention_output: &l.lin[3],
+                attention_norm: &l.norms[0],
+                intermediate: &l.lin[4],
+                activation: act,
+                output: &l.lin[5],
+                output_norm: &l.norms[1],
+                heads,
+                probs_dropout: &none,
+                attention_dropout: &none,
+                output_dropout: &none,
+                mode,
+            };
+            assert_eq!(layer.train_forward(input, None).unwrap().is_some(), applies);
+        }
+    }
+}
