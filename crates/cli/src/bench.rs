@@ -244,8 +244,8 @@ const TRAIN_SEQ: usize = 64;
 const TRAIN_STEPS: usize = 8;
 
 /// Training: all-MiniLM-L6-v2 with a 2-label classification head, batches of 16
-/// sentences padded to 64 tokens, forward + backward + gradient clipping + AdamW
-/// (what the Trainer's loop does per step) → samples/s.
+/// sentences padded to 64 tokens, dropout on, forward + backward + gradient clipping +
+/// AdamW (what the Trainer's loop does per step) → samples/s.
 fn train_seqcls(a: &BenchArgs, bf16: bool, gradient_checkpointing: bool) -> Result<Value> {
     use rustformers_core::tokenizer::{EncodeOptions, Padding, TextInput, Truncation};
     use rustformers_trainer::trainer::Batch;
@@ -289,7 +289,11 @@ fn train_seqcls(a: &BenchArgs, bf16: bool, gradient_checkpointing: bool) -> Resu
     let params = model.parameters();
     let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(params, 0.9, 0.999, 1e-8, 0.0)?;
+    // Dropout on, its masks seeded per step, as the Trainer (and the PyTorch peer, in
+    // train mode) runs.
+    let mut seeds = rustformers_core::rng::Rng::new(42);
     let mut step = |b: &Batch| -> Result<()> {
+        model.set_training(true, seeds.next_u64());
         let (loss, _) = model.loss(b)?;
         let store = model.backward(&loss)?;
         let grads = gather(&store, &vars);
@@ -311,7 +315,7 @@ fn train_seqcls(a: &BenchArgs, bf16: bool, gradient_checkpointing: bool) -> Resu
         &a.work,
         "samples/s",
         rates,
-        json!({"batch": TRAIN_BATCH, "seq": TRAIN_SEQ, "steps": TRAIN_STEPS, "dropout": false,
+        json!({"batch": TRAIN_BATCH, "seq": TRAIN_SEQ, "steps": TRAIN_STEPS, "dropout": true,
             "peak_rss_mb": peak_rss_mb()}),
     ))
 }

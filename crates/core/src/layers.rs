@@ -608,21 +608,46 @@ impl Dropout {
     }
 
     /// `n` draws from `mode`'s generator: 0 with probability `p`, else `1/(1 − p)`, each
-    /// through `f`.
-    fn draw<T>(
+    /// through `f`. The generator is a counter (SplitMix64), so the draws are made on the
+    /// kernel pool in blocks, each from its own position: the same values, in the same
+    /// places, as drawing them one by one.
+    fn draw<T: Copy + Send + Sync + Default>(
         &self,
         mode: &TrainMode,
         n: usize,
-        f: impl Fn(f64) -> T,
+        f: impl Fn(f64) -> T + Sync,
     ) -> candle_core::Result<Vec<T>> {
-        let keep = 1.0 / (1.0 - self.p);
-        let mut rng = mode
-            .rng
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
-        Ok((0..n)
-            .map(|_| f(if rng.uniform() < self.p { 0.0 } else { keep }))
-            .collect())
+        let (zero, keep) = (f(0.0), f(1.0 / (1.0 - self.p)));
+        let start = {
+            let mut rng = mode
+                .rng
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
+            let start = rng.clone();
+            rng.skip(n as u64);
+            start
+        };
+        let p = self.p;
+        let mut out = vec![T::default(); n];
+        const BLOCK: usize = 1 << 14;
+        let fill = |i0: usize, dst: &mut [T]| {
+            for (i, d) in dst.iter_mut().enumerate() {
+                let u = crate::rng::Rng::to_uniform(start.peek((i0 + i) as u64));
+                *d = if u < p { zero } else { keep };
+            }
+        };
+        if n <= BLOCK {
+            fill(0, &mut out);
+        } else {
+            let blocks: Vec<std::sync::Mutex<&mut [T]>> =
+                out.chunks_mut(BLOCK).map(std::sync::Mutex::new).collect();
+            crate::kernels::pool::Pool::global().run(blocks.len(), &|b| {
+                if let Ok(mut dst) = blocks[b].lock() {
+                    fill(b * BLOCK, &mut dst);
+                }
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -851,6 +876,27 @@ mod tests {
             );
             assert!(diff < 1e-4, "d{what}: {diff}");
         }
+    }
+
+    /// Dropout's masks, drawn in parallel blocks, are the generator's draws one by one
+    /// (`uniform() < p` drops), and leave the generator where those draws would.
+    #[test]
+    fn dropout_draws_equal_the_sequential_draws() {
+        let mode = std::sync::Arc::new(TrainMode::default());
+        let (p, seed, n) = (0.3, 11, 100_003);
+        mode.set(true, seed);
+        let drop = Dropout::new(p, Some(mode.clone()));
+        let got = drop.multipliers(n).unwrap().unwrap();
+        let next = drop.multipliers(5).unwrap().unwrap();
+        let mut rng = crate::rng::Rng::new(seed);
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let want: Vec<f32> = (0..n + 5)
+            .map(|_| if rng.uniform() < p { 0.0 } else { keep })
+            .collect();
+        assert_eq!(got, want[..n]);
+        assert_eq!(next, want[n..]);
+        let dropped = got.iter().filter(|m| **m == 0.0).count() as f64 / n as f64;
+        assert!((dropped - p).abs() < 0.01, "{dropped}");
     }
 
     #[test]

@@ -2,6 +2,17 @@
 //! initialisation of weights a checkpoint lacks, data shuffling, masking. Not Python's
 //! generator: runs are reproducible across rustformers runs, not against PyTorch.
 
+/// SplitMix64's increment.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function of a state.
+#[inline(always)]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// SplitMix64 (Steele, Lea, Flood 2014).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rng {
@@ -19,16 +30,31 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.state = self.state.wrapping_add(GAMMA);
+        mix(self.state)
+    }
+
+    /// Draw `i` from now (`0` is what `next_u64` gives next), without drawing: the
+    /// generator is a counter, so any draw is one step. Lets draws be made in parallel.
+    pub fn peek(&self, i: u64) -> u64 {
+        mix(self
+            .state
+            .wrapping_add(GAMMA.wrapping_mul(i.wrapping_add(1))))
+    }
+
+    /// Moves on by `n` draws (as `n` calls of `next_u64`).
+    pub fn skip(&mut self, n: u64) {
+        self.state = self.state.wrapping_add(GAMMA.wrapping_mul(n));
+    }
+
+    /// The value of `uniform` for a draw `x` of `next_u64`.
+    pub fn to_uniform(x: u64) -> f64 {
+        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        Self::to_uniform(self.next_u64())
     }
 
     /// Uniform in `0..n` (`n > 0`).
@@ -74,5 +100,20 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, (0..10).collect::<Vec<_>>());
         assert!((0..1000).all(|_| a.below(3) < 3));
+    }
+
+    /// `peek(i)` is the `i`-th next draw and `skip(n)` lands where `n` draws land.
+    #[test]
+    fn peek_and_skip_follow_the_sequence() {
+        let a = Rng::new(99);
+        let mut b = a.clone();
+        let seq: Vec<u64> = (0..50).map(|_| b.next_u64()).collect();
+        for (i, x) in seq.iter().enumerate() {
+            assert_eq!(a.peek(i as u64), *x);
+        }
+        let mut c = a.clone();
+        c.skip(50);
+        assert_eq!(c, b);
+        assert_eq!(c.next_u64(), b.next_u64());
     }
 }

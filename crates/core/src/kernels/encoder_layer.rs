@@ -267,6 +267,88 @@ unsafe fn product(t: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) -> Vec<f32> 
     out
 }
 
+/// The rows of a `[t, width]` gradient that take part in the backward products: all of
+/// them, or a subset gathered into compact buffers.
+enum Rows {
+    All(usize),
+    Some(Vec<usize>),
+}
+
+impl Rows {
+    /// The rows of `g` with a value other than zero (all of them when none is zero).
+    fn nonzero(g: &[f32], width: usize) -> Self {
+        if width == 0 {
+            return Rows::All(0);
+        }
+        let t = g.len() / width;
+        let used: Vec<usize> = g
+            .chunks_exact(width)
+            .enumerate()
+            .filter(|(_, row)| row.iter().any(|v| *v != 0.0))
+            .map(|(i, _)| i)
+            .collect();
+        if used.len() == t {
+            Rows::All(t)
+        } else {
+            Rows::Some(used)
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Rows::All(t) => *t,
+            Rows::Some(r) => r.len(),
+        }
+    }
+
+    /// These rows of `src` (`width` wide), borrowed when they are all of them.
+    fn gather<'a>(&self, src: &'a [f32], width: usize) -> std::borrow::Cow<'a, [f32]> {
+        match self {
+            Rows::All(_) => std::borrow::Cow::Borrowed(src),
+            Rows::Some(rows) => {
+                let mut out = Vec::with_capacity(rows.len() * width);
+                for &r in rows {
+                    out.extend_from_slice(&src[r * width..(r + 1) * width]);
+                }
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+
+    /// `g ∘ these rows of the dropout multipliers` (`None` without dropout).
+    fn masked(&self, g: &[f32], drop: Option<&[f32]>, width: usize) -> Option<Vec<f32>> {
+        let m = self.gather(drop?, width);
+        Some(g.iter().zip(m.iter()).map(|(a, b)| a * b).collect())
+    }
+
+    /// `[t, width]` with these rows from `compact` (in order) and zeros elsewhere.
+    fn scatter(&self, compact: Vec<f32>, width: usize, t: usize) -> Vec<f32> {
+        match self {
+            Rows::All(_) => compact,
+            Rows::Some(rows) => {
+                let mut out = vec![0f32; t * width];
+                for (&r, row) in rows.iter().zip(compact.chunks_exact(width)) {
+                    out[r * width..(r + 1) * width].copy_from_slice(row);
+                }
+                out
+            }
+        }
+    }
+
+    /// Adds `compact`'s rows to these rows of `dst` (`width` wide).
+    fn scatter_add(&self, compact: &[f32], width: usize, dst: &mut [f32]) {
+        let add = |d: &mut [f32], c: &[f32]| d.iter_mut().zip(c).for_each(|(d, c)| *d += c);
+        match self {
+            Rows::All(_) => add(dst, compact),
+            Rows::Some(rows) => {
+                for (&r, row) in rows.iter().zip(compact.chunks_exact(width.max(1))) {
+                    add(&mut dst[r * width..(r + 1) * width], row);
+                }
+            }
+        }
+    }
+}
+
 impl LayerOp {
     fn forward(
         &self,
@@ -337,6 +419,15 @@ impl LayerOp {
     }
 
     /// `∂x` from `∂y`, with the parameters' gradients in the order of `params`.
+    ///
+    /// Rows whose gradient is zero are left out of the products: they add nothing to
+    /// any sum, and their own gradients stay zero. In training that is most rows: the
+    /// last layer of a sequence classifier gets a gradient on its `[CLS]` rows alone,
+    /// and padding rows (keys the mask removes: their probabilities are exactly zero)
+    /// get none in any layer. The feed-forward and output-projection part runs on the
+    /// rows of `∂y` that are not zero, the projections' weight gradients and `∂x` on the
+    /// rows of `∂qkv` that are not zero, each gathered into a compact buffer (none when
+    /// every row takes part).
     fn backward(
         &self,
         sv: &Saved,
@@ -351,64 +442,78 @@ impl LayerOp {
         if x.len() != t * hd || gy.len() != t * hd || sv.u.len() != t * inter {
             candle_core::bail!("encoder layer backward: operands are not [{b}, {s}, {hd}]");
         }
-        let masked = |g: &[f32], m: &Option<Vec<f32>>| -> Option<Vec<f32>> {
-            m.as_ref()
-                .map(|m| g.iter().zip(m).map(|(a, b)| a * b).collect())
-        };
         let mut grads: Vec<Vec<f32>> = vec![Vec::new(); PARAMS];
 
-        // The feed-forward half.
-        let (ds2, dn2w, dn2b) =
-            layer_norm_backward(isa, &sv.s2, p[N2W], gy, self.eps[1]).map_err(msg)?;
-        let do2_owned = masked(&ds2, &self.drop[1]);
-        let do2 = do2_owned.as_deref().unwrap_or(&ds2);
-        grads[BF] = column_sums(do2, t, hd);
-        // SAFETY (the products below): every operand is a full row-major buffer of the
-        // dimensions given (or its transpose through `Mat::cols`), checked above or
-        // built so by the forward pass.
-        let dg = unsafe {
-            // ∂Wf [hd, inter] = ∂o₂ᵀ g
-            grads[WF] = product(hd, inter, t, Mat::cols(do2, hd), Mat::rows(&sv.g, inter));
-            // ∂g [t, inter] = ∂o₂ Wf
-            product(t, inter, hd, Mat::rows(do2, hd), Mat::rows(p[WF], inter))
-        };
-        drop(do2_owned);
-        let du = gelu_grad(&sv.u, &dg, isa);
-        drop(dg);
-        grads[BI] = column_sums(&du, t, inter);
-        let mut da = ds2;
-        // SAFETY: as above; `da` is [t, hd], read and written by the accumulation.
-        unsafe {
-            // ∂Wi [inter, hd] = ∂uᵀ a
-            grads[WI] = product(inter, hd, t, Mat::cols(&du, inter), Mat::rows(&sv.a, hd));
-            // ∂a += ∂u Wi
-            if t > 0 && inter > 0 {
-                gemm_on_pool(
-                    (t, hd, inter),
-                    da.as_mut_ptr(),
-                    Mat::rows(&du, inter),
-                    Mat::rows(p[WI], hd),
-                    true,
-                );
+        // The feed-forward half and the output projection, on the rows of ∂y in use.
+        let rows = Rows::nonzero(gy, hd);
+        let n1 = rows.len();
+        let (ds1, dctx1) = {
+            let gy = rows.gather(gy, hd);
+            let (ds2, dn2w, dn2b) =
+                layer_norm_backward(isa, &rows.gather(&sv.s2, hd), p[N2W], &gy, self.eps[1])
+                    .map_err(msg)?;
+            grads[N2W] = dn2w;
+            grads[N2B] = dn2b;
+            let do2 = rows.masked(&ds2, self.drop[1].as_deref(), hd);
+            let do2 = do2.as_deref().unwrap_or(&ds2);
+            grads[BF] = column_sums(do2, n1, hd);
+            let g = rows.gather(&sv.g, inter);
+            // SAFETY (the products below): every operand is a full row-major buffer of
+            // the dimensions given (or its transpose through `Mat::cols`): n1 rows
+            // gathered, the weights checked by `train_forward`.
+            let dg = unsafe {
+                // ∂Wf [hd, inter] = ∂o₂ᵀ g
+                grads[WF] = product(hd, inter, n1, Mat::cols(do2, hd), Mat::rows(&g, inter));
+                // ∂g [n1, inter] = ∂o₂ Wf
+                product(n1, inter, hd, Mat::rows(do2, hd), Mat::rows(p[WF], inter))
+            };
+            drop(g);
+            let du = gelu_grad(&rows.gather(&sv.u, inter), &dg, isa);
+            drop(dg);
+            grads[BI] = column_sums(&du, n1, inter);
+            let mut da = ds2;
+            // SAFETY: as above; `da` is [n1, hd], read and written by the accumulation.
+            unsafe {
+                // ∂Wi [inter, hd] = ∂uᵀ a
+                let a = rows.gather(&sv.a, hd);
+                grads[WI] = product(inter, hd, n1, Mat::cols(&du, inter), Mat::rows(&a, hd));
+                // ∂a += ∂u Wi
+                if n1 > 0 && inter > 0 {
+                    gemm_on_pool(
+                        (n1, hd, inter),
+                        da.as_mut_ptr(),
+                        Mat::rows(&du, inter),
+                        Mat::rows(p[WI], hd),
+                        true,
+                    );
+                }
             }
-        }
-        drop(du);
-
-        // The attention half.
-        let (ds1, dn1w, dn1b) =
-            layer_norm_backward(isa, &sv.s1, p[N1W], &da, self.eps[0]).map_err(msg)?;
-        drop(da);
-        let do1_owned = masked(&ds1, &self.drop[0]);
-        let do1 = do1_owned.as_deref().unwrap_or(&ds1);
-        grads[BO] = column_sums(do1, t, hd);
-        // SAFETY: as above.
-        let dctx = unsafe {
-            // ∂Wo [hd, hd] = ∂o₁ᵀ c
-            grads[WO] = product(hd, hd, t, Mat::cols(do1, hd), Mat::rows(&sv.ctx, hd));
-            // ∂c [t, hd] = ∂o₁ Wo
-            product(t, hd, hd, Mat::rows(do1, hd), Mat::rows(p[WO], hd))
+            drop(du);
+            let (ds1, dn1w, dn1b) =
+                layer_norm_backward(isa, &rows.gather(&sv.s1, hd), p[N1W], &da, self.eps[0])
+                    .map_err(msg)?;
+            grads[N1W] = dn1w;
+            grads[N1B] = dn1b;
+            drop(da);
+            let do1 = rows.masked(&ds1, self.drop[0].as_deref(), hd);
+            let do1 = do1.as_deref().unwrap_or(&ds1);
+            grads[BO] = column_sums(do1, n1, hd);
+            // SAFETY: as above.
+            let dctx1 = unsafe {
+                // ∂Wo [hd, hd] = ∂o₁ᵀ c
+                let ctx = rows.gather(&sv.ctx, hd);
+                grads[WO] = product(hd, hd, n1, Mat::cols(do1, hd), Mat::rows(&ctx, hd));
+                // ∂c [n1, hd] = ∂o₁ Wo
+                product(n1, hd, hd, Mat::rows(do1, hd), Mat::rows(p[WO], hd))
+            };
+            (ds1, dctx1)
         };
-        drop(do1_owned);
+        // Back to all t rows (zero where ∂y was).
+        let dctx = rows.scatter(dctx1, hd, t);
+        let mut dx = rows.scatter(ds1, hd, t);
+
+        // The attention, on every row (its keys and values get gradients from the rows
+        // in use).
         let mut dqkv: Vec<f32> = Vec::with_capacity(t * 3 * hd);
         let steps = Steps {
             input: 3 * hd,
@@ -428,34 +533,34 @@ impl LayerOp {
             dqkv.set_len(t * 3 * hd);
         }
         drop(dctx);
-        let dbqkv = column_sums(&dqkv, t, 3 * hd);
-        let mut dx = ds1;
-        // SAFETY: as above; ∂W of q, k, v read columns j·hd.. of ∂qkv's rows (3·hd
-        // apart); `dx` is [t, hd], read and written by the accumulation.
-        unsafe {
+
+        // The projections, on the rows of ∂qkv in use.
+        let rows = Rows::nonzero(&dqkv, 3 * hd);
+        let n2 = rows.len();
+        let dqkv = rows.gather(&dqkv, 3 * hd);
+        let dbqkv = column_sums(&dqkv, n2, 3 * hd);
+        let xr = rows.gather(x, hd);
+        // SAFETY: as above; ∂W of q, k, v read columns j·hd.. of ∂qkv's n2 rows (3·hd
+        // apart).
+        let dxr = unsafe {
             for (j, w) in [WQ, WK, WV].into_iter().enumerate() {
                 // ∂Wj [hd, hd] = ∂jᵀ x
                 let dj = Mat::cols(&dqkv[j * hd..], 3 * hd);
-                grads[w] = product(hd, hd, t, dj, Mat::rows(x, hd));
+                grads[w] = product(hd, hd, n2, dj, Mat::rows(&xr, hd));
             }
-            // ∂x += ∂qkv Wqkv
-            if t > 0 {
-                gemm_on_pool(
-                    (t, hd, 3 * hd),
-                    dx.as_mut_ptr(),
-                    Mat::rows(&dqkv, 3 * hd),
-                    Mat::rows(&sv.wqkv, hd),
-                    true,
-                );
-            }
-        }
+            // ∂x [n2, hd] = ∂qkv Wqkv
+            product(
+                n2,
+                hd,
+                3 * hd,
+                Mat::rows(&dqkv, 3 * hd),
+                Mat::rows(&sv.wqkv, hd),
+            )
+        };
+        rows.scatter_add(&dxr, hd, &mut dx);
         for (j, bias) in [BQ, BK, BV].into_iter().enumerate() {
             grads[bias] = dbqkv[j * hd..(j + 1) * hd].to_vec();
         }
-        grads[N1W] = dn1w;
-        grads[N1B] = dn1b;
-        grads[N2W] = dn2w;
-        grads[N2B] = dn2b;
         Ok((dx, grads))
     }
 
@@ -521,7 +626,7 @@ impl CustomOp1 for LayerOp {
 mod tests {
     use super::*;
     use crate::layers::encoder_self_attention;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     /// A layer of random parameters (hidden `h`, intermediate `f`), as Vars.
     struct Layer {
@@ -560,8 +665,8 @@ mod tests {
 
     /// The fused training layer equals the op-by-op layer (BERT's forward written out
     /// with the same core ops) in its output and in the gradients of its input and of
-    /// every parameter, with dropout on (the same masks drawn) and off, with a padded
-    /// key in the mask.
+    /// every parameter, with dropout on (the same masks drawn) and off, with padded
+    /// keys in the mask, for a gradient on every row and on the first rows alone.
     #[test]
     fn fused_layer_equals_the_op_by_op_layer() {
         let dev = Device::Cpu;
@@ -569,12 +674,22 @@ mod tests {
         let h = heads * d;
         let l = layer(h, f);
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, h), &dev).unwrap()).unwrap();
-        let g = Tensor::randn(0f32, 1.0, (b, s, h), &dev).unwrap();
+        let full = Tensor::randn(0f32, 1.0, (b, s, h), &dev).unwrap();
+        // A gradient on each sequence's first row alone (a classifier's [CLS]): the
+        // backward pass leaves out the other rows, and the padding rows altogether.
+        let first = Tensor::cat(
+            &[
+                full.narrow(1, 0, 1).unwrap(),
+                Tensor::zeros((b, s - 1, h), DType::F32, &dev).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
         let mut keep = vec![0f32; b * s];
         keep[b * s - 3..].fill(f32::MIN);
         let mask = Tensor::from_vec(keep, (b, 1, 1, s), &dev).unwrap();
         let act = Activation::Gelu;
-        for p in [0.0, 0.25] {
+        for (p, g) in [(0.0, &full), (0.25, &full), (0.0, &first), (0.25, &first)] {
             let mode = Arc::new(TrainMode::default());
             let dropout = || Dropout::new(p, Some(mode.clone()));
             let (pd, ad, od) = (dropout(), dropout(), dropout());
@@ -600,12 +715,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             mode.clear_side_grads().unwrap();
-            let mut got = (&fused * &g)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let mut got = (&fused * g).unwrap().sum_all().unwrap().backward().unwrap();
             mode.merge_side_grads(&mut got).unwrap();
 
             mode.set(true, 7);
@@ -618,7 +728,7 @@ mod tests {
             let u = act.forward(&l.lin[4].forward(&a).unwrap()).unwrap();
             let o2 = od.forward(&l.lin[5].forward(&u).unwrap()).unwrap();
             let want = l.norms[1].forward(&(o2 + &a).unwrap()).unwrap();
-            let expected = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let expected = (&want * g).unwrap().sum_all().unwrap().backward().unwrap();
 
             let diff = crate::test_util::max_abs_diff(&fused, &want);
             assert!(diff < 1e-5, "p={p}: output {diff}");
