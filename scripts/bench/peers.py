@@ -341,7 +341,11 @@ def train_seqcls(work: str, runs: int) -> None:
     texts = sentences()
     batches = []
     for step in range(8):
-        chunk = [texts[(step * 16 + i) % len(texts)] for i in range(16)]
+        # train-seqcls-full: three sentences per example, so that all 64 tokens are
+        # text (no padding); otherwise one (23 tokens, the rest padding).
+        per = 3 if work == "train-seqcls-full" else 1
+        chunk = [" ".join(texts[((step * 16 + i) * per + j) % len(texts)] for j in range(per))
+                 for i in range(16)]
         enc = tok(chunk, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
         enc["labels"] = torch.tensor([i % 2 for i in range(16)])
         batches.append(enc)
@@ -390,6 +394,7 @@ WORK = {
     "load-gguf": (load, 5),
     "load-safetensors": (load, 3),
     "train-seqcls": (train_seqcls, 3),
+    "train-seqcls-full": (train_seqcls, 3),
     "train-seqcls-bf16": (train_seqcls, 3),
     "train-seqcls-checkpointing": (train_seqcls, 3),
     "serve-c1": (no_peer, 3),
