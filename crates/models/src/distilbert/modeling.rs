@@ -14,8 +14,10 @@ use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use rustformers_core::linear::{linear, QLinear, Weights};
 
+use rustformers_core::kernels::encoder_layer::PostLnEncoderLayer;
 use rustformers_core::layers::{
     encoder_self_attention, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
+    TrainMode,
 };
 
 use super::config::DistilBertConfig;
@@ -183,6 +185,10 @@ pub struct TransformerBlock {
     sa_layer_norm: LayerNorm,
     ffn: Ffn,
     output_layer_norm: LayerNorm,
+    /// The training state (the fused training op hands it the parameters' gradients).
+    train: Option<std::sync::Arc<TrainMode>>,
+    /// DistilBERT has no dropout after `out_lin` (the fused op's slot for one).
+    no_dropout: Dropout,
 }
 
 impl TransformerBlock {
@@ -200,10 +206,37 @@ impl TransformerBlock {
                 c.dim,
                 LAYER_NORM_EPS,
             )?,
+            train: w.train_mode(),
+            no_dropout: Dropout::default(),
         })
     }
 
+    /// The block's parts for the fused training op.
+    fn fused(&self) -> PostLnEncoderLayer<'_> {
+        let (at, ffn) = (&self.attention, &self.ffn);
+        PostLnEncoderLayer {
+            query: &at.q_lin,
+            key: &at.k_lin,
+            value: &at.v_lin,
+            attention_output: &at.out_lin,
+            attention_norm: &self.sa_layer_norm,
+            intermediate: &ffn.lin1,
+            activation: &ffn.act,
+            output: &ffn.lin2,
+            output_norm: &self.output_layer_norm,
+            heads: at.n_heads,
+            probs_dropout: &at.dropout,
+            attention_dropout: &self.no_dropout,
+            output_dropout: &ffn.dropout,
+            mode: self.train.as_ref(),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        // Training: the whole block as one op with its backward pass.
+        if let Some(y) = self.fused().train_forward(x, mask)? {
+            return Ok(y);
+        }
         let sa = self
             .sa_layer_norm
             .forward(&(self.attention.forward(x, mask)? + x)?)?;

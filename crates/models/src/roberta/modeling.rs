@@ -18,8 +18,10 @@
 use candle_core::{DType, Result, Tensor, D};
 use rustformers_core::linear::{linear, QLinear, Weights};
 
+use rustformers_core::kernels::encoder_layer::PostLnEncoderLayer;
 use rustformers_core::layers::{
     encoder_self_attention, extended_attention_mask, Activation, Dropout, Embedding, LayerNorm,
+    TrainMode,
 };
 
 use super::config::RobertaConfig;
@@ -194,6 +196,8 @@ pub struct RobertaLayer {
     intermediate: QLinear,
     act: Activation,
     output: RobertaResidualOutput,
+    /// The training state (the fused training op hands it the parameters' gradients).
+    train: Option<std::sync::Arc<TrainMode>>,
 }
 
 impl RobertaLayer {
@@ -212,10 +216,36 @@ impl RobertaLayer {
             )?,
             act: act(c)?,
             output: RobertaResidualOutput::load(w.pp("output"), c.intermediate_size, c)?,
+            train: w.train_mode(),
         })
     }
 
+    /// The layer's parts for the fused training op.
+    fn fused(&self) -> PostLnEncoderLayer<'_> {
+        let (sa, ao, out) = (&self.attention_self, &self.attention_output, &self.output);
+        PostLnEncoderLayer {
+            query: &sa.query,
+            key: &sa.key,
+            value: &sa.value,
+            attention_output: &ao.dense,
+            attention_norm: &ao.LayerNorm,
+            intermediate: &self.intermediate,
+            activation: &self.act,
+            output: &out.dense,
+            output_norm: &out.LayerNorm,
+            heads: sa.num_heads,
+            probs_dropout: &sa.dropout,
+            attention_dropout: &ao.dropout,
+            output_dropout: &out.dropout,
+            mode: self.train.as_ref(),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        // Training: the whole layer as one op with its backward pass.
+        if let Some(y) = self.fused().train_forward(x, mask)? {
+            return Ok(y);
+        }
         let a = self.attention_self.forward(x, mask)?;
         let a = self.attention_output.forward(&a, x)?;
         let i = self.intermediate.forward_act(&a, &self.act)?;
