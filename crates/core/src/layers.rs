@@ -630,12 +630,7 @@ impl Dropout {
         let p = self.p;
         let mut out = vec![T::default(); n];
         const BLOCK: usize = 1 << 14;
-        let fill = |i0: usize, dst: &mut [T]| {
-            for (i, d) in dst.iter_mut().enumerate() {
-                let u = crate::rng::Rng::to_uniform(start.peek((i0 + i) as u64));
-                *d = if u < p { zero } else { keep };
-            }
-        };
+        let fill = |i0: usize, dst: &mut [T]| start.bernoulli_fill(i0 as u64, p, zero, keep, dst);
         if n <= BLOCK {
             fill(0, &mut out);
         } else {

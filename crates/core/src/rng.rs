@@ -13,6 +13,25 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `out[i]`: `hit` where draw `i + 1` after state `base` has `(x >> 11) < below`.
+#[inline(always)]
+fn bernoulli_body<T: Copy>(base: u64, below: u64, hit: T, miss: T, out: &mut [T]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let x = mix(base.wrapping_add(GAMMA.wrapping_mul(i as u64 + 1)));
+        *o = if (x >> 11) < below { hit } else { miss };
+    }
+}
+
+/// [`bernoulli_body`] compiled for AVX-512 (64-bit multiplies in vectors).
+///
+/// # Safety
+/// The CPU has AVX-512 F and DQ.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2")]
+unsafe fn bernoulli_avx512<T: Copy>(base: u64, below: u64, hit: T, miss: T, out: &mut [T]) {
+    bernoulli_body(base, below, hit, miss, out)
+}
+
 /// SplitMix64 (Steele, Lea, Flood 2014).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rng {
@@ -50,6 +69,22 @@ impl Rng {
     /// The value of `uniform` for a draw `x` of `next_u64`.
     pub fn to_uniform(x: u64) -> f64 {
         (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Fills `out[i]` from draw `first + i` from now (see `peek`): `hit` where
+    /// `uniform()` of that draw is below `p`, `miss` otherwise. Draws nothing.
+    pub fn bernoulli_fill<T: Copy>(&self, first: u64, p: f64, hit: T, miss: T, out: &mut [T]) {
+        // uniform() is (x >> 11) / 2^53 exactly, so `uniform() < p` holds exactly when
+        // the integer (x >> 11) is below ⌈p · 2^53⌉ (NaN and p ≤ 0: never).
+        let scale = (1u64 << 53) as f64;
+        let below = (p * scale).ceil().clamp(0.0, scale) as u64;
+        let base = self.state.wrapping_add(GAMMA.wrapping_mul(first));
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512dq") {
+            // SAFETY: AVX-512 F and DQ were detected on this CPU.
+            return unsafe { bernoulli_avx512(base, below, hit, miss, out) };
+        }
+        bernoulli_body(base, below, hit, miss, out)
     }
 
     /// Uniform in [0, 1).
@@ -115,5 +150,18 @@ mod tests {
         c.skip(50);
         assert_eq!(c, b);
         assert_eq!(c.next_u64(), b.next_u64());
+        // bernoulli_fill is `uniform() < p` of the same draws, from any first draw.
+        for p in [0.0, 0.1, 0.5, 0.999, f64::NAN] {
+            let mut out = [0u8; 37];
+            a.bernoulli_fill(7, p, 1, 2, &mut out);
+            for (i, o) in out.iter().enumerate() {
+                let want = if Rng::to_uniform(a.peek(7 + i as u64)) < p {
+                    1
+                } else {
+                    2
+                };
+                assert_eq!(*o, want, "p {p}, draw {i}");
+            }
+        }
     }
 }
