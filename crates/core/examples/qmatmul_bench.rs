@@ -27,11 +27,41 @@ fn main() {
     for (t, f) in [
         (GgmlDType::Q4_1, QFormat::Q4_1),
         (GgmlDType::Q8_0, QFormat::Q8_0),
+        (GgmlDType::Q4K, QFormat::Q4K),
+        (GgmlDType::Q5K, QFormat::Q5K),
+        (GgmlDType::Q6K, QFormat::Q6K),
     ] {
         if only_amx {
             break;
         }
+        if !cols.is_multiple_of(f.block_values()) {
+            println!(
+                "{f:?}: rows of {cols} are not whole blocks of {}",
+                f.block_values()
+            );
+            continue;
+        }
         let q = QTensor::quantize(&w, t).expect("quantize");
+        if f.is_k() {
+            // candle's own kernel for the same tensor (what ran K-quants before).
+            use rustformers_core::candle_core::Module;
+            let qm = rustformers_core::candle_core::quantized::QMatMul::from_qtensor(
+                QTensor::quantize(&w, t).expect("quantize"),
+            )
+            .expect("qmatmul");
+            let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).expect("input");
+            let iters = (2_000_000_000 / (rows * cols * m)).clamp(3, 20_000);
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                std::hint::black_box(qm.forward(&xt).expect("candle matmul"));
+            }
+            let s = t0.elapsed().as_secs_f64() / iters as f64;
+            println!(
+                "{f:?} candle [{rows}x{cols}] m={m}: {:.1} us, {:.2} GMAC/s",
+                s * 1e6,
+                (rows * cols * m) as f64 / s / 1e9
+            );
+        }
         let p = PackedQ::from_ggml(f, rows, cols, &q.data().expect("data")).expect("pack");
         for isa in Isa::all_available() {
             let iters = (2_000_000_000 / (rows * cols * m)).clamp(3, 20_000);

@@ -635,8 +635,8 @@ impl candle_nn::var_builder::SimpleBackend for GgufBackend {
     }
 }
 
-/// Whether the tensor can run quantized. On CPU the ggml `_0`/`_1` formats run through
-/// rustformers' kernels (any block count). Elsewhere candle's quantized matmul runs them,
+/// Whether the tensor can run quantized. On CPU the ggml `_0`/`_1` formats and Q4_K, Q5_K,
+/// Q6_K run through rustformers' kernels (any block count). Elsewhere candle's quantized matmul runs them,
 /// and its generic Q4_1 / Q5_0 / Q5_1 dot products `debug_assert!` an even number of
 /// blocks per row (a leftover of ggml's unrolled loop), so in builds with debug
 /// assertions such tensors (rows of 32, 96, ... elements) run dequantized instead.

@@ -1,6 +1,6 @@
 //! A Linear layer that is dense (any float dtype) or quantized (GGUF block formats: Q4_0,
-//! Q4_1, Q5_0, Q5_1 and Q8_0 through rustformers' kernels on CPU, the others through
-//! candle's quantized matmul). Models hold `QLinear` and do not know which.
+//! Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K through rustformers' kernels on CPU, the
+//! others through candle's quantized matmul). Models hold `QLinear` and do not know which.
 
 use std::sync::Arc;
 

@@ -1,7 +1,12 @@
 //! `y = x Wᵀ` for GGUF block formats Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, with the
 //! activations quantized to 8 bits per block of 32, as ggml does (Q8_0 for the `_0`
 //! formats, Q8_1 with its rounded block sum for the `_1` formats), so that results follow
-//! llama.cpp's numerics.
+//! llama.cpp's numerics; and for the K-quants Q4_K, Q5_K and Q6_K (super-blocks of 256
+//! with 6- or 8-bit sub-block scales), repacked into the same blocks of 32: each
+//! sub-block's `d · scale` and `dmin · min` are exact in f32 and kept so (the kernels
+//! read f32 scales for these), Q6_K's blocks carry two scales, one per 16 values, and its
+//! quants are stored signed (`q − 32`, as Q8_0's). Their activations use the same 8-bit
+//! blocks of 32 (ggml uses blocks of 256 for them, so the last digits differ).
 //!
 //! Block layouts: ggml's `ggml-common.h` (<https://github.com/ggerganov/llama.cpp>). The
 //! weights are repacked once at load into a structure of arrays per row: f32 scales,
@@ -34,7 +39,13 @@ pub enum QFormat {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
 }
+
+/// Values per K-quant super-block.
+pub const QK_K: usize = 256;
 
 impl QFormat {
     /// The format for a ggml type, `None` where candle's kernels are used instead.
@@ -45,11 +56,14 @@ impl QFormat {
             GgmlDType::Q5_0 => Self::Q5_0,
             GgmlDType::Q5_1 => Self::Q5_1,
             GgmlDType::Q8_0 => Self::Q8_0,
+            GgmlDType::Q4K => Self::Q4K,
+            GgmlDType::Q5K => Self::Q5K,
+            GgmlDType::Q6K => Self::Q6K,
             _ => return None,
         })
     }
 
-    /// Bytes of one ggml block.
+    /// Bytes of one ggml block (of 32 values; of 256 for the K-quants).
     pub fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 18,
@@ -57,6 +71,32 @@ impl QFormat {
             Self::Q5_0 => 22,
             Self::Q5_1 => 24,
             Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q5K => 176,
+            Self::Q6K => 210,
+        }
+    }
+
+    /// Values per ggml block.
+    pub fn block_values(self) -> usize {
+        if self.is_k() {
+            QK_K
+        } else {
+            QK
+        }
+    }
+
+    /// A K-quant (f32 sub-block scales here).
+    pub fn is_k(self) -> bool {
+        matches!(self, Self::Q4K | Self::Q5K | Self::Q6K)
+    }
+
+    /// Scales per block of 32: two for Q6_K (one per 16 values), else one.
+    fn scales_per_block(self) -> usize {
+        if self == Self::Q6K {
+            2
+        } else {
+            1
         }
     }
 
@@ -94,6 +134,25 @@ pub struct PackedQ {
     /// minimum of the `_1` formats, `-8d` / `-16d` for Q4_0 / Q5_0 (exact in f16);
     /// empty for Q8_0.
     m: Vec<f16>,
+    /// The K-quants' scales instead of `d` (which is then empty): `d · scale` of each
+    /// block of 32 (Q4_K, Q5_K) or of each 16 values (Q6_K, two per block), in f32.
+    dk: Vec<f32>,
+    /// The K-quants' additive terms instead of `m`: `−dmin · min` per block (Q4_K,
+    /// Q5_K); empty for Q6_K.
+    mk: Vec<f32>,
+}
+
+/// Scale and minimum `j` (0..8) of a Q4_K / Q5_K super-block's 12 packed bytes (6 bits
+/// each: ggml's `get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
 }
 
 fn f16_at(b: &[u8], i: usize) -> f16 {
@@ -108,6 +167,9 @@ impl PackedQ {
         cols: usize,
         data: &[u8],
     ) -> Result<Self, String> {
+        if format.is_k() {
+            return Self::from_k_quant(format, rows, cols, data);
+        }
         if !cols.is_multiple_of(QK) {
             return Err(format!(
                 "{format:?} rows of {cols} values are not a whole number of {QK}-blocks"
@@ -198,6 +260,9 @@ impl PackedQ {
                 }
                 Payload::Signed(q)
             }
+            QFormat::Q4K | QFormat::Q5K | QFormat::Q6K => {
+                return Err(format!("{format:?} takes the K-quant repacking"))
+            }
         };
         Ok(Self {
             format,
@@ -207,6 +272,108 @@ impl PackedQ {
             payload,
             d,
             m,
+            dk: Vec::new(),
+            mk: Vec::new(),
+        })
+    }
+
+    /// Repacks K-quant super-blocks (ggml's `block_q4_K`, `block_q5_K`, `block_q6_K`)
+    /// into blocks of 32 with f32 scales, as the module docs say.
+    fn from_k_quant(
+        format: QFormat,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<Self, String> {
+        if !cols.is_multiple_of(QK_K) {
+            return Err(format!(
+                "{format:?} rows of {cols} values are not a whole number of {QK_K}-blocks"
+            ));
+        }
+        let supers = rows * (cols / QK_K);
+        let bs = format.block_bytes();
+        if data.len() != supers * bs {
+            return Err(format!(
+                "{format:?} [{rows}, {cols}] needs {} bytes, got {}",
+                supers * bs,
+                data.len()
+            ));
+        }
+        let nb = cols / QK;
+        let blocks = rows * nb;
+        let mut dk = Vec::with_capacity(blocks * format.scales_per_block());
+        let mut mk = Vec::with_capacity(if format == QFormat::Q6K { 0 } else { blocks });
+        let payload =
+            match format {
+                QFormat::Q4K | QFormat::Q5K => {
+                    let mut nibbles = Vec::with_capacity(blocks * 16);
+                    let mut bytes = Vec::with_capacity(blocks * QK);
+                    for sb in data.chunks_exact(bs) {
+                        let (d, dmin) = (f16_at(sb, 0).to_f32(), f16_at(sb, 2).to_f32());
+                        let scales = &sb[4..16];
+                        for j in 0..8 {
+                            let (sc, mn) = scale_min_k4(j, scales);
+                            dk.push(d * sc as f32);
+                            mk.push(-(dmin * mn as f32));
+                        }
+                        if format == QFormat::Q4K {
+                            // 64 values per 32 bytes: the first block in the low nibbles,
+                            // the second in the high ones, as the pairs here are laid out.
+                            nibbles.extend_from_slice(&sb[16..144]);
+                            continue;
+                        }
+                        let (qh, qs) = (&sb[16..48], &sb[48..176]);
+                        for c in 0..4 {
+                            let ql = &qs[c * 32..(c + 1) * 32];
+                            let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
+                            for (shift, u) in [(0, u1), (4, u2)] {
+                                bytes.extend(ql.iter().zip(qh).map(|(l, h)| {
+                                    ((l >> shift) & 0x0F) | ((h & u != 0) as u8) << 4
+                                }));
+                            }
+                        }
+                    }
+                    if format == QFormat::Q4K {
+                        Payload::Nibbles(nibbles)
+                    } else {
+                        Payload::Bytes(bytes)
+                    }
+                }
+                _ => {
+                    let mut q = Vec::with_capacity(blocks * QK);
+                    for sb in data.chunks_exact(bs) {
+                        let (ql, qh, sc) = (&sb[..128], &sb[128..192], &sb[192..208]);
+                        let d = f16_at(sb, 208).to_f32();
+                        for n in 0..2 {
+                            let (ql, qh, sc) = (&ql[n * 64..], &qh[n * 32..], &sc[n * 8..]);
+                            // Block k of this half: low or high nibbles of ql[0..32] or
+                            // ql[32..64], with two bits of qh each.
+                            for k in 0..4 {
+                                let (lo, shift) = ((k % 2) * 32, (k / 2) * 4);
+                                for l in 0..32 {
+                                    let v = ((ql[lo + l] >> shift) & 0x0F)
+                                        | (((qh[l] >> (2 * k)) & 3) << 4);
+                                    q.push(v as i8 - 32);
+                                }
+                                for h in 0..2 {
+                                    dk.push(d * sc[2 * k + h] as i8 as f32);
+                                }
+                            }
+                        }
+                    }
+                    Payload::Signed(q)
+                }
+            };
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            nb,
+            payload,
+            d: Vec::new(),
+            m: Vec::new(),
+            dk,
+            mk,
         })
     }
 
@@ -228,7 +395,7 @@ impl PackedQ {
             Payload::Nibbles(q) | Payload::Bytes(q) => q.len(),
             Payload::Signed(q) => q.len(),
         };
-        q + 2 * (self.d.len() + self.m.len())
+        q + 2 * (self.d.len() + self.m.len()) + 4 * (self.dk.len() + self.mk.len())
     }
 
     /// The unsigned (or, for Q8_0, signed) quant of element `j` of block `b` of `row`.
@@ -254,15 +421,34 @@ impl PackedQ {
     }
 
     fn min_of(&self, blk: usize) -> f32 {
+        if self.format.is_k() {
+            return self.mk.get(blk).copied().unwrap_or(0.0);
+        }
         self.m.get(blk).map_or(0.0, |m| m.to_f32())
+    }
+
+    /// True where the blocks have an additive term (all but Q8_0 and Q6_K).
+    fn has_min(&self) -> bool {
+        !self.m.is_empty() || !self.mk.is_empty()
+    }
+
+    /// The scale of values `half·16..` of block `blk` (`half` is 0 except for Q6_K's
+    /// second 16 values).
+    fn scale_of(&self, blk: usize, half: usize) -> f32 {
+        if self.format.is_k() {
+            let per = self.format.scales_per_block();
+            return self.dk[blk * per + half.min(per - 1)];
+        }
+        self.d[blk].to_f32()
     }
 
     /// Row `row` as f32 values (`d·q + m`, as ggml dequantizes).
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         for b in 0..self.nb {
             let blk = row * self.nb + b;
-            let (d, min) = (self.d[blk].to_f32(), self.min_of(blk));
+            let min = self.min_of(blk);
             for j in 0..QK {
+                let d = self.scale_of(blk, j / 16);
                 out[b * QK + j] = d * self.quant(row, b, j) as f32 + min;
             }
         }
@@ -273,7 +459,11 @@ impl PackedQ {
     #[inline(always)]
     fn block_values(&self, row: usize, b: usize, out: &mut [f32; QK]) {
         let blk = row * self.nb + b;
-        let (d, min) = (self.d[blk].to_f32(), self.min_of(blk));
+        let (d0, d1, min) = (
+            self.scale_of(blk, 0),
+            self.scale_of(blk, 1),
+            self.min_of(blk),
+        );
         let mut q = [0f32; QK];
         match &self.payload {
             Payload::Nibbles(qs) => {
@@ -303,8 +493,8 @@ impl PackedQ {
                 }
             }
         }
-        for (o, v) in out.iter_mut().zip(&q) {
-            *o = d * v + min;
+        for (j, (o, v)) in out.iter_mut().zip(&q).enumerate() {
+            *o = if j < 16 { d0 } else { d1 } * v + min;
         }
     }
 
@@ -539,22 +729,30 @@ const MR: usize = 4;
 
 /// The additive (`m_w·s_x`) part of output `(a_row, w_row)` over blocks `b0..`.
 fn min_term(w: &PackedQ, n: usize, a: &QActs, a_row: usize, b0: usize) -> f32 {
-    if w.m.is_empty() {
+    if !w.has_min() {
         return 0.0;
     }
-    let wm = &w.m[n * w.nb + b0..(n + 1) * w.nb];
     let s = &a.sums(w.format)[a_row * a.nb + b0..(a_row + 1) * a.nb];
-    wm.iter().zip(s).map(|(m, s)| m.to_f32() * s).sum()
+    (b0..w.nb)
+        .zip(s)
+        .map(|(b, s)| w.min_of(n * w.nb + b) * s)
+        .sum()
 }
 
 /// Plain implementation of blocks `b0..` of output `(row, n)`.
 fn dot_scalar(w: &PackedQ, n: usize, a: &QActs, row: usize, b0: usize) -> f32 {
     let nb = w.nb;
     let mut acc = 0f32;
+    let per = w.format.scales_per_block();
+    let len = QK / per;
     for b in b0..nb {
         let xq = &a.qs[(row * nb + b) * QK..(row * nb + b + 1) * QK];
-        let dot: i32 = (0..QK).map(|j| w.quant(n, b, j) * xq[j] as i32).sum();
-        acc += w.d[n * nb + b].to_f32() * a.d[row * nb + b] * dot as f32;
+        for h in 0..per {
+            let dot: i32 = (h * len..(h + 1) * len)
+                .map(|j| w.quant(n, b, j) * xq[j] as i32)
+                .sum();
+            acc += w.scale_of(n * nb + b, h) * a.d[row * nb + b] * dot as f32;
+        }
     }
     acc + min_term(w, n, a, row, b0)
 }
@@ -616,6 +814,117 @@ mod x86 {
         _mm_castsi128_ps(_mm_loadl_epi64(p as *const __m128i))
     }
 
+    /// A weight row's block scales and additive terms as the kernels read them: `S` = 0
+    /// f16 per block (the `_0` / `_1` formats), 1 f32 per block (Q4_K, Q5_K), 2 f32 per 16
+    /// values (Q6_K).
+    #[derive(Clone, Copy)]
+    pub(super) struct Scales<const S: u8> {
+        d16: *const half::f16,
+        m16: *const half::f16,
+        d32: *const f32,
+        m32: *const f32,
+    }
+
+    impl<const S: u8> Scales<S> {
+        /// Row `n` of `w` (pointers only; read through the methods below).
+        #[inline(always)]
+        pub(super) fn of(w: &PackedQ, n: usize) -> Self {
+            let nb = w.nb;
+            let at = |len: usize, per: usize| if len == 0 { 0 } else { n * nb * per };
+            Self {
+                d16: w.d.as_ptr().wrapping_add(at(w.d.len(), 1)),
+                m16: w.m.as_ptr().wrapping_add(at(w.m.len(), 1)),
+                d32: w
+                    .dk
+                    .as_ptr()
+                    .wrapping_add(at(w.dk.len(), if S == 2 { 2 } else { 1 })),
+                m32: w.mk.as_ptr().wrapping_add(at(w.mk.len(), 1)),
+            }
+        }
+
+        /// The weight scales of block pair `p`: lanes 0 and 1 the two blocks' (`S` < 2),
+        /// or lanes 0..4 the four 16-value halves' (`S` = 2).
+        ///
+        /// # Safety
+        /// Pair `p` exists in the row.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        pub(super) unsafe fn pair(&self, p: usize) -> __m128 {
+            match S {
+                0 => two_f16(self.d16.add(2 * p)),
+                1 => two_f32(self.d32.add(2 * p)),
+                _ => _mm_loadu_ps(self.d32.add(4 * p)),
+            }
+        }
+
+        /// The additive terms of block pair `p` (lanes 0 and 1).
+        ///
+        /// # Safety
+        /// Pair `p` exists in the row and the format has additive terms.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        pub(super) unsafe fn mins(&self, p: usize) -> __m128 {
+            if S == 0 {
+                two_f16(self.m16.add(2 * p))
+            } else {
+                two_f32(self.m32.add(2 * p))
+            }
+        }
+
+        /// Prefetches the scales (and additive terms) 1 KB ahead of pair `p`: streams of
+        /// their own next to the quants.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        pub(super) fn prefetch(&self, p: usize) {
+            // A prefetch never faults (the addresses may lie past the row's end).
+            if S == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(self.d16.wrapping_add(2 * p + 512) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(self.m16.wrapping_add(2 * p + 512) as *const i8);
+            } else {
+                let per = if S == 2 { 4 } else { 2 };
+                _mm_prefetch::<_MM_HINT_T0>(self.d32.wrapping_add(per * p + 256) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(self.m32.wrapping_add(2 * p + 256) as *const i8);
+            }
+        }
+
+        /// AVX2: the scales of the 8 sums `dot_avx2` gives for each block of the pair
+        /// (4 values each: sums 0..4 cover values 0..16), weight scales `w` (from
+        /// [`Self::pair`]) times the activation blocks' scales `x2` (lanes 0 and 1).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        pub(super) fn lanes8(w: __m128, x2: __m128) -> (__m256, __m256) {
+            if S < 2 {
+                let s2 = _mm_mul_ps(w, x2);
+                (
+                    _mm256_broadcastss_ps(s2),
+                    _mm256_broadcastss_ps(_mm_movehdup_ps(s2)),
+                )
+            } else {
+                let v = _mm256_castps128_ps256(_mm_mul_ps(w, _mm_unpacklo_ps(x2, x2)));
+                (
+                    _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
+                    _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)),
+                )
+            }
+        }
+
+        /// AVX-512: the scales of `vpdpbusd`'s 16 sums over a block pair (4 values each:
+        /// sums 0..8 the first block, 8..16 the second).
+        #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+        #[inline]
+        pub(super) fn lanes16(w: __m128, x2: __m128) -> __m512 {
+            if S < 2 {
+                let s2 = _mm512_castps128_ps512(_mm_mul_ps(w, x2));
+                let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+                _mm512_permutexvar_ps(spread, s2)
+            } else {
+                let s4 = _mm512_castps128_ps512(_mm_mul_ps(w, _mm_unpacklo_ps(x2, x2)));
+                let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                _mm512_permutexvar_ps(spread, s4)
+            }
+        }
+    }
+
     /// Quants fetched this many bytes ahead of use (a prefetch never faults, so past the
     /// end is harmless). Decoding streams every weight from DRAM once per token, and the
     /// hardware prefetchers alone kept it well below the DRAM rate: SmolLM2 Q4_1 decode
@@ -670,7 +979,7 @@ mod x86 {
     /// The CPU has AVX2, FMA and F16C; `n < w.rows`, `m0 + R` rows exist in `a` and `a`
     /// has `w.nb` blocks per row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn tile_avx2<const R: usize>(
+    pub(super) unsafe fn tile_avx2<const R: usize, const S: u8>(
         w: &PackedQ,
         n: usize,
         a: &QActs,
@@ -681,8 +990,8 @@ mod x86 {
         let pairs = nb / 2;
         let mut acc = [_mm256_setzero_ps(); R];
         let mut macc = [_mm_setzero_ps(); R];
-        let dw = w.d.as_ptr().add(n * nb);
-        let wm = w.m.as_ptr().add(if w.m.is_empty() { 0 } else { n * nb });
+        let sc = Scales::<S>::of(w, n);
+        let has_min = w.has_min();
         let xq = a.qs.as_ptr().add(m0 * nb * QK);
         let xd = a.d.as_ptr().add(m0 * nb);
         let xs = a.sums(w.format).as_ptr().add(m0 * nb);
@@ -693,12 +1002,8 @@ mod x86 {
             } else {
                 (w0, w1)
             };
-            // The block scales (and minimums) are streams of their own, 1 KB ahead.
-            _mm_prefetch::<_MM_HINT_T0>(dw.wrapping_add(2 * p + 512) as *const i8);
-            if !w.m.is_empty() {
-                _mm_prefetch::<_MM_HINT_T0>(wm.wrapping_add(2 * p + 512) as *const i8);
-            }
-            let d2 = two_f16(dw.add(2 * p));
+            sc.prefetch(p);
+            let dws = sc.pair(p);
             for r in 0..R {
                 let at = xq.add((r * nb + 2 * p) * QK);
                 let mut x0 = _mm256_loadu_si256(at as *const __m256i);
@@ -707,17 +1012,11 @@ mod x86 {
                     x0 = _mm256_sign_epi8(x0, w0);
                     x1 = _mm256_sign_epi8(x1, w1);
                 }
-                let s2 = _mm_mul_ps(d2, two_f32(xd.add(r * nb + 2 * p)));
-                let s0 = _mm256_broadcastss_ps(s2);
-                let s1 = _mm256_broadcastss_ps(_mm_movehdup_ps(s2));
+                let (s0, s1) = Scales::<S>::lanes8(dws, two_f32(xd.add(r * nb + 2 * p)));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_avx2(u0, x0)), s0, acc[r]);
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_avx2(u1, x1)), s1, acc[r]);
-                if !w.m.is_empty() {
-                    macc[r] = _mm_fmadd_ps(
-                        two_f16(wm.add(2 * p)),
-                        two_f32(xs.add(r * nb + 2 * p)),
-                        macc[r],
-                    );
+                if has_min {
+                    macc[r] = _mm_fmadd_ps(sc.mins(p), two_f32(xs.add(r * nb + 2 * p)), macc[r]);
                 }
             }
         }
@@ -736,7 +1035,7 @@ mod x86 {
     /// # Safety
     /// As [`tile_avx2`], with AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn tile_avx512<const R: usize>(
+    pub(super) unsafe fn tile_avx512<const R: usize, const S: u8>(
         w: &PackedQ,
         n: usize,
         a: &QActs,
@@ -747,13 +1046,11 @@ mod x86 {
         let pairs = nb / 2;
         let mut acc = [_mm512_setzero_ps(); R];
         let mut macc = [_mm_setzero_ps(); R];
-        let dw = w.d.as_ptr().add(n * nb);
-        let wm = w.m.as_ptr().add(if w.m.is_empty() { 0 } else { n * nb });
+        let sc = Scales::<S>::of(w, n);
+        let has_min = w.has_min();
         let xq = a.qs.as_ptr().add(m0 * nb * QK);
         let xd = a.d.as_ptr().add(m0 * nb);
         let xs = a.sums(w.format).as_ptr().add(m0 * nb);
-        // Lanes 0-7 hold the first block's partial sums, lanes 8-15 the second's.
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         let mask = _mm512_set1_epi8(0x0F);
         let zero = _mm512_setzero_si512();
         for p in 0..pairs {
@@ -783,22 +1080,17 @@ mod x86 {
                     _mm512_abs_epi8(v)
                 }
             };
-            let d2 = two_f16(dw.add(2 * p));
+            let dws = sc.pair(p);
             for r in 0..R {
                 let mut xv = _mm512_loadu_si512(xq.add((r * nb + 2 * p) * QK) as *const __m512i);
                 if neg != 0 {
                     xv = _mm512_mask_sub_epi8(xv, neg, zero, xv);
                 }
                 let dot = _mm512_dpbusd_epi32(zero, wv, xv);
-                let s2 = _mm_mul_ps(d2, two_f32(xd.add(r * nb + 2 * p)));
-                let sv = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s2));
+                let sv = Scales::<S>::lanes16(dws, two_f32(xd.add(r * nb + 2 * p)));
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sv, acc[r]);
-                if !w.m.is_empty() {
-                    macc[r] = _mm_fmadd_ps(
-                        two_f16(wm.add(2 * p)),
-                        two_f32(xs.add(r * nb + 2 * p)),
-                        macc[r],
-                    );
+                if has_min {
+                    macc[r] = _mm_fmadd_ps(sc.mins(p), two_f32(xs.add(r * nb + 2 * p)), macc[r]);
                 }
             }
         }
@@ -820,16 +1112,31 @@ fn tile(isa: Isa, w: &PackedQ, n: usize, a: &QActs, m0: usize, mr: usize, out: &
     {
         // SAFETY: `isa` was detected on this CPU; `n < w.rows`, `m0 + mr` rows exist and
         // the block counts match (checked by `matmul`).
+        // The scales' form (see `x86::Scales`).
+        let form = match w.format {
+            QFormat::Q6K => 2,
+            f if f.is_k() => 1,
+            _ => 0,
+        };
+        macro_rules! kernel {
+            ($f:ident, $r:literal) => {
+                match form {
+                    0 => x86::$f::<$r, 0>(w, n, a, m0, out),
+                    1 => x86::$f::<$r, 1>(w, n, a, m0, out),
+                    _ => x86::$f::<$r, 2>(w, n, a, m0, out),
+                }
+            };
+        }
         unsafe {
             match (isa, mr) {
-                (Isa::Avx512Vnni, 4) => return x86::tile_avx512::<4>(w, n, a, m0, out),
-                (Isa::Avx512Vnni, 3) => return x86::tile_avx512::<3>(w, n, a, m0, out),
-                (Isa::Avx512Vnni, 2) => return x86::tile_avx512::<2>(w, n, a, m0, out),
-                (Isa::Avx512Vnni, 1) => return x86::tile_avx512::<1>(w, n, a, m0, out),
-                (Isa::Avx2, 4) => return x86::tile_avx2::<4>(w, n, a, m0, out),
-                (Isa::Avx2, 3) => return x86::tile_avx2::<3>(w, n, a, m0, out),
-                (Isa::Avx2, 2) => return x86::tile_avx2::<2>(w, n, a, m0, out),
-                (Isa::Avx2, 1) => return x86::tile_avx2::<1>(w, n, a, m0, out),
+                (Isa::Avx512Vnni, 4) => return kernel!(tile_avx512, 4),
+                (Isa::Avx512Vnni, 3) => return kernel!(tile_avx512, 3),
+                (Isa::Avx512Vnni, 2) => return kernel!(tile_avx512, 2),
+                (Isa::Avx512Vnni, 1) => return kernel!(tile_avx512, 1),
+                (Isa::Avx2, 4) => return kernel!(tile_avx2, 4),
+                (Isa::Avx2, 3) => return kernel!(tile_avx2, 3),
+                (Isa::Avx2, 2) => return kernel!(tile_avx2, 2),
+                (Isa::Avx2, 1) => return kernel!(tile_avx2, 1),
                 _ => {}
             }
         }
@@ -983,13 +1290,22 @@ mod tests {
             .collect()
     }
 
-    const FORMATS: [(GgmlDType, QFormat); 5] = [
+    const FORMATS: [(GgmlDType, QFormat); 8] = [
         (GgmlDType::Q4_0, QFormat::Q4_0),
         (GgmlDType::Q4_1, QFormat::Q4_1),
         (GgmlDType::Q5_0, QFormat::Q5_0),
         (GgmlDType::Q5_1, QFormat::Q5_1),
         (GgmlDType::Q8_0, QFormat::Q8_0),
+        (GgmlDType::Q4K, QFormat::Q4K),
+        (GgmlDType::Q5K, QFormat::Q5K),
+        (GgmlDType::Q6K, QFormat::Q6K),
     ];
+
+    /// `cols` for format `f`: K-quant rows hold whole super-blocks of 256, so their
+    /// widths round up to one.
+    fn width(f: QFormat, cols: usize) -> usize {
+        cols.next_multiple_of(f.block_values())
+    }
 
     /// The AMX path (where it runs): equal to the f64 product of the bf16-rounded
     /// dequantized weight and bf16-rounded input, for every format, odd block counts and
@@ -999,6 +1315,7 @@ mod tests {
     fn amx_path_is_the_bf16_product_of_the_dequantized_weight() {
         for (t, f) in FORMATS {
             for (rows, cols, m) in [(40, 96, 70), (33, 64, 17), (64, 1024, 64)] {
+                let cols = width(f, cols);
                 let (_, p) = packed(t, f, rows, cols);
                 let x = input(m, cols);
                 let Some(y) = matmul_amx(&p, &x, m) else {
@@ -1066,7 +1383,7 @@ mod tests {
     #[test]
     fn repacked_weights_dequantize_like_candle() {
         for (t, f) in FORMATS {
-            let (q, p) = packed(t, f, 5, 96);
+            let (q, p) = packed(t, f, 5, width(f, 96));
             let theirs = q
                 .dequantize(&Device::Cpu)
                 .unwrap()
@@ -1088,6 +1405,7 @@ mod tests {
             .iter()
             .flat_map(|(t, f)| [(*t, *f, 256), (*t, *f, 288)])
         {
+            let cols = width(f, cols);
             let rows = 37;
             let (_, p) = packed(t, f, rows, cols);
             let wd = p.dequantize();
@@ -1121,8 +1439,9 @@ mod tests {
     /// The SIMD paths equal the plain integer path to float rounding.
     #[test]
     fn simd_paths_equal_the_scalar_path() {
-        let (rows, cols) = (70, 576);
+        let rows = 70;
         for (t, f) in FORMATS {
+            let cols = width(f, 576);
             let (_, p) = packed(t, f, rows, cols);
             let x = input(6, cols);
             let reference = matmul(&p, &x, 6, Isa::Scalar).unwrap();
@@ -1137,8 +1456,10 @@ mod tests {
         }
     }
 
-    /// The op follows candle's own quantized matmul (same 8-bit activation scheme) and
-    /// keeps leading dimensions; a large enough product takes the parallel path.
+    /// The op follows candle's own quantized matmul (same 8-bit activation scheme; for
+    /// the K-quants, whose activations candle quantizes per 256, at least as close to the
+    /// exact product) and keeps leading dimensions; a large enough product takes the
+    /// parallel path.
     #[test]
     fn op_follows_candle_quantized_matmul() {
         let (rows, cols) = (300, 1024);
@@ -1156,6 +1477,34 @@ mod tests {
             let a = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let b = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let scale = b.iter().fold(0f32, |acc, v| acc.max(v.abs()));
+            if f.is_k() {
+                // candle quantizes the activations of K-quant products per 256 values
+                // (ggml's Q8_K), these kernels per 32: against the exact product of the
+                // dequantized weight and the input, ours is at least as close as
+                // candle's (in the sum of squares), each output within 5% of the outputs'
+                // scale (8-bit activations of values up to 7).
+                let (wd, xv) = (p.dequantize(), input(6, cols));
+                let (mut err_ours, mut err_candle) = (0f64, 0f64);
+                for i in 0..6 {
+                    for j in 0..rows {
+                        let exact: f64 = (0..cols)
+                            .map(|k| xv[i * cols + k] as f64 * wd[j * cols + k] as f64)
+                            .sum();
+                        let (o, c) = (a[i * rows + j] as f64, b[i * rows + j] as f64);
+                        assert!(
+                            (o - exact).abs() < 5e-2 * scale as f64,
+                            "{f:?} ({i},{j}): ours {o}, candle {c}, exact {exact}"
+                        );
+                        err_ours += (o - exact).powi(2);
+                        err_candle += (c - exact).powi(2);
+                    }
+                }
+                assert!(
+                    err_ours <= err_candle,
+                    "{f:?}: {err_ours} vs candle {err_candle}"
+                );
+                continue;
+            }
             for i in 0..6 {
                 for j in 0..rows {
                     // candle rounds the activation sums through f16 a little differently.
