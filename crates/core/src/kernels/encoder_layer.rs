@@ -80,8 +80,8 @@ impl PostLnEncoderLayer<'_> {
     /// pass; `mask` is additive, broadcastable to `[batch, 1, seq, seq]`. `None` where
     /// the op does not apply, and the caller runs the layer op by op: `x` tracks no
     /// gradient (inference), the model was not loaded for training, a tensor is not f32
-    /// on the CPU, a linear layer is not a plain dense one with a bias (LoRA, bf16
-    /// training, quantized), or the activation is not the exact GELU.
+    /// on the CPU, a linear layer is not a dense one with a bias (LoRA, quantized) or
+    /// the layers mix f32 and bf16 training, or the activation is not the exact GELU.
     pub fn train_forward(
         &self,
         x: &Tensor,
@@ -99,11 +99,23 @@ impl PostLnEncoderLayer<'_> {
         }
         // Contiguous as they are: their gradients are stashed under these tensors' ids.
         let usable = |t: &Tensor| super::f32_cpu(t) && t.is_contiguous();
-        let dense = |l: &QLinear| match l {
-            QLinear::Dense {
-                weight,
-                bias: Some(b),
-            } if [weight, b].into_iter().all(usable) => Some((weight.clone(), b.clone())),
+        // Plain f32 layers, or all of them bf16-training ones (products in bf16).
+        let bf16 = matches!(self.query, QLinear::Bf16Train { .. });
+        let dense = |l: &QLinear| match (l, bf16) {
+            (
+                QLinear::Dense {
+                    weight,
+                    bias: Some(b),
+                },
+                false,
+            )
+            | (
+                QLinear::Bf16Train {
+                    weight,
+                    bias: Some(b),
+                },
+                true,
+            ) if [weight, b].into_iter().all(usable) => Some((weight.clone(), b.clone())),
             _ => None,
         };
         let norm = |n: &LayerNorm| {
@@ -180,6 +192,7 @@ impl PostLnEncoderLayer<'_> {
         let drop1 = self.attention_dropout.multipliers(b * s * hd)?;
         let drop2 = self.output_dropout.multipliers(b * s * hd)?;
         let op = LayerOp {
+            bf16,
             params,
             eps: [self.attention_norm.eps as f32, self.output_norm.eps as f32],
             attention,
@@ -210,6 +223,9 @@ struct Saved {
 }
 
 struct LayerOp {
+    /// The dense products in bf16 with f32 sums (bf16 mixed-precision training, as
+    /// `LinearTrainOp { bf16: true }`), else f32.
+    bf16: bool,
     /// The parameter tensors, in the order of the index constants above.
     params: Vec<Tensor>,
     eps: [f32; 2],
@@ -350,6 +366,125 @@ impl Rows {
 }
 
 impl LayerOp {
+    /// `x [m, k] · Wᵀ + b` for `w [n, k]`.
+    fn linear(
+        &self,
+        (w, n, k): (&[f32], usize, usize),
+        x: &[f32],
+        m: usize,
+        b: &[f32],
+    ) -> Result<Vec<f32>, String> {
+        if self.bf16 {
+            let packed = super::bf16::PackedBf16::from_f32(n, k, w)?;
+            return super::bf16::matmul(&packed, x, m, Some(b));
+        }
+        matmul_blocks(w, n, k, x, m, Some(b))
+    }
+
+    /// `drop(x Wᵀ + b) + r` (`r` of `[m, n]`).
+    fn linear_residual(
+        &self,
+        (w, n, k): (&[f32], usize, usize),
+        (x, m): (&[f32], usize),
+        b: &[f32],
+        r: &[f32],
+        drop: Option<&[f32]>,
+    ) -> Result<Vec<f32>, String> {
+        if drop.is_none() && !self.bf16 {
+            return matmul_blocks_residual(w, n, k, x, m, Some(b), Some(r));
+        }
+        let mut o = self.linear((w, n, k), x, m, b)?;
+        match drop {
+            Some(d) => drop_add(&mut o, d, r),
+            None => o.iter_mut().zip(r).for_each(|(o, r)| *o += r),
+        }
+        Ok(o)
+    }
+
+    /// `g [m, n] · W` for `w [n, k]`: `[m, k]`.
+    fn input_grad(
+        &self,
+        (g, m): (&[f32], usize),
+        (w, n, k): (&[f32], usize, usize),
+    ) -> Result<Vec<f32>, String> {
+        if g.len() != m * n || w.len() != n * k {
+            return Err(format!(
+                "input gradient: operands are not [{m}, {n}] · [{n}, {k}]"
+            ));
+        }
+        if self.bf16 {
+            let wt = super::bf16::transpose(w, n, k);
+            return super::bf16::product_nt(g, m, &wt, k, n);
+        }
+        // SAFETY: g is [m, n] and w [n, k], checked just above.
+        Ok(unsafe { product(m, k, n, Mat::rows(g, n), Mat::rows(w, k)) })
+    }
+
+    /// `gᵀ · x` for `g [m, n]` (rows `gs` apart) and `x [m, k]`: `[n, k]` (a weight
+    /// gradient). The bf16 path reads the transposes: `gt` (`gᵀ`, `[n, m]`) where given,
+    /// else `g`'s (with `gs == n`), and `x`'s, made once per `x`.
+    fn weight_grad(
+        &self,
+        (g, gs, gt): (&[f32], usize, Option<&[f32]>),
+        (m, n): (usize, usize),
+        (x, xt): (&[f32], &std::cell::OnceCell<Vec<f32>>),
+        k: usize,
+    ) -> Result<Vec<f32>, String> {
+        if self.bf16 {
+            let owned;
+            let gt = match gt {
+                Some(t) => t,
+                None => {
+                    owned = super::bf16::transpose(g, m, n);
+                    &owned
+                }
+            };
+            let xt = xt.get_or_init(|| super::bf16::transpose(x, m, k));
+            return super::bf16::product_nt(gt, n, xt, k, m);
+        }
+        let need = if m == 0 { 0 } else { (m - 1) * gs + n };
+        if g.len() < need || x.len() < m * k {
+            return Err(format!(
+                "weight gradient: operands do not hold [{m}, {n}] and [{m}, {k}]"
+            ));
+        }
+        // SAFETY: g holds m rows gs apart of n values (its transpose read through
+        // `Mat::cols`) and x is [m, k], both checked just above.
+        Ok(unsafe { product(n, k, m, Mat::cols(g, gs), Mat::rows(x, k)) })
+    }
+
+    /// `dst [m, k] += g [m, n] · W` for `w [n, k]`.
+    fn add_input_grad(
+        &self,
+        dst: &mut [f32],
+        (g, m): (&[f32], usize),
+        (w, n, k): (&[f32], usize, usize),
+    ) -> Result<(), String> {
+        if dst.len() != m * k || g.len() != m * n || w.len() != n * k {
+            return Err(format!(
+                "input gradient: operands are not [{m}, {n}] · [{n}, {k}]"
+            ));
+        }
+        if self.bf16 {
+            let d = self.input_grad((g, m), (w, n, k))?;
+            dst.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+            return Ok(());
+        }
+        if m > 0 && n > 0 && k > 0 {
+            // SAFETY: the sizes were checked just above; dst is read and written.
+            unsafe {
+                gemm_on_pool(
+                    (m, k, n),
+                    dst.as_mut_ptr(),
+                    Mat::rows(g, n),
+                    Mat::rows(w, k),
+                    true,
+                )
+            };
+        }
+        Ok(())
+    }
+
     fn forward(
         &self,
         x: &[f32],
@@ -365,7 +500,7 @@ impl LayerOp {
             wqkv.extend_from_slice(p[w]);
             bqkv.extend_from_slice(p[bias]);
         }
-        let qkv = matmul_blocks(&wqkv, 3 * hd, hd, x, t, Some(&bqkv)).map_err(msg)?;
+        let qkv = self.linear((&wqkv, 3 * hd, hd), x, t, &bqkv).map_err(msg)?;
         let mut ctx = Vec::with_capacity(t * hd);
         let steps = Steps {
             input: 3 * hd,
@@ -383,25 +518,27 @@ impl LayerOp {
                 .forward_into((q, k, v), &[b, s, hd], steps, OutPtr(ctx.as_mut_ptr()))?;
             ctx.set_len(t * hd);
         }
-        // `drop(input Wᵀ + b) + r`.
-        let residual = |(w, bias): (usize, usize),
-                        input: &[f32],
-                        k: usize,
-                        r: &[f32],
-                        drop: &Option<Vec<f32>>|
-         -> Result<Vec<f32>, String> {
-            let Some(m) = drop else {
-                return matmul_blocks_residual(p[w], hd, k, input, t, Some(p[bias]), Some(r));
-            };
-            let mut o = matmul_blocks(p[w], hd, k, input, t, Some(p[bias]))?;
-            drop_add(&mut o, m, r);
-            Ok(o)
-        };
-        let s1 = residual((WO, BO), &ctx, hd, x, &self.drop[0]).map_err(msg)?;
+        let s1 = self
+            .linear_residual(
+                (p[WO], hd, hd),
+                (&ctx, t),
+                p[BO],
+                x,
+                self.drop[0].as_deref(),
+            )
+            .map_err(msg)?;
         let a = layer_norm_forward(&s1, p[N1W], p[N1B], self.eps[0]).map_err(msg)?;
-        let u = matmul_blocks(p[WI], inter, hd, &a, t, Some(p[BI])).map_err(msg)?;
+        let u = self.linear((p[WI], inter, hd), &a, t, p[BI]).map_err(msg)?;
         let g = gelu(&u, isa);
-        let s2 = residual((WF, BF), &g, inter, &a, &self.drop[1]).map_err(msg)?;
+        let s2 = self
+            .linear_residual(
+                (p[WF], hd, inter),
+                (&g, t),
+                p[BF],
+                &a,
+                self.drop[1].as_deref(),
+            )
+            .map_err(msg)?;
         let y = layer_norm_forward(&s2, p[N2W], p[N2B], self.eps[1]).map_err(msg)?;
         Ok((
             y,
@@ -458,36 +595,38 @@ impl LayerOp {
             let do2 = do2.as_deref().unwrap_or(&ds2);
             grads[BF] = column_sums(do2, n1, hd);
             let g = rows.gather(&sv.g, inter);
-            // SAFETY (the products below): every operand is a full row-major buffer of
-            // the dimensions given (or its transpose through `Mat::cols`): n1 rows
-            // gathered, the weights checked by `train_forward`.
-            let dg = unsafe {
-                // ∂Wf [hd, inter] = ∂o₂ᵀ g
-                grads[WF] = product(hd, inter, n1, Mat::cols(do2, hd), Mat::rows(&g, inter));
-                // ∂g [n1, inter] = ∂o₂ Wf
-                product(n1, inter, hd, Mat::rows(do2, hd), Mat::rows(p[WF], inter))
-            };
+            // ∂Wf [hd, inter] = ∂o₂ᵀ g
+            grads[WF] = self
+                .weight_grad(
+                    (do2, hd, None),
+                    (n1, hd),
+                    (&g, &std::cell::OnceCell::new()),
+                    inter,
+                )
+                .map_err(msg)?;
             drop(g);
+            // ∂g [n1, inter] = ∂o₂ Wf
+            let dg = self
+                .input_grad((do2, n1), (p[WF], hd, inter))
+                .map_err(msg)?;
             let du = gelu_grad(&rows.gather(&sv.u, inter), &dg, isa);
             drop(dg);
             grads[BI] = column_sums(&du, n1, inter);
             let mut da = ds2;
-            // SAFETY: as above; `da` is [n1, hd], read and written by the accumulation.
-            unsafe {
-                // ∂Wi [inter, hd] = ∂uᵀ a
-                let a = rows.gather(&sv.a, hd);
-                grads[WI] = product(inter, hd, n1, Mat::cols(&du, inter), Mat::rows(&a, hd));
-                // ∂a += ∂u Wi
-                if n1 > 0 && inter > 0 {
-                    gemm_on_pool(
-                        (n1, hd, inter),
-                        da.as_mut_ptr(),
-                        Mat::rows(&du, inter),
-                        Mat::rows(p[WI], hd),
-                        true,
-                    );
-                }
-            }
+            // ∂Wi [inter, hd] = ∂uᵀ a
+            let a = rows.gather(&sv.a, hd);
+            grads[WI] = self
+                .weight_grad(
+                    (&du, inter, None),
+                    (n1, inter),
+                    (&a, &std::cell::OnceCell::new()),
+                    hd,
+                )
+                .map_err(msg)?;
+            drop(a);
+            // ∂a += ∂u Wi
+            self.add_input_grad(&mut da, (&du, n1), (p[WI], inter, hd))
+                .map_err(msg)?;
             drop(du);
             let (ds1, dn1w, dn1b) =
                 layer_norm_backward(isa, &rows.gather(&sv.s1, hd), p[N1W], &da, self.eps[0])
@@ -498,14 +637,19 @@ impl LayerOp {
             let do1 = rows.masked(&ds1, self.drop[0].as_deref(), hd);
             let do1 = do1.as_deref().unwrap_or(&ds1);
             grads[BO] = column_sums(do1, n1, hd);
-            // SAFETY: as above.
-            let dctx1 = unsafe {
-                // ∂Wo [hd, hd] = ∂o₁ᵀ c
-                let ctx = rows.gather(&sv.ctx, hd);
-                grads[WO] = product(hd, hd, n1, Mat::cols(do1, hd), Mat::rows(&ctx, hd));
-                // ∂c [n1, hd] = ∂o₁ Wo
-                product(n1, hd, hd, Mat::rows(do1, hd), Mat::rows(p[WO], hd))
-            };
+            // ∂Wo [hd, hd] = ∂o₁ᵀ c
+            let ctx = rows.gather(&sv.ctx, hd);
+            grads[WO] = self
+                .weight_grad(
+                    (do1, hd, None),
+                    (n1, hd),
+                    (&ctx, &std::cell::OnceCell::new()),
+                    hd,
+                )
+                .map_err(msg)?;
+            drop(ctx);
+            // ∂c [n1, hd] = ∂o₁ Wo
+            let dctx1 = self.input_grad((do1, n1), (p[WO], hd, hd)).map_err(msg)?;
             (ds1, dctx1)
         };
         // Back to all t rows (zero where ∂y was).
@@ -540,23 +684,24 @@ impl LayerOp {
         let dqkv = rows.gather(&dqkv, 3 * hd);
         let dbqkv = column_sums(&dqkv, n2, 3 * hd);
         let xr = rows.gather(x, hd);
-        // SAFETY: as above; ∂W of q, k, v read columns j·hd.. of ∂qkv's n2 rows (3·hd
-        // apart).
-        let dxr = unsafe {
-            for (j, w) in [WQ, WK, WV].into_iter().enumerate() {
-                // ∂Wj [hd, hd] = ∂jᵀ x
-                let dj = Mat::cols(&dqkv[j * hd..], 3 * hd);
-                grads[w] = product(hd, hd, n2, dj, Mat::rows(&xr, hd));
-            }
-            // ∂x [n2, hd] = ∂qkv Wqkv
-            product(
-                n2,
-                hd,
-                3 * hd,
-                Mat::rows(&dqkv, 3 * hd),
-                Mat::rows(&sv.wqkv, hd),
-            )
-        };
+        // ∂W of q, k, v: columns j·hd.. of ∂qkv's n2 rows (3·hd apart); the bf16 path
+        // transposes ∂qkv and x once for the three.
+        let dqkv_t = self.bf16.then(|| super::bf16::transpose(&dqkv, n2, 3 * hd));
+        let xr_t = std::cell::OnceCell::new();
+        for (j, w) in [WQ, WK, WV].into_iter().enumerate() {
+            // ∂Wj [hd, hd] = ∂jᵀ x
+            let dj = &dqkv[(j * hd).min(dqkv.len())..];
+            let dj_t = dqkv_t
+                .as_deref()
+                .map(|d| &d[j * hd * n2..(j + 1) * hd * n2]);
+            grads[w] = self
+                .weight_grad((dj, 3 * hd, dj_t), (n2, hd), (&xr, &xr_t), hd)
+                .map_err(msg)?;
+        }
+        // ∂x [n2, hd] = ∂qkv Wqkv
+        let dxr = self
+            .input_grad((&dqkv, n2), (&sv.wqkv, 3 * hd, hd))
+            .map_err(msg)?;
         rows.scatter_add(&dxr, hd, &mut dx);
         for (j, bias) in [BQ, BK, BV].into_iter().enumerate() {
             grads[bias] = dbqkv[j * hd..(j + 1) * hd].to_vec();
@@ -666,13 +811,29 @@ mod tests {
     /// The fused training layer equals the op-by-op layer (BERT's forward written out
     /// with the same core ops) in its output and in the gradients of its input and of
     /// every parameter, with dropout on (the same masks drawn) and off, with padded
-    /// keys in the mask, for a gradient on every row and on the first rows alone.
+    /// keys in the mask, for a gradient on every row and on the first rows alone; with
+    /// f32 products and with bf16 ones (bf16-training layers on both sides).
     #[test]
     fn fused_layer_equals_the_op_by_op_layer() {
+        for bf16 in [false, true] {
+            fused_layer_case(bf16);
+        }
+    }
+
+    fn fused_layer_case(bf16: bool) {
         let dev = Device::Cpu;
         let (b, s, heads, d, f) = (3, 9, 4, 8, 48);
         let h = heads * d;
-        let l = layer(h, f);
+        let mut l = layer(h, f);
+        if bf16 {
+            for lin in l.lin.iter_mut() {
+                if let QLinear::Dense { weight, bias } = lin.clone() {
+                    *lin = QLinear::Bf16Train { weight, bias };
+                }
+            }
+        }
+        // bf16 products run the same kernels on both sides: the same tolerance.
+        let tol = 1e-5;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, h), &dev).unwrap()).unwrap();
         let full = Tensor::randn(0f32, 1.0, (b, s, h), &dev).unwrap();
         // A gradient on each sequence's first row alone (a classifier's [CLS]): the
@@ -731,7 +892,7 @@ mod tests {
             let expected = (&want * g).unwrap().sum_all().unwrap().backward().unwrap();
 
             let diff = crate::test_util::max_abs_diff(&fused, &want);
-            assert!(diff < 1e-5, "p={p}: output {diff}");
+            assert!(diff < tol, "bf16={bf16} p={p}: output {diff}");
             if p > 0.0 {
                 // Dropout did something: the output differs from the one without.
                 mode.set(false, 0);
@@ -756,8 +917,8 @@ mod tests {
                     .unwrap();
                 let diff = crate::test_util::max_abs_diff(gv, wv);
                 assert!(
-                    diff <= 1e-4 * (1.0 + scale),
-                    "p={p}: gradient {i}: {diff} (scale {scale})"
+                    diff <= 10.0 * tol * (1.0 + scale),
+                    "bf16={bf16} p={p}: gradient {i}: {diff} (scale {scale})"
                 );
             }
         }
