@@ -204,6 +204,18 @@ impl PostLnEncoderLayer<'_> {
     }
 }
 
+/// One `LN(drop(h Wᵀ + b) + r)` of the layer, for [`LayerOp::residual_backward`].
+struct Residual<'a> {
+    /// The norm's input, `[t, hidden]`.
+    pre_norm: &'a [f32],
+    /// `h` (`[t, k]`) and `k`.
+    input: (&'a [f32], usize),
+    /// 0 after the attention, 1 after the feed-forward (dropout masks, norm epsilon).
+    which: usize,
+    /// Indices of `W`, `b`, the norm's weight and bias.
+    params: (usize, usize, usize, usize),
+}
+
 /// What the forward pass keeps for the backward pass (`t = batch · seq` rows).
 struct Saved {
     /// `[Wq; Wk; Wv]`, `[3·hidden, hidden]`.
@@ -555,6 +567,51 @@ impl LayerOp {
         ))
     }
 
+    /// The backward pass of `LN(drop(h Wᵀ + b) + r)` on the rows in use, from the
+    /// output's gradient `g` (`[n1, hd]`, gathered): `(∂s, ∂h)`, where `∂s` (the
+    /// normalised sum's gradient) is also the residual's, and the gradients of `W`, `b`
+    /// and the norm's weight and bias, written into `grads`.
+    fn residual_backward(
+        &self,
+        rows: &Rows,
+        g: &[f32],
+        part: Residual,
+        p: &[&[f32]],
+        grads: &mut [Vec<f32>],
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        let (hd, n1) = (p[N1W].len(), rows.len());
+        let (iw, ib, inw, inb) = part.params;
+        let (h, k) = part.input;
+        let (ds, dnw, dnb) = layer_norm_backward(
+            Isa::detect(),
+            &rows.gather(part.pre_norm, hd),
+            p[inw],
+            g,
+            self.eps[part.which],
+        )
+        .map_err(msg)?;
+        grads[inw] = dnw;
+        grads[inb] = dnb;
+        let dropped = rows.masked(&ds, self.drop[part.which].as_deref(), hd);
+        let d_o = dropped.as_deref().unwrap_or(&ds);
+        grads[ib] = column_sums(d_o, n1, hd);
+        // ∂W [hd, k] = ∂oᵀ h
+        let h = rows.gather(h, k);
+        grads[iw] = self
+            .weight_grad(
+                (d_o, hd, None),
+                (n1, hd),
+                (&h, &std::cell::OnceCell::new()),
+                k,
+            )
+            .map_err(msg)?;
+        drop(h);
+        // ∂h [n1, k] = ∂o W
+        let dh = self.input_grad((d_o, n1), (p[iw], hd, k)).map_err(msg)?;
+        drop(dropped);
+        Ok((ds, dh))
+    }
+
     /// `∂x` from `∂y`, with the parameters' gradients in the order of `params`.
     ///
     /// Rows whose gradient is zero are left out of the products: they add nothing to
@@ -585,34 +642,18 @@ impl LayerOp {
         let rows = Rows::nonzero(gy, hd);
         let n1 = rows.len();
         let (ds1, dctx1) = {
-            let gy = rows.gather(gy, hd);
-            let (ds2, dn2w, dn2b) =
-                layer_norm_backward(isa, &rows.gather(&sv.s2, hd), p[N2W], &gy, self.eps[1])
-                    .map_err(msg)?;
-            grads[N2W] = dn2w;
-            grads[N2B] = dn2b;
-            let do2 = rows.masked(&ds2, self.drop[1].as_deref(), hd);
-            let do2 = do2.as_deref().unwrap_or(&ds2);
-            grads[BF] = column_sums(do2, n1, hd);
-            let g = rows.gather(&sv.g, inter);
-            // ∂Wf [hd, inter] = ∂o₂ᵀ g
-            grads[WF] = self
-                .weight_grad(
-                    (do2, hd, None),
-                    (n1, hd),
-                    (&g, &std::cell::OnceCell::new()),
-                    inter,
-                )
-                .map_err(msg)?;
-            drop(g);
-            // ∂g [n1, inter] = ∂o₂ Wf
-            let dg = self
-                .input_grad((do2, n1), (p[WF], hd, inter))
-                .map_err(msg)?;
+            // y = LN₂(drop(g Wfᵀ + bf) + a)
+            let out = Residual {
+                pre_norm: &sv.s2,
+                input: (&sv.g, inter),
+                which: 1,
+                params: (WF, BF, N2W, N2B),
+            };
+            let (mut da, dg) =
+                self.residual_backward(&rows, &rows.gather(gy, hd), out, p, &mut grads)?;
             let du = gelu_grad(&rows.gather(&sv.u, inter), &dg, isa);
             drop(dg);
             grads[BI] = column_sums(&du, n1, inter);
-            let mut da = ds2;
             // ∂Wi [inter, hd] = ∂uᵀ a
             let a = rows.gather(&sv.a, hd);
             grads[WI] = self
@@ -628,29 +669,14 @@ impl LayerOp {
             self.add_input_grad(&mut da, (&du, n1), (p[WI], inter, hd))
                 .map_err(msg)?;
             drop(du);
-            let (ds1, dn1w, dn1b) =
-                layer_norm_backward(isa, &rows.gather(&sv.s1, hd), p[N1W], &da, self.eps[0])
-                    .map_err(msg)?;
-            grads[N1W] = dn1w;
-            grads[N1B] = dn1b;
-            drop(da);
-            let do1 = rows.masked(&ds1, self.drop[0].as_deref(), hd);
-            let do1 = do1.as_deref().unwrap_or(&ds1);
-            grads[BO] = column_sums(do1, n1, hd);
-            // ∂Wo [hd, hd] = ∂o₁ᵀ c
-            let ctx = rows.gather(&sv.ctx, hd);
-            grads[WO] = self
-                .weight_grad(
-                    (do1, hd, None),
-                    (n1, hd),
-                    (&ctx, &std::cell::OnceCell::new()),
-                    hd,
-                )
-                .map_err(msg)?;
-            drop(ctx);
-            // ∂c [n1, hd] = ∂o₁ Wo
-            let dctx1 = self.input_grad((do1, n1), (p[WO], hd, hd)).map_err(msg)?;
-            (ds1, dctx1)
+            // a = LN₁(drop(c Woᵀ + bo) + x)
+            let attn = Residual {
+                pre_norm: &sv.s1,
+                input: (&sv.ctx, hd),
+                which: 0,
+                params: (WO, BO, N1W, N1B),
+            };
+            self.residual_backward(&rows, &da, attn, p, &mut grads)?
         };
         // Back to all t rows (zero where ∂y was).
         let dctx = rows.scatter(dctx1, hd, t);
