@@ -806,6 +806,35 @@ mod tests {
         vars: Vec<Var>,
     }
 
+    impl Layer {
+        /// The fused op's view of this layer: `drops` are the probabilities', the
+        /// attention output's and the output's dropout.
+        fn parts<'a>(
+            &'a self,
+            activation: &'a Activation,
+            heads: usize,
+            [probs_dropout, attention_dropout, output_dropout]: [&'a Dropout; 3],
+            mode: Option<&'a Arc<TrainMode>>,
+        ) -> PostLnEncoderLayer<'a> {
+            PostLnEncoderLayer {
+                query: &self.lin[0],
+                key: &self.lin[1],
+                value: &self.lin[2],
+                attention_output: &self.lin[3],
+                attention_norm: &self.norms[0],
+                intermediate: &self.lin[4],
+                activation,
+                output: &self.lin[5],
+                output_norm: &self.norms[1],
+                heads,
+                probs_dropout,
+                attention_dropout,
+                output_dropout,
+                mode,
+            }
+        }
+    }
+
     fn layer(h: usize, f: usize) -> Layer {
         let dev = Device::Cpu;
         let mut vars = Vec::new();
@@ -880,22 +909,7 @@ mod tests {
             let mode = Arc::new(TrainMode::default());
             let dropout = || Dropout::new(p, Some(mode.clone()));
             let (pd, ad, od) = (dropout(), dropout(), dropout());
-            let parts = PostLnEncoderLayer {
-                query: &l.lin[0],
-                key: &l.lin[1],
-                value: &l.lin[2],
-                attention_output: &l.lin[3],
-                attention_norm: &l.norms[0],
-                intermediate: &l.lin[4],
-                activation: &act,
-                output: &l.lin[5],
-                output_norm: &l.norms[1],
-                heads,
-                probs_dropout: &pd,
-                attention_dropout: &ad,
-                output_dropout: &od,
-                mode: Some(&mode),
-            };
+            let parts = l.parts(&act, heads, [&pd, &ad, &od], Some(&mode));
             mode.set(true, 7);
             let fused = parts
                 .train_forward(x.as_tensor(), Some(&mask))
@@ -968,22 +982,7 @@ mod tests {
             (tracked.as_tensor(), Some(&mode), &tanh, false),
             (tracked.as_tensor(), Some(&mode), &act, true),
         ] {
-            let layer = PostLnEncoderLayer {
-                query: &l.lin[0],
-                key: &l.lin[1],
-                value: &l.lin[2],
-                attention_output: &l.lin[3],
-                attention_norm: &l.norms[0],
-                intermediate: &l.lin[4],
-                activation: act,
-                output: &l.lin[5],
-                output_norm: &l.norms[1],
-                heads,
-                probs_dropout: &none,
-                attention_dropout: &none,
-                output_dropout: &none,
-                mode,
-            };
+            let layer = l.parts(act, heads, [&none; 3], mode);
             assert_eq!(layer.train_forward(input, None).unwrap().is_some(), applies);
         }
     }
