@@ -424,6 +424,9 @@ impl LayerOp {
                 "input gradient: operands are not [{m}, {n}] · [{n}, {k}]"
             ));
         }
+        if m == 0 {
+            return Ok(Vec::new());
+        }
         if self.bf16 {
             let wt = super::bf16::transpose(w, n, k);
             return super::bf16::product_nt(g, m, &wt, k, n);
@@ -442,6 +445,10 @@ impl LayerOp {
         (x, xt): (&[f32], &std::cell::OnceCell<Vec<f32>>),
         k: usize,
     ) -> Result<Vec<f32>, String> {
+        if m == 0 {
+            // No row in use (a gradient that is zero everywhere).
+            return Ok(vec![0f32; n * k]);
+        }
         if self.bf16 {
             let owned;
             let gt = match gt {
@@ -866,7 +873,7 @@ mod tests {
     /// The fused training layer equals the op-by-op layer (BERT's forward written out
     /// with the same core ops) in its output and in the gradients of its input and of
     /// every parameter, with dropout on (the same masks drawn) and off, with padded
-    /// keys in the mask, for a gradient on every row and on the first rows alone; with
+    /// keys in the mask, for a gradient on every row, on the first rows alone and on none; with
     /// f32 products and with bf16 ones (bf16-training layers on both sides).
     #[test]
     fn fused_layer_equals_the_op_by_op_layer() {
@@ -905,7 +912,14 @@ mod tests {
         keep[b * s - 3..].fill(f32::MIN);
         let mask = Tensor::from_vec(keep, (b, 1, 1, s), &dev).unwrap();
         let act = Activation::Gelu;
-        for (p, g) in [(0.0, &full), (0.25, &full), (0.0, &first), (0.25, &first)] {
+        let zero = full.zeros_like().unwrap();
+        for (p, g) in [
+            (0.0, &full),
+            (0.25, &full),
+            (0.0, &first),
+            (0.25, &first),
+            (0.25, &zero),
+        ] {
             let mode = Arc::new(TrainMode::default());
             let dropout = || Dropout::new(p, Some(mode.clone()));
             let (pd, ad, od) = (dropout(), dropout(), dropout());

@@ -160,9 +160,8 @@ pub(crate) unsafe fn gemm_into(
 
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` (row-major `dst`, row stride `n`), with
 /// output row blocks (tall outputs) or column blocks spread over the pool, each through
-/// gemm. `accumulate` adds to
-/// what `dst` holds (a bias written there first); without it `dst` is only written
-/// (it may be uninitialised memory).
+/// gemm. `accumulate` adds to what `dst` holds (a bias written there first); without it
+/// `dst` is only written (it may be uninitialised memory).
 ///
 /// # Safety
 /// `dst` is valid for writes (and, with `accumulate`, reads) of `m · n` values that no
