@@ -167,24 +167,26 @@ impl PackedQ {
         cols: usize,
         data: &[u8],
     ) -> Result<Self, String> {
-        if format.is_k() {
-            return Self::from_k_quant(format, rows, cols, data);
-        }
-        if !cols.is_multiple_of(QK) {
+        // Whole ggml blocks (of 32 values; of 256 for the K-quants), and their bytes.
+        let per = format.block_values();
+        if !cols.is_multiple_of(per) {
             return Err(format!(
-                "{format:?} rows of {cols} values are not a whole number of {QK}-blocks"
+                "{format:?} rows of {cols} values are not a whole number of {per}-blocks"
             ));
         }
-        let nb = cols / QK;
-        let blocks = rows * nb;
         let bs = format.block_bytes();
-        if data.len() != blocks * bs {
+        if data.len() != rows * (cols / per) * bs {
             return Err(format!(
                 "{format:?} [{rows}, {cols}] needs {} bytes, got {}",
-                blocks * bs,
+                rows * (cols / per) * bs,
                 data.len()
             ));
         }
+        if format.is_k() {
+            return Self::from_k_quant(format, rows, cols, data);
+        }
+        let nb = cols / QK;
+        let blocks = rows * nb;
         let mut d = Vec::with_capacity(blocks);
         let mut m = Vec::with_capacity(if format == QFormat::Q8_0 { 0 } else { blocks });
         let payload = match format {
@@ -278,27 +280,15 @@ impl PackedQ {
     }
 
     /// Repacks K-quant super-blocks (ggml's `block_q4_K`, `block_q5_K`, `block_q6_K`)
-    /// into blocks of 32 with f32 scales, as the module docs say.
+    /// into blocks of 32 with f32 scales, as the module docs say; `data` holds whole
+    /// super-blocks (checked by `from_ggml`).
     fn from_k_quant(
         format: QFormat,
         rows: usize,
         cols: usize,
         data: &[u8],
     ) -> Result<Self, String> {
-        if !cols.is_multiple_of(QK_K) {
-            return Err(format!(
-                "{format:?} rows of {cols} values are not a whole number of {QK_K}-blocks"
-            ));
-        }
-        let supers = rows * (cols / QK_K);
         let bs = format.block_bytes();
-        if data.len() != supers * bs {
-            return Err(format!(
-                "{format:?} [{rows}, {cols}] needs {} bytes, got {}",
-                supers * bs,
-                data.len()
-            ));
-        }
         let nb = cols / QK;
         let blocks = rows * nb;
         let mut dk = Vec::with_capacity(blocks * format.scales_per_block());
@@ -1535,6 +1525,10 @@ mod tests {
     fn bad_shapes_are_errors() {
         assert!(PackedQ::from_ggml(QFormat::Q4_1, 2, 48, &[0; 60]).is_err());
         assert!(PackedQ::from_ggml(QFormat::Q4_1, 2, 64, &[0; 79]).is_err());
+        // K-quants: rows of whole super-blocks of 256, 144 bytes each for Q4_K.
+        assert!(PackedQ::from_ggml(QFormat::Q4K, 1, 96, &[0; 54]).is_err());
+        assert!(PackedQ::from_ggml(QFormat::Q4K, 2, 256, &[0; 287]).is_err());
+        assert!(PackedQ::from_ggml(QFormat::Q4K, 2, 256, &[0; 288]).is_ok());
         let p = PackedQ::from_ggml(QFormat::Q4_1, 2, 64, &[0; 80]).unwrap();
         assert!(matmul(&p, &[0.0; 63], 1, Isa::Scalar).is_err());
         let x = Tensor::zeros((1, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
