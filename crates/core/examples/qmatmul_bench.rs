@@ -27,6 +27,8 @@ fn main() {
     for (t, f) in [
         (GgmlDType::Q4_1, QFormat::Q4_1),
         (GgmlDType::Q8_0, QFormat::Q8_0),
+        (GgmlDType::Q2K, QFormat::Q2K),
+        (GgmlDType::Q3K, QFormat::Q3K),
         (GgmlDType::Q4K, QFormat::Q4K),
         (GgmlDType::Q5K, QFormat::Q5K),
         (GgmlDType::Q6K, QFormat::Q6K),
