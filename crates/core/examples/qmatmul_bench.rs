@@ -8,7 +8,7 @@ use std::time::Instant;
 use rustformers_core::candle_core::quantized::{GgmlDType, QTensor};
 use rustformers_core::candle_core::{Device, Tensor};
 use rustformers_core::kernels::bf16::{self, PackedBf16, Path};
-use rustformers_core::kernels::qmatmul::{matmul, matmul_amx, PackedQ, QFormat};
+use rustformers_core::kernels::qmatmul::{matmul, matmul_amx, matmul_bf16, PackedQ, QFormat};
 use rustformers_core::kernels::Isa;
 
 fn main() {
@@ -74,6 +74,20 @@ fn main() {
             let s = t0.elapsed().as_secs_f64() / iters as f64;
             println!(
                 "{f:?} {isa:?} [{rows}x{cols}] m={m}: {:.1} us, {:.2} GB/s, {:.2} GMAC/s",
+                s * 1e6,
+                p.size_in_bytes() as f64 / s / 1e9,
+                (rows * cols * m) as f64 / s / 1e9
+            );
+        }
+        if matmul_bf16(&p, &x, m).is_some() {
+            let iters = (2_000_000_000 / (rows * cols * m)).clamp(3, 20_000);
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                std::hint::black_box(matmul_bf16(&p, &x, m));
+            }
+            let s = t0.elapsed().as_secs_f64() / iters as f64;
+            println!(
+                "{f:?} AVX512-BF16 [{rows}x{cols}] m={m}: {:.1} us, {:.2} GB/s, {:.2} GMAC/s",
                 s * 1e6,
                 p.size_in_bytes() as f64 / s / 1e9,
                 (rows * cols * m) as f64 / s / 1e9

@@ -170,15 +170,9 @@ impl PackedBf16 {
         }
         out
     }
-
-    /// The block of column block `nb`, input block `kb`.
-    fn block(&self, nb: usize, kb: usize) -> &[bf16] {
-        let start = (nb * self.kblocks + kb) * BLOCK;
-        &self.data[start..start + BLOCK]
-    }
 }
 
-/// A weight the AMX path reads as column blocks: `kblocks` consecutive blocks of
+/// A weight the bf16 paths (AMX, AVX512-BF16) read as column blocks: `kblocks` consecutive blocks of
 /// [`NB`] columns × [`KB`] inputs each, in `tdpbf16ps`'s layout.
 pub(crate) trait ColumnBlocks: Sync {
     /// `[rows, cols]` of the weight.
@@ -285,25 +279,15 @@ const TC: usize = 4;
 /// Outputs of one SIMD call: `[row][column]` for `TR` rows × `TC * NB` columns.
 type Acc = [[f32; TC * NB]; TR];
 
-/// Plain path: rows `m0..m0 + mr`, column blocks `nb0..nb0 + nc` (padded columns
-/// included).
-#[allow(clippy::too_many_arguments)]
-fn tile_scalar(
-    w: &PackedBf16,
-    x: &[bf16],
-    kpad: usize,
-    m0: usize,
-    mr: usize,
-    nb0: usize,
-    nc: usize,
-    out: &mut Acc,
-) {
+/// Plain path: rows `m0..m0 + mr` against the column blocks `cols` (each `kblocks`
+/// blocks, [`ColumnBlocks::column_blocks`]; padded columns included).
+fn tile_scalar(cols: &[&[bf16]], x: &[bf16], kpad: usize, m0: usize, mr: usize, out: &mut Acc) {
     for row in out.iter_mut() {
         row.fill(0.0);
     }
-    for kb in 0..w.kblocks {
-        for c in 0..nc {
-            let blk = w.block(nb0 + c, kb);
+    for kb in 0..kpad / KB {
+        for (c, col) in cols.iter().enumerate() {
+            let blk = &col[kb * BLOCK..(kb + 1) * BLOCK];
             for (r, orow) in out.iter_mut().enumerate().take(mr) {
                 let xr = &x[(m0 + r) * kpad + kb * KB..][..KB];
                 for (p, pair) in blk.chunks_exact(2 * NB).enumerate() {
@@ -336,7 +320,7 @@ pub(crate) fn to_bf16(src: &[f32], dst: &mut [bf16], simd: bool) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Acc, PackedBf16, BLOCK, KB, NB};
+    use super::{Acc, BLOCK, KB, NB};
     use half::bf16;
 
     /// `dst = src` in bf16, 16 values per `vcvtneps2bf16`.
@@ -406,26 +390,25 @@ mod x86 {
         }
     }
 
-    /// Rows `m0..m0 + R`, column blocks `nb0..nb0 + C`.
+    /// Rows `m0..m0 + R` against the `C` column blocks `cols` (each `kpad / KB` blocks).
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW/BF16; rows `m0..m0 + R` of `x` (each `kpad` values,
-    /// `kpad = w.kblocks * KB`) and column blocks `nb0..nb0 + C` of `w` exist.
+    /// The CPU has AVX-512 F/BW/BF16; rows `m0..m0 + R` of `x` (each `kpad` values)
+    /// exist and each of `cols[..C]` holds `kpad / KB` blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn tile<const R: usize, const C: usize>(
-        w: &PackedBf16,
+        cols: &[&[bf16]],
         x: &[bf16],
         kpad: usize,
         m0: usize,
-        nb0: usize,
         out: &mut Acc,
     ) {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let xp = x.as_ptr().add(m0 * kpad);
-        for kb in 0..w.kblocks {
+        for kb in 0..kpad / KB {
             let mut wp = [std::ptr::null::<bf16>(); C];
             for (c, p) in wp.iter_mut().enumerate() {
-                *p = w.data.as_ptr().add(((nb0 + c) * w.kblocks + kb) * BLOCK);
+                *p = cols[c].as_ptr().add(kb * BLOCK);
             }
             for p in 0..KB / 2 {
                 let mut wv = [_mm512_setzero_si512(); C];
@@ -639,12 +622,7 @@ pub fn matmul_epi_on(
     if path == Path::Amx {
         return Ok(amx_product(w, x, m, bias, epi));
     }
-    let kpad = w.kblocks * KB;
-    let xb = bf16_rows(x, m, k, m, kpad, path == Path::Avx512);
-    let simd = path == Path::Avx512;
-    let mut y = split_columns(m, n, k, |b0, b1, out| {
-        run_simd(w, &xb, kpad, m, b0, b1, simd, bias, out)
-    });
+    let mut y = simd_product(w, x, m, bias, path == Path::Avx512);
     if !epi.is_empty() {
         // SAFETY: `y` is m rows of n values, borrowed mutably here alone; the residual
         // holds m rows of n (checked above).
@@ -933,9 +911,28 @@ fn write_out(
     }
 }
 
+/// `x [m, k] · Wᵀ (+ bias)` → `[m, n]` on the AVX512-BF16 kernel where `simd` (only
+/// where [`has_avx512_bf16`] holds), else the plain loop: column blocks split over the
+/// pool, each group of [`TC`] column blocks fetched once (dequantized, for a quantized
+/// weight) and run against every input row.
+pub(crate) fn simd_product<W: ColumnBlocks>(
+    w: &W,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    simd: bool,
+) -> Vec<f32> {
+    let (n, k) = w.shape();
+    let kpad = w.kblocks() * KB;
+    let xb = bf16_rows(x, m, k, m, kpad, simd);
+    split_columns(m, n, k, |b0, b1, out| {
+        run_simd(w, &xb, kpad, m, b0, b1, simd, bias, out)
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
-fn run_simd(
-    w: &PackedBf16,
+fn run_simd<W: ColumnBlocks>(
+    w: &W,
     xb: &[bf16],
     kpad: usize,
     m: usize,
@@ -945,16 +942,22 @@ fn run_simd(
     bias: Option<&[f32]>,
     out: OutPtr,
 ) {
+    let n = w.shape().0;
     let mut acc: Acc = [[0.0; TC * NB]; TR];
+    let mut scratch: [Vec<bf16>; TC] = Default::default();
     let mut nb = b0;
     while nb < b1 {
         let nc = if b1 - nb >= TC { TC } else { 1 };
+        let mut cols: [&[bf16]; TC] = [&[]; TC];
+        for (c, (col, buf)) in cols.iter_mut().zip(scratch.iter_mut()).enumerate().take(nc) {
+            *col = w.column_blocks(nb + c, buf);
+        }
         let mut i = 0;
         while i < m {
             let mr = if m - i >= TR { TR } else { 1 };
-            tile(simd, w, xb, kpad, i, mr, nb, nc, &mut acc);
+            tile(simd, &cols[..nc], xb, kpad, i, mr, &mut acc);
             for (r, row) in acc.iter().enumerate().take(mr) {
-                write_out(&row[..nc * NB], nc * NB, 1, i + r, m, nb, w.rows, bias, out);
+                write_out(&row[..nc * NB], nc * NB, 1, i + r, m, nb, n, bias, out);
             }
             i += mr;
         }
@@ -962,16 +965,13 @@ fn run_simd(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn tile(
     simd: bool,
-    w: &PackedBf16,
+    cols: &[&[bf16]],
     x: &[bf16],
     kpad: usize,
     m0: usize,
     mr: usize,
-    nb0: usize,
-    nc: usize,
     out: &mut Acc,
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -979,17 +979,17 @@ fn tile(
         // SAFETY: `simd` is true only when `has_avx512_bf16()`; rows and blocks are in
         // range (see `run_simd`).
         unsafe {
-            match (mr, nc) {
-                (4, 4) => return x86::tile::<4, 4>(w, x, kpad, m0, nb0, out),
-                (4, 1) => return x86::tile::<4, 1>(w, x, kpad, m0, nb0, out),
-                (1, 4) => return x86::tile::<1, 4>(w, x, kpad, m0, nb0, out),
-                (1, 1) => return x86::tile::<1, 1>(w, x, kpad, m0, nb0, out),
+            match (mr, cols.len()) {
+                (4, 4) => return x86::tile::<4, 4>(cols, x, kpad, m0, out),
+                (4, 1) => return x86::tile::<4, 1>(cols, x, kpad, m0, out),
+                (1, 4) => return x86::tile::<1, 4>(cols, x, kpad, m0, out),
+                (1, 1) => return x86::tile::<1, 1>(cols, x, kpad, m0, out),
                 _ => {}
             }
         }
     }
     let _ = simd;
-    tile_scalar(w, x, kpad, m0, mr, nb0, nc, out)
+    tile_scalar(cols, x, kpad, m0, mr, out)
 }
 
 /// Copies the valid part of a 2×2 block of tiles (`vals`: [`PAIR`] rows of `PAIR`

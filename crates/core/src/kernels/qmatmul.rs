@@ -98,7 +98,7 @@ impl QFormat {
         }
     }
 
-    /// A K-quant (f32 sub-block scales here).
+    /// A K-quant (super-blocks of 256 values).
     pub fn is_k(self) -> bool {
         matches!(
             self,
@@ -170,11 +170,11 @@ pub struct PackedQ {
     /// minimum of the `_1` formats, `-8d` / `-16d` for Q4_0 / Q5_0 (exact in f16);
     /// empty for Q8_0.
     m: Vec<f16>,
-    /// The K-quants' scales instead of `d` (which is then empty): `d · scale` of each
+    /// Q4_K–Q6_K's scales instead of `d` (which is then empty): `d · scale` of each
     /// block of 32 (Q4_K, Q5_K) or of each 16 values (Q6_K, two per block), in f32.
     dk: Vec<f32>,
-    /// The K-quants' additive terms instead of `m`: `−dmin · min` per block (Q4_K,
-    /// Q5_K); empty for Q6_K.
+    /// Q4_K / Q5_K's additive terms instead of `m`: `−dmin · min` per block; empty for
+    /// the other K-quants.
     mk: Vec<f32>,
     /// Q2_K and Q3_K keep their sub-block scales as in the file, one byte per 16 values
     /// (not in `dk`, which would take more room than their quants): Q3_K's signed 6-bit
@@ -1581,13 +1581,37 @@ pub fn matmul_amx(w: &PackedQ, x: &[f32], m: usize) -> Option<Result<Vec<f32>, S
     )))
 }
 
+/// Input rows from which a product runs on the AVX512-BF16 kernel where AMX does not
+/// (where [`has_avx512_bf16`]): the weight dequantized to bf16 one group of column blocks
+/// at a time, activations in bf16, f32 sums, as on AMX.
+///
+/// [`has_avx512_bf16`]: super::bf16::has_avx512_bf16
+pub const BF16_MIN_ROWS: usize = 64;
+
+/// `x [m, w.cols] · Wᵀ` on the AVX512-BF16 kernel, with the numerics of
+/// [`matmul_amx`]. `None` where AVX512-BF16 does not run here.
+pub fn matmul_bf16(w: &PackedQ, x: &[f32], m: usize) -> Option<Result<Vec<f32>, String>> {
+    if !super::bf16::has_avx512_bf16() {
+        return None;
+    }
+    if x.len() != m * w.cols {
+        return Some(Err(format!(
+            "quantized matmul: input has {} values, expected {m} rows of {}",
+            x.len(),
+            w.cols
+        )));
+    }
+    Some(Ok(super::bf16::simd_product(w, x, m, None, true)))
+}
+
 /// The candle op: `x [..., cols]` (f32) → `[..., rows]`.
 #[derive(Debug, Clone)]
 pub struct QMatMulOp {
     weight: Arc<PackedQ>,
     isa: Isa,
-    /// Products of [`AMX_MIN_ROWS`] rows or more go to [`matmul_amx`] where it runs.
-    amx: bool,
+    /// Products of [`AMX_MIN_ROWS`] rows or more go to [`matmul_amx`] where it runs,
+    /// else from [`BF16_MIN_ROWS`] to [`matmul_bf16`] where that runs.
+    bf16: bool,
 }
 
 impl QMatMulOp {
@@ -1595,7 +1619,7 @@ impl QMatMulOp {
         Self {
             weight,
             isa: Isa::detect(),
-            amx: true,
+            bf16: true,
         }
     }
 
@@ -1605,7 +1629,7 @@ impl QMatMulOp {
         Self {
             weight,
             isa,
-            amx: false,
+            bf16: false,
         }
     }
 }
@@ -1618,8 +1642,13 @@ impl CustomOp1 for QMatMulOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let w = &self.weight;
         linear_op_fwd("quantized matmul", s, l, w.rows, w.cols, |x, m| {
-            if self.amx && m >= AMX_MIN_ROWS {
+            if self.bf16 && m >= AMX_MIN_ROWS {
                 if let Some(y) = matmul_amx(w, x, m) {
+                    return y;
+                }
+            }
+            if self.bf16 && m >= BF16_MIN_ROWS {
+                if let Some(y) = matmul_bf16(w, x, m) {
                     return y;
                 }
             }
@@ -1671,19 +1700,37 @@ mod tests {
         cols.next_multiple_of(f.block_values())
     }
 
-    /// The AMX path (where it runs): equal to the f64 product of the bf16-rounded
-    /// dequantized weight and bf16-rounded input, for every format, odd block counts and
-    /// row counts not multiples of 16; its error against the exact f32 product stays
-    /// within that of the 8-bit activation path.
+    /// A quantized product on one of the bf16 paths.
+    type Path = fn(&PackedQ, &[f32], usize) -> Option<Result<Vec<f32>, String>>;
+
+    /// The bf16 paths, AMX and AVX512-BF16 (each where it runs): equal to the f64 product
+    /// of the bf16-rounded dequantized weight and bf16-rounded input, for every format,
+    /// odd block counts and row counts not multiples of 16; their error against the exact
+    /// f32 product stays within that of the 8-bit activation path.
     #[test]
-    fn amx_path_is_the_bf16_product_of_the_dequantized_weight() {
+    fn bf16_paths_are_the_bf16_product_of_the_dequantized_weight() {
+        for (name, path) in [("AMX", matmul_amx as Path), ("AVX512-BF16", matmul_bf16)] {
+            if path(
+                &packed(GgmlDType::Q4_0, QFormat::Q4_0, 16, 64).1,
+                &[0.0; 64],
+                1,
+            )
+            .is_none()
+            {
+                eprintln!("NOTICE: no {name} here; that path is not exercised");
+                continue;
+            }
+            bf16_path_check(path);
+        }
+    }
+
+    fn bf16_path_check(path: Path) {
         for (t, f) in FORMATS {
-            for (rows, cols, m) in [(40, 96, 70), (33, 64, 17), (64, 1024, 64)] {
+            for (rows, cols, m) in [(40, 96, 70), (33, 64, 17), (64, 1024, 64), (70, 64, 5)] {
                 let cols = width(f, cols);
                 let (_, p) = packed(t, f, rows, cols);
                 let x = input(m, cols);
-                let Some(y) = matmul_amx(&p, &x, m) else {
-                    eprintln!("NOTICE: no AMX here; the AMX path is not exercised");
+                let Some(y) = path(&p, &x, m) else {
                     return;
                 };
                 let y = y.unwrap();
@@ -1708,12 +1755,12 @@ mod tests {
                 }
                 assert!(
                     err_amx <= 1.5 * err_int,
-                    "{f:?}: AMX error {err_amx} vs 8-bit path {err_int}"
+                    "{f:?}: bf16 error {err_amx} vs 8-bit path {err_int}"
                 );
             }
         }
         let (_, p) = packed(GgmlDType::Q4_1, QFormat::Q4_1, 16, 64);
-        if let Some(r) = matmul_amx(&p, &[0.0; 10], 1) {
+        if let Some(r) = path(&p, &[0.0; 10], 1) {
             assert!(r.is_err());
         }
     }
