@@ -332,7 +332,22 @@ fn attention_by_ops(
     let n_rep = h / k.dim(1)?;
     let k = repeat_kv(k, n_rep)?.contiguous()?;
     let v = repeat_kv(v, n_rep)?.contiguous()?;
-    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    let raw = q.matmul(&k.t()?)?;
+    let t = k.dim(2)?;
+    if softcap.is_none()
+        && runs_kernels(&raw)
+        && runs_kernels(mask)
+        && matches!(mask.dims4(), Ok((mb, 1, ms, mt)) if (mb == b || mb == 1) && ms == s && mt == t)
+    {
+        // Scale, mask and softmax in one pass, the same to the bit (see the op).
+        let op = crate::kernels::fused::MaskedSoftmaxOp {
+            scale: scale as f32,
+        };
+        let probs = raw.apply_op2_no_bwd(&mask.contiguous()?, &op)?;
+        let probs = probs_dropout.forward(&probs)?;
+        return probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h * d));
+    }
+    let mut scores = (raw * scale)?;
     if let Some(cap) = softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
     }

@@ -880,6 +880,99 @@ unsafe fn attend_row_avx512(
     attend_row(r, q, mask, scores, o)
 }
 
+/// Attention probabilities from raw scores in one pass per row:
+/// `softmax(scores · scale + mask)` over the last dimension, for `scores [b, h, s, t]` and
+/// an additive `mask [b or 1, 1, s, t]`. The same operations in the same order as the
+/// op-by-op path (`scores * scale`, `broadcast_add(mask)`, candle's `softmax_last_dim`:
+/// max, `exp(v − max)`, a sequential f32 sum, division), so the result is the same to
+/// the bit; the exponential is skipped where `v − max < −110`, whose `exp` is exactly 0
+/// in f32 (the masked positions: libm's slow underflow path took a sixth of a prompt's
+/// attention time). Rows run on the kernel pool.
+#[derive(Debug, Clone, Copy)]
+pub struct MaskedSoftmaxOp {
+    pub scale: f32,
+}
+
+/// Below this, `exp` rounds to 0 in f32 (the smallest subnormal is `e^−103.28`).
+const EXP_ZERO_BELOW: f32 = -110.0;
+
+/// One row: `out = softmax(s · scale + m)`, as [`MaskedSoftmaxOp`] describes.
+fn masked_softmax_row(s: &[f32], m: &[f32], scale: f32, out: &mut [f32]) {
+    for ((o, v), mv) in out.iter_mut().zip(s).zip(m) {
+        // `Tensor * f64` is candle's affine `v · scale + 0`.
+        *o = (v * scale + 0.0) + mv;
+    }
+    let mut max = f32::NEG_INFINITY;
+    for v in out.iter() {
+        max = max.max(*v);
+    }
+    for o in out.iter_mut() {
+        let d = *o - max;
+        *o = if d < EXP_ZERO_BELOW { 0.0 } else { d.exp() };
+    }
+    let mut sum = 0f32;
+    for o in out.iter() {
+        sum += o;
+    }
+    for o in out.iter_mut() {
+        *o /= sum;
+    }
+}
+
+impl CustomOp2 for MaskedSoftmaxOp {
+    fn name(&self) -> &'static str {
+        "rustformers-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ss: &CpuStorage,
+        sl: &Layout,
+        ms: &CpuStorage,
+        ml: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let scores = contiguous(f32_data(ss, "masked softmax")?, sl, "masked softmax")?;
+        let mask = contiguous(f32_data(ms, "masked softmax")?, ml, "masked softmax")?;
+        let (b, h, s, t) = sl.shape().dims4()?;
+        let (mb, one, ms_, mt) = ml.shape().dims4()?;
+        if !(mb == b || mb == 1) || one != 1 || ms_ != s || mt != t {
+            candle_core::bail!(
+                "masked softmax: mask {:?} for scores {:?}",
+                ml.shape().dims(),
+                sl.shape().dims()
+            );
+        }
+        let rows = b * h * s;
+        let mut out = vec![0f32; rows * t];
+        if t == 0 {
+            return Ok((CpuStorage::F32(out), sl.shape().clone()));
+        }
+        // Row r is (batch r / (h·s), query r % s); its mask row (batch or 0, query).
+        let mask_row = |r: usize| {
+            let (bi, si) = (r / (h * s), r % s);
+            let bm = if mb == 1 { 0 } else { bi };
+            &mask[(bm * s + si) * t..(bm * s + si + 1) * t]
+        };
+        const ROWS: usize = 32;
+        let tasks = rows.div_ceil(ROWS);
+        let ptr = OutPtr(out.as_mut_ptr());
+        let run = |t0: usize| {
+            for r in t0 * ROWS..((t0 + 1) * ROWS).min(rows) {
+                // SAFETY: row r of `out` belongs to this task alone; `out` outlives the
+                // pool run.
+                let o = unsafe { std::slice::from_raw_parts_mut(ptr.at(r * t), t) };
+                masked_softmax_row(&scores[r * t..(r + 1) * t], mask_row(r), self.scale, o);
+            }
+        };
+        if tasks <= 1 {
+            run(0);
+        } else {
+            Pool::global().run(tasks, &run);
+        }
+        Ok((CpuStorage::F32(out), sl.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1011,5 +1104,57 @@ mod tests {
             }
             assert_eq!(ran, 14);
         }
+    }
+
+    /// The fused scale-mask-softmax equals candle's op-by-op path to the bit, for masks
+    /// of `f32::MIN` and of `−∞`, per batch and broadcast over the batch; a mask of the
+    /// wrong shape is an error.
+    #[test]
+    fn masked_softmax_equals_the_op_by_op_path_exactly() {
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let (b, h, s, t) = (2, 3, 5, 70);
+        let scores = Tensor::randn(0f32, 3.0, (b, h, s, t), &dev).unwrap();
+        for fill in [f32::MIN, f32::NEG_INFINITY] {
+            for mb in [b, 1] {
+                // Causal over the last s keys, plus a padded first key in batch 1.
+                let mask: Vec<f32> = (0..mb * s * t)
+                    .map(|i| {
+                        let (bi, si, ti) = (i / (s * t), (i / t) % s, i % t);
+                        if ti > t - s + si || (bi == 1 && ti == 0) {
+                            fill
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, (mb, 1, s, t), &dev).unwrap();
+                // Scaled scores spread over ±40: unmasked `v − max` down to about −80.
+                let scale = 4.0f64;
+                let fused = scores
+                    .apply_op2_no_bwd(
+                        &mask,
+                        &MaskedSoftmaxOp {
+                            scale: scale as f32,
+                        },
+                    )
+                    .unwrap();
+                let by_ops = candle_nn::ops::softmax_last_dim(
+                    &(&scores * scale).unwrap().broadcast_add(&mask).unwrap(),
+                )
+                .unwrap();
+                let a = fused.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let e = by_ops.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(
+                    a.iter().zip(&e).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "fill {fill}, mask batch {mb}"
+                );
+                assert!(a.contains(&0.0) && a.iter().all(|v| v.is_finite()));
+            }
+        }
+        let bad = Tensor::zeros((1, 1, s, t + 1), candle_core::DType::F32, &dev).unwrap();
+        assert!(scores
+            .apply_op2_no_bwd(&bad, &MaskedSoftmaxOp { scale: 1.0 })
+            .is_err());
     }
 }
