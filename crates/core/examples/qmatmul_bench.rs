@@ -79,29 +79,22 @@ fn main() {
                 (rows * cols * m) as f64 / s / 1e9
             );
         }
-        if matmul_bf16(&p, &x, m).is_some() {
+        type Bf16Path = fn(&PackedQ, &[f32], usize) -> Option<Result<Vec<f32>, String>>;
+        for (name, path) in [
+            ("AVX512-BF16", matmul_bf16 as Bf16Path),
+            ("AMX-bf16", matmul_amx),
+        ] {
+            if path(&p, &x, m).is_none() {
+                continue;
+            }
             let iters = (2_000_000_000 / (rows * cols * m)).clamp(3, 20_000);
             let t0 = Instant::now();
             for _ in 0..iters {
-                std::hint::black_box(matmul_bf16(&p, &x, m));
+                std::hint::black_box(path(&p, &x, m));
             }
             let s = t0.elapsed().as_secs_f64() / iters as f64;
             println!(
-                "{f:?} AVX512-BF16 [{rows}x{cols}] m={m}: {:.1} us, {:.2} GB/s, {:.2} GMAC/s",
-                s * 1e6,
-                p.size_in_bytes() as f64 / s / 1e9,
-                (rows * cols * m) as f64 / s / 1e9
-            );
-        }
-        if matmul_amx(&p, &x, m).is_some() {
-            let iters = (2_000_000_000 / (rows * cols * m)).clamp(3, 20_000);
-            let t0 = Instant::now();
-            for _ in 0..iters {
-                std::hint::black_box(matmul_amx(&p, &x, m));
-            }
-            let s = t0.elapsed().as_secs_f64() / iters as f64;
-            println!(
-                "{f:?} AMX-bf16 [{rows}x{cols}] m={m}: {:.1} us, {:.2} GB/s, {:.2} GMAC/s",
+                "{f:?} {name} [{rows}x{cols}] m={m}: {:.1} us, {:.2} GB/s, {:.2} GMAC/s",
                 s * 1e6,
                 p.size_in_bytes() as f64 / s / 1e9,
                 (rows * cols * m) as f64 / s / 1e9

@@ -172,8 +172,8 @@ impl PackedBf16 {
     }
 }
 
-/// A weight the bf16 paths (AMX, AVX512-BF16) read as column blocks: `kblocks` consecutive blocks of
-/// [`NB`] columns × [`KB`] inputs each, in `tdpbf16ps`'s layout.
+/// A weight the bf16 paths (AMX, AVX512-BF16) read as column blocks: `kblocks`
+/// consecutive blocks of [`NB`] columns × [`KB`] inputs each, in `tdpbf16ps`'s layout.
 pub(crate) trait ColumnBlocks: Sync {
     /// `[rows, cols]` of the weight.
     fn shape(&self) -> (usize, usize);

@@ -1512,13 +1512,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 /// `x [m, w.cols] · Wᵀ` → `[m, w.rows]`, row-major.
 pub fn matmul(w: &PackedQ, x: &[f32], m: usize, isa: Isa) -> Result<Vec<f32>, String> {
-    if x.len() != m * w.cols {
-        return Err(format!(
-            "quantized matmul: input has {} values, expected {m} rows of {}",
-            x.len(),
-            w.cols
-        ));
-    }
+    check_input(w, x, m)?;
     let a = QActs::quantize(x, m, w.cols);
     let n = w.rows;
     let mut out = vec![0f32; m * n];
@@ -1565,12 +1559,8 @@ pub fn matmul_amx(w: &PackedQ, x: &[f32], m: usize) -> Option<Result<Vec<f32>, S
     if !super::bf16::has_amx_bf16() {
         return None;
     }
-    if x.len() != m * w.cols {
-        return Some(Err(format!(
-            "quantized matmul: input has {} values, expected {m} rows of {}",
-            x.len(),
-            w.cols
-        )));
+    if let Err(e) = check_input(w, x, m) {
+        return Some(Err(e));
     }
     Some(Ok(super::bf16::amx_product(
         w,
@@ -1594,14 +1584,22 @@ pub fn matmul_bf16(w: &PackedQ, x: &[f32], m: usize) -> Option<Result<Vec<f32>, 
     if !super::bf16::has_avx512_bf16() {
         return None;
     }
+    if let Err(e) = check_input(w, x, m) {
+        return Some(Err(e));
+    }
+    Some(Ok(super::bf16::simd_product(w, x, m, None, true)))
+}
+
+/// An error unless `x` holds `m` rows of `w.cols` values.
+fn check_input(w: &PackedQ, x: &[f32], m: usize) -> Result<(), String> {
     if x.len() != m * w.cols {
-        return Some(Err(format!(
+        return Err(format!(
             "quantized matmul: input has {} values, expected {m} rows of {}",
             x.len(),
             w.cols
-        )));
+        ));
     }
-    Some(Ok(super::bf16::simd_product(w, x, m, None, true)))
+    Ok(())
 }
 
 /// The candle op: `x [..., cols]` (f32) → `[..., rows]`.
