@@ -41,4 +41,12 @@ pub(crate) mod test_util {
             .and_then(|d| d.to_scalar::<f32>())
             .expect("tensors of one shape and dtype f32")
     }
+
+    /// `max |t|` over every element (f32).
+    pub fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .and_then(|a| a.max_all())
+            .and_then(|m| m.to_scalar::<f32>())
+            .expect("an f32 tensor")
+    }
 }

@@ -1284,21 +1284,8 @@ mod tests {
             let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
             let (xr, wr, gr) = (round(x.as_tensor()), round(w.as_tensor()), round(&g));
             let close = |a: &Tensor, b: &Tensor, what: &str| {
-                let d = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let s = b
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = crate::test_util::max_abs_diff(a, b);
+                let s = crate::test_util::max_abs(b);
                 assert!(d <= 1e-5 * (1.0 + s), "[{m}, {n}, {k}] {what}: {d}");
             };
             close(&y, &xr.matmul(&wr.t().unwrap()).unwrap(), "y");

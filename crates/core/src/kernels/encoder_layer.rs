@@ -962,13 +962,7 @@ mod tests {
                         wv.is_some()
                     );
                 };
-                let scale = wv
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let scale = crate::test_util::max_abs(wv);
                 let diff = crate::test_util::max_abs_diff(gv, wv);
                 assert!(
                     diff <= 10.0 * tol * (1.0 + scale),
