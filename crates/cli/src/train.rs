@@ -44,6 +44,8 @@ Any of Python's TrainingArguments can be given as a flag (--num-train-epochs 3,
 --learning-rate 2e-5, --eval-strategy epoch, --save-steps 500, --report-to tensorboard,
 ...) or in ARGS.json. The model, tokenizer, trainer_state.json and training_curves.png
 go to DIR, checkpoints to DIR/checkpoint-N. Prints the metrics as one JSON line.
+A DIR that already holds files is refused unless --overwrite-output-dir; one that
+holds checkpoints resumes from the newest, as Python's example scripts do.
 With --lora-r, only LoRA adapters (PEFT's default targets for the model type unless
 --lora-target-modules) and the classification head train, and DIR holds a PEFT adapter
 (adapter_model.safetensors, adapter_config.json) that `rustformers run --model DIR` and
@@ -141,9 +143,36 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
         .get("ignore-mismatched-sizes")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    // As Python's example scripts: an output folder that holds files is refused unless
+    // --overwrite-output-dir; one that holds checkpoints resumes from the newest.
+    let detected = if args.overwrite_output_dir || resume_arg.is_some() {
+        None
+    } else {
+        let last = last_checkpoint(&args.output_dir)?;
+        let has_files = std::fs::read_dir(&args.output_dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if last.is_none() && has_files {
+            bail!(
+                "output directory {} already exists and is not empty: use \
+                 --overwrite-output-dir to train into it",
+                args.output_dir.display()
+            );
+        }
+        last
+    };
     let resume = |out: &std::path::Path| -> Result<Option<PathBuf>> {
         Ok(match resume_arg.as_deref() {
-            None => None,
+            None => {
+                if let Some(l) = &detected {
+                    eprintln!(
+                        "checkpoint detected, resuming training at {} (--overwrite-output-dir \
+                         to train from scratch)",
+                        l.display()
+                    );
+                }
+                detected.clone()
+            }
             Some("last") => Some(last_checkpoint(out)?.ok_or_else(|| {
                 anyhow!(
                     "--resume-from-checkpoint last: no checkpoint-N in {}",

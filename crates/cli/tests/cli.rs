@@ -815,6 +815,108 @@ fn train_fine_tunes_into_a_folder_run_loads() {
     assert_clean_error(&o, "--ignore-mismatched-sizes");
 }
 
+/// `train`'s output folder as Python's example scripts treat it, with a CSV file (ids in
+/// a label column of another name) and an arguments file: a folder that holds other
+/// files is refused and they stay; one with checkpoints resumes from the newest; a bad
+/// training file leaves a trained folder untouched; --overwrite-output-dir trains into a
+/// used folder.
+#[test]
+fn train_output_folders_csv_ids_and_an_args_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("sentence,target\n");
+    for i in 0..16 {
+        let (t, l) = if i % 2 == 0 {
+            ("the hot one", 1)
+        } else {
+            ("it was for you", 0)
+        };
+        csv.push_str(&format!("{t},{l}\n"));
+    }
+    let train = dir.path().join("train.csv");
+    std::fs::write(&train, csv).unwrap();
+    let out = dir.path().join("out");
+    let args_file = dir.path().join("args.json");
+    std::fs::write(
+        &args_file,
+        serde_json::json!({"output_dir": out, "num_train_epochs": 2, "save_strategy": "epoch",
+            "learning_rate": 5e-3, "per_device_train_batch_size": 8, "logging_steps": 1})
+        .to_string(),
+    )
+    .unwrap();
+    let model = fixture("tiny-bert-seqcls");
+    let run = |file: &std::path::Path, extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--task",
+            "text-classification",
+            "--model",
+            &model,
+            "--train-file",
+            file.to_str().unwrap(),
+            "--label-column",
+            "target",
+            "--args-file",
+            args_file.to_str().unwrap(),
+            "--ignore-mismatched-sizes",
+        ];
+        a.extend(extra);
+        bin().args(&a).output().unwrap()
+    };
+    let o = run(&train, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    // Ids 0 and 1 of a 2-label set (the fixture's config names 3 labels).
+    assert_eq!(
+        cfg["id2label"],
+        serde_json::json!({"0": "LABEL_0", "1": "LABEL_1"})
+    );
+    let step = |dir: &std::path::Path| {
+        let st: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json")).unwrap())
+                .unwrap();
+        st["global_step"].as_u64().unwrap()
+    };
+    assert_eq!(step(&out), 4);
+    let weights = std::fs::read(out.join("model.safetensors")).unwrap();
+    // A bad file: one error line, the trained folder as it was.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "sentence,target\nthe hot one,1\nit was,0,3\n").unwrap();
+    let o = run(&bad, &[]);
+    assert_clean_error(&o, "bad.csv:3: 3 fields, the header has 2");
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        weights
+    );
+    // Checkpoints in the folder: the run resumes from the newest and goes on to 4 epochs.
+    let o = run(&train, &["--num-train-epochs", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("resuming training at"), "{err}");
+    assert_eq!(step(&out), 8);
+    assert!(out.join("checkpoint-4").is_dir() && out.join("checkpoint-8").is_dir());
+    // Other files and no checkpoint: refused, the file kept; then trained into with the flag.
+    let used = dir.path().join("used");
+    std::fs::create_dir(&used).unwrap();
+    std::fs::write(used.join("notes.txt"), "mine").unwrap();
+    let o = run(&train, &["--output-dir", used.to_str().unwrap()]);
+    assert_clean_error(&o, "already exists and is not empty");
+    let o = run(
+        &train,
+        &[
+            "--output-dir",
+            used.to_str().unwrap(),
+            "--overwrite-output-dir",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(used.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    assert!(used.join("model.safetensors").is_file());
+}
+
 /// `train` for the other tasks: token classification (tags aligned to first sub-tokens),
 /// masked LM and causal LM (texts in blocks) each write a folder the matching `run`
 /// pipeline loads; the causal run's perplexity on its training text falls.

@@ -36,6 +36,9 @@ pub enum SchedulerType {
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingArguments {
     pub output_dir: PathBuf,
+    /// Train into an `output_dir` that already holds files (the CLI refuses one
+    /// otherwise, as Python's example scripts do).
+    pub overwrite_output_dir: bool,
     pub num_train_epochs: f64,
     /// Total optimizer steps; overrides `num_train_epochs` when positive.
     pub max_steps: i64,
@@ -73,6 +76,7 @@ impl Default for TrainingArguments {
     fn default() -> Self {
         Self {
             output_dir: PathBuf::from("trainer_output"),
+            overwrite_output_dir: false,
             num_train_epochs: 3.0,
             max_steps: -1,
             per_device_train_batch_size: 8,
@@ -271,12 +275,15 @@ impl TrainingArguments {
 /// A flag's value in the type of the field it sets.
 fn parse_flag(key: &str, current: &Value, value: Option<&str>) -> Result<Value> {
     let err = |what: &str| TrainerError::Args(format!("--{key}: {what}"));
+    // The optional booleans (null until set) parse as booleans.
+    let boolean = current.is_boolean() || key == "greater_is_better";
     match (current, value) {
-        (Value::Bool(_), None) => Ok(Value::Bool(true)),
+        (_, None) if boolean => Ok(Value::Bool(true)),
         (_, None) => Err(err("needs a value")),
-        (Value::Bool(_), Some(v)) => match v.to_ascii_lowercase().as_str() {
+        (_, Some(v)) if boolean => match v.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => Ok(Value::Bool(true)),
             "false" | "0" | "no" => Ok(Value::Bool(false)),
+            "none" | "null" if current.is_null() => Ok(Value::Null),
             _ => Err(err(&format!("`{v}` is not true or false"))),
         },
         (Value::Array(_), Some(v)) => Ok(Value::Array(
@@ -351,6 +358,25 @@ mod tests {
         assert_eq!(a.seed, 42);
         assert_eq!(a.eval_strategy, IntervalStrategy::No);
         assert_eq!(a.save_strategy, IntervalStrategy::Steps);
+        // The rest of the fields, as `TrainingArguments("o")` of transformers 4.46 has them.
+        assert!(!a.overwrite_output_dir);
+        assert_eq!(a.max_steps, -1);
+        assert_eq!(a.per_device_eval_batch_size, 8);
+        assert_eq!(a.gradient_accumulation_steps, 1);
+        assert_eq!(a.weight_decay, 0.0);
+        assert_eq!(a.adam_beta1, 0.9);
+        assert_eq!(a.warmup_steps, 0);
+        assert_eq!(a.warmup_ratio, 0.0);
+        assert_eq!(a.eval_steps, None);
+        assert_eq!(a.save_total_limit, None);
+        assert!(!a.load_best_model_at_end);
+        assert_eq!(a.metric_for_best_model, None);
+        assert_eq!(a.greater_is_better, None);
+        assert!(!a.bf16);
+        assert!(!a.gradient_checkpointing);
+        // 4.46 turns `report_to=None` into "all" with a warning that the default becomes
+        // "none"; rustformers takes that later default.
+        assert_eq!(a.report_to, ["none"]);
     }
 
     #[test]
@@ -380,6 +406,29 @@ mod tests {
         assert!(b.bf16);
         assert_eq!(b.warmup_ratio, 0.1);
         assert_eq!(b.eval_steps, Some(5.0));
+        // The optional fields: a boolean, a number, a string.
+        let flags = split_flags(&[
+            "--metric_for_best_model".into(),
+            "accuracy".into(),
+            "--greater_is_better".into(),
+            "false".into(),
+            "--save_total_limit".into(),
+            "2".into(),
+        ])
+        .unwrap();
+        let c = a.with_flags(&flags).unwrap();
+        assert_eq!(c.metric_for_best_model.as_deref(), Some("accuracy"));
+        assert_eq!(c.greater_is_better, Some(false));
+        assert_eq!(c.save_total_limit, Some(2));
+        let d = a
+            .with_flags(&[("--greater-is-better".into(), None)])
+            .unwrap();
+        assert_eq!(d.greater_is_better, Some(true));
+        let e = a
+            .with_flags(&[("--greater-is-better".into(), Some("maybe".into()))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not true or false"), "{e}");
     }
 
     #[test]

@@ -54,6 +54,19 @@ pub struct TrainerControl {
 /// default that does nothing). `control` may be changed to stop, save or evaluate.
 #[allow(unused_variables)]
 pub trait TrainerCallback: Send {
+    /// Refuses arguments the callback cannot work with; run by `train` before anything
+    /// is written (Python's callbacks assert in `on_train_begin`).
+    fn check_args(&self, args: &TrainingArguments) -> Result<()> {
+        Ok(())
+    }
+    /// At the end of `Trainer::new` for callbacks given to it, else when added.
+    fn on_init_end(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) {
+    }
     fn on_train_begin(
         &mut self,
         args: &TrainingArguments,
@@ -89,11 +102,52 @@ pub trait TrainerCallback: Send {
         control: &mut TrainerControl,
     ) {
     }
+    /// After a micro-batch's backward pass that does not end an accumulation.
+    fn on_substep_end(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) {
+    }
+    /// After gradient clipping, before the optimizer step.
+    fn on_pre_optimizer_step(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) {
+    }
+    /// After the optimizer step, before the step is counted.
+    fn on_optimizer_step(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) {
+    }
     fn on_step_end(
         &mut self,
         args: &TrainingArguments,
         state: &TrainerState,
         control: &mut TrainerControl,
+    ) {
+    }
+    /// After each evaluation or prediction batch.
+    fn on_prediction_step(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) {
+    }
+    /// After `Trainer::predict`, with its `test_` metrics.
+    fn on_predict(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+        metrics: &Map<String, Value>,
     ) {
     }
     fn on_evaluate(
@@ -169,6 +223,10 @@ pub fn best_metric_value(args: &TrainingArguments, metrics: &Map<String, Value>)
 }
 
 impl TrainerCallback for EarlyStoppingCallback {
+    fn check_args(&self, args: &TrainingArguments) -> Result<()> {
+        Self::check(args)
+    }
+
     fn on_evaluate(
         &mut self,
         args: &TrainingArguments,

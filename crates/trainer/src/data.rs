@@ -169,13 +169,7 @@ fn read_csv(text: &str, path: &Path) -> Result<Vec<Row>> {
         let columns = header
             .iter()
             .zip(rec)
-            .map(|(h, v)| {
-                let value = match v.trim().parse::<i64>() {
-                    Ok(n) if h == "label" => Value::from(n),
-                    _ => Value::String(v),
-                };
-                (h.clone(), value)
-            })
+            .map(|(h, v)| (h.clone(), Value::String(v)))
             .collect();
         rows.push(Row { line, columns });
     }
@@ -236,6 +230,11 @@ pub fn text_classification(path: &Path, label_column: &str) -> Result<Vec<TextEx
         ));
     }
     let pair_col = PAIR_COLUMNS.iter().find(|c| first.contains_key(**c));
+    // CSV has no types: an integer in the label column is a class id (as pandas reads
+    // an integer column), whatever the column's name.
+    let csv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     rows.into_iter()
         .map(|r| {
             let text = match r.columns.get(*text_col) {
@@ -256,7 +255,10 @@ pub fn text_classification(path: &Path, label_column: &str) -> Result<Vec<TextEx
                 }
             };
             let label = match r.columns.get(label_column) {
-                Some(Value::String(s)) => LabelValue::Name(s.clone()),
+                Some(Value::String(s)) => match s.trim().parse::<i64>() {
+                    Ok(id) if csv => LabelValue::Id(id),
+                    _ => LabelValue::Name(s.clone()),
+                },
                 Some(Value::Number(n)) if n.as_i64().is_some() => {
                     LabelValue::Id(n.as_i64().unwrap_or_default())
                 }
@@ -564,6 +566,20 @@ mod tests {
         assert_eq!(e[1].line, 4);
         let ids = LabelSet::from_examples(&e, &q, &["no".into(), "yes".into()]).unwrap();
         assert_eq!(ids.names, ["no", "yes"]);
+        // Ids in a label column of another name; a JSONL string stays a name.
+        let t = write(
+            d.path(),
+            "t.csv",
+            "sentence,target
+x,2
+y,0
+",
+        );
+        let e = text_classification(&t, "target").unwrap();
+        assert_eq!(e[0].label, LabelValue::Id(2));
+        let n = write(d.path(), "n.jsonl", "{\"text\": \"x\", \"label\": \"2\"}\n");
+        let e = text_classification(&n, "label").unwrap();
+        assert_eq!(e[0].label, LabelValue::Name("2".into()));
         // Pairs.
         let p = write(
             d.path(),

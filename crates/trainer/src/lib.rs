@@ -18,6 +18,6 @@ pub use error::{Result, TrainerError};
 pub use optim::{clip_grad_norm, grad_norm_coef, AdamW};
 pub use schedule::Schedule;
 pub use trainer::{
-    accuracy, text_classification_features, EvalPrediction, Features, TrainModel, TrainOutput,
-    Trainer,
+    accuracy, text_classification_features, EvalPrediction, Features, PredictionOutput, TrainModel,
+    TrainOutput, Trainer,
 };

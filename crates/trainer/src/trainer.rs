@@ -248,6 +248,14 @@ fn argmax(row: &[f32]) -> usize {
         .0
 }
 
+/// What `predict` returns (Python's `PredictionOutput`): the predictions and labels,
+/// and the metrics with the `test_` prefix (loss, `compute_metrics`, speed).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PredictionOutput {
+    pub predictions: EvalPrediction,
+    pub metrics: Map<String, Value>,
+}
+
 /// Metrics from predictions (Python's `compute_metrics`); keys get the `eval_` prefix.
 pub type ComputeMetrics = Box<dyn Fn(&EvalPrediction) -> Map<String, Value> + Send>;
 
@@ -327,6 +335,17 @@ impl<'m> Trainer<'m> {
                     .into()
             }));
         }
+        if eval.is_none() && args.eval_strategy != IntervalStrategy::No {
+            // Python's Trainer refuses this too.
+            return Err(TrainerError::Args(format!(
+                "eval_strategy is {} but no evaluation set was given: pass one (--eval-file) \
+                 or set eval_strategy to no",
+                serde_json::to_value(args.eval_strategy)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )));
+        }
         let device = model
             .parameters()
             .first()
@@ -358,7 +377,11 @@ impl<'m> Trainer<'m> {
         self.collator = c;
     }
 
-    pub fn add_callback(&mut self, cb: Box<dyn TrainerCallback>) {
+    /// Adds a callback; its `on_init_end` runs now (Python calls it at the end of
+    /// `Trainer.__init__`).
+    pub fn add_callback(&mut self, mut cb: Box<dyn TrainerCallback>) {
+        let mut control = TrainerControl::default();
+        cb.on_init_end(&self.args, &self.state, &mut control);
         self.callbacks.push(cb);
     }
 
@@ -473,17 +496,16 @@ impl<'m> Trainer<'m> {
         )
     }
 
-    /// Micro-batches per epoch and optimizer updates per epoch (Python:
-    /// `len(dataloader) // gradient_accumulation_steps`, at least 1).
-    fn epoch_shape(&self) -> (usize, usize) {
+    /// Micro-batches per epoch, optimizer updates per epoch as Python counts them for
+    /// `max_steps` (`len(dataloader) // gradient_accumulation_steps`, at least 1), and
+    /// the updates an epoch really runs (a last, shorter accumulation makes one more).
+    fn epoch_shape(&self) -> (usize, usize, usize) {
         let micro = self
             .train
             .len()
             .div_ceil(self.args.per_device_train_batch_size);
-        (
-            micro,
-            (micro / self.args.gradient_accumulation_steps).max(1),
-        )
+        let ga = self.args.gradient_accumulation_steps;
+        (micro, (micro / ga).max(1), micro.div_ceil(ga))
     }
 
     /// The example order of `epoch` (reproducible from the seed, so a resumed run
@@ -499,7 +521,10 @@ impl<'m> Trainer<'m> {
     /// state and data order continue from that checkpoint.
     pub fn train(&mut self, resume_from_checkpoint: Option<&Path>) -> Result<TrainOutput> {
         let args = self.args.clone();
-        let (micro_per_epoch, updates_per_epoch) = self.epoch_shape();
+        let (micro_per_epoch, updates_per_epoch, updates_run_per_epoch) = self.epoch_shape();
+        for cb in &self.callbacks {
+            cb.check_args(&args)?;
+        }
         let total = if args.max_steps > 0 {
             args.max_steps as usize
         } else {
@@ -526,6 +551,7 @@ impl<'m> Trainer<'m> {
         };
         std::fs::create_dir_all(&args.output_dir)
             .map_err(|e| TrainerError::io(&args.output_dir, e))?;
+        remove_unfinished_saves(&args.output_dir)?;
         let mut lp = Loop {
             optimizer,
             vars,
@@ -555,9 +581,12 @@ impl<'m> Trainer<'m> {
         if let Some(ckpt) = resume_from_checkpoint {
             self.resume(ckpt, &mut lp)?;
         }
-        let epochs_done = self.state.global_step / updates_per_epoch;
+        // Where the checkpoint stopped, counted in the updates the loop runs per epoch
+        // (Python counts `len(dataloader) // gradient_accumulation_steps`, which lands
+        // elsewhere when an epoch ends in a shorter accumulation).
+        let epochs_done = self.state.global_step / updates_run_per_epoch;
         let mut skip_micro =
-            (self.state.global_step % updates_per_epoch) * args.gradient_accumulation_steps;
+            (self.state.global_step % updates_run_per_epoch) * args.gradient_accumulation_steps;
         let start = Instant::now();
         let start_step = self.state.global_step;
         let progress = progress_bar(total as u64, start_step as u64);
@@ -600,6 +629,7 @@ impl<'m> Trainer<'m> {
                 in_update += 1;
                 let last = mi + 1 == micro.len();
                 if in_update < args.gradient_accumulation_steps && !last {
+                    self.each(&mut lp.control, |cb, a, s, c| cb.on_substep_end(a, s, c));
                     continue;
                 }
                 // One optimizer update.
@@ -612,7 +642,11 @@ impl<'m> Trainer<'m> {
                     grad_scale = coef;
                 }
                 let lr = lp.schedule.lr(self.state.global_step, args.learning_rate);
+                self.each(&mut lp.control, |cb, a, s, c| {
+                    cb.on_pre_optimizer_step(a, s, c)
+                });
                 lp.optimizer.step_scaled(&grads, lr, grad_scale)?;
+                self.each(&mut lp.control, |cb, a, s, c| cb.on_optimizer_step(a, s, c));
                 grads = vec![None; lp.vars.len()];
                 in_update = 0;
                 self.state.global_step += 1;
@@ -666,7 +700,7 @@ impl<'m> Trainer<'m> {
         self.model.set_training(false, 0);
         if args.load_best_model_at_end {
             if let Some(best) = self.state.best_model_checkpoint.clone() {
-                load_weights(&lp.optimizer, &Path::new(&best).join("model.safetensors"))?;
+                load_weights(&lp.optimizer, Path::new(&best))?;
             }
         }
         let secs = start.elapsed().as_secs_f64().max(1e-9);
@@ -757,19 +791,42 @@ impl<'m> Trainer<'m> {
         Ok(())
     }
 
-    /// Loss (and `compute_metrics`) over the evaluation set, logged with the `eval_`
-    /// prefix.
+    /// Loss (and `compute_metrics`) over the evaluation set with the `eval_` prefix,
+    /// added to `log_history` (with epoch and step) and given to the callbacks, as
+    /// Python's `evaluate`.
     pub fn evaluate(&mut self) -> Result<Map<String, Value>> {
-        let mut lp_control = TrainerControl::default();
+        let mut control = TrainerControl::default();
         let eval = self
             .eval
             .clone()
             .ok_or_else(|| TrainerError::Other("no evaluation set".into()))?;
         let metrics = self.metrics_of(&eval, "eval")?;
+        let mut logs = metrics.clone();
+        logs.insert("epoch".into(), json!(self.state.epoch));
+        logs.insert("step".into(), json!(self.state.global_step));
         for cb in self.callbacks.iter_mut() {
-            cb.on_evaluate(&self.args, &self.state, &mut lp_control, &metrics);
+            cb.on_log(&self.args, &self.state, &mut control, &logs);
+        }
+        self.state.log_history.push(logs);
+        for cb in self.callbacks.iter_mut() {
+            cb.on_evaluate(&self.args, &self.state, &mut control, &metrics);
         }
         Ok(metrics)
+    }
+
+    /// Predictions for `data` with the `test_` metrics (loss, `compute_metrics`,
+    /// speed), as Python's `predict`; calls the callbacks' `on_predict`. Nothing is
+    /// logged.
+    pub fn predict(&mut self, data: &[Features]) -> Result<PredictionOutput> {
+        let (predictions, metrics) = self.predictions_and_metrics(data, "test")?;
+        let mut control = TrainerControl::default();
+        for cb in self.callbacks.iter_mut() {
+            cb.on_predict(&self.args, &self.state, &mut control, &metrics);
+        }
+        Ok(PredictionOutput {
+            predictions,
+            metrics,
+        })
     }
 
     fn evaluate_in(&mut self, lp: &mut Loop) -> Result<Map<String, Value>> {
@@ -785,8 +842,9 @@ impl<'m> Trainer<'m> {
     }
 
     /// Predictions and labels of `data` (in order) and the mean loss. Token-level tasks
-    /// give one row per labelled token.
-    pub fn predict(&self, data: &[Features]) -> Result<(EvalPrediction, f64)> {
+    /// give one row per labelled token. Calls the callbacks' `on_prediction_step` after
+    /// each batch.
+    pub fn predictions(&mut self, data: &[Features]) -> Result<(EvalPrediction, f64)> {
         self.model.set_training(false, 0);
         let mut pred = EvalPrediction::default();
         let mut loss_sum = 0.0;
@@ -799,6 +857,8 @@ impl<'m> Trainer<'m> {
             let (loss, logits) = self.model.loss(&batch)?;
             let logits = logits.detach().to_dtype(DType::F32)?;
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
+            let mut control = TrainerControl::default();
+            self.each(&mut control, |cb, a, s, c| cb.on_prediction_step(a, s, c));
             if logits.rank() == 2 {
                 let rows = logits.to_vec2::<f32>()?;
                 pred.pred_ids.extend(rows.iter().map(|r| argmax(r) as u32));
@@ -830,9 +890,17 @@ impl<'m> Trainer<'m> {
         Ok((pred, loss_sum / data.len().max(1) as f64))
     }
 
-    fn metrics_of(&self, data: &[Features], prefix: &str) -> Result<Map<String, Value>> {
+    fn metrics_of(&mut self, data: &[Features], prefix: &str) -> Result<Map<String, Value>> {
+        Ok(self.predictions_and_metrics(data, prefix)?.1)
+    }
+
+    fn predictions_and_metrics(
+        &mut self,
+        data: &[Features],
+        prefix: &str,
+    ) -> Result<(EvalPrediction, Map<String, Value>)> {
         let start = Instant::now();
-        let (pred, loss) = self.predict(data)?;
+        let (pred, loss) = self.predictions(data)?;
         let secs = start.elapsed().as_secs_f64().max(1e-9);
         let mut m = Map::new();
         m.insert(format!("{prefix}_loss"), json!(loss));
@@ -856,7 +924,7 @@ impl<'m> Trainer<'m> {
             format!("{prefix}_steps_per_second"),
             json!(round3(batches as f64 / secs)),
         );
-        Ok(m)
+        Ok((pred, m))
     }
 
     /// Writes `checkpoint-{step}` atomically, updates the best checkpoint, rotates.
@@ -949,7 +1017,7 @@ impl<'m> Trainer<'m> {
     }
 
     fn resume(&mut self, ckpt: &Path, lp: &mut Loop) -> Result<()> {
-        load_weights(&lp.optimizer, &ckpt.join("model.safetensors"))?;
+        load_weights(&lp.optimizer, ckpt)?;
         lp.optimizer
             .load_state(&ckpt.join("optimizer.safetensors"))?;
         let saved = TrainerState::load(&ckpt.join("trainer_state.json"))?;
@@ -958,6 +1026,33 @@ impl<'m> Trainer<'m> {
                 "resuming a run of {} steps as one of {}",
                 saved.max_steps,
                 self.state.max_steps
+            );
+        }
+        // The schedule and the data order are rebuilt from the arguments; say so when
+        // the checkpoint's differ (the run then does not continue the same way).
+        let sched = read_json(&ckpt.join("scheduler.json"))?;
+        let same_schedule = sched.get("kind")
+            == serde_json::to_value(lp.schedule.kind).ok().as_ref()
+            && sched.get("warmup").and_then(Value::as_u64) == Some(lp.schedule.warmup as u64)
+            && sched.get("total").and_then(Value::as_u64) == Some(lp.schedule.total as u64)
+            && sched.get("base_lr").and_then(Value::as_f64) == Some(self.args.learning_rate);
+        if !same_schedule {
+            tracing::warn!(
+                "{}: the checkpoint's learning-rate schedule {sched} differs from these \
+                 arguments'; the arguments' is used",
+                ckpt.display()
+            );
+        }
+        let rng = read_json(&ckpt.join("rng_state.json"))?;
+        let saved_seed = rng.get("seed").and_then(Value::as_u64);
+        if saved_seed != Some(self.args.seed) {
+            let saved_seed = saved_seed.map_or("none".to_string(), |s| s.to_string());
+            tracing::warn!(
+                "{}: the checkpoint was trained with seed {}, these arguments have {}: the \
+                 data order and dropout masks from here on differ from the interrupted run's",
+                ckpt.display(),
+                saved_seed,
+                self.args.seed
             );
         }
         self.state.global_step = saved.global_step;
@@ -991,18 +1086,31 @@ impl<'m> Trainer<'m> {
     }
 }
 
-/// Sets every parameter of `opt` from a model.safetensors (a checkpoint's).
-fn load_weights(opt: &AdamW, path: &Path) -> Result<()> {
+/// Sets every parameter of `opt` from a checkpoint folder: its model.safetensors, or
+/// for a LoRA run its PEFT adapter_model.safetensors (keys `base_model.model.{name}`).
+fn load_weights(opt: &AdamW, ckpt: &Path) -> Result<()> {
     let dev = opt
         .vars()
         .first()
         .map(|v| v.device().clone())
         .unwrap_or(Device::Cpu);
-    let saved = candle_core::safetensors::load(path, &dev)
+    let full = ckpt.join("model.safetensors");
+    let adapter = ckpt.join("adapter_model.safetensors");
+    let (path, key): (PathBuf, fn(&str) -> String) = if full.is_file() {
+        (full, str::to_string)
+    } else if adapter.is_file() {
+        (adapter, rustformers_core::lora::peft_key)
+    } else {
+        return Err(TrainerError::Other(format!(
+            "{}: no model.safetensors or adapter_model.safetensors",
+            ckpt.display()
+        )));
+    };
+    let saved = candle_core::safetensors::load(&path, &dev)
         .map_err(|e| TrainerError::Other(format!("{}: {e}", path.display())))?;
     for ((name, _), var) in opt.groups().iter().zip(opt.vars()) {
-        let t = saved.get(name).ok_or_else(|| {
-            TrainerError::Other(format!("{}: no weight `{name}`", path.display()))
+        let t = saved.get(&key(name)).ok_or_else(|| {
+            TrainerError::Other(format!("{}: no weight `{}`", path.display(), key(name)))
         })?;
         if t.shape() != var.shape() {
             return Err(TrainerError::Other(format!(
@@ -1013,6 +1121,30 @@ fn load_weights(opt: &AdamW, path: &Path) -> Result<()> {
             )));
         }
         var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Deletes the temporary folders of saves a killed process left unfinished
+/// (`.checkpoint-N.tmp-PID`, `.checkpoint-N.old-PID`); finished checkpoints are never
+/// touched.
+fn remove_unfinished_saves(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let unfinished = name.strip_prefix(".checkpoint-").is_some_and(|rest| {
+            rest.split_once('.').is_some_and(|(step, tail)| {
+                step.parse::<usize>().is_ok()
+                    && (tail.starts_with("tmp-") || tail.starts_with("old-"))
+            })
+        });
+        if unfinished && e.path().is_dir() {
+            let p = e.path();
+            tracing::warn!("removing the unfinished save {}", p.display());
+            std::fs::remove_dir_all(&p).map_err(|e| TrainerError::io(&p, e))?;
+        }
     }
     Ok(())
 }
@@ -1040,6 +1172,11 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
 /// The newest checkpoint of `dir` (Python's `get_last_checkpoint`).
 pub fn last_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(list_checkpoints(dir)?.pop().map(|(_, p)| p))
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainerError::Other(format!("{}: {e}", path.display())))
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<()> {

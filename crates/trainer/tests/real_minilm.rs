@@ -129,10 +129,10 @@ fn minilm_learns_sentiment_and_generalises_to_unseen_words() {
     )
     .unwrap();
     let mut t = Trainer::new(args, &model, Some(&tok), train, Some(test.clone())).unwrap();
-    let (before, _) = t.predict(&test).unwrap();
+    let (before, _) = t.predictions(&test).unwrap();
     let out = t.train(None).unwrap();
     assert_eq!(out.global_step, 18);
-    let (after, eval_loss) = t.predict(&test).unwrap();
+    let (after, eval_loss) = t.predictions(&test).unwrap();
     let (acc0, acc) = (accuracy(&before), accuracy(&after));
     eprintln!(
         "held-out accuracy {acc0:.3} -> {acc:.3}, eval loss {eval_loss:.4}, train loss {:.4}",

@@ -14,10 +14,11 @@ use rustformers_models::{
 };
 use rustformers_trainer::data::{text_classification, LabelSet};
 use rustformers_trainer::trainer::{
-    last_checkpoint, list_checkpoints, text_classification_features,
+    last_checkpoint, list_checkpoints, text_classification_features, Batch,
 };
 use rustformers_trainer::{
-    accuracy, EarlyStoppingCallback, Features, Trainer, TrainerState, TrainingArguments,
+    accuracy, EarlyStoppingCallback, Features, TrainModel, Trainer, TrainerCallback,
+    TrainerControl, TrainerState, TrainingArguments,
 };
 
 fn fixture() -> PathBuf {
@@ -174,6 +175,7 @@ fn loss_falls_and_the_task_is_learned() {
         .iter()
         .filter_map(|l| l.get("eval_accuracy").and_then(Value::as_f64))
         .collect();
+    // Ten epoch-end evaluations (train starts a new history, as Python's does).
     assert_eq!(evals.len(), 10);
     let acc = *evals.last().unwrap();
     assert!(
@@ -194,6 +196,13 @@ fn loss_falls_and_the_task_is_learned() {
         .log_history
         .iter()
         .all(|l| l.contains_key("step") && l.contains_key("epoch")));
+    // A standalone evaluation is logged too, at the last step.
+    let n = t.state.log_history.len();
+    t.evaluate().unwrap();
+    assert_eq!(t.state.log_history.len(), n + 1);
+    let last = &t.state.log_history[n];
+    assert_eq!(last["step"], 80);
+    assert_eq!(last["eval_accuracy"].as_f64(), Some(acc));
     // Curves: TensorBoard events and a PNG.
     assert!(out.join("training_curves.png").is_file());
     let runs: Vec<_> = std::fs::read_dir(out.join("runs"))
@@ -226,6 +235,58 @@ fn loss_falls_and_the_task_is_learned() {
     assert!(diff < 1e-5, "{diff}");
 }
 
+fn max_weight_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    let mut worst = 0f32;
+    for (x, y) in a.iter().zip(b) {
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((p - q).abs());
+        }
+    }
+    worst
+}
+
+/// Trains `model_a` uninterrupted into `out_a`, then `model_b` (a fresh copy) from
+/// `out_a`'s `checkpoint-{from}`; both must end at the same weights and step.
+fn resume_parity(
+    d: &Data,
+    out_a: &Path,
+    out_b: &Path,
+    extra: Value,
+    models: [&PreTrainedModel<dyn SequenceClassificationModel>; 2],
+    from: usize,
+) -> TrainerState {
+    let mut ta = Trainer::new(
+        args(out_a, extra.clone()),
+        models[0],
+        Some(&d.tok),
+        d.train.clone(),
+        None,
+    )
+    .unwrap();
+    ta.train(None).unwrap();
+    let ck = out_a.join(format!("checkpoint-{from}"));
+    let st = TrainerState::load(&ck.join("trainer_state.json")).unwrap();
+    assert_eq!(st.global_step, from);
+    let mut tb = Trainer::new(
+        args(out_b, extra),
+        models[1],
+        Some(&d.tok),
+        d.train.clone(),
+        None,
+    )
+    .unwrap();
+    tb.train(Some(&ck)).unwrap();
+    assert_eq!(tb.state.global_step, ta.state.global_step);
+    let worst = max_weight_diff(&weights(models[0]), &weights(models[1]));
+    assert!(
+        worst <= 1e-6,
+        "resumed from step {from}: differs by {worst}"
+    );
+    // The history continues the checkpoint's.
+    assert!(tb.state.log_history.len() > st.log_history.len());
+    st
+}
+
 #[test]
 fn checkpoints_rotate_and_a_resumed_run_reaches_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,24 +294,29 @@ fn checkpoints_rotate_and_a_resumed_run_reaches_the_same_weights() {
     let extra = json!({"max_steps": 12, "save_steps": 4, "save_strategy": "steps",
         "save_total_limit": 2, "gradient_accumulation_steps": 2, "warmup_steps": 2,
         "weight_decay": 0.01});
-    // Uninterrupted.
-    let full = load(&d.labels);
     let out_a = dir.path().join("a");
-    let mut ta = Trainer::new(
-        args(&out_a, extra.clone()),
-        &full,
-        Some(&d.tok),
-        d.train.clone(),
-        None,
-    )
-    .unwrap();
-    ta.train(None).unwrap();
+    // Interrupted after step 8 (an epoch boundary: 8 micro-batches, 4 updates an
+    // epoch): a fresh model resumes from checkpoint-8.
+    let st = resume_parity(
+        &d,
+        &out_a,
+        &dir.path().join("b"),
+        extra,
+        [&load(&d.labels), &load(&d.labels)],
+        8,
+    );
+    assert_eq!(st.max_steps, 12);
+    assert!(!st.log_history.is_empty());
     let ckpts: Vec<usize> = list_checkpoints(&out_a)
         .unwrap()
         .into_iter()
         .map(|(n, _)| n)
         .collect();
     assert_eq!(ckpts, [8, 12], "save_total_limit 2 keeps the newest two");
+    assert!(last_checkpoint(&out_a)
+        .unwrap()
+        .unwrap()
+        .ends_with("checkpoint-12"));
     let ck = out_a.join("checkpoint-8");
     for f in [
         "model.safetensors",
@@ -264,10 +330,6 @@ fn checkpoints_rotate_and_a_resumed_run_reaches_the_same_weights() {
     ] {
         assert!(ck.join(f).is_file(), "{f}");
     }
-    let st = TrainerState::load(&ck.join("trainer_state.json")).unwrap();
-    assert_eq!(st.global_step, 8);
-    assert_eq!(st.max_steps, 12);
-    assert!(!st.log_history.is_empty());
     let leftovers: Vec<_> = std::fs::read_dir(&out_a)
         .unwrap()
         .flatten()
@@ -277,31 +339,66 @@ fn checkpoints_rotate_and_a_resumed_run_reaches_the_same_weights() {
         leftovers.is_empty(),
         "temporary folders left: {leftovers:?}"
     );
-    // Interrupted after step 8: a fresh model resumes from checkpoint-8.
-    let resumed = load(&d.labels);
-    let out_b = dir.path().join("b");
-    let mut tb = Trainer::new(
-        args(&out_b, extra),
-        &resumed,
-        Some(&d.tok),
-        d.train.clone(),
-        None,
-    )
-    .unwrap();
-    let from = last_checkpoint(&out_a).unwrap().unwrap();
-    assert!(from.ends_with("checkpoint-12"));
-    tb.train(Some(&ck)).unwrap();
-    assert_eq!(tb.state.global_step, 12);
-    let (wa, wb) = (weights(&full), weights(&resumed));
-    let mut worst = 0f32;
-    for (a, b) in wa.iter().zip(&wb) {
-        for (x, y) in a.iter().zip(b) {
-            worst = worst.max((x - y).abs());
-        }
-    }
-    assert!(worst <= 1e-6, "resumed run differs by {worst}");
-    // The history continues the checkpoint's.
-    assert!(tb.state.log_history.len() > st.log_history.len());
+}
+
+/// Resuming inside an epoch, where the epoch ends in a shorter accumulation: 8
+/// micro-batches with accumulation 3 make updates of 3, 3 and 2 micro-batches, so
+/// checkpoint-4 lies after the first update of the second epoch.
+#[test]
+fn a_run_resumed_inside_an_epoch_reaches_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let extra = json!({"max_steps": 8, "save_steps": 4, "save_strategy": "steps",
+        "gradient_accumulation_steps": 3, "warmup_steps": 1});
+    let st = resume_parity(
+        &d,
+        &dir.path().join("a"),
+        &dir.path().join("b"),
+        extra,
+        [&load(&d.labels), &load(&d.labels)],
+        4,
+    );
+    assert!((st.epoch - 1.375).abs() < 1e-9, "epoch {}", st.epoch);
+}
+
+/// A LoRA run's checkpoints hold a PEFT adapter (no model.safetensors): resuming reads
+/// the adapter and the head from it.
+#[test]
+fn a_lora_run_resumes_from_its_adapter_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let lora = || {
+        let cfg: rustformers_core::lora::LoraConfig = serde_json::from_value(json!({
+            "peft_type": "LORA", "task_type": "SEQ_CLS", "r": 4, "lora_alpha": 8,
+            "target_modules": ["query", "value"], "modules_to_save": ["classifier"]}))
+        .unwrap();
+        AutoModelForSequenceClassification::for_training(
+            fixture().to_str().unwrap(),
+            &LoadOptions::default(),
+            &TrainLoad {
+                labels: Some(d.labels.clone()),
+                seed: 3,
+                ignore_mismatched_sizes: true,
+                lora: Some(cfg),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let out_a = dir.path().join("a");
+    let extra = json!({"max_steps": 10, "save_steps": 5, "save_strategy": "steps",
+        "learning_rate": 1e-2});
+    resume_parity(
+        &d,
+        &out_a,
+        &dir.path().join("b"),
+        extra,
+        [&lora(), &lora()],
+        5,
+    );
+    let ck = out_a.join("checkpoint-5");
+    assert!(ck.join("adapter_model.safetensors").is_file());
+    assert!(!ck.join("model.safetensors").exists());
 }
 
 #[test]
@@ -595,4 +692,437 @@ fn bf16_training_learns_and_must_match_the_model() {
         .unwrap()
         .to_string();
     assert!(e.contains("bf16 is not set"), "{e}");
+}
+
+/// Records every hook it sees and acts on the control: asks for a save after step 1
+/// and stops the run after step 3.
+struct Recorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TrainerCallback for Recorder {
+    fn on_init_end(&mut self, _: &TrainingArguments, _: &TrainerState, _: &mut TrainerControl) {
+        self.push("init_end");
+    }
+    fn on_train_begin(&mut self, _: &TrainingArguments, _: &TrainerState, _: &mut TrainerControl) {
+        self.push("train_begin");
+    }
+    fn on_epoch_begin(&mut self, _: &TrainingArguments, _: &TrainerState, _: &mut TrainerControl) {
+        self.push("epoch_begin");
+    }
+    fn on_step_begin(&mut self, _: &TrainingArguments, _: &TrainerState, _: &mut TrainerControl) {
+        self.push("step_begin");
+    }
+    fn on_substep_end(&mut self, _: &TrainingArguments, _: &TrainerState, _: &mut TrainerControl) {
+        self.push("substep_end");
+    }
+    fn on_pre_optimizer_step(
+        &mut self,
+        _: &TrainingArguments,
+        _: &TrainerState,
+        _: &mut TrainerControl,
+    ) {
+        self.push("pre_optimizer_step");
+    }
+    fn on_optimizer_step(
+        &mut self,
+        _: &TrainingArguments,
+        _: &TrainerState,
+        _: &mut TrainerControl,
+    ) {
+        self.push("optimizer_step");
+    }
+    fn on_step_end(&mut self, _: &TrainingArguments, s: &TrainerState, c: &mut TrainerControl) {
+        self.push(&format!("step_end {}", s.global_step));
+        if s.global_step == 1 {
+            c.should_save = true;
+        }
+        if s.global_step == 3 {
+            c.should_training_stop = true;
+        }
+    }
+    fn on_log(
+        &mut self,
+        _: &TrainingArguments,
+        _: &TrainerState,
+        _: &mut TrainerControl,
+        logs: &serde_json::Map<String, Value>,
+    ) {
+        let kind = ["loss", "eval_loss", "train_loss"]
+            .into_iter()
+            .find(|k| logs.contains_key(*k))
+            .unwrap_or("other");
+        self.push(&format!("log {kind}"));
+    }
+    fn on_save(&mut self, _: &TrainingArguments, s: &TrainerState, _: &mut TrainerControl) {
+        self.push(&format!("save {}", s.global_step));
+    }
+    fn on_epoch_end(&mut self, _: &TrainingArguments, _: &TrainerState, _: &mut TrainerControl) {
+        self.push("epoch_end");
+    }
+    fn on_train_end(&mut self, _: &TrainingArguments, _: &TrainerState, _: &mut TrainerControl) {
+        self.push("train_end");
+    }
+    fn on_prediction_step(
+        &mut self,
+        _: &TrainingArguments,
+        _: &TrainerState,
+        _: &mut TrainerControl,
+    ) {
+        self.push("prediction_step");
+    }
+    fn on_evaluate(
+        &mut self,
+        _: &TrainingArguments,
+        _: &TrainerState,
+        _: &mut TrainerControl,
+        _: &serde_json::Map<String, Value>,
+    ) {
+        self.push("evaluate");
+    }
+    fn on_predict(
+        &mut self,
+        _: &TrainingArguments,
+        _: &TrainerState,
+        _: &mut TrainerControl,
+        metrics: &serde_json::Map<String, Value>,
+    ) {
+        self.push(&format!("predict {}", metrics.len()));
+    }
+}
+
+impl Recorder {
+    fn push(&self, what: &str) {
+        self.seen.lock().unwrap().push(what.to_string());
+    }
+}
+
+/// The hooks come in Python's order (accumulation 2: a sub-step, then clipping's
+/// pre-optimizer hook, the step, the step's end), and a callback's control is obeyed:
+/// a save it asks for after step 1 is written although save_strategy is no, and the run
+/// stops after step 3 of 8. `predict` gives the `test_` metrics and calls `on_predict`.
+#[test]
+fn callbacks_see_pythons_hook_order_and_steer_the_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let model = load(&d.labels);
+    let out = dir.path().join("out");
+    let a = args(
+        &out,
+        json!({"max_steps": 8, "gradient_accumulation_steps": 2, "logging_steps": 2}),
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut t = Trainer::new(a, &model, Some(&d.tok), d.train.clone(), None).unwrap();
+    t.add_callback(Box::new(Recorder { seen: seen.clone() }));
+    t.set_compute_metrics(Box::new(|p| {
+        let mut m = serde_json::Map::new();
+        m.insert("accuracy".into(), json!(accuracy(p)));
+        m
+    }));
+    t.train(None).unwrap();
+    assert_eq!(t.state.global_step, 3, "stopped by the callback");
+    let got = seen.lock().unwrap().clone();
+    let step = |n: usize| {
+        vec![
+            "step_begin".to_string(),
+            "substep_end".into(),
+            "pre_optimizer_step".into(),
+            "optimizer_step".into(),
+            format!("step_end {n}"),
+        ]
+    };
+    let mut want: Vec<String> = vec![
+        "init_end".into(),
+        "train_begin".into(),
+        "epoch_begin".into(),
+    ];
+    want.extend(step(1));
+    want.push("save 1".into());
+    want.extend(step(2));
+    want.push("log loss".into());
+    want.extend(step(3));
+    // A stop asked by a callback does not log (step 3 is not a logging step), as in
+    // Python; the epoch ends, the run's summary is logged and the run ends.
+    want.extend(["epoch_end", "log train_loss", "train_end"].map(String::from));
+    assert_eq!(got, want);
+    assert_eq!(
+        list_checkpoints(&out)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    // predict: 32 held-out examples in batches of 16.
+    seen.lock().unwrap().clear();
+    let res = t.predict(&d.eval).unwrap();
+    assert_eq!(res.predictions.label_ids.len(), d.eval.len());
+    assert_eq!(res.predictions.predictions.len(), d.eval.len());
+    let mut keys: Vec<&str> = res.metrics.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "test_accuracy",
+            "test_loss",
+            "test_runtime",
+            "test_samples_per_second",
+            "test_steps_per_second"
+        ]
+    );
+    assert_eq!(
+        res.metrics["test_accuracy"].as_f64().unwrap(),
+        accuracy(&res.predictions)
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["prediction_step", "prediction_step", "predict 5"]
+    );
+}
+
+/// An evaluation strategy without an evaluation set is refused, as Python's Trainer
+/// refuses it.
+#[test]
+fn an_eval_strategy_needs_an_eval_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let model = load(&d.labels);
+    let a = args(&dir.path().join("out"), json!({"eval_strategy": "steps"}));
+    let e = Trainer::new(a, &model, Some(&d.tok), d.train.clone(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no evaluation set"), "{e}");
+}
+
+/// A model whose save fails on its `fail_at`-th call, after writing part of its files:
+/// a process that dies in the middle of writing a checkpoint.
+struct FailingSave<'a> {
+    inner: &'a dyn TrainModel,
+    calls: std::sync::atomic::AtomicUsize,
+    fail_at: usize,
+}
+
+impl TrainModel for FailingSave<'_> {
+    fn parameters(&self) -> Vec<(String, candle_core::Var)> {
+        self.inner.parameters()
+    }
+    fn loss(
+        &self,
+        batch: &Batch,
+    ) -> rustformers_trainer::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        self.inner.loss(batch)
+    }
+    fn save(&self, dir: &Path) -> rustformers_trainer::Result<()> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.fail_at {
+            std::fs::write(dir.join("model.safetensors"), b"half a file").unwrap();
+            return Err(rustformers_trainer::TrainerError::Other("disk full".into()));
+        }
+        self.inner.save(dir)
+    }
+    fn set_training(&self, on: bool, seed: u64) {
+        self.inner.set_training(on, seed)
+    }
+    fn bf16(&self) -> bool {
+        self.inner.bf16()
+    }
+    fn gradient_checkpointing(&self) -> bool {
+        self.inner.gradient_checkpointing()
+    }
+    fn backward(
+        &self,
+        loss: &candle_core::Tensor,
+    ) -> rustformers_trainer::Result<candle_core::backprop::GradStore> {
+        self.inner.backward(loss)
+    }
+}
+
+/// A save that fails midway leaves the previous checkpoint whole (it still resumes)
+/// and no `checkpoint-N` for the failed step; the next run clears the unfinished
+/// temporary folder.
+#[test]
+fn a_save_that_fails_midway_leaves_the_previous_checkpoint_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let model = load(&d.labels);
+    let failing = FailingSave {
+        inner: &model,
+        calls: 0.into(),
+        fail_at: 2,
+    };
+    let out = dir.path().join("out");
+    let extra = json!({"max_steps": 6, "save_steps": 2, "save_strategy": "steps"});
+    let mut t = Trainer::new(
+        args(&out, extra.clone()),
+        &failing,
+        Some(&d.tok),
+        d.train.clone(),
+        None,
+    )
+    .unwrap();
+    let e = t.train(None).unwrap_err().to_string();
+    assert!(e.contains("disk full"), "{e}");
+    let ckpts: Vec<usize> = list_checkpoints(&out)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(ckpts, [2], "only the finished save is a checkpoint");
+    let unfinished: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".checkpoint-4.tmp-"))
+        .collect();
+    assert_eq!(unfinished.len(), 1, "the failed save's temporary folder");
+    // checkpoint-2 is whole: a fresh model resumes from it and finishes.
+    let fresh = load(&d.labels);
+    let mut t2 = Trainer::new(
+        args(&out, extra),
+        &fresh,
+        Some(&d.tok),
+        d.train.clone(),
+        None,
+    )
+    .unwrap();
+    t2.train(Some(&out.join("checkpoint-2"))).unwrap();
+    assert_eq!(t2.state.global_step, 6);
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "left over: {names:?}");
+    assert_eq!(
+        list_checkpoints(&out)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>(),
+        [2, 4, 6]
+    );
+}
+
+/// load_best_model_at_end with training that moves the weights: the final weights are
+/// the best checkpoint's, not the last step's. The metric is accuracy with
+/// greater_is_better false, so the best is the first evaluation's (accuracy does not
+/// fall below it while the task is learned), whatever the ties.
+#[test]
+fn the_best_checkpoint_is_loaded_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let model = load(&d.labels);
+    let out = dir.path().join("out");
+    let a = args(
+        &out,
+        json!({"max_steps": 6, "eval_strategy": "steps", "eval_steps": 2,
+            "save_strategy": "steps", "save_steps": 2, "load_best_model_at_end": true,
+            "metric_for_best_model": "accuracy", "greater_is_better": false,
+            "learning_rate": 5e-3}),
+    );
+    let mut t = Trainer::new(
+        a,
+        &model,
+        Some(&d.tok),
+        d.train.clone(),
+        Some(d.eval.clone()),
+    )
+    .unwrap();
+    t.set_compute_metrics(Box::new(|p| {
+        let mut m = serde_json::Map::new();
+        m.insert("accuracy".into(), json!(accuracy(p)));
+        m
+    }));
+    t.train(None).unwrap();
+    let best = PathBuf::from(t.state.best_model_checkpoint.clone().unwrap());
+    assert!(!best.ends_with("checkpoint-6"), "{}", best.display());
+    let saved = |ck: &Path| -> Vec<Vec<f32>> {
+        let st =
+            candle_core::safetensors::load(ck.join("model.safetensors"), &candle_core::Device::Cpu)
+                .unwrap();
+        model
+            .trainable_parameters()
+            .iter()
+            .map(|(n, _)| st[n].flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    let now = weights(&model);
+    assert_eq!(max_weight_diff(&now, &saved(&best)), 0.0);
+    assert!(max_weight_diff(&now, &saved(&out.join("checkpoint-6"))) > 1e-4);
+}
+
+/// Token-classification features: a word the vocabulary splits into several pieces
+/// takes its tag on the first piece only (-100 on the rest and on the special tokens);
+/// `max_length` truncates the row and its labels together.
+#[test]
+fn token_labels_go_to_first_sub_tokens_and_truncate_with_the_row() {
+    use rustformers_core::tokenizer::{EncodeOptions, TextInput};
+    use rustformers_trainer::data::{LabelValue, TokenExample};
+    use rustformers_trainer::trainer::{token_classification_features, IGNORE};
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert-tokcls");
+    let tok = AutoTokenizer::from_pretrained(dir.to_str().unwrap()).unwrap();
+    // "zebra" is not in the 348-piece vocabulary: it becomes several `##` pieces.
+    let pieces = tok
+        .encode(
+            TextInput::Words(&["zebra".to_string()]),
+            &EncodeOptions {
+                add_special_tokens: false,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .input_ids[0]
+        .len();
+    assert!(pieces > 1, "zebra is {pieces} piece(s)");
+    let ex = TokenExample {
+        line: 1,
+        tokens: vec!["zebra".into(), "the".into()],
+        tags: vec![LabelValue::Id(1), LabelValue::Id(2)],
+    };
+    let f = token_classification_features(&tok, std::slice::from_ref(&ex), &[vec![1, 2]], None)
+        .unwrap();
+    let mut want = vec![IGNORE, 1];
+    want.extend(std::iter::repeat_n(IGNORE, pieces - 1));
+    want.extend([2, IGNORE]);
+    assert_eq!(f[0].labels, want);
+    assert_eq!(f[0].input_ids.len(), want.len());
+    let short = token_classification_features(&tok, &[ex], &[vec![1, 2]], Some(3)).unwrap();
+    assert_eq!(short[0].input_ids.len(), 3);
+    assert_eq!(short[0].labels, [IGNORE, 1, IGNORE]);
+    assert_eq!(
+        *short[0].input_ids.last().unwrap(),
+        tok.token_to_id("[SEP]").unwrap()
+    );
+}
+
+/// Text pairs (sentence1/sentence2) are encoded as pairs: `[CLS] a [SEP] b [SEP]` with
+/// token type 0 through the first `[SEP]` and 1 after it.
+#[test]
+fn text_pairs_are_encoded_as_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = AutoTokenizer::from_pretrained(fixture().to_str().unwrap()).unwrap();
+    let p = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &p,
+        "{\"sentence1\": \"the hot one\", \"sentence2\": \"it was for you\", \"label\": 1}\n",
+    )
+    .unwrap();
+    let ex = text_classification(&p, "label").unwrap();
+    let f = text_classification_features(&tok, &ex, &[1], None).unwrap();
+    let sep = tok.token_to_id("[SEP]").unwrap();
+    let cls = tok.token_to_id("[CLS]").unwrap();
+    let ids = &f[0].input_ids;
+    assert_eq!(ids[0], cls);
+    let seps: Vec<usize> = (0..ids.len()).filter(|i| ids[*i] == sep).collect();
+    assert_eq!(seps.len(), 2);
+    assert_eq!(seps[1], ids.len() - 1);
+    // "the hot one": 3 words, each in the vocabulary.
+    assert_eq!(seps[0], 4);
+    let types = &f[0].token_type_ids;
+    assert!(types[..=seps[0]].iter().all(|t| *t == 0), "{types:?}");
+    assert!(types[seps[0] + 1..].iter().all(|t| *t == 1), "{types:?}");
+    assert_eq!(f[0].labels, [1]);
 }
