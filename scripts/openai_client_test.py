@@ -1,12 +1,15 @@
 """`rustformers serve` driven by the official `openai` client over loopback.
 
 Checks: chat (greedy: equal to `rustformers run text-generation` on the same chat),
-streaming chat (deltas add up to the same reply), completions (equal to `run` on the
-prompt), embeddings, n > 1, stop sequences, errors as openai exceptions with the server
-still up, log-probabilities, 64 concurrent streaming requests all completed (aggregate tokens/s,
-counted by the usage chunk that `stream_options.include_usage` asks for, and median time
-to first token printed),
-1000 sequential requests with resident memory growing less than 64 MB, SIGTERM exits 0.
+chat with `tools` (equal to `run` on `{"messages", "tools"}`), streaming chat (deltas add
+up to the same reply), completions (equal to `run` on the prompt), embeddings, n > 1,
+stop sequences, errors as openai exceptions with the server still up, log-probabilities,
+64 concurrent streaming requests all completed with no retries and none dropped (the
+server's /metrics counts 64 more chat 200s and no 429/5xx; aggregate tokens/s, counted by
+the usage chunk that `stream_options.include_usage` asks for, and median time to first
+token printed), 1000 sequential requests with resident memory growing less than 64 MB,
+and SIGTERM during a long stream: the stream still completes (finish reason, usage), a
+new request is refused, and the server exits 0.
 Prints one JSON line of figures.
 """
 
@@ -36,6 +39,18 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def chat_status_counts(base: str) -> dict:
+    """Chat requests by HTTP status, from the server's Prometheus text."""
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    counts = {}
+    prefix = 'rustformers_requests_total{endpoint="chat",status="'
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            status, value = line[len(prefix):].split('"}')
+            counts[int(status)] = float(value)
+    return counts
 
 
 def run_cli(bin_: str, *args: str) -> list:
@@ -79,6 +94,21 @@ def main() -> int:
         want = ran[0][0]["generated_text"][-1]["content"]
         assert reply == want, (reply, want)
         assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+
+        # Chat with tools: they go to the chat template, as `run` on {"messages", "tools"}.
+        tools = [{
+            "type": "function",
+            "function": {
+                "name": "get_current_weather",
+                "description": "The current weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }]
+        t = client.chat.completions.create(model=a.gen, messages=chat, tools=tools, max_tokens=8, temperature=0)
+        ran = run_cli(
+            a.bin, "text-generation", "--model", a.gen, "--max-new-tokens", "8", json.dumps({"messages": chat, "tools": tools})
+        )
+        assert t.choices[0].message.content == ran[0][0]["generated_text"][-1]["content"], (t, ran)
 
         # Streaming chat: the deltas add up to the same reply.
         text = ""
@@ -133,9 +163,9 @@ def main() -> int:
                 pass
             urllib.request.urlopen(base + "/health", timeout=5)
 
-        # 64 concurrent streaming requests.
+        # 64 concurrent streaming requests; no retries, so a refused one fails the test.
         async def load() -> int:
-            ac = openai.AsyncOpenAI(base_url=base + "/v1", api_key="none")
+            ac = openai.AsyncOpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
 
             async def one(i: int) -> tuple:
                 pieces, tokens = 0, None
@@ -158,9 +188,15 @@ def main() -> int:
             return sum(p for p, _ in counts), sum(t for _, t in counts)
 
         first_token: list = []
+        before = chat_status_counts(base)
         t0 = time.perf_counter()
         pieces, tokens = asyncio.run(load())
         secs = time.perf_counter() - t0
+        # None dropped: the server answered all 64 with 200, and none with 429 or 5xx.
+        after = chat_status_counts(base)
+        assert after.get(200, 0) - before.get(200, 0) == 64, (before, after)
+        refused = {s: n - before.get(s, 0) for s, n in after.items() if s == 429 or s >= 500}
+        assert not any(refused.values()), refused
         first_token.sort()
         figures["ttft_median_s"] = round(first_token[len(first_token) // 2], 3)
         figures["concurrent_streams"] = 64
@@ -179,13 +215,58 @@ def main() -> int:
         figures["rss_mb_before"] = round(before, 1)
         figures["rss_mb_after_1000"] = round(after, 1)
         assert after - before < 64, (before, after)
-    finally:
+
+        # SIGTERM with a stream in flight: a stream as long as the context allows
+        # (ignore_eos: every token generated), SIGTERM once its first chunk is in.
+        with open(os.path.join(a.gen, "config.json")) as f:
+            context = json.load(f)["max_position_embeddings"]
+        prompt_tokens = client.chat.completions.create(model=a.gen, messages=chat, max_tokens=1).usage.prompt_tokens
+        long_tokens = context - prompt_tokens
+        drain = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=30)
+        chunks = iter(
+            drain.chat.completions.create(
+                model=a.gen, messages=chat, max_tokens=long_tokens, temperature=0, stream=True,
+                stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+            )
+        )
+        finish, usage = None, None
+
+        def take(chunk) -> None:
+            nonlocal finish, usage
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish = chunk.choices[0].finish_reason
+            if chunk.usage is not None:
+                usage = chunk.usage
+
+        take(next(chunks))
         server.send_signal(signal.SIGTERM)
+        # Half a second on, the server has stopped taking work (it drains, or has exited):
+        # a new request is refused, or finds no server.
+        time.sleep(0.5)
+        late = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=5)
         try:
-            code = server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            code = -1
+            late.completions.create(model=a.gen, prompt="Hi", max_tokens=1)
+            raise AssertionError("a request was served after SIGTERM")
+        except openai.APIConnectionError:
+            pass
+        except openai.APIStatusError as e:
+            assert e.status_code == 503, e
+        # The stream in flight still runs to its end.
+        for chunk in chunks:
+            take(chunk)
+        assert finish == "length", finish
+        assert usage is not None and usage.completion_tokens == long_tokens, (usage, long_tokens)
+        assert usage.prompt_tokens == prompt_tokens, usage
+        figures["drained_stream_tokens"] = usage.completion_tokens
+        code = server.wait(timeout=20)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                code = server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                code = -1
     assert code == 0, f"exit code {code}"
     print(json.dumps({"openai_client": openai.__version__, **figures}))
     return 0

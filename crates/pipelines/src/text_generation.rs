@@ -79,15 +79,21 @@ impl TextGenerationPipeline {
                 })
             }
             Value::Array(_) | Value::Object(_) => {
-                let messages = match input {
-                    Value::Object(o) if o.contains_key("messages") => o["messages"].clone(),
-                    Value::Object(_) => Value::Array(vec![input.clone()]),
-                    _ => input.clone(),
+                // `{"messages": [...], "tools": [...]}` (as the server passes a chat with
+                // tools), one message, or a list of messages.
+                let (messages, tools) = match input {
+                    Value::Object(o) if o.contains_key("messages") => (
+                        o["messages"].clone(),
+                        o.get("tools").filter(|t| !t.is_null()).cloned(),
+                    ),
+                    Value::Object(_) => (Value::Array(vec![input.clone()]), None),
+                    _ => (input.clone(), None),
                 };
                 let text = self.tokenizer.apply_chat_template(
                     &messages,
                     &ChatOptions {
                         add_generation_prompt: true,
+                        tools,
                         ..Default::default()
                     },
                 )?;

@@ -135,7 +135,9 @@ pub struct EmbeddingRequest {
 /// Checked generation settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenSettings {
-    pub max_tokens: usize,
+    /// The completion's length limit; none given: the rest of the model's context after
+    /// the prompt (as vLLM).
+    pub max_tokens: Option<usize>,
     pub presence_penalty: f64,
     pub frequency_penalty: f64,
     pub temperature: f64,
@@ -162,18 +164,17 @@ pub enum Endpoint {
 pub const MAX_TOP_LOGPROBS_CHAT: i64 = 20;
 pub const MAX_TOP_LOGPROBS_COMPLETIONS: i64 = 5;
 
-/// Default completion length when the request sets none.
-pub const DEFAULT_MAX_TOKENS: usize = 256;
 /// Most completions one request may ask for.
 pub const MAX_N: i64 = 16;
 
 impl Sampling {
     /// The settings, or the first invalid one as an error naming its parameter.
     pub fn settings(&self, endpoint: Endpoint) -> Result<GenSettings, ApiError> {
+        // OpenAI: max_completion_tokens supersedes the older max_tokens.
         let max = self.max_completion_tokens.or(self.max_tokens);
         let max_tokens = match max {
-            None => DEFAULT_MAX_TOKENS,
-            Some(m) if m >= 1 => m as usize,
+            None => None,
+            Some(m) if m >= 1 => Some(m as usize),
             Some(m) => {
                 return Err(ApiError::invalid(
                     format!("max_tokens must be at least 1, got {m}"),
@@ -326,7 +327,13 @@ mod tests {
         let s: Sampling =
             serde_json::from_value(json!({"max_tokens": 5, "temperature": 0})).unwrap();
         let g = s.settings(Endpoint::Chat).unwrap();
-        assert_eq!((g.max_tokens, g.temperature, g.n), (5, 0.0, 1));
+        assert_eq!((g.max_tokens, g.temperature, g.n), (Some(5), 0.0, 1));
+        // max_completion_tokens wins over max_tokens; neither: no fixed limit.
+        let s: Sampling =
+            serde_json::from_value(json!({"max_tokens": 9, "max_completion_tokens": 3})).unwrap();
+        assert_eq!(s.settings(Endpoint::Chat).unwrap().max_tokens, Some(3));
+        let s: Sampling = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(s.settings(Endpoint::Chat).unwrap().max_tokens, None);
         for (body, param) in [
             (json!({"max_tokens": 0}), "max_tokens"),
             (json!({"max_completion_tokens": -3}), "max_tokens"),

@@ -7,15 +7,16 @@
 //! thread with continuous batching (`ContinuousBatcher`): requests join the running
 //! batch at the next decode step, up to `max_batch_size` at once, and their prompts run
 //! one chunk per step; more wait in a bounded queue (a full queue answers 429). A client
-//! that disconnects has its sequence cancelled and its cache rows freed. SIGTERM / Ctrl-C finish in-flight requests, then
-//! exit.
+//! that disconnects has its sequence cancelled and its cache rows freed. SIGTERM / Ctrl-C
+//! finish in-flight requests (new ones are refused), then exit; `serve_on` returns once
+//! the worker thread has exited.
 
 pub mod api;
 mod metrics;
 mod stop;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -43,8 +44,8 @@ pub struct ServerConfig {
     pub port: u16,
     /// Requests waiting or running beyond this are refused with 429.
     pub max_queue: usize,
-    /// Sequences one forward pass may hold (reserved for batching; generation runs one
-    /// request at a time for now).
+    /// Sequences the continuous batcher runs together (each decode step is one forward
+    /// pass over all of them); further requests wait in the queue.
     pub max_batch_size: usize,
 }
 
@@ -99,7 +100,10 @@ enum Event {
 struct AppState {
     models: Models,
     config: ServerConfig,
-    jobs: std::sync::mpsc::Sender<Job>,
+    /// The worker's queue; taken (closed) when the server stops, so the worker exits.
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    /// False once the worker thread has exited (returned or panicked).
+    worker_alive: AtomicBool,
     pending: AtomicUsize,
     metrics: Metrics,
     shutting_down: AtomicBool,
@@ -118,29 +122,71 @@ pub async fn serve_on(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    let generator = models.generator.as_ref().map(|(_, p)| p.clone());
-    let state = Arc::new(AppState {
-        models,
-        config,
-        jobs: tx,
-        pending: AtomicUsize::new(0),
-        metrics: Metrics::default(),
-        shutting_down: AtomicBool::new(false),
-    });
-    let worker_state = state.clone();
-    std::thread::Builder::new()
-        .name("rustformers-generate".into())
-        .spawn(move || worker(rx, generator, worker_state))?;
+    let (state, rx) = app_state(models, config);
+    let worker = spawn_worker(rx, state.clone())?;
     let app = router(state.clone());
     tracing::info!("listening on {}", listener.local_addr()?);
     let drain = state.clone();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             drain.shutting_down.store(true, Ordering::SeqCst);
         })
-        .await
+        .await;
+    // Every connection has closed: close the queue, so that the worker finishes what it
+    // still holds (sequences of clients that left are cancelled) and exits.
+    close_queue(&state);
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    served
+}
+
+/// The shared state, and the receiving end of its job queue (for the worker).
+fn app_state(
+    models: Models,
+    config: ServerConfig,
+) -> (Arc<AppState>, std::sync::mpsc::Receiver<Job>) {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let state = Arc::new(AppState {
+        models,
+        config,
+        jobs: Mutex::new(Some(tx)),
+        worker_alive: AtomicBool::new(true),
+        pending: AtomicUsize::new(0),
+        metrics: Metrics::default(),
+        shutting_down: AtomicBool::new(false),
+    });
+    (state, rx)
+}
+
+fn close_queue(state: &AppState) {
+    if let Ok(mut jobs) = state.jobs.lock() {
+        jobs.take();
+    }
+}
+
+/// Marks the worker as gone when its thread ends, however it ends (a panic included).
+struct WorkerAlive(Arc<AppState>);
+
+impl Drop for WorkerAlive {
+    fn drop(&mut self) {
+        self.0.worker_alive.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Starts the generation worker thread; it exits once the queue is closed and its
+/// batch is empty.
+fn spawn_worker(
+    rx: std::sync::mpsc::Receiver<Job>,
+    state: Arc<AppState>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let generator = state.models.generator.as_ref().map(|(_, p)| p.clone());
+    std::thread::Builder::new()
+        .name("rustformers-generate".into())
+        .spawn(move || {
+            let alive = WorkerAlive(state.clone());
+            worker(rx, generator, state);
+            drop(alive);
+        })
 }
 
 async fn shutdown_signal() {
@@ -379,6 +425,9 @@ fn token_lp(tok: &AutoTokenizer, token: u32, lp: &TokenLogprobs) -> TokenLp {
     }
 }
 
+/// The error of a generation that the worker let go of without finishing it.
+const UNFINISHED: &str = "the generation ended without finishing (the generation worker stopped)";
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -395,12 +444,21 @@ fn request_id(prefix: &str) -> String {
     )
 }
 
+/// `{"status": "ok"}`; 503 once the generation worker has exited (nothing can be
+/// generated any more).
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    Json(json!({
-        "status": "ok",
-        "queue": state.pending.load(Ordering::SeqCst),
-    }))
-    .into_response()
+    let queue = state.pending.load(Ordering::SeqCst);
+    if !state.worker_alive.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "unavailable", "error": "the generation worker has stopped",
+                "queue": queue}),
+            ),
+        )
+            .into_response();
+    }
+    Json(json!({"status": "ok", "queue": queue})).into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
@@ -456,7 +514,6 @@ fn generator_for(
 /// The generation parameters of `settings`, in the pipeline's (`generate()`'s) names.
 fn params_for(s: &GenSettings) -> Params {
     let mut params = Params::new();
-    params.insert("max_new_tokens".into(), json!(s.max_tokens));
     if s.temperature > 0.0 {
         params.insert("do_sample".into(), json!(true));
         params.insert("temperature".into(), json!(s.temperature));
@@ -474,9 +531,10 @@ fn params_for(s: &GenSettings) -> Params {
     params
 }
 
-/// Tokenizes `input` once, checks that prompt and completion fit the model's context,
-/// and queues `n` generations of it (429 when the queue is full). Returns the event
-/// receivers and the prompt's token count.
+/// Tokenizes `input` once, checks that prompt and completion fit the model's context
+/// (without `max_tokens` the completion may fill the rest of it, as vLLM's default), and
+/// queues `n` generations of it (429 when the queue is full). Returns the event receivers
+/// and the prompt's token count.
 fn submit(
     state: &AppState,
     pipe: &TextGenerationPipeline,
@@ -492,20 +550,33 @@ fn submit(
             param: None,
         });
     }
-    let (ids, config) = pipe
+    let (ids, mut config) = pipe
         .request(input, &params_for(settings))
         .map_err(|e| ApiError::invalid(e.to_string(), Some(param)))?;
     let prompt = ids.len();
     let ctx = pipe.max_context();
-    if prompt + settings.max_tokens > ctx {
+    if prompt >= ctx {
         return Err(ApiError::invalid(
             format!(
-                "the prompt is {prompt} tokens and max_tokens {}: more than the model's context of {ctx} tokens",
-                settings.max_tokens
+                "the prompt is {prompt} tokens: the model's context is {ctx} tokens, which leaves no room for a completion; shorten the prompt"
             ),
             Some(param),
         ));
     }
+    let max_tokens = match settings.max_tokens {
+        Some(m) if prompt + m > ctx => {
+            return Err(ApiError::invalid(
+                format!(
+                    "the prompt is {prompt} tokens and max_tokens {m}: more than the model's context of {ctx} tokens (at most {} completion tokens fit)",
+                    ctx - prompt
+                ),
+                Some("max_tokens"),
+            ))
+        }
+        Some(m) => m,
+        None => ctx - prompt,
+    };
+    config.max_new_tokens = Some(max_tokens);
     let n = settings.n;
     let before = state.pending.fetch_add(n, Ordering::SeqCst);
     if before + n > state.config.max_queue {
@@ -528,7 +599,11 @@ fn submit(
             logprobs: settings.logprobs,
             events: tx,
         };
-        if state.jobs.send(job).is_err() {
+        let sent = match state.jobs.lock() {
+            Ok(jobs) => jobs.as_ref().is_some_and(|j| j.send(job).is_ok()),
+            Err(_) => false,
+        };
+        if !sent {
             state.pending.fetch_sub(n - i, Ordering::SeqCst);
             return Err(ApiError::internal("the generation worker has stopped"));
         }
@@ -562,6 +637,7 @@ async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, Api
             Some("messages"),
         ));
     }
+    let messages = flatten_content(messages)?;
     let (model, pipe) = generator_for(state, req.sampling.model.as_deref())?;
     let input = match req.tools {
         Some(tools) => json!({"messages": messages, "tools": tools}),
@@ -577,6 +653,55 @@ async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, Api
         &settings,
     )
     .await
+}
+
+/// OpenAI's content parts (`"content": [{"type": "text", "text": "..."}, ...]`) as the
+/// one string chat templates expect: the text parts joined with "\n" (as vLLM joins
+/// them). Other parts (images, audio) and content that is neither a string nor a list
+/// are refused; null or absent content (an assistant turn with tool calls) is kept.
+fn flatten_content(mut messages: Vec<Value>) -> Result<Vec<Value>, ApiError> {
+    let bad = |i: usize, what: String| {
+        ApiError::invalid(format!("messages[{i}].content: {what}"), Some("messages"))
+    };
+    for (i, m) in messages.iter_mut().enumerate() {
+        let Some(content) = m.get_mut("content") else {
+            continue;
+        };
+        let text = match content {
+            Value::String(_) | Value::Null => continue,
+            Value::Array(parts) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for (k, part) in parts.iter().enumerate() {
+                    match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                        (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
+                        (Some("text"), _) => {
+                            return Err(bad(i, format!("part {k} has no string `text`")))
+                        }
+                        (Some(other), _) => {
+                            return Err(bad(
+                                i,
+                                format!(
+                                "part {k} is of type `{other}`; this server takes text parts only"
+                            ),
+                            ))
+                        }
+                        (None, _) => {
+                            return Err(bad(i, format!("part {k} needs a `type` (\"text\")")))
+                        }
+                    }
+                }
+                texts.join("\n")
+            }
+            other => {
+                return Err(bad(
+                    i,
+                    format!("must be a string or a list of text parts, got {other}"),
+                ))
+            }
+        };
+        *content = Value::String(text);
+    }
+    Ok(messages)
 }
 
 async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -691,7 +816,7 @@ async fn respond(
         for (index, mut rx) in receivers.into_iter().enumerate() {
             let mut text = String::new();
             let mut lps = Vec::new();
-            let mut finish = "stop";
+            let mut finish = None;
             while let Some(ev) = rx.recv().await {
                 match ev {
                     Event::Text(t, lp) => {
@@ -703,11 +828,15 @@ async fn respond(
                         finish_reason,
                     } => {
                         completion_tokens += n;
-                        finish = finish_reason;
+                        finish = Some(finish_reason);
                     }
                     Event::Failed(e) => return Err(ApiError::internal(e)),
                 }
             }
+            // The worker let go of the request without finishing it: not a reply.
+            let Some(finish) = finish else {
+                return Err(ApiError::internal(UNFINISHED));
+            };
             let lp = logprobs_value(kind, logprobs, &lps, &mut 0);
             choices.push(match kind {
                 Kind::Chat => {
@@ -764,6 +893,7 @@ async fn respond(
                 return;
             }
             let mut offset = 0;
+            let mut failure = Some(UNFINISHED.to_string());
             while let Some(ev) = rx.recv().await {
                 let out = match ev {
                     Event::Text(t, lp) => chunk(
@@ -777,16 +907,27 @@ async fn respond(
                         completion_tokens: n,
                     } => {
                         completion_tokens += n;
+                        failure = None;
                         chunk(index, json!({}), Value::Null, json!(finish_reason))
                     }
                     Event::Failed(e) => {
-                        SseEvent::default().data(ApiError::internal(e).body().to_string())
+                        failure = Some(e);
+                        break;
                     }
                 };
                 // A closed connection drops the receivers, which stops the worker.
                 if tx.send(Ok(out)).await.is_err() {
                     return;
                 }
+            }
+            // A failed or abandoned generation ends the stream with an error event (as
+            // vLLM's: `data: {"error": ...}`, then `[DONE]`), not with a finish reason.
+            if let Some(e) = failure {
+                let error = ApiError::internal(e).body().to_string();
+                if tx.send(Ok(SseEvent::default().data(error))).await.is_ok() {
+                    let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+                }
+                return;
             }
         }
         if include_usage {
@@ -902,6 +1043,136 @@ fn encode_base64(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn settings(stream: bool) -> GenSettings {
+        let s: api::Sampling = serde_json::from_value(json!({"stream": stream})).unwrap();
+        s.settings(Endpoint::Chat).unwrap()
+    }
+
+    /// A generation whose worker sent some text and then let go of it without `Done`.
+    fn abandoned() -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Event::Text("partial".into(), Vec::new())).unwrap();
+        drop(tx);
+        rx
+    }
+
+    #[test]
+    fn an_abandoned_generation_is_a_server_error_not_a_reply() {
+        let rt = runtime();
+        let r = rt.block_on(respond(
+            vec![abandoned()],
+            Kind::Chat,
+            "m".into(),
+            3,
+            false,
+            &settings(false),
+        ));
+        let e = r.expect_err("a 500, not a truncated 200");
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.body()["error"]["type"], "server_error");
+        // The same finished with Done is a reply.
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Event::Text("whole".into(), Vec::new())).unwrap();
+        tx.send(Event::Done {
+            completion_tokens: 1,
+            finish_reason: "length",
+        })
+        .unwrap();
+        drop(tx);
+        let r = rt
+            .block_on(respond(
+                vec![rx],
+                Kind::Chat,
+                "m".into(),
+                3,
+                false,
+                &settings(false),
+            ))
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        // Streaming: the text sent, then an error event (no finish reason), then [DONE].
+        let body = rt.block_on(async {
+            let r = respond(
+                vec![abandoned()],
+                Kind::Chat,
+                "m".into(),
+                3,
+                true,
+                &settings(true),
+            )
+            .await
+            .unwrap();
+            axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap()
+        });
+        let events: Vec<String> = String::from_utf8(body.to_vec())
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+            .collect();
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let values: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        assert_eq!(values[1]["choices"][0]["delta"]["content"], "partial");
+        let last = values.last().unwrap();
+        assert_eq!(last["error"]["type"], "server_error", "{last}");
+        assert!(values
+            .iter()
+            .all(|v| v["choices"][0]["finish_reason"].is_null()));
+    }
+
+    #[test]
+    fn health_is_503_once_the_worker_has_exited() {
+        let models = Models {
+            generator: None,
+            embedder: None,
+        };
+        let (state, rx) = app_state(models, ServerConfig::default());
+        let worker = spawn_worker(rx, state.clone()).unwrap();
+        let rt = runtime();
+        let status = |state: &Arc<AppState>| rt.block_on(health(State(state.clone()))).status();
+        assert_eq!(status(&state), StatusCode::OK);
+        // Closing the queue (as serve_on does when it returns) ends the worker thread.
+        close_queue(&state);
+        worker.join().unwrap();
+        assert!(!state.worker_alive.load(Ordering::SeqCst));
+        assert_eq!(status(&state), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn content_parts_become_one_string() {
+        let m = flatten_content(vec![json!({"role": "user", "content": [
+            {"type": "text", "text": "one"}, {"type": "text", "text": "two"}]})])
+        .unwrap();
+        assert_eq!(m[0]["content"], "one\ntwo");
+        let same = vec![
+            json!({"role": "user", "content": "plain"}),
+            json!({"role": "assistant", "content": null}),
+        ];
+        assert_eq!(flatten_content(same.clone()).unwrap(), same);
+        for content in [
+            json!([{"type": "image_url", "image_url": {"url": "x"}}]),
+            json!([{"type": "text"}]),
+            json!(["bare"]),
+            json!(5),
+            json!({"text": "x"}),
+        ] {
+            let e = flatten_content(vec![json!({"role": "user", "content": content})]).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.param.as_deref(), Some("messages"), "{content}");
+        }
+    }
+
     #[test]
     fn base64_is_the_standard_one() {
         assert_eq!(super::encode_base64(b""), "");

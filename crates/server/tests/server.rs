@@ -2,7 +2,10 @@
 //! HTTP: OpenAI response shapes, greedy output equal to the pipeline's, SSE streaming,
 //! stop sequences, n > 1, embeddings, every bad input answered in OpenAI's error shape
 //! with the server still up, a full queue refused, concurrent streams all completed and
-//! batched, logprobs, usage chunks, a disconnecting client cancelled (real SmolLM2).
+//! batched, logprobs, usage chunks, seeded sampling equal to the pipeline's, tools through
+//! the chat template, content parts, over-long prompts, streamed stops,
+//! max_completion_tokens, a disconnecting client cancelled and a shutdown that drains the
+//! stream in flight (real SmolLM2).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -600,4 +603,318 @@ fn a_client_that_disconnects_is_cancelled_and_its_row_freed() {
         &json!({"messages": chat(), "max_tokens": 3}).to_string(),
     );
     assert_eq!(code, 200, "{r}");
+}
+
+/// The choice texts of a chat request (200 asserted).
+fn chat_texts(s: &Server, body: &Value) -> Vec<String> {
+    let (code, r) = post(s, "/v1/chat/completions", &body.to_string());
+    assert_eq!(code, 200, "{body}: {r}");
+    r["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["message"]["content"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The content deltas and the finish reason of a streamed chat.
+fn streamed_chat(s: &Server, body: &Value) -> (String, Value) {
+    let events = stream(s, "/v1/chat/completions", body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let finish = chunks
+        .iter()
+        .map(|c| c["choices"][0]["finish_reason"].clone())
+        .find(|f| !f.is_null())
+        .unwrap_or(Value::Null);
+    (text, finish)
+}
+
+#[test]
+fn seeded_sampling_equals_the_pipelines_and_seeds_matter() {
+    let s = start(64);
+    let sample_with = |seed: u64, temperature: f64, top_p: f64| -> String {
+        let mut params = Params::new();
+        params.insert("max_new_tokens".into(), json!(12));
+        params.insert("do_sample".into(), json!(true));
+        params.insert("temperature".into(), json!(temperature));
+        params.insert("top_p".into(), json!(top_p));
+        params.insert("seed".into(), json!(seed));
+        s.generator.stream(&chat(), &params, &mut |_| {}).unwrap().0
+    };
+    let sampled = |seed: u64| sample_with(seed, 0.8, 0.9);
+    // With this seed, temperature and top_p each change the reply: equality with the
+    // server below shows that it applies both.
+    assert_ne!(sampled(11), sample_with(11, 1.0, 0.9));
+    assert_ne!(sampled(11), sample_with(11, 0.8, 1.0));
+    let body = |seed: u64, n: usize| {
+        json!({"messages": chat(), "max_tokens": 12, "temperature": 0.8, "top_p": 0.9,
+            "seed": seed, "n": n})
+    };
+    // One choice: the pipeline's sampled reply with the same seed.
+    let got = chat_texts(&s, &body(11, 1));
+    assert_eq!(got, [sampled(11)]);
+    // n choices: choice i is sampled with seed + i.
+    let got = chat_texts(&s, &body(11, 3));
+    assert_eq!(got, [sampled(11), sampled(12), sampled(13)]);
+    // Different seeds give different text (the sampling is not ignored).
+    assert_ne!(sampled(11), sampled(12));
+}
+
+/// A copy of tiny-llama whose chat template (Qwen2.5's) renders `tools`, with a context
+/// of 2048 tokens (the tiny tokenizer spells the tools out in ~600).
+fn tiny_llama_with_tool_template() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rustformers-server-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let template =
+        std::fs::read_to_string(fixture("chat-templates/qwen2.5-instruct.jinja")).unwrap();
+    let path = dir.join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["chat_template"] = json!(template);
+    std::fs::write(&path, config.to_string()).unwrap();
+    // Room for the tools' system turn (Llama's rotary positions have no weights).
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = json!(2048);
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn chat_tools_reach_the_chat_template() {
+    let dir = tiny_llama_with_tool_template();
+    let s = start_with(&dir.to_string_lossy(), 64);
+    let tools = json!([{"type": "function", "function": {"name": "get_current_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+            "required": ["city"]}}}]);
+    let plain = json!({"messages": chat(), "max_tokens": 6, "temperature": 0});
+    let mut with_tools = plain.clone();
+    with_tools["tools"] = tools.clone();
+    let (code, a) = post(&s, "/v1/chat/completions", &plain.to_string());
+    assert_eq!(code, 200, "{a}");
+    let (code, b) = post(&s, "/v1/chat/completions", &with_tools.to_string());
+    assert_eq!(code, 200, "{b}");
+    // The template lists the tools: a longer prompt, the one the pipeline renders.
+    let input = json!({"messages": chat(), "tools": tools});
+    let want_prompt = s.generator.prompt_tokens(&input).unwrap();
+    assert_eq!(b["usage"]["prompt_tokens"], want_prompt);
+    assert!(
+        b["usage"]["prompt_tokens"].as_u64().unwrap()
+            > a["usage"]["prompt_tokens"].as_u64().unwrap() + 20,
+        "{a} {b}"
+    );
+    let (ids, _) = s.generator.request(&input, &Params::new()).unwrap();
+    let rendered = s.generator.tokenizer().decode(&ids, false).unwrap();
+    assert!(rendered.contains("get_current_weather"), "{rendered}");
+    // And the reply is the pipeline's greedy one for that prompt.
+    let mut params = Params::new();
+    params.insert("max_new_tokens".into(), json!(6));
+    params.insert("do_sample".into(), json!(false));
+    let (want, _) = s.generator.stream(&input, &params, &mut |_| {}).unwrap();
+    assert_eq!(b["choices"][0]["message"]["content"], want.as_str());
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn content_parts_are_joined_text_and_other_parts_refused() {
+    let s = start(64);
+    let parts = json!([{"role": "user", "content": [
+        {"type": "text", "text": "Hello there,"}, {"type": "text", "text": "how are you?"}]}]);
+    let joined = json!([{"role": "user", "content": "Hello there,\nhow are you?"}]);
+    let req = |messages: &Value| json!({"messages": messages, "max_tokens": 8, "temperature": 0});
+    let (code, a) = post(&s, "/v1/chat/completions", &req(&parts).to_string());
+    assert_eq!(code, 200, "{a}");
+    let (_, b) = post(&s, "/v1/chat/completions", &req(&joined).to_string());
+    assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+    assert_eq!(a["usage"], b["usage"]);
+    for content in [
+        json!([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]),
+        json!([{"type": "text", "text": "x"}, {"type": "input_audio"}]),
+        json!([{"type": "text", "text": 3}]),
+        json!(42),
+        json!({"type": "text", "text": "x"}),
+    ] {
+        let body = req(&json!([{"role": "user", "content": content}]));
+        let (code, v) = post(&s, "/v1/chat/completions", &body.to_string());
+        assert_eq!(code, 400, "{content}: {v}");
+        assert_eq!(v["error"]["param"], "messages", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(get(&s, "/health").0, 200);
+    }
+}
+
+#[test]
+fn an_over_long_prompt_is_refused_and_the_default_fills_the_context() {
+    let s = start(64);
+    let ctx = s.generator.max_context();
+    let long = "word ".repeat(ctx * 2);
+    assert!(s.generator.prompt_tokens(&json!(long)).unwrap() > ctx);
+    for (path, body) in [
+        ("/v1/completions", json!({"prompt": long, "max_tokens": 1})),
+        ("/v1/completions", json!({"prompt": long})),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": long}]}),
+        ),
+    ] {
+        let (code, v) = post(&s, path, &body.to_string());
+        assert_eq!(code, 400, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("prompt") && msg.contains("context"), "{msg}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(get(&s, "/health").0, 200);
+    }
+    // No max_tokens: the completion may take the rest of the context.
+    let prompt = s.generator.prompt_tokens(&json!("The cat")).unwrap();
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "The cat", "temperature": 0, "ignore_eos": true}).to_string(),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["usage"]["prompt_tokens"], prompt);
+    assert_eq!(r["usage"]["completion_tokens"], ctx - prompt);
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    // An explicit max_tokens that does not fit is still an error naming it.
+    let (code, v) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "The cat", "max_tokens": ctx - prompt + 1}).to_string(),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"]["param"], "max_tokens");
+    let (code, _) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "The cat", "max_tokens": ctx - prompt, "ignore_eos": true}).to_string(),
+    );
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn streamed_stops_and_max_completion_tokens() {
+    let s = start(64);
+    // The greedy reply, cut by a stop sequence from its middle, streamed and not.
+    let full = chat_texts(
+        &s,
+        &json!({"messages": chat(), "max_tokens": 16, "temperature": 0}),
+    )
+    .remove(0);
+    assert!(full.chars().count() > 4, "{full:?}");
+    let stop: String = full.chars().skip(3).take(2).collect();
+    let body = json!({"messages": chat(), "max_tokens": 16, "temperature": 0,
+        "stop": [stop.clone()]});
+    let (code, cut) = post(&s, "/v1/chat/completions", &body.to_string());
+    assert_eq!(code, 200, "{cut}");
+    let cut_text = cut["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!cut_text.contains(&stop) && full.starts_with(cut_text));
+    assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let (text, finish) = streamed_chat(&s, &sbody);
+    assert_eq!(text, cut_text);
+    assert_eq!(finish, "stop");
+    // max_completion_tokens: exactly that many tokens, and it wins over max_tokens.
+    for body in [
+        json!({"messages": chat(), "max_completion_tokens": 3, "ignore_eos": true}),
+        json!({"messages": chat(), "max_completion_tokens": 3, "max_tokens": 10,
+            "ignore_eos": true}),
+    ] {
+        let (code, r) = post(&s, "/v1/chat/completions", &body.to_string());
+        assert_eq!(code, 200, "{r}");
+        assert_eq!(r["usage"]["completion_tokens"], 3, "{body}");
+        assert_eq!(r["choices"][0]["finish_reason"], "length");
+    }
+}
+
+#[test]
+fn serve_on_returns_and_its_worker_exits() {
+    let mut s = start(64);
+    let (code, _) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "The cat", "max_tokens": 2}).to_string(),
+    );
+    assert_eq!(code, 200);
+    // serve_on joins the worker thread before it returns: the server thread ends only
+    // when the worker has exited.
+    let _ = s.stop.take().unwrap().send(());
+    let thread = s.thread.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(thread.join().is_ok());
+    });
+    let joined = rx.recv_timeout(std::time::Duration::from_secs(20));
+    assert_eq!(joined, Ok(true), "serve_on did not return");
+}
+
+/// Whether a new request is answered normally (false: refused, 503 or no connection).
+fn served(s: &Server) -> bool {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(5))
+        .build();
+    matches!(
+        agent
+            .post(&format!("{}/v1/completions", s.base))
+            .send_json(json!({"prompt": "Hi", "max_tokens": 1})),
+        Ok(r) if r.status() == 200
+    )
+}
+
+#[test]
+fn shutdown_finishes_the_stream_in_flight_and_refuses_new_work() {
+    if !smollm2_available() {
+        return;
+    }
+    let mut s = start_with(SMOLLM2, 8);
+    let max_tokens = 200;
+    let body = json!({"messages": chat(), "max_tokens": max_tokens, "temperature": 0,
+        "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
+    let r = ureq::post(&format!("{}/v1/chat/completions", s.base))
+        .send_json(body)
+        .unwrap();
+    let mut lines = BufReader::new(r.into_reader())
+        .lines()
+        .map(|l| l.unwrap())
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string));
+    let mut events = Vec::new();
+    // Wait for the first piece of text, then shut down.
+    for e in lines.by_ref() {
+        let has_text = e.contains("\"content\":\"") && !e.contains("\"content\":\"\"");
+        events.push(e);
+        if has_text {
+            break;
+        }
+    }
+    let _ = s.stop.take().unwrap().send(());
+    // New work is refused while the stream drains (or once the server has gone).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!served(&s), "a new request was served after shutdown began");
+    // The stream still runs to its end: every token, a finish reason, usage, [DONE].
+    events.extend(lines);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], max_tokens, "{usage}");
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "length"));
+    // And the server stops.
+    s.thread.take().unwrap().join().unwrap();
 }
