@@ -86,7 +86,7 @@ impl Reporter {
     }
 
     /// Writes training_curves.png from the history (training loss, and evaluation loss
-    /// where there is one).
+    /// where there is one); called at every checkpoint and at the end of training.
     pub fn finish(&mut self, state: &TrainerState) -> Result<()> {
         let series = |key: &str| -> Vec<(f64, f64)> {
             state

@@ -990,6 +990,8 @@ impl<'m> Trainer<'m> {
             cb.on_save(&self.args, &self.state, &mut control);
         }
         lp.control = control;
+        // The curves so far, so an interrupted run has them too.
+        lp.reporter.finish(&self.state)?;
         self.rotate()
     }
 

@@ -952,7 +952,8 @@ fn a_save_that_fails_midway_leaves_the_previous_checkpoint_whole() {
         fail_at: 2,
     };
     let out = dir.path().join("out");
-    let extra = json!({"max_steps": 6, "save_steps": 2, "save_strategy": "steps"});
+    let extra = json!({"max_steps": 6, "save_steps": 2, "save_strategy": "steps",
+        "logging_steps": 1});
     let mut t = Trainer::new(
         args(&out, extra.clone()),
         &failing,
@@ -976,6 +977,8 @@ fn a_save_that_fails_midway_leaves_the_previous_checkpoint_whole() {
         .filter(|n| n.starts_with(".checkpoint-4.tmp-"))
         .collect();
     assert_eq!(unfinished.len(), 1, "the failed save's temporary folder");
+    // The curves up to the last finished save are there.
+    assert!(out.join("training_curves.png").is_file());
     // checkpoint-2 is whole: a fresh model resumes from it and finishes.
     let fresh = load(&d.labels);
     let mut t2 = Trainer::new(
