@@ -36,8 +36,12 @@ pub fn serve(
     max_batch_size: usize,
     max_queue: usize,
 ) -> Result<ExitCode> {
-    if max_queue == 0 || max_batch_size == 0 {
-        bail!("--max-queue and --max-batch-size must be at least 1");
+    // Checked before the models load: a server that could never take a request.
+    if max_queue == 0 {
+        bail!("--max-queue 0: the queue must hold at least 1 request");
+    }
+    if max_batch_size == 0 {
+        bail!("--max-batch-size 0: the batch must run at least 1 sequence");
     }
     let mut models = Models {
         generator: None,

@@ -1156,3 +1156,201 @@ fn train_lora_writes_a_peft_adapter_run_loads() {
         assert_clean_error(&o, needle);
     }
 }
+
+/// A port on 127.0.0.1 that was free a moment ago (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`): status and body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// A child process killed if the test fails before it exits.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Waits up to `secs` for the child to exit.
+fn wait_exit(child: &mut std::process::Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed().as_secs() < secs {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn serve_answers_over_http_and_exits_0_on_sigterm() {
+    let model = fixture("tiny-llama");
+    let port = free_port();
+    let child = bin()
+        .args([
+            "serve",
+            "--model",
+            &model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--max-batch-size",
+            "2",
+            "--max-queue",
+            "4",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    let stderr = |c: &mut Reaped| {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Some(mut e) = c.0.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    };
+    // Up once /health answers.
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("serve exited with {status}: {}", stderr(&mut child));
+        }
+        if let Ok((200, body)) = http(port, "GET", "/health", "") {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["status"], "ok");
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 120, "serve did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, body) = http(port, "GET", "/v1/models", "").unwrap();
+    assert_eq!(code, 200);
+    let models: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(models["data"][0]["id"], model.as_str());
+    // A greedy completion: OpenAI's shape, and the text `run text-generation` prints.
+    let req = serde_json::json!({"prompt": "The cat", "max_tokens": 6, "temperature": 0,
+        "ignore_eos": true});
+    let (code, body) = http(port, "POST", "/v1/completions", &req.to_string()).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["object"], "text_completion");
+    assert!(r["id"].as_str().unwrap().starts_with("cmpl-"), "{r}");
+    assert_eq!(r["model"], model.as_str());
+    assert_eq!(r["choices"].as_array().unwrap().len(), 1);
+    assert_eq!(r["choices"][0]["index"], 0);
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    let usage = &r["usage"];
+    assert_eq!(usage["completion_tokens"], 6);
+    let prompt_tokens = usage["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 0);
+    assert_eq!(usage["total_tokens"], prompt_tokens + 6);
+    let out = bin()
+        .args([
+            "run",
+            "text-generation",
+            "--model",
+            &model,
+            "--max-new-tokens",
+            "6",
+            "--min-new-tokens",
+            "6",
+            "--return-full-text",
+            "false",
+            "The cat",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        r["choices"][0]["text"],
+        lines(&out)[0][0]["generated_text"],
+        "{r}"
+    );
+    // A bad request is answered in OpenAI's error shape and the server stays up.
+    let (code, body) = http(port, "POST", "/v1/completions", "{not json").unwrap();
+    assert_eq!(code, 400);
+    let e: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(http(port, "GET", "/health", "").unwrap().0, 200);
+    // SIGTERM: a clean exit, code 0.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_exit(&mut child.0, 60).expect("serve did not exit after SIGTERM");
+    let err = stderr(&mut child);
+    assert_eq!(status.code(), Some(0), "{status}: {err}");
+    assert!(
+        err.contains(&format!("serving on http://127.0.0.1:{port}/v1")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+}
+
+#[test]
+fn serve_refuses_a_zero_queue_or_batch_at_start() {
+    for (flag, needle) in [
+        ("--max-queue", "--max-queue 0"),
+        ("--max-batch-size", "--max-batch-size 0"),
+    ] {
+        let out = bin()
+            .args([
+                "serve",
+                "--model",
+                &fixture("tiny-llama"),
+                "--port",
+                "1",
+                flag,
+                "0",
+            ])
+            .output()
+            .unwrap();
+        assert_clean_error(&out, needle);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+    }
+}

@@ -43,6 +43,16 @@ impl ApiError {
         }
     }
 
+    /// 503: the server cannot take work now (it is shutting down).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -166,6 +176,9 @@ pub const MAX_TOP_LOGPROBS_COMPLETIONS: i64 = 5;
 
 /// Most completions one request may ask for.
 pub const MAX_N: i64 = 16;
+
+/// Most inputs one embeddings request may hold (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
 
 impl Sampling {
     /// The settings, or the first invalid one as an error naming its parameter.

@@ -3,13 +3,17 @@
 //!
 //! Endpoints: POST /v1/chat/completions (chat template, streaming SSE or not),
 //! POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics
-//! (Prometheus text). Errors use OpenAI's JSON shape. Generation runs on one worker
-//! thread with continuous batching (`ContinuousBatcher`): requests join the running
-//! batch at the next decode step, up to `max_batch_size` at once, and their prompts run
-//! one chunk per step; more wait in a bounded queue (a full queue answers 429). A client
-//! that disconnects has its sequence cancelled and its cache rows freed. SIGTERM / Ctrl-C
-//! finish in-flight requests (new ones are refused), then exit; `serve_on` returns once
-//! the worker thread has exited.
+//! (Prometheus text: requests, prompt and generated tokens, queue depth, batch counters,
+//! histograms of the time to the response head, of streams' whole duration and of the
+//! time to first token; see `Metrics`). Errors use OpenAI's JSON shape. Generation runs
+//! on one worker thread with continuous batching (`ContinuousBatcher`): requests join
+//! the running batch at the next decode step, up to `max_batch_size` at once, and their
+//! prompts run one chunk per step; more wait in a bounded queue (a full queue answers 429; a request
+//! for more completions than the queue holds, 400). Embeddings requests run beside the
+//! worker and take one place each in the same queue. A client that disconnects has its
+//! sequence cancelled and its cache rows freed. SIGTERM / Ctrl-C finish in-flight
+//! requests (new ones are refused with 503), then exit; `serve_on` returns once the
+//! worker thread has exited.
 
 pub mod api;
 mod metrics;
@@ -17,7 +21,7 @@ mod stop;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -34,6 +38,7 @@ use rustformers_generation::{BatchEvent, FinishReason, GenerationConfig, SeqId, 
 use rustformers_generation::{TextStreamer, TokenLogprobs};
 use rustformers_pipelines::{FeatureExtractionPipeline, Params, TextGenerationPipeline};
 
+use api::MAX_EMBEDDING_INPUTS;
 use api::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, Endpoint, GenSettings};
 pub use metrics::Metrics;
 
@@ -42,7 +47,9 @@ pub use metrics::Metrics;
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
-    /// Requests waiting or running beyond this are refused with 429.
+    /// Generations (each of a request's `n`) and embeddings requests waiting or running
+    /// beyond this are refused with 429; a request for more than this many completions
+    /// can never be served (400).
     pub max_queue: usize,
     /// Sequences the continuous batcher runs together (each decode step is one forward
     /// pass over all of them); further requests wait in the queue.
@@ -76,6 +83,24 @@ struct Job {
     stop: Vec<String>,
     logprobs: Option<usize>,
     events: mpsc::UnboundedSender<Event>,
+    /// Shared by the request's `n` jobs: its first token is timed once.
+    first: Arc<FirstToken>,
+}
+
+/// A request's time to first token, recorded by the worker when any of its sequences
+/// generates its first token.
+struct FirstToken {
+    endpoint: &'static str,
+    start: Instant,
+    seen: AtomicBool,
+}
+
+impl FirstToken {
+    fn observe(&self, metrics: &Metrics) {
+        if !self.seen.swap(true, Ordering::SeqCst) {
+            metrics.observe_ttft(self.endpoint, self.start.elapsed());
+        }
+    }
 }
 
 /// A generated token's log-probability and the most likely alternatives, as text.
@@ -105,14 +130,17 @@ struct AppState {
     /// False once the worker thread has exited (returned or panicked).
     worker_alive: AtomicBool,
     pending: AtomicUsize,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     shutting_down: AtomicBool,
 }
 
-/// Runs the server until SIGTERM or Ctrl-C; in-flight requests finish first.
+/// Runs the server until SIGTERM or Ctrl-C; in-flight requests finish first. The signal
+/// handlers are installed before the port is bound, so a signal sent once the server
+/// answers always drains it (never the default action, which kills the process).
 pub async fn serve(models: Models, config: ServerConfig) -> std::io::Result<()> {
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
-    serve_on(listener, models, config, shutdown_signal()).await
+    serve_on(listener, models, config, shutdown).await
 }
 
 /// Serves on a bound listener until `shutdown` completes (tests pass their own).
@@ -152,7 +180,7 @@ fn app_state(
         jobs: Mutex::new(Some(tx)),
         worker_alive: AtomicBool::new(true),
         pending: AtomicUsize::new(0),
-        metrics: Metrics::default(),
+        metrics: Arc::new(Metrics::default()),
         shutting_down: AtomicBool::new(false),
     });
     (state, rx)
@@ -189,23 +217,26 @@ fn spawn_worker(
         })
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+/// Installs the SIGTERM and SIGINT handlers now (within the runtime) and returns the
+/// future that completes on either.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
             _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
+            _ = int.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -227,6 +258,7 @@ struct Active<'p> {
     trimmer: stop::StopTrimmer,
     tokens: usize,
     logprobs: Vec<TokenLp>,
+    first: Arc<FirstToken>,
 }
 
 /// The generation worker: continuous batching over every queued job; a job whose client
@@ -275,6 +307,7 @@ fn worker(
                             trimmer: stop::StopTrimmer::new(&job.stop),
                             tokens: 0,
                             logprobs: Vec::new(),
+                            first: job.first,
                         },
                     );
                 }
@@ -313,6 +346,7 @@ fn worker(
                     };
                     a.tokens += 1;
                     state.metrics.add_tokens(1);
+                    a.first.observe(&state.metrics);
                     if let Some(lp) = logprobs {
                         a.logprobs.push(token_lp(tok, token, &lp));
                     }
@@ -531,25 +565,62 @@ fn params_for(s: &GenSettings) -> Params {
     params
 }
 
+/// 503 once shutdown has begun: the requests in flight finish, new ones are refused.
+fn refuse_when_shutting_down(state: &AppState) -> Result<(), ApiError> {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    Ok(())
+}
+
+/// Takes `n` places in the queue, or answers 429 when they are not free.
+fn reserve(state: &AppState, n: usize) -> Result<(), ApiError> {
+    let before = state.pending.fetch_add(n, Ordering::SeqCst);
+    if before + n > state.config.max_queue {
+        state.pending.fetch_sub(n, Ordering::SeqCst);
+        return Err(ApiError::busy(format!(
+            "the queue is full ({} requests waiting or running); retry later",
+            state.config.max_queue
+        )));
+    }
+    Ok(())
+}
+
+/// A place in the queue, given back when dropped.
+struct QueuePlace(Arc<AppState>);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Tokenizes `input` once, checks that prompt and completion fit the model's context
 /// (without `max_tokens` the completion may fill the rest of it, as vLLM's default), and
-/// queues `n` generations of it (429 when the queue is full). Returns the event receivers
-/// and the prompt's token count.
+/// queues `n` generations of it (429 when the queue is full; 400 when `n` alone exceeds
+/// the queue, which could never take it). Returns the event receivers and the prompt's
+/// token count. `start` is the request's arrival, for its time to first token.
 fn submit(
     state: &AppState,
     pipe: &TextGenerationPipeline,
     input: &Value,
     settings: &GenSettings,
-    param: &str,
+    kind: Kind,
+    start: Instant,
 ) -> Result<(Vec<mpsc::UnboundedReceiver<Event>>, usize), ApiError> {
-    if state.shutting_down.load(Ordering::SeqCst) {
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "the server is shutting down".into(),
-            kind: "server_error",
-            param: None,
-        });
+    refuse_when_shutting_down(state)?;
+    let n = settings.n;
+    let max_queue = state.config.max_queue;
+    if n > max_queue {
+        return Err(ApiError::invalid(
+            format!(
+                "n is {n}, but this server queues at most {max_queue} completions at once \
+                 (--max-queue {max_queue}): ask for at most {max_queue}"
+            ),
+            Some("n"),
+        ));
     }
+    let param = kind.input_param();
     let (ids, mut config) = pipe
         .request(input, &params_for(settings))
         .map_err(|e| ApiError::invalid(e.to_string(), Some(param)))?;
@@ -577,15 +648,12 @@ fn submit(
         None => ctx - prompt,
     };
     config.max_new_tokens = Some(max_tokens);
-    let n = settings.n;
-    let before = state.pending.fetch_add(n, Ordering::SeqCst);
-    if before + n > state.config.max_queue {
-        state.pending.fetch_sub(n, Ordering::SeqCst);
-        return Err(ApiError::busy(format!(
-            "the queue is full ({} requests waiting); retry later",
-            state.config.max_queue
-        )));
-    }
+    reserve(state, n)?;
+    let first = Arc::new(FirstToken {
+        endpoint: kind.label(),
+        start,
+        seen: AtomicBool::new(false),
+    });
     let mut receivers = Vec::with_capacity(n);
     for i in 0..n {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -598,6 +666,7 @@ fn submit(
             stop: settings.stop.clone(),
             logprobs: settings.logprobs,
             events: tx,
+            first: first.clone(),
         };
         let sent = match state.jobs.lock() {
             Ok(jobs) => jobs.as_ref().is_some_and(|j| j.send(job).is_ok()),
@@ -609,17 +678,22 @@ fn submit(
         }
         receivers.push(rx);
     }
+    state.metrics.add_prompt_tokens(kind.label(), prompt);
     Ok((receivers, prompt))
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let start = Instant::now();
-    let r = chat_inner(&state, &body).await;
+    let r = chat_inner(&state, &body, start).await;
     state.metrics.observe("chat", &r, start);
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, ApiError> {
+async fn chat_inner(
+    state: &Arc<AppState>,
+    body: &Bytes,
+    start: Instant,
+) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(body)?;
     let settings = req.sampling.settings(Endpoint::Chat)?;
     let messages = req.messages.filter(|m| !m.is_empty()).ok_or_else(|| {
@@ -643,7 +717,7 @@ async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, Api
         Some(tools) => json!({"messages": messages, "tools": tools}),
         None => Value::Array(messages),
     };
-    let (receivers, prompt_tokens) = submit(state, &pipe, &input, &settings, "messages")?;
+    let (receivers, prompt_tokens) = submit(state, &pipe, &input, &settings, Kind::Chat, start)?;
     respond(
         receivers,
         Kind::Chat,
@@ -651,6 +725,7 @@ async fn chat_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, Api
         prompt_tokens,
         req.sampling.stream,
         &settings,
+        Meter::new(&state.metrics, start),
     )
     .await
 }
@@ -706,12 +781,16 @@ fn flatten_content(mut messages: Vec<Value>) -> Result<Vec<Value>, ApiError> {
 
 async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let start = Instant::now();
-    let r = completions_inner(&state, &body).await;
+    let r = completions_inner(&state, &body, start).await;
     state.metrics.observe("completions", &r, start);
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn completions_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, ApiError> {
+async fn completions_inner(
+    state: &Arc<AppState>,
+    body: &Bytes,
+    start: Instant,
+) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(body)?;
     let settings = req.sampling.settings(Endpoint::Completions)?;
     let prompt = match req.prompt {
@@ -729,7 +808,8 @@ async fn completions_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respon
     };
     let (model, pipe) = generator_for(state, req.sampling.model.as_deref())?;
     let input = Value::String(prompt);
-    let (receivers, prompt_tokens) = submit(state, &pipe, &input, &settings, "prompt")?;
+    let (receivers, prompt_tokens) =
+        submit(state, &pipe, &input, &settings, Kind::Completion, start)?;
     respond(
         receivers,
         Kind::Completion,
@@ -737,6 +817,7 @@ async fn completions_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respon
         prompt_tokens,
         req.sampling.stream,
         &settings,
+        Meter::new(&state.metrics, start),
     )
     .await
 }
@@ -745,6 +826,64 @@ async fn completions_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respon
 enum Kind {
     Chat,
     Completion,
+}
+
+impl Kind {
+    /// The `endpoint` label of its metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat",
+            Kind::Completion => "completions",
+        }
+    }
+
+    /// The request field that holds the prompt.
+    fn input_param(self) -> &'static str {
+        match self {
+            Kind::Chat => "messages",
+            Kind::Completion => "prompt",
+        }
+    }
+}
+
+/// Where a response's timings go: the metrics and the request's arrival.
+struct Meter {
+    metrics: Arc<Metrics>,
+    start: Instant,
+}
+
+impl Meter {
+    fn new(metrics: &Arc<Metrics>, start: Instant) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            start,
+        }
+    }
+}
+
+/// Records a stream's whole duration once: before its last event is sent (so that a
+/// client that has read `[DONE]` finds it counted), or when the stream ends early (the
+/// client gone).
+struct StreamTimer {
+    meter: Meter,
+    endpoint: &'static str,
+    recorded: bool,
+}
+
+impl StreamTimer {
+    fn finish(&mut self) {
+        if !self.recorded {
+            self.recorded = true;
+            let took: Duration = self.meter.start.elapsed();
+            self.meter.metrics.observe_stream(self.endpoint, took);
+        }
+    }
+}
+
+impl Drop for StreamTimer {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// Chat's `logprobs` object: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
@@ -803,6 +942,7 @@ async fn respond(
     prompt_tokens: usize,
     stream: bool,
     settings: &GenSettings,
+    meter: Meter,
 ) -> Result<Response, ApiError> {
     let (logprobs, include_usage) = (settings.logprobs.is_some(), settings.include_usage);
     let (id, object) = match kind {
@@ -859,6 +999,11 @@ async fn respond(
         Kind::Completion => "text_completion",
     };
     let (tx, rx) = mpsc::channel::<Result<SseEvent, std::convert::Infallible>>(64);
+    let mut timer = StreamTimer {
+        meter,
+        endpoint: kind.label(),
+        recorded: false,
+    };
     tokio::spawn(async move {
         let chunk = |index: usize, delta: Value, lp: Value, finish: Value| -> SseEvent {
             let choice = match kind {
@@ -925,6 +1070,7 @@ async fn respond(
             if let Some(e) = failure {
                 let error = ApiError::internal(e).body().to_string();
                 if tx.send(Ok(SseEvent::default().data(error))).await.is_ok() {
+                    timer.finish();
                     let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
                 }
                 return;
@@ -943,6 +1089,7 @@ async fn respond(
                 return;
             }
         }
+        timer.finish();
         let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
     });
     Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response())
@@ -955,8 +1102,12 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Response
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Embeds up to `MAX_EMBEDDING_INPUTS` texts as one request: refused during shutdown
+/// (503) and when the queue is full (429), like generations; it holds one place in the
+/// queue until its vectors are computed.
 async fn embeddings_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Response, ApiError> {
     let req: EmbeddingRequest = parse(body)?;
+    refuse_when_shutting_down(state)?;
     let Some((id, pipe, tok)) = state.models.embedder.clone() else {
         return Err(ApiError::not_found("this server has no embedding model"));
     };
@@ -990,7 +1141,20 @@ async fn embeddings_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respons
             ))
         }
     };
+    if texts.len() > MAX_EMBEDDING_INPUTS {
+        return Err(ApiError::invalid(
+            format!(
+                "`input` holds {} texts: at most {MAX_EMBEDDING_INPUTS} per request; split it",
+                texts.len()
+            ),
+            Some("input"),
+        ));
+    }
+    reserve(state, 1)?;
+    // Given back when the work ends, even if the client has gone before.
+    let place = QueuePlace(state.clone());
     let result = tokio::task::spawn_blocking(move || {
+        let _place = place;
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let vectors = pipe.embed(&refs, 32)?;
         let mut tokens = 0;
@@ -1003,6 +1167,7 @@ async fn embeddings_inner(state: &Arc<AppState>, body: &Bytes) -> Result<Respons
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
     let (vectors, tokens) = result.map_err(|e| ApiError::invalid(e.to_string(), Some("input")))?;
+    state.metrics.add_prompt_tokens("embeddings", tokens);
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
@@ -1057,6 +1222,10 @@ mod tests {
         s.settings(Endpoint::Chat).unwrap()
     }
 
+    fn meter() -> Meter {
+        Meter::new(&Arc::new(Metrics::default()), Instant::now())
+    }
+
     /// A generation whose worker sent some text and then let go of it without `Done`.
     fn abandoned() -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -1075,6 +1244,7 @@ mod tests {
             3,
             false,
             &settings(false),
+            meter(),
         ));
         let e = r.expect_err("a 500, not a truncated 200");
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -1096,6 +1266,7 @@ mod tests {
                 3,
                 false,
                 &settings(false),
+                meter(),
             ))
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
@@ -1108,6 +1279,7 @@ mod tests {
                 3,
                 true,
                 &settings(true),
+                meter(),
             )
             .await
             .unwrap();
@@ -1129,6 +1301,153 @@ mod tests {
         assert!(values
             .iter()
             .all(|v| v["choices"][0]["finish_reason"].is_null()));
+    }
+
+    /// A finished generation of one token.
+    fn finished() -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Event::Text("whole".into(), Vec::new())).unwrap();
+        tx.send(Event::Done {
+            completion_tokens: 1,
+            finish_reason: "length",
+        })
+        .unwrap();
+        rx
+    }
+
+    fn stream_count(metrics: &Metrics) -> Option<String> {
+        metrics.render(0).lines().find_map(|l| {
+            l.strip_prefix("rustformers_stream_seconds_count{endpoint=\"chat\"} ")
+                .map(str::to_string)
+        })
+    }
+
+    #[test]
+    fn a_streams_whole_duration_is_recorded_once_read_or_dropped() {
+        let rt = runtime();
+        let metrics = Arc::new(Metrics::default());
+        let start = Instant::now();
+        // Not streamed: no stream duration.
+        let r = rt.block_on(respond(
+            vec![finished()],
+            Kind::Chat,
+            "m".into(),
+            3,
+            false,
+            &settings(false),
+            Meter::new(&metrics, start),
+        ));
+        assert_eq!(r.unwrap().status(), StatusCode::OK);
+        assert_eq!(stream_count(&metrics), None);
+        // Read to [DONE]: counted by then, with the time since `start`.
+        let body = rt.block_on(async {
+            let r = respond(
+                vec![finished()],
+                Kind::Chat,
+                "m".into(),
+                3,
+                true,
+                &settings(true),
+                Meter::new(&metrics, start),
+            )
+            .await
+            .unwrap();
+            axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap()
+        });
+        assert!(String::from_utf8_lossy(&body).contains("data: [DONE]"));
+        assert_eq!(stream_count(&metrics).as_deref(), Some("1"));
+        let sum: f64 = metrics
+            .render(0)
+            .lines()
+            .find_map(|l| l.strip_prefix("rustformers_stream_seconds_sum{endpoint=\"chat\"} "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(sum > 0.0 && sum <= start.elapsed().as_secs_f64(), "{sum}");
+        // A client that goes before the end (the body dropped unread): counted too.
+        let (tx, rx) = mpsc::unbounded_channel();
+        rt.block_on(async {
+            let r = respond(
+                vec![rx],
+                Kind::Chat,
+                "m".into(),
+                3,
+                true,
+                &settings(true),
+                Meter::new(&metrics, start),
+            )
+            .await
+            .unwrap();
+            drop(r);
+            // The stream task sees the closed channel at its next send.
+            tx.send(Event::Text("late".into(), Vec::new())).unwrap();
+            for _ in 0..200 {
+                if stream_count(&metrics).as_deref() == Some("2") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        assert_eq!(stream_count(&metrics).as_deref(), Some("2"));
+    }
+
+    fn tiny_bert() -> Models {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/tiny-bert-base"
+        );
+        let opts = rustformers_models::LoadOptions::default();
+        let pipe = FeatureExtractionPipeline::from_pretrained(dir, &opts).unwrap();
+        let tok = AutoTokenizer::from_pretrained(dir).unwrap();
+        Models {
+            generator: None,
+            embedder: Some(("bert".into(), Arc::new(pipe), Arc::new(tok))),
+        }
+    }
+
+    #[test]
+    fn embeddings_take_a_queue_place_and_are_refused_when_full_or_shutting_down() {
+        let config = ServerConfig {
+            max_queue: 2,
+            ..Default::default()
+        };
+        let (state, _rx) = app_state(tiny_bert(), config);
+        let rt = runtime();
+        let post = |body: Value| {
+            let r = rt.block_on(embeddings(
+                State(state.clone()),
+                Bytes::from(body.to_string()),
+            ));
+            let status = r.status();
+            let bytes = rt
+                .block_on(axum::body::to_bytes(r.into_body(), 1 << 24))
+                .unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        };
+        let (status, v) = post(json!({"input": ["a", "b"]}));
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["data"].as_array().unwrap().len(), 2);
+        // Its place is given back once answered.
+        assert_eq!(state.pending.load(Ordering::SeqCst), 0);
+        // The queue full (two generations running): 429 in OpenAI's shape.
+        state.pending.store(2, Ordering::SeqCst);
+        let (status, v) = post(json!({"input": "a"}));
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(state.pending.load(Ordering::SeqCst), 2);
+        // One place free: served.
+        state.pending.store(1, Ordering::SeqCst);
+        assert_eq!(post(json!({"input": "a"})).0, StatusCode::OK);
+        assert_eq!(state.pending.load(Ordering::SeqCst), 1);
+        state.pending.store(0, Ordering::SeqCst);
+        // Shutting down: 503, as for completions.
+        state.shutting_down.store(true, Ordering::SeqCst);
+        let (status, v) = post(json!({"input": "a"}));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"));
     }
 
     #[test]

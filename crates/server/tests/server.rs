@@ -1,11 +1,13 @@
 //! The server on 127.0.0.1 (tiny Llama generating, tiny BERT embedding), driven over
 //! HTTP: OpenAI response shapes, greedy output equal to the pipeline's, SSE streaming,
 //! stop sequences, n > 1, embeddings, every bad input answered in OpenAI's error shape
-//! with the server still up, a full queue refused, concurrent streams all completed and
-//! batched, logprobs, usage chunks, seeded sampling equal to the pipeline's, tools through
-//! the chat template, content parts, over-long prompts, streamed stops,
-//! max_completion_tokens, a disconnecting client cancelled and a shutdown that drains the
-//! stream in flight (real SmolLM2).
+//! with the server still up, a queue full under load refused (429, embeddings too) until
+//! its streams end, n beyond the queue a 400, the metrics' time-to-first-token and stream
+//! histograms and prompt-token counts, the embeddings input cap, concurrent streams all
+//! completed and batched, logprobs, usage chunks, seeded sampling equal to the
+//! pipeline's, tools through the chat template, content parts, over-long prompts,
+//! streamed stops, max_completion_tokens, a disconnecting client cancelled and a shutdown
+//! that drains the stream in flight (real SmolLM2).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -50,6 +52,14 @@ fn start(max_queue: usize) -> Server {
 }
 
 fn start_with(generator: &str, max_queue: usize) -> Server {
+    let config = ServerConfig {
+        max_queue,
+        ..Default::default()
+    };
+    start_config(generator, config)
+}
+
+fn start_config(generator: &str, config: ServerConfig) -> Server {
     let opts = LoadOptions::default();
     let generator = Arc::new(TextGenerationPipeline::from_pretrained(generator, &opts).unwrap());
     let embedder = Arc::new(
@@ -59,10 +69,6 @@ fn start_with(generator: &str, max_queue: usize) -> Server {
     let models = Models {
         generator: Some(("tiny-llama".into(), generator.clone())),
         embedder: Some(("tiny-bert".into(), embedder.clone(), tok)),
-    };
-    let config = ServerConfig {
-        max_queue,
-        ..Default::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -303,18 +309,30 @@ fn openai_endpoints_answer_as_openai_does() {
 }
 
 #[test]
-fn a_full_queue_is_refused_and_concurrent_streams_complete() {
+fn n_beyond_the_queue_is_a_400_and_concurrent_streams_complete() {
+    // n larger than the whole queue could never be served: 400 naming n and the limit,
+    // not a 429 that invites a retry.
     let s = start(1);
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let body = json!({"messages": chat(), "prompt": "The cat", "n": 2, "max_tokens": 2});
+        let (code, v) = post(&s, path, &body.to_string());
+        assert_eq!(code, 400, "{v}");
+        assert_eq!(v["error"]["param"], "n", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("--max-queue 1") && msg.contains("n is 2"),
+            "{msg}"
+        );
+    }
+    // n equal to the queue is served.
     let (code, v) = post(
         &s,
         "/v1/chat/completions",
-        &json!({"messages": chat(), "n": 2, "max_tokens": 2}).to_string(),
+        &json!({"messages": chat(), "n": 1, "max_tokens": 2}).to_string(),
     );
-    assert_eq!(code, 429, "{v}");
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("queue is full"));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(metric(&s, "rustformers_queue_depth"), 0.0);
     drop(s);
     let s = Arc::new(start(64));
     let handles: Vec<_> = (0..8)
@@ -668,25 +686,31 @@ fn seeded_sampling_equals_the_pipelines_and_seeds_matter() {
     assert_ne!(sampled(11), sampled(12));
 }
 
-/// A copy of tiny-llama whose chat template (Qwen2.5's) renders `tools`, with a context
-/// of 2048 tokens (the tiny tokenizer spells the tools out in ~600).
-fn tiny_llama_with_tool_template() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rustformers-server-tools-{}", std::process::id()));
+/// A copy of tiny-llama (in a temporary folder named after `tag`) with a context of
+/// `context` tokens (Llama's rotary positions have no weights).
+fn tiny_llama_with_context(tag: &str, context: usize) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rustformers-server-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
     }
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = json!(context);
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir
+}
+
+/// A copy of tiny-llama whose chat template (Qwen2.5's) renders `tools`, with a context
+/// of 2048 tokens (the tiny tokenizer spells the tools out in ~600).
+fn tiny_llama_with_tool_template() -> PathBuf {
+    let dir = tiny_llama_with_context("tools", 2048);
     let template =
         std::fs::read_to_string(fixture("chat-templates/qwen2.5-instruct.jinja")).unwrap();
     let path = dir.join("tokenizer_config.json");
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     config["chat_template"] = json!(template);
-    std::fs::write(&path, config.to_string()).unwrap();
-    // Room for the tools' system turn (Llama's rotary positions have no weights).
-    let path = dir.join("config.json");
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["max_position_embeddings"] = json!(2048);
     std::fs::write(&path, config.to_string()).unwrap();
     dir
 }
@@ -917,4 +941,317 @@ fn shutdown_finishes_the_stream_in_flight_and_refuses_new_work() {
         .any(|c| c["choices"][0]["finish_reason"] == "length"));
     // And the server stops.
     s.thread.take().unwrap().join().unwrap();
+}
+
+/// A streaming request on a raw connection (so that dropping it certainly closes it),
+/// read up to its first piece of generated text: the generation is then running.
+struct OpenStream {
+    conn: std::net::TcpStream,
+    seen: String,
+}
+
+impl OpenStream {
+    fn open(s: &Server, path: &str, body: &Value) -> Self {
+        use std::io::Write;
+        let addr = s.base.trim_start_matches("http://").to_string();
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let payload = body.to_string();
+        write!(
+            conn,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+            payload.len()
+        )
+        .unwrap();
+        let mut stream = Self {
+            conn,
+            seen: String::new(),
+        };
+        while !stream.has_text() {
+            assert!(
+                stream.read_more(),
+                "the stream ended early: {}",
+                stream.seen
+            );
+        }
+        assert!(stream.seen.starts_with("HTTP/1.1 200"), "{}", stream.seen);
+        stream
+    }
+
+    /// Reads what has arrived; false at the end of the stream.
+    fn read_more(&mut self) -> bool {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let n = self.conn.read(&mut buf).unwrap();
+        self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        n > 0
+    }
+
+    /// Whether an event with non-empty generated text has arrived.
+    fn has_text(&self) -> bool {
+        self.seen.lines().any(|l| {
+            l.strip_prefix("data: ")
+                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                .is_some_and(|c| {
+                    let choice = &c["choices"][0];
+                    let text = choice["delta"]["content"]
+                        .as_str()
+                        .or(choice["text"].as_str());
+                    text.is_some_and(|t| !t.is_empty())
+                })
+        })
+    }
+
+    /// Hangs up.
+    fn close(self) {
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Waits (up to 20 s) until a gauge reads `want`.
+fn wait_for(s: &Server, name: &str, want: f64) {
+    let t0 = std::time::Instant::now();
+    while metric(s, name) != want {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "{name} is not {want}: {}",
+            get(s, "/metrics").1
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_full_queue_under_load_is_a_429_until_the_streams_end() {
+    // A context long enough that a generation without max_tokens (the rest of it) runs
+    // for far longer than this test: the two streams run until they are dropped.
+    let dir = tiny_llama_with_context("queue", 1 << 15);
+    let config = ServerConfig {
+        max_queue: 2,
+        max_batch_size: 2,
+        ..Default::default()
+    };
+    let s = start_config(&dir.to_string_lossy(), config);
+    let long = json!({"messages": chat(), "temperature": 0, "ignore_eos": true, "stream": true});
+    let a = OpenStream::open(&s, "/v1/chat/completions", &long);
+    let long_completion = json!({"prompt": "The cat", "temperature": 0, "ignore_eos": true,
+        "stream": true});
+    let b = OpenStream::open(&s, "/v1/completions", &long_completion);
+    // Both are generating: the queue is full. (The gauge of running rows is set at the
+    // end of the step whose tokens the clients may already have.)
+    assert_eq!(metric(&s, "rustformers_queue_depth"), 2.0);
+    wait_for(&s, "rustformers_running_sequences", 2.0);
+    let short_chat = json!({"messages": chat(), "max_tokens": 3}).to_string();
+    let short_completion = json!({"prompt": "The cat", "max_tokens": 3}).to_string();
+    let embedding = json!({"input": "one text"}).to_string();
+    for (path, body) in [
+        ("/v1/chat/completions", &short_chat),
+        ("/v1/completions", &short_completion),
+        ("/v1/embeddings", &embedding),
+    ] {
+        let (code, v) = post(&s, path, body);
+        assert_eq!(code, 429, "{path}: {v}");
+        assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+        assert!(v["error"]["param"].is_null());
+        assert!(v["error"]["code"].is_null());
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("queue is full"), "{msg}");
+    }
+    // The refusals took no place and the streams go on.
+    assert_eq!(metric(&s, "rustformers_queue_depth"), 2.0);
+    assert_eq!(get(&s, "/health").0, 200);
+    let tokens = metric(&s, "rustformers_generated_tokens_total");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(metric(&s, "rustformers_generated_tokens_total") > tokens);
+    // One stream gone: one place frees, and a request is served beside the other.
+    b.close();
+    wait_for(&s, "rustformers_queue_depth", 1.0);
+    let (code, v) = post(&s, "/v1/chat/completions", &short_chat);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    let (code, v) = post(&s, "/v1/embeddings", &embedding);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(metric(&s, "rustformers_queue_depth"), 1.0);
+    // The first stream still running took all the while: never a finish reason.
+    let mut a = a;
+    assert!(a.read_more());
+    assert!(!a.seen.contains("finish_reason\":\"length"), "{}", a.seen);
+    // Both gone: the queue empties and requests are served again, a stream included.
+    a.close();
+    wait_for(&s, "rustformers_queue_depth", 0.0);
+    wait_for(&s, "rustformers_running_sequences", 0.0);
+    let (code, v) = post(&s, "/v1/completions", &short_completion);
+    assert_eq!(code, 200, "{v}");
+    let streamed = json!({"messages": chat(), "max_tokens": 3, "stream": true});
+    let events = stream(&s, "/v1/chat/completions", &streamed);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let (_, metrics) = get(&s, "/metrics");
+    for endpoint in ["chat", "completions", "embeddings"] {
+        let line =
+            format!("rustformers_requests_total{{endpoint=\"{endpoint}\",status=\"429\"}} 1");
+        assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
+    }
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The value of `name{endpoint="..."}` in /metrics text (0 when absent).
+fn labelled(text: &str, name: &str, endpoint: &str) -> f64 {
+    let prefix = format!("{name}{{endpoint=\"{endpoint}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn metrics_count_time_to_first_token_stream_durations_and_prompt_tokens() {
+    let s = start(64);
+    let t0 = std::time::Instant::now();
+    let usage_of = |events: &[String]| -> Value {
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        last["usage"].clone()
+    };
+    // (endpoint, usage) of every answered generation.
+    let mut usages: Vec<(&str, Value)> = Vec::new();
+    for (max_tokens, n) in [(4, 1), (6, 2), (3, 1)] {
+        let body = json!({"messages": chat(), "max_tokens": max_tokens, "n": n});
+        let (code, r) = post(&s, "/v1/chat/completions", &body.to_string());
+        assert_eq!(code, 200, "{r}");
+        usages.push(("chat", r["usage"].clone()));
+    }
+    for max_tokens in [5, 2] {
+        let body = json!({"messages": chat(), "max_tokens": max_tokens, "stream": true,
+            "stream_options": {"include_usage": true}});
+        let events = stream(&s, "/v1/chat/completions", &body);
+        usages.push(("chat", usage_of(&events)));
+    }
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "The cat sat on", "max_tokens": 4}).to_string(),
+    );
+    assert_eq!(code, 200, "{r}");
+    usages.push(("completions", r["usage"].clone()));
+    let body = json!({"prompt": "Rain", "max_tokens": 7, "stream": true,
+        "stream_options": {"include_usage": true}});
+    usages.push((
+        "completions",
+        usage_of(&stream(&s, "/v1/completions", &body)),
+    ));
+    let (code, e) = post(
+        &s,
+        "/v1/embeddings",
+        &json!({"input": ["one text", "and another one"]}).to_string(),
+    );
+    assert_eq!(code, 200, "{e}");
+    // Refused requests generate nothing: no first token, no prompt tokens.
+    let (code, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": chat(), "temperature": 9}).to_string(),
+    );
+    assert_eq!(code, 400);
+    let wall = t0.elapsed().as_secs_f64();
+    let (_, text) = get(&s, "/metrics");
+    let count = |h: &str, e: &str| labelled(&text, &format!("{h}_count"), e);
+    let sum = |h: &str, e: &str| labelled(&text, &format!("{h}_sum"), e);
+    // Time to first token: once per generation request (n = 2 counts once), streamed or not.
+    let ttft = "rustformers_time_to_first_token_seconds";
+    assert_eq!(count(ttft, "chat"), 5.0, "{text}");
+    assert_eq!(count(ttft, "completions"), 2.0, "{text}");
+    assert_eq!(count(ttft, "embeddings"), 0.0, "{text}");
+    // Whole stream durations: the three streams.
+    let streams = "rustformers_stream_seconds";
+    assert_eq!(count(streams, "chat"), 2.0, "{text}");
+    assert_eq!(count(streams, "completions"), 1.0, "{text}");
+    // Time to the response head: every request, the refused one included.
+    let head = "rustformers_request_seconds";
+    assert_eq!(count(head, "chat"), 6.0, "{text}");
+    assert_eq!(count(head, "completions"), 2.0, "{text}");
+    assert_eq!(count(head, "embeddings"), 1.0, "{text}");
+    // The sums: positive, and less than the time all the requests (one at a time) took.
+    for (h, e) in [
+        (ttft, "chat"),
+        (ttft, "completions"),
+        (streams, "chat"),
+        (streams, "completions"),
+        (head, "chat"),
+        (head, "completions"),
+        (head, "embeddings"),
+    ] {
+        let v = sum(h, e);
+        assert!(v > 0.0 && v < wall, "{h} {e}: sum {v}, wall {wall}");
+        let inf = format!("{h}_bucket{{endpoint=\"{e}\",le=\"+Inf\"}} {}", count(h, e));
+        assert!(text.contains(&inf), "no `{inf}`");
+    }
+    // A stream's first token comes before its end.
+    assert!(sum(streams, "completions") > 0.0);
+    // Prompt tokens: what the responses reported, each request once.
+    for endpoint in ["chat", "completions"] {
+        let reported: u64 = usages
+            .iter()
+            .filter(|(e, _)| *e == endpoint)
+            .map(|(_, u)| u["prompt_tokens"].as_u64().unwrap())
+            .sum();
+        assert!(reported > 0);
+        assert_eq!(
+            labelled(&text, "rustformers_prompt_tokens_total", endpoint),
+            reported as f64,
+            "{endpoint}: {text}"
+        );
+    }
+    assert_eq!(
+        labelled(&text, "rustformers_prompt_tokens_total", "embeddings"),
+        e["usage"]["prompt_tokens"].as_f64().unwrap()
+    );
+    // And the generated tokens are the completion tokens reported.
+    let generated: u64 = usages
+        .iter()
+        .map(|(_, u)| u["completion_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        metric(&s, "rustformers_generated_tokens_total"),
+        generated as f64
+    );
+}
+
+#[test]
+fn embeddings_cap_their_inputs_and_are_served_up_to_it() {
+    let s = start(64);
+    let cap = 2048;
+    let texts: Vec<String> = (0..cap + 1).map(|i| format!("text {i}")).collect();
+    let (code, v) = post(&s, "/v1/embeddings", &json!({"input": texts}).to_string());
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"]["param"], "input");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("2049") && msg.contains("2048"), "{msg}");
+    assert_eq!(metric(&s, "rustformers_queue_depth"), 0.0);
+    // The cap itself is served, in order.
+    let (code, v) = post(
+        &s,
+        "/v1/embeddings",
+        &json!({"input": &texts[..cap]}).to_string(),
+    );
+    assert_eq!(code, 200, "{}", v["error"]);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), cap);
+    assert!(data.iter().enumerate().all(|(i, d)| d["index"] == i));
+    let want = s.embedder.embed(&[texts[cap - 1].as_str()], 1).unwrap();
+    let got: Vec<f32> = serde_json::from_value(data[cap - 1]["embedding"].clone()).unwrap();
+    assert_eq!(got.len(), want[0].len());
+    // Batched with others (padding) vs alone: equal up to float noise.
+    let diff = got
+        .iter()
+        .zip(&want[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "{diff}");
+    // And a plain request afterwards.
+    let (code, v) = post(&s, "/v1/embeddings", &json!({"input": "one"}).to_string());
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    assert_eq!(metric(&s, "rustformers_queue_depth"), 0.0);
 }
