@@ -17,10 +17,10 @@ use rustformers_models::{
 use rustformers_trainer::args::split_flags;
 use rustformers_trainer::data::{text_classification, texts, token_classification, LabelSet};
 use rustformers_trainer::trainer::{
-    language_modeling_features, last_checkpoint, text_classification_features,
+    accuracy_metrics, language_modeling_features, last_checkpoint, text_classification_features,
     token_classification_features, Collator,
 };
-use rustformers_trainer::{accuracy, Trainer, TrainingArguments};
+use rustformers_trainer::{Trainer, TrainingArguments};
 
 pub const TRAIN_HELP: &str = "\
 Usage: rustformers train --task TASK --model REF --train-file F [--eval-file F]
@@ -420,11 +420,7 @@ fn finish(
     let classes = collator != Collator::CausalLm && !matches!(collator, Collator::MaskedLm { .. });
     trainer.set_collator(collator);
     if classes {
-        trainer.set_compute_metrics(Box::new(|p| {
-            let mut m = Map::new();
-            m.insert("accuracy".into(), json!(accuracy(p)));
-            m
-        }));
+        trainer.set_compute_metrics(accuracy_metrics());
     }
     let out = trainer.train(resume.as_deref())?;
     let mut metrics = out.metrics;

@@ -259,6 +259,16 @@ pub struct PredictionOutput {
 /// Metrics from predictions (Python's `compute_metrics`); keys get the `eval_` prefix.
 pub type ComputeMetrics = Box<dyn Fn(&EvalPrediction) -> Map<String, Value> + Send>;
 
+/// `compute_metrics` giving `{"accuracy": ...}` (what Python's example scripts load with
+/// `evaluate.load("accuracy")`).
+pub fn accuracy_metrics() -> ComputeMetrics {
+    Box::new(|p| {
+        let mut m = Map::new();
+        m.insert("accuracy".into(), json!(accuracy(p)));
+        m
+    })
+}
+
 /// What `train` returns (Python's `TrainOutput`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOutput {

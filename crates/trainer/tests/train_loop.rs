@@ -14,7 +14,7 @@ use rustformers_models::{
 };
 use rustformers_trainer::data::{text_classification, LabelSet};
 use rustformers_trainer::trainer::{
-    last_checkpoint, list_checkpoints, text_classification_features, Batch,
+    accuracy_metrics, last_checkpoint, list_checkpoints, text_classification_features, Batch,
 };
 use rustformers_trainer::{
     accuracy, EarlyStoppingCallback, Features, TrainModel, Trainer, TrainerCallback,
@@ -153,11 +153,7 @@ fn loss_falls_and_the_task_is_learned() {
         Some(d.eval.clone()),
     )
     .unwrap();
-    t.set_compute_metrics(Box::new(|p| {
-        let mut m = serde_json::Map::new();
-        m.insert("accuracy".into(), json!(accuracy(p)));
-        m
-    }));
+    t.set_compute_metrics(accuracy_metrics());
     let before = t.evaluate().unwrap();
     let res = t.train(None).unwrap();
     assert_eq!(res.global_step, 80);
@@ -659,11 +655,7 @@ fn bf16_training_learns_and_must_match_the_model() {
         Some(d.eval.clone()),
     )
     .unwrap();
-    t.set_compute_metrics(Box::new(|p| {
-        let mut m = serde_json::Map::new();
-        m.insert("accuracy".into(), json!(accuracy(p)));
-        m
-    }));
+    t.set_compute_metrics(accuracy_metrics());
     t.train(None).unwrap();
     let evals: Vec<f64> = t
         .state
@@ -814,11 +806,7 @@ fn callbacks_see_pythons_hook_order_and_steer_the_loop() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut t = Trainer::new(a, &model, Some(&d.tok), d.train.clone(), None).unwrap();
     t.add_callback(Box::new(Recorder { seen: seen.clone() }));
-    t.set_compute_metrics(Box::new(|p| {
-        let mut m = serde_json::Map::new();
-        m.insert("accuracy".into(), json!(accuracy(p)));
-        m
-    }));
+    t.set_compute_metrics(accuracy_metrics());
     t.train(None).unwrap();
     assert_eq!(t.state.global_step, 3, "stopped by the callback");
     let got = seen.lock().unwrap().clone();
@@ -1033,11 +1021,7 @@ fn the_best_checkpoint_is_loaded_at_the_end() {
         Some(d.eval.clone()),
     )
     .unwrap();
-    t.set_compute_metrics(Box::new(|p| {
-        let mut m = serde_json::Map::new();
-        m.insert("accuracy".into(), json!(accuracy(p)));
-        m
-    }));
+    t.set_compute_metrics(accuracy_metrics());
     t.train(None).unwrap();
     let best = PathBuf::from(t.state.best_model_checkpoint.clone().unwrap());
     assert!(!best.ends_with("checkpoint-6"), "{}", best.display());
