@@ -350,10 +350,7 @@ impl<'m> Trainer<'m> {
             return Err(TrainerError::Args(format!(
                 "eval_strategy is {} but no evaluation set was given: pass one (--eval-file) \
                  or set eval_strategy to no",
-                serde_json::to_value(args.eval_strategy)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
+                format!("{:?}", args.eval_strategy).to_lowercase()
             )));
         }
         let device = model
