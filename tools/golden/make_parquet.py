@@ -1,9 +1,10 @@
 """Parquet training files as `datasets` / pandas write them, for the Trainer's data
-tests: tests/fixtures/data/{classify,classify-gzip,classify-lz4,ner}.parquet and the same
-rows as classify.jsonl / ner.jsonl.
+tests: tests/fixtures/data/{classify,classify-gzip,classify-lz4,classify-zstd,
+classify-brotli,ner}.parquet and the same rows as classify.jsonl / ner.jsonl.
 
 pyarrow writes Snappy pages by default (as `Dataset.to_parquet` and pandas do); the
-gzip and LZ4 copies cover the other codecs rustformers reads.
+gzip, LZ4, zstd (polars' default) and Brotli copies cover the other codecs rustformers
+reads. Written with pyarrow 26.0.1.
 """
 
 import json
@@ -32,6 +33,8 @@ def main() -> None:
     pq.write_table(table, out / "classify.parquet")
     pq.write_table(table, out / "classify-gzip.parquet", compression="gzip")
     pq.write_table(table, out / "classify-lz4.parquet", compression="lz4")
+    pq.write_table(table, out / "classify-zstd.parquet", compression="zstd")
+    pq.write_table(table, out / "classify-brotli.parquet", compression="brotli")
     (out / "classify.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS))
     pq.write_table(pa.Table.from_pylist(NER), out / "ner.parquet")
     (out / "ner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in NER))

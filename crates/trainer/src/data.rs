@@ -37,8 +37,9 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
     }
 }
 
-/// A Parquet file (as `datasets` and pandas write them: Snappy, LZ4 or gzip pages), row
-/// `i` numbered `i + 1` in errors. Lists (`tokens`, `ner_tags`) become JSON arrays.
+/// A Parquet file (as `datasets`, pandas and polars write them: Snappy, LZ4, gzip, zstd
+/// or Brotli pages), row `i` numbered `i + 1` in errors. Lists (`tokens`, `ner_tags`)
+/// become JSON arrays.
 fn read_parquet(path: &Path) -> Result<Vec<Row>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = std::fs::File::open(path).map_err(|e| TrainerError::io(path, e))?;
@@ -596,8 +597,8 @@ y,0
             .join(name)
     }
 
-    /// Parquet files written by pyarrow (tools/golden/make_parquet.py: Snappy, gzip and
-    /// LZ4 pages, list columns) read as the same rows as their JSONL twins.
+    /// Parquet files written by pyarrow (tools/golden/make_parquet.py: Snappy, gzip, LZ4,
+    /// zstd and Brotli pages, list columns) read as the same rows as their JSONL twins.
     #[test]
     fn parquet_files_read_as_their_jsonl_twins() {
         let want = text_classification(&fixture("classify.jsonl"), "label").unwrap();
@@ -605,6 +606,8 @@ y,0
             "classify.parquet",
             "classify-gzip.parquet",
             "classify-lz4.parquet",
+            "classify-zstd.parquet",
+            "classify-brotli.parquet",
         ] {
             let got = text_classification(&fixture(name), "label").unwrap();
             assert_eq!(got, want, "{name}");
