@@ -18,7 +18,7 @@ use rustformers_trainer::args::split_flags;
 use rustformers_trainer::data::{text_classification, texts, token_classification, LabelSet};
 use rustformers_trainer::trainer::{
     accuracy_metrics, language_modeling_features, last_checkpoint, text_classification_features,
-    token_classification_features, Collator,
+    token_classification_features, unfinished_save, Collator,
 };
 use rustformers_trainer::{Trainer, TrainingArguments};
 
@@ -145,42 +145,52 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
         .unwrap_or(false);
     // As Python's example scripts: an output folder that holds files is refused unless
     // --overwrite-output-dir; one that holds checkpoints resumes from the newest.
-    let detected = if args.overwrite_output_dir || resume_arg.is_some() {
-        None
-    } else {
-        let last = last_checkpoint(&args.output_dir)?;
-        let has_files = std::fs::read_dir(&args.output_dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if last.is_none() && has_files {
-            bail!(
-                "output directory {} already exists and is not empty: use \
-                 --overwrite-output-dir to train into it",
-                args.output_dir.display()
-            );
-        }
-        last
-    };
-    let resume = |out: &std::path::Path| -> Result<Option<PathBuf>> {
-        Ok(match resume_arg.as_deref() {
-            None => {
-                if let Some(l) = &detected {
-                    eprintln!(
-                        "checkpoint detected, resuming training at {} (--overwrite-output-dir \
-                         to train from scratch)",
-                        l.display()
-                    );
-                }
-                detected.clone()
-            }
-            Some("last") => Some(last_checkpoint(out)?.ok_or_else(|| {
+    // The checkpoint to resume from, found before anything loads. As Python's example
+    // scripts: an output folder that holds files is refused unless
+    // --overwrite-output-dir; one that holds checkpoints resumes from the newest.
+    let out = &args.output_dir;
+    let (resume_from, detected) = match resume_arg.as_deref() {
+        Some("last") => {
+            let last = last_checkpoint(out)?.ok_or_else(|| {
                 anyhow!(
                     "--resume-from-checkpoint last: no checkpoint-N in {}",
                     out.display()
                 )
-            })?),
-            Some(p) => Some(PathBuf::from(p)),
-        })
+            })?;
+            (Some(last), false)
+        }
+        Some(p) => (Some(PathBuf::from(p)), false),
+        None if args.overwrite_output_dir => (None, false),
+        None => {
+            let last = last_checkpoint(out)?;
+            // What a killed save left behind is the Trainer's to clear, not a user's file.
+            let has_files = std::fs::read_dir(out)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| unfinished_save(&e.file_name().to_string_lossy()).is_none())
+                })
+                .unwrap_or(false);
+            if last.is_none() && has_files {
+                bail!(
+                    "output directory {} already exists and is not empty: use \
+                     --overwrite-output-dir to train into it",
+                    out.display()
+                );
+            }
+            let detected = last.is_some();
+            (last, detected)
+        }
+    };
+    // Said once the data and the model have loaded, right before training.
+    let resume = || -> Option<PathBuf> {
+        if let (true, Some(l)) = (detected, &resume_from) {
+            eprintln!(
+                "checkpoint detected, resuming training at {} (--overwrite-output-dir to \
+                 train from scratch)",
+                l.display()
+            );
+        }
+        resume_from.clone()
     };
     let load_err = |e: rustformers_core::Error| {
         let text = e.to_string();
@@ -225,7 +235,7 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
                 ),
             )
             .map_err(load_err)?;
-            let resume = resume(&args.output_dir)?;
+            let resume = resume();
             finish(
                 Trainer::new(args, &model, Some(&tokenizer), train, eval)?,
                 Collator::Classification,
@@ -262,7 +272,7 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
                 ),
             )
             .map_err(load_err)?;
-            let resume = resume(&args.output_dir)?;
+            let resume = resume();
             finish(
                 Trainer::new(args, &model, Some(&tokenizer), train, eval)?,
                 Collator::TokenClassification,
@@ -281,7 +291,7 @@ pub fn train(words: &[String]) -> Result<ExitCode> {
             let eval = eval_texts
                 .map(|t| language_modeling_features(&tokenizer, &t, block_size))
                 .transpose()?;
-            let resume = resume(&args.output_dir)?;
+            let resume = resume();
             let load = train_load(None, &args, ignore_mismatched, lora.clone());
             if task == "fill-mask" {
                 let mask_id = tokenizer

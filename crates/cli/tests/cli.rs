@@ -915,6 +915,41 @@ fn train_output_folders_csv_ids_and_an_args_file() {
         "mine"
     );
     assert!(used.join("model.safetensors").is_file());
+    // An empty folder, and one holding only what a killed save left, are trained into
+    // (the Trainer clears the leftover).
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join(".checkpoint-3.tmp-77")).unwrap();
+    let o = run(&train, &["--output-dir", empty.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!empty.join(".checkpoint-3.tmp-77").exists());
+    // An explicit checkpoint to resume from, in another folder: it goes on from step 4.
+    let other = dir.path().join("other");
+    let o = run(
+        &train,
+        &[
+            "--output-dir",
+            other.to_str().unwrap(),
+            "--resume-from-checkpoint",
+            out.join("checkpoint-4").to_str().unwrap(),
+            "--num-train-epochs",
+            "3",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(step(&other), 6);
+    assert!(!other.join("checkpoint-4").exists() && other.join("checkpoint-6").is_dir());
+    // `last` in a folder without checkpoints: one error line.
+    let fresh = dir.path().join("fresh");
+    let o = run(
+        &train,
+        &[
+            "--output-dir",
+            fresh.to_str().unwrap(),
+            "--resume-from-checkpoint",
+            "last",
+        ],
+    );
+    assert_clean_error(&o, "--resume-from-checkpoint last: no checkpoint-N in");
 }
 
 /// `train` for the other tasks: token classification (tags aligned to first sub-tokens),

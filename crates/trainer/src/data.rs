@@ -386,8 +386,10 @@ pub struct LabelSet {
 
 impl LabelSet {
     /// The label set of the training data: class names sorted (as Python's example
-    /// scripts sort `unique` labels), or integer ids, which must then be `0..n` and take
-    /// the names of `config_names` when it has exactly `n` of them (else `LABEL_i`).
+    /// scripts sort `unique` labels); integer ids `0..n` take the names of
+    /// `config_names` when it has exactly `n` of them (else `LABEL_i`); other integers
+    /// (ratings 1-5) are classes named by their digits, sorted as text, as Python's
+    /// `run_classification.py` turns labels into strings and sorts them.
     pub fn from_examples(
         examples: &[TextExample],
         path: &Path,
@@ -433,17 +435,27 @@ impl LabelSet {
         }
         if names.is_empty() {
             let n = ids.len();
-            for (line, value) in all {
-                if let LabelValue::Id(v) = value {
-                    let v = *v;
-                    if v < 0 || v as usize >= n {
-                        return Err(data_err(
-                            path,
-                            *line,
-                            format!("label id {v} is outside 0..{n} (ids must be 0..n-1)"),
-                        ));
-                    }
+            // `ids` is sorted: ids proper when they are exactly 0..n.
+            let dense = ids
+                .iter()
+                .enumerate()
+                .all(|(i, v)| **v == LabelValue::Id(i as i64));
+            if !dense {
+                let mut named: Vec<(String, i64)> = ids
+                    .iter()
+                    .filter_map(|v| match v {
+                        LabelValue::Id(x) => Some((x.to_string(), *x)),
+                        LabelValue::Name(_) => None,
+                    })
+                    .collect();
+                named.sort();
+                let mut index = BTreeMap::new();
+                for (i, (name, x)) in named.iter().enumerate() {
+                    index.insert(LabelValue::Id(*x), i as u32);
+                    index.insert(LabelValue::Name(name.clone()), i as u32);
                 }
+                let names = named.into_iter().map(|(name, _)| name).collect();
+                return Ok(Self { names, index });
             }
             let names: Vec<String> = if config_names.len() == n {
                 config_names.to_vec()
@@ -711,11 +723,26 @@ y,0
             "k.jsonl",
             "{\"text\": \"x\", \"label\": 0}\n{\"text\": \"y\", \"label\": 5}\n",
         );
+        // Integers other than 0..n (ratings): classes named by their digits, sorted as
+        // text (Python's run_classification.py), so 10 comes before 5.
         let ex = text_classification(&p, "label").unwrap();
-        let e = LabelSet::from_examples(&ex, &p, &[])
+        let set = LabelSet::from_examples(&ex, &p, &["a".into(), "b".into()]).unwrap();
+        assert_eq!(set.names, ["0", "5"]);
+        assert_eq!(set.indices(&ex, &p).unwrap(), [0, 1]);
+        let r = write(d.path(), "r.csv", "text,stars\nx,5\ny,10\nz,1\n");
+        let ratings = text_classification(&r, "stars").unwrap();
+        let set = LabelSet::from_examples(&ratings, &r, &[]).unwrap();
+        assert_eq!(set.names, ["1", "10", "5"]);
+        assert_eq!(set.indices(&ratings, &r).unwrap(), [2, 1, 0]);
+        let q = write(d.path(), "q.csv", "text,stars\nx,3\n");
+        let e = set
+            .indices(&text_classification(&q, "stars").unwrap(), &q)
             .unwrap_err()
             .to_string();
-        assert!(e.contains(":2: label id 5 is outside 0..2"), "{e}");
+        assert!(
+            e.contains(":2: label 3 is not one of the training labels (1, 10, 5)"),
+            "{e}"
+        );
         let p2 = write(
             d.path(),
             "l.jsonl",

@@ -1134,23 +1134,40 @@ fn load_weights(opt: &AdamW, ckpt: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the temporary folders of saves a killed process left unfinished
-/// (`.checkpoint-N.tmp-PID`, `.checkpoint-N.old-PID`); finished checkpoints are never
-/// touched.
+/// What a save leaves while it runs: `.checkpoint-N.tmp-PID` (the new checkpoint being
+/// written) or `.checkpoint-N.old-PID` (the previous copy of a step saved again, until
+/// the new one is in place). `Some((N, is_old))` for such a name.
+pub fn unfinished_save(name: &str) -> Option<(usize, bool)> {
+    let (step, tail) = name.strip_prefix(".checkpoint-")?.split_once('.')?;
+    let step = step.parse().ok()?;
+    if tail.starts_with("tmp-") {
+        Some((step, false))
+    } else if tail.starts_with("old-") {
+        Some((step, true))
+    } else {
+        None
+    }
+}
+
+/// Clears what a killed process left of its saves: a temporary folder is deleted; the
+/// previous copy of a re-saved step goes back to `checkpoint-N` when the process died
+/// between the two renames (no `checkpoint-N`), else it is deleted. Finished
+/// checkpoints are never touched.
 fn remove_unfinished_saves(dir: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let unfinished = name.strip_prefix(".checkpoint-").is_some_and(|rest| {
-            rest.split_once('.').is_some_and(|(step, tail)| {
-                step.parse::<usize>().is_ok()
-                    && (tail.starts_with("tmp-") || tail.starts_with("old-"))
-            })
-        });
-        if unfinished && e.path().is_dir() {
-            let p = e.path();
+        let (Some((step, old)), true) = (unfinished_save(&name), e.path().is_dir()) else {
+            continue;
+        };
+        let p = e.path();
+        let whole = dir.join(format!("checkpoint-{step}"));
+        if old && !whole.exists() {
+            tracing::warn!("restoring {} from {}", whole.display(), p.display());
+            std::fs::rename(&p, &whole).map_err(|e| TrainerError::io(&whole, e))?;
+        } else {
             tracing::warn!("removing the unfinished save {}", p.display());
             std::fs::remove_dir_all(&p).map_err(|e| TrainerError::io(&p, e))?;
         }

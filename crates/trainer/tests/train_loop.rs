@@ -1023,7 +1023,23 @@ fn the_best_checkpoint_is_loaded_at_the_end() {
     .unwrap();
     t.set_compute_metrics(accuracy_metrics());
     t.train(None).unwrap();
+    // The lowest accuracy (the first evaluation reaching it) is the best.
+    let evals: Vec<(u64, f64)> = t
+        .state
+        .log_history
+        .iter()
+        .filter_map(|l| Some((l["step"].as_u64()?, l.get("eval_accuracy")?.as_f64()?)))
+        .collect();
+    assert_eq!(evals.len(), 3);
+    let lowest = evals
+        .iter()
+        .fold(evals[0], |b, e| if e.1 < b.1 { *e } else { b });
     let best = PathBuf::from(t.state.best_model_checkpoint.clone().unwrap());
+    assert!(
+        best.ends_with(format!("checkpoint-{}", lowest.0)),
+        "{} for {evals:?}",
+        best.display()
+    );
     assert!(!best.ends_with("checkpoint-6"), "{}", best.display());
     let saved = |ck: &Path| -> Vec<Vec<f32>> {
         let st =
@@ -1112,4 +1128,59 @@ fn text_pairs_are_encoded_as_pairs() {
     assert!(types[..=seps[0]].iter().all(|t| *t == 0), "{types:?}");
     assert!(types[seps[0] + 1..].iter().all(|t| *t == 1), "{types:?}");
     assert_eq!(f[0].labels, [1]);
+}
+
+/// What a killed save leaves is cleared at the next start: a temporary folder is
+/// deleted; the previous copy of a re-saved step comes back as `checkpoint-N` when the
+/// process died between the two renames, and is deleted when `checkpoint-N` is whole.
+/// A folder that only looks similar is left alone.
+#[test]
+fn unfinished_saves_are_cleared_and_a_swapped_out_checkpoint_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let model = load(&d.labels);
+    let out = dir.path().join("out");
+    for (name, file) in [
+        (".checkpoint-99.tmp-1", "half"),
+        (".checkpoint-98.old-1", "whole-98"),
+        (".checkpoint-97.old-1", "stale-97"),
+        ("checkpoint-97", "whole-97"),
+        (".checkpoint-x.tmp-1", "mine"),
+    ] {
+        std::fs::create_dir_all(out.join(name)).unwrap();
+        std::fs::write(out.join(name).join("f"), file).unwrap();
+    }
+    let a = args(&out, json!({"max_steps": 1}));
+    let mut t = Trainer::new(a, &model, Some(&d.tok), d.train.clone(), None).unwrap();
+    t.train(None).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("checkpoint"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [".checkpoint-x.tmp-1", "checkpoint-97", "checkpoint-98"]
+    );
+    let read = |n: &str| std::fs::read_to_string(out.join(n).join("f")).unwrap();
+    assert_eq!(read("checkpoint-98"), "whole-98");
+    assert_eq!(read("checkpoint-97"), "whole-97");
+}
+
+/// A callback that refuses the arguments stops `train` before anything is written.
+#[test]
+fn a_callback_refusing_the_arguments_stops_training_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let model = load(&d.labels);
+    let out = dir.path().join("out");
+    let a = args(&out, json!({"max_steps": 2}));
+    let mut t = Trainer::new(a, &model, Some(&d.tok), d.train.clone(), None).unwrap();
+    t.add_callback(Box::new(EarlyStoppingCallback::new(1, 0.0)));
+    let e = t.train(None).unwrap_err().to_string();
+    assert!(e.contains("needs metric_for_best_model"), "{e}");
+    assert!(!out.exists());
+    assert_eq!(t.state.global_step, 0);
 }
