@@ -1450,6 +1450,57 @@ mod tests {
             .contains("shutting down"));
     }
 
+    /// Once shutdown has begun, chat and completions are refused with 503 before
+    /// anything is queued (the requests in flight finish).
+    #[test]
+    fn generations_are_refused_while_shutting_down() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/tiny-llama"
+        );
+        let opts = rustformers_models::LoadOptions::default();
+        let pipe = TextGenerationPipeline::from_pretrained(dir, &opts).unwrap();
+        let models = Models {
+            generator: Some(("llama".into(), Arc::new(pipe))),
+            embedder: None,
+        };
+        let (state, _rx) = app_state(models, ServerConfig::default());
+        state.shutting_down.store(true, Ordering::SeqCst);
+        let rt = runtime();
+        for (r, what) in [
+            (
+                rt.block_on(chat_completions(
+                    State(state.clone()),
+                    Bytes::from(
+                        json!({"messages": [{"role": "user", "content": "Hi"}]}).to_string(),
+                    ),
+                )),
+                "chat",
+            ),
+            (
+                rt.block_on(completions(
+                    State(state.clone()),
+                    Bytes::from(json!({"prompt": "Hi"}).to_string()),
+                )),
+                "completions",
+            ),
+        ] {
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+            let bytes = rt
+                .block_on(axum::body::to_bytes(r.into_body(), 1 << 20))
+                .unwrap();
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("shutting down"),
+                "{what}: {v}"
+            );
+        }
+        assert_eq!(state.pending.load(Ordering::SeqCst), 0);
+    }
+
     #[test]
     fn health_is_503_once_the_worker_has_exited() {
         let models = Models {
