@@ -685,7 +685,7 @@ fn submit(
 async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let start = Instant::now();
     let r = chat_inner(&state, &body, start).await;
-    state.metrics.observe("chat", &r, start);
+    state.metrics.observe(Kind::Chat.label(), &r, start);
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -782,7 +782,7 @@ fn flatten_content(mut messages: Vec<Value>) -> Result<Vec<Value>, ApiError> {
 async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let start = Instant::now();
     let r = completions_inner(&state, &body, start).await;
-    state.metrics.observe("completions", &r, start);
+    state.metrics.observe(Kind::Completion.label(), &r, start);
     r.unwrap_or_else(IntoResponse::into_response)
 }
 

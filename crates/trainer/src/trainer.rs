@@ -749,17 +749,25 @@ impl<'m> Trainer<'m> {
     }
 
     /// Adds `logs` (with epoch and step) to the history, the reporter and the callbacks.
-    fn log(&mut self, lp: &mut Loop, mut logs: Map<String, Value>) -> Result<()> {
+    fn log(&mut self, lp: &mut Loop, logs: Map<String, Value>) -> Result<()> {
+        let mut control = lp.control;
+        self.record(&mut control, logs);
+        lp.control = control;
+        match self.state.log_history.last() {
+            Some(recorded) => lp.reporter.log(recorded),
+            None => Ok(()),
+        }
+    }
+
+    /// Stamps `logs` with epoch and step, gives them to the callbacks' `on_log` and adds
+    /// them to `log_history`.
+    fn record(&mut self, control: &mut TrainerControl, mut logs: Map<String, Value>) {
         logs.insert("epoch".into(), json!(self.state.epoch));
         logs.insert("step".into(), json!(self.state.global_step));
-        lp.reporter.log(&logs)?;
-        let mut control = lp.control;
         for cb in self.callbacks.iter_mut() {
-            cb.on_log(&self.args, &self.state, &mut control, &logs);
+            cb.on_log(&self.args, &self.state, control, &logs);
         }
-        lp.control = control;
         self.state.log_history.push(logs);
-        Ok(())
     }
 
     /// Python's `_maybe_log_save_evaluate`.
@@ -808,13 +816,7 @@ impl<'m> Trainer<'m> {
             .clone()
             .ok_or_else(|| TrainerError::Other("no evaluation set".into()))?;
         let metrics = self.metrics_of(&eval, "eval")?;
-        let mut logs = metrics.clone();
-        logs.insert("epoch".into(), json!(self.state.epoch));
-        logs.insert("step".into(), json!(self.state.global_step));
-        for cb in self.callbacks.iter_mut() {
-            cb.on_log(&self.args, &self.state, &mut control, &logs);
-        }
-        self.state.log_history.push(logs);
+        self.record(&mut control, metrics.clone());
         for cb in self.callbacks.iter_mut() {
             cb.on_evaluate(&self.args, &self.state, &mut control, &metrics);
         }
