@@ -8,6 +8,10 @@ Loads SRC and DST with the Auto class named by DST's config.json `architectures`
 the "model" inputs of SRC/expected.json through both, and compares every output tensor
 (exact equality expected: same weights, same code). Also checks that the saved tokenizer
 encodes the fixture texts to the same ids. Exits non-zero on any difference.
+
+Reference stack: transformers 5.25.0 (tools/golden/requirements.txt). Encoder folders only
+(tiny-{bert,distilbert,roberta}-*, see check_rust_saves.sh): the decoders' expected.json
+has no "model" inputs.
 """
 
 import json

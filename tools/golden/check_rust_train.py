@@ -10,6 +10,12 @@ leaves PEFT's `modules_to_save`, the classification head, out).
 Compares, for each text, Python's `pipeline("text-classification", top_k=None)` scores
 with the rustformers line (labels and scores, 1e-5), and checks that config.json names the
 training labels. Exits non-zero on any difference.
+
+Reference stack: transformers 5.25.0 and peft 0.22.0 (tools/golden/requirements.txt). The
+base of an adapter is loaded with the labels of the folder's config.json
+(`num_labels`, `id2label`, `label2id`, `ignore_mismatched_sizes=True`, as
+make_python_loads.py does): the adapter's `modules_to_save` head has the training labels'
+shape, which need not be the base checkpoint's.
 """
 
 import json
@@ -25,7 +31,15 @@ def main() -> int:
         import peft
 
         base_path = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base = transformers.AutoModelForSequenceClassification.from_pretrained(base_path)
+        cfg = json.loads((out / "config.json").read_text())
+        id2label = {int(k): v for k, v in cfg["id2label"].items()}
+        base = transformers.AutoModelForSequenceClassification.from_pretrained(
+            base_path,
+            num_labels=len(id2label),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+            ignore_mismatched_sizes=True,
+        )
         model = peft.PeftModel.from_pretrained(base, str(out)).merge_and_unload()
         tok = transformers.AutoTokenizer.from_pretrained(str(out))
         pipe = transformers.pipeline("text-classification", model=model, tokenizer=tok, top_k=None)

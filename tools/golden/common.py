@@ -78,6 +78,25 @@ def meta(script: str, **extra: Any) -> dict:
     return out
 
 
+def require_transformers_5(script: str) -> None:
+    """Exit unless transformers 5.x is installed (the pinned reference, requirements.txt)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    if major < 5:
+        sys.exit(
+            f"{script} records with transformers 5.x (pinned 5.25.0, tools/golden/requirements.txt); "
+            f"this is {transformers.__version__}"
+        )
+
+
+def hub_version() -> dict:
+    """{"huggingface_hub": version}, the Hub client the 5.25 scripts add to meta."""
+    import huggingface_hub
+
+    return {"huggingface_hub": huggingface_hub.__version__}
+
+
 # ---------------------------------------------------------------------------
 # JSON conversion and writing
 # ---------------------------------------------------------------------------
@@ -147,7 +166,8 @@ def write_json(path: Path, obj: Any) -> None:
     text = _dump(to_jsonable(obj), 1, 0) + "\n"
     json.loads(text)  # sanity: valid JSON
     path.write_text(text, encoding="utf-8")
-    print(f"wrote {path.relative_to(REPO_ROOT)} ({len(text.encode()) / 1024:.1f} KiB)", file=sys.stderr)
+    shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    print(f"wrote {shown} ({len(text.encode()) / 1024:.1f} KiB)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------
@@ -203,23 +223,26 @@ def wordpiece_vocab() -> list[str]:
     return vocab
 
 
-def write_wordpiece_vocab(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(wordpiece_vocab()) + "\n", encoding="utf-8")
-    return path
-
-
 def make_wordpiece_tokenizer(workdir: Path, cls_name: str = "BertTokenizerFast"):
-    """A Bert/DistilBert fast tokenizer over the tiny vocab (lower-casing)."""
+    """A Bert/DistilBert tokenizer over the tiny vocab (lower-casing).
+
+    transformers 5.x: `BertTokenizerFast` is an alias of `BertTokenizer` (a
+    `TokenizersBackend`) whose constructor takes `vocab=` (a dict) and silently ignores
+    `vocab_file=` (it would build a 5-token vocab of the specials). save_pretrained
+    then writes tokenizer.json and tokenizer_config.json only (no vocab.txt).
+    """
     import transformers
 
-    vocab_file = write_wordpiece_vocab(workdir / "vocab.txt")
+    vocab = {tok: i for i, tok in enumerate(wordpiece_vocab())}
     cls = getattr(transformers, cls_name)
-    return cls(
-        vocab_file=str(vocab_file),
+    tok = cls(
+        vocab=vocab,
         do_lower_case=True,
         model_max_length=TOKENIZER_MAX_LENGTH,
     )
+    assert len(tok) == len(vocab), len(tok)
+    assert tok.convert_tokens_to_ids(BERT_SPECIALS) == [0, 1, 2, 3, 4]
+    return tok
 
 
 def roberta_corpus() -> list[str]:
@@ -234,8 +257,17 @@ def roberta_corpus() -> list[str]:
 
 
 def make_roberta_tokenizer(workdir: Path, vocab_size: int = 400):
-    """Train a tiny byte-level BPE and wrap it as RobertaTokenizerFast."""
-    from tokenizers import ByteLevelBPETokenizer
+    """Train a tiny byte-level BPE and wrap it as RobertaTokenizerFast.
+
+    transformers 5.x: `RobertaTokenizerFast` is an alias of `RobertaTokenizer` (a
+    `TokenizersBackend`) whose constructor takes `vocab=` / `merges=` and ignores
+    `vocab_file=` / `merges_file=`; save_pretrained writes no vocab.json / merges.txt.
+    4.x's RobertaTokenizerFast made `<mask>` an AddedToken with lstrip=True (as in the
+    Hub's roberta-base tokenizer.json); 5.x's RobertaTokenizer leaves it lstrip=False, so
+    it is passed explicitly and tokenizer.json keeps the 4.46.3 behaviour ("the <mask>"
+    is `the`, `<mask>`: the space before the mask belongs to it).
+    """
+    from tokenizers import AddedToken, ByteLevelBPETokenizer
     from transformers import RobertaTokenizerFast
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -247,13 +279,16 @@ def make_roberta_tokenizer(workdir: Path, vocab_size: int = 400):
         special_tokens=ROBERTA_SPECIALS,
         show_progress=False,
     )
-    bpe.save_model(str(workdir))
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     tok = RobertaTokenizerFast(
-        vocab_file=str(workdir / "vocab.json"),
-        merges_file=str(workdir / "merges.txt"),
+        vocab=dict(model["vocab"]),
+        merges=merges,
+        mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True),
         model_max_length=TOKENIZER_MAX_LENGTH,
     )
     assert tok.convert_tokens_to_ids(ROBERTA_SPECIALS) == [0, 1, 2, 3, 4]
+    assert len(tok) == vocab_size, len(tok)
     return tok
 
 
@@ -400,13 +435,19 @@ def make_bytelevel_bpe_tokenizer(vocab_size: int = 352, add_bos: bool = True, pa
 
 
 @torch.no_grad()
-def perturb_decoder(model, std: float = 0.05, gain_std: float = 0.1) -> None:
+def perturb_decoder(model, std: float = 0.05, gain_std: float = 0.1, order: list[str] | None = None) -> None:
     """Randomise every bias and every 1-D norm weight (gain) of a decoder.
 
     As make_encoders.perturb: init leaves biases at 0 and norm gains at 1 (0 for
     Gemma's `1 + w` RMSNorm), which would hide a loader that drops them.
+    `order` (parameter names) sets the order the random draws are made in; the
+    default is model.named_parameters() order.
     """
-    for name, p in model.named_parameters():
+    params = dict(model.named_parameters())
+    names = list(params) if order is None else list(order)
+    assert sorted(names) == sorted(params), "order must name every parameter once"
+    for name in names:
+        p = params[name]
         if name.endswith(".bias"):
             p.normal_(0.0, std)
         elif p.dim() == 1 and name.endswith(".weight"):
@@ -414,7 +455,11 @@ def perturb_decoder(model, std: float = 0.05, gain_std: float = 0.1) -> None:
 
 
 def generate_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """position_ids exactly as GenerationMixin.prepare_inputs_for_generation makes them."""
+    """position_ids as transformers 4.46.3's GenerationMixin.prepare_inputs_for_generation made them (pads: 1).
+
+    5.x fills pads with 0 instead; make_decoders.py asks transformers itself
+    (`_prepare_position_ids_for_generation`).
+    """
     position_ids = attention_mask.long().cumsum(-1) - 1
     position_ids.masked_fill_(attention_mask == 0, 1)
     return position_ids

@@ -2,8 +2,9 @@
 
 For every folder tests/fixtures/tiny-<family>[-variant]/ this writes
     config.json, generation_config.json, model.safetensors (save_pretrained),
-    tokenizer.json, tokenizer_config.json (with a ChatML chat_template),
-    special_tokens_map.json, expected.json.
+    tokenizer.json, tokenizer_config.json, chat_template.jinja (the ChatML
+    template: 5.x saves it beside tokenizer_config.json, and writes no
+    special_tokens_map.json), expected.json.
 and tests/fixtures/logits-processors.json (generation logits processors applied
 to a fixed score matrix).
 
@@ -11,11 +12,11 @@ The folder is re-loaded with from_pretrained before anything is recorded, and a
 fresh model is loaded for every recorded call (dynamic RoPE keeps state between
 calls, see the notes in expected.json).
 
-Usage:  python tools/golden/make_decoders.py [--only tiny-llama,tiny-gpt2,logits-processors]
+Reference stack: transformers 5.25.0 (tools/golden/requirements.txt). The configs
+are written the 5.x way (`rope_parameters` with `rope_type` and `rope_theta`, no
+top-level `rope_theta` / `rope_scaling`); the script refuses to run under 4.x.
 
-tiny-qwen3 needs transformers >= 4.51 (Qwen3 is not in the pinned 4.46.3); it is
-skipped, with a message, under older versions. See README.md for the second
-environment that builds it.
+Usage:  python tools/golden/make_decoders.py [--only tiny-llama,tiny-gpt2,logits-processors]
 """
 
 from __future__ import annotations
@@ -69,6 +70,21 @@ BEAM_KWARGS = dict(
 NUM_LABELS = 3
 CLS_LABELS = {0: "NEGATIVE", 1: "NEUTRAL", 2: "POSITIVE"}
 
+# Appended to meta.notes of every causal-LM fixture (what changed from the 4.46.3 recordings).
+CAUSAL_NOTES = [
+    "transformers 5.x: generate's position_ids (and logits.position_ids here) are cumsum(attention_mask) - 1 with "
+    "pads set to 0 (4.46.3 set them to 1); pads are masked, so no recorded value depends on it.",
+    "beam search (5.x): rows are filled past their end with `pad_token_id or eos_token_id[0]` evaluated on tensors, "
+    "so with pad_token_id 0 (falsy) a finished hypothesis is followed by copies of the first eos id, not by <pad> "
+    "(4.46.3 used pad_token_id); greedy rows are still filled with pad_token_id.",
+    "beam search (5.x): sequences_scores = sum of the processed log_softmax of the new tokens / (number of new "
+    "tokens, eos included) ** length_penalty, as in 4.46.3. At the step that reaches max_new_tokens, 5.x treats "
+    "the top num_beams candidates of that step (eos or not: all hit the length limit) as finished and keeps the "
+    "best num_beams of them and the earlier finished hypotheses by score; 4.46.3 (early_stopping=True) first let "
+    "that step's eos candidates fill the num_beams finished slots and then ignored the still-running beams, so "
+    "where both exist 5.x may return a length-limited beam that outscores an eos hypothesis 4.46.3 returned.",
+]
+
 
 # ---------------------------------------------------------------------------
 # Checkpoint specifications
@@ -82,9 +98,17 @@ class Spec:
     config: dict
     kind: str = "causal"  # "causal" | "seqcls"
     add_bos: bool = True  # tokenizer prepends <s>
-    min_transformers: str = "4.46.3"
+    min_transformers: str = "5.0.0"
     generation_overrides: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    # Per-layer parameter-name suffixes, in the order transformers 4.46.3 registered them where 5.x differs,
+    # so that common.perturb_decoder draws the same random values (the weights stay those of the 4.46 fixtures).
+    legacy_layer_order: list = field(default_factory=list)
+
+
+def rope(rope_type: str = "default", theta: float = 10000.0, **params) -> dict:
+    """A 5.x `rope_parameters` dict: rope_type and rope_theta, then the type's own keys."""
+    return {"rope_type": rope_type, "rope_theta": theta, **params}
 
 
 def llama_like(**kw) -> dict:
@@ -98,7 +122,7 @@ def llama_like(**kw) -> dict:
         num_key_value_heads=2,
         max_position_embeddings=64,
         rms_norm_eps=1e-6,
-        rope_theta=10000.0,
+        rope_parameters=rope(),
         initializer_range=INIT_RANGE,
         bos_token_id=DECODER_BOS,
         eos_token_id=DECODER_EOS,
@@ -111,18 +135,28 @@ def llama_like(**kw) -> dict:
 
 DYNAMIC_MAX_POS = 16  # < len(prompt 0) so the batch forward rescales, > len(prompt 1)
 
+# tiny-phi3-longrope: head_dim 8, so 4 factors each (rotary_dim / 2), all distinct.
+LONGROPE_ORIGINAL_MAX_POS = 16  # < len(prompt 0) (26); prompt 1 (8 tokens) crosses it while generating
+LONGROPE_SHORT_FACTOR = [1.0, 1.3, 1.9, 2.7]
+LONGROPE_LONG_FACTOR = [1.2, 1.8, 2.9, 3.9]
+
 SPECS = [
-    Spec("tiny-llama", "LlamaConfig", "LlamaForCausalLM", llama_like()),
+    Spec(
+        "tiny-llama", "LlamaConfig", "LlamaForCausalLM",
+        llama_like(rope_parameters=rope(theta=500000.0)),
+        notes=["rope_parameters = {rope_type: default, rope_theta: 500000.0} (Llama-3 base): inv_freq = "
+               "500000 ** (-2i / 8)"],
+    ),
     Spec(
         "tiny-llama-rope-linear", "LlamaConfig", "LlamaForCausalLM",
-        llama_like(tie_word_embeddings=True, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+        llama_like(tie_word_embeddings=True, rope_parameters=rope("linear", factor=2.0)),
     ),
     Spec(
         "tiny-llama-rope-dynamic", "LlamaConfig", "LlamaForCausalLM",
         llama_like(
             tie_word_embeddings=True,
             max_position_embeddings=DYNAMIC_MAX_POS,
-            rope_scaling={"rope_type": "dynamic", "factor": 2.0},
+            rope_parameters=rope("dynamic", factor=2.0),
         ),
         notes=[
             "dynamic NTK: every forward recomputes inv_freq from seq_len = max(position_ids) + 1 over the whole batch "
@@ -139,13 +173,13 @@ SPECS = [
         llama_like(
             tie_word_embeddings=True,
             max_position_embeddings=128,
-            rope_scaling={
-                "rope_type": "llama3",
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 128,
-            },
+            rope_parameters=rope(
+                "llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=128,
+            ),
         ),
         notes=["head_dim 8: wavelengths 6.3 (kept), 62.8 (smoothed), 628 and 6283 (divided by factor)"],
     ),
@@ -154,12 +188,17 @@ SPECS = [
         llama_like(
             tie_word_embeddings=True,
             max_position_embeddings=128,
-            rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+            rope_parameters=rope("yarn", factor=4.0, original_max_position_embeddings=32),
         ),
         notes=[
-            "transformers 4.46.3 ignores rope_scaling.original_max_position_embeddings for yarn (it warns about an "
-            "unrecognised key) and finds the correction range with config.max_position_embeddings (128); later "
-            "versions use original_max_position_embeddings (32) there. The recorded rope.inv_freq is 4.46.3's.",
+            "transformers 5.x finds yarn's correction range with rope_parameters.original_max_position_embeddings "
+            "(32), not max_position_embeddings (128): low = floor(dim * ln(32 / (beta_fast * 2 pi)) / (2 ln base)), "
+            "high = ceil(dim * ln(32 / (beta_slow * 2 pi)) / (2 ln base)), clamped to [0, dim - 1], with beta_fast 32, "
+            "beta_slow 1 and rope_parameters.truncate (absent here, default true: floor/ceil applied; false keeps "
+            "the raw bounds, which here gives the same inv_freq). Here low = 0, high = 1: inv_freq = [1, 0.1 / 4, "
+            "0.01 / 4, 0.001 / 4]. 4.46.3 ignored original_max_position_embeddings (it warned about an unrecognised "
+            "key) and used max_position_embeddings (128): high = 2, inv_freq[1] = 0.0625 instead of 0.025, so the "
+            "logits and generations differ from the 4.46.3 fixture.",
             "attention_factor = 0.1 * ln(factor) + 1 multiplies cos and sin (so q.k scales by its square).",
         ],
     ),
@@ -170,15 +209,22 @@ SPECS = [
     ),
     Spec(
         "tiny-qwen2", "Qwen2Config", "Qwen2ForCausalLM",
-        llama_like(tie_word_embeddings=True, use_sliding_window=False),
+        llama_like(tie_word_embeddings=True, use_sliding_window=False, rope_parameters=rope(theta=1000000.0)),
         generation_overrides={"eos_token_id": [DECODER_EOS, DECODER_IM_END]},
-        notes=["q/k/v projections have biases; generation_config.eos_token_id is a list [</s>, <|im_end|>]"],
+        notes=[
+            "q/k/v projections have biases; generation_config.eos_token_id is a list [</s>, <|im_end|>]",
+            "rope_parameters = {rope_type: default, rope_theta: 1000000.0}",
+        ],
     ),
     Spec(
         "tiny-qwen3", "Qwen3Config", "Qwen3ForCausalLM",
-        llama_like(tie_word_embeddings=True, head_dim=16, use_sliding_window=False),
-        min_transformers="4.51.0",
-        notes=["head_dim 16 != hidden/heads; q_norm/k_norm are per-head RMSNorms over head_dim before RoPE"],
+        llama_like(
+            tie_word_embeddings=True, head_dim=16, use_sliding_window=False, rope_parameters=rope(theta=1000000.0)
+        ),
+        notes=[
+            "head_dim 16 != hidden/heads; q_norm/k_norm are per-head RMSNorms over head_dim before RoPE",
+            "rope_parameters = {rope_type: default, rope_theta: 1000000.0}",
+        ],
     ),
     Spec(
         "tiny-gemma2", "Gemma2Config", "Gemma2ForCausalLM",
@@ -191,22 +237,74 @@ SPECS = [
             final_logit_softcapping=4.0,
             hidden_activation="gelu_pytorch_tanh",
         ),
+        legacy_layer_order=[
+            "input_layernorm.weight",
+            "pre_feedforward_layernorm.weight",
+            "post_feedforward_layernorm.weight",
+            "post_attention_layernorm.weight",
+        ],
         notes=[
             "layer 0 (even layers) uses the sliding window 8, layer 1 global attention",
             "attention scale query_pre_attn_scalar ** -0.5 (24, not head_dim 16)",
             "soft-capping: cap * tanh(x / cap) on attention scores (5.0) and final logits (4.0)",
             "embeddings are multiplied by sqrt(hidden_size) (as a float32 tensor); RMSNorm gains are (1 + w)",
-            "generate uses a HybridCache (Gemma2Config.cache_implementation = 'hybrid')",
-            "transformers 4.46.3 bug: with the HybridCache the left-padded batch (greedy and beam) diverges from its "
-            "own use_cache=False recomputation and from the unpadded runs; those cases also carry "
-            "sequences_uncached, the model's true output. (With a DynamicCache instead, 4.46.3 drops the sliding "
-            "window at decode steps and even single prompts go wrong.)",
+            "transformers 5.x generate uses a DynamicCache with a DynamicSlidingWindowLayer for layer 0 and a "
+            "DynamicLayer for layer 1 (generation_config has no cache_implementation 'hybrid' any more). The "
+            "4.46.3 HybridCache bug with left padding is gone: the padded batch (greedy and beam) equals its "
+            "use_cache=False recomputation and the unpadded runs, so no case carries sequences_uncached; the "
+            "batch sequences and scores equal the sequences_uncached / sequences_scores_uncached 4.46.3 recorded.",
+            "the norm gains are drawn in 4.46.3's parameter order (input, pre_feedforward, post_feedforward, "
+            "post_attention) so the weights are the 4.46.3 fixture's.",
         ],
     ),
     Spec(
         "tiny-phi3", "Phi3Config", "Phi3ForCausalLM",
         llama_like(sliding_window=None),
         notes=["fused self_attn.qkv_proj ([q; k; v] rows) and mlp.gate_up_proj ([gate; up] rows)"],
+    ),
+    Spec(
+        "tiny-phi3-longrope", "Phi3Config", "Phi3ForCausalLM",
+        llama_like(
+            sliding_window=None,
+            max_position_embeddings=64,
+            # Phi-3 checkpoints carry it at the top level too, and 5.x copies the top-level value into
+            # rope_parameters (it wins over the one given there), so both say 16.
+            original_max_position_embeddings=LONGROPE_ORIGINAL_MAX_POS,
+            rope_parameters=rope(
+                "longrope",
+                short_factor=list(LONGROPE_SHORT_FACTOR),
+                long_factor=list(LONGROPE_LONG_FACTOR),
+                original_max_position_embeddings=LONGROPE_ORIGINAL_MAX_POS,
+            ),
+        ),
+        notes=[
+            "rope_parameters: rope_type longrope, rope_theta 10000, short_factor [1.0, 1.3, 1.9, 2.7], long_factor "
+            "[1.2, 1.8, 2.9, 3.9], original_max_position_embeddings 16 (also at the top level of config.json: "
+            "Phi3Config copies the top-level value into rope_parameters, and prepare_inputs_for_generation reads "
+            "the top-level one), partial_rotary_factor 1.0 (added by Phi3Config); max_position_embeddings 64; no "
+            "factor, so factor = 64 / 16 = 4 and attention_factor = sqrt(1 + ln(4) / ln(16)) = 1.2247449, which "
+            "multiplies cos and sin with either factor set.",
+            "inv_freq[i] = 1 / (ext[i] * rope_theta ** (2i / 8)), ext = short_factor or long_factor. rope.inv_freq "
+            "is the short set (built at init); rope.inv_freq_at_seq_len has {16: short, 17: long}.",
+            "which set (transformers 5.25 modeling_rope_utils.dynamic_rope_update -> longrope_frequency_update): "
+            "every forward of Phi3RotaryEmbedding takes seq_len = max(position_ids) + 1 over the whole batch of "
+            "that forward and uses long_factor if seq_len > original_max_position_embeddings (16), else "
+            "short_factor. Nothing is remembered between forwards. In a cached decode step position_ids holds only "
+            "the new token's position, so keys already in the cache keep the rotation they got.",
+            "Phi3ForCausalLM.prepare_inputs_for_generation: when a cache is passed (generate's DynamicCache, "
+            "truthy), input_ids.shape[1] (the whole sequence so far, left padding included) >= "
+            "original_max_position_embeddings + 1 (17) and cache.get_seq_length() <= 16, it drops the cache and "
+            "feeds the whole sequence again: the step where the sequence reaches 17 tokens recomputes every "
+            "position with long_factor, so cached generate equals use_cache=False (checks ..._cached_equals_"
+            "uncached are true).",
+            "greedy single-1 (8 prompt tokens, 12 new): new tokens 1-9 are chosen with short_factor (positions <= "
+            "15); the 10th step feeds all 17 tokens (positions 0-16, long_factor, fresh cache); tokens 10-12 use "
+            "long_factor. Prompt 0 (26 tokens), the chat prompt (22) and the padded batch (26 columns, positions "
+            "up to 25) use long_factor from the prefill on; in the batch, prompt 1's row is rotated with "
+            "long_factor because seq_len is the batch maximum, so greedy_batch_equals_singles is false. Beam and "
+            "eos runs of prompt 1 alone (at most 16 tokens) never switch. The logits record (positions up to 25) "
+            "is all long_factor.",
+        ],
     ),
     Spec(
         "tiny-gpt2", "GPT2Config", "GPT2LMHeadModel",
@@ -225,7 +323,7 @@ SPECS = [
         add_bos=False,
         notes=[
             "the tokenizer adds no <s> (GPT-2 style ByteLevel post-processor)",
-            "learned absolute positions: generate passes position_ids = cumsum(mask) - 1 (pads: 1), so a left-padded "
+            "learned absolute positions: generate passes position_ids = cumsum(mask) - 1 (pads: 0), so a left-padded "
             "row starts at position 0 like the unpadded prompt",
         ],
     ),
@@ -276,22 +374,50 @@ def build_checkpoint(spec: Spec, out_dir: Path):
     common.seed_all(common.SEED)
     config = make_config(spec)
     model = getattr(transformers, spec.model_class)(config).eval()
-    common.perturb_decoder(model)
+    common.perturb_decoder(model, order=perturb_order(spec, model))
     for key, value in spec.generation_overrides.items():
         setattr(model.generation_config, key, value)
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
+    check_saved_config(spec, out_dir)
+
+
+def perturb_order(spec: Spec, model) -> list[str] | None:
+    """named_parameters() order, with each layer's `legacy_layer_order` names moved into that order."""
+    if not spec.legacy_layer_order:
+        return None
+    names = [n for n, _ in model.named_parameters()]
+    out = list(names)
+    for i in range(model.config.num_hidden_layers):
+        prefix = f"model.layers.{i}."
+        wanted = [prefix + suffix for suffix in spec.legacy_layer_order]
+        slots = sorted(out.index(n) for n in wanted)
+        for slot, name in zip(slots, wanted):
+            out[slot] = name
+    assert sorted(out) == sorted(names)
+    return out
+
+
+def check_saved_config(spec: Spec, out_dir: Path) -> None:
+    """The saved config.json carries RoPE the 5.x way: `rope_parameters`, no top-level rope_theta / rope_scaling."""
+    saved = json.loads((out_dir / "config.json").read_text())
+    if "rope_parameters" not in spec.config:
+        return
+    assert "rope_theta" not in saved and "rope_scaling" not in saved, (spec.name, saved)
+    rp = saved["rope_parameters"]
+    for key, value in spec.config["rope_parameters"].items():
+        assert rp.get(key) == value, (spec.name, key, rp.get(key), value)
 
 
 def load_model(spec: Spec, out_dir: Path):
     import transformers
 
     cls = getattr(transformers, spec.model_class)
-    return cls.from_pretrained(out_dir, attn_implementation=ATTN_IMPLEMENTATION).eval()
+    return cls.from_pretrained(out_dir, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32).eval()
 
 
 # ---------------------------------------------------------------------------
@@ -310,7 +436,9 @@ def record_logits(spec: Spec, out_dir: Path, tok) -> dict:
     model = load_model(spec, out_dir)
     enc = tok(DECODER_PROMPTS, padding=True, return_tensors="pt")
     mask = enc["attention_mask"]
-    position_ids = common.generate_position_ids(mask)
+    # exactly what generate() passes to the first forward (5.x: pads get position 0, 4.46 gave them 1)
+    position_ids = model._prepare_position_ids_for_generation(enc["input_ids"], {"attention_mask": mask})
+    assert position_ids.tolist() == (mask.cumsum(-1) - 1).clamp(min=0).tolist()
     logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=position_ids, use_cache=False).logits
     return {
         "prompts": DECODER_PROMPTS,
@@ -473,14 +601,16 @@ def record_rope(spec: Spec, out_dir: Path) -> dict | None:
     info = common.rope_info(model)
     if info is None:
         return None
-    info["rope_scaling"] = getattr(model.config, "rope_scaling", None)
-    if info["rope_type"] == "dynamic":
+    # 5.x: config.rope_scaling is a deprecated alias of config.rope_parameters (so it carries rope_type and
+    # rope_theta even without scaling); both keys are kept, with the same value.
+    info["rope_scaling"] = model.config.rope_parameters
+    info["rope_parameters"] = model.config.rope_parameters
+    if info["rope_type"] in ("dynamic", "longrope"):
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-        fn = ROPE_INIT_FUNCTIONS["dynamic"]
-        info["inv_freq_at_seq_len"] = {
-            str(n): fn(model.config, "cpu", seq_len=n)[0] for n in (16, 17, 20, 27, 39)
-        }
+        fn = ROPE_INIT_FUNCTIONS[info["rope_type"]]
+        lengths = (16, 17, 20, 27, 39) if info["rope_type"] == "dynamic" else (16, 17)
+        info["inv_freq_at_seq_len"] = {str(n): fn(model.config, "cpu", seq_len=n)[0] for n in lengths}
     return info
 
 
@@ -494,9 +624,11 @@ def record_seqcls(spec: Spec, out_dir: Path, tok) -> dict:
     assert tok.padding_side == "right"
     enc = tok(DECODER_CLS_TEXTS, padding=True, return_tensors="pt")
     logits = model(**enc).logits
-    # what the model pools: the token before the first pad (argmax of input_ids == pad) - 1, modulo T
+    # what the model pools (5.x GenericForSequenceClassification): the rightmost token that is not pad_token_id,
+    # argmax(arange(T) * (input_ids != pad)); with right padding, the token before the first pad (as in 4.46.3)
     pad = model.config.pad_token_id
-    pooled = (torch.eq(enc["input_ids"], pad).int().argmax(-1) - 1) % enc["input_ids"].shape[-1]
+    ids = enc["input_ids"]
+    pooled = (torch.arange(ids.shape[-1]) * (ids != pad).int()).argmax(-1)
     singles = []
     for text in DECODER_CLS_TEXTS:
         e = tok(text, return_tensors="pt")
@@ -526,14 +658,18 @@ def make_one(spec: Spec) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(out_dir)
     assert tok.is_fast
 
+    notes = list(spec.notes)
+    if spec.kind == "causal":
+        notes += CAUSAL_NOTES
     expected = {
         "meta": common.meta(
             SCRIPT,
+            **stack_versions(),
             checkpoint=spec.name,
             model_class=spec.model_class,
             tokenizer_class=type(tok).__name__,
             attn_implementation=ATTN_IMPLEMENTATION,
-            notes=spec.notes,
+            notes=notes,
         ),
     }
     if spec.kind == "causal":
@@ -641,6 +777,14 @@ def make_logits_processors() -> None:
     common.write_json(FIXTURES / "logits-processors.json", expected)
 
 
+def stack_versions() -> dict:
+    """Versions recorded in meta beside common.meta's: the Hub client and the chat-template renderer."""
+    import huggingface_hub
+    import jinja2
+
+    return {"huggingface_hub": huggingface_hub.__version__, "jinja2": jinja2.__version__}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="comma-separated names (folders, or logits-processors) to (re)build")
@@ -649,6 +793,13 @@ def main() -> None:
 
     common.setup()
     import transformers
+
+    if version_tuple(transformers.__version__) < (5, 0, 0):
+        sys.exit(
+            f"make_decoders.py records with transformers 5.x (pinned 5.25.0, tools/golden/requirements.txt); "
+            f"this is {transformers.__version__}"
+        )
+    transformers.utils.logging.disable_progress_bar()
 
     for spec in SPECS:
         if only and spec.name not in only:

@@ -1,11 +1,18 @@
 """Build tiny random BERT / DistilBERT / RoBERTa checkpoints and record golden outputs.
 
 For every checkpoint folder tests/fixtures/tiny-<family>-<head>/ this writes
-    config.json, model.safetensors, tokenizer files (via save_pretrained),
-    expected.json  ({"meta", "model", "pipelines"}).
+    config.json, model.safetensors, tokenizer.json, tokenizer_config.json (save_pretrained;
+    5.x writes no vocab.txt / vocab.json / merges.txt / special_tokens_map.json and no
+    generation_config.json for the MLM heads), expected.json ({"meta", "model", "pipelines"}).
 
 The folder is re-loaded with from_pretrained before anything is recorded, so the
 expected outputs are those of the files on disk.
+
+Reference stack: transformers 5.25.0 (tools/golden/requirements.txt); the script refuses
+to run under 4.x. The weights are those of the 4.46.3 recordings (`legacy_construction`
+replays 4.46.3's random draws where 5.x builds modules differently). The
+question-answering pipeline no longer exists in 5.x: its cases are recorded with 4.46.3's
+algorithm (tools/golden/qa_pipeline_446.py), see meta.notes of the tiny-*-qa fixtures.
 
 Usage:  python tools/golden/make_encoders.py [--only tiny-bert-base,tiny-roberta-qa]
 """
@@ -13,7 +20,9 @@ Usage:  python tools/golden/make_encoders.py [--only tiny-bert-base,tiny-roberta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import math
 import shutil
 import sys
 import tempfile
@@ -213,13 +222,72 @@ def perturb(model) -> None:
             p.copy_(1.0 + 0.1 * torch.randn_like(p))
 
 
+@contextlib.contextmanager
+def legacy_construction():
+    """Make 5.x model construction consume the random stream as transformers 4.46.3 did.
+
+    The weights are those of the 4.46.3 recordings: seed, construct (torch's default init
+    draws for every Linear / Embedding), `_init_weights` (normal(0, INIT_RANGE) in module
+    post-order), then `perturb`. Two 5.x modules draw differently while being built:
+
+    * `BertLMPredictionHead`: 5.x builds `decoder = nn.Linear(hidden, vocab, bias=True)`
+      (4.46.3: bias=False, the bias being the tied `cls.predictions.bias`), one extra
+      uniform_ draw of `vocab` values that shifted every later draw (tiny-bert-mlm's
+      `cls.predictions.transform.dense.weight` and every perturbed bias / gain).
+    * `RobertaEmbeddings`: 4.46.3 (a copy of BertEmbeddings.__init__) built word,
+      position (without padding_idx), token_type, and then position again with
+      padding_idx, keeping `position_embeddings` in the second slot; 5.x builds word,
+      token_type, position once. Both the construction draws and the init / perturb order
+      (word, position, token_type, LayerNorm) differed, so every RoBERTa weight did.
+
+    Each is wrapped: the 5.x __init__ runs, the random state is put back, and the 4.46.3
+    draws are replayed (into the same parameters, which init overwrites anyway).
+    """
+    from transformers.models.bert import modeling_bert
+    from transformers.models.roberta import modeling_roberta
+
+    bert_head_init = modeling_bert.BertLMPredictionHead.__init__
+    roberta_emb_init = modeling_roberta.RobertaEmbeddings.__init__
+
+    def bert_head(self, config):
+        state = torch.get_rng_state()
+        bert_head_init(self, config)
+        torch.set_rng_state(state)
+        self.transform.dense.reset_parameters()
+        # nn.Linear.reset_parameters without the bias draw
+        torch.nn.init.kaiming_uniform_(self.decoder.weight, a=math.sqrt(5))
+
+    def roberta_embeddings(self, config):
+        state = torch.get_rng_state()
+        roberta_emb_init(self, config)
+        torch.set_rng_state(state)
+        self.word_embeddings.reset_parameters()
+        torch.nn.Embedding(config.max_position_embeddings, config.hidden_size)  # the first, discarded one
+        self.token_type_embeddings.reset_parameters()
+        self.position_embeddings.reset_parameters()
+        order = ["word_embeddings", "position_embeddings", "token_type_embeddings"]
+        modules = dict(self._modules)
+        self._modules.clear()
+        for name in order + [n for n in modules if n not in order]:
+            self._modules[name] = modules[name]
+
+    modeling_bert.BertLMPredictionHead.__init__ = bert_head
+    modeling_roberta.RobertaEmbeddings.__init__ = roberta_embeddings
+    try:
+        yield
+    finally:
+        modeling_bert.BertLMPredictionHead.__init__ = bert_head_init
+        modeling_roberta.RobertaEmbeddings.__init__ = roberta_emb_init
+
+
 def build_checkpoint(fam: Family, head: str, out_dir: Path, tokenizer) -> None:
     import transformers
 
     common.seed_all(common.SEED)
     config = head_config(fam.make_config(len(tokenizer)), head)
     cls = getattr(transformers, fam.classes[head])
-    model = cls(config).eval()
+    with legacy_construction():
+        model = cls(config).eval()
     perturb(model)
     if head == "tokcls":
         centre_token_classifier(model, tokenizer)
@@ -237,7 +305,9 @@ def store_decoder_bias(out_dir: Path) -> None:
 
     transformers 4.46.3 saves only `lm_head.bias`; on load it re-ties the two biases the
     wrong way round and the bias becomes zero. With both keys stored it loads the real
-    bias, so the recorded outputs are the model's true outputs.
+    bias, so the recorded outputs are the model's true outputs. 5.25 also saves only
+    `lm_head.bias` but loads it correctly either way; the second key is kept so that
+    model.safetensors stays byte-identical to the 4.46.3 one (and 4.x still loads it).
     """
     from safetensors.torch import load_file, save_file
 
@@ -384,14 +454,29 @@ def pipeline_cases(fam: Family, head: str) -> list[tuple[str, object, dict]]:
     raise ValueError(head)
 
 
+QA_REMOVED_NOTE = (
+    "question-answering: transformers 5.x removed the pipeline (pipeline('question-answering') raises KeyError "
+    "'The task question-answering has been removed from transformers...', REMOVED_TASKS in "
+    "transformers/pipelines/__init__.py). Its cases are recorded with transformers 4.46.3's QuestionAnsweringPipeline "
+    "(fast-tokenizer path) transcribed in tools/golden/qa_pipeline_446.py, run on the 5.25 tokenizer and model; "
+    "the outputs equal the 4.46.3 recordings."
+)
+
+
 def record_pipelines(fam: Family, head: str, model_dir: Path) -> list[dict]:
-    from transformers import pipeline
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, pipeline
+
+    from qa_pipeline_446 import QuestionAnswering446
 
     pipes = {}
     out = []
     for task, inputs, kwargs in pipeline_cases(fam, head):
         if task not in pipes:
-            pipes[task] = pipeline(task, model=str(model_dir), tokenizer=str(model_dir), device="cpu", framework="pt")
+            if task == "question-answering":
+                model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+                pipes[task] = QuestionAnswering446(model, AutoTokenizer.from_pretrained(model_dir))
+            else:
+                pipes[task] = pipeline(task, model=str(model_dir), tokenizer=str(model_dir), device="cpu")
         common.seed_all(common.SEED)
         if task == "question-answering":
             # {"question", "context"} are keyword arguments (a positional dict is deprecated).
@@ -415,8 +500,16 @@ def make_one(fam: Family, head: str, tokenizer) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(out_dir)
     assert tok.is_fast
 
+    extra = {"notes": [QA_REMOVED_NOTE]} if head == "qa" else {}
     expected = {
-        "meta": common.meta(SCRIPT, checkpoint=name, model_class=fam.classes[head], tokenizer_class=type(tok).__name__),
+        "meta": common.meta(
+            SCRIPT,
+            **common.hub_version(),
+            checkpoint=name,
+            model_class=fam.classes[head],
+            tokenizer_class=type(tok).__name__,
+            **extra,
+        ),
         "model": record_model(model, tok, head),
         "pipelines": record_pipelines(fam, head, out_dir),
     }
@@ -430,6 +523,7 @@ def main() -> None:
     only = {s for s in args.only.split(",") if s}
 
     common.setup()
+    common.require_transformers_5(SCRIPT)
     for fam in FAMILIES:
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer = fam.make_tokenizer(Path(tmp))

@@ -1,7 +1,7 @@
 """Tiny GGUF files from the tiny HF decoder fixtures, and what transformers makes of them.
 
 Writes tests/fixtures/gguf/
-    tiny-{llama,qwen2,gemma2,phi3}.gguf      f32 tensors (lossless copies of the HF fixtures)
+    tiny-{llama,qwen2,qwen3,gemma2,phi3}.gguf  f32 tensors (lossless copies of the HF fixtures)
     tiny-llama-{q8_0,q4_0,q4_1,q5_0,q5_1}.gguf  tiny-llama in block formats (gguf-py quantizes)
     tiny-llama-spm.gguf                      tiny-llama, f16 matrices, sentencepiece-style
                                              tokenizer (tokenizer.ggml.model = "llama")
@@ -14,20 +14,19 @@ tensor names and metadata keys): llama's attn_q / attn_k rows permuted per head
 weights stored with the +1 folded in, Phi-3's fused qkv_proj / gate_up_proj kept fused
 as attn_qkv / ffn_up, no output.weight where the HF model ties its head, 1-D tensors
 (norms, biases) always f32, block formats only for matrices whose rows are whole blocks
-(as llama.cpp's quantize falls back otherwise).
+(as llama.cpp's quantize falls back otherwise). `rope.freq_base` is the fixture's
+`config.json["rope_parameters"]["rope_theta"]` (transformers 5.x configs keep no top-level
+rope_theta); only rope_type "default" is representable here.
 
-The reference is transformers' GGUF loading, `from_pretrained(dir, gguf_file=name)`,
-which dequantizes every tensor to float32. transformers 4.46.3 cannot load gemma2 GGUF
-files, so for gemma2 the reference is the HF Gemma2 model built from the tensors read back
-out of the GGUF (norms -1) with the config the GGUF implies (see meta.notes).
+The reference is transformers 5.25.0's own GGUF loading, `from_pretrained(dir, gguf_file=name)`
+(its legacy loader for these architectures: gguf-py dequantizes every tensor to float32).
+It builds the config from the file, but reads fewer keys than llama.cpp: where a file states
+something 5.25 ignores (gemma2's soft-capping and query scale, qwen3's head size) the config
+it built is corrected before the weights are loaded, and the entry's `config_overrides` says
+what 5.25 had and what was used (see meta.notes).
 
-Qwen3 (`--qwen3`): writes tests/fixtures/gguf/tiny-qwen3.gguf alone (f32, lossless) from
-tests/fixtures/tiny-qwen3, leaving the other files as they are. transformers 4.46.3 has no
-Qwen3 and 4.51's GGUF loader has none either, so there is no GGUF-side Python reference: the
-Rust test compares the GGUF file's logits with the Python logits recorded for the HF
-fixture (tiny-qwen3/expected.json, transformers 4.51.3), which a lossless file must equal.
-
-Usage:  python tools/golden/make_gguf.py [--qwen3]
+Usage:  python tools/golden/make_gguf.py           # every file and expected.json
+        python tools/golden/make_gguf.py --qwen3   # tiny-qwen3.gguf and its expected.json entry only
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from common import FIXTURES  # noqa: E402
 
 SCRIPT = "make_gguf.py"
 OUT = FIXTURES / "gguf"
-FAMILIES = ["llama", "qwen2", "gemma2", "phi3"]
+FAMILIES = ["llama", "qwen2", "qwen3", "gemma2", "phi3"]
 QUANTS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 # llama.cpp's general.file_type (LlamaFileType) per format
 FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9}
@@ -106,6 +105,16 @@ def load_hf(family: str):
     return folder, config, tensors
 
 
+def rope_theta(config: dict) -> float:
+    """The RoPE base of a 5.x config.json: `rope_parameters.rope_theta` (no top-level rope_theta)."""
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict) or "rope_theta" not in rope:
+        sys.exit(f"{config.get('model_type')}: config.json has no rope_parameters.rope_theta; "
+                 "rebuild the tiny decoders with make_decoders.py (transformers 5.x) first")
+    assert rope.get("rope_type", "default") == "default", rope  # GGUF rope scaling is not written here
+    return float(rope["rope_theta"])
+
+
 def gguf_tensors(arch: str, config: dict, tensors: dict) -> dict[str, np.ndarray]:
     heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
     out = {}
@@ -156,7 +165,10 @@ def write_gguf(path: Path, arch: str, config: dict, tensors: dict, qtype: str, v
     w.add_head_count_kv(config["num_key_value_heads"])
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     if arch != "gemma2":
-        w.add_rope_freq_base(config["rope_theta"])
+        w.add_rope_freq_base(rope_theta(config))
+    else:
+        # llama.cpp's Gemma2Model writes no rope.freq_base (it uses 10000)
+        assert rope_theta(config) == 10000.0, rope_theta(config)
     if arch in ("llama", "phi3"):
         w.add_rope_dimension_count(head_dim)
     if arch == "llama":
@@ -222,49 +234,55 @@ def spm_vocab() -> dict:
             "bos": 1, "eos": 2, "unk": 0, "pad": None, "add_bos": True}
 
 
-def from_gguf(path: Path, tie: bool):
+def gguf_metadata(path: Path) -> dict:
+    from gguf import GGUFReader
+    from transformers.integrations.ggml import _gguf_parse_value
+
+    reader = GGUFReader(str(path))
+    out = {}
+    for key, field in reader.fields.items():
+        value = [_gguf_parse_value(field.parts[i], field.types) for i in field.data]
+        out[key] = value[0] if len(value) == 1 else value
+    return out
+
+
+def config_fixes(arch: str, meta: dict) -> dict:
+    """Config values the file states (as llama.cpp reads it) that transformers 5.25's GGUF config
+    builder does not map (GGUF_CONFIG_MAPPING), so the config class default would apply instead."""
+    fixes = {}
+    if arch == "qwen3":
+        # 5.25 maps attention.key_length -> head_dim for qwen3_moe only; Qwen3Config's default is 128
+        fixes["head_dim"] = meta["qwen3.attention.key_length"]
+    if arch == "gemma2":
+        # not mapped at all: Gemma2Config defaults 50.0 / 30.0 would apply
+        fixes["attn_logit_softcapping"] = meta["gemma2.attn_logit_softcapping"]
+        fixes["final_logit_softcapping"] = meta["gemma2.final_logit_softcapping"]
+        # no GGUF key: llama.cpp scales gemma2 queries by 1/sqrt(key_length) (1/sqrt(hidden/heads) for the
+        # 46-layer 27B); Gemma2Config's default 256 would apply
+        fixes["query_pre_attn_scalar"] = meta["gemma2.attention.key_length"]
+    return fixes
+
+
+def from_gguf(path: Path, arch: str):
+    """transformers' own GGUF loading; returns (model, tie_word_embeddings as loaded, config_overrides)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder, name = str(path.parent), path.name
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     tie_as_loaded = config.tie_word_embeddings
-    config.tie_word_embeddings = tie
+    overrides = {}
+    for key, value in config_fixes(arch, gguf_metadata(path)).items():
+        before = getattr(config, key)
+        if before != value:
+            overrides[key] = {"as_loaded": before, "used": value}
+            setattr(config, key, value)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
-                                                 attn_implementation="eager", torch_dtype=torch.float32)
-    return model.eval(), tie_as_loaded, config
-
-
-def gemma2_from_gguf(path: Path, hf_config: dict):
-    """transformers 4.46 has no gemma2 GGUF support: read the tensors back with gguf-py."""
-    from gguf import GGUFReader, dequantize
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    cfg = dict(hf_config)
-    # llama.cpp scales gemma2 queries by 1/sqrt(key_length) (27B: hidden/heads); the GGUF
-    # has no query_pre_attn_scalar, so the model it describes uses head_dim.
-    cfg["query_pre_attn_scalar"] = cfg["head_dim"]
-    config = Gemma2Config(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
-    model = Gemma2ForCausalLM(config)
-    back = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "attn_q": "self_attn.q_proj",
-            "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-            "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-            "attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
-            "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
-    state = {}
-    for t in GGUFReader(str(path)).tensors:
-        w = dequantize(t.data, t.tensor_type).astype(np.float32)
-        parts = t.name.split(".")
-        if parts[0] == "blk":
-            hf = f"model.layers.{parts[1]}.{back[parts[2]]}.{parts[3]}"
-        else:
-            hf = f"{back[parts[0]]}.{parts[1]}"
-        if hf.endswith("norm.weight"):
-            w = w - 1.0
-        state[hf] = torch.from_numpy(np.copy(w))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert set(missing) <= {"lm_head.weight"} and not unexpected, (missing, unexpected)
-    model.tie_weights()
-    return model.eval(), cfg["query_pre_attn_scalar"]
+                                                 attn_implementation="eager", dtype=torch.float32)
+    assert model.dtype == torch.float32, model.dtype
+    assert model.config.tie_word_embeddings == tie_as_loaded
+    tied_params = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert tied_params == tie_as_loaded, (path.name, tied_params, tie_as_loaded)
+    return model.eval(), tie_as_loaded, overrides
 
 
 @torch.no_grad()
@@ -321,12 +339,51 @@ def tokenizer_cases(path: Path) -> dict:
     }
 
 
-def main() -> None:
-    common.setup()
-    OUT.mkdir(parents=True, exist_ok=True)
+NOTES = [
+    "Reference: transformers 5.25.0, AutoConfig / AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, "
+    "config=config, attn_implementation='eager', dtype=float32). For llama, qwen2, qwen3, gemma2 and phi3 5.25 "
+    "takes its legacy GGUF path (modeling_gguf_pytorch_utils.load_gguf_checkpoint: gguf-py dequantizes every "
+    "tensor to float32, llama attn_q / attn_k un-permuted, gemma2 norms -1); its new packed-weight loader "
+    "(integrations/gguf, GgufHfQuantizer) covers only qwen35, qwen35moe and lfm2. config.quantization_config "
+    "is still set ({quant_method: gguf, dequantize: false}) although nothing stays packed.",
+    "tie_word_embeddings: 5.25 sets it from the file (true when there is no output.weight), so tied files load "
+    "with lm_head = token_embd as they are (4.46.3 built every GGUF config with false and left lm_head random; "
+    "the 4.46.3 recording forced the tie on). config_tie_word_embeddings_as_loaded is now true for qwen2, qwen3, "
+    "gemma2.",
+    "rope.freq_base is written from config.json rope_parameters.rope_theta (500000 for tiny-llama and its "
+    "quantized / spm copies, 1000000 for tiny-qwen2 and tiny-qwen3, 10000 for phi3; gemma2 writes none, as "
+    "llama.cpp, and is 10000). 5.25 maps it to rope_theta, which the config stores as "
+    "rope_parameters {rope_type: default, rope_theta}.",
+    "5.25 loads gemma2 and qwen3 GGUF files (4.46.3 loaded neither, 4.51.3 no qwen3), but its config builder "
+    "(GGUF_CONFIG_MAPPING) reads fewer keys than llama.cpp. gemma2: attn_logit_softcapping / "
+    "final_logit_softcapping are not mapped (Gemma2Config defaults 50 / 30 instead of the file's 5 / 4) and "
+    "GGUF has no query_pre_attn_scalar (default 256; llama.cpp scales queries by 1/sqrt(key_length), "
+    "1/sqrt(hidden/heads) for the 46-layer 27B). qwen3: attention.key_length is mapped to head_dim for "
+    "qwen3_moe only, so Qwen3Config's default head_dim 128 applies and the tiny file (head_dim 16) fails to "
+    "load (size mismatch). These config values are set from the file before loading the weights; "
+    "config_overrides lists them ({key: {as_loaded, used}}). The tiny fixture's query_pre_attn_scalar 24 is "
+    "not representable in GGUF: the gemma2 entry uses key_length (16), as llama.cpp.",
+    "Quantized copies: only matrices whose rows are whole 32-blocks are quantized (ffn_down has "
+    "48 columns and stays F32); gguf-py 0.19 quantizes no K-quant but Q6_K, and K-quants need "
+    "256-element rows, which these tiny models (hidden 32) do not have.",
+    "spm tokenizer (5.25 integrations/gguf/gguf_tokenizer_mapping.py): built as LlamaTokenizer over "
+    "tokenizer.ggml.tokens, BPE merges derived from the scores (no tokenizer.ggml.merges, as llama.cpp writes "
+    "none for sentencepiece vocabs), byte_fallback; pre_tokenizer Metaspace(replace '\u2581', prepend_scheme "
+    "'first', split false), no normalizer; decoder Replace('\u2581', ' '), ByteFallback, Fuse, Strip(1 leading "
+    "space); bos / eos / unk = tokens[tokenizer.ggml.{bos,eos,unknown}_token_id] (4.46.3 swapped bos and eos: "
+    "eos_token was '<s>'); add_bos_token from tokenizer.ggml.add_bos_token (true here; default true for "
+    "sentencepiece files without it). The AutoTokenizer class is TokenizersBackend.",
+    "spm tokenizer changes from 4.46.3 (whose GGUFLlamaConverter used a normalizer Prepend('\u2581') + "
+    "Replace(' ', '\u2581'), like llama.cpp's add_space_prefix): Metaspace with prepend_scheme 'first' adds "
+    "no '\u2581' to text that already starts with a space or '\u2581' (' hello' is [\u2581hello], was "
+    "[\u2581, \u2581hello]) and none to the text after a special token ('<s> with' no longer gets an extra "
+    "'\u2581'); decode strips one leading space of the first token.",
+]
+
+
+def families_entries(families: list[str]) -> dict:
     files = {}
-    notes = []
-    for family in FAMILIES:
+    for family in families:
         folder, config, tensors = load_hf(family)
         tied = "lm_head.weight" not in tensors or config.get("tie_word_embeddings", family == "gemma2")
         tokens, types, merges = gpt2_vocab(folder)
@@ -340,67 +397,61 @@ def main() -> None:
         for qtype, name in variants:
             path = OUT / name
             write_gguf(path, family, config, gt, qtype, vocab)
-            entry = {"arch": family, "tensor_type": qtype, "tied": bool(tied)}
+            model, tie_as_loaded, overrides = from_gguf(path, family)
+            assert tie_as_loaded == bool(tied), (name, tie_as_loaded, tied)
+            entry = {"arch": family, "tensor_type": qtype, "tied": bool(tied),
+                     "reference": "from_pretrained(dir, gguf_file=name)",
+                     "config_tie_word_embeddings_as_loaded": tie_as_loaded}
+            if overrides:
+                entry["config_overrides"] = overrides
             if family == "gemma2":
-                model, scalar = gemma2_from_gguf(path, config)
-                entry["reference"] = "Gemma2ForCausalLM from gguf-py dequantized tensors (norms -1)"
-                entry["query_pre_attn_scalar"] = scalar
-            else:
-                model, tie_as_loaded, _ = from_gguf(path, bool(tied))
-                entry["reference"] = "from_pretrained(dir, gguf_file=name)"
-                entry["config_tie_word_embeddings_as_loaded"] = tie_as_loaded
+                entry["query_pre_attn_scalar"] = model.config.query_pre_attn_scalar
             entry.update(record(model))
             files[name] = entry
         if family == "llama":
             path = OUT / "tiny-llama-spm.gguf"
             write_gguf(path, "llama", config, gt, "F16", spm_vocab())
-            model, tie_as_loaded, _ = from_gguf(path, False)
+            model, tie_as_loaded, overrides = from_gguf(path, "llama")
+            assert not tie_as_loaded and not overrides
             entry = {"arch": "llama", "tensor_type": "F16", "tied": False,
                      "reference": "from_pretrained(dir, gguf_file=name)",
                      "config_tie_word_embeddings_as_loaded": tie_as_loaded}
             entry.update(record(model))
             entry["tokenizer"] = tokenizer_cases(path)
             files["tiny-llama-spm.gguf"] = entry
-    notes += [
-        "transformers 4.46.3 builds every GGUF config with tie_word_embeddings=False (it never maps a tie "
-        "key) and so leaves lm_head random when the file has no output.weight; tied files here are "
-        "loaded with config.tie_word_embeddings=True.",
-        "transformers 4.46.3 has no gemma2 GGUF support (not in GGUF_SUPPORTED_ARCHITECTURES); the "
-        "gemma2 reference is Gemma2ForCausalLM over the tensors read back from the GGUF with gguf-py.",
-        "GGUF gemma2 has no query_pre_attn_scalar; llama.cpp scales queries by 1/sqrt(key_length) "
-        "(1/sqrt(hidden/heads) for the 46-layer 27B). The tiny fixture's 24 is therefore not "
-        "representable: the gemma2 reference uses query_pre_attn_scalar = head_dim (16).",
-        "Quantized copies: only matrices whose rows are whole 32-blocks are quantized (ffn_down has "
-        "48 columns and stays F32); gguf-py 0.19 quantizes no K-quant but Q6_K, and K-quants need "
-        "256-element rows, which these tiny models (hidden 32) do not have.",
-        "GGUFLlamaConverter (4.46.3) swaps bos/eos in the tokenizer kwargs: eos_token becomes the "
-        "bos token string ('<s>'); ids with BOS come from LlamaTokenizerFast's add_bos_token default "
-        "(True), not from tokenizer.ggml.add_bos_token.",
-        "spm tokenizer: no tokenizer.ggml.merges (llama.cpp writes none for sentencepiece vocabs); "
-        "transformers derives BPE merges from the scores (GGUFTokenizerSkeleton).",
-    ]
+    return files
+
+
+def main(only_qwen3: bool) -> None:
+    common.setup()
+    import transformers
+
+    if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 0):
+        sys.exit(f"make_gguf.py records with transformers 5.x (pinned 5.25.0, tools/golden/requirements.txt); "
+                 f"this is {transformers.__version__}")
+    transformers.utils.logging.disable_progress_bar()
+    import huggingface_hub
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    expected_path = OUT / "expected.json"
+    if only_qwen3:
+        # rebuild tiny-qwen3.gguf and its entry; every other file and entry stays as it is
+        files = json.loads(expected_path.read_text())["files"]
+        files.update(families_entries(["qwen3"]))
+    else:
+        files = families_entries(FAMILIES)
     out = {
-        "meta": common.meta(SCRIPT, gguf=importlib.metadata.version("gguf"), notes=notes),
+        "meta": common.meta(SCRIPT, huggingface_hub=huggingface_hub.__version__,
+                            gguf=importlib.metadata.version("gguf"),
+                            accelerate=importlib.metadata.version("accelerate"), notes=NOTES),
         "files": files,
     }
-    common.write_json(OUT / "expected.json", out)
+    common.write_json(expected_path, out)
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"wrote {OUT} ({total} bytes)")
 
 
-def write_qwen3() -> None:
-    folder, config, tensors = load_hf("qwen3")
-    tokens, types, merges = gpt2_vocab(folder)
-    vocab = {"model": "gpt2", "tokens": tokens, "types": types, "merges": merges,
-             "bos": config.get("bos_token_id"), "eos": config.get("eos_token_id"),
-             "pad": config.get("pad_token_id"), "add_bos": False}
-    path = OUT / "tiny-qwen3.gguf"
-    write_gguf(path, "qwen3", config, gguf_tensors("qwen3", config, tensors), "F32", vocab)
-    print(f"wrote {path} ({path.stat().st_size} bytes)")
-
-
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--qwen3"]:
-        write_qwen3()
-    else:
-        main()
+    if sys.argv[1:] not in ([], ["--qwen3"]):
+        sys.exit(__doc__)
+    main(only_qwen3=sys.argv[1:] == ["--qwen3"])

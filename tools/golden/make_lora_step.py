@@ -11,19 +11,39 @@ decay 0.1 without decay for biases). Writes <name>/step.json and <name>/step.saf
 with `grad.<param>` and `param.<param>` for the trainable parameters, names as the base
 model spells them (`model.layers.0.self_attn.q_proj.lora_A.weight`, `classifier.weight`).
 
-Reference: peft 0.13.2 (tuners/lora, utils/save_and_load.py).
+Reference stack: transformers 5.25.0 (requirements.txt) with peft 0.22.0 (tuners/lora,
+utils/save_and_load.py, peft_model.py), the first peft that knows 5.24+'s `cache` argument.
+Against the peft 0.13.2 recordings, on the same checkpoints: the same tensors (up to the
+fused AdamW's last bits) and trainable names; 0.22.0 writes
+more keys to adapter_config.json (`peft_version`, `lora_bias`, `exclude_modules`,
+`target_parameters`, `trainable_token_indices`, `qalora_group_size`, ... mostly null /
+false) and, for SEQ_CLS and TOKEN_CLS, `modules_to_save` gets `pre_classifier` besides
+`classifier` and `score` (`CLASSIFIER_MODULE_NAMES`: DistilBERT's randomly initialised
+pooler layer; BERT has none, so nothing more trains here). For GPT-2, peft warns that it
+turns `fan_in_fan_out` on for the Conv1D target, as 0.13.2 did. The step itself is
+`model(...).loss`, the mean over the targets (a 5.25 Trainer would pass
+`num_items_in_batch`, which for GPT-2 divides by all 15 labels instead of the 12 shifted
+targets: see make_train_step.py; meta records the count and, for tiny-gpt2, `notes`), with
+torch.optim.AdamW(fused=True), the 5.25 Trainer's default `adamw_torch_fused`.
+
+Usage:  python tools/golden/make_lora_step.py [--only tiny-llama]
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import peft
 import torch
+import transformers
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from common import FIXTURES, meta, setup, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FIXTURES, meta, setup, write_json  # noqa: E402
+from make_train_step import trainer_num_items_in_batch  # noqa: E402
 
 LR = 1e-3
 WEIGHT_DECAY = 0.1
@@ -43,6 +63,8 @@ def plain(name: str) -> str:
 
 
 def main() -> None:
+    if int(transformers.__version__.split(".")[0]) < 5:
+        sys.exit(f"make_lora_step.py records with transformers 5.25 (requirements.txt), not {transformers.__version__}")
     setup()
     # `--only NAME` records one case (the others' fixtures stay as they are).
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
@@ -61,10 +83,11 @@ def main() -> None:
         model.save_pretrained(out / "initial")
         (out / "initial" / "README.md").unlink(missing_ok=True)
         # The base path as the Rust test resolves it (relative to the fixtures folder).
-        import json
-
         acfg = json.loads((out / "initial" / "adapter_config.json").read_text())
         acfg["base_model_name_or_path"] = f"../../{name}"
+        # peft keeps target_modules as a set: its saved order follows the string hash
+        # (PYTHONHASHSEED); sorted, the file is the same on every run.
+        acfg["target_modules"] = sorted(acfg["target_modules"])
         (out / "initial" / "adapter_config.json").write_text(json.dumps(acfg, indent=2))
         model.eval()
         vocab = base.config.vocab_size
@@ -83,19 +106,48 @@ def main() -> None:
         no_decay = [p for n, p in trainable.items() if "bias" in n]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=LR, betas=(0.9, 0.999), eps=1e-8,
+            lr=LR, betas=(0.9, 0.999), eps=1e-8, fused=True,
         )
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        # What a 5.25 Trainer would pass (it inspects the unwrapped base model).
+        count = trainer_num_items_in_batch(base, {"labels": labels})
+        targets = int((labels[..., 1:] if task == "CAUSAL_LM" else labels).ne(-100).sum())
+        trainer_loss = None
+        if count is not None and int(count) != targets:
+            with torch.no_grad():
+                trainer_loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=count).loss
         loss.backward()
         grads = {f"grad.{plain(n)}": p.grad.detach().clone() for n, p in trainable.items()}
         norm = torch.nn.utils.clip_grad_norm_(list(trainable.values()), 1.0)
+        notes = []
+        if trainer_loss is not None:
+            c = int(count)
+            scaled = norm.item() * targets / c
+            notes.append(
+                f"transformers 5.25's Trainer passes num_items_in_batch={c} ({type(base).__name__}.loss_type "
+                f"is {base.loss_type!r}, so it counts all labels, not labels[..., 1:]) while the loss sums over "
+                f"{targets} targets: its loss is {trainer_loss.item():.8g} (`loss` x {targets}/{c}), and its "
+                f"gradients and grad norm ({scaled:.8g}) are scaled the same way"
+                + (" (both norms are clipped to 1.0, so the update is the same). " if scaled > 1.0 else
+                   " (the update differs: that norm is not clipped). ")
+                + "`loss`, `grad_norm` and the tensors here are those of the model's own loss (the mean over the "
+                "targets)."
+            )
         opt.step()
         after = {f"param.{plain(n)}": p.detach().clone().contiguous() for n, p in trainable.items()}
         save_file({**grads, **after}, str(out / "step.safetensors"), metadata={"format": "pt"})
         write_json(
             out / "step.json",
             {
-                "meta": meta("make_lora_step.py", fixture=name, peft=peft.__version__),
+                "meta": meta(
+                    "make_lora_step.py",
+                    fixture=name,
+                    peft=peft.__version__,
+                    attn_implementation=base.config._attn_implementation,
+                    optim="adamw_torch_fused",
+                    trainer_num_items_in_batch=None if count is None else int(count),
+                    **({"notes": notes} if notes else {}),
+                ),
                 "task": task,
                 "input_ids": ids.tolist(),
                 "attention_mask": mask.tolist(),

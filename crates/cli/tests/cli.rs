@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rustformers"));
@@ -177,7 +177,7 @@ fn question_answering_reads_json_lines_and_keeps_output_on_a_bad_line() {
         std::fs::read_to_string(format!("{}/expected.json", fixture("tiny-bert-qa"))).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     let case = &v["pipelines"][0];
-    assert_eq!(case["kwargs"], serde_json::json!({}));
+    assert_eq!(case["kwargs"], json!({}));
     let line = serde_json::to_string(&case["inputs"]).unwrap();
     let out = run_with_stdin(
         &[
@@ -349,6 +349,24 @@ fn inspect_and_env_print_json() {
         v["dtypes"]["f32"].as_u64().unwrap(),
         v["tensors"].as_u64().unwrap()
     );
+    assert_eq!(v["unread_config_keys"], json!([]));
+    // A key nothing reads is listed.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let path = dir.path().join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["attn_temperature_tuning"] = json!(true);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = bin()
+        .args(["inspect", &dir.path().to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["unread_config_keys"], json!(["attn_temperature_tuning"]));
     let out = bin().args(["env"]).output().unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -465,6 +483,46 @@ fn chat_streams_answers_keeps_history_and_resets() {
     // A model that is not a causal LM is a clear error.
     let out = run_with_stdin(&["chat", &fixture("tiny-bert-base")], "hi\n");
     assert_clean_error(&out, "AutoModelForCausalLM");
+}
+
+/// `--chat-template NAME` picks one of the templates transformers 5.x saves in
+/// additional_chat_templates/; an unknown name is one clear error listing the names.
+#[test]
+fn chat_picks_a_named_template() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let extra = dir.path().join("additional_chat_templates");
+    std::fs::create_dir(&extra).unwrap();
+    std::fs::write(
+        extra.join("terse.jinja"),
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    .unwrap();
+    let model = dir.path().to_string_lossy().to_string();
+    let out = run_with_stdin(
+        &[
+            "chat",
+            &model,
+            "--chat-template",
+            "terse",
+            "--max-new-tokens",
+            "2",
+        ],
+        "Hello\n/exit\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_with_stdin(&["chat", &model, "--chat-template", "nope"], "hi\n");
+    assert_clean_error(
+        &out,
+        "no chat template named `nope` (it has: default, terse)",
+    );
 }
 
 #[test]

@@ -3,7 +3,11 @@
 //! `trim_blocks` and `lstrip_blocks`, Python string methods (`.strip()`, `.split()`,
 //! `.startswith()`, ...) through minijinja-contrib's pycompat, `raise_exception`,
 //! `strftime_now`, and `tojson` as Python's (no ASCII escaping). Messages, tools and
-//! documents are passed as Python passes them.
+//! documents are passed as Python passes them. As transformers 5.25
+//! (utils/chat_template_utils.py): message keys holding `null` are dropped, reasoning
+//! (`reasoning_content`, `thinking` or `reasoning`) is offered under `thinking` and
+//! `reasoning_content` too, `continue_final_message` leaves the last message open, and
+//! `{% generation %}` blocks mark the assistant's spans (for `assistant_masks`).
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Output, State, Value};
@@ -15,6 +19,12 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default)]
 pub struct ChatOptions {
     pub add_generation_prompt: bool,
+    /// Python's `continue_final_message`: the field of the last message the rendering
+    /// ends inside (`content` for `true`); `None` renders the chat closed.
+    pub continue_final_message: Option<String>,
+    /// Python's `chat_template` argument: the name of one of the tokenizer's templates
+    /// (or a whole template); `None` picks as `get_chat_template` does.
+    pub chat_template: Option<String>,
     pub tools: Option<Json>,
     pub documents: Option<Json>,
     /// Extra variables (bos_token, eos_token, ...), as Python passes the special tokens.
@@ -352,9 +362,130 @@ fn py_string_filter(value: Value) -> Value {
     }
 }
 
+/// Stand-ins printed for the start and end of a `{% generation %}` block (characters of
+/// Unicode's supplementary private use area, which no chat carries).
+const GENERATION_START: char = '\u{F0000}';
+const GENERATION_END: char = '\u{F0001}';
+
+/// Rewrites transformers' `{% generation %}` / `{% endgeneration %}` block (its
+/// AssistantTracker extension; minijinja has no custom tags) into expressions printing
+/// [`GENERATION_START`] / [`GENERATION_END`], keeping the whitespace the tags would
+/// leave: their own `-` trimming, and the `lstrip_blocks` / `trim_blocks` a block tag gets
+/// (applied here, since an expression does not get them).
+fn rewrite_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(at) = rest.find("{%") {
+        let (before, tag) = rest.split_at(at);
+        let Some(close) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..close];
+        let left_dash = inner.starts_with('-');
+        let right_dash = inner.ends_with('-');
+        let word = inner.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let marker = match word {
+            "generation" => GENERATION_START,
+            "endgeneration" => GENERATION_END,
+            _ => {
+                out.push_str(before);
+                out.push_str(&tag[..close + 2]);
+                rest = &tag[close + 2..];
+                continue;
+            }
+        };
+        // lstrip_blocks: blanks between the line start and the tag go.
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let blanks = &before[line_start..];
+        if !left_dash && blanks.chars().all(|c| c == ' ' || c == '\t') {
+            out.push_str(&before[..line_start]);
+        } else {
+            out.push_str(before);
+        }
+        out.push_str(if left_dash { "{{- \"" } else { "{{ \"" });
+        out.push(marker);
+        out.push_str(if right_dash { "\" -}}" } else { "\" }}" });
+        rest = &tag[close + 2..];
+        // trim_blocks: the first newline after the tag goes.
+        if !right_dash {
+            rest = rest.strip_prefix('\n').unwrap_or(rest);
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Drops the stand-ins from a rendering; the `{% generation %}` spans, in characters of
+/// what remains.
+fn take_generation_spans(rendered: &str) -> (String, Vec<(usize, usize)>) {
+    let mut text = String::with_capacity(rendered.len());
+    let mut spans = Vec::new();
+    let mut open: Vec<usize> = Vec::new();
+    let mut chars = 0usize;
+    for c in rendered.chars() {
+        match c {
+            GENERATION_START => open.push(chars),
+            GENERATION_END => {
+                if let Some(start) = open.pop() {
+                    spans.push((start, chars));
+                }
+            }
+            _ => {
+                text.push(c);
+                chars += 1;
+            }
+        }
+    }
+    spans.sort_unstable();
+    (text, spans)
+}
+
+/// transformers' `_normalize_chat_messages` and `_alias_reasoning_fields`: keys holding
+/// `null` dropped; the first reasoning field set also offered as `thinking` (unless the
+/// message has one) and as `reasoning_content`.
+fn normalize_messages(messages: &Json) -> Result<Json> {
+    let list = messages
+        .as_array()
+        .ok_or_else(|| Error::invalid("chat messages must be a list of {role, content} objects"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for m in list {
+        let Some(obj) = m.as_object() else {
+            return Err(Error::invalid(format!(
+                "chat messages must be {{role, content}} objects, got {m}"
+            )));
+        };
+        let mut obj: serde_json::Map<String, Json> = obj
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let reasoning = ["reasoning_content", "thinking", "reasoning"]
+            .iter()
+            .find_map(|k| obj.get(*k).cloned());
+        if let Some(r) = reasoning {
+            obj.entry("thinking").or_insert(r.clone());
+            obj.insert("reasoning_content".into(), r);
+        }
+        out.push(Json::Object(obj));
+    }
+    Ok(Json::Array(out))
+}
+
+/// What `continue_final_message` appends to the final message, as Python.
+const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
+
+/// A rendering with the `{% generation %}` spans (character offsets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub text: String,
+    pub generation_spans: Vec<(usize, usize)>,
+}
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The source has `{% generation %}` blocks.
+    has_generation: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -375,20 +506,41 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_filter("string", py_string_filter);
         env.set_formatter(py_formatter);
-        env.add_template_owned("chat", source.to_string())
+        let rewritten = rewrite_generation_tags(source);
+        let has_generation = rewritten != source;
+        env.add_template_owned("chat", rewritten)
             .map_err(|e| Error::Tokenizer(format!("chat template does not compile: {e}")))?;
-        Ok(Self { env })
+        Ok(Self {
+            env,
+            has_generation,
+        })
+    }
+
+    /// Whether the template marks the assistant's turns with `{% generation %}`.
+    pub fn has_generation_blocks(&self) -> bool {
+        self.has_generation
     }
 
     /// Renders `messages` (a list of `{role, content, ...}` objects).
     pub fn render(&self, messages: &Json, opts: &ChatOptions) -> Result<String> {
-        if !messages.is_array() {
-            return Err(Error::invalid(
-                "chat messages must be a list of {role, content} objects",
-            ));
+        Ok(self.render_with_spans(messages, opts)?.text)
+    }
+
+    /// [`Self::render`], with the spans of the `{% generation %}` blocks.
+    pub fn render_with_spans(&self, messages: &Json, opts: &ChatOptions) -> Result<Rendered> {
+        let mut messages = normalize_messages(messages)?;
+        let mut continued = None;
+        if let Some(field) = &opts.continue_final_message {
+            if opts.add_generation_prompt {
+                return Err(Error::invalid(
+                    "continue_final_message and add_generation_prompt cannot both be set: the \
+                     final message is either continued or followed by a new assistant turn",
+                ));
+            }
+            continued = Some(self.tag_final_message(&mut messages, field)?);
         }
         let mut ctx = opts.extra.clone();
-        ctx.insert("messages".into(), messages.clone());
+        ctx.insert("messages".into(), messages);
         ctx.insert(
             "add_generation_prompt".into(),
             Json::Bool(opts.add_generation_prompt),
@@ -403,8 +555,99 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        tmpl.render(Value::from_serialize(&ctx))
-            .map_err(|e| Error::invalid(format!("chat template: {e}")))
+        let raw = tmpl
+            .render(Value::from_serialize(&ctx))
+            .map_err(|e| Error::invalid(format!("chat template: {e}")))?;
+        let (mut text, mut generation_spans) = take_generation_spans(&raw);
+        if let Some(final_text) = continued {
+            let tag = CONTINUE_TAG.trim_end();
+            let (Some(at), true) = (text.rfind(tag), text.contains(final_text.trim())) else {
+                return Err(Error::invalid(
+                    "continue_final_message is set but the final message does not appear in the \
+                     chat after applying the chat template (the template changes it)",
+                ));
+            };
+            // Where the template kept the space after the tag, cut there; else the
+            // message's trailing blanks were trimmed, and the cut is right-stripped too.
+            let keep = if text[at..].starts_with(CONTINUE_TAG) {
+                text[..at].to_string()
+            } else {
+                text[..at].trim_end().to_string()
+            };
+            let len = keep.chars().count();
+            generation_spans.retain(|(s, _)| *s < len);
+            for span in &mut generation_spans {
+                span.1 = span.1.min(len);
+            }
+            text = keep;
+        }
+        Ok(Rendered {
+            text,
+            generation_spans,
+        })
+    }
+
+    /// Appends [`CONTINUE_TAG`] to `field` of the last message (the last text block of a
+    /// list of content parts); the original text, as Python checks it afterwards.
+    fn tag_final_message(&self, messages: &mut Json, field: &str) -> Result<String> {
+        let source = self
+            .env
+            .get_template("chat")
+            .ok()
+            .map(|t| t.source().to_string())
+            .unwrap_or_default();
+        let Some(last) = messages.as_array_mut().and_then(|l| l.last_mut()) else {
+            return Err(Error::invalid(
+                "continue_final_message is set but the conversation is empty",
+            ));
+        };
+        let reasoning = ["reasoning_content", "thinking", "reasoning"];
+        let fields: Vec<String> = if reasoning.contains(&field) {
+            let value = last.get(field).cloned();
+            reasoning
+                .iter()
+                .filter(|k| value.is_some() && last.get(**k) == value.as_ref())
+                .map(|k| k.to_string())
+                .collect()
+        } else {
+            vec![field.to_string()]
+        };
+        let Some(value) = last.get(field).cloned() else {
+            return Err(Error::invalid(format!(
+                "continue_final_message is set but the final message has no \"{field}\" to continue"
+            )));
+        };
+        if !fields.iter().any(|f| source.contains(f.as_str())) {
+            return Err(Error::invalid(format!(
+                "continue_final_message is set to \"{field}\" but the chat template does not read it"
+            )));
+        }
+        match value {
+            Json::String(s) => {
+                for f in &fields {
+                    last[f.as_str()] = Json::String(format!("{s}{CONTINUE_TAG}"));
+                }
+                Ok(s)
+            }
+            Json::Array(mut parts) => {
+                let Some(text_part) = parts
+                    .iter_mut()
+                    .rev()
+                    .find_map(|p| p.get_mut("text").filter(|t| t.is_string()))
+                else {
+                    return Err(Error::invalid(
+                        "continue_final_message is set but the final message has no text to continue",
+                    ));
+                };
+                let s = text_part.as_str().unwrap_or_default().to_string();
+                *text_part = Json::String(format!("{s}{CONTINUE_TAG}"));
+                last[field] = Json::Array(parts);
+                Ok(s)
+            }
+            other => Err(Error::invalid(format!(
+                "continue_final_message: the final message's \"{field}\" is not text: {other}"
+            ))),
+        }
     }
 }
 

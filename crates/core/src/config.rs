@@ -32,13 +32,21 @@ pub struct PretrainedConfig {
     pub bos_token_id: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<serde_json::Value>,
+    /// 4.x's name of [`PretrainedConfig::dtype`] (read; 5.x writes `dtype`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub torch_dtype: Option<String>,
+    /// The dtype the weights were saved in (5.x).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tie_word_embeddings: Option<bool>,
     /// Keys no typed field claims, kept so that save writes them back.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Keys config.json sets to `null`: Python keeps an explicit null (it overrides a
+    /// non-null default), and save writes it back.
+    #[serde(skip)]
+    pub explicit_nulls: Vec<String>,
 }
 
 impl PretrainedConfig {
@@ -99,11 +107,183 @@ impl PretrainedConfig {
         self.num_labels = None;
     }
 
+    /// The saved dtype: `dtype`, else 4.x's `torch_dtype` (5.x reads them so).
+    pub fn saved_dtype(&self) -> Option<&str> {
+        self.dtype.as_deref().or(self.torch_dtype.as_deref())
+    }
+
+    /// Records the saved dtype as transformers 5.x writes it (`dtype`, no `torch_dtype`).
+    pub fn set_saved_dtype(&mut self, dtype: &str) {
+        self.dtype = Some(dtype.to_string());
+        self.torch_dtype = None;
+    }
+
+    /// Refuses the [`COMMON_KEYS`] set to what no family here implements: an
+    /// encoder-decoder config, cross-attention layers, pruned attention heads.
+    pub fn refuse_unsupported(&self) -> Result<()> {
+        let set = |k: &str| self.extra.get(k).filter(|v| !v.is_null());
+        let refuse = |k: &str, what: &str| {
+            Err(Error::Unsupported(format!(
+                "config.json `{k}`: {what} is not implemented for model type `{}`",
+                self.model_type
+            )))
+        };
+        self.refuse_true("is_encoder_decoder", "an encoder-decoder model")?;
+        self.refuse_true("add_cross_attention", "cross-attention layers")?;
+        if set("pruned_heads").is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty())) {
+            return refuse("pruned_heads", "a model with pruned attention heads");
+        }
+        Ok(())
+    }
+
+    /// Refuses `key` set to `true` (a switch to a variant of the model not implemented),
+    /// naming it.
+    pub fn refuse_true(&self, key: &str, what: &str) -> Result<()> {
+        if self.extra.get(key).and_then(|v| v.as_bool()) == Some(true) {
+            return Err(Error::Unsupported(format!(
+                "config.json `{key}`: {what} is not implemented for model type `{}`",
+                self.model_type
+            )));
+        }
+        Ok(())
+    }
+
+    /// The keys of config.json that nothing reads: no typed field, and neither the
+    /// family's `policy` nor [`COMMON_KEYS`] accounts for them (what `rustformers inspect`
+    /// lists; a key Python reads that lands here is a silent difference).
+    pub fn unread_keys(&self, policy: &KeyPolicy) -> Vec<String> {
+        self.extra
+            .keys()
+            .filter(|k| !policy.covers(k) && !COMMON_KEYS.covers(k))
+            .cloned()
+            .collect()
+    }
+
+    /// Notes the keys `text` (config.json) sets to `null`.
+    pub fn note_nulls(&mut self, text: &str) {
+        self.explicit_nulls = null_keys(text);
+    }
+
+    /// Fills Python's default token ids where config.json has no key (an explicit `null`
+    /// stays null); call [`Self::note_nulls`] first.
+    pub fn default_token_ids(&mut self, pad: Option<i64>, bos: Option<i64>, eos: Option<i64>) {
+        let absent = |key: &str, set: bool| !set && !self.explicit_nulls.iter().any(|k| k == key);
+        if let Some(p) = pad.filter(|_| absent("pad_token_id", self.pad_token_id.is_some())) {
+            self.pad_token_id = Some(p);
+        }
+        if let Some(b) = bos.filter(|_| absent("bos_token_id", self.bos_token_id.is_some())) {
+            self.bos_token_id = Some(b.into());
+        }
+        if let Some(e) = eos.filter(|_| absent("eos_token_id", self.eos_token_id.is_some())) {
+            self.eos_token_id = Some(e.into());
+        }
+    }
+
     /// Whether input and output embeddings are tied (Python default: true).
     pub fn tie_word_embeddings(&self) -> bool {
         self.tie_word_embeddings.unwrap_or(true)
     }
 }
+
+/// How a family accounts for the config.json keys it has no typed field for (typed fields
+/// are read by construction). Every key of Python's config class must be typed, inert or
+/// refused (the unread-key test checks it against Python's keys).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPolicy {
+    /// Keys whose value cannot change this family's outputs, with the reason.
+    pub inert: &'static [(&'static str, &'static str)],
+    /// Keys `validate` refuses by name unless they hold Python's default, each with a
+    /// value that is refused (JSON text).
+    pub refused: &'static [(&'static str, &'static str)],
+}
+
+impl KeyPolicy {
+    /// No keys beyond the typed fields.
+    pub const NONE: KeyPolicy = KeyPolicy {
+        inert: &[],
+        refused: &[],
+    };
+
+    fn covers(&self, key: &str) -> bool {
+        self.inert.iter().any(|(k, _)| *k == key) || self.refused.iter().any(|(k, _)| *k == key)
+    }
+}
+
+/// Keys of Python's `PreTrainedConfig` (shared by every family) that no typed field reads.
+pub const COMMON_KEYS: KeyPolicy = KeyPolicy {
+    inert: &[
+        ("_name_or_path", "where Python loaded the config from"),
+        ("transformers_version", "the version that wrote the file"),
+        (
+            "output_attentions",
+            "asks Python for extra outputs, not different ones",
+        ),
+        (
+            "output_hidden_states",
+            "asks Python for extra outputs, not different ones",
+        ),
+        ("return_dict", "the container of Python's outputs"),
+        (
+            "chunk_size_feed_forward",
+            "chunks the feed-forward computation: the same numbers",
+        ),
+        (
+            "use_cache",
+            "whether generation keeps a KV cache: the same tokens",
+        ),
+        (
+            "initializer_range",
+            "initialises weights a checkpoint lacks (new heads, training from scratch)",
+        ),
+        ("torchscript", "a PyTorch export switch"),
+        ("tf_legacy_loss", "TensorFlow-only"),
+        ("use_bfloat16", "TensorFlow/JAX-only"),
+        ("finetuning_task", "a label, read by no model"),
+        (
+            "tokenizer_class",
+            "names the tokenizer class (read from tokenizer_config.json)",
+        ),
+        (
+            "task_specific_params",
+            "pipeline presets Python's pipelines no longer apply",
+        ),
+        (
+            "prefix",
+            "pipeline presets Python's pipelines no longer apply",
+        ),
+        (
+            "sep_token_id",
+            "read by no model here (the tokenizer's is used)",
+        ),
+        ("decoder_start_token_id", "encoder-decoder generation only"),
+        (
+            "cross_attention_hidden_size",
+            "encoder-decoder only (is_encoder_decoder is refused)",
+        ),
+        (
+            "tie_encoder_decoder",
+            "encoder-decoder only (is_encoder_decoder is refused)",
+        ),
+        (
+            "_attn_implementation",
+            "Python's attention kernel choice: the same numbers",
+        ),
+        (
+            "attn_implementation",
+            "Python's attention kernel choice: the same numbers",
+        ),
+        (
+            "_from_model_config",
+            "a marker of how Python built the config",
+        ),
+        ("base_config_key", "a marker of composite configs"),
+    ],
+    refused: &[
+        ("is_encoder_decoder", "true"),
+        ("add_cross_attention", "true"),
+        ("pruned_heads", "{\"0\": [1]}"),
+    ],
+};
 
 /// Parses a typed config from config.json text, naming `path` in errors.
 pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
@@ -128,12 +308,37 @@ fn culprit_key<T: serde::de::DeserializeOwned>(text: &str) -> Option<String> {
     })
 }
 
+/// The top-level keys `text` sets to `null` (none when it is not a JSON object).
+pub fn null_keys(text: &str) -> Vec<String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter(|(_, v)| v.is_null())
+            .map(|(k, _)| k)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Serialises a config as Python writes config.json: pretty, two-space indent, sorted keys.
 pub fn config_to_json_string<T: Serialize>(config: &T) -> Result<String> {
-    let value = serde_json::to_value(config).map_err(|e| Error::Json {
+    config_to_json_string_with_nulls(config, &[])
+}
+
+/// [`config_to_json_string`], writing `nulls` as `null` where the config has no value.
+pub fn config_to_json_string_with_nulls<T: Serialize>(
+    config: &T,
+    nulls: &[String],
+) -> Result<String> {
+    let mut value = serde_json::to_value(config).map_err(|e| Error::Json {
         context: "serialising config".into(),
         source: e,
     })?;
+    if let serde_json::Value::Object(map) = &mut value {
+        for k in nulls {
+            map.entry(k.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
     let sorted = sort_keys(value);
     let mut s = serde_json::to_string_pretty(&sorted).map_err(|e| Error::Json {
         context: "serialising config".into(),

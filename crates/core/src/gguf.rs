@@ -754,9 +754,13 @@ fn repack_all(items: Vec<Arc<QTensor>>) -> Vec<candle_core::Result<QWeight>> {
 /// - `tokenizer.ggml.model` gpt2: byte-level BPE with the tokens and merges of the file;
 ///   control and user-defined tokens become special added tokens.
 /// - `llama` (sentencepiece-style): BPE with byte fallback over the tokens, merges derived
-///   from the scores (llama.cpp stores none), `▁` normalizer (prepend, replace spaces),
-///   a decoder that undoes it, and BOS added when `tokenizer.ggml.add_bos_token` says so
-///   (default true), as `GGUFLlamaConverter` + `LlamaTokenizerFast`.
+///   from the scores (llama.cpp stores none), and BOS added when
+///   `tokenizer.ggml.add_bos_token` says so (default true), as transformers 5.25's
+///   `sentencepiece_tokenizer` (integrations/gguf/gguf_tokenizer_mapping.py) builds it:
+///   `LlamaTokenizer`'s `Metaspace` pre-tokenizer (`▁` for spaces, prepended to the first
+///   piece unless it starts with one), except for `phi3` files, whose `▁` comes from a
+///   normalizer (prepend, replace spaces) as Phi-3's own tokenizer.json has it; the
+///   decoder undoes either.
 pub fn tokenizer_json(g: &GgufFile) -> Result<String> {
     let model = g.meta_str("tokenizer.ggml.model").unwrap_or("");
     let tok = match model {
@@ -928,21 +932,33 @@ fn spm_tokenizer(g: &GgufFile) -> Result<serde_json::Value> {
         }),
         _ => serde_json::Value::Null,
     };
+    let (normalizer, pre_tokenizer) = if g.meta_str("general.architecture") == Some("phi3") {
+        (
+            json!({"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u{2581}"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+            ]}),
+            serde_json::Value::Null,
+        )
+    } else {
+        (
+            serde_json::Value::Null,
+            json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first",
+                   "split": false}),
+        )
+    };
     Ok(json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": {"type": "Sequence", "normalizers": [
-            {"type": "Prepend", "prepend": "\u{2581}"},
-            {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
-        ]},
-        "pre_tokenizer": null,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": post_processor,
         "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
             {"type": "ByteFallback"},
             {"type": "Fuse"},
-            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
             {"type": "Strip", "content": " ", "start": 1, "stop": 0},
         ]},
         "model": {
@@ -977,10 +993,9 @@ pub fn tokenizer_config_json(g: &GgufFile) -> serde_json::Value {
     if let Some(b) = g.meta_bool("tokenizer.ggml.add_bos_token") {
         c.insert("add_bos_token".into(), json!(b));
     }
-    // transformers' GGUF tokenizers decode with the clean-up of spaces before punctuation,
-    // except the sentencepiece-style llama one (LlamaTokenizerFast's default: no clean-up).
-    let sentencepiece = g.meta_str("tokenizer.ggml.model") == Some("llama");
-    c.insert("clean_up_tokenization_spaces".into(), json!(!sentencepiece));
+    // transformers 5.25's GGUF tokenizers decode without the clean-up of spaces before
+    // punctuation (4.46's byte-level ones had it).
+    c.insert("clean_up_tokenization_spaces".into(), json!(false));
     c.insert(
         "model_max_length".into(),
         json!(g

@@ -176,6 +176,42 @@ pub fn extended_attention_mask(mask: &Tensor, dtype: DType) -> candle_core::Resu
     (inverted * min)?.to_dtype(dtype)
 }
 
+/// The causal masks of a model whose layers differ in attention window: one mask per
+/// distinct window (`None`: global), built once per forward and shared by the layers.
+#[derive(Debug, Clone)]
+pub struct WindowMasks(Vec<(Option<usize>, Tensor)>);
+
+impl WindowMasks {
+    /// [`causal_mask`] for each distinct entry of `windows`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        attention_mask: Option<&Tensor>,
+        batch: usize,
+        q_len: usize,
+        past: usize,
+        windows: &[Option<usize>],
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Self> {
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for w in windows {
+            if !masks.iter().any(|(k, _)| k == w) {
+                let m = causal_mask(attention_mask, batch, q_len, past, *w, dtype, device)?;
+                masks.push((*w, m));
+            }
+        }
+        Ok(Self(masks))
+    }
+
+    /// The mask of layers with `window`.
+    pub fn get(&self, window: Option<usize>) -> candle_core::Result<&Tensor> {
+        match self.0.iter().find(|(k, _)| *k == window) {
+            Some((_, m)) => Ok(m),
+            None => candle_core::bail!("internal error: no attention mask for window {window:?}"),
+        }
+    }
+}
+
 /// The additive attention mask of a decoder step: `[batch, 1, q_len, past + q_len]`,
 /// 0 where query `i` (absolute position `past + i`) may attend key `j` — `j <= past + i`,
 /// the key is not padding (`attention_mask[b][j] == 1`) and, with a sliding window,

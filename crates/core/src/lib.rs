@@ -13,6 +13,7 @@ pub mod layers;
 pub mod linear;
 pub mod lora;
 pub mod rng;
+pub mod rope_parameters;
 pub mod rotary;
 pub mod tokenizer;
 pub mod weights;

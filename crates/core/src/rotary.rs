@@ -1,15 +1,15 @@
-//! Rotary position embeddings with the `rope_scaling` variants of Python's
-//! `modeling_rope_utils.py` (transformers 4.46): default, linear, dynamic (NTK), llama3
-//! and yarn. Frequencies and angles are computed in f32; `rotate_half` layout (the HF
+//! Rotary position embeddings with the rope types of Python's `modeling_rope_utils.py`
+//! (transformers 5.25): default, linear, dynamic (NTK), llama3, yarn, longrope and
+//! proportional. Config keys are read by [`crate::rope_parameters`]. Frequencies and angles are computed in f32; `rotate_half` layout (the HF
 //! layout, not the interleaved one).
 
 use crate::kernels::runs_kernels;
 use candle_core::{DType, Device, Tensor, D};
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// How frequencies are scaled.
+/// How frequencies are scaled: the `rope_type`s of Python's `ROPE_INIT_FUNCTIONS`
+/// (read from config.json by [`crate::rope_parameters`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     Default,
@@ -34,11 +34,37 @@ pub enum RopeScaling {
         attention_factor: Option<f64>,
         mscale: Option<f64>,
         mscale_all_dim: Option<f64>,
+        /// Floor/ceil the correction range (5.x's `truncate`, default true).
+        truncate: bool,
+    },
+    /// Short factors while the sequence fits `original_max`, long ones past it.
+    Longrope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        factor: f64,
+        attention_factor: Option<f64>,
+        original_max: usize,
+    },
+    /// Gemma 4's: the head's first `partial_rotary_factor` share rotates with frequencies
+    /// over the whole head size, the rest with frequency zero.
+    Proportional {
+        factor: f64,
     },
 }
 
-fn num(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
+impl RopeScaling {
+    /// The `rope_type` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Linear { .. } => "linear",
+            Self::Dynamic { .. } => "dynamic",
+            Self::Llama3 { .. } => "llama3",
+            Self::Yarn { .. } => "yarn",
+            Self::Longrope { .. } => "longrope",
+            Self::Proportional { .. } => "proportional",
+        }
+    }
 }
 
 fn bad(msg: String) -> Error {
@@ -48,69 +74,14 @@ fn bad(msg: String) -> Error {
     }
 }
 
-impl RopeScaling {
-    /// Parses config.json's `rope_scaling` (`rope_type`, or the legacy `type`).
-    pub fn from_config(v: Option<&Value>, max_position_embeddings: usize) -> Result<Self> {
-        let Some(v) = v.filter(|v| !v.is_null()) else {
-            return Ok(Self::Default);
-        };
-        let kind = v
-            .get("rope_type")
-            .or_else(|| v.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let factor = || -> Result<f64> {
-            let f = num(v, "factor")
-                .ok_or_else(|| bad(format!("rope_scaling `{kind}` needs `factor`")))?;
-            if !f.is_finite() || f <= 0.0 {
-                return Err(bad(format!(
-                    "rope_scaling factor must be positive, got {f}"
-                )));
-            }
-            if f < 1.0 {
-                // Python only warns here too.
-                tracing::warn!("rope_scaling factor {f} is below 1");
-            }
-            Ok(f)
-        };
-        Ok(match kind {
-            "default" => Self::Default,
-            "linear" => Self::Linear { factor: factor()? },
-            "dynamic" => Self::Dynamic { factor: factor()?, original_max: max_position_embeddings },
-            "llama3" => Self::Llama3 {
-                factor: factor()?,
-                low_freq_factor: num(v, "low_freq_factor").ok_or_else(|| bad("llama3 rope_scaling needs low_freq_factor".into()))?,
-                high_freq_factor: num(v, "high_freq_factor").ok_or_else(|| bad("llama3 rope_scaling needs high_freq_factor".into()))?,
-                original_max: num(v, "original_max_position_embeddings")
-                    .map(|x| x as usize)
-                    .ok_or_else(|| bad("llama3 rope_scaling needs original_max_position_embeddings".into()))?,
-            },
-            // transformers 4.46 takes the correction range from max_position_embeddings
-            // (later versions from original_max_position_embeddings).
-            "yarn" => Self::Yarn {
-                factor: factor()?,
-                original_max: max_position_embeddings,
-                beta_fast: num(v, "beta_fast").unwrap_or(32.0),
-                beta_slow: num(v, "beta_slow").unwrap_or(1.0),
-                attention_factor: num(v, "attention_factor"),
-                mscale: num(v, "mscale"),
-                mscale_all_dim: num(v, "mscale_all_dim"),
-            },
-            other => {
-                return Err(bad(format!(
-                    "rope_scaling type `{other}` is not supported (default, linear, dynamic, llama3, yarn)"
-                )))
-            }
-        })
-    }
-}
-
 /// Precomputed inverse frequencies of one model.
 #[derive(Debug, Clone)]
 pub struct RotaryEmbedding {
     dim: usize,
     base: f64,
     inv_freq: Vec<f32>,
+    /// Longrope's frequencies past `original_max`.
+    long_inv_freq: Option<Vec<f32>>,
     attention_scaling: f64,
     scaling: RopeScaling,
 }
@@ -129,7 +100,22 @@ fn yarn_mscale(scale: f64, m: f64) -> f64 {
     }
 }
 
+fn to_f32(v: Vec<f64>) -> Vec<f32> {
+    v.into_iter().map(|x| x as f32).collect()
+}
+
 impl RotaryEmbedding {
+    /// From a config's resolved parameters and the model's head size.
+    pub fn from_parameters(
+        head_dim: usize,
+        p: &crate::rope_parameters::RopeParameters,
+    ) -> Result<Self> {
+        if let RopeScaling::Proportional { factor } = p.scaling {
+            return Self::proportional(head_dim, p.rope_theta, p.partial_rotary_factor, factor);
+        }
+        Self::new(p.rotary_dim(head_dim), p.rope_theta, p.scaling.clone())
+    }
+
     /// `dim` is the rotated size (head_dim × partial_rotary_factor), `base` rope_theta.
     pub fn new(dim: usize, base: f64, scaling: RopeScaling) -> Result<Self> {
         if dim == 0 || !dim.is_multiple_of(2) {
@@ -141,12 +127,15 @@ impl RotaryEmbedding {
             return Err(bad(format!("rope_theta must be > 1, got {base}")));
         }
         let mut attention_scaling = 1.0;
+        let mut long_inv_freq = None;
         let inv: Vec<f64> = match &scaling {
             RopeScaling::Default | RopeScaling::Dynamic { .. } => default_inv_freq(base, dim),
-            RopeScaling::Linear { factor } => default_inv_freq(base, dim)
-                .into_iter()
-                .map(|f| f / factor)
-                .collect(),
+            RopeScaling::Linear { factor } | RopeScaling::Proportional { factor } => {
+                default_inv_freq(base, dim)
+                    .into_iter()
+                    .map(|f| f / factor)
+                    .collect()
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -180,10 +169,12 @@ impl RotaryEmbedding {
                 attention_factor,
                 mscale,
                 mscale_all_dim,
+                truncate,
             } => {
                 attention_scaling = match (attention_factor, mscale, mscale_all_dim) {
                     (Some(a), _, _) => *a,
-                    (None, Some(m), Some(ma)) => {
+                    // Python tests both for truthiness: 0 counts as unset.
+                    (None, Some(m), Some(ma)) if *m != 0.0 && *ma != 0.0 => {
                         yarn_mscale(*factor, *m) / yarn_mscale(*factor, *ma)
                     }
                     _ => yarn_mscale(*factor, 1.0),
@@ -193,13 +184,14 @@ impl RotaryEmbedding {
                 let correction = |rot: f64| {
                     (d * (max / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln())
                 };
-                let low = correction(*beta_fast).floor().max(0.0);
-                let high = correction(*beta_slow).ceil().min(d - 1.0);
-                let (lo, hi) = if low == high {
-                    (low, high + 0.001)
+                let (low, high) = (correction(*beta_fast), correction(*beta_slow));
+                let (low, high) = if *truncate {
+                    (low.floor(), high.ceil())
                 } else {
                     (low, high)
                 };
+                let (lo, hi) = (low.max(0.0), high.min(d - 1.0));
+                let hi = if lo == hi { hi + 0.001 } else { hi };
                 (0..dim / 2)
                     .map(|i| {
                         let pos_freq = base.powf((2 * i) as f64 / d);
@@ -212,18 +204,78 @@ impl RotaryEmbedding {
                     })
                     .collect()
             }
+            RopeScaling::Longrope {
+                short_factor,
+                long_factor,
+                factor,
+                attention_factor,
+                original_max,
+            } => {
+                for (name, list) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if list.len() != dim / 2 {
+                        return Err(bad(format!(
+                            "rope_parameters `{name}` must have {} numbers (rotary dimension / 2), got {}",
+                            dim / 2,
+                            list.len()
+                        )));
+                    }
+                }
+                attention_scaling = attention_factor.unwrap_or_else(|| {
+                    if *factor <= 1.0 {
+                        1.0
+                    } else {
+                        (1.0 + factor.ln() / (*original_max as f64).ln()).sqrt()
+                    }
+                });
+                let with = |ext: &[f64]| -> Vec<f64> {
+                    default_inv_freq(base, dim)
+                        .into_iter()
+                        .zip(ext)
+                        .map(|(f, e)| f / e)
+                        .collect()
+                };
+                long_inv_freq = Some(to_f32(with(long_factor)));
+                with(short_factor)
+            }
         };
         Ok(Self {
             dim,
             base,
-            inv_freq: inv.into_iter().map(|x| x as f32).collect(),
+            inv_freq: to_f32(inv),
+            long_inv_freq,
             attention_scaling,
             scaling,
         })
     }
 
+    /// Proportional RoPE: cos/sin over the whole head; the first
+    /// `int(partial_rotary_factor * head_dim // 2)` frequencies are `base^(-2i/head_dim)`,
+    /// the rest zero (those channels pass through), all divided by `factor`.
+    fn proportional(
+        head_dim: usize,
+        base: f64,
+        partial_rotary_factor: Option<f64>,
+        factor: f64,
+    ) -> Result<Self> {
+        let mut r = Self::new(head_dim, base, RopeScaling::Proportional { factor })?;
+        let angles =
+            ((partial_rotary_factor.unwrap_or(1.0) * head_dim as f64) / 2.0).floor() as usize;
+        for (i, f) in r.inv_freq.iter_mut().enumerate() {
+            if i >= angles {
+                *f = 0.0;
+            }
+        }
+        Ok(r)
+    }
+
+    /// The factor cos and sin are multiplied by (yarn, longrope).
+    pub fn attention_scaling(&self) -> f64 {
+        self.attention_scaling
+    }
+
     /// Inverse frequencies for a forward pass whose largest position is `max_pos`
-    /// (dynamic NTK grows the base past the original length).
+    /// (dynamic NTK grows the base past the original length; longrope switches to its
+    /// long factors there).
     fn inv_freq_for(&self, max_pos: usize) -> Vec<f32> {
         match &self.scaling {
             RopeScaling::Dynamic {
@@ -234,11 +286,12 @@ impl RotaryEmbedding {
                 let d = self.dim as f64;
                 let base = self.base
                     * ((factor * seq / *original_max as f64) - (factor - 1.0)).powf(d / (d - 2.0));
-                default_inv_freq(base, self.dim)
-                    .into_iter()
-                    .map(|x| x as f32)
-                    .collect()
+                to_f32(default_inv_freq(base, self.dim))
             }
+            RopeScaling::Longrope { original_max, .. } if max_pos + 1 > *original_max => self
+                .long_inv_freq
+                .clone()
+                .unwrap_or_else(|| self.inv_freq.clone()),
             _ => self.inv_freq.clone(),
         }
     }
@@ -475,15 +528,58 @@ mod tests {
 
     #[test]
     fn scaling_variants_parse_and_validate() {
-        let v: Value = serde_json::json!({"rope_type": "linear", "factor": 2.0});
-        let r = RotaryEmbedding::new(4, 10000.0, RopeScaling::from_config(Some(&v), 64).unwrap())
-            .unwrap();
+        let ctx = crate::rope_parameters::RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings: 64,
+            layer_types: None,
+        };
+        let keys: crate::rope_parameters::RopeKeys = serde_json::from_value(
+            serde_json::json!({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+        )
+        .unwrap();
+        let r = RotaryEmbedding::from_parameters(4, &keys.uniform(&ctx).unwrap()).unwrap();
         assert_eq!(r.inv_freq, vec![0.5, 0.005]);
-        let v: Value = serde_json::json!({"type": "weird", "factor": 2.0});
-        assert!(RopeScaling::from_config(Some(&v), 64).is_err());
-        let v: Value = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
-        assert!(RopeScaling::from_config(Some(&v), 64).is_err());
         assert!(RotaryEmbedding::new(3, 10000.0, RopeScaling::Default).is_err());
+    }
+
+    /// Longrope: short factors up to `original_max` positions, long ones past it, cos/sin
+    /// scaled by sqrt(1 + ln(factor) / ln(original_max)).
+    #[test]
+    fn longrope_switches_factors_by_the_largest_position() {
+        let r = RotaryEmbedding::new(
+            4,
+            10000.0,
+            RopeScaling::Longrope {
+                short_factor: vec![1.0, 2.0],
+                long_factor: vec![4.0, 8.0],
+                factor: 4.0,
+                attention_factor: None,
+                original_max: 16,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.inv_freq_for(15), vec![1.0, 0.005]);
+        assert_eq!(r.inv_freq_for(16), vec![0.25, 0.00125]);
+        let expected = (1.0 + 4f64.ln() / 16f64.ln()).sqrt();
+        assert!((r.attention_scaling() - expected).abs() < 1e-12);
+    }
+
+    /// Proportional: the rotated share's frequencies over the whole head, zeros after.
+    #[test]
+    fn proportional_zeroes_the_unrotated_frequencies() {
+        let keys: crate::rope_parameters::RopeKeys = serde_json::from_value(serde_json::json!({
+            "rope_parameters": {"rope_type": "proportional", "rope_theta": 10000.0,
+                                "partial_rotary_factor": 0.5}
+        }))
+        .unwrap();
+        let ctx = crate::rope_parameters::RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings: 64,
+            layer_types: None,
+        };
+        let r = RotaryEmbedding::from_parameters(8, &keys.uniform(&ctx).unwrap()).unwrap();
+        assert_eq!(r.dim(), 8);
+        assert_eq!(r.inv_freq, vec![1.0, 0.1, 0.0, 0.0]);
     }
 
     #[test]

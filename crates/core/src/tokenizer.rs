@@ -155,6 +155,10 @@ pub struct AutoTokenizer {
     padding_side: Side,
     truncation_side: Side,
     clean_up_tokenization_spaces: bool,
+    /// Named chat templates (`default` first when there is one): chat_template.jinja and
+    /// additional_chat_templates/*.jinja, else tokenizer_config.json's `chat_template`,
+    /// else a processor's chat_template.json.
+    chat_templates: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for AutoTokenizer {
@@ -212,7 +216,44 @@ impl AutoTokenizer {
             })?;
         let config = files.get("tokenizer_config.json")?;
         let map = files.get("special_tokens_map.json")?;
-        Self::from_paths(&tok, config.as_deref(), map.as_deref())
+        let mut tokenizer = Self::from_paths(&tok, config.as_deref(), map.as_deref())?;
+        tokenizer.read_chat_template_files(files)?;
+        Ok(tokenizer)
+    }
+
+    /// The chat template files transformers saves beside the tokenizer, as 5.25's
+    /// `from_pretrained` reads them: chat_template.jinja (`default`) and
+    /// additional_chat_templates/NAME.jinja replace tokenizer_config.json's templates;
+    /// a processor's chat_template.json (`{"chat_template": ...}`) is used when there is
+    /// no other. (Additional templates are found in the local folder or Hub-cache
+    /// snapshot, not listed from the Hub.)
+    fn read_chat_template_files(&mut self, files: &ModelFiles) -> Result<()> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
+        let mut found = Vec::new();
+        if let Some(p) = files.get("chat_template.jinja")? {
+            found.push(("default".to_string(), read(&p)?));
+        }
+        for name in files.list_local() {
+            let Some(stem) = name
+                .strip_prefix("additional_chat_templates/")
+                .and_then(|n| n.strip_suffix(".jinja"))
+            else {
+                continue;
+            };
+            if let Some(p) = files.get(&name)? {
+                found.push((stem.to_string(), read(&p)?));
+            }
+        }
+        if !found.is_empty() {
+            self.chat_templates = found;
+        } else if self.chat_templates.is_empty() {
+            if let Some(p) = files.get("chat_template.json")? {
+                let v = read_json(&p)?;
+                self.chat_templates = named_templates(v.get("chat_template"))
+                    .map_err(|m| Error::Tokenizer(format!("{}: {m}", p.display())))?;
+            }
+        }
+        Ok(())
     }
 
     /// Builds the tokenizer stored in a GGUF file's metadata (tokens, merges, special
@@ -232,17 +273,57 @@ impl AutoTokenizer {
         Self::new(inner, config, None)
     }
 
-    /// The chat template (tokenizer_config.json's `chat_template`), if any.
+    /// The default chat template, if any.
     pub fn chat_template(&self) -> Option<&str> {
-        match self.config.get("chat_template")? {
-            Value::String(s) => Some(s),
-            // A list of named templates: the default one.
-            Value::Array(list) => list.iter().find_map(|t| {
-                (t.get("name")?.as_str()? == "default").then_some(())?;
-                t.get("template")?.as_str()
-            }),
-            _ => None,
+        self.named_chat_template("default")
+    }
+
+    /// A chat template by name (`default`, or the name of an additional template).
+    pub fn named_chat_template(&self, name: &str) -> Option<&str> {
+        self.chat_templates
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_str())
+    }
+
+    /// The names of the chat templates.
+    pub fn chat_template_names(&self) -> Vec<&str> {
+        self.chat_templates
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// The template a chat renders with, as Python's `get_chat_template` picks it: the
+    /// one `requested` names (or `requested` itself, taken as a whole template, when no
+    /// template has that name); else `tool_use` when tools are given (even an empty list)
+    /// and the tokenizer has one; else `default`.
+    pub fn select_chat_template<'a>(
+        &'a self,
+        requested: Option<&'a str>,
+        with_tools: bool,
+    ) -> Result<&'a str> {
+        if let Some(r) = requested {
+            return Ok(self.named_chat_template(r).unwrap_or(r));
         }
+        if with_tools {
+            if let Some(t) = self.named_chat_template("tool_use") {
+                return Ok(t);
+            }
+        }
+        if let Some(t) = self.chat_template() {
+            return Ok(t);
+        }
+        Err(Error::invalid(if self.chat_templates.is_empty() {
+            "this tokenizer has no chat template (chat_template.jinja or tokenizer_config.json \
+             `chat_template`)"
+                .to_string()
+        } else {
+            format!(
+                "this tokenizer has several chat templates and no default: choose one of {}",
+                self.chat_template_names().join(", ")
+            )
+        }))
     }
 
     /// Python's `apply_chat_template(messages, tokenize=False, ...)`: renders the chat
@@ -252,11 +333,57 @@ impl AutoTokenizer {
         messages: &Value,
         opts: &crate::chat_template::ChatOptions,
     ) -> Result<String> {
-        let source = self.chat_template().ok_or_else(|| {
-            Error::invalid(
-                "this tokenizer has no chat template (tokenizer_config.json `chat_template`)",
-            )
-        })?;
+        Ok(self.render_chat(messages, opts)?.text)
+    }
+
+    /// Python's `apply_chat_template(messages, tokenize=True, return_dict=True,
+    /// return_assistant_tokens_mask=...)`: the rendering tokenized without added special
+    /// tokens (the template writes them), and with `assistant_masks` 1 on every token that
+    /// overlaps a `{% generation %}` block.
+    pub fn apply_chat_template_tokenized(
+        &self,
+        messages: &Value,
+        opts: &crate::chat_template::ChatOptions,
+        return_assistant_tokens_mask: bool,
+    ) -> Result<ChatEncoding> {
+        if return_assistant_tokens_mask && opts.continue_final_message.is_some() {
+            return Err(Error::invalid(
+                "continue_final_message is not compatible with return_assistant_tokens_mask",
+            ));
+        }
+        let rendered = self.render_chat(messages, opts)?;
+        let enc = self.encode(
+            TextInput::Single(&rendered.text),
+            &EncodeOptions {
+                add_special_tokens: false,
+                ..Default::default()
+            },
+        )?;
+        let input_ids = enc.input_ids.into_iter().next().unwrap_or_default();
+        let attention_mask = enc.attention_mask.into_iter().next().unwrap_or_default();
+        let assistant_masks = return_assistant_tokens_mask.then(|| {
+            if rendered.generation_spans.is_empty() {
+                tracing::warn!(
+                    "return_assistant_tokens_mask: the chat template has no {{% generation %}} block"
+                );
+            }
+            let offsets = enc.offsets.first().cloned().unwrap_or_default();
+            assistant_mask(&offsets, &rendered.generation_spans)
+        });
+        Ok(ChatEncoding {
+            input_ids,
+            attention_mask,
+            assistant_masks,
+        })
+    }
+
+    fn render_chat(
+        &self,
+        messages: &Value,
+        opts: &crate::chat_template::ChatOptions,
+    ) -> Result<crate::chat_template::Rendered> {
+        let source =
+            self.select_chat_template(opts.chat_template.as_deref(), opts.tools.is_some())?;
         let template = crate::chat_template::ChatTemplate::new(source)?;
         let mut opts = opts.clone();
         let s = &self.specials;
@@ -275,7 +402,7 @@ impl AutoTokenizer {
                     .or_insert_with(|| Value::String(v.clone()));
             }
         }
-        template.render(messages, &opts)
+        template.render_with_spans(messages, &opts)
     }
 
     /// Loads from explicit file paths.
@@ -342,6 +469,8 @@ impl AutoTokenizer {
             .get("clean_up_tokenization_spaces")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
+        let chat_templates = named_templates(config.get("chat_template"))
+            .map_err(|m| Error::Tokenizer(format!("tokenizer_config.json: {m}")))?;
         // Per-call settings decide padding and truncation, as in Python.
         inner
             .with_truncation(None)
@@ -356,6 +485,7 @@ impl AutoTokenizer {
             padding_side,
             truncation_side,
             clean_up_tokenization_spaces,
+            chat_templates,
         })
     }
 
@@ -586,7 +716,9 @@ impl AutoTokenizer {
         })
     }
 
-    /// Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json into `dir`.
+    /// Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json into `dir`,
+    /// and the chat templates as transformers 5.x saves them: `default` in
+    /// chat_template.jinja, the others in additional_chat_templates/NAME.jinja.
     pub fn save_pretrained(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let json = self
@@ -598,6 +730,18 @@ impl AutoTokenizer {
         write_atomic(&p, json.as_bytes())?;
         written.push(p);
         let mut config = self.config.clone();
+        config.remove("chat_template");
+        for (name, template) in &self.chat_templates {
+            let p = if name == "default" {
+                dir.join("chat_template.jinja")
+            } else {
+                let sub = dir.join("additional_chat_templates");
+                std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+                sub.join(format!("{name}.jinja"))
+            };
+            write_atomic(&p, template.as_bytes())?;
+            written.push(p);
+        }
         if !config.contains_key("tokenizer_class") {
             config.insert(
                 "tokenizer_class".into(),
@@ -632,6 +776,62 @@ impl AutoTokenizer {
         write_json_pretty(&p, &map)?;
         written.push(p);
         Ok(written)
+    }
+}
+
+/// A tokenized chat ([`AutoTokenizer::apply_chat_template_tokenized`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatEncoding {
+    pub input_ids: Vec<u32>,
+    pub attention_mask: Vec<u32>,
+    /// 1 on the tokens the assistant generates (`{% generation %}` blocks).
+    pub assistant_masks: Option<Vec<u32>>,
+}
+
+/// Python's mask: a token is the assistant's when its character span overlaps a span
+/// (both in order, one pass), so a span cut by truncation keeps its remaining tokens.
+fn assistant_mask(offsets: &[(usize, usize)], spans: &[(usize, usize)]) -> Vec<u32> {
+    let mut mask = vec![0u32; offsets.len()];
+    let mut s = 0;
+    for (i, &(start, end)) in offsets.iter().enumerate() {
+        while s < spans.len() && start >= spans[s].1 {
+            s += 1;
+        }
+        if s == spans.len() {
+            break;
+        }
+        if end > spans[s].0 {
+            mask[i] = 1;
+        }
+    }
+    mask
+}
+
+/// A `chat_template` value: one template (named `default`) or a list of
+/// `{"name", "template"}` (as tokenizer_config.json stores several).
+fn named_templates(v: Option<&Value>) -> std::result::Result<Vec<(String, String)>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![("default".to_string(), s.clone())]),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|t| {
+                let name = t.get("name").and_then(Value::as_str);
+                let template = t.get("template").and_then(Value::as_str);
+                match (name, template) {
+                    (Some(n), Some(t)) => Ok((n.to_string(), t.to_string())),
+                    _ => Err("each entry of a `chat_template` list needs a `name` and a `template` string".to_string()),
+                }
+            })
+            .collect(),
+        Some(other) => Err(format!(
+            "`chat_template` must be a string or a list of named templates, got {}",
+            match other {
+                Value::Object(_) => "an object",
+                Value::Bool(_) => "a boolean",
+                _ => "a number",
+            }
+        )),
     }
 }
 

@@ -1,104 +1,16 @@
-//! Beam search bookkeeping as transformers 4.46 (generation/beam_search.py,
-//! `BeamSearchScorer` and `BeamHypotheses`): finished hypotheses per prompt, the choice
-//! of the next beams among the `2 × num_beams` best candidates, and the final
-//! selection. Scores follow Python's precision: running beam scores are f32, hypothesis
-//! scores f64 (Python floats), returned scores f32.
-
-use rustformers_core::{Error, Result};
+//! Beam search bookkeeping as transformers 5.25 (generation/utils.py `_beam_search` and
+//! its helpers `_get_top_k_continuations`, `_get_running_beams_for_next_iteration`,
+//! `_update_finished_beams` and `_check_early_stop_heuristic`): per prompt, the running
+//! beams and `num_beams` finished slots, both refilled each step from the
+//! `K = max(2, 1 + number of eos ids) × num_beams` best candidates. A candidate that meets
+//! a stopping criterion (eos, the length limit, a stop string) leaves the running beams;
+//! it becomes finished only if it ranks among the first `num_beams`. Scores are f32, as
+//! Python's tensors; "removed" entries get -1e9 added, as Python does.
 
 use crate::config::EarlyStopping;
 
-/// The finished hypotheses of one prompt (at most `num_beams`, the best kept).
-#[derive(Debug, Clone)]
-pub(crate) struct BeamHypotheses {
-    num_beams: usize,
-    length_penalty: f64,
-    early_stopping: EarlyStopping,
-    /// New tokens Python's `max_length` leaves (`max_length - prompt length`).
-    max_new: usize,
-    /// (score, generated tokens without the eos that ended them).
-    beams: Vec<(f64, Vec<u32>)>,
-    worst_score: f64,
-}
-
-impl BeamHypotheses {
-    pub(crate) fn new(
-        num_beams: usize,
-        length_penalty: f64,
-        early_stopping: EarlyStopping,
-        max_new: usize,
-    ) -> Self {
-        Self {
-            num_beams,
-            length_penalty,
-            early_stopping,
-            max_new,
-            beams: Vec::new(),
-            worst_score: 1e9,
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.beams.len()
-    }
-
-    /// Adds a hypothesis whose log-probabilities sum to `sum_logprobs` over
-    /// `generated_len` new tokens (an eos that ended it included); kept if there is room
-    /// or it beats the worst one, which then goes.
-    pub(crate) fn add(&mut self, tokens: Vec<u32>, sum_logprobs: f64, generated_len: usize) {
-        let score = sum_logprobs / (generated_len as f64).powf(self.length_penalty);
-        if self.beams.len() < self.num_beams || score > self.worst_score {
-            self.beams.push((score, tokens));
-            if self.beams.len() > self.num_beams {
-                // Python: sorted((score, index)) — the lowest score, the first on ties.
-                let mut order: Vec<(f64, usize)> = self
-                    .beams
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (s, _))| (*s, i))
-                    .collect();
-                order.sort_by(|a, b| {
-                    a.0.partial_cmp(&b.0)
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                        .then(a.1.cmp(&b.1))
-                });
-                self.beams.remove(order[0].1);
-                self.worst_score = order[1].0;
-            } else {
-                self.worst_score = self.worst_score.min(score);
-            }
-        }
-    }
-
-    /// Whether no running beam can improve on the finished hypotheses: `best_sum_logprobs`
-    /// is the best candidate score this step, `cur_new` the new tokens it would have.
-    pub(crate) fn is_done(&self, best_sum_logprobs: f64, cur_new: usize) -> bool {
-        if self.beams.len() < self.num_beams {
-            return false;
-        }
-        let attainable = |len: usize| best_sum_logprobs / (len as f64).powf(self.length_penalty);
-        match self.early_stopping {
-            EarlyStopping::True => true,
-            EarlyStopping::False => self.worst_score >= attainable(cur_new),
-            EarlyStopping::Never => {
-                if self.length_penalty > 0.0 {
-                    self.worst_score >= attainable(self.max_new)
-                } else {
-                    self.worst_score >= attainable(cur_new)
-                }
-            }
-        }
-    }
-
-    /// The `n` best hypotheses, best first (Python: a stable ascending sort, popped from
-    /// the end, so among equal scores the later added comes first).
-    pub(crate) fn best(&self, n: usize) -> Vec<(f64, Vec<u32>)> {
-        let mut sorted = self.beams.clone();
-        sorted.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-        sorted.into_iter().rev().take(n).collect()
-    }
-}
+/// What Python adds to a score to rule an entry out.
+const OUT: f32 = -1.0e9;
 
 /// One candidate continuation: `beam` (within the prompt's beams) followed by `token`,
 /// with the running score `score`.
@@ -140,52 +52,153 @@ pub(crate) fn top_candidates(scores: &[Vec<f32>], k: usize) -> Vec<Candidate> {
         .collect()
 }
 
-/// What one prompt's beams become after a step.
+/// A finished slot of one prompt: generated tokens (the eos that ended them included),
+/// the score (summed log-probabilities / new tokens ^ `length_penalty`), and whether a
+/// real hypothesis fills it (empty slots hold -1e9, as Python initialises them).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct NextBeams {
-    /// `num_beams` continuations that are not eos, best first.
-    pub beams: Vec<Candidate>,
+pub(crate) struct Slot {
+    pub tokens: Vec<u32>,
+    pub score: f32,
+    pub finished: bool,
 }
 
-/// `BeamSearchScorer.process` for one prompt: walks the candidates best first; an eos
-/// candidate ranked among the first `num_beams` becomes a finished hypothesis (of the
-/// beam's tokens `beam_tokens[beam]`, without the eos), a lower-ranked one is dropped;
-/// other candidates fill the next beams until there are `num_beams`. `step` is the
-/// number of tokens the beams already have.
-pub(crate) fn process(
-    candidates: &[Candidate],
-    beam_tokens: &[&[u32]],
-    eos: &[u32],
+/// The finished slots and the early-stop state of one prompt.
+#[derive(Debug, Clone)]
+pub(crate) struct PromptBeams {
     num_beams: usize,
-    step: usize,
-    hyps: &mut BeamHypotheses,
-) -> Result<NextBeams> {
-    let mut beams = Vec::with_capacity(num_beams);
-    for (rank, c) in candidates.iter().enumerate() {
-        if eos.contains(&c.token) {
-            if rank >= num_beams {
-                continue;
-            }
-            let tokens = beam_tokens
+    length_penalty: f64,
+    early_stopping: EarlyStopping,
+    /// New tokens the length limit allows.
+    max_new: usize,
+    /// `num_beams` slots, best first.
+    pub slots: Vec<Slot>,
+    /// Python's `is_early_stop_heuristic_unsatisfied`: a running beam may still beat a
+    /// finished slot.
+    improvable: bool,
+}
+
+/// `x / n ^ length_penalty` in f32 (a tensor divided by a Python float).
+fn penalised(x: f32, n: usize, length_penalty: f64) -> f32 {
+    x / (n as f64).powf(length_penalty) as f32
+}
+
+/// Indices of `scores` best first; ties go to the lower index (torch.topk, sorted).
+fn ranked(scores: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order
+}
+
+impl PromptBeams {
+    pub(crate) fn new(
+        num_beams: usize,
+        length_penalty: f64,
+        early_stopping: EarlyStopping,
+        max_new: usize,
+    ) -> Self {
+        Self {
+            num_beams,
+            length_penalty,
+            early_stopping,
+            max_new,
+            slots: vec![
+                Slot {
+                    tokens: Vec::new(),
+                    score: OUT,
+                    finished: false,
+                };
+                num_beams
+            ],
+            improvable: true,
+        }
+    }
+
+    /// Whether a step can still change the finished slots: the heuristic allows it, and
+    /// with `early_stopping` true not every slot is finished yet.
+    pub(crate) fn active(&self) -> bool {
+        let full = self.slots.iter().all(|s| s.finished);
+        self.improvable && !(full && self.early_stopping == EarlyStopping::True)
+    }
+
+    /// One step. `candidates` are the `K` best continuations, best first; `beam_tokens[b]`
+    /// the tokens running beam `b` generated so far; `hits[i]` whether candidate `i`
+    /// meets a stopping criterion; `new_len` the tokens generated after this step.
+    /// Returns the next running beams with their running scores (those that hit a
+    /// criterion carry -1e9 and rank last).
+    pub(crate) fn step(
+        &mut self,
+        candidates: &[Candidate],
+        beam_tokens: &[&[u32]],
+        hits: &[bool],
+        new_len: usize,
+    ) -> Vec<(Candidate, f32)> {
+        let nb = self.num_beams;
+        let tokens_of = |c: &Candidate| {
+            let mut t = beam_tokens
                 .get(c.beam)
                 .copied()
                 .unwrap_or_default()
                 .to_vec();
-            hyps.add(tokens, c.score as f64, step + 1);
-        } else {
-            beams.push(*c);
+            t.push(c.token);
+            t
+        };
+        // The running beams: the best candidates that hit no criterion.
+        let running: Vec<f32> = candidates
+            .iter()
+            .zip(hits)
+            .map(|(c, h)| if *h { c.score + OUT } else { c.score })
+            .collect();
+        let next: Vec<(Candidate, f32)> = ranked(&running)
+            .into_iter()
+            .take(nb)
+            .map(|i| (candidates[i], running[i]))
+            .collect();
+        // The finished slots: merged with the candidates among the first num_beams that
+        // hit a criterion; the best num_beams stay.
+        let full =
+            self.slots.iter().all(|s| s.finished) && self.early_stopping == EarlyStopping::True;
+        let mut merged = self.slots.clone();
+        for (i, (c, &hit)) in candidates.iter().zip(hits).enumerate() {
+            let just_finished = hit && i < nb;
+            let mut score = penalised(c.score, new_len, self.length_penalty);
+            for ruled_out in [full, !self.improvable, !just_finished] {
+                if ruled_out {
+                    score += OUT;
+                }
+            }
+            merged.push(Slot {
+                tokens: tokens_of(c),
+                score,
+                finished: just_finished,
+            });
         }
-        if beams.len() == num_beams {
-            break;
-        }
+        let scores: Vec<f32> = merged.iter().map(|s| s.score).collect();
+        self.slots = ranked(&scores)
+            .into_iter()
+            .take(nb)
+            .map(|i| merged[i].clone())
+            .collect();
+        // Can the best running beam still beat a finished slot?
+        let hypothetical =
+            if self.early_stopping == EarlyStopping::Never && self.length_penalty > 0.0 {
+                self.max_new
+            } else {
+                new_len
+            };
+        let best_possible = next.first().map_or(OUT, |(_, s)| {
+            penalised(*s, hypothetical, self.length_penalty)
+        });
+        let worst = self
+            .slots
+            .iter()
+            .map(|s| s.score)
+            .fold(f32::INFINITY, f32::min);
+        self.improvable &= self
+            .slots
+            .iter()
+            .any(|s| best_possible > if s.finished { worst } else { OUT });
+        next
     }
-    if beams.len() < num_beams {
-        return Err(Error::invalid(format!(
-            "beam search found only {} non-eos continuations for {num_beams} beams",
-            beams.len()
-        )));
-    }
-    Ok(NextBeams { beams })
 }
 
 #[cfg(test)]
@@ -193,50 +206,81 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hypotheses_keep_the_best_and_track_the_worst() {
-        let mut h = BeamHypotheses::new(2, 1.0, EarlyStopping::False, 10);
-        h.add(vec![1], -2.0, 2); // -1.0
-        h.add(vec![2], -3.0, 1); // -3.0
-        assert_eq!(h.len(), 2);
-        assert_eq!(h.worst_score, -3.0);
-        h.add(vec![3], -5.0, 1); // -5.0: worse than the worst, not kept
-        assert_eq!(h.len(), 2);
-        h.add(vec![4], -4.0, 2); // -2.0 replaces -3.0
-        assert_eq!(h.worst_score, -2.0);
-        let best = h.best(2);
-        assert_eq!(best[0].1, vec![1]);
-        assert_eq!(best[1].1, vec![4]);
-        // False: done when the best candidate at the current length cannot beat -2.0.
-        assert!(h.is_done(-6.0, 3));
-        assert!(!h.is_done(-5.0, 3));
-        // length_penalty 2 with "never" divides by max_new².
-        let mut n = BeamHypotheses::new(1, 2.0, EarlyStopping::Never, 10);
-        n.add(vec![1], -4.0, 2); // -1.0
-        assert!(!n.is_done(-50.0, 3)); // -0.5 attainable at length 10
-        assert!(n.is_done(-200.0, 3)); // -2.0
-        let t = BeamHypotheses::new(1, 1.0, EarlyStopping::True, 10);
-        assert!(!t.is_done(0.0, 1));
-    }
-
-    #[test]
-    fn candidates_and_process() {
+    fn candidates_are_ranked_with_ties_to_the_lower_index() {
         let scores = vec![vec![-1.0, -0.5, -3.0], vec![-0.7, -2.0, -0.1]];
         let c = top_candidates(&scores, 4);
         let picked: Vec<(usize, u32)> = c.iter().map(|c| (c.beam, c.token)).collect();
         assert_eq!(picked, vec![(1, 2), (0, 1), (1, 0), (0, 0)]);
-        let mut h = BeamHypotheses::new(2, 1.0, EarlyStopping::True, 5);
-        let a = [7u32];
-        let b = [8u32];
-        // Token 2 is eos: ranked first, it becomes a hypothesis of beam 1's tokens.
-        let next = process(&c, &[&a, &b], &[2], 2, 1, &mut h).unwrap();
-        assert_eq!(h.len(), 1);
-        assert_eq!(h.best(1)[0], ((-0.1f32) as f64 / 2.0, vec![8]));
-        assert_eq!(next.beams.len(), 2);
-        assert_eq!((next.beams[0].beam, next.beams[0].token), (0, 1));
-        assert_eq!((next.beams[1].beam, next.beams[1].token), (1, 0));
-        // An eos ranked below num_beams is dropped.
-        let mut h = BeamHypotheses::new(2, 1.0, EarlyStopping::True, 5);
-        process(&c, &[&a, &b], &[0], 2, 1, &mut h).unwrap();
-        assert_eq!(h.len(), 0);
+        assert_eq!(ranked(&[1.0, 2.0, 2.0, 0.0]), vec![1, 2, 0, 3]);
+    }
+
+    /// An eos candidate among the first num_beams fills a slot (scored over the new
+    /// tokens, eos included) and leaves the running beams; one ranked lower is dropped.
+    #[test]
+    fn eos_candidates_fill_slots_only_from_the_top_num_beams() {
+        let c = top_candidates(&[vec![-1.0, -0.5, -3.0], vec![-0.7, -2.0, -0.1]], 4);
+        let (a, b) = ([7u32], [8u32]);
+        let mut p = PromptBeams::new(2, 1.0, EarlyStopping::True, 5);
+        // Token 2 is eos: ranked first.
+        let hits: Vec<bool> = c.iter().map(|c| c.token == 2).collect();
+        let next = p.step(&c, &[&a, &b], &hits, 2);
+        assert_eq!(
+            p.slots[0],
+            Slot {
+                tokens: vec![8, 2],
+                score: -0.1 / 2.0,
+                finished: true
+            }
+        );
+        assert!(!p.slots[1].finished && p.slots[1].score <= OUT);
+        let beams: Vec<(usize, u32)> = next.iter().map(|(c, _)| (c.beam, c.token)).collect();
+        assert_eq!(beams, vec![(0, 1), (1, 0)]);
+        assert!(p.active());
+        // Token 0 is eos, ranked third of four with two beams: dropped.
+        let mut p = PromptBeams::new(2, 1.0, EarlyStopping::True, 5);
+        let hits: Vec<bool> = c.iter().map(|c| c.token == 0).collect();
+        p.step(&c, &[&a, &b], &hits, 2);
+        assert!(p.slots.iter().all(|s| !s.finished));
+    }
+
+    /// At the length limit every candidate hits: the first num_beams of them, eos or
+    /// not, compete with the finished slots by score.
+    #[test]
+    fn at_the_length_limit_the_top_candidates_compete_with_finished_slots() {
+        let mut p = PromptBeams::new(2, 1.0, EarlyStopping::False, 2);
+        p.slots[0] = Slot {
+            tokens: vec![5, 2],
+            score: -0.3,
+            finished: true,
+        };
+        let c = top_candidates(&[vec![-1.0, -0.4], vec![-3.0, -2.5]], 4);
+        p.step(&c, &[&[1], &[3]], &[true; 4], 2);
+        let got: Vec<(Vec<u32>, f32)> = p
+            .slots
+            .iter()
+            .map(|s| (s.tokens.clone(), s.score))
+            .collect();
+        // -0.4 / 2 and -1.0 / 2 are eligible (the first two); -0.3 beats -0.5.
+        assert_eq!(got, vec![(vec![1, 1], -0.2), (vec![5, 2], -0.3)]);
+        assert!(p.slots.iter().all(|s| s.finished));
+    }
+
+    /// The heuristic: with every slot finished, `false` stops once the best running beam
+    /// at the current length cannot beat the worst slot; `never` with a positive length
+    /// penalty scores it at the length limit.
+    #[test]
+    fn early_stop_heuristic() {
+        let c = top_candidates(&[vec![-0.1, -0.2, -9.0]], 3);
+        for (mode, max_new, improvable) in [
+            (EarlyStopping::False, 10, false),
+            (EarlyStopping::Never, 1000, true),
+        ] {
+            let mut p = PromptBeams::new(1, 1.0, mode, max_new);
+            // Token 0 (best) is eos: slot -0.1 / 1; the running beam -0.2 at length 1
+            // cannot beat it; at length 1000 it can (-0.0002).
+            let hits: Vec<bool> = c.iter().map(|c| c.token == 0).collect();
+            p.step(&c, &[&[]], &hits, 1);
+            assert_eq!(p.active(), improvable, "{mode:?}");
+        }
     }
 }

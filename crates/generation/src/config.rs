@@ -175,15 +175,43 @@ impl Default for GenerationConfig {
 }
 
 impl GenerationConfig {
-    /// Reads generation_config.json of a model, if it has one; else the defaults with
-    /// the model config's bos/eos/pad ids, as Python's `from_model_config`.
+    /// The option names (Python's), as generation_config.json and the per-call
+    /// overrides spell them.
+    pub fn known_keys() -> Vec<String> {
+        let mut known: Vec<String> = match serde_json::to_value(Self::default()) {
+            Ok(Value::Object(o)) => o.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        // Left out of the JSON while 0 (generation_config.json files stay Python's).
+        known.extend(["presence_penalty".into(), "frequency_penalty".into()]);
+        known
+    }
+
+    /// Reads generation_config.json of a model, if it has one; else, as Python's
+    /// `from_model_config`, the generation options config.json carries (older
+    /// checkpoints keep `max_length`, `do_sample`, ... there) over the defaults. The
+    /// model config's bos/eos/pad ids fill what is still unset.
     pub fn from_files(
         files: &ModelFiles,
         model_config: &rustformers_core::PretrainedConfig,
     ) -> Result<Self> {
         let mut cfg = match files.get("generation_config.json")? {
             Some(p) => Self::from_json_str(&read_to_string(&p)?, &p)?,
-            None => Self::default(),
+            None => {
+                let known = Self::known_keys();
+                let legacy: serde_json::Map<String, Value> = model_config
+                    .extra
+                    .iter()
+                    .filter(|(k, v)| !v.is_null() && known.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Self::default()
+                    .with_overrides(&legacy)
+                    .map_err(|e| Error::Config {
+                        path: "config.json".into(),
+                        message: format!("generation options: {e}"),
+                    })?
+            }
         };
         let to_ids = |v: &Option<Value>| -> Option<TokenIds> {
             v.as_ref()
@@ -213,12 +241,7 @@ impl GenerationConfig {
             context: "generation config".into(),
             source: e,
         })?;
-        let mut known: Vec<String> = match serde_json::to_value(Self::default()) {
-            Ok(Value::Object(o)) => o.keys().cloned().collect(),
-            _ => Vec::new(),
-        };
-        // Left out of the JSON while 0 (generation_config.json files stay Python's).
-        known.extend(["presence_penalty".into(), "frequency_penalty".into()]);
+        let known = Self::known_keys();
         if let Some(bad) = overrides.keys().find(|k| !known.contains(k)) {
             return Err(Error::invalid(format!(
                 "unknown generation option `{bad}`; known: {}",
@@ -356,6 +379,18 @@ impl GenerationConfig {
         }
         Ok(())
     }
+}
+
+/// The keys of a model's config.json that nothing reads: neither the model (its typed
+/// fields and [`rustformers_core::config::KeyPolicy`]) nor generation (the options
+/// `from_files` takes from config.json). What `rustformers inspect` lists.
+pub fn unread_config_keys(config: &rustformers_models::ModelConfig) -> Vec<String> {
+    let generation = GenerationConfig::known_keys();
+    config
+        .unread_keys()
+        .into_iter()
+        .filter(|k| !generation.contains(k))
+        .collect()
 }
 
 #[cfg(test)]

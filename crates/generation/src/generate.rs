@@ -14,7 +14,7 @@ use rustformers_core::rotary::position_ids_from_mask;
 use rustformers_core::{AutoTokenizer, Error, Result};
 use rustformers_models::{CausalLanguageModel, CausalLmInputs, LogitsMode};
 
-use crate::beam::{self, BeamHypotheses, Candidate};
+use crate::beam::{self, Candidate, PromptBeams};
 use crate::config::GenerationConfig;
 use crate::processors::{self, log_softmax, softmax, LogitsProcessor};
 use crate::sampling::{sample, Rng};
@@ -376,8 +376,11 @@ impl Ctx<'_, '_> {
 /// position of each row, the KV cache and the input of the next forward pass.
 struct Batch {
     mask: Vec<Vec<u32>>,
+    /// Every token fed so far and pending, padding included (for a recompute).
+    ids: Vec<Vec<u32>>,
     next_pos: Vec<u32>,
     cache: KvCache,
+    capacity: usize,
     input: Tensor,
     positions: Tensor,
 }
@@ -399,15 +402,21 @@ impl Batch {
                 m
             })
             .collect();
-        let ids: Vec<u32> = rows
+        let ids: Vec<Vec<u32>> = rows
             .iter()
-            .flat_map(|r| std::iter::repeat_n(pad, longest - r.len()).chain(r.iter().copied()))
+            .map(|r| {
+                std::iter::repeat_n(pad, longest - r.len())
+                    .chain(r.iter().copied())
+                    .collect()
+            })
             .collect();
         Ok(Self {
-            input: Tensor::from_vec(ids, (rows.len(), longest), device)?,
+            input: Tensor::from_vec(ids.concat(), (rows.len(), longest), device)?,
             positions: position_ids_from_mask(&mask, device)?,
             next_pos: rows.iter().map(|r| r.len() as u32).collect(),
             cache: model.new_cache(Some(longest + max_new)),
+            capacity: longest + max_new,
+            ids,
             mask,
         })
     }
@@ -420,6 +429,13 @@ impl Batch {
     ) -> Result<Vec<Vec<f32>>> {
         let b = self.mask.len();
         let width = self.mask.first().map(Vec::len).unwrap_or(0);
+        let past = self.cache.len();
+        if model.recompute_cache(past, width - past) {
+            // The whole sequence again, with a fresh cache.
+            self.cache = model.new_cache(Some(self.capacity));
+            self.input = Tensor::from_vec(self.ids.concat(), (b, width), device)?;
+            self.positions = position_ids_from_mask(&self.mask, device)?;
+        }
         let flat: Vec<u32> = self.mask.iter().flatten().copied().collect();
         let mask = Tensor::from_vec(flat, (b, width), device)?;
         let logits = model.forward(
@@ -440,6 +456,9 @@ impl Batch {
         for m in self.mask.iter_mut() {
             m.push(1);
         }
+        for (row, t) in self.ids.iter_mut().zip(&tokens) {
+            row.push(*t);
+        }
         self.input = Tensor::from_vec(tokens, (b, 1), device)?;
         self.positions = Tensor::from_vec(self.next_pos.clone(), (b, 1), device)?;
         for p in self.next_pos.iter_mut() {
@@ -459,6 +478,10 @@ impl Batch {
         self.mask = indices
             .iter()
             .map(|&i| self.mask[i as usize].clone())
+            .collect();
+        self.ids = indices
+            .iter()
+            .map(|&i| self.ids[i as usize].clone())
             .collect();
         self.next_pos = indices.iter().map(|&i| self.next_pos[i as usize]).collect();
         Ok(())
@@ -538,8 +561,8 @@ impl Search {
     }
 }
 
-/// Beam search (Python's `_beam_search` with `BeamSearchScorer`), and beam sampling
-/// with `do_sample`.
+/// Beam search (Python 5.25's `_beam_search`, bookkeeping in [`beam`]), and beam
+/// sampling with `do_sample`.
 struct BeamSearch {
     batch: Batch,
     num_beams: usize,
@@ -548,8 +571,7 @@ struct BeamSearch {
     beams: Vec<Vec<u32>>,
     /// Running sum of log-probabilities of each beam row (f32, as Python).
     beam_scores: Vec<f32>,
-    hyps: Vec<BeamHypotheses>,
-    done: Vec<bool>,
+    finished: Vec<PromptBeams>,
     /// Beam rows are expanded from the prompts after the first forward pass.
     expanded: bool,
     step: usize,
@@ -581,10 +603,9 @@ impl BeamSearch {
             prompts: prompts.to_vec(),
             beams: vec![Vec::new(); rows],
             beam_scores,
-            hyps: (0..prompts.len())
-                .map(|_| BeamHypotheses::new(nb, config.length_penalty, early, max_new))
+            finished: (0..prompts.len())
+                .map(|_| PromptBeams::new(nb, config.length_penalty, early, max_new))
                 .collect(),
-            done: vec![false; prompts.len()],
             expanded: false,
             step: 0,
             pad,
@@ -595,9 +616,10 @@ impl BeamSearch {
         })
     }
 
-    /// One step; `None` once the search is over.
+    /// One step; `None` once the search is over: no prompt can change its finished
+    /// beams any more, or every candidate met a stopping criterion (the length limit).
     fn step(&mut self, ctx: &Ctx<'_, '_>) -> Result<Option<()>> {
-        if self.step >= ctx.max_new || self.done.iter().all(|d| *d) {
+        if self.step >= ctx.max_new || !self.finished.iter().any(PromptBeams::active) {
             return Ok(None);
         }
         let nb = self.num_beams;
@@ -610,14 +632,14 @@ impl BeamSearch {
             logits = idx.iter().map(|&p| logits[p as usize].clone()).collect();
             self.expanded = true;
         }
-        let eos = ctx.config.eos_ids();
-        let n_keep = 2.max(1 + eos.len()) * nb;
+        let n_keep = 2.max(1 + ctx.config.eos_ids().len()) * nb;
         let rows = self.beams.len();
         let mut next_tokens = vec![self.pad; rows];
-        let mut next_scores = vec![0.0f32; rows];
+        let mut next_scores = self.beam_scores.clone();
         let mut sources: Vec<u32> = (0..rows as u32).collect();
+        let mut all_hit = true;
         for p in 0..self.prompts.len() {
-            if self.done[p] {
+            if !self.finished[p].active() {
                 continue;
             }
             // log_softmax, the processors, plus the beam's running score.
@@ -640,28 +662,23 @@ impl BeamSearch {
             } else {
                 beam::top_candidates(&scores, n_keep)
             };
+            // Which candidates meet a stopping criterion (eos, length, stop strings).
+            let mut hits = Vec::with_capacity(candidates.len());
+            for c in &candidates {
+                let mut tokens = self.prompts[p].clone();
+                tokens.extend_from_slice(&self.beams[p * nb + c.beam]);
+                tokens.push(c.token);
+                hits.push(ctx.should_stop(&tokens, self.step + 1)?);
+            }
+            all_hit &= hits.iter().all(|h| *h);
             let beam_tokens: Vec<&[u32]> =
                 (0..nb).map(|b| self.beams[p * nb + b].as_slice()).collect();
-            let next = beam::process(
-                &candidates,
-                &beam_tokens,
-                &eos,
-                nb,
-                self.step,
-                &mut self.hyps[p],
-            )?;
-            for (b, c) in next.beams.iter().enumerate() {
+            let next = self.finished[p].step(&candidates, &beam_tokens, &hits, self.step + 1);
+            for (b, (c, score)) in next.iter().enumerate() {
                 let r = p * nb + b;
                 next_tokens[r] = c.token;
-                next_scores[r] = c.score;
+                next_scores[r] = *score;
                 sources[r] = (p * nb + c.beam) as u32;
-            }
-            let best = candidates
-                .first()
-                .map(|c| c.score)
-                .unwrap_or(f32::NEG_INFINITY);
-            if self.hyps[p].is_done(best as f64, self.step + 1) {
-                self.done[p] = true;
             }
         }
         self.beams = sources
@@ -675,26 +692,7 @@ impl BeamSearch {
             .collect();
         self.beam_scores = next_scores;
         self.step += 1;
-        // Python stops when every row meets a stopping criterion (the max length, or
-        // custom ones such as stop strings); finished prompts count as stopped.
-        let mut all_stopped = true;
-        for p in 0..self.prompts.len() {
-            if self.done[p] {
-                continue;
-            }
-            for b in 0..nb {
-                let mut tokens = self.prompts[p].clone();
-                tokens.extend_from_slice(&self.beams[p * nb + b]);
-                if !ctx.should_stop(&tokens, self.step)? {
-                    all_stopped = false;
-                    break;
-                }
-            }
-            if !all_stopped {
-                break;
-            }
-        }
-        if all_stopped || self.done.iter().all(|d| *d) {
+        if all_hit || !self.finished.iter().any(PromptBeams::active) {
             return Ok(None);
         }
         self.batch.select(&sources)?;
@@ -702,54 +700,29 @@ impl BeamSearch {
         Ok(Some(()))
     }
 
-    /// `BeamSearchScorer.finalize`: running beams of unfinished prompts join the
-    /// hypotheses; the best `num_return_sequences` of each prompt are returned, an eos
-    /// appended to those shorter than the longest (+1) and the max length, as Python.
+    /// The best `num_return_sequences` finished slots of each prompt, best first.
     fn finalize(&mut self, ctx: &Ctx<'_, '_>) -> Result<GenerateOutput> {
-        let nb = self.num_beams;
-        for p in 0..self.prompts.len() {
-            if self.done[p] {
-                continue;
-            }
-            for b in 0..nb {
-                let r = p * nb + b;
-                let tokens = self.beams[r].clone();
-                let len = tokens.len();
-                self.hyps[p].add(tokens, self.beam_scores[r] as f64, len);
-            }
-        }
         let keep = ctx.config.num_return_sequences;
-        let mut chosen: Vec<(usize, f64, Vec<u32>)> = Vec::new();
-        for (p, h) in self.hyps.iter().enumerate() {
-            let best = h.best(keep);
-            if best.len() < keep {
+        let mut out = GenerateOutput {
+            sequences: Vec::new(),
+            new_tokens: Vec::new(),
+            sequences_scores: Some(Vec::new()),
+        };
+        for (p, f) in self.finished.iter().enumerate() {
+            if f.slots.len() < keep {
                 return Err(Error::invalid(format!(
                     "beam search kept {} hypotheses, fewer than num_return_sequences ({keep})",
-                    best.len()
+                    f.slots.len()
                 )));
             }
-            chosen.extend(best.into_iter().map(|(s, t)| (p, s, t)));
-        }
-        let longest = chosen.iter().map(|(_, _, t)| t.len()).max().unwrap_or(0);
-        let limit = (longest + 1).min(ctx.max_new);
-        let eos = ctx.config.eos_ids().first().copied();
-        let mut out = GenerateOutput {
-            sequences: Vec::with_capacity(chosen.len()),
-            new_tokens: Vec::with_capacity(chosen.len()),
-            sequences_scores: Some(Vec::with_capacity(chosen.len())),
-        };
-        for (p, score, mut new) in chosen {
-            if let Some(e) = eos {
-                if new.len() < limit {
-                    new.push(e);
+            for slot in &f.slots[..keep] {
+                let mut seq = self.prompts[p].clone();
+                seq.extend_from_slice(&slot.tokens);
+                out.sequences.push(seq);
+                out.new_tokens.push(slot.tokens.clone());
+                if let Some(s) = out.sequences_scores.as_mut() {
+                    s.push(slot.score);
                 }
-            }
-            let mut seq = self.prompts[p].clone();
-            seq.extend_from_slice(&new);
-            out.sequences.push(seq);
-            out.new_tokens.push(new);
-            if let Some(s) = out.sequences_scores.as_mut() {
-                s.push(score as f32);
             }
         }
         Ok(out)

@@ -12,7 +12,7 @@ pub mod sampling;
 pub mod stopping;
 pub mod streamer;
 
-pub use config::{EarlyStopping, GenerationConfig};
+pub use config::{unread_config_keys, EarlyStopping, GenerationConfig};
 pub use continuous::{
     BatchEvent, ContinuousBatcher, FinishReason, SeqId, SequenceOptions, TokenLogprobs,
 };

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use rustformers_core::config::{config_to_json_string, parse_config, peek_model_type};
+use rustformers_core::config::{
+    config_to_json_string_with_nulls, parse_config, peek_model_type, KeyPolicy,
+};
 use rustformers_core::error::{read_to_string, write_atomic};
 use rustformers_core::linear::Weights;
 use rustformers_core::weights::{dtype_name, safetensors_files, save_safetensors};
@@ -122,6 +124,7 @@ impl ModelConfig {
                 ))
             })?;
         let mut config = parser(text, path)?;
+        config.base_mut().note_nulls(text);
         if config.base().model_type.is_empty() {
             config.base_mut().model_type = model_type;
         }
@@ -242,8 +245,31 @@ impl ModelConfig {
         }
     }
 
+    /// The family's account of config.json keys without a typed field.
+    pub fn key_policy(&self) -> &'static KeyPolicy {
+        match self {
+            Self::Bert(_) => &bert::config::KEY_POLICY,
+            Self::Roberta(_) => &roberta::config::KEY_POLICY,
+            Self::DistilBert(_) => &distilbert::config::KEY_POLICY,
+            Self::Llama(_) => &llama::config::KEY_POLICY,
+            Self::Mistral(_) => &mistral::config::KEY_POLICY,
+            Self::Qwen2(_) => &qwen2::config::KEY_POLICY,
+            Self::Qwen3(_) => &qwen3::config::KEY_POLICY,
+            Self::Gemma2(_) => &gemma2::config::KEY_POLICY,
+            Self::Phi3(_) => &phi3::config::KEY_POLICY,
+            Self::Gpt2(_) => &gpt2::config::KEY_POLICY,
+        }
+    }
+
+    /// config.json keys the model reads nowhere (see [`PretrainedConfig::unread_keys`];
+    /// generation options are read by `GenerationConfig`, which removes them).
+    pub fn unread_keys(&self) -> Vec<String> {
+        self.base().unread_keys(self.key_policy())
+    }
+
     /// Checks the config values.
     pub fn validate(&self) -> Result<()> {
+        self.base().refuse_unsupported()?;
         match self {
             Self::Bert(c) => c.validate(),
             Self::Roberta(c) => c.validate(),
@@ -258,19 +284,21 @@ impl ModelConfig {
         }
     }
 
-    /// config.json text as Python writes it.
+    /// config.json text as Python 5.x writes it (RoPE keys in `rope_parameters`, the
+    /// keys config.json set to `null` written back as `null`).
     pub fn to_json_string(&self) -> Result<String> {
+        let nulls = &self.base().explicit_nulls;
         match self {
-            Self::Bert(c) => config_to_json_string(c),
-            Self::Roberta(c) => config_to_json_string(c),
-            Self::DistilBert(c) => config_to_json_string(c),
-            Self::Llama(c) => config_to_json_string(c),
-            Self::Mistral(c) => config_to_json_string(c),
-            Self::Qwen2(c) => config_to_json_string(c),
-            Self::Qwen3(c) => config_to_json_string(c),
-            Self::Gemma2(c) => config_to_json_string(c),
-            Self::Phi3(c) => config_to_json_string(c),
-            Self::Gpt2(c) => config_to_json_string(c),
+            Self::Bert(c) => config_to_json_string_with_nulls(c, nulls),
+            Self::Roberta(c) => config_to_json_string_with_nulls(c, nulls),
+            Self::DistilBert(c) => config_to_json_string_with_nulls(c, nulls),
+            Self::Llama(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
+            Self::Mistral(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
+            Self::Qwen2(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
+            Self::Qwen3(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
+            Self::Gemma2(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
+            Self::Phi3(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
+            Self::Gpt2(c) => config_to_json_string_with_nulls(c, nulls),
         }
     }
 }
@@ -409,7 +437,7 @@ impl<M: ?Sized> PreTrainedModel<M> {
         }
         let mut config = self.config.clone();
         config.base_mut().architectures = Some(vec![self.architecture.to_string()]);
-        config.base_mut().torch_dtype = Some(dtype_name(self.dtype).to_string());
+        config.base_mut().set_saved_dtype(dtype_name(self.dtype));
         // Tensors held in another dtype than the model's (f32 norms of a CPU bf16 model)
         // are saved in the model's dtype, as Python saves a bf16 model.
         let mut tensors = self.tensors.clone();

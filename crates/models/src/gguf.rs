@@ -87,7 +87,7 @@ pub fn convert_to_safetensors(
     save_safetensors(&dense, &p)?;
     written.push(p);
     let mut cfg = config.clone();
-    cfg.base_mut().torch_dtype = Some("float32".into());
+    cfg.base_mut().set_saved_dtype("float32");
     let p = out_dir.join("config.json");
     write_atomic(&p, cfg.to_json_string()?.as_bytes())?;
     written.push(p);

@@ -135,4 +135,11 @@ pub trait CausalLanguageModel: Send + Sync {
 
     /// Vocabulary size of the logits.
     fn vocab_size(&self) -> usize;
+
+    /// Whether a cached step of `new` positions after `past` cached ones must instead
+    /// recompute the whole sequence with an empty cache (Phi-3's longrope switching to
+    /// its long factors: Python's `prepare_inputs_for_generation` drops the cache there).
+    fn recompute_cache(&self, _past: usize, _new: usize) -> bool {
+        false
+    }
 }

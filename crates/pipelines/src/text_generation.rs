@@ -2,7 +2,10 @@
 //! pipelines/text_generation.py): a prompt string or a chat (list of messages, rendered
 //! with the chat template); `[{"generated_text": ...}]` per input — the prompt included
 //! unless `return_full_text` is false, the chat with the assistant's reply appended for
-//! chat input; `return_tensors` gives `generated_token_ids` (prompt included).
+//! chat input; `return_tensors` gives `generated_token_ids` (prompt included). As 5.25: a
+//! chat ending in an assistant message is continued (`continue_final_message`, default:
+//! whether the last role is `assistant`) and the reply is appended to that message;
+//! `add_special_tokens` does not apply to chats; `chat_template` picks a named template.
 //! Generation options are `generate()`'s, over the model's generation_config.json.
 
 use serde_json::{json, Value};
@@ -29,6 +32,8 @@ struct Prompt {
     text: String,
     ids: Vec<u32>,
     chat: Option<Value>,
+    /// The chat's last message is continued (the reply extends it).
+    continued: bool,
 }
 
 /// Pipeline options that are not generation options.
@@ -37,6 +42,10 @@ struct Options {
     return_tensors: bool,
     add_special_tokens: Option<bool>,
     batch_size: usize,
+    /// `None`: continue a chat whose last message is the assistant's.
+    continue_final_message: Option<bool>,
+    /// A named chat template of the tokenizer (or a whole template).
+    chat_template: Option<String>,
 }
 
 impl TextGenerationPipeline {
@@ -62,7 +71,8 @@ impl TextGenerationPipeline {
         &self.generation_config
     }
 
-    fn prepare(&self, input: &Value, add_special_tokens: Option<bool>) -> Result<Prompt> {
+    fn prepare(&self, input: &Value, o: &Options) -> Result<Prompt> {
+        let add_special_tokens = o.add_special_tokens;
         match input {
             Value::String(text) => {
                 let enc = self.tokenizer.encode(
@@ -76,6 +86,7 @@ impl TextGenerationPipeline {
                     text: text.clone(),
                     ids: enc.input_ids.into_iter().next().unwrap_or_default(),
                     chat: None,
+                    continued: false,
                 })
             }
             Value::Array(_) | Value::Object(_) => {
@@ -89,25 +100,29 @@ impl TextGenerationPipeline {
                     Value::Object(_) => (Value::Array(vec![input.clone()]), None),
                     _ => (input.clone(), None),
                 };
-                let text = self.tokenizer.apply_chat_template(
-                    &messages,
-                    &ChatOptions {
-                        add_generation_prompt: true,
-                        tools,
-                        ..Default::default()
-                    },
-                )?;
-                let enc = self.tokenizer.encode(
-                    TextInput::Single(&text),
-                    &EncodeOptions {
-                        add_special_tokens: add_special_tokens.unwrap_or(false),
-                        ..Default::default()
-                    },
-                )?;
+                // A chat ending in the assistant's message is a prefill to continue.
+                let continued = o.continue_final_message.unwrap_or_else(|| {
+                    messages
+                        .as_array()
+                        .and_then(|m| m.last())
+                        .is_some_and(|m| m["role"] == "assistant")
+                });
+                let opts = ChatOptions {
+                    add_generation_prompt: !continued,
+                    continue_final_message: continued.then(|| "content".to_string()),
+                    chat_template: o.chat_template.clone(),
+                    tools,
+                    ..Default::default()
+                };
+                let text = self.tokenizer.apply_chat_template(&messages, &opts)?;
+                let enc = self
+                    .tokenizer
+                    .apply_chat_template_tokenized(&messages, &opts, false)?;
                 Ok(Prompt {
                     text,
-                    ids: enc.input_ids.into_iter().next().unwrap_or_default(),
+                    ids: enc.input_ids,
                     chat: Some(messages),
+                    continued,
                 })
             }
             other => Err(Error::invalid(format!(
@@ -123,6 +138,8 @@ impl TextGenerationPipeline {
             "return_text",
             "add_special_tokens",
             "batch_size",
+            "continue_final_message",
+            "chat_template",
         ];
         let own: Params = params
             .iter()
@@ -140,6 +157,8 @@ impl TextGenerationPipeline {
             return_tensors: r.bool("return_tensors")?.unwrap_or(false),
             add_special_tokens: r.bool("add_special_tokens")?,
             batch_size: batch_size(r.usize("batch_size")?)?,
+            continue_final_message: r.bool("continue_final_message")?,
+            chat_template: r.string("chat_template")?,
         };
         let _ = r.bool("return_text")?;
         r.finish()?;
@@ -170,7 +189,14 @@ impl TextGenerationPipeline {
         Ok(match &prompt.chat {
             Some(messages) if o.return_full_text => {
                 let mut m = messages.as_array().cloned().unwrap_or_default();
-                m.push(json!({"role": "assistant", "content": text}));
+                match m.last_mut() {
+                    // The prefill continued: the reply extends the last message.
+                    Some(last) if prompt.continued => {
+                        let content = last["content"].as_str().unwrap_or_default().to_string();
+                        *last = json!({"role": last["role"], "content": content + &text});
+                    }
+                    _ => m.push(json!({"role": "assistant", "content": text})),
+                }
                 json!({"generated_text": m})
             }
             None if o.return_full_text => {
@@ -183,7 +209,8 @@ impl TextGenerationPipeline {
     /// The number of tokens `input` (a text, or a chat as a list of messages) takes as a
     /// prompt, chat template applied.
     pub fn prompt_tokens(&self, input: &Value) -> Result<usize> {
-        Ok(self.prepare(input, None)?.ids.len())
+        let (o, _) = self.split_params(&Params::new())?;
+        Ok(self.prepare(input, &o)?.ids.len())
     }
 
     /// One request for continuous batching: the prompt's ids (chat template applied for
@@ -191,7 +218,7 @@ impl TextGenerationPipeline {
     /// as `return_full_text` are checked and otherwise ignored).
     pub fn request(&self, input: &Value, params: &Params) -> Result<(Vec<u32>, GenerationConfig)> {
         let (o, config) = self.split_params(params)?;
-        let prompt = self.prepare(input, o.add_special_tokens)?;
+        let prompt = self.prepare(input, &o)?;
         Ok((prompt.ids, config))
     }
 
@@ -235,7 +262,7 @@ impl TextGenerationPipeline {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(String, usize)> {
         let (o, config) = self.split_params(params)?;
-        let prompt = self.prepare(input, o.add_special_tokens)?;
+        let prompt = self.prepare(input, &o)?;
         let mut streamer = TextStreamer::new(&self.tokenizer, true);
         let mut failure: Option<Error> = None;
         let mut cb = |_row: usize, token: u32| -> bool {
@@ -276,7 +303,7 @@ impl Pipeline for TextGenerationPipeline {
         let (o, config) = self.split_params(params)?;
         let prompts: Vec<Prompt> = inputs
             .iter()
-            .map(|i| self.prepare(i, o.add_special_tokens))
+            .map(|i| self.prepare(i, &o))
             .collect::<Result<_>>()?;
         // Sampling and beam search give num_return_sequences rows per prompt (greedy: 1).
         let copies = config.num_return_sequences;

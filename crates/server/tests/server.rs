@@ -708,10 +708,8 @@ fn tiny_llama_with_tool_template() -> PathBuf {
     let dir = tiny_llama_with_context("tools", 2048);
     let template =
         std::fs::read_to_string(fixture("chat-templates/qwen2.5-instruct.jinja")).unwrap();
-    let path = dir.join("tokenizer_config.json");
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["chat_template"] = json!(template);
-    std::fs::write(&path, config.to_string()).unwrap();
+    // Where transformers 5.x saves it (it wins over tokenizer_config.json's).
+    std::fs::write(dir.join("chat_template.jinja"), template).unwrap();
     dir
 }
 

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
 use rustformers_core::{Error, PretrainedConfig, Result};
 
@@ -46,6 +47,14 @@ fn d_true() -> bool {
     true
 }
 
+/// config.json keys Python's `BertConfig` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy {
+    inert: &[],
+    // The model as a decoder (causal mask, for encoder-decoder use).
+    refused: &[("is_decoder", "true")],
+};
+
 /// config.json of a BERT checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BertConfig {
@@ -86,6 +95,8 @@ pub struct BertConfig {
 impl BertConfig {
     /// Checks the values a forward pass relies on.
     pub fn validate(&self) -> Result<()> {
+        self.base
+            .refuse_true("is_decoder", "the model as a decoder (causal attention)")?;
         let err = |message: String| Error::Config {
             path: "config.json".into(),
             message,

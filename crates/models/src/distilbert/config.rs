@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use rustformers_core::config::parse_config;
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
 use rustformers_core::{Error, PretrainedConfig, Result};
 
@@ -43,6 +44,10 @@ fn d_init_range() -> f64 {
 fn d_seq_classif_dropout() -> f64 {
     0.2
 }
+
+/// config.json keys Python's `DistilBertConfig` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy::NONE;
 
 /// config.json of a DistilBERT checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,9 +89,9 @@ impl DistilBertConfig {
     /// save writes it.
     pub fn from_json_str(text: &str, path: &std::path::Path) -> Result<Self> {
         let mut c: Self = parse_config(text, path)?;
-        if c.base.pad_token_id.is_none() {
-            c.base.pad_token_id = Some(DEFAULT_PAD_TOKEN_ID);
-        }
+        c.base.note_nulls(text);
+        c.base
+            .default_token_ids(Some(DEFAULT_PAD_TOKEN_ID), None, None);
         Ok(c)
     }
 

@@ -1,31 +1,33 @@
-//! Gemma2 configuration, mirroring Python's `Gemma2Config` (transformers 4.46,
+//! Gemma2 configuration, mirroring Python's `Gemma2Config` (transformers 5.25,
 //! models/gemma2/configuration_gemma2.py). Differs from Llama's: `hidden_activation`
-//! (not `hidden_act`), `query_pre_attn_scalar`, `sliding_window`, the two soft-capping
-//! values, `cache_implementation`, tied embeddings and Gemma's token ids by default, and
-//! no `rope_scaling`.
+//! (not `hidden_act`), `query_pre_attn_scalar`, `sliding_window` on the layers
+//! `layer_types` names, the two soft-capping values, `cache_implementation`, tied
+//! embeddings and Gemma's token ids by default; `use_bidirectional_attention` is refused.
 
 use serde::{Deserialize, Serialize};
 
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
+use rustformers_core::rope_parameters::{layer_types, RopeContext, RopeKeys, RopeParameters};
 use rustformers_core::{Error, PretrainedConfig, Result};
 
 fn d_vocab() -> usize {
     256000
 }
 fn d_hidden() -> usize {
-    3072
+    2304
 }
 fn d_intermediate() -> usize {
-    24576
+    9216
 }
 fn d_layers() -> usize {
-    28
+    26
 }
 fn d_heads() -> usize {
-    16
+    8
 }
 fn d_kv_heads() -> usize {
-    16
+    4
 }
 fn d_head_dim() -> usize {
     256
@@ -45,11 +47,8 @@ fn d_eps() -> f64 {
 fn d_true() -> bool {
     true
 }
-fn d_theta() -> f64 {
-    10000.0
-}
 fn d_query_pre_attn_scalar() -> f64 {
-    224.0
+    256.0
 }
 fn d_window() -> Option<usize> {
     Some(4096)
@@ -63,6 +62,10 @@ fn d_attn_cap() -> Option<f64> {
 fn d_cache_implementation() -> Option<String> {
     Some("hybrid".into())
 }
+
+/// config.json keys Python's `Gemma2Config` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy::NONE;
 
 /// config.json of a Gemma2 checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,8 +95,9 @@ pub struct Gemma2Config {
     pub rms_norm_eps: f64,
     #[serde(default = "d_true")]
     pub use_cache: bool,
-    #[serde(default = "d_theta")]
-    pub rope_theta: f64,
+    /// `rope_parameters` (5.x) or `rope_theta` / `rope_scaling` (4.x), read as 5.25 does.
+    #[serde(flatten)]
+    pub rope: RopeKeys,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
@@ -112,6 +116,12 @@ pub struct Gemma2Config {
     pub attn_logit_softcapping: Option<f64>,
     #[serde(default = "d_cache_implementation")]
     pub cache_implementation: Option<String>,
+    /// 5.x: `full_attention` / `sliding_attention` per layer (derived when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+    /// 5.x: attention without the causal mask (an encoder use); refused when true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_bidirectional_attention: Option<bool>,
     #[serde(flatten)]
     pub base: PretrainedConfig,
 }
@@ -121,9 +131,8 @@ impl Gemma2Config {
     /// (`pad_token_id` 0, `eos_token_id` 1, `bos_token_id` 2) when the file has none.
     pub fn from_json_str(text: &str, path: &std::path::Path) -> Result<Self> {
         let mut c: Self = rustformers_core::config::parse_config(text, path)?;
-        c.base.pad_token_id.get_or_insert(0);
-        c.base.eos_token_id.get_or_insert(1.into());
-        c.base.bos_token_id.get_or_insert(2.into());
+        c.base.note_nulls(text);
+        c.base.default_token_ids(Some(0), Some(2), Some(1));
         Ok(c)
     }
 
@@ -132,14 +141,45 @@ impl Gemma2Config {
         self.base.tie_word_embeddings.unwrap_or(true)
     }
 
-    /// The window of layer `layer`: even layers slide, odd layers attend globally
-    /// (`Gemma2DecoderLayer.is_sliding = not bool(layer_idx % 2)`).
-    pub fn layer_sliding_window(&self, layer: usize) -> Option<usize> {
-        if layer.is_multiple_of(2) {
-            self.sliding_window
-        } else {
-            None
+    /// The attention kind of every layer: config.json's `layer_types`, else as 5.25's
+    /// `Gemma2Config` derives it (even layers `sliding_attention`, odd ones full).
+    pub fn layer_types(&self) -> Result<Vec<String>> {
+        layer_types(self.layer_types.as_deref(), self.num_hidden_layers, |i| {
+            i.is_multiple_of(2)
+        })
+    }
+
+    /// The attention window of each layer: `sliding_window` on `sliding_attention` layers.
+    pub fn layer_sliding_windows(&self) -> Result<Vec<Option<usize>>> {
+        Ok(self
+            .layer_types()?
+            .iter()
+            .map(|t| self.sliding_window.filter(|_| t == "sliding_attention"))
+            .collect())
+    }
+    /// The resolved RoPE parameters (one set for every layer).
+    pub fn rope(&self) -> Result<RopeParameters> {
+        let types = self.layer_types()?;
+        let p = self.rope.uniform(&self.rope_context(Some(&types)))?;
+        p.refuse_partial_rotary("Gemma2")?;
+        Ok(p)
+    }
+
+    fn rope_context<'a>(&self, layer_types: Option<&'a [String]>) -> RopeContext<'a> {
+        RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings: self.max_position_embeddings,
+            layer_types,
         }
+    }
+
+    /// This config as transformers 5.x saves it (`rope_parameters`, `layer_types`).
+    pub fn saved_form(&self) -> Result<Self> {
+        let mut c = self.clone();
+        let types = self.layer_types()?;
+        c.rope = self.rope.to_saved_form(&self.rope_context(Some(&types)))?;
+        c.layer_types = Some(types);
+        Ok(c)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -195,7 +235,15 @@ impl Gemma2Config {
         if !self.rms_norm_eps.is_finite() || self.rms_norm_eps <= 0.0 {
             return Err(err("rms_norm_eps must be positive".into()));
         }
+        if self.use_bidirectional_attention == Some(true) {
+            return Err(Error::Unsupported(
+                "use_bidirectional_attention true (Gemma2 without the causal mask) is not \
+                 implemented"
+                    .into(),
+            ));
+        }
         Activation::from_name(&self.hidden_activation).map_err(|e| err(e.to_string()))?;
+        self.rope()?;
         Ok(())
     }
 }

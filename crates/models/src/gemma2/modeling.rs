@@ -17,10 +17,10 @@ use candle_core::{DType, Result, Tensor};
 
 use rustformers_core::kv_cache::KvCache;
 use rustformers_core::layers::{
-    cached_attention_with, causal_mask, Activation, Dropout, Embedding,
+    cached_attention_with, Activation, Dropout, Embedding, WindowMasks,
 };
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
-use rustformers_core::rotary::{apply_rotary, RopeScaling, RotaryEmbedding};
+use rustformers_core::rotary::{apply_rotary, RotaryEmbedding};
 
 use super::config::Gemma2Config;
 use crate::traits::{CausalLanguageModel, CausalLmInputs, LogitsMode};
@@ -160,7 +160,7 @@ pub struct Gemma2DecoderLayer {
 }
 
 impl Gemma2DecoderLayer {
-    pub fn load(w: Weights, c: &Gemma2Config, layer: usize) -> Result<Self> {
+    pub fn load(w: Weights, c: &Gemma2Config, sliding_window: Option<usize>) -> Result<Self> {
         let norm = |name: &str| gemma_rms_norm(w.vb().pp(name), c.hidden_size, c.rms_norm_eps);
         Ok(Self {
             self_attn: Gemma2Attention::load(w.pp("self_attn"), c)?,
@@ -169,7 +169,7 @@ impl Gemma2DecoderLayer {
             post_attention_layernorm: norm("post_attention_layernorm")?,
             pre_feedforward_layernorm: norm("pre_feedforward_layernorm")?,
             post_feedforward_layernorm: norm("post_feedforward_layernorm")?,
-            sliding_window: c.layer_sliding_window(layer),
+            sliding_window,
         })
     }
 
@@ -218,20 +218,24 @@ impl Gemma2Model {
         let embed_tokens = w
             .pp("embed_tokens")
             .embedding(c.vocab_size, c.hidden_size)?;
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| Gemma2DecoderLayer::load(w.pp(format!("layers.{i}")), c, i))
+        let layers = c
+            .layer_sliding_windows()
+            .map_err(msg)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, window)| Gemma2DecoderLayer::load(w.pp(format!("layers.{i}")), c, window))
             .collect::<Result<Vec<_>>>()?;
         let rotary =
-            RotaryEmbedding::new(c.head_dim, c.rope_theta, RopeScaling::Default).map_err(msg)?;
+            RotaryEmbedding::from_parameters(c.head_dim, &c.rope().map_err(msg)?).map_err(msg)?;
         Ok(Self {
             checkpointing: w.checkpointing(),
             embed_tokens,
             layers,
             norm: gemma_rms_norm(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
+            max_positions: rotary.context(c.max_position_embeddings),
             rotary,
             hidden_size: c.hidden_size,
             vocab_size: c.vocab_size,
-            max_positions: c.max_position_embeddings,
             dtype: w.vb().dtype(),
         })
     }
@@ -266,22 +270,16 @@ impl Gemma2Model {
                 .contiguous()?,
         };
         let (cos, sin) = self.rotary.cos_sin(&positions)?;
-        let mask_for = |window: Option<usize>| {
-            causal_mask(
-                inputs.attention_mask,
-                b,
-                s,
-                past,
-                window,
-                self.dtype,
-                ids.device(),
-            )
-        };
-        let global = mask_for(None)?;
-        let sliding = match self.layers.iter().find_map(|l| l.sliding_window) {
-            Some(w) => Some(mask_for(Some(w))?),
-            None => None,
-        };
+        let windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.sliding_window).collect();
+        let masks = WindowMasks::new(
+            inputs.attention_mask,
+            b,
+            s,
+            past,
+            &windows,
+            self.dtype,
+            ids.device(),
+        )?;
         let mut x = self.embed_tokens.forward(ids)?;
         // Python multiplies by `torch.tensor(hidden_size ** 0.5, dtype=hidden.dtype)`:
         // the factor is rounded to the model dtype first.
@@ -289,10 +287,7 @@ impl Gemma2Model {
             Tensor::new((self.hidden_size as f64).sqrt(), x.device())?.to_dtype(x.dtype())?;
         x = x.broadcast_mul(&normalizer)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let mask = match (&layer.sliding_window, &sliding) {
-                (Some(_), Some(m)) => m,
-                _ => &global,
-            };
+            let mask = masks.get(layer.sliding_window)?;
             x = match (&self.checkpointing, cache.is_none()) {
                 (Some(c), true) => {
                     let (layer, cos, sin, mask) =

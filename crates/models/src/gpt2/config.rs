@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
 use rustformers_core::{Error, PretrainedConfig, Result};
 
@@ -39,6 +40,34 @@ fn d_init() -> f64 {
 fn d_true() -> bool {
     true
 }
+
+/// config.json keys Python's `GPT2Config` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy {
+    inert: &[
+        (
+            "summary_type",
+            "read by GPT2DoubleHeadsModel's multiple-choice head only",
+        ),
+        (
+            "summary_use_proj",
+            "read by GPT2DoubleHeadsModel's multiple-choice head only",
+        ),
+        (
+            "summary_activation",
+            "read by GPT2DoubleHeadsModel's multiple-choice head only",
+        ),
+        (
+            "summary_proj_to_labels",
+            "read by GPT2DoubleHeadsModel's multiple-choice head only",
+        ),
+        (
+            "summary_first_dropout",
+            "read by GPT2DoubleHeadsModel's multiple-choice head only",
+        ),
+    ],
+    refused: &[],
+};
 
 /// config.json of a GPT-2 checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,8 +121,8 @@ impl Gpt2Config {
     /// (`bos_token_id` and `eos_token_id` 50256) when the file has none.
     pub fn from_json_str(text: &str, path: &std::path::Path) -> Result<Self> {
         let mut c: Self = rustformers_core::config::parse_config(text, path)?;
-        c.base.bos_token_id.get_or_insert(50256.into());
-        c.base.eos_token_id.get_or_insert(50256.into());
+        c.base.note_nulls(text);
+        c.base.default_token_ids(None, Some(50256), Some(50256));
         Ok(c)
     }
 

@@ -1,10 +1,11 @@
-//! Llama configuration, mirroring Python's `LlamaConfig` (transformers 4.46,
-//! models/llama/configuration_llama.py).
+//! Llama configuration, mirroring Python's `LlamaConfig` (transformers 5.25,
+//! models/llama/configuration_llama.py; the 4.x keys read too).
 
 use serde::{Deserialize, Serialize};
 
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
-use rustformers_core::rotary::RopeScaling;
+use rustformers_core::rope_parameters::{RopeContext, RopeKeys, RopeParameters};
 use rustformers_core::{Error, PretrainedConfig, Result};
 
 fn d_vocab() -> usize {
@@ -40,12 +41,13 @@ fn d_true() -> bool {
 fn d_one() -> usize {
     1
 }
-fn d_theta() -> f64 {
-    10000.0
-}
 fn d_zero() -> f64 {
     0.0
 }
+
+/// config.json keys Python's `LlamaConfig` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy::NONE;
 
 /// config.json of a Llama checkpoint (also what GGUF metadata maps to).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,10 +77,9 @@ pub struct LlamaConfig {
     pub use_cache: bool,
     #[serde(default = "d_one")]
     pub pretraining_tp: usize,
-    #[serde(default = "d_theta")]
-    pub rope_theta: f64,
-    #[serde(default)]
-    pub rope_scaling: Option<serde_json::Value>,
+    /// `rope_parameters` (5.x) or `rope_theta` / `rope_scaling` (4.x), read as 5.25 does.
+    #[serde(flatten)]
+    pub rope: RopeKeys,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default = "d_zero")]
@@ -111,8 +112,29 @@ impl LlamaConfig {
         self.base.tie_word_embeddings.unwrap_or(false)
     }
 
-    pub fn rope_scaling(&self) -> Result<RopeScaling> {
-        RopeScaling::from_config(self.rope_scaling.as_ref(), self.max_position_embeddings)
+    /// The resolved RoPE parameters (one set for every layer).
+    pub fn rope(&self) -> Result<RopeParameters> {
+        let p = self.rope.uniform(&self.rope_context())?;
+        p.refuse_partial_rotary("Llama")?;
+        Ok(p)
+    }
+
+    fn rope_context(&self) -> RopeContext<'static> {
+        RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings: self.max_position_embeddings,
+            layer_types: None,
+        }
+    }
+
+    /// This config as transformers 5.x saves it (`rope_parameters`; `head_dim` and
+    /// `num_key_value_heads` as derived).
+    pub fn saved_form(&self) -> Result<Self> {
+        let mut c = self.clone();
+        c.rope = self.rope.to_saved_form(&self.rope_context())?;
+        c.head_dim = Some(self.head_dim());
+        c.num_key_value_heads = Some(self.num_key_value_heads());
+        Ok(c)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -161,7 +183,7 @@ impl LlamaConfig {
             );
         }
         Activation::from_name(&self.hidden_act).map_err(|e| err(e.to_string()))?;
-        self.rope_scaling()?;
+        self.rope()?;
         Ok(())
     }
 }

@@ -196,8 +196,7 @@ impl LlamaModel {
             .map(|i| LlamaDecoderLayer::load(w.pp(format!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         let rotary =
-            RotaryEmbedding::new(c.head_dim(), c.rope_theta, c.rope_scaling().map_err(msg)?)
-                .map_err(msg)?;
+            RotaryEmbedding::from_parameters(c.head_dim(), &c.rope().map_err(msg)?).map_err(msg)?;
         Ok(Self {
             checkpointing: w.checkpointing(),
             embed_tokens,

@@ -1,11 +1,14 @@
-//! Mistral configuration, mirroring Python's `MistralConfig` (transformers 4.46,
+//! Mistral configuration, mirroring Python's `MistralConfig` (transformers 5.25,
 //! models/mistral/configuration_mistral.py). Differs from Llama's: `sliding_window`
 //! (default 4096), 8 key/value heads and a 131072-token context by default, and no
-//! `rope_scaling`, biases or `pretraining_tp` (4.46's Mistral reads none of them).
+//! biases or `pretraining_tp`. RoPE reads `rope_parameters` of every type, as 5.x's
+//! Mistral does (4.46's ignored `rope_scaling`).
 
 use serde::{Deserialize, Serialize};
 
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
+use rustformers_core::rope_parameters::{RopeContext, RopeKeys, RopeParameters};
 use rustformers_core::{Error, PretrainedConfig, Result};
 
 fn d_vocab() -> usize {
@@ -41,12 +44,13 @@ fn d_eps() -> f64 {
 fn d_true() -> bool {
     true
 }
-fn d_theta() -> f64 {
-    10000.0
-}
 fn d_window() -> Option<usize> {
     Some(4096)
 }
+
+/// config.json keys Python's `MistralConfig` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy::NONE;
 
 /// config.json of a Mistral checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,8 +81,9 @@ pub struct MistralConfig {
     pub rms_norm_eps: f64,
     #[serde(default = "d_true")]
     pub use_cache: bool,
-    #[serde(default = "d_theta")]
-    pub rope_theta: f64,
+    /// `rope_parameters` (5.x) or `rope_theta` / `rope_scaling` (4.x), read as 5.25 does.
+    #[serde(flatten)]
+    pub rope: RopeKeys,
     /// Keys at cache index `j` are visible to the query at index `i` when
     /// `i - window < j <= i`; `null` turns the window off.
     #[serde(default = "d_window")]
@@ -94,8 +99,8 @@ impl MistralConfig {
     /// (`bos_token_id` 1, `eos_token_id` 2) when the file has none.
     pub fn from_json_str(text: &str, path: &std::path::Path) -> Result<Self> {
         let mut c: Self = rustformers_core::config::parse_config(text, path)?;
-        c.base.bos_token_id.get_or_insert(1.into());
-        c.base.eos_token_id.get_or_insert(2.into());
+        c.base.note_nulls(text);
+        c.base.default_token_ids(None, Some(1), Some(2));
         Ok(c)
     }
 
@@ -111,6 +116,31 @@ impl MistralConfig {
     /// Mistral's default is untied input/output embeddings.
     pub fn tie_word_embeddings(&self) -> bool {
         self.base.tie_word_embeddings.unwrap_or(false)
+    }
+
+    /// The resolved RoPE parameters (one set for every layer).
+    pub fn rope(&self) -> Result<RopeParameters> {
+        let p = self.rope.uniform(&self.rope_context())?;
+        p.refuse_partial_rotary("Mistral")?;
+        Ok(p)
+    }
+
+    fn rope_context(&self) -> RopeContext<'static> {
+        RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings: self.max_position_embeddings,
+            layer_types: None,
+        }
+    }
+
+    /// This config as transformers 5.x saves it (`rope_parameters`; `head_dim` and
+    /// `num_key_value_heads` as derived).
+    pub fn saved_form(&self) -> Result<Self> {
+        let mut c = self.clone();
+        c.rope = self.rope.to_saved_form(&self.rope_context())?;
+        c.head_dim = Some(self.head_dim());
+        c.num_key_value_heads = Some(self.num_key_value_heads());
+        Ok(c)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -156,15 +186,7 @@ impl MistralConfig {
         if !self.rms_norm_eps.is_finite() || self.rms_norm_eps <= 0.0 {
             return Err(err("rms_norm_eps must be positive".into()));
         }
-        if self
-            .base
-            .extra
-            .get("rope_scaling")
-            .is_some_and(|v| !v.is_null())
-        {
-            // 4.46's Mistral builds a plain rotary table and never reads rope_scaling.
-            tracing::warn!("rope_scaling is ignored for Mistral, as in Python transformers 4.46");
-        }
+        self.rope()?;
         Activation::from_name(&self.hidden_act).map_err(|e| err(e.to_string()))?;
         Ok(())
     }

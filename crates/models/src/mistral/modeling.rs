@@ -15,7 +15,7 @@ use rustformers_core::layers::{
     cached_attention_with, causal_mask, Activation, Dropout, Embedding,
 };
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
-use rustformers_core::rotary::{apply_rotary, RopeScaling, RotaryEmbedding};
+use rustformers_core::rotary::{apply_rotary, RotaryEmbedding};
 
 use super::config::MistralConfig;
 use crate::traits::{CausalLanguageModel, CausalLmInputs, LogitsMode};
@@ -191,7 +191,7 @@ impl MistralModel {
             .map(|i| MistralDecoderLayer::load(w.pp(format!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         let rotary =
-            RotaryEmbedding::new(c.head_dim(), c.rope_theta, RopeScaling::Default).map_err(msg)?;
+            RotaryEmbedding::from_parameters(c.head_dim(), &c.rope().map_err(msg)?).map_err(msg)?;
         Ok(Self {
             checkpointing: w.checkpointing(),
             embed_tokens,

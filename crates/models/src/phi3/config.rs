@@ -1,13 +1,17 @@
-//! Phi-3 configuration, mirroring Python's `Phi3Config` (transformers 4.46,
-//! models/phi3/configuration_phi3.py). Differs from Llama's: `original_max_position_embeddings`,
-//! `sliding_window` (default none), dropout rates, `rope_scaling` of type `longrope`
+//! Phi-3 configuration, mirroring Python's `Phi3Config` (transformers 5.25,
+//! models/phi3/configuration_phi3.py). Differs from Llama's: `original_max_position_embeddings`
+//! at the top level (default 4096; it wins over the one in `rope_parameters`),
+//! `sliding_window` (default none), dropout rates, RoPE of type `default` or `longrope`
 //! only (the legacy `su` and `yarn` names mean `longrope`, as Python's
-//! `_rope_scaling_adjustment` rewrites them), Phi-3's token ids, and
-//! `partial_rotary_factor` (read by transformers 4.48+ for Phi-4-mini; 1.0 by default).
+//! `convert_rope_params_to_dict` rewrites them), Phi-3's token ids, and
+//! `partial_rotary_factor` (Phi-4-mini: 0.75; 1.0 by default).
 
 use serde::{Deserialize, Serialize};
 
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
+use rustformers_core::rope_parameters::{RopeContext, RopeKeys, RopeParameters};
+use rustformers_core::rotary::RopeScaling;
 use rustformers_core::{Error, PretrainedConfig, Result};
 
 fn d_vocab() -> usize {
@@ -40,12 +44,10 @@ fn d_eps() -> f64 {
 fn d_true() -> bool {
     true
 }
-fn d_theta() -> f64 {
-    10000.0
-}
-fn d_one() -> f64 {
-    1.0
-}
+
+/// config.json keys Python's `Phi3Config` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy::NONE;
 
 /// config.json of a Phi-3 checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,37 +75,22 @@ pub struct Phi3Config {
     pub hidden_act: String,
     #[serde(default = "d_max_pos")]
     pub max_position_embeddings: usize,
-    #[serde(default = "d_max_pos")]
-    pub original_max_position_embeddings: usize,
     #[serde(default = "d_init")]
     pub initializer_range: f64,
     #[serde(default = "d_eps")]
     pub rms_norm_eps: f64,
     #[serde(default = "d_true")]
     pub use_cache: bool,
-    #[serde(default = "d_theta")]
-    pub rope_theta: f64,
-    #[serde(default)]
-    pub rope_scaling: Option<serde_json::Value>,
+    /// `rope_parameters` (5.x) or `rope_theta` / `rope_scaling` / `partial_rotary_factor`
+    /// (4.x), and the top-level `original_max_position_embeddings`, read as 5.25 does.
+    #[serde(flatten)]
+    pub rope: RopeKeys,
     /// Keys at cache index `j` are visible to the query at index `i` when
     /// `i - window < j <= i`; none by default.
     #[serde(default)]
     pub sliding_window: Option<usize>,
-    /// The share of each head that rotates (Phi-4-mini: 0.75).
-    #[serde(default = "d_one")]
-    pub partial_rotary_factor: f64,
     #[serde(flatten)]
     pub base: PretrainedConfig,
-}
-
-/// Phi-3's `rope_scaling`: `longrope` frequency factors.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LongRope {
-    /// Used while the sequence (cached + new positions) fits
-    /// `original_max_position_embeddings`.
-    pub short_factor: Vec<f64>,
-    /// Used past it.
-    pub long_factor: Vec<f64>,
 }
 
 impl Phi3Config {
@@ -111,9 +98,9 @@ impl Phi3Config {
     /// (`bos_token_id` 1, `eos_token_id` and `pad_token_id` 32000) when the file has none.
     pub fn from_json_str(text: &str, path: &std::path::Path) -> Result<Self> {
         let mut c: Self = rustformers_core::config::parse_config(text, path)?;
-        c.base.bos_token_id.get_or_insert(1.into());
-        c.base.eos_token_id.get_or_insert(32000.into());
-        c.base.pad_token_id.get_or_insert(32000);
+        c.base.note_nulls(text);
+        c.base.default_token_ids(Some(32000), Some(1), Some(32000));
+        c.rope.original_max_position_embeddings.get_or_insert(4096);
         Ok(c)
     }
 
@@ -125,61 +112,74 @@ impl Phi3Config {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
-    /// The rotated share of each head: `int(head_dim * partial_rotary_factor)`.
-    pub fn rotary_dim(&self) -> usize {
-        (self.head_dim() as f64 * self.partial_rotary_factor) as usize
+    /// The pretraining length (Python's default 4096).
+    pub fn original_max_position_embeddings(&self) -> usize {
+        self.rope.original_max_position_embeddings.unwrap_or(4096)
+    }
+
+    fn rope_context(&self) -> RopeContext<'static> {
+        RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings: self.max_position_embeddings,
+            layer_types: None,
+        }
+    }
+
+    /// The resolved RoPE parameters: `default` or `longrope` (with its
+    /// `original_max_position_embeddings` from the top-level key), as 5.25's
+    /// `Phi3Config.validate_rope` allows; any other type is refused.
+    pub fn rope(&self) -> Result<RopeParameters> {
+        let mut keys = self.rope.clone();
+        keys.original_max_position_embeddings = Some(self.original_max_position_embeddings());
+        // The legacy names of longrope (`convert_rope_params_to_dict`).
+        for dict in [&mut keys.rope_scaling, &mut keys.rope_parameters]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(o) = dict.as_object_mut() {
+                let kind = o
+                    .get("rope_type")
+                    .or_else(|| o.get("type"))
+                    .and_then(|v| v.as_str());
+                if matches!(kind, Some("su" | "yarn")) {
+                    o.remove("type");
+                    o.insert("rope_type".into(), "longrope".into());
+                }
+            }
+        }
+        let p = keys.uniform(&self.rope_context())?;
+        if !matches!(
+            p.scaling,
+            RopeScaling::Default | RopeScaling::Longrope { .. }
+        ) {
+            return Err(Error::Unsupported(format!(
+                "Phi-3 rope_type `{}` is not supported: Phi-3 knows only `default` and \
+                 `longrope` (also spelled `su` or `yarn`) with short_factor and long_factor",
+                p.rope_type()
+            )));
+        }
+        Ok(p)
+    }
+
+    /// This config as transformers 5.x saves it (`rope_parameters`).
+    pub fn saved_form(&self) -> Result<Self> {
+        let mut c = self.clone();
+        let mut keys = self.rope.clone();
+        let mut saved = self.rope()?.saved;
+        // Phi3Config always records the rotated share.
+        saved.entry("partial_rotary_factor").or_insert(1.0.into());
+        keys.rope_parameters = Some(serde_json::Value::Object(saved));
+        keys.rope_scaling = None;
+        keys.partial_rotary_factor = None;
+        c.rope = keys.to_saved_form(&self.rope_context())?;
+        c.rope.original_max_position_embeddings = Some(self.original_max_position_embeddings());
+        c.num_key_value_heads = Some(self.num_key_value_heads());
+        Ok(c)
     }
 
     /// Phi-3's default is untied input/output embeddings.
     pub fn tie_word_embeddings(&self) -> bool {
         self.base.tie_word_embeddings.unwrap_or(false)
-    }
-
-    /// The `longrope` factors, or `None` without `rope_scaling`; any other scaling is an
-    /// error, as in Python.
-    pub fn long_rope(&self) -> Result<Option<LongRope>> {
-        let err = |message: String| Error::Config {
-            path: "config.json".into(),
-            message,
-        };
-        let Some(v) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
-            return Ok(None);
-        };
-        let kind = v
-            .get("type")
-            .or_else(|| v.get("rope_type"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("");
-        if !matches!(kind, "longrope" | "su" | "yarn") {
-            return Err(Error::Unsupported(format!(
-                "Phi-3 rope_scaling type `{kind}` is not supported: Phi-3 knows only `longrope` \
-                 (also spelled `su` or `yarn`) with short_factor and long_factor"
-            )));
-        }
-        let half = self.rotary_dim() / 2;
-        let factors = |key: &str| -> Result<Vec<f64>> {
-            let list = v
-                .get(key)
-                .and_then(serde_json::Value::as_array)
-                .ok_or_else(|| err(format!("rope_scaling `{kind}` needs a `{key}` list")))?;
-            let out: Vec<f64> = list.iter().filter_map(serde_json::Value::as_f64).collect();
-            if out.len() != list.len() || out.len() != half {
-                return Err(err(format!(
-                    "rope_scaling `{key}` must be {half} numbers (rotary dimension / 2), got {}",
-                    list.len()
-                )));
-            }
-            if out.iter().any(|f| !f.is_finite() || *f <= 0.0) {
-                return Err(err(format!(
-                    "rope_scaling `{key}` must be positive numbers"
-                )));
-            }
-            Ok(out)
-        };
-        Ok(Some(LongRope {
-            short_factor: factors("short_factor")?,
-            long_factor: factors("long_factor")?,
-        }))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -197,7 +197,7 @@ impl Phi3Config {
             ("max_position_embeddings", self.max_position_embeddings),
             (
                 "original_max_position_embeddings",
-                self.original_max_position_embeddings,
+                self.original_max_position_embeddings(),
             ),
         ] {
             if v == 0 {
@@ -220,18 +220,15 @@ impl Phi3Config {
                 self.num_key_value_heads()
             )));
         }
-        if !(self.partial_rotary_factor > 0.0 && self.partial_rotary_factor <= 1.0) {
-            return Err(err(format!(
-                "partial_rotary_factor must be in (0, 1], got {}",
-                self.partial_rotary_factor
-            )));
-        }
-        let rot = self.rotary_dim();
+        let rope = self.rope()?;
+        // Builds the table: checks the longrope factor lists against the rotary size.
+        rustformers_core::rotary::RotaryEmbedding::from_parameters(self.head_dim(), &rope)?;
+        let rot = rope.rotary_dim(self.head_dim());
         if rot == 0 || !rot.is_multiple_of(2) {
             return Err(err(format!(
                 "the rotary dimension (head_dim {} × partial_rotary_factor {}) must be even and positive, got {rot}",
                 self.head_dim(),
-                self.partial_rotary_factor
+                rope.partial_rotary_factor.unwrap_or(1.0)
             )));
         }
         if self.sliding_window == Some(0) {
@@ -242,14 +239,7 @@ impl Phi3Config {
         if !self.rms_norm_eps.is_finite() || self.rms_norm_eps <= 0.0 {
             return Err(err("rms_norm_eps must be positive".into()));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
-            return Err(err(format!(
-                "rope_theta must be > 1, got {}",
-                self.rope_theta
-            )));
-        }
         Activation::from_name(&self.hidden_act).map_err(|e| err(e.to_string()))?;
-        self.long_rope()?;
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! Phi-3, read top to bottom like Python's `modeling_phi3.py` (transformers 4.46:
+//! Phi-3, read top to bottom like Python's `modeling_phi3.py` (transformers 5.25:
 //! src/transformers/models/phi3/modeling_phi3.py): rotary embedding (plain or
 //! `longrope`) → gated MLP with a fused `gate_up_proj` → attention with a fused
 //! `qkv_proj`, grouped-query heads and a KV cache → decoder layer → model → LM head.
@@ -6,10 +6,11 @@
 //! Copied from `llama/modeling.rs`; differs in: `qkv_proj` rows are `[q; k; v]` and
 //! `gate_up_proj` rows `[gate; up]`, split after the matmul as Python slices them; the
 //! MLP is `down(up * act(gate))`; no biases; the causal mask carries `sliding_window`;
-//! the rotary table is Phi-3's own (`longrope`: per-frequency short/long factors chosen
-//! by the sequence length against `original_max_position_embeddings`, cos/sin scaled by
-//! `sqrt(1 + ln(max / original_max) / ln(original_max))`), applied to the first
-//! `partial_rotary_factor` share of each head. Field names are the checkpoint keys.
+//! the rotary table is plain or `longrope` (per-frequency short/long factors chosen by
+//! the largest position against `original_max_position_embeddings`, cos/sin scaled by
+//! `sqrt(1 + ln(factor) / ln(original_max))`, core's [`RotaryEmbedding`]), applied to
+//! the first `partial_rotary_factor` share of each head. Field names are the checkpoint
+//! keys.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -20,7 +21,7 @@ use rustformers_core::layers::{
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RopeScaling, RotaryEmbedding};
 
-use super::config::{LongRope, Phi3Config};
+use super::config::Phi3Config;
 use crate::traits::{CausalLanguageModel, CausalLmInputs, LogitsMode};
 
 /// Python's `base_model_prefix` for Phi-3.
@@ -30,100 +31,26 @@ fn msg(e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-/// `Phi3RotaryEmbedding` or `Phi3LongRoPEScaledRotaryEmbedding`.
-#[derive(Debug, Clone)]
-pub enum Phi3RotaryEmbedding {
-    Plain(RotaryEmbedding),
-    LongRope {
-        /// Inverse frequencies with the short and the long factors.
-        short_inv_freq: Vec<f32>,
-        long_inv_freq: Vec<f32>,
-        /// Multiplies cos and sin.
-        scaling_factor: f64,
-        original_max: usize,
-    },
+/// Whether a cached step crosses `original_max_position_embeddings` under longrope: the
+/// cached keys were rotated with the short factors, and Python's `generate` recomputes
+/// the whole sequence there ([`CausalLanguageModel::recompute_cache`]).
+fn crosses_switch(longrope_original_max: Option<usize>, past: usize, new: usize) -> bool {
+    longrope_original_max.is_some_and(|m| past > 0 && past <= m && past + new > m)
 }
 
-impl Phi3RotaryEmbedding {
-    pub fn new(c: &Phi3Config) -> Result<Self> {
-        let dim = c.rotary_dim();
-        let Some(LongRope {
-            short_factor,
-            long_factor,
-        }) = c.long_rope().map_err(msg)?
-        else {
-            return Ok(Self::Plain(
-                RotaryEmbedding::new(dim, c.rope_theta, RopeScaling::Default).map_err(msg)?,
-            ));
-        };
-        let inv = |factors: &[f64]| -> Vec<f32> {
-            factors
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (1.0 / (f * c.rope_theta.powf((2 * i) as f64 / dim as f64))) as f32)
-                .collect()
-        };
-        let orig = c.original_max_position_embeddings as f64;
-        let scale = c.max_position_embeddings as f64 / orig;
-        let scaling_factor = if scale <= 1.0 {
-            1.0
-        } else {
-            (1.0 + scale.ln() / orig.ln()).sqrt()
-        };
-        Ok(Self::LongRope {
-            short_inv_freq: inv(&short_factor),
-            long_inv_freq: inv(&long_factor),
-            scaling_factor,
-            original_max: c.original_max_position_embeddings,
-        })
-    }
-
-    /// cos and sin (`[batch, seq, rotary_dim]`, f32) for `position_ids` in a sequence of
-    /// `kv_len` cached + new positions (4.46 picks the long factors when `kv_len`
-    /// exceeds `original_max_position_embeddings`).
-    pub fn cos_sin(&self, position_ids: &Tensor, kv_len: usize) -> Result<(Tensor, Tensor)> {
-        match self {
-            Self::Plain(r) => r.cos_sin(position_ids),
-            Self::LongRope {
-                short_inv_freq,
-                long_inv_freq,
-                scaling_factor,
-                original_max,
-            } => {
-                let inv = if kv_len > *original_max {
-                    long_inv_freq
-                } else {
-                    short_inv_freq
-                };
-                let n = inv.len();
-                let inv = Tensor::from_vec(inv.clone(), (1, 1, n), position_ids.device())?;
-                let pos = position_ids.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
-                let freqs = pos.broadcast_mul(&inv)?;
-                let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
-                Ok((
-                    (emb.cos()? * *scaling_factor)?,
-                    (emb.sin()? * *scaling_factor)?,
-                ))
-            }
+/// Refuses a cached step that crosses the switch (callers that cannot recompute).
+fn check_switch(longrope_original_max: Option<usize>, past: usize, new: usize) -> Result<()> {
+    if let Some(original_max) = longrope_original_max {
+        if crosses_switch(longrope_original_max, past, new) {
+            candle_core::bail!(
+                "Phi-3 longrope switches from its short to its long factors past \
+                 original_max_position_embeddings ({original_max} tokens), and the cached \
+                 keys would need recomputing (not supported): keep prompt + new tokens within \
+                 {original_max}, or run the whole sequence without a cache"
+            );
         }
     }
-
-    /// Refuses a cached step that crosses `original_max_position_embeddings`: Python's
-    /// `generate` recomputes the whole cache there (the cached keys were rotated with the
-    /// short factors), which a cache of rotated keys cannot do.
-    fn check_switch(&self, past: usize, new: usize) -> Result<()> {
-        if let Self::LongRope { original_max, .. } = self {
-            if past > 0 && past <= *original_max && past + new > *original_max {
-                candle_core::bail!(
-                    "Phi-3 longrope switches from its short to its long factors past \
-                     original_max_position_embeddings ({original_max} tokens), and the cached \
-                     keys would need recomputing (not supported): keep prompt + new tokens within \
-                     {original_max}, or run the whole sequence without a cache"
-                );
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// `down(up * act(gate))` with `[gate; up] = gate_up_proj(x)`.
@@ -281,7 +208,9 @@ pub struct Phi3Model {
     embed_tokens: Embedding,
     layers: Vec<Phi3DecoderLayer>,
     norm: RmsNorm,
-    rotary: Phi3RotaryEmbedding,
+    rotary: RotaryEmbedding,
+    /// `original_max_position_embeddings` under longrope (see [`check_switch`]).
+    longrope_original_max: Option<usize>,
     sliding_window: Option<usize>,
     vocab_size: usize,
     max_positions: usize,
@@ -296,12 +225,18 @@ impl Phi3Model {
         let layers = (0..c.num_hidden_layers)
             .map(|i| Phi3DecoderLayer::load(w.pp(format!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
+        let rope = c.rope().map_err(msg)?;
+        let longrope_original_max = match rope.scaling {
+            RopeScaling::Longrope { original_max, .. } => Some(original_max),
+            _ => None,
+        };
         Ok(Self {
             checkpointing: w.checkpointing(),
             embed_tokens,
             layers,
             norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
-            rotary: Phi3RotaryEmbedding::new(c)?,
+            rotary: RotaryEmbedding::from_parameters(c.head_dim(), &rope).map_err(msg)?,
+            longrope_original_max,
             sliding_window: c.sliding_window,
             vocab_size: c.vocab_size,
             max_positions: c.max_position_embeddings,
@@ -331,12 +266,12 @@ impl Phi3Model {
         }
         // The embedding lookup refuses ids outside the vocabulary.
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        self.rotary.check_switch(past, s)?;
+        check_switch(self.longrope_original_max, past, s)?;
         let positions = match inputs.position_ids {
             Some(p) => p.clone(),
             None => default_positions(past, b, s, ids.device())?,
         };
-        let (cos, sin) = self.rotary.cos_sin(&positions, past + s)?;
+        let (cos, sin) = self.rotary.cos_sin(&positions)?;
         let mask = causal_mask(
             inputs.attention_mask,
             b,
@@ -420,6 +355,10 @@ impl CausalLanguageModel for Phi3ForCausalLM {
     fn vocab_size(&self) -> usize {
         self.model.vocab_size
     }
+
+    fn recompute_cache(&self, past: usize, new: usize) -> bool {
+        crosses_switch(self.model.longrope_original_max, past, new)
+    }
 }
 
 #[cfg(test)]
@@ -437,25 +376,31 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    /// 5.25 picks the factors by the largest position of the forward
+    /// (`longrope_frequency_update`): short up to `original_max` positions, long past it.
     #[test]
-    fn longrope_picks_factors_by_length_and_refuses_a_cached_switch() {
+    fn longrope_picks_factors_by_position_and_refuses_a_cached_switch() {
         let c = config(serde_json::json!({"rope_scaling": {
             "type": "su", "short_factor": [1.0, 1.0, 1.0, 1.0], "long_factor": [2.0, 2.0, 2.0, 2.0]
         }}));
         c.validate().unwrap();
-        let r = Phi3RotaryEmbedding::new(&c).unwrap();
-        let pos = Tensor::new(&[[3u32]], &Device::Cpu).unwrap();
-        let (short, _) = r.cos_sin(&pos, 16).unwrap();
-        let (long, _) = r.cos_sin(&pos, 17).unwrap();
+        let r = RotaryEmbedding::from_parameters(c.head_dim(), &c.rope().unwrap()).unwrap();
+        let (short, _) = r
+            .cos_sin(&Tensor::new(&[[3u32, 15]], &Device::Cpu).unwrap())
+            .unwrap();
+        let (long, _) = r
+            .cos_sin(&Tensor::new(&[[3u32, 16]], &Device::Cpu).unwrap())
+            .unwrap();
         let f = (1.0f64 + 4f64.ln() / 16f64.ln()).sqrt();
         let s = short.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let l = long.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!((s[0] as f64 - 3f64.cos() * f).abs() < 1e-5, "{s:?}");
         assert!((l[0] as f64 - 1.5f64.cos() * f).abs() < 1e-5, "{l:?}");
-        assert!(r.check_switch(0, 20).is_ok());
-        assert!(r.check_switch(10, 6).is_ok());
-        assert!(r.check_switch(17, 1).is_ok());
-        let e = r.check_switch(16, 1).unwrap_err().to_string();
+        assert!(check_switch(Some(16), 0, 20).is_ok());
+        assert!(check_switch(Some(16), 10, 6).is_ok());
+        assert!(check_switch(Some(16), 17, 1).is_ok());
+        assert!(check_switch(None, 16, 1).is_ok());
+        let e = check_switch(Some(16), 16, 1).unwrap_err().to_string();
         assert!(e.contains("original_max_position_embeddings"), "{e}");
     }
 
@@ -467,6 +412,7 @@ mod tests {
         let c = config(serde_json::json!({"rope_scaling": {
             "type": "longrope", "short_factor": [1.0], "long_factor": [1.0]
         }}));
-        assert!(c.validate().unwrap_err().to_string().contains("4 numbers"));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("4 numbers"), "{e}");
     }
 }

@@ -1,12 +1,13 @@
-//! Qwen2 configuration, mirroring Python's `Qwen2Config` (transformers 4.46,
+//! Qwen2 configuration, mirroring Python's `Qwen2Config` (transformers 5.25,
 //! models/qwen2/configuration_qwen2.py). Differs from Llama's: `use_sliding_window`,
-//! `sliding_window` and `max_window_layers`; no `head_dim`, `attention_bias` (q/k/v
+//! `sliding_window`, `max_window_layers` and `layer_types`; no `head_dim`, `attention_bias` (q/k/v
 //! always have biases, o_proj never) or `mlp_bias`.
 
 use serde::{Deserialize, Serialize};
 
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
-use rustformers_core::rotary::RopeScaling;
+use rustformers_core::rope_parameters::{layer_types, RopeContext, RopeKeys, RopeParameters};
 use rustformers_core::{Error, PretrainedConfig, Result};
 
 fn d_vocab() -> usize {
@@ -42,15 +43,16 @@ fn d_eps() -> f64 {
 fn d_true() -> bool {
     true
 }
-fn d_theta() -> f64 {
-    10000.0
-}
 fn d_window() -> Option<usize> {
     Some(4096)
 }
 fn d_max_window_layers() -> usize {
     28
 }
+
+/// config.json keys Python's `Qwen2Config` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy::NONE;
 
 /// config.json of a Qwen2 checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,20 +80,22 @@ pub struct Qwen2Config {
     pub rms_norm_eps: f64,
     #[serde(default = "d_true")]
     pub use_cache: bool,
-    #[serde(default = "d_theta")]
-    pub rope_theta: f64,
-    #[serde(default)]
-    pub rope_scaling: Option<serde_json::Value>,
+    /// `rope_parameters` (5.x) or `rope_theta` / `rope_scaling` (4.x), read as 5.25 does.
+    #[serde(flatten)]
+    pub rope: RopeKeys,
     #[serde(default)]
     pub use_sliding_window: bool,
     /// Only used with `use_sliding_window` (Python sets it to None otherwise).
     #[serde(default = "d_window")]
     pub sliding_window: Option<usize>,
-    /// Read by Python's flash-attention path only (see [`Qwen2Config::sliding_window`]).
+    /// Layers from this index on use the sliding window (with `use_sliding_window`).
     #[serde(default = "d_max_window_layers")]
     pub max_window_layers: usize,
     #[serde(default)]
     pub attention_dropout: f64,
+    /// 5.x: `full_attention` / `sliding_attention` per layer (derived when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
     #[serde(flatten)]
     pub base: PretrainedConfig,
 }
@@ -110,19 +114,54 @@ impl Qwen2Config {
         self.base.tie_word_embeddings.unwrap_or(false)
     }
 
-    /// The attention window as 4.46's eager and SDPA paths apply it: `sliding_window`
-    /// when `use_sliding_window`, to every layer (`max_window_layers` only steers the
-    /// flash-attention kernel in 4.46), else none.
-    pub fn effective_sliding_window(&self) -> Option<usize> {
-        if self.use_sliding_window {
-            self.sliding_window
-        } else {
-            None
+    /// The attention kind of every layer, as 5.25's `Qwen2Config` derives it when
+    /// config.json has no `layer_types`: `sliding_attention` from `max_window_layers` on
+    /// when `use_sliding_window` and `sliding_window` is set. (4.46 applied the window to
+    /// every layer in its eager and SDPA paths; 5.x follows `max_window_layers`.)
+    pub fn layer_types(&self) -> Result<Vec<String>> {
+        let sliding = self.use_sliding_window && self.sliding_window.is_some();
+        layer_types(self.layer_types.as_deref(), self.num_hidden_layers, |i| {
+            sliding && i >= self.max_window_layers
+        })
+    }
+
+    /// The attention window of each layer: `sliding_window` on `sliding_attention` layers
+    /// (5.25 sets `sliding_window` to none without `use_sliding_window`), else none.
+    pub fn layer_sliding_windows(&self) -> Result<Vec<Option<usize>>> {
+        let window = self.sliding_window.filter(|_| self.use_sliding_window);
+        Ok(self
+            .layer_types()?
+            .iter()
+            .map(|t| window.filter(|_| t == "sliding_attention"))
+            .collect())
+    }
+
+    /// The resolved RoPE parameters (one set for every layer).
+    pub fn rope(&self) -> Result<RopeParameters> {
+        let types = self.layer_types()?;
+        let p = self.rope.uniform(&self.rope_context(Some(&types)))?;
+        p.refuse_partial_rotary("Qwen2")?;
+        Ok(p)
+    }
+
+    fn rope_context<'a>(&self, layer_types: Option<&'a [String]>) -> RopeContext<'a> {
+        RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings: self.max_position_embeddings,
+            layer_types,
         }
     }
 
-    pub fn rope_scaling(&self) -> Result<RopeScaling> {
-        RopeScaling::from_config(self.rope_scaling.as_ref(), self.max_position_embeddings)
+    /// This config as transformers 5.x saves it (`rope_parameters`, `layer_types`).
+    pub fn saved_form(&self) -> Result<Self> {
+        let mut c = self.clone();
+        let types = self.layer_types()?;
+        c.rope = self.rope.to_saved_form(&self.rope_context(Some(&types)))?;
+        c.layer_types = Some(types);
+        c.num_key_value_heads = Some(self.num_key_value_heads());
+        // Python keeps the window only with `use_sliding_window`.
+        c.sliding_window = self.sliding_window.filter(|_| self.use_sliding_window);
+        Ok(c)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -165,14 +204,15 @@ impl Qwen2Config {
                 self.head_dim()
             )));
         }
-        if self.effective_sliding_window() == Some(0) {
+        if self.use_sliding_window && self.sliding_window == Some(0) {
             return Err(err("sliding_window must be positive".into()));
         }
         if !self.rms_norm_eps.is_finite() || self.rms_norm_eps <= 0.0 {
             return Err(err("rms_norm_eps must be positive".into()));
         }
         Activation::from_name(&self.hidden_act).map_err(|e| err(e.to_string()))?;
-        self.rope_scaling()?;
+        self.layer_types()?;
+        self.rope()?;
         Ok(())
     }
 }

@@ -1,18 +1,19 @@
-//! Qwen2, read top to bottom like Python's `modeling_qwen2.py` (transformers 4.46:
+//! Qwen2, read top to bottom like Python's `modeling_qwen2.py` (transformers 5.25:
 //! src/transformers/models/qwen2/modeling_qwen2.py): rotary embedding → attention with
 //! grouped-query heads and a KV cache → gated MLP → decoder layer → model → LM head and
 //! sequence-classification head.
 //!
 //! Copied from `llama/modeling.rs`; differs in: q/k/v projections always carry biases
 //! (o_proj and the MLP never do), `head_dim` is `hidden_size / num_attention_heads`, and
-//! the causal mask carries the sliding window when `use_sliding_window` is set (see
-//! [`Qwen2Config::effective_sliding_window`]). Field names are the checkpoint keys.
+//! each layer's causal mask carries the sliding window on `sliding_attention` layers (see
+//! [`Qwen2Config::layer_sliding_windows`]; the per-layer masks as in `qwen3/modeling.rs`).
+//! Field names are the checkpoint keys.
 
 use candle_core::{DType, Result, Tensor};
 
 use rustformers_core::kv_cache::KvCache;
 use rustformers_core::layers::{
-    cached_attention_with, causal_mask, Activation, Dropout, Embedding,
+    cached_attention_with, Activation, Dropout, Embedding, WindowMasks,
 };
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RotaryEmbedding};
@@ -178,7 +179,8 @@ pub struct Qwen2Model {
     layers: Vec<Qwen2DecoderLayer>,
     norm: RmsNorm,
     rotary: RotaryEmbedding,
-    sliding_window: Option<usize>,
+    /// The attention window of each layer.
+    windows: Vec<Option<usize>>,
     vocab_size: usize,
     max_positions: usize,
     dtype: DType,
@@ -193,14 +195,13 @@ impl Qwen2Model {
             .map(|i| Qwen2DecoderLayer::load(w.pp(format!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         let rotary =
-            RotaryEmbedding::new(c.head_dim(), c.rope_theta, c.rope_scaling().map_err(msg)?)
-                .map_err(msg)?;
+            RotaryEmbedding::from_parameters(c.head_dim(), &c.rope().map_err(msg)?).map_err(msg)?;
         Ok(Self {
             checkpointing: w.checkpointing(),
             embed_tokens,
             layers,
             norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
-            sliding_window: c.effective_sliding_window(),
+            windows: c.layer_sliding_windows().map_err(msg)?,
             vocab_size: c.vocab_size,
             max_positions: rotary.context(c.max_position_embeddings),
             rotary,
@@ -238,24 +239,25 @@ impl Qwen2Model {
                 .contiguous()?,
         };
         let (cos, sin) = self.rotary.cos_sin(&positions)?;
-        let mask = causal_mask(
+        let masks = WindowMasks::new(
             inputs.attention_mask,
             b,
             s,
             past,
-            self.sliding_window,
+            &self.windows,
             self.dtype,
             ids.device(),
         )?;
         let mut x = self.embed_tokens.forward(ids)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, (layer, w)) in self.layers.iter().zip(&self.windows).enumerate() {
+            let mask = masks.get(*w)?;
             x = match (&self.checkpointing, cache.is_none()) {
                 (Some(c), true) => {
                     let (layer, cos, sin, mask) =
                         (layer.clone(), cos.clone(), sin.clone(), mask.clone());
                     c.run(&x, move |x| layer.forward(x, &cos, &sin, &mask, None, i))?
                 }
-                _ => layer.forward(&x, &cos, &sin, &mask, cache.as_deref_mut(), i)?,
+                _ => layer.forward(&x, &cos, &sin, mask, cache.as_deref_mut(), i)?,
             };
         }
         if let Some(c) = cache {

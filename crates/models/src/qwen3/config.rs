@@ -5,8 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
-use rustformers_core::rotary::RopeScaling;
+use rustformers_core::rope_parameters::{layer_types, RopeContext, RopeKeys, RopeParameters};
 use rustformers_core::{Error, PretrainedConfig, Result};
 
 fn d_vocab() -> usize {
@@ -42,9 +43,6 @@ fn d_eps() -> f64 {
 fn d_true() -> bool {
     true
 }
-fn d_theta() -> f64 {
-    10000.0
-}
 fn d_head_dim() -> Option<usize> {
     Some(128)
 }
@@ -54,6 +52,10 @@ fn d_window() -> Option<usize> {
 fn d_max_window_layers() -> usize {
     28
 }
+
+/// config.json keys Python's `Qwen3Config` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy::NONE;
 
 /// config.json of a Qwen3 checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,10 +86,9 @@ pub struct Qwen3Config {
     pub rms_norm_eps: f64,
     #[serde(default = "d_true")]
     pub use_cache: bool,
-    #[serde(default = "d_theta")]
-    pub rope_theta: f64,
-    #[serde(default)]
-    pub rope_scaling: Option<serde_json::Value>,
+    /// `rope_parameters` (5.x) or `rope_theta` / `rope_scaling` (4.x), read as 5.25 does.
+    #[serde(flatten)]
+    pub rope: RopeKeys,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
@@ -100,6 +101,9 @@ pub struct Qwen3Config {
     pub max_window_layers: usize,
     #[serde(default)]
     pub attention_dropout: f64,
+    /// 5.x: `full_attention` / `sliding_attention` per layer (derived when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
     #[serde(flatten)]
     pub base: PretrainedConfig,
 }
@@ -119,23 +123,54 @@ impl Qwen3Config {
         self.base.tie_word_embeddings.unwrap_or(false)
     }
 
-    /// The attention window of layer `layer`, as `Qwen3Attention` sets it: `sliding_window`
-    /// when `use_sliding_window` and `layer >= max_window_layers`, else none.
-    ///
-    /// (4.51's eager/SDPA mask builder applies `config.sliding_window` to every layer
-    /// whenever it is not null, even with `use_sliding_window` false; released Qwen3
-    /// checkpoints set it to null, and this follows the per-layer rule the attention
-    /// module states and later releases use.)
-    pub fn layer_sliding_window(&self, layer: usize) -> Option<usize> {
-        if self.use_sliding_window && layer >= self.max_window_layers {
-            self.sliding_window
-        } else {
-            None
+    /// The attention kind of every layer, as 5.25's `Qwen3Config` derives it when
+    /// config.json has no `layer_types`: `sliding_attention` from `max_window_layers` on
+    /// when `use_sliding_window` and `sliding_window` is set.
+    pub fn layer_types(&self) -> Result<Vec<String>> {
+        let sliding = self.use_sliding_window && self.sliding_window.is_some();
+        layer_types(self.layer_types.as_deref(), self.num_hidden_layers, |i| {
+            sliding && i >= self.max_window_layers
+        })
+    }
+
+    /// The attention window of each layer: `sliding_window` on `sliding_attention` layers
+    /// (5.25 sets `sliding_window` to none without `use_sliding_window`), else none.
+    pub fn layer_sliding_windows(&self) -> Result<Vec<Option<usize>>> {
+        let window = self.sliding_window.filter(|_| self.use_sliding_window);
+        Ok(self
+            .layer_types()?
+            .iter()
+            .map(|t| window.filter(|_| t == "sliding_attention"))
+            .collect())
+    }
+
+    /// The resolved RoPE parameters (one set for every layer).
+    pub fn rope(&self) -> Result<RopeParameters> {
+        let types = self.layer_types()?;
+        let p = self.rope.uniform(&self.rope_context(Some(&types)))?;
+        p.refuse_partial_rotary("Qwen3")?;
+        Ok(p)
+    }
+
+    fn rope_context<'a>(&self, layer_types: Option<&'a [String]>) -> RopeContext<'a> {
+        RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings: self.max_position_embeddings,
+            layer_types,
         }
     }
 
-    pub fn rope_scaling(&self) -> Result<RopeScaling> {
-        RopeScaling::from_config(self.rope_scaling.as_ref(), self.max_position_embeddings)
+    /// This config as transformers 5.x saves it (`rope_parameters`, `layer_types`).
+    pub fn saved_form(&self) -> Result<Self> {
+        let mut c = self.clone();
+        let types = self.layer_types()?;
+        c.rope = self.rope.to_saved_form(&self.rope_context(Some(&types)))?;
+        c.layer_types = Some(types);
+        c.num_key_value_heads = Some(self.num_key_value_heads());
+        c.head_dim = Some(self.head_dim());
+        // Python keeps the window only with `use_sliding_window`.
+        c.sliding_window = self.sliding_window.filter(|_| self.use_sliding_window);
+        Ok(c)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -180,7 +215,8 @@ impl Qwen3Config {
             return Err(err("rms_norm_eps must be positive".into()));
         }
         Activation::from_name(&self.hidden_act).map_err(|e| err(e.to_string()))?;
-        self.rope_scaling()?;
+        self.layer_types()?;
+        self.rope()?;
         Ok(())
     }
 }

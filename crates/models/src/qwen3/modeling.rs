@@ -6,14 +6,14 @@
 //! Copied from `qwen2/modeling.rs`; differs in: `q_norm`/`k_norm` (RMSNorm over
 //! `head_dim`, per head) on queries and keys before the rotary embedding, projection
 //! biases only with `attention_bias` (all four, o_proj included), an explicit `head_dim`,
-//! a per-layer sliding window (see [`Qwen3Config::layer_sliding_window`]) and no
+//! a per-layer sliding window (see [`Qwen3Config::layer_sliding_windows`]) and no
 //! sequence-classification head. Field names are the checkpoint keys.
 
 use candle_core::{DType, Result, Tensor};
 
 use rustformers_core::kv_cache::KvCache;
 use rustformers_core::layers::{
-    cached_attention_with, causal_mask, Activation, Dropout, Embedding,
+    cached_attention_with, Activation, Dropout, Embedding, WindowMasks,
 };
 use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RotaryEmbedding};
@@ -207,16 +207,13 @@ impl Qwen3Model {
             .map(|i| Qwen3DecoderLayer::load(w.pp(format!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         let rotary =
-            RotaryEmbedding::new(c.head_dim(), c.rope_theta, c.rope_scaling().map_err(msg)?)
-                .map_err(msg)?;
+            RotaryEmbedding::from_parameters(c.head_dim(), &c.rope().map_err(msg)?).map_err(msg)?;
         Ok(Self {
             checkpointing: w.checkpointing(),
             embed_tokens,
             layers,
             norm: RmsNorm::load(w.vb().pp("norm"), c.hidden_size, c.rms_norm_eps)?,
-            windows: (0..c.num_hidden_layers)
-                .map(|i| c.layer_sliding_window(i))
-                .collect(),
+            windows: c.layer_sliding_windows().map_err(msg)?,
             vocab_size: c.vocab_size,
             max_positions: rotary.context(c.max_position_embeddings),
             rotary,
@@ -254,27 +251,18 @@ impl Qwen3Model {
                 .contiguous()?,
         };
         let (cos, sin) = self.rotary.cos_sin(&positions)?;
-        // One mask per distinct window (global layers share `None`'s).
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
-        for w in &self.windows {
-            if !masks.iter().any(|(k, _)| k == w) {
-                let m = causal_mask(
-                    inputs.attention_mask,
-                    b,
-                    s,
-                    past,
-                    *w,
-                    self.dtype,
-                    ids.device(),
-                )?;
-                masks.push((*w, m));
-            }
-        }
+        let masks = WindowMasks::new(
+            inputs.attention_mask,
+            b,
+            s,
+            past,
+            &self.windows,
+            self.dtype,
+            ids.device(),
+        )?;
         let mut x = self.embed_tokens.forward(ids)?;
         for (i, (layer, w)) in self.layers.iter().zip(&self.windows).enumerate() {
-            let Some((_, mask)) = masks.iter().find(|(k, _)| k == w) else {
-                candle_core::bail!("internal error: no attention mask for layer {i}");
-            };
+            let mask = masks.get(*w)?;
             x = match (&self.checkpointing, cache.is_none()) {
                 (Some(c), true) => {
                     let (layer, cos, sin, mask) =

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use rustformers_core::config::parse_config;
+use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
 use rustformers_core::{Error, PretrainedConfig, Result};
 
@@ -58,6 +59,14 @@ fn d_true() -> bool {
     true
 }
 
+/// config.json keys Python's `RobertaConfig` has that no typed field holds (see
+/// [`KeyPolicy`]; checked against Python's keys by the unread-key test).
+pub const KEY_POLICY: KeyPolicy = KeyPolicy {
+    inert: &[],
+    // The model as a decoder (causal mask, for encoder-decoder use).
+    refused: &[("is_decoder", "true")],
+};
+
 /// config.json of a RoBERTa or XLM-RoBERTa checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RobertaConfig {
@@ -100,7 +109,12 @@ impl RobertaConfig {
     /// `RobertaConfig.__init__` defaults (pad 1, bos 0, eos 2) so that save writes them.
     pub fn from_json_str(text: &str, path: &std::path::Path) -> Result<Self> {
         let mut c: Self = parse_config(text, path)?;
-        c.fill_token_defaults();
+        c.base.note_nulls(text);
+        c.base.default_token_ids(
+            Some(DEFAULT_PAD_TOKEN_ID),
+            Some(DEFAULT_BOS_TOKEN_ID),
+            Some(DEFAULT_EOS_TOKEN_ID),
+        );
         Ok(c)
     }
 
@@ -118,18 +132,6 @@ impl RobertaConfig {
         Ok(c)
     }
 
-    fn fill_token_defaults(&mut self) {
-        if self.base.pad_token_id.is_none() {
-            self.base.pad_token_id = Some(DEFAULT_PAD_TOKEN_ID);
-        }
-        if self.base.bos_token_id.is_none() {
-            self.base.bos_token_id = Some(DEFAULT_BOS_TOKEN_ID.into());
-        }
-        if self.base.eos_token_id.is_none() {
-            self.base.eos_token_id = Some(DEFAULT_EOS_TOKEN_ID.into());
-        }
-    }
-
     /// The padding index: position ids of real tokens start right after it.
     pub fn padding_idx(&self) -> i64 {
         self.base.pad_token_id.unwrap_or(DEFAULT_PAD_TOKEN_ID)
@@ -144,6 +146,8 @@ impl RobertaConfig {
 
     /// Checks the values a forward pass relies on.
     pub fn validate(&self) -> Result<()> {
+        self.base
+            .refuse_true("is_decoder", "the model as a decoder (causal attention)")?;
         let err = |message: String| Error::Config {
             path: "config.json".into(),
             message,
