@@ -404,9 +404,18 @@ fn lora_config(
             )
         })?,
     };
+    // peft 0.22's CLASSIFIER_MODULE_NAMES: the heads a classification adapter trains and
+    // saves (DistilBERT's randomly initialised `pre_classifier` among them).
+    let heads = || {
+        Some(vec![
+            "classifier".to_string(),
+            "score".to_string(),
+            "pre_classifier".to_string(),
+        ])
+    };
     let (task_type, modules_to_save) = match task {
-        "text-classification" => ("SEQ_CLS", Some(vec!["classifier".to_string(), "score".to_string()])),
-        "token-classification" => ("TOKEN_CLS", Some(vec!["classifier".to_string(), "score".to_string()])),
+        "text-classification" => ("SEQ_CLS", heads()),
+        "token-classification" => ("TOKEN_CLS", heads()),
         "text-generation" => ("CAUSAL_LM", None),
         other => bail!("LoRA training supports text-classification, token-classification and text-generation, not {other}"),
     };

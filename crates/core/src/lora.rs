@@ -1,4 +1,4 @@
-//! LoRA adapters as PEFT defines them (peft 0.13, `tuners/lora`): a target linear layer
+//! LoRA adapters as PEFT defines them (peft 0.22, `tuners/lora`): a target linear layer
 //! `W` gets `y = x Wᵀ + (x Aᵀ) Bᵀ · α/r` with `A` `[r, in]` (Kaiming-uniform, bound
 //! `1/√in`) and `B` `[out, r]` (zeros). Saved in PEFT's format: adapter_model.safetensors
 //! with keys `base_model.model.{module}.lora_A.weight` / `.lora_B.weight` (and the

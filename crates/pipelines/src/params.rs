@@ -39,6 +39,15 @@ impl<'a> ParamReader<'a> {
         ))
     }
 
+    /// A JSON list (tools, documents), as given.
+    pub fn list(&self, key: &'static str) -> Result<Option<Value>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v @ Value::Array(_)) => Ok(Some(v.clone())),
+            Some(v) => Err(self.bad(key, "a list", v)),
+        }
+    }
+
     /// True when the key was given (even as null).
     pub fn has(&self, key: &'static str) -> bool {
         self.known.borrow_mut().insert(key);

@@ -5,7 +5,9 @@
 //! chat input; `return_tensors` gives `generated_token_ids` (prompt included). As 5.25: a
 //! chat ending in an assistant message is continued (`continue_final_message`, default:
 //! whether the last role is `assistant`) and the reply is appended to that message;
-//! `add_special_tokens` does not apply to chats; `chat_template` picks a named template.
+//! `add_special_tokens` does not apply to chats; `chat_template` picks a named template;
+//! `tools` and `documents` reach the template; the reply is the decode of the new tokens
+//! alone (`skip_special_tokens`, default true); `stop_sequence` is `stop_strings`.
 //! Generation options are `generate()`'s, over the model's generation_config.json.
 
 use serde_json::{json, Value};
@@ -46,6 +48,10 @@ struct Options {
     continue_final_message: Option<bool>,
     /// A named chat template of the tokenizer (or a whole template).
     chat_template: Option<String>,
+    /// For chats: what the template gets as `tools` and `documents`.
+    tools: Option<Value>,
+    documents: Option<Value>,
+    skip_special_tokens: bool,
 }
 
 impl TextGenerationPipeline {
@@ -93,13 +99,14 @@ impl TextGenerationPipeline {
                 // `{"messages": [...], "tools": [...]}` (as the server passes a chat with
                 // tools), one message, or a list of messages.
                 let (messages, tools) = match input {
-                    Value::Object(o) if o.contains_key("messages") => (
-                        o["messages"].clone(),
-                        o.get("tools").filter(|t| !t.is_null()).cloned(),
+                    Value::Object(obj) if obj.contains_key("messages") => (
+                        obj["messages"].clone(),
+                        obj.get("tools").filter(|t| !t.is_null()).cloned(),
                     ),
                     Value::Object(_) => (Value::Array(vec![input.clone()]), None),
                     _ => (input.clone(), None),
                 };
+                let tools = tools.or_else(|| o.tools.clone());
                 // A chat ending in the assistant's message is a prefill to continue.
                 let continued = o.continue_final_message.unwrap_or_else(|| {
                     messages
@@ -112,6 +119,7 @@ impl TextGenerationPipeline {
                     continue_final_message: continued.then(|| "content".to_string()),
                     chat_template: o.chat_template.clone(),
                     tools,
+                    documents: o.documents.clone(),
                     ..Default::default()
                 };
                 let text = self.tokenizer.apply_chat_template(&messages, &opts)?;
@@ -140,13 +148,17 @@ impl TextGenerationPipeline {
             "batch_size",
             "continue_final_message",
             "chat_template",
+            "tools",
+            "documents",
+            "skip_special_tokens",
+            "stop_sequence",
         ];
         let own: Params = params
             .iter()
             .filter(|(k, _)| pipeline_keys.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let gen: Params = params
+        let mut gen: Params = params
             .iter()
             .filter(|(k, _)| !pipeline_keys.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -159,7 +171,15 @@ impl TextGenerationPipeline {
             batch_size: batch_size(r.usize("batch_size")?)?,
             continue_final_message: r.bool("continue_final_message")?,
             chat_template: r.string("chat_template")?,
+            tools: r.list("tools")?,
+            documents: r.list("documents")?,
+            skip_special_tokens: r.bool("skip_special_tokens")?.unwrap_or(true),
         };
+        // Python's `stop_sequence`: generation's `stop_strings`, with the pipeline's
+        // tokenizer.
+        if let Some(stop) = r.strings("stop_sequence", false)? {
+            gen.insert("stop_strings".into(), json!(stop));
+        }
         let _ = r.bool("return_text")?;
         r.finish()?;
         let config = self.generation_config.with_overrides(&gen)?;
@@ -177,15 +197,9 @@ impl TextGenerationPipeline {
         if o.return_tensors {
             return Ok(json!({"generated_token_ids": sequence}));
         }
-        // As Python: decode the whole sequence and cut the decoded prompt off (by
-        // characters), so text merged across the boundary comes out as Python's.
-        let full = self.tokenizer.decode(sequence, true)?;
-        let prompt_chars = self
-            .tokenizer
-            .decode(&sequence[..sequence.len() - new_tokens.len()], true)?
-            .chars()
-            .count();
-        let text: String = full.chars().skip(prompt_chars).collect();
+        // As 5.25: the new tokens decoded alone (4.46 cut the decoded prompt off the
+        // decoded sequence).
+        let text = self.tokenizer.decode(new_tokens, o.skip_special_tokens)?;
         Ok(match &prompt.chat {
             Some(messages) if o.return_full_text => {
                 let mut m = messages.as_array().cloned().unwrap_or_default();

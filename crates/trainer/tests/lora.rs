@@ -1,5 +1,5 @@
 //! LoRA: one step from a PEFT adapter equals PEFT's (tests/fixtures/train-lora,
-//! tools/golden/make_lora_step.py: peft 0.13.2; Llama, GPT-2's Conv1D, BERT), only the
+//! tools/golden/make_lora_step.py: peft 0.22.0; Llama, GPT-2's Conv1D, BERT), only the
 //! adapters and the `modules_to_save` train, and a saved adapter loads back on its base
 //! model with the trained model's outputs, merged (as `from_pretrained(adapter_dir)`
 //! does) or not (`LoadOptions::merge_adapter = false`).

@@ -1,7 +1,7 @@
 //! What the Trainer saves, Python loads with the same outputs: four short trainings
 //! (BERT sequence classification, full and LoRA; Llama causal LM, full; GPT-2 causal LM,
 //! LoRA on its Conv1D) are saved with `save_model`, and their logits are compared with
-//! the logits Python `transformers` 4.46.3 (with peft 0.13.2 for the adapters) gave for
+//! the logits Python `transformers` 5.25.0 (with peft 0.22.0 for the adapters) gave for
 //! the same trainings' saves (tests/fixtures/python-loads, recorded by
 //! tools/golden/make_python_loads.py, which runs this test to write the folders).
 //!
