@@ -133,6 +133,14 @@ def llama_like(**kw) -> dict:
     return cfg
 
 
+# meta.notes shared by the seq-cls folders whose head is 5.25's GenericForSequenceClassification.
+SEQCLS_GENERIC_NOTES = [
+    "5.25: <Family>ForSequenceClassification is GenericForSequenceClassification (modeling_layers.py): the base "
+    "model (keys model.*) then `score` = Linear(hidden_size, num_labels, bias=False) over every position, then the "
+    "row's rightmost token that is not config.pad_token_id is picked: argmax(arange(T) * (input_ids != pad)); with "
+    "right padding, the token before the first pad. No lm_head, no cast (logits float32, the checkpoint's dtype).",
+]
+
 DYNAMIC_MAX_POS = 16  # < len(prompt 0) so the batch forward rescales, > len(prompt 1)
 
 # tiny-phi3-longrope: head_dim 8, so 4 factors each (rotary_dim / 2), all distinct.
@@ -331,6 +339,92 @@ SPECS = [
     Spec(
         "tiny-qwen2-seqcls", "Qwen2Config", "Qwen2ForSequenceClassification",
         llama_like(tie_word_embeddings=False, use_sliding_window=False), kind="seqcls",
+    ),
+    # The seq-cls twins below have their causal fixture's config (sizes, RoPE, family options) with
+    # tie_word_embeddings false; 5.25's Mistral/Qwen3/Gemma2/Phi3 heads are all GenericForSequenceClassification
+    # (modeling_layers.py), GPT-2's is its own GPT2ForSequenceClassification with the same pooling rule.
+    Spec(
+        "tiny-mistral-seqcls", "MistralConfig", "MistralForSequenceClassification",
+        llama_like(sliding_window=8), kind="seqcls",
+        notes=SEQCLS_GENERIC_NOTES + [
+            "sliding_window 8 as tiny-mistral: query i attends keys j with i - 8 < j <= i; in each layer the pooled "
+            "token 18 of the 19-token text attends positions 11-18 only",
+        ],
+    ),
+    Spec(
+        "tiny-qwen3-seqcls", "Qwen3Config", "Qwen3ForSequenceClassification",
+        llama_like(
+            tie_word_embeddings=False, head_dim=16, use_sliding_window=False, rope_parameters=rope(theta=1000000.0)
+        ),
+        kind="seqcls",
+        notes=SEQCLS_GENERIC_NOTES + [
+            "as tiny-qwen3: head_dim 16 != hidden/heads; q_norm/k_norm are per-head RMSNorms over head_dim before "
+            "RoPE; no q/k/v biases",
+            "rope_parameters = {rope_type: default, rope_theta: 1000000.0}",
+        ],
+    ),
+    Spec(
+        "tiny-gemma2-seqcls", "Gemma2Config", "Gemma2ForSequenceClassification",
+        llama_like(
+            tie_word_embeddings=False,
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=8,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=4.0,
+            hidden_activation="gelu_pytorch_tanh",
+        ),
+        kind="seqcls",
+        notes=SEQCLS_GENERIC_NOTES + [
+            "final_logit_softcapping (4.0, kept in config.json) is NOT applied to the class logits: 5.25 applies "
+            "it only in Gemma2ForCausalLM.forward to the lm_head output; the generic seq-cls head returns "
+            "score(hidden)[pooled] as is (the script asserts this equality; capped, the batch's -3.3815932 would "
+            "be 4 * tanh(-3.3815932 / 4) = -2.7546)",
+            "attn_logit_softcapping (5.0) is applied, inside Gemma2Model's attention, as in tiny-gemma2",
+            "as tiny-gemma2: layer 0 uses the sliding window 8, layer 1 global attention; attention scale "
+            "query_pre_attn_scalar ** -0.5 (24); embeddings times sqrt(hidden_size); RMSNorm gains (1 + w), "
+            "the final model.norm included (score reads its output)",
+        ],
+    ),
+    Spec(
+        "tiny-phi3-seqcls", "Phi3Config", "Phi3ForSequenceClassification",
+        llama_like(sliding_window=None), kind="seqcls",
+        notes=SEQCLS_GENERIC_NOTES + [
+            "as tiny-phi3: fused self_attn.qkv_proj ([q; k; v] rows) and mlp.gate_up_proj ([gate; up] rows); "
+            "rope_type default (no longrope), sliding_window null",
+        ],
+    ),
+    Spec(
+        "tiny-gpt2-seqcls", "GPT2Config", "GPT2ForSequenceClassification",
+        dict(
+            vocab_size=VOCAB_SIZE,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_inner=64,
+            n_positions=64,
+            initializer_range=INIT_RANGE,
+            bos_token_id=DECODER_BOS,
+            eos_token_id=DECODER_EOS,
+            # GPT2Config's pad_token_id defaults to None, and GPT2ForSequenceClassification then refuses batches
+            # (it pools index -1 for a single row): set it, as tiny-gpt2 does.
+            pad_token_id=DECODER_PAD,
+            tie_word_embeddings=False,
+        ),
+        kind="seqcls",
+        add_bos=False,
+        notes=[
+            "GPT2ForSequenceClassification (5.25, not the generic class): base model `transformer` (GPT2Model, "
+            "keys transformer.*), head `score` = Linear(n_embd, num_labels, bias=False) on the output of "
+            "transformer.ln_f; no lm_head. Pooling as the generic head: argmax(arange(T) * (input_ids != "
+            "config.pad_token_id)); GPT2Config defaults pad_token_id to None (then a batch > 1 raises and a "
+            "single row pools index -1), so config.json sets pad_token_id 0 (<pad>, the tokenizer's pad token).",
+            "the tokenizer adds no <s> (GPT-2 style ByteLevel post-processor), so the texts start at their first "
+            "word and the pooled index is one less than in the llama-style folders",
+            "learned absolute positions: with no position_ids GPT2Model uses arange(T), which right padding keeps "
+            "equal to the unpadded positions",
+            "logits are float32 (the checkpoint's dtype); the head adds no cast or soft-capping",
+        ],
     ),
 ]
 
@@ -627,13 +721,30 @@ def record_seqcls(spec: Spec, out_dir: Path, tok) -> dict:
     # what the model pools (5.x GenericForSequenceClassification): the rightmost token that is not pad_token_id,
     # argmax(arange(T) * (input_ids != pad)); with right padding, the token before the first pad (as in 4.46.3)
     pad = model.config.pad_token_id
+    assert pad is not None and tok.pad_token_id == pad, (spec.name, pad, tok.pad_token_id)
     ids = enc["input_ids"]
     pooled = (torch.arange(ids.shape[-1]) * (ids != pad).int()).argmax(-1)
+    assert pooled.tolist() == (enc["attention_mask"].sum(-1) - 1).tolist()
+    # the class logits are score(last hidden state) at the pooled token and nothing else (no soft-capping, no cast)
+    hidden = getattr(model, model.base_model_prefix)(**enc).last_hidden_state
+    assert torch.equal(model.score(hidden)[torch.arange(ids.shape[0]), pooled], logits), spec.name
     singles = []
     for text in DECODER_CLS_TEXTS:
         e = tok(text, return_tensors="pt")
         singles.append({"text": text, "input_ids": e["input_ids"], "logits": model(**e).logits})
+    # 5.x pools the rightmost non-pad token: a row left-padded, and a row whose last id is not
+    # pad after padding (4.46.3 read the token before the first pad there).
+    left = tok(DECODER_CLS_TEXTS, padding=True, padding_side="left", return_tensors="pt")
+    trailing_ids = enc["input_ids"].clone()
+    trailing_ids[0, -1] = 7
+    pooling = {
+        "left_padded": {"input_ids": left["input_ids"], "attention_mask": left["attention_mask"],
+                        "logits": model(**left).logits},
+        "trailing_token": {"input_ids": trailing_ids, "attention_mask": enc["attention_mask"],
+                           "logits": model(input_ids=trailing_ids, attention_mask=enc["attention_mask"]).logits},
+    }
     return {
+        "pooling": pooling,
         "batch": {
             "text": DECODER_CLS_TEXTS,
             "padding_side": "right",

@@ -16,17 +16,7 @@ fn generates(reference: &str) -> Result<bool> {
     if rustformers_models::gguf_path(&files)?.is_some() {
         return Ok(true);
     }
-    let config = ModelConfig::from_files(&files)?;
-    Ok(matches!(
-        config,
-        ModelConfig::Llama(_)
-            | ModelConfig::Mistral(_)
-            | ModelConfig::Qwen2(_)
-            | ModelConfig::Qwen3(_)
-            | ModelConfig::Gemma2(_)
-            | ModelConfig::Phi3(_)
-            | ModelConfig::Gpt2(_)
-    ))
+    Ok(ModelConfig::from_files(&files)?.family().generates)
 }
 
 pub fn serve(

@@ -345,17 +345,10 @@ fn train_load(
     }
 }
 
-/// PEFT's default LoRA targets per model type (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+/// PEFT's default LoRA targets of the family that reads `model_type`.
 fn default_targets(model_type: &str) -> Option<Vec<String>> {
-    let t: &[&str] = match model_type {
-        "bert" | "roberta" | "xlm-roberta" => &["query", "value"],
-        "distilbert" => &["q_lin", "v_lin"],
-        "llama" | "mistral" | "qwen2" | "qwen3" | "gemma2" => &["q_proj", "v_proj"],
-        "phi3" => &["qkv_proj"],
-        "gpt2" => &["c_attn"],
-        _ => return None,
-    };
-    Some(t.iter().map(|s| s.to_string()).collect())
+    let family = rustformers_models::auto::family_of(model_type)?;
+    Some(family.lora_targets.iter().map(|s| s.to_string()).collect())
 }
 
 /// The LoRA settings from the `--lora-*` flags (none given: full fine-tuning).

@@ -1,8 +1,8 @@
-//! Sequence classification with decoder models, parity with Python transformers
+//! Sequence classification with every decoder family, parity with transformers 5.25
 //! (tools/golden/make_decoders.py, `seqcls` fixtures): `AutoModelForSequenceClassification`
-//! loads `LlamaForSequenceClassification` / `Qwen2ForSequenceClassification`, whose
-//! `score` head reads the last non-pad token of each row. Logits ≤1e-4 for a
-//! right-padded batch and for each text alone.
+//! loads the generic head (`heads::ForSequenceClassification`), whose `score` reads the
+//! rightmost non-pad token of each row. Logits ≤1e-4 for a right-padded batch, each text
+//! alone, a left-padded batch, and a row with a non-pad id after its padding.
 
 use std::path::PathBuf;
 
@@ -76,41 +76,39 @@ fn check(name: &str, architecture: &str) {
         let d = max_diff(&logits.to_vec2::<f32>().unwrap(), &f32s(&single["logits"]));
         assert!(d <= 1e-4, "{name} {}: logits differ by {d}", single["text"]);
     }
+
+    // 5.x pools the rightmost non-pad token, whatever the padding side.
+    for case in ["left_padded", "trailing_token"] {
+        let c = &s["pooling"][case];
+        let logits = model
+            .model
+            .forward(EncoderInputs {
+                input_ids: &matrix(&u32s(&c["input_ids"])),
+                attention_mask: Some(&matrix(&u32s(&c["attention_mask"]))),
+                token_type_ids: None,
+            })
+            .unwrap();
+        let d = max_diff(&logits.to_vec2::<f32>().unwrap(), &f32s(&c["logits"]));
+        assert!(d <= 1e-4, "{name} {case}: logits differ by {d}");
+    }
 }
 
-#[test]
-fn llama_sequence_classification() {
-    check("tiny-llama-seqcls", "LlamaForSequenceClassification");
+macro_rules! seqcls_tests {
+    ($($test:ident => $fixture:literal, $arch:literal),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            check($fixture, $arch);
+        }
+    )*};
 }
 
-#[test]
-fn qwen2_sequence_classification() {
-    check("tiny-qwen2-seqcls", "Qwen2ForSequenceClassification");
-}
-
-/// The pooled position is the token before the *first* pad (`pooled_index` in the
-/// fixture), as Python's `argmax(input_ids == pad) - 1`: a non-pad id at the end of a
-/// padded row (which a "last non-pad token" rule would read) changes nothing.
-#[test]
-fn pooling_ignores_tokens_after_the_first_pad() {
-    let (dir, exp) = fixture("tiny-qwen2-seqcls");
-    let model = AutoModelForSequenceClassification::from_pretrained(dir.to_str().unwrap()).unwrap();
-    let batch = &exp["seqcls"]["batch"];
-    let mut rows = u32s(&batch["input_ids"]);
-    let pooled: Vec<usize> = serde_json::from_value(batch["pooled_index"].clone()).unwrap();
-    let mask = matrix(&u32s(&batch["attention_mask"]));
-    // Row 0 is padded from pooled[0] + 1 on; a token after the first pad is not read.
-    assert_eq!(rows[0][pooled[0] + 1], 0);
-    let last = rows[0].len() - 1;
-    rows[0][last] = 7;
-    let logits = model
-        .model
-        .forward(EncoderInputs {
-            input_ids: &matrix(&rows),
-            attention_mask: Some(&mask),
-            token_type_ids: None,
-        })
-        .unwrap();
-    let d = max_diff(&logits.to_vec2::<f32>().unwrap(), &f32s(&batch["logits"]));
-    assert!(d <= 1e-4, "logits differ by {d}");
+seqcls_tests! {
+    llama => "tiny-llama-seqcls", "LlamaForSequenceClassification",
+    mistral => "tiny-mistral-seqcls", "MistralForSequenceClassification",
+    qwen2 => "tiny-qwen2-seqcls", "Qwen2ForSequenceClassification",
+    qwen3 => "tiny-qwen3-seqcls", "Qwen3ForSequenceClassification",
+    // The class logits are not soft-capped (final_logit_softcapping is the LM head's).
+    gemma2 => "tiny-gemma2-seqcls", "Gemma2ForSequenceClassification",
+    phi3 => "tiny-phi3-seqcls", "Phi3ForSequenceClassification",
+    gpt2 => "tiny-gpt2-seqcls", "GPT2ForSequenceClassification",
 }

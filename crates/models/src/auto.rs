@@ -8,88 +8,102 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use rustformers_core::config::{
-    config_to_json_string_with_nulls, parse_config, peek_model_type, KeyPolicy,
-};
+use rustformers_core::config::{peek_model_type, KeyPolicy};
 use rustformers_core::error::{read_to_string, write_atomic};
 use rustformers_core::linear::Weights;
 use rustformers_core::weights::{dtype_name, safetensors_files, save_safetensors};
 use rustformers_core::{Checkpoint, Error, ModelFiles, PretrainedConfig, Result};
 
+use crate::family::{FamilyConfig, FamilyInfo};
 use crate::traits::{
     CausalLanguageModel, EncoderModel, MaskedLmModel, QuestionAnsweringModel,
     SequenceClassificationModel, TokenClassificationModel,
 };
 use crate::{bert, distilbert, gemma2, gpt2, llama, mistral, phi3, qwen2, qwen3, roberta};
 
-/// A parsed config.json, typed by `model_type`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelConfig {
-    Bert(bert::BertConfig),
-    /// `roberta` and `xlm-roberta` (the same network; `model_type` tells them apart).
-    Roberta(roberta::RobertaConfig),
-    DistilBert(distilbert::DistilBertConfig),
-    Llama(llama::LlamaConfig),
-    Mistral(mistral::MistralConfig),
-    Qwen2(qwen2::Qwen2Config),
-    Qwen3(qwen3::Qwen3Config),
-    Gemma2(gemma2::Gemma2Config),
-    Phi3(phi3::Phi3Config),
-    Gpt2(gpt2::Gpt2Config),
+/// The model families, one line each: `Variant(config type) = folder::FAMILY` (each
+/// folder declares itself, see [`crate::family`]). This builds [`ModelConfig`], the
+/// `model_type` dispatch and [`FAMILIES`].
+macro_rules! families {
+    ($($(#[$doc:meta])* $variant:ident($config:ty) = $family:path),* $(,)?) => {
+        /// A parsed config.json, typed by family.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum ModelConfig {
+            $($(#[$doc])* $variant($config)),*
+        }
+
+        /// Every family's facts, in the list's order.
+        pub static FAMILIES: &[&FamilyInfo] = &[$(&$family.info),*];
+
+        impl ModelConfig {
+            /// The family's facts.
+            pub fn family(&self) -> &'static FamilyInfo {
+                match self {
+                    $(Self::$variant(_) => &$family.info),*
+                }
+            }
+
+            fn config(&self) -> &dyn FamilyConfig {
+                match self {
+                    $(Self::$variant(c) => c),*
+                }
+            }
+
+            fn config_mut(&mut self) -> &mut dyn FamilyConfig {
+                match self {
+                    $(Self::$variant(c) => c),*
+                }
+            }
+
+            /// Parses `text` as `model_type`, by the family that reads it.
+            fn parse_as(model_type: &str, text: &str, path: &Path) -> Option<Result<Self>> {
+                $(
+                    if $family.info.model_types.contains(&model_type) {
+                        return Some(($family.parse)(text, path, model_type).map(Self::$variant));
+                    }
+                )*
+                None
+            }
+        }
+    };
 }
 
-/// `model_type` → parser. One line per family.
-type ConfigParser = fn(&str, &Path) -> Result<ModelConfig>;
-const CONFIGS: &[(&str, ConfigParser)] = &[
-    ("bert", |t, p| Ok(ModelConfig::Bert(parse_config(t, p)?))),
-    ("roberta", |t, p| {
-        Ok(ModelConfig::Roberta(roberta::RobertaConfig::from_json_str(
-            t, p,
-        )?))
-    }),
-    ("xlm-roberta", |t, p| {
-        Ok(ModelConfig::Roberta(
-            roberta::RobertaConfig::from_xlm_json_str(t, p)?,
-        ))
-    }),
-    ("llama", |t, p| Ok(ModelConfig::Llama(parse_config(t, p)?))),
-    ("mistral", |t, p| {
-        Ok(ModelConfig::Mistral(mistral::MistralConfig::from_json_str(
-            t, p,
-        )?))
-    }),
-    ("qwen2", |t, p| Ok(ModelConfig::Qwen2(parse_config(t, p)?))),
-    ("qwen3", |t, p| Ok(ModelConfig::Qwen3(parse_config(t, p)?))),
-    ("gemma2", |t, p| {
-        Ok(ModelConfig::Gemma2(gemma2::Gemma2Config::from_json_str(
-            t, p,
-        )?))
-    }),
-    ("phi3", |t, p| {
-        Ok(ModelConfig::Phi3(phi3::Phi3Config::from_json_str(t, p)?))
-    }),
-    ("gpt2", |t, p| {
-        Ok(ModelConfig::Gpt2(gpt2::Gpt2Config::from_json_str(t, p)?))
-    }),
-    ("distilbert", |t, p| {
-        Ok(ModelConfig::DistilBert(
-            distilbert::DistilBertConfig::from_json_str(t, p)?,
-        ))
-    }),
-];
+families! {
+    Bert(bert::BertConfig) = bert::FAMILY,
+    /// `roberta` and `xlm-roberta` (the same network; `model_type` tells them apart).
+    Roberta(roberta::RobertaConfig) = roberta::FAMILY,
+    DistilBert(distilbert::DistilBertConfig) = distilbert::FAMILY,
+    Llama(llama::LlamaConfig) = llama::FAMILY,
+    Mistral(mistral::MistralConfig) = mistral::FAMILY,
+    Qwen2(qwen2::Qwen2Config) = qwen2::FAMILY,
+    Qwen3(qwen3::Qwen3Config) = qwen3::FAMILY,
+    Gemma2(gemma2::Gemma2Config) = gemma2::FAMILY,
+    Phi3(phi3::Phi3Config) = phi3::FAMILY,
+    Gpt2(gpt2::Gpt2Config) = gpt2::FAMILY,
+}
+
+/// The family that reads `model_type`, if any.
+pub fn family_of(model_type: &str) -> Option<&'static FamilyInfo> {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.model_types.contains(&model_type))
+}
 
 /// Known `model_type` values, for error messages.
 pub fn known_model_types() -> Vec<&'static str> {
-    CONFIGS.iter().map(|(k, _)| *k).collect()
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.model_types.iter().copied())
+        .collect()
 }
 
 /// Infers `model_type` from `architectures` for old configs that lack it
 /// (`BertForMaskedLM` → `bert`), as Python falls back on the name pattern.
 fn infer_model_type(archs: &[String]) -> Option<&'static str> {
     let lower: Vec<String> = archs.iter().map(|a| a.to_ascii_lowercase()).collect();
-    CONFIGS
-        .iter()
-        .map(|(k, _)| *k)
+    known_model_types()
+        .into_iter()
         .filter(|k| {
             let key = k.replace(['-', '_'], "");
             lower.iter().any(|a| a.starts_with(&key))
@@ -112,18 +126,13 @@ impl ModelConfig {
                 })?
                 .to_string();
         }
-        let parser = CONFIGS
-            .iter()
-            .find(|(k, _)| *k == model_type)
-            .map(|(_, p)| p)
-            .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "model_type `{model_type}` ({}) is not supported; known model types: {}",
-                    path.display(),
-                    known_model_types().join(", ")
-                ))
-            })?;
-        let mut config = parser(text, path)?;
+        let mut config = Self::parse_as(&model_type, text, path).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "model_type `{model_type}` ({}) is not supported; known model types: {}",
+                path.display(),
+                known_model_types().join(", ")
+            ))
+        })??;
         config.base_mut().note_nulls(text);
         if config.base().model_type.is_empty() {
             config.base_mut().model_type = model_type;
@@ -145,34 +154,12 @@ impl ModelConfig {
 
     /// The fields every config has.
     pub fn base(&self) -> &PretrainedConfig {
-        match self {
-            Self::Bert(c) => &c.base,
-            Self::Roberta(c) => &c.base,
-            Self::DistilBert(c) => &c.base,
-            Self::Llama(c) => &c.base,
-            Self::Mistral(c) => &c.base,
-            Self::Qwen2(c) => &c.base,
-            Self::Qwen3(c) => &c.base,
-            Self::Gemma2(c) => &c.base,
-            Self::Phi3(c) => &c.base,
-            Self::Gpt2(c) => &c.base,
-        }
+        self.config().base()
     }
 
     /// Mutable access to the shared fields.
     pub fn base_mut(&mut self) -> &mut PretrainedConfig {
-        match self {
-            Self::Bert(c) => &mut c.base,
-            Self::Roberta(c) => &mut c.base,
-            Self::DistilBert(c) => &mut c.base,
-            Self::Llama(c) => &mut c.base,
-            Self::Mistral(c) => &mut c.base,
-            Self::Qwen2(c) => &mut c.base,
-            Self::Qwen3(c) => &mut c.base,
-            Self::Gemma2(c) => &mut c.base,
-            Self::Phi3(c) => &mut c.base,
-            Self::Gpt2(c) => &mut c.base,
-        }
+        self.config_mut().base_mut()
     }
 
     /// The `model_type`.
@@ -182,83 +169,28 @@ impl ModelConfig {
 
     /// Python's `base_model_prefix` of the family.
     pub fn base_model_prefix(&self) -> &'static str {
-        match self {
-            Self::Bert(_) => bert::modeling::BASE_MODEL_PREFIX,
-            Self::Roberta(_) => roberta::modeling::BASE_MODEL_PREFIX,
-            Self::DistilBert(_) => distilbert::modeling::BASE_MODEL_PREFIX,
-            Self::Llama(_) => llama::modeling::BASE_MODEL_PREFIX,
-            Self::Mistral(_) => mistral::modeling::BASE_MODEL_PREFIX,
-            Self::Qwen2(_) => qwen2::modeling::BASE_MODEL_PREFIX,
-            Self::Qwen3(_) => qwen3::modeling::BASE_MODEL_PREFIX,
-            Self::Gemma2(_) => gemma2::modeling::BASE_MODEL_PREFIX,
-            Self::Phi3(_) => phi3::modeling::BASE_MODEL_PREFIX,
-            Self::Gpt2(_) => gpt2::modeling::BASE_MODEL_PREFIX,
-        }
+        self.family().base_model_prefix
     }
 
     /// Tied tensors save_pretrained writes under a second name (alias, source).
     pub fn tied_save_keys(&self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Self::Roberta(_) => roberta::modeling::TIED_SAVE_KEYS,
-            Self::Bert(_)
-            | Self::DistilBert(_)
-            | Self::Llama(_)
-            | Self::Mistral(_)
-            | Self::Qwen2(_)
-            | Self::Qwen3(_)
-            | Self::Gemma2(_)
-            | Self::Phi3(_)
-            | Self::Gpt2(_) => &[],
-        }
+        self.family().tied_save_keys
     }
 
     /// Hidden size of the encoder output.
     pub fn hidden_size(&self) -> usize {
-        match self {
-            Self::Bert(c) => c.hidden_size,
-            Self::Roberta(c) => c.hidden_size,
-            Self::DistilBert(c) => c.dim,
-            Self::Llama(c) => c.hidden_size,
-            Self::Mistral(c) => c.hidden_size,
-            Self::Qwen2(c) => c.hidden_size,
-            Self::Qwen3(c) => c.hidden_size,
-            Self::Gemma2(c) => c.hidden_size,
-            Self::Phi3(c) => c.hidden_size,
-            Self::Gpt2(c) => c.n_embd,
-        }
+        self.config().hidden_size()
     }
 
     /// The longest input the position embeddings allow (for RoBERTa, whose positions
     /// start after `pad_token_id`, two fewer than `max_position_embeddings`: 512 of 514).
     pub fn max_position_embeddings(&self) -> usize {
-        match self {
-            Self::Bert(c) => c.max_position_embeddings,
-            Self::Roberta(c) => c.max_input_tokens(),
-            Self::DistilBert(c) => c.max_position_embeddings,
-            Self::Llama(c) => c.max_position_embeddings,
-            Self::Mistral(c) => c.max_position_embeddings,
-            Self::Qwen2(c) => c.max_position_embeddings,
-            Self::Qwen3(c) => c.max_position_embeddings,
-            Self::Gemma2(c) => c.max_position_embeddings,
-            Self::Phi3(c) => c.max_position_embeddings,
-            Self::Gpt2(c) => c.n_positions,
-        }
+        self.config().max_input_positions()
     }
 
     /// The family's account of config.json keys without a typed field.
     pub fn key_policy(&self) -> &'static KeyPolicy {
-        match self {
-            Self::Bert(_) => &bert::config::KEY_POLICY,
-            Self::Roberta(_) => &roberta::config::KEY_POLICY,
-            Self::DistilBert(_) => &distilbert::config::KEY_POLICY,
-            Self::Llama(_) => &llama::config::KEY_POLICY,
-            Self::Mistral(_) => &mistral::config::KEY_POLICY,
-            Self::Qwen2(_) => &qwen2::config::KEY_POLICY,
-            Self::Qwen3(_) => &qwen3::config::KEY_POLICY,
-            Self::Gemma2(_) => &gemma2::config::KEY_POLICY,
-            Self::Phi3(_) => &phi3::config::KEY_POLICY,
-            Self::Gpt2(_) => &gpt2::config::KEY_POLICY,
-        }
+        self.family().key_policy
     }
 
     /// config.json keys the model reads nowhere (see [`PretrainedConfig::unread_keys`];
@@ -270,36 +202,13 @@ impl ModelConfig {
     /// Checks the config values.
     pub fn validate(&self) -> Result<()> {
         self.base().refuse_unsupported()?;
-        match self {
-            Self::Bert(c) => c.validate(),
-            Self::Roberta(c) => c.validate(),
-            Self::DistilBert(c) => c.validate(),
-            Self::Llama(c) => c.validate(),
-            Self::Mistral(c) => c.validate(),
-            Self::Qwen2(c) => c.validate(),
-            Self::Qwen3(c) => c.validate(),
-            Self::Gemma2(c) => c.validate(),
-            Self::Phi3(c) => c.validate(),
-            Self::Gpt2(c) => c.validate(),
-        }
+        self.config().validate()
     }
 
     /// config.json text as Python 5.x writes it (RoPE keys in `rope_parameters`, the
     /// keys config.json set to `null` written back as `null`).
     pub fn to_json_string(&self) -> Result<String> {
-        let nulls = &self.base().explicit_nulls;
-        match self {
-            Self::Bert(c) => config_to_json_string_with_nulls(c, nulls),
-            Self::Roberta(c) => config_to_json_string_with_nulls(c, nulls),
-            Self::DistilBert(c) => config_to_json_string_with_nulls(c, nulls),
-            Self::Llama(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
-            Self::Mistral(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
-            Self::Qwen2(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
-            Self::Qwen3(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
-            Self::Gemma2(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
-            Self::Phi3(c) => config_to_json_string_with_nulls(&c.saved_form()?, nulls),
-            Self::Gpt2(c) => config_to_json_string_with_nulls(c, nulls),
-        }
+        self.config().to_json_string(&self.base().explicit_nulls)
     }
 }
 
@@ -946,28 +855,14 @@ static SEQ_CLS: &[Entry<dyn SequenceClassificationModel>] = &[
             other => Err(wrong_config(other)),
         },
     },
-    // Decoders: `score` on the last non-pad token (built through `Weights`, as the
-    // causal-LM table does).
-    Entry {
-        model_type: "llama",
-        architecture: "LlamaForSequenceClassification",
-        ctor: |w, c| match c {
-            ModelConfig::Llama(c) => {
-                Ok(Box::new(llama::LlamaForSequenceClassification::load(w, c)?))
-            }
-            other => Err(wrong_config(other)),
-        },
-    },
-    Entry {
-        model_type: "qwen2",
-        architecture: "Qwen2ForSequenceClassification",
-        ctor: |w, c| match c {
-            ModelConfig::Qwen2(c) => {
-                Ok(Box::new(qwen2::Qwen2ForSequenceClassification::load(w, c)?))
-            }
-            other => Err(wrong_config(other)),
-        },
-    },
+    // Decoders: the generic head, `score` on the rightmost non-pad token.
+    entry!(Entry, "llama", "LlamaForSequenceClassification", Llama => llama::LlamaForSequenceClassification),
+    entry!(Entry, "mistral", "MistralForSequenceClassification", Mistral => mistral::MistralForSequenceClassification),
+    entry!(Entry, "qwen2", "Qwen2ForSequenceClassification", Qwen2 => qwen2::Qwen2ForSequenceClassification),
+    entry!(Entry, "qwen3", "Qwen3ForSequenceClassification", Qwen3 => qwen3::Qwen3ForSequenceClassification),
+    entry!(Entry, "gemma2", "Gemma2ForSequenceClassification", Gemma2 => gemma2::Gemma2ForSequenceClassification),
+    entry!(Entry, "phi3", "Phi3ForSequenceClassification", Phi3 => phi3::Phi3ForSequenceClassification),
+    entry!(Entry, "gpt2", "GPT2ForSequenceClassification", Gpt2 => gpt2::Gpt2ForSequenceClassification),
 ];
 
 static TOKEN_CLS: &[Entry<dyn TokenClassificationModel>] = &[

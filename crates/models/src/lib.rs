@@ -4,9 +4,11 @@
 pub mod auto;
 pub mod bert;
 pub mod distilbert;
+pub mod family;
 pub mod gemma2;
 pub mod gguf;
 pub mod gpt2;
+pub mod heads;
 pub mod llama;
 pub mod mistral;
 pub mod phi3;

@@ -8,3 +8,16 @@ pub use modeling::{
     BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
     BertForTokenClassification, BertModel,
 };
+
+/// The family's declaration (see [`crate::family`]).
+pub const FAMILY: crate::family::Family<BertConfig> = crate::family::Family {
+    info: crate::family::FamilyInfo {
+        model_types: &["bert"],
+        base_model_prefix: modeling::BASE_MODEL_PREFIX,
+        tied_save_keys: &[],
+        key_policy: &config::KEY_POLICY,
+        lora_targets: &["query", "value"],
+        generates: false,
+    },
+    parse: |t, p, _| rustformers_core::config::parse_config(t, p),
+};

@@ -359,3 +359,18 @@ impl CausalLanguageModel for Gemma2ForCausalLM {
         self.model.vocab_size
     }
 }
+
+impl crate::heads::DecoderBaseModel for Gemma2Model {
+    type Config = Gemma2Config;
+    const PREFIX: &'static str = BASE_MODEL_PREFIX;
+    fn load(w: Weights, c: &Gemma2Config) -> Result<Self> {
+        Gemma2Model::load(w, c)
+    }
+    fn forward(&self, inputs: CausalLmInputs<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        Gemma2Model::forward(self, inputs, cache)
+    }
+}
+
+/// `Gemma2ForSequenceClassification`: the generic head (`score` on the rightmost non-pad
+/// token) over [`Gemma2Model`].
+pub type Gemma2ForSequenceClassification = crate::heads::ForSequenceClassification<Gemma2Model>;

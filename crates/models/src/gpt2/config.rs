@@ -176,3 +176,24 @@ impl Gpt2Config {
         Ok(())
     }
 }
+
+impl crate::family::FamilyConfig for Gpt2Config {
+    fn base(&self) -> &PretrainedConfig {
+        &self.base
+    }
+    fn base_mut(&mut self) -> &mut PretrainedConfig {
+        &mut self.base
+    }
+    fn validate(&self) -> Result<()> {
+        Gpt2Config::validate(self)
+    }
+    fn to_json_string(&self, nulls: &[String]) -> Result<String> {
+        rustformers_core::config::config_to_json_string_with_nulls(self, nulls)
+    }
+    fn hidden_size(&self) -> usize {
+        self.n_embd
+    }
+    fn max_input_positions(&self) -> usize {
+        self.n_positions
+    }
+}

@@ -379,3 +379,18 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
         self.transformer.vocab_size
     }
 }
+
+impl crate::heads::DecoderBaseModel for Gpt2Model {
+    type Config = Gpt2Config;
+    const PREFIX: &'static str = BASE_MODEL_PREFIX;
+    fn load(w: Weights, c: &Gpt2Config) -> Result<Self> {
+        Gpt2Model::load(w, c)
+    }
+    fn forward(&self, inputs: CausalLmInputs<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        Gpt2Model::forward(self, inputs, cache)
+    }
+}
+
+/// `GPT2ForSequenceClassification`: the generic head (`score` on the rightmost non-pad
+/// token) over [`Gpt2Model`].
+pub type Gpt2ForSequenceClassification = crate::heads::ForSequenceClassification<Gpt2Model>;

@@ -13,9 +13,7 @@ use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, apply_rotary_interleaved, RotaryEmbedding};
 
 use super::config::LlamaConfig;
-use crate::traits::{
-    CausalLanguageModel, CausalLmInputs, EncoderInputs, LogitsMode, SequenceClassificationModel,
-};
+use crate::traits::{CausalLanguageModel, CausalLmInputs, LogitsMode};
 
 /// Python's `base_model_prefix` for Llama.
 pub const BASE_MODEL_PREFIX: &str = "model";
@@ -318,57 +316,17 @@ impl CausalLanguageModel for LlamaForCausalLM {
     }
 }
 
-/// `LlamaForSequenceClassification`: `score` on the last non-pad token.
-#[derive(Debug, Clone)]
-pub struct LlamaForSequenceClassification {
-    model: LlamaModel,
-    score: QLinear,
-    pad_token_id: Option<u32>,
-}
-
-impl LlamaForSequenceClassification {
-    pub fn load(w: Weights, c: &LlamaConfig) -> Result<Self> {
-        let n = c.base.num_labels().map_err(msg)?;
-        Ok(Self {
-            model: LlamaModel::load(w.pp(BASE_MODEL_PREFIX), c)?,
-            score: w.pp("score").linear(c.hidden_size, n, false)?,
-            pad_token_id: c.base.pad_token_id.and_then(|p| u32::try_from(p).ok()),
-        })
+impl crate::heads::DecoderBaseModel for LlamaModel {
+    type Config = LlamaConfig;
+    const PREFIX: &'static str = BASE_MODEL_PREFIX;
+    fn load(w: Weights, c: &LlamaConfig) -> Result<Self> {
+        LlamaModel::load(w, c)
     }
-
-    /// Logits `[batch, num_labels]` from the last non-pad token of each row (Python:
-    /// the token before the first pad, or the last token without padding).
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.model.forward(
-            CausalLmInputs {
-                input_ids,
-                attention_mask,
-                position_ids: None,
-            },
-            None,
-        )?;
-        let logits = self.score.forward(&h)?;
-        let (b, s) = input_ids.dims2()?;
-        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        let mut rows = Vec::with_capacity(b);
-        for (i, row) in ids.iter().enumerate() {
-            let last = match self.pad_token_id {
-                Some(p) => match row.iter().position(|t| *t == p) {
-                    Some(0) | None => s - 1,
-                    Some(first_pad) => first_pad - 1,
-                },
-                None if b > 1 => candle_core::bail!("a batch needs pad_token_id in config.json"),
-                None => s - 1,
-            };
-            rows.push(logits.get(i)?.get(last)?);
-        }
-        Tensor::stack(&rows, 0)?.to_dtype(DType::F32)
+    fn forward(&self, inputs: CausalLmInputs<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        LlamaModel::forward(self, inputs, cache)
     }
 }
 
-impl SequenceClassificationModel for LlamaForSequenceClassification {
-    /// Token types are not used by decoders.
-    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
-        LlamaForSequenceClassification::forward(self, inputs.input_ids, inputs.attention_mask)
-    }
-}
+/// `LlamaForSequenceClassification`: the generic head (`score` on the rightmost non-pad
+/// token) over [`LlamaModel`].
+pub type LlamaForSequenceClassification = crate::heads::ForSequenceClassification<LlamaModel>;

@@ -311,3 +311,18 @@ impl CausalLanguageModel for MistralForCausalLM {
         self.model.vocab_size
     }
 }
+
+impl crate::heads::DecoderBaseModel for MistralModel {
+    type Config = MistralConfig;
+    const PREFIX: &'static str = BASE_MODEL_PREFIX;
+    fn load(w: Weights, c: &MistralConfig) -> Result<Self> {
+        MistralModel::load(w, c)
+    }
+    fn forward(&self, inputs: CausalLmInputs<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        MistralModel::forward(self, inputs, cache)
+    }
+}
+
+/// `MistralForSequenceClassification`: the generic head (`score` on the rightmost non-pad
+/// token) over [`MistralModel`].
+pub type MistralForSequenceClassification = crate::heads::ForSequenceClassification<MistralModel>;

@@ -361,6 +361,21 @@ impl CausalLanguageModel for Phi3ForCausalLM {
     }
 }
 
+impl crate::heads::DecoderBaseModel for Phi3Model {
+    type Config = Phi3Config;
+    const PREFIX: &'static str = BASE_MODEL_PREFIX;
+    fn load(w: Weights, c: &Phi3Config) -> Result<Self> {
+        Phi3Model::load(w, c)
+    }
+    fn forward(&self, inputs: CausalLmInputs<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        Phi3Model::forward(self, inputs, cache)
+    }
+}
+
+/// `Phi3ForSequenceClassification`: the generic head (`score` on the rightmost non-pad
+/// token) over [`Phi3Model`].
+pub type Phi3ForSequenceClassification = crate::heads::ForSequenceClassification<Phi3Model>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,9 +19,7 @@ use rustformers_core::linear::{QLinear, RmsNorm, Weights};
 use rustformers_core::rotary::{apply_rotary, RotaryEmbedding};
 
 use super::config::Qwen2Config;
-use crate::traits::{
-    CausalLanguageModel, CausalLmInputs, EncoderInputs, LogitsMode, SequenceClassificationModel,
-};
+use crate::traits::{CausalLanguageModel, CausalLmInputs, LogitsMode};
 
 /// Python's `base_model_prefix` for Qwen2.
 pub const BASE_MODEL_PREFIX: &str = "model";
@@ -317,59 +315,17 @@ impl CausalLanguageModel for Qwen2ForCausalLM {
     }
 }
 
-/// `Qwen2ForSequenceClassification`: `score` on the last non-pad token of each row.
-#[derive(Debug, Clone)]
-pub struct Qwen2ForSequenceClassification {
-    model: Qwen2Model,
-    score: QLinear,
-    pad_token_id: Option<u32>,
-}
-
-impl Qwen2ForSequenceClassification {
-    pub fn load(w: Weights, c: &Qwen2Config) -> Result<Self> {
-        let n = c.base.num_labels().map_err(msg)?;
-        Ok(Self {
-            model: Qwen2Model::load(w.pp(BASE_MODEL_PREFIX), c)?,
-            score: w.pp("score").linear(c.hidden_size, n, false)?,
-            pad_token_id: c.base.pad_token_id.and_then(|p| u32::try_from(p).ok()),
-        })
+impl crate::heads::DecoderBaseModel for Qwen2Model {
+    type Config = Qwen2Config;
+    const PREFIX: &'static str = BASE_MODEL_PREFIX;
+    fn load(w: Weights, c: &Qwen2Config) -> Result<Self> {
+        Qwen2Model::load(w, c)
     }
-
-    /// Logits `[batch, num_labels]`. Python pools at `(argmax(input_ids == pad) - 1) %
-    /// seq`: the token before the first pad, or the last token when a row has no pad
-    /// (or starts with one); without `pad_token_id` only a batch of one is accepted.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.model.forward(
-            CausalLmInputs {
-                input_ids,
-                attention_mask,
-                position_ids: None,
-            },
-            None,
-        )?;
-        let logits = self.score.forward(&h)?;
-        let (b, s) = input_ids.dims2()?;
-        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        let mut rows = Vec::with_capacity(b);
-        for (i, row) in ids.iter().enumerate() {
-            let last = match self.pad_token_id {
-                Some(p) => match row.iter().position(|t| *t == p) {
-                    Some(0) | None => s - 1,
-                    Some(first_pad) => first_pad - 1,
-                },
-                None if b > 1 => candle_core::bail!(
-                    "a batch of more than one needs pad_token_id in config.json to find each row's last token"
-                ),
-                None => s - 1,
-            };
-            rows.push(logits.get(i)?.get(last)?);
-        }
-        Tensor::stack(&rows, 0)?.to_dtype(DType::F32)
+    fn forward(&self, inputs: CausalLmInputs<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        Qwen2Model::forward(self, inputs, cache)
     }
 }
 
-impl SequenceClassificationModel for Qwen2ForSequenceClassification {
-    fn forward(&self, inputs: EncoderInputs<'_>) -> Result<Tensor> {
-        Qwen2ForSequenceClassification::forward(self, inputs.input_ids, inputs.attention_mask)
-    }
-}
+/// `Qwen2ForSequenceClassification`: the generic head (`score` on the rightmost non-pad
+/// token) over [`Qwen2Model`].
+pub type Qwen2ForSequenceClassification = crate::heads::ForSequenceClassification<Qwen2Model>;

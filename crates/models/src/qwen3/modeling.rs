@@ -328,3 +328,18 @@ impl CausalLanguageModel for Qwen3ForCausalLM {
         self.model.vocab_size
     }
 }
+
+impl crate::heads::DecoderBaseModel for Qwen3Model {
+    type Config = Qwen3Config;
+    const PREFIX: &'static str = BASE_MODEL_PREFIX;
+    fn load(w: Weights, c: &Qwen3Config) -> Result<Self> {
+        Qwen3Model::load(w, c)
+    }
+    fn forward(&self, inputs: CausalLmInputs<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        Qwen3Model::forward(self, inputs, cache)
+    }
+}
+
+/// `Qwen3ForSequenceClassification`: the generic head (`score` on the rightmost non-pad
+/// token) over [`Qwen3Model`].
+pub type Qwen3ForSequenceClassification = crate::heads::ForSequenceClassification<Qwen3Model>;
