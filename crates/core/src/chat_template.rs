@@ -377,11 +377,12 @@ fn rewrite_generation_tags(source: &str) -> String {
     let mut rest = source;
     while let Some(at) = rest.find("{%") {
         let (before, tag) = rest.split_at(at);
-        let Some(close) = tag.find("%}") else {
+        let Some(close) = tag[2..].find("%}").map(|i| i + 2) else {
             break;
         };
         let inner = &tag[2..close];
         let left_dash = inner.starts_with('-');
+        let left_plus = inner.starts_with('+');
         let right_dash = inner.ends_with('-');
         let word = inner.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
         let marker = match word {
@@ -394,10 +395,15 @@ fn rewrite_generation_tags(source: &str) -> String {
                 continue;
             }
         };
-        // lstrip_blocks: blanks between the line start and the tag go.
+        // lstrip_blocks: blanks between the line start and the tag go (`{%+` keeps
+        // them), where nothing else stands before the tag on its line in the source.
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let blanks = &before[line_start..];
-        if !left_dash && blanks.chars().all(|c| c == ' ' || c == '\t') {
+        let tag_at = source.len() - rest.len() + at;
+        let source_line = source[..tag_at].rfind('\n').map_or(0, |i| i + 1);
+        let blank_line_start = source[source_line..tag_at]
+            .chars()
+            .all(|c| c == ' ' || c == '\t');
+        if !left_dash && !left_plus && blank_line_start {
             out.push_str(&before[..line_start]);
         } else {
             out.push_str(before);
@@ -408,7 +414,10 @@ fn rewrite_generation_tags(source: &str) -> String {
         rest = &tag[close + 2..];
         // trim_blocks: the first newline after the tag goes.
         if !right_dash {
-            rest = rest.strip_prefix('\n').unwrap_or(rest);
+            rest = rest
+                .strip_prefix("\r\n")
+                .or_else(|| rest.strip_prefix('\n'))
+                .unwrap_or(rest);
         }
     }
     out.push_str(rest);
@@ -655,6 +664,28 @@ impl ChatTemplate {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `{% generation %}` keeps the whitespace a block tag would: lstrip only where the
+    /// tag starts its line, `{%+` none, trim_blocks one newline (or CRLF); `{%}` is not a
+    /// tag (no panic).
+    #[test]
+    fn generation_tags_keep_block_whitespace() {
+        let render = |src: &str| {
+            let t = ChatTemplate::new(src).unwrap();
+            t.render_with_spans(&json!([]), &ChatOptions::default())
+                .unwrap()
+        };
+        let r = render("a\n  {% generation %}\nB{% endgeneration %}c");
+        assert_eq!(
+            (r.text.as_str(), r.generation_spans),
+            ("a\nBc", vec![(2, 3)])
+        );
+        let r = render("{% if true %}  {% generation %}X{% endgeneration %}{% endif %}");
+        assert_eq!((r.text.as_str(), r.generation_spans), ("  X", vec![(2, 3)]));
+        let r = render("  {%+ generation %}X{% endgeneration %}\r\nY");
+        assert_eq!(r.text, "  XY");
+        assert!(ChatTemplate::new("{%}").is_err());
+    }
 
     #[test]
     fn chatml_with_python_methods() {

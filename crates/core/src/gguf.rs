@@ -853,6 +853,16 @@ fn merges_from_scores<'a>(tokens: &[&'a str], scores: &[f32]) -> Vec<(&'a str, &
 }
 
 fn spm_tokenizer(g: &GgufFile) -> Result<serde_json::Value> {
+    // transformers 5.25 builds Gemma's differently (GemmaTokenizer, whitespace tokens
+    // respelled, merges in file order): refused rather than tokenized the llama way.
+    let arch = g.meta_str("general.architecture").unwrap_or("");
+    if arch.starts_with("gemma") {
+        return Err(Error::Unsupported(format!(
+            "{}: the sentencepiece tokenizer of a `{arch}` GGUF file is not implemented yet \
+             (Gemma's differs from llama's); use the model's tokenizer.json",
+            g.path().display()
+        )));
+    }
     let tokens = g
         .meta_strings("tokenizer.ggml.tokens")
         .ok_or_else(|| bad(g.path(), "no tokenizer.ggml.tokens"))?;

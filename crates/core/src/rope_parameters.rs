@@ -95,6 +95,10 @@ impl RopeParameters {
     }
 }
 
+/// More layers than any model has: a config asking for them is refused before a
+/// per-layer list is allocated.
+pub const MAX_LAYERS: usize = 100_000;
+
 /// The attention kind of each layer: config.json's `layer_types` when given (checked:
 /// one entry per layer, each `full_attention` or `sliding_attention`), else `derive(i)`.
 pub fn layer_types(
@@ -102,6 +106,11 @@ pub fn layer_types(
     num_layers: usize,
     derive: impl Fn(usize) -> bool,
 ) -> Result<Vec<String>> {
+    if num_layers > MAX_LAYERS {
+        return Err(bad(format!(
+            "num_hidden_layers {num_layers} is beyond any model ({MAX_LAYERS} at most)"
+        )));
+    }
     match given {
         Some(list) => {
             if list.len() != num_layers {
@@ -303,7 +312,11 @@ impl RopeKeys {
         ctx: &RopeContext,
         flat: bool,
     ) -> Result<RopeParameters> {
-        let kind = match d.get("rope_type").or_else(|| d.get("type")) {
+        let kind = match d
+            .get("rope_type")
+            .filter(|v| !v.is_null())
+            .or_else(|| d.get("type"))
+        {
             None | Some(Value::Null) => "default".to_string(),
             Some(Value::String(s)) => s.clone(),
             Some(other) => return Err(bad(format!("rope_type must be a string, got {other}"))),
@@ -378,8 +391,10 @@ impl RopeKeys {
                     attention_factor: num(&d, "attention_factor")?,
                     mscale: num(&d, "mscale")?,
                     mscale_all_dim: num(&d, "mscale_all_dim")?,
+                    // Python: `get("truncate", True)`; an explicit null is falsy.
                     truncate: match d.get("truncate") {
-                        None | Some(Value::Null) => true,
+                        None => true,
+                        Some(Value::Null) => false,
                         Some(Value::Bool(b)) => *b,
                         Some(other) => {
                             return Err(bad(format!(

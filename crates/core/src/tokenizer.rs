@@ -234,9 +234,11 @@ impl AutoTokenizer {
             found.push(("default".to_string(), read(&p)?));
         }
         for name in files.list_local() {
+            // additional_chat_templates/NAME.jinja, not in a subfolder (as Python's glob).
             let Some(stem) = name
                 .strip_prefix("additional_chat_templates/")
                 .and_then(|n| n.strip_suffix(".jinja"))
+                .filter(|n| valid_template_name(n))
             else {
                 continue;
             };
@@ -371,6 +373,7 @@ impl AutoTokenizer {
             assistant_mask(&offsets, &rendered.generation_spans)
         });
         Ok(ChatEncoding {
+            text: rendered.text,
             input_ids,
             attention_mask,
             assistant_masks,
@@ -732,6 +735,12 @@ impl AutoTokenizer {
         let mut config = self.config.clone();
         config.remove("chat_template");
         for (name, template) in &self.chat_templates {
+            if !valid_template_name(name) {
+                return Err(Error::Tokenizer(format!(
+                    "chat template name `{name}` cannot be a file name (it would be saved \
+                     outside additional_chat_templates/)"
+                )));
+            }
             let p = if name == "default" {
                 dir.join("chat_template.jinja")
             } else {
@@ -779,9 +788,17 @@ impl AutoTokenizer {
     }
 }
 
+/// A template name that can be a file name in additional_chat_templates/ (Python refuses
+/// the others when saving).
+fn valid_template_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\'])
+}
+
 /// A tokenized chat ([`AutoTokenizer::apply_chat_template_tokenized`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatEncoding {
+    /// The rendered chat.
+    pub text: String,
     pub input_ids: Vec<u32>,
     pub attention_mask: Vec<u32>,
     /// 1 on the tokens the assistant generates (`{% generation %}` blocks).

@@ -187,46 +187,46 @@ impl GenerationConfig {
         known
     }
 
-    /// Reads generation_config.json of a model, if it has one; else, as Python's
-    /// `from_model_config`, the generation options config.json carries (older
-    /// checkpoints keep `max_length`, `do_sample`, ... there) over the defaults. The
-    /// model config's bos/eos/pad ids fill what is still unset.
+    /// The model's generation defaults, as transformers 5.25 loads them: its
+    /// generation_config.json alone when it has one; else the generation options of
+    /// config.json as written (bos/eos/pad ids, and `max_length`, `do_sample`, ... that
+    /// older checkpoints keep there; not the config class's defaults). Only a model
+    /// without config.json (GGUF, whose config is built from its metadata) takes the
+    /// model config's ids.
     pub fn from_files(
         files: &ModelFiles,
         model_config: &rustformers_core::PretrainedConfig,
     ) -> Result<Self> {
-        let mut cfg = match files.get("generation_config.json")? {
-            Some(p) => Self::from_json_str(&read_to_string(&p)?, &p)?,
-            None => {
-                let known = Self::known_keys();
-                let legacy: serde_json::Map<String, Value> = model_config
-                    .extra
-                    .iter()
-                    .filter(|(k, v)| !v.is_null() && known.contains(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                Self::default()
-                    .with_overrides(&legacy)
-                    .map_err(|e| Error::Config {
-                        path: "config.json".into(),
-                        message: format!("generation options: {e}"),
-                    })?
-            }
-        };
+        if let Some(p) = files.get("generation_config.json")? {
+            return Self::from_json_str(&read_to_string(&p)?, &p);
+        }
+        if let Some(p) = files.get("config.json")? {
+            let raw = rustformers_core::error::read_json(&p)?;
+            let known = Self::known_keys();
+            let options: serde_json::Map<String, Value> = raw
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| !v.is_null() && known.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            return Self::default()
+                .with_overrides(&options)
+                .map_err(|e| Error::Config {
+                    path: p.display().to_string(),
+                    message: format!("generation options: {e}"),
+                });
+        }
         let to_ids = |v: &Option<Value>| -> Option<TokenIds> {
             v.as_ref()
                 .and_then(|v| serde_json::from_value(v.clone()).ok())
         };
-        if cfg.eos_token_id.is_none() {
-            cfg.eos_token_id = to_ids(&model_config.eos_token_id);
-        }
-        if cfg.bos_token_id.is_none() {
-            cfg.bos_token_id = to_ids(&model_config.bos_token_id);
-        }
-        if cfg.pad_token_id.is_none() {
-            cfg.pad_token_id = model_config.pad_token_id.map(TokenIds::One);
-        }
-        Ok(cfg)
+        Ok(Self {
+            eos_token_id: to_ids(&model_config.eos_token_id),
+            bos_token_id: to_ids(&model_config.bos_token_id),
+            pad_token_id: model_config.pad_token_id.map(TokenIds::One),
+            ..Self::default()
+        })
     }
 
     /// Parses generation_config.json text.

@@ -709,13 +709,8 @@ impl BeamSearch {
             sequences_scores: Some(Vec::new()),
         };
         for (p, f) in self.finished.iter().enumerate() {
-            if f.slots.len() < keep {
-                return Err(Error::invalid(format!(
-                    "beam search kept {} hypotheses, fewer than num_return_sequences ({keep})",
-                    f.slots.len()
-                )));
-            }
-            for slot in &f.slots[..keep] {
+            // `num_return_sequences <= num_beams` is validated with the config.
+            for slot in f.slots.iter().take(keep) {
                 let mut seq = self.prompts[p].clone();
                 seq.extend_from_slice(&slot.tokens);
                 out.sequences.push(seq);

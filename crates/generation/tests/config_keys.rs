@@ -47,6 +47,16 @@ fn every_python_config_key_is_read_or_accounted_for() {
         // An absent key means Python's default: every value rustformers writes for an
         // empty config equals the default Python records.
         let written: Value = serde_json::from_str(&base.to_json_string().unwrap()).unwrap();
+        // Token ids count even when absent from the save: what the model reads.
+        for key in ["pad_token_id", "bos_token_id", "eos_token_id"] {
+            let ours = written.get(key).cloned().unwrap_or(Value::Null);
+            let theirs = defaults.get(key).cloned().unwrap_or(Value::Null);
+            if ours != theirs {
+                problems.push(format!(
+                    "{model_type}: default `{key}` is {ours}, Python's is {theirs}"
+                ));
+            }
+        }
         for (key, ours) in written.as_object().unwrap() {
             let Some(theirs) = defaults.get(key) else {
                 continue;

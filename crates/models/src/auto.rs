@@ -208,7 +208,22 @@ impl ModelConfig {
     /// config.json text as Python 5.x writes it (RoPE keys in `rope_parameters`, the
     /// keys config.json set to `null` written back as `null`).
     pub fn to_json_string(&self) -> Result<String> {
-        self.config().to_json_string(&self.base().explicit_nulls)
+        // 4.x keys 5.x reads and never writes (their values live on in `rope_parameters`
+        // and `dtype`): an explicit null of theirs is not written back either.
+        const CONSUMED: &[&str] = &[
+            "rope_scaling",
+            "rope_theta",
+            "partial_rotary_factor",
+            "torch_dtype",
+        ];
+        let nulls: Vec<String> = self
+            .base()
+            .explicit_nulls
+            .iter()
+            .filter(|k| !CONSUMED.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        self.config().to_json_string(&nulls)
     }
 }
 

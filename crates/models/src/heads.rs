@@ -33,7 +33,8 @@ fn msg(e: impl std::fmt::Display) -> candle_core::Error {
 pub struct ForSequenceClassification<M> {
     model: M,
     score: QLinear,
-    pad_token_id: Option<u32>,
+    /// config.json's (a negative one matches no token: every row pools its last).
+    pad_token_id: Option<i64>,
 }
 
 impl<M: DecoderBaseModel> ForSequenceClassification<M> {
@@ -42,7 +43,7 @@ impl<M: DecoderBaseModel> ForSequenceClassification<M> {
         Ok(Self {
             model: M::load(w.pp(M::PREFIX), c)?,
             score: w.pp("score").linear(c.hidden_size(), n, false)?,
-            pad_token_id: c.base().pad_token_id.and_then(|p| u32::try_from(p).ok()),
+            pad_token_id: c.base().pad_token_id,
         })
     }
 
@@ -63,7 +64,7 @@ impl<M: DecoderBaseModel> ForSequenceClassification<M> {
         for (i, row) in ids.iter().enumerate() {
             let last = match self.pad_token_id {
                 // Python: argmax(arange * (ids != pad)): 0 for a row of padding alone.
-                Some(p) => row.iter().rposition(|t| *t != p).unwrap_or(0),
+                Some(p) => row.iter().rposition(|t| i64::from(*t) != p).unwrap_or(0),
                 None if b > 1 => candle_core::bail!(
                     "a batch of more than one row needs pad_token_id in config.json"
                 ),

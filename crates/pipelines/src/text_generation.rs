@@ -122,12 +122,11 @@ impl TextGenerationPipeline {
                     documents: o.documents.clone(),
                     ..Default::default()
                 };
-                let text = self.tokenizer.apply_chat_template(&messages, &opts)?;
                 let enc = self
                     .tokenizer
                     .apply_chat_template_tokenized(&messages, &opts, false)?;
                 Ok(Prompt {
-                    text,
+                    text: enc.text,
                     ids: enc.input_ids,
                     chat: Some(messages),
                     continued,
@@ -206,8 +205,15 @@ impl TextGenerationPipeline {
                 match m.last_mut() {
                     // The prefill continued: the reply extends the last message.
                     Some(last) if prompt.continued => {
-                        let content = last["content"].as_str().unwrap_or_default().to_string();
-                        *last = json!({"role": last["role"], "content": content + &text});
+                        // Python adds the reply to the content string (a list of parts
+                        // fails there too).
+                        let Some(content) = last["content"].as_str() else {
+                            return Err(Error::invalid(
+                                "text-generation: a continued final message must have text content",
+                            ));
+                        };
+                        *last =
+                            json!({"role": last["role"], "content": format!("{content}{text}")});
                     }
                     _ => m.push(json!({"role": "assistant", "content": text})),
                 }

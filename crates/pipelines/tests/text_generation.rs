@@ -69,6 +69,12 @@ fn outputs_equal_pythons() {
         let prompt_len = case["prompt_ids"].as_array().map_or(0, Vec::len);
         let result = pipe.run(&list, &params);
         if !batch && prompt_len >= pipe.max_context() {
+            // The prompt (tools rendered by the template) is still Python's.
+            let (ids, _) = pipe.request(inputs, &params).unwrap();
+            let want: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
+            if ids != want {
+                failures.push(format!("{name}: prompt ids differ from Python's"));
+            }
             match result {
                 Err(e) if e.to_string().contains("context") => checked += 1,
                 other => failures.push(format!("{name}: past the context, got {other:?}")),

@@ -19,5 +19,11 @@ pub const FAMILY: crate::family::Family<BertConfig> = crate::family::Family {
         lora_targets: &["query", "value"],
         generates: false,
     },
-    parse: |t, p, _| rustformers_core::config::parse_config(t, p),
+    parse: |t, p, _| {
+        let mut c: BertConfig = rustformers_core::config::parse_config(t, p)?;
+        // BertConfig's pad 0 where config.json has no key.
+        c.base.note_nulls(t);
+        c.base.default_token_ids(Some(0), None, None);
+        Ok(c)
+    },
 };

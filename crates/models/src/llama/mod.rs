@@ -16,5 +16,11 @@ pub const FAMILY: crate::family::Family<LlamaConfig> = crate::family::Family {
         lora_targets: &["q_proj", "v_proj"],
         generates: true,
     },
-    parse: |t, p, _| rustformers_core::config::parse_config(t, p),
+    parse: |t, p, _| {
+        let mut c: LlamaConfig = rustformers_core::config::parse_config(t, p)?;
+        // LlamaConfig's bos 1 / eos 2 where config.json has no key.
+        c.base.note_nulls(t);
+        c.base.default_token_ids(None, Some(1), Some(2));
+        Ok(c)
+    },
 };
