@@ -9,9 +9,13 @@ the "model" inputs of SRC/expected.json through both, and compares every output 
 (exact equality expected: same weights, same code). Also checks that the saved tokenizer
 encodes the fixture texts to the same ids. Exits non-zero on any difference.
 
-Reference stack: transformers 5.25.0 (tools/golden/requirements.txt). Encoder folders only
-(tiny-{bert,distilbert,roberta}-*, see check_rust_saves.sh): the decoders' expected.json
-has no "model" inputs.
+Decoder folders (tiny-<decoder>[-variant], tiny-*-seqcls): the inputs are the recorded
+left-padded `logits` batch (causal LM, with its position_ids) or the `seqcls` batch; the
+loaded configs must also resolve to the same `rope_parameters`, and the saved
+config.json must be in the 5.x form (`rope_parameters`, `dtype`; no `rope_theta`,
+`rope_scaling`, `torch_dtype`).
+
+Reference stack: transformers 5.25.0 (tools/golden/requirements.txt).
 """
 
 import json
@@ -31,6 +35,8 @@ def main() -> int:
     tok_a = transformers.AutoTokenizer.from_pretrained(src)
     tok_b = transformers.AutoTokenizer.from_pretrained(dst)
     expected = json.loads((src / "expected.json").read_text())
+    if "model" not in expected:
+        return check_decoder(arch, a, b, src, dst, expected)
     worst = 0.0
     for case in expected["model"]:
         texts = case["text"]
@@ -52,6 +58,33 @@ def main() -> int:
             print(f"{arch} {case['name']} {k}: max |diff| = {d:.3g}")
     print(f"{dst}: Python loads it; worst difference {worst:.3g}")
     return 0 if worst == 0.0 else 1
+
+
+def check_decoder(arch, a, b, src, dst, expected) -> int:
+    saved = json.loads((dst / "config.json").read_text())
+    for key in ("rope_theta", "rope_scaling", "torch_dtype"):
+        if key in saved:
+            print(f"{dst}: config.json has the 4.x key {key}")
+            return 1
+    if "rope_parameters" in json.loads((src / "config.json").read_text()) and "rope_parameters" not in saved:
+        print(f"{dst}: config.json lost rope_parameters")
+        return 1
+    if getattr(a.config, "rope_parameters", None) != getattr(b.config, "rope_parameters", None):
+        print(f"{dst}: rope_parameters differ: {a.config.rope_parameters} vs {b.config.rope_parameters}")
+        return 1
+    if "seqcls" in expected:
+        batch = expected["seqcls"]["batch"]
+        inputs = {k: torch.tensor(batch[k]) for k in ("input_ids", "attention_mask")}
+        key = "logits"
+    else:
+        rec = expected["logits"]
+        inputs = {k: torch.tensor(rec[k]) for k in ("input_ids", "attention_mask", "position_ids")}
+        key = "logits"
+    with torch.no_grad():
+        d = (getattr(a(**inputs), key) - getattr(b(**inputs), key)).abs().max().item()
+    print(f"{arch}: max |diff| = {d:.3g}")
+    print(f"{dst}: Python loads it; worst difference {d:.3g}")
+    return 0 if d == 0.0 else 1
 
 
 if __name__ == "__main__":

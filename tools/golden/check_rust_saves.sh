@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
-# Saves every tiny encoder fixture checkpoint with rustformers' save_pretrained and checks
-# that Python transformers (5.25.0) loads each one with outputs identical to the original's.
+# Saves every tiny model fixture checkpoint (encoders, decoders with each rope type,
+# decoder seq-cls heads) with rustformers' save_pretrained and checks that Python
+# transformers (5.25.0) loads each one with outputs identical to the original's.
 #   bash tools/golden/check_rust_saves.sh [PYTHON]   (PYTHON: a venv with requirements.txt)
-# Only tiny-{bert,distilbert,roberta}-*: the example saves the encoder heads (base, seqcls,
-# tokcls, qa, mlm) and check_rust_save.py runs the "model" inputs of expected.json, which
-# the decoder folders (tiny-llama, ..., tiny-*-seqcls on decoders) and the tokenizer-only
-# tiny-chat-* folders do not have.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python="${1:-python3}"
@@ -16,6 +13,12 @@ for dir in tests/fixtures/tiny-{bert,distilbert,roberta}-*/; do
   name="$(basename "$dir")"
   head="${name##*-}"
   case "$head" in multi) head=seqcls ;; esac
+  ./target/debug/examples/save_pretrained "$head" "$dir" "$out/$name" >/dev/null
+  "$python" tools/golden/check_rust_save.py "$dir" "$out/$name" | tail -n 1
+done
+for dir in tests/fixtures/tiny-{llama,mistral,qwen2,qwen3,gemma2,phi3,gpt2}*/; do
+  name="$(basename "$dir")"
+  case "$name" in *-seqcls) head=seqcls ;; *) head=causal ;; esac
   ./target/debug/examples/save_pretrained "$head" "$dir" "$out/$name" >/dev/null
   "$python" tools/golden/check_rust_save.py "$dir" "$out/$name" | tail -n 1
 done

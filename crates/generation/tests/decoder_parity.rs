@@ -418,3 +418,92 @@ fn qwen3_gguf_matches_python() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/tiny-qwen3.gguf");
     check_logits_of(path.to_str().unwrap(), "tiny-qwen3", true);
 }
+
+/// Every 5.x fixture written in the 4.x form (`rope_theta`, `rope_scaling` with the
+/// legacy `type` key, top-level `partial_rotary_factor`, `torch_dtype`; no
+/// `rope_parameters`) gives the same logits, bit for bit, and saves back to the 5.x
+/// `rope_parameters` Python wrote.
+#[test]
+fn legacy_4x_configs_give_the_same_logits_and_save_as_5x() {
+    let mut checked = 0;
+    for name in [
+        "tiny-llama",
+        "tiny-llama-rope-linear",
+        "tiny-llama-rope-dynamic",
+        "tiny-llama-rope-llama3",
+        "tiny-llama-rope-yarn",
+        "tiny-mistral",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-gemma2",
+        "tiny-phi3",
+        "tiny-phi3-longrope",
+    ] {
+        let (dir, exp) = fixture(name);
+        let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let mut config: Value = serde_json::from_str(&text).unwrap();
+        let obj = config.as_object_mut().unwrap();
+        let mut rope = obj
+            .remove("rope_parameters")
+            .unwrap_or_else(|| panic!("{name}: no rope_parameters"));
+        let rope = rope.as_object_mut().unwrap();
+        obj.insert("rope_theta".into(), rope.remove("rope_theta").unwrap());
+        if let Some(f) = rope.remove("partial_rotary_factor") {
+            obj.insert("partial_rotary_factor".into(), f);
+        }
+        let kind = rope.remove("rope_type").unwrap();
+        if kind != "default" {
+            rope.insert("type".into(), kind);
+            obj.insert("rope_scaling".into(), Value::Object(rope.clone()));
+        }
+        if let Some(d) = obj.remove("dtype") {
+            obj.insert("torch_dtype".into(), d);
+        }
+        let legacy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), legacy.path().join(entry.file_name())).unwrap();
+            }
+        }
+        std::fs::write(legacy.path().join("config.json"), config.to_string()).unwrap();
+        let ids = matrix(&u32s(&exp["logits"]["input_ids"])[..1]);
+        let logits = |reference: &std::path::Path| {
+            AutoModelForCausalLM::from_pretrained(reference.to_str().unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .model
+                .forward(CausalLmInputs::ids(&ids), None, LogitsMode::All)
+                .unwrap()
+        };
+        let d = (logits(&dir) - logits(legacy.path()))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{name}: the 4.x form gives other logits ({d})");
+        let model = AutoModelForCausalLM::from_pretrained(legacy.path().to_str().unwrap()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        model.save_pretrained(out.path()).unwrap();
+        let saved: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+                .unwrap();
+        let original: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            saved["rope_parameters"], original["rope_parameters"],
+            "{name}: saved rope_parameters"
+        );
+        for key in [
+            "rope_theta",
+            "rope_scaling",
+            "partial_rotary_factor",
+            "torch_dtype",
+        ] {
+            assert!(saved.get(key).is_none(), "{name}: saved `{key}`");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 11);
+}

@@ -5,12 +5,12 @@
 //! cargo run --example save_pretrained -- HEAD SRC DST
 //! python tools/golden/check_rust_save.py SRC DST   # Python loads DST, compares outputs
 //! ```
-//! HEAD is one of base, seqcls, tokcls, qa, mlm.
+//! HEAD is one of base, seqcls, tokcls, qa, mlm, causal.
 
 use std::path::Path;
 
 use rustformers::{
-    AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+    AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
 };
 
@@ -18,7 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [head, src, dst] = args.as_slice() else {
         return Err(
-            "usage: save_pretrained HEAD SRC DST (HEAD: base, seqcls, tokcls, qa, mlm)".into(),
+            "usage: save_pretrained HEAD SRC DST (HEAD: base, seqcls, tokcls, qa, mlm, causal)"
+                .into(),
         );
     };
     let dst = Path::new(dst);
@@ -30,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tokcls" => AutoModelForTokenClassification::from_pretrained(src)?.save_pretrained(dst)?,
         "qa" => AutoModelForQuestionAnswering::from_pretrained(src)?.save_pretrained(dst)?,
         "mlm" => AutoModelForMaskedLM::from_pretrained(src)?.save_pretrained(dst)?,
+        "causal" => AutoModelForCausalLM::from_pretrained(src)?.save_pretrained(dst)?,
         other => return Err(format!("unknown head `{other}`").into()),
     }
     AutoTokenizer::from_pretrained(src)?.save_pretrained(dst)?;

@@ -47,8 +47,8 @@ fn d_eps() -> f64 {
 fn d_true() -> bool {
     true
 }
-fn d_query_pre_attn_scalar() -> f64 {
-    256.0
+fn d_query_pre_attn_scalar() -> usize {
+    256
 }
 fn d_window() -> Option<usize> {
     Some(4096)
@@ -103,8 +103,9 @@ pub struct Gemma2Config {
     #[serde(default)]
     pub attention_dropout: f64,
     /// Attention scores are scaled by `query_pre_attn_scalar ** -0.5` (not `head_dim`'s).
+    /// An int, as 5.x's strict `Gemma2Config` types it (it refuses 256.0).
     #[serde(default = "d_query_pre_attn_scalar")]
-    pub query_pre_attn_scalar: f64,
+    pub query_pre_attn_scalar: usize,
     /// The window of the even-numbered layers (the odd ones attend globally).
     #[serde(default = "d_window")]
     pub sliding_window: Option<usize>,
@@ -221,7 +222,7 @@ impl Gemma2Config {
                 "sliding_window must be positive (or null for none)".into()
             ));
         }
-        if !self.query_pre_attn_scalar.is_finite() || self.query_pre_attn_scalar <= 0.0 {
+        if self.query_pre_attn_scalar == 0 {
             return Err(err("query_pre_attn_scalar must be positive".into()));
         }
         for (name, cap) in [

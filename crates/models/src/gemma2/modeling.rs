@@ -103,7 +103,7 @@ impl Gemma2Attention {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
-            scaling: c.query_pre_attn_scalar.powf(-0.5),
+            scaling: (c.query_pre_attn_scalar as f64).powf(-0.5),
             attn_logit_softcapping: c.attn_logit_softcapping,
         })
     }
