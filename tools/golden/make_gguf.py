@@ -5,6 +5,11 @@ Writes tests/fixtures/gguf/
     tiny-llama-{q8_0,q4_0,q4_1,q5_0,q5_1}.gguf  tiny-llama in block formats (gguf-py quantizes)
     tiny-llama-spm.gguf                      tiny-llama, f16 matrices, sentencepiece-style
                                              tokenizer (tokenizer.ggml.model = "llama")
+    tiny-llama-rope-{llama3,yarn}.gguf       f32 copies of tiny-llama-rope-{llama3,yarn} with their
+                                             RoPE scaling as llama.cpp's converter writes it (llama3:
+                                             a rope_freqs.weight tensor; yarn: rope.scaling.* keys);
+                                             no expected.json entry (transformers' GGUF loader reads
+                                             neither), the reference is the HF fixture's own logits
     expected.json                            last-position logits and greedy ids per file,
                                              ids / decodes of ~50 strings for the spm tokenizer
 
@@ -16,7 +21,7 @@ as attn_qkv / ffn_up, no output.weight where the HF model ties its head, 1-D ten
 (norms, biases) always f32, block formats only for matrices whose rows are whole blocks
 (as llama.cpp's quantize falls back otherwise). `rope.freq_base` is the fixture's
 `config.json["rope_parameters"]["rope_theta"]` (transformers 5.x configs keep no top-level
-rope_theta); only rope_type "default" is representable here.
+rope_theta); rope_type "default" only, except in the --rope files (see rope_scaling()).
 
 The reference is transformers 5.25.0's own GGUF loading, `from_pretrained(dir, gguf_file=name)`
 (its legacy loader for these architectures: gguf-py dequantizes every tensor to float32).
@@ -27,12 +32,15 @@ what 5.25 had and what was used (see meta.notes).
 
 Usage:  python tools/golden/make_gguf.py           # every file and expected.json
         python tools/golden/make_gguf.py --qwen3   # tiny-qwen3.gguf and its expected.json entry only
+        python tools/golden/make_gguf.py --rope    # tiny-llama-rope-{llama3,yarn}.gguf only (checked
+                                                   # against the HF fixtures' logits; expected.json untouched)
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -105,14 +113,69 @@ def load_hf(family: str):
     return folder, config, tensors
 
 
-def rope_theta(config: dict) -> float:
+def rope_theta(config: dict, scaled: bool = False) -> float:
     """The RoPE base of a 5.x config.json: `rope_parameters.rope_theta` (no top-level rope_theta)."""
     rope = config.get("rope_parameters")
     if not isinstance(rope, dict) or "rope_theta" not in rope:
         sys.exit(f"{config.get('model_type')}: config.json has no rope_parameters.rope_theta; "
                  "rebuild the tiny decoders with make_decoders.py (transformers 5.x) first")
-    assert rope.get("rope_type", "default") == "default", rope  # GGUF rope scaling is not written here
+    if not scaled:
+        assert rope.get("rope_type", "default") == "default", rope  # scaling only via rope_scaling()
     return float(rope["rope_theta"])
+
+
+def llama3_rope_factors(config: dict) -> np.ndarray:
+    """rope_freqs.weight as llama.cpp's convert_hf_to_gguf.py LlamaModel.generate_extra_tensors computes
+    it (same float32 torch arithmetic): one divisor per rotary pair, llama.cpp rotates pair i by
+    pos * base^(-2i/d) / rope_freqs[i]. The converter takes `original_max_position_embeddings` from the
+    top level of the config (`self.hparams.get(..., 8192)`), where HF configs never have it, so it always
+    uses 8192 (right for every Llama 3.x checkpoint, whose value that is); here it is read from
+    rope_parameters, as HF's _compute_llama3_parameters does (the tiny fixture's 128)."""
+    rope = config["rope_parameters"]
+    base = rope.get("rope_theta", 10000.0)
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+
+    factor = rope.get("factor", 8.0)
+    low_freq_factor = rope.get("low_freq_factor", 1.0)
+    high_freq_factor = rope.get("high_freq_factor", 4.0)
+    old_context_len = rope["original_max_position_embeddings"]  # converter: hparams.get(..., 8192)
+
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    assert low_freq_wavelen != high_freq_wavelen
+
+    rope_factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            rope_factors.append(1)
+        elif wavelen > low_freq_wavelen:
+            rope_factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            rope_factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(rope_factors, dtype=torch.float32).numpy()
+
+
+def rope_scaling(config: dict) -> tuple[list, dict[str, np.ndarray]]:
+    """What llama.cpp's converter writes for the config's rope_parameters (TextModel.set_gguf_parameters,
+    LlamaModel.generate_extra_tensors): [(GGUFWriter method name, value)] and extra tensors."""
+    rope = config["rope_parameters"]
+    kind = rope.get("rope_type", "default")
+    if kind == "llama3":  # no rope.scaling.* key: the divisors are a tensor
+        return [], {"rope_freqs.weight": llama3_rope_factors(config)}
+    if kind == "linear":
+        return [("add_rope_scaling_type", "LINEAR"), ("add_rope_scaling_factor", rope["factor"])], {}
+    if kind == "yarn":
+        kv = [("add_rope_scaling_type", "YARN"), ("add_rope_scaling_factor", rope["factor"]),
+              ("add_rope_scaling_orig_ctx_len", rope["original_max_position_embeddings"])]
+        optional = [("add_rope_scaling_yarn_ext_factor", rope.get("extrapolation_factor")),
+                    ("add_rope_scaling_yarn_attn_factor", rope.get("attention_factor", rope.get("attn_factor"))),
+                    ("add_rope_scaling_yarn_beta_fast", rope.get("beta_fast")),
+                    ("add_rope_scaling_yarn_beta_slow", rope.get("beta_slow"))]
+        return kv + [(method, value) for method, value in optional if value is not None], {}
+    raise ValueError(f"rope_type {kind!r} is not written here")
 
 
 def gguf_tensors(arch: str, config: dict, tensors: dict) -> dict[str, np.ndarray]:
@@ -148,7 +211,8 @@ def gpt2_vocab(folder: Path):
     return tokens, types, merges
 
 
-def write_gguf(path: Path, arch: str, config: dict, tensors: dict, qtype: str, vocab: dict) -> None:
+def write_gguf(path: Path, arch: str, config: dict, tensors: dict, qtype: str, vocab: dict,
+               rope_kv: list | None = None) -> None:
     import gguf
     from gguf.quants import quantize
 
@@ -165,10 +229,12 @@ def write_gguf(path: Path, arch: str, config: dict, tensors: dict, qtype: str, v
     w.add_head_count_kv(config["num_key_value_heads"])
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     if arch != "gemma2":
-        w.add_rope_freq_base(rope_theta(config))
+        w.add_rope_freq_base(rope_theta(config, scaled=rope_kv is not None))
     else:
         # llama.cpp's Gemma2Model writes no rope.freq_base (it uses 10000)
         assert rope_theta(config) == 10000.0, rope_theta(config)
+    for method, value in rope_kv or []:  # rope.scaling.* (the --rope files)
+        getattr(w, method)(getattr(gguf.RopeScalingType, value) if method == "add_rope_scaling_type" else value)
     if arch in ("llama", "phi3"):
         w.add_rope_dimension_count(head_dim)
     if arch == "llama":
@@ -422,6 +488,113 @@ def families_entries(families: list[str]) -> dict:
     return files
 
 
+ROPE_FIXTURES = ["tiny-llama-rope-llama3", "tiny-llama-rope-yarn"]
+
+
+def llamacpp_logits(path: Path, ids: list[int], positions: list[int]) -> np.ndarray:
+    """Logits of a llama-arch GGUF file for one unpadded sequence, computed in float64 the way llama.cpp
+    does: the file's tensors as stored (q/k rows permuted, so RoPE rotates adjacent pairs, ggml's
+    normal mode) and its RoPE as ggml_rope_ext applies it (rope_freqs divisors, YaRN ramp over
+    ggml_rope_yarn_corr_dims, mscale 1 + 0.1 ln(factor)) from the file's rope.* keys."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    meta = gguf_metadata(path)
+    t = {x.name: np.asarray(x.data, dtype=np.float64) for x in reader.tensors}
+    a = meta["general.architecture"]
+    n_layer, n_head = meta[f"{a}.block_count"], meta[f"{a}.attention.head_count"]
+    n_kv, eps = meta[f"{a}.attention.head_count_kv"], meta[f"{a}.attention.layer_norm_rms_epsilon"]
+    n_rot, base = meta[f"{a}.rope.dimension_count"], meta[f"{a}.rope.freq_base"]
+    kind = meta.get(f"{a}.rope.scaling.type", "linear")  # llama.cpp's default when absent
+    factor = meta.get(f"{a}.rope.scaling.factor", 0.0)
+    freq_scale = 1.0 if factor == 0.0 or kind == "none" else 1.0 / factor
+    n_ctx_orig = meta.get(f"{a}.rope.scaling.original_context_length", meta[f"{a}.context_length"])
+    ext_factor = 1.0 if kind == "yarn" else 0.0
+    beta_fast, beta_slow = 32.0, 1.0  # llama_hparams defaults (llama arch reads no yarn_beta_* key)
+    ff = t.get("rope_freqs.weight", np.ones(n_rot // 2))
+
+    def corr_dim(n_rotations: float) -> float:
+        return n_rot * math.log(n_ctx_orig / (n_rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(0.0, math.floor(corr_dim(beta_fast)))
+    high = min(n_rot - 1.0, math.ceil(corr_dim(beta_slow)))
+    i = np.arange(n_rot // 2)
+    ramp = (1 - np.clip((i - low) / max(0.001, high - low), 0, 1)) * ext_factor
+    mscale = 1 + 0.1 * math.log(1 / freq_scale) if ext_factor != 0 else 1.0
+    theta_extrap = np.asarray(positions, dtype=np.float64)[:, None] * base ** (-2.0 * i / n_rot) / ff
+    theta = freq_scale * theta_extrap * (1 - ramp) + theta_extrap * ramp
+    cos, sin = np.cos(theta) * mscale, np.sin(theta) * mscale  # [T, n_rot/2]
+
+    def rope(x: np.ndarray) -> np.ndarray:  # [T, heads, head_dim], adjacent pairs
+        x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out = x.copy()
+        out[..., 0:n_rot:2] = x0 * cos[:, None] - x1 * sin[:, None]
+        out[..., 1:n_rot:2] = x0 * sin[:, None] + x1 * cos[:, None]
+        return out
+
+    def norm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+    h = t["token_embd.weight"][ids]
+    n = len(ids)
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    for layer in range(n_layer):
+        w = {k.split(".", 2)[2]: v for k, v in t.items() if k.startswith(f"blk.{layer}.")}
+        x = norm(h, w["attn_norm.weight"])
+        q = rope((x @ w["attn_q.weight"].T).reshape(n, n_head, -1))
+        k = rope((x @ w["attn_k.weight"].T).reshape(n, n_kv, -1))
+        v = (x @ w["attn_v.weight"].T).reshape(n, n_kv, -1)
+        k, v = np.repeat(k, n_head // n_kv, axis=1), np.repeat(v, n_head // n_kv, axis=1)
+        scores = np.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1]) + mask
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        h = h + np.einsum("hqk,khd->qhd", p, v).reshape(n, -1) @ w["attn_output.weight"].T
+        x = norm(h, w["ffn_norm.weight"])
+        g = x @ w["ffn_gate.weight"].T
+        h = h + (g / (1 + np.exp(-g)) * (x @ w["ffn_up.weight"].T)) @ w["ffn_down.weight"].T
+    h = norm(h, t["output_norm.weight"])
+    return h @ t.get("output.weight", t["token_embd.weight"]).T
+
+
+def check_against_hf(path: Path, folder: Path) -> float:
+    """Largest |difference| between llamacpp_logits() of the file and the HF fixture's recorded logits
+    (expected.json `logits`: every 16th vocab entry and the logsumexp at each real position)."""
+    rec = json.loads((folder / "expected.json").read_text())["logits"]
+    stride, worst = rec["logits_stride"], 0.0
+    for b, (ids, mask, pos) in enumerate(zip(rec["input_ids"], rec["attention_mask"], rec["position_ids"])):
+        real = [t for t, m in enumerate(mask) if m]
+        logits = llamacpp_logits(path, [ids[t] for t in real], [pos[t] for t in real])
+        for row, t in zip(logits, real):
+            worst = max(worst, float(np.abs(row[::stride] - np.asarray(rec["logits_strided"][b][t])).max()))
+            lse = row.max() + math.log(np.exp(row - row.max()).sum())
+            worst = max(worst, abs(lse - rec["logits_logsumexp"][b][t]))
+    return worst
+
+
+def rope_files() -> None:
+    """tiny-llama-rope-{llama3,yarn}.gguf: written like tiny-llama.gguf (F32, q/k permuted, gpt2 vocab)
+    plus the RoPE scaling as llama.cpp's converter encodes it; no expected.json entry."""
+    from safetensors.numpy import load_file
+
+    for fixture in ROPE_FIXTURES:
+        folder = FIXTURES / fixture
+        config = json.loads((folder / "config.json").read_text())
+        tensors = load_file(str(folder / "model.safetensors"))
+        tokens, types, merges = gpt2_vocab(folder)
+        vocab = {"model": "gpt2", "tokens": tokens, "types": types, "merges": merges,
+                 "bos": config.get("bos_token_id"), "eos": config.get("eos_token_id"),
+                 "pad": config.get("pad_token_id"), "add_bos": False}
+        rope_kv, extra = rope_scaling(config)
+        # the converter yields generate_extra_tensors() before the checkpoint's tensors
+        gt = {**extra, **gguf_tensors("llama", config, tensors)}
+        path = OUT / f"{fixture}.gguf"
+        write_gguf(path, "llama", config, gt, "F32", vocab, rope_kv=rope_kv)
+        worst = check_against_hf(path, folder)
+        print(f"{path.name}: rope {rope_kv or list(extra)}; llama.cpp-style logits vs "
+              f"{fixture}/expected.json: max |diff| {worst:.3g}")
+        assert worst <= 1e-4, (path.name, worst)
+
+
 def main(only_qwen3: bool) -> None:
     common.setup()
     import transformers
@@ -440,6 +613,7 @@ def main(only_qwen3: bool) -> None:
         files.update(families_entries(["qwen3"]))
     else:
         files = families_entries(FAMILIES)
+        rope_files()
     out = {
         "meta": common.meta(SCRIPT, huggingface_hub=huggingface_hub.__version__,
                             gguf=importlib.metadata.version("gguf"),
@@ -452,6 +626,11 @@ def main(only_qwen3: bool) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] not in ([], ["--qwen3"]):
+    if sys.argv[1:] not in ([], ["--qwen3"], ["--rope"]):
         sys.exit(__doc__)
-    main(only_qwen3=sys.argv[1:] == ["--qwen3"])
+    if sys.argv[1:] == ["--rope"]:
+        common.setup()
+        OUT.mkdir(parents=True, exist_ok=True)
+        rope_files()
+    else:
+        main(only_qwen3=sys.argv[1:] == ["--qwen3"])

@@ -415,6 +415,13 @@ impl GgufFile {
             if arch == "qwen2" {
                 o.insert("attention_bias".into(), json!(true));
             }
+            if let Some(scaling) = self.rope_scaling_json(&a, need("context_length")?)? {
+                // Phi-3 reads its pretraining length at the top level (it wins there).
+                if let Some(orig) = scaling.get("original_max_position_embeddings") {
+                    o.insert("original_max_position_embeddings".into(), orig.clone());
+                }
+                o.insert("rope_scaling".into(), scaling);
+            }
             if let Some(w) = self.meta_usize(&a("attention.sliding_window")) {
                 o.insert("sliding_window".into(), json!(w));
             }
@@ -442,6 +449,100 @@ impl GgufFile {
             }
         }
         Ok(c)
+    }
+
+    /// llama.cpp's RoPE scaling as config.json's `rope_scaling`: per-frequency divisors in
+    /// `rope_freqs.weight` (Llama 3.1+'s llama3 scaling, baked in by the converter: a
+    /// frequency `base^(-2i/d) / rope_freqs[i]`, which is longrope's formula with equal
+    /// short and long factors and no attention factor), or `rope.scaling.type` linear /
+    /// yarn with its factor and original context. Any other type is refused by name.
+    fn rope_scaling_json(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        context: usize,
+    ) -> Result<Option<serde_json::Value>> {
+        let kind = self.meta_str(&key("rope.scaling.type")).unwrap_or("none");
+        let f64s = |name: &str| -> Result<Vec<f64>> {
+            self.qtensor(name, &Device::Cpu)?
+                .dequantize(&Device::Cpu)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_dtype(DType::F64))
+                .and_then(|t| t.to_vec1::<f64>())
+                .map_err(|e| bad(&self.path, format!("{name}: {e}")))
+        };
+        let has = |name: &str| self.content.tensor_infos.contains_key(name);
+        // Phi-3's longrope: both factor lists as tensors.
+        if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
+            let original = self
+                .meta_usize(&key("rope.scaling.original_context_length"))
+                .unwrap_or(context);
+            let mut l = json!({
+                "rope_type": "longrope",
+                "short_factor": f64s("rope_factors_short.weight")?,
+                "long_factor": f64s("rope_factors_long.weight")?,
+                "original_max_position_embeddings": original,
+            });
+            if let (Some(a), Some(o)) = (
+                self.meta_f64(&key("rope.scaling.attn_factor")),
+                l.as_object_mut(),
+            ) {
+                o.insert("attention_factor".into(), json!(a));
+            }
+            return Ok(Some(l));
+        }
+        if has("rope_freqs.weight") {
+            if kind != "none" {
+                return Err(bad(
+                    &self.path,
+                    format!("both rope_freqs.weight and rope.scaling.type `{kind}`"),
+                ));
+            }
+            let t = f64s("rope_freqs.weight")?;
+            return Ok(Some(json!({
+                "rope_type": "longrope",
+                "short_factor": t,
+                "long_factor": t,
+                "attention_factor": 1.0,
+                "original_max_position_embeddings": context,
+            })));
+        }
+        let factor = || {
+            self.meta_f64(&key("rope.scaling.factor")).ok_or_else(|| {
+                bad(
+                    &self.path,
+                    format!("rope.scaling.type `{kind}` without rope.scaling.factor"),
+                )
+            })
+        };
+        Ok(match kind {
+            "none" => None,
+            "linear" => Some(json!({"rope_type": "linear", "factor": factor()?})),
+            "yarn" => {
+                let mut y = json!({
+                    "rope_type": "yarn",
+                    "factor": factor()?,
+                    "original_max_position_embeddings": self
+                        .meta_usize(&key("rope.scaling.original_context_length"))
+                        .unwrap_or(context),
+                });
+                for (gguf, hf) in [
+                    ("rope.scaling.yarn_beta_fast", "beta_fast"),
+                    ("rope.scaling.yarn_beta_slow", "beta_slow"),
+                ] {
+                    if let (Some(v), Some(o)) = (self.meta_f64(&key(gguf)), y.as_object_mut()) {
+                        o.insert(hf.into(), json!(v));
+                    }
+                }
+                Some(y)
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "{}: rope.scaling.type `{other}` is not implemented (linear, yarn, and \
+                     rope_freqs.weight are)",
+                    self.path.display()
+                )))
+            }
+        })
     }
 
     fn tensor_dims(&self, name: &str) -> Option<Vec<usize>> {

@@ -408,15 +408,31 @@ fn bf16_on_cpu_runs_close_to_f32() {
     }
 }
 
-/// A Qwen3 GGUF file (tools/golden/make_gguf.py --qwen3: the tiny-qwen3 weights written
+/// A Qwen3 GGUF file (tools/golden/make_gguf.py: the tiny-qwen3 weights written
 /// losslessly in f32, with q/k norms as attn_q_norm / attn_k_norm and the head size as
-/// attention.key_length) gives the logits Python (4.51.3) recorded for the HF checkpoint,
-/// and cached decoding equals the full forward.
+/// attention.key_length) gives the logits Python recorded for the HF checkpoint, and
+/// cached decoding equals the full forward.
 #[test]
 fn qwen3_gguf_matches_python() {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/tiny-qwen3.gguf");
     check_logits_of(path.to_str().unwrap(), "tiny-qwen3", true);
+}
+
+/// RoPE scaling as llama.cpp's converter writes it (make_gguf.py --rope): llama3 scaling
+/// baked into `rope_freqs.weight`, and yarn as `rope.scaling.*` metadata. Each file gives
+/// the logits Python recorded for its HF checkpoint (tiny-llama-rope-llama3 / -yarn).
+#[test]
+fn gguf_rope_scaling_matches_python() {
+    for (file, hf) in [
+        ("tiny-llama-rope-llama3.gguf", "tiny-llama-rope-llama3"),
+        ("tiny-llama-rope-yarn.gguf", "tiny-llama-rope-yarn"),
+    ] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/gguf")
+            .join(file);
+        check_logits_of(path.to_str().unwrap(), hf, true);
+    }
 }
 
 /// Every 5.x fixture written in the 4.x form (`rope_theta`, `rope_scaling` with the
