@@ -95,6 +95,15 @@ impl RopeParameters {
     }
 }
 
+/// The attention window of each layer: `window` on `sliding_attention` layers, none on
+/// the others.
+pub fn sliding_windows(layer_types: &[String], window: Option<usize>) -> Vec<Option<usize>> {
+    layer_types
+        .iter()
+        .map(|t| window.filter(|_| t == "sliding_attention"))
+        .collect()
+}
+
 /// More layers than any model has: a config asking for them is refused before a
 /// per-layer list is allocated.
 pub const MAX_LAYERS: usize = 100_000;
@@ -252,6 +261,37 @@ impl RopeKeys {
                 })
             }
         }
+    }
+
+    /// For the families with one rotary table over whole heads (Llama, Mistral, Qwen2,
+    /// Qwen3, Gemma2; `default_theta` 10000): [`Self::uniform`], refusing a partial
+    /// rotary factor ([`RopeParameters::refuse_partial_rotary`]).
+    pub fn whole_head(
+        &self,
+        family: &str,
+        max_position_embeddings: usize,
+        layer_types: Option<&[String]>,
+    ) -> Result<RopeParameters> {
+        let p = self.uniform(&RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings,
+            layer_types,
+        })?;
+        p.refuse_partial_rotary(family)?;
+        Ok(p)
+    }
+
+    /// [`Self::to_saved_form`] with `default_theta` 10000.
+    pub fn saved(
+        &self,
+        max_position_embeddings: usize,
+        layer_types: Option<&[String]>,
+    ) -> Result<RopeKeys> {
+        self.to_saved_form(&RopeContext {
+            default_theta: 10000.0,
+            max_position_embeddings,
+            layer_types,
+        })
     }
 
     /// Resolves the keys as Python 5.25 does.

@@ -227,6 +227,29 @@ pub(super) fn cpu_dtype(opts: &LoadOptions) -> (DType, bool) {
 
 pub(super) type Ctor<T> = fn(Weights, &ModelConfig) -> candle_core::Result<Box<T>>;
 
+/// The row of `table` for `config`'s model type; an error naming the task and the model
+/// types it knows otherwise.
+pub(super) fn find_entry<'t, T: ?Sized>(
+    task: &str,
+    table: &'t [Entry<T>],
+    config: &ModelConfig,
+) -> Result<&'t Entry<T>> {
+    table
+        .iter()
+        .find(|e| e.model_type == config.model_type())
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{task} has no implementation for model_type `{}`; known for this task: {}",
+                config.model_type(),
+                table
+                    .iter()
+                    .map(|e| e.model_type)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
 /// One row of a task table: model_type, Python class name, constructor.
 pub(super) struct Entry<T: ?Sized + 'static> {
     pub(super) model_type: &'static str,
@@ -292,20 +315,7 @@ pub(super) fn load_mode<T: ?Sized + 'static>(
         }
         config.base_mut().set_labels(labels);
     }
-    let entry = table
-        .iter()
-        .find(|e| e.model_type == config.model_type())
-        .ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{task} has no implementation for model_type `{}`; known for this task: {}",
-                config.model_type(),
-                table
-                    .iter()
-                    .map(|e| e.model_type)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+    let entry = find_entry(task, table, &config)?;
     build(
         entry.ctor,
         entry.architecture,

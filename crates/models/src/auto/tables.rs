@@ -207,44 +207,19 @@ auto_class!(
 /// `AutoConfig`.
 pub type AutoConfig = ModelConfig;
 
-type CausalCtor = fn(Weights, &ModelConfig) -> candle_core::Result<Box<dyn CausalLanguageModel>>;
-
-/// One row of the causal-LM table: model_type, Python class name, constructor.
-struct CausalEntry {
-    model_type: &'static str,
-    architecture: &'static str,
-    ctor: CausalCtor,
-}
-
-static CAUSAL_LM: &[CausalEntry] = &[
-    entry!(CausalEntry, "llama", "LlamaForCausalLM", Llama => llama::LlamaForCausalLM),
-    entry!(CausalEntry, "mistral", "MistralForCausalLM", Mistral => mistral::MistralForCausalLM),
-    entry!(CausalEntry, "qwen2", "Qwen2ForCausalLM", Qwen2 => qwen2::Qwen2ForCausalLM),
-    entry!(CausalEntry, "qwen3", "Qwen3ForCausalLM", Qwen3 => qwen3::Qwen3ForCausalLM),
-    entry!(CausalEntry, "gemma2", "Gemma2ForCausalLM", Gemma2 => gemma2::Gemma2ForCausalLM),
-    entry!(CausalEntry, "phi3", "Phi3ForCausalLM", Phi3 => phi3::Phi3ForCausalLM),
-    entry!(CausalEntry, "gpt2", "GPT2LMHeadModel", Gpt2 => gpt2::Gpt2LMHeadModel),
+/// `AutoModelForCausalLM`'s table.
+static CAUSAL_LM: &[Entry<dyn CausalLanguageModel>] = &[
+    entry!(Entry, "llama", "LlamaForCausalLM", Llama => llama::LlamaForCausalLM),
+    entry!(Entry, "mistral", "MistralForCausalLM", Mistral => mistral::MistralForCausalLM),
+    entry!(Entry, "qwen2", "Qwen2ForCausalLM", Qwen2 => qwen2::Qwen2ForCausalLM),
+    entry!(Entry, "qwen3", "Qwen3ForCausalLM", Qwen3 => qwen3::Qwen3ForCausalLM),
+    entry!(Entry, "gemma2", "Gemma2ForCausalLM", Gemma2 => gemma2::Gemma2ForCausalLM),
+    entry!(Entry, "phi3", "Phi3ForCausalLM", Phi3 => phi3::Phi3ForCausalLM),
+    entry!(Entry, "gpt2", "GPT2LMHeadModel", Gpt2 => gpt2::Gpt2LMHeadModel),
 ];
 
 /// `AutoModelForCausalLM`: decoder-only language models.
 pub struct AutoModelForCausalLM;
-
-fn causal_entry(config: &ModelConfig) -> Result<&'static CausalEntry> {
-    CAUSAL_LM
-        .iter()
-        .find(|e| e.model_type == config.model_type())
-        .ok_or_else(|| {
-            Error::Unsupported(format!(
-                "AutoModelForCausalLM has no implementation for model_type `{}`; known: {}",
-                config.model_type(),
-                CAUSAL_LM
-                    .iter()
-                    .map(|e| e.model_type)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
-}
 
 impl AutoModelForCausalLM {
     /// Loads a model reference (folder, file or Hub id) with default options.
@@ -273,7 +248,7 @@ impl AutoModelForCausalLM {
             // llama.cpp stores llama's q/k rows permuted for interleaved rotary.
             c.rope_interleaved = true;
         }
-        let entry = causal_entry(&config)?;
+        let entry = find_entry("AutoModelForCausalLM", CAUSAL_LM, &config)?;
         let (load_dtype, bf16_linears) = cpu_dtype(opts);
         let mut weights =
             crate::gguf::gguf_weights(&g, opts.dtype.map(|_| load_dtype), &opts.device)?;
@@ -332,7 +307,7 @@ impl AutoModelForCausalLM {
             Some(_) => None,
         };
         let (files, config) = base_of(files, adapter.as_ref())?;
-        let entry = causal_entry(&config)?;
+        let entry = find_entry("AutoModelForCausalLM", CAUSAL_LM, &config)?;
         build(
             entry.ctor,
             entry.architecture,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
-use rustformers_core::rope_parameters::{layer_types, RopeContext, RopeKeys, RopeParameters};
+use rustformers_core::rope_parameters::{layer_types, sliding_windows, RopeKeys, RopeParameters};
 use rustformers_core::{Error, PretrainedConfig, Result};
 
 fn d_vocab() -> usize {
@@ -152,33 +152,22 @@ impl Gemma2Config {
 
     /// The attention window of each layer: `sliding_window` on `sliding_attention` layers.
     pub fn layer_sliding_windows(&self) -> Result<Vec<Option<usize>>> {
-        Ok(self
-            .layer_types()?
-            .iter()
-            .map(|t| self.sliding_window.filter(|_| t == "sliding_attention"))
-            .collect())
+        Ok(sliding_windows(&self.layer_types()?, self.sliding_window))
     }
     /// The resolved RoPE parameters (one set for every layer).
     pub fn rope(&self) -> Result<RopeParameters> {
         let types = self.layer_types()?;
-        let p = self.rope.uniform(&self.rope_context(Some(&types)))?;
-        p.refuse_partial_rotary("Gemma2")?;
-        Ok(p)
-    }
-
-    fn rope_context<'a>(&self, layer_types: Option<&'a [String]>) -> RopeContext<'a> {
-        RopeContext {
-            default_theta: 10000.0,
-            max_position_embeddings: self.max_position_embeddings,
-            layer_types,
-        }
+        self.rope
+            .whole_head("Gemma2", self.max_position_embeddings, Some(&types))
     }
 
     /// This config as transformers 5.x saves it (`rope_parameters`, `layer_types`).
     pub fn saved_form(&self) -> Result<Self> {
         let mut c = self.clone();
         let types = self.layer_types()?;
-        c.rope = self.rope.to_saved_form(&self.rope_context(Some(&types)))?;
+        c.rope = self
+            .rope
+            .saved(self.max_position_embeddings, Some(&types))?;
         c.layer_types = Some(types);
         Ok(c)
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use rustformers_core::config::KeyPolicy;
 use rustformers_core::layers::Activation;
-use rustformers_core::rope_parameters::{RopeContext, RopeKeys, RopeParameters};
+use rustformers_core::rope_parameters::{RopeKeys, RopeParameters};
 use rustformers_core::{Error, PretrainedConfig, Result};
 
 fn d_vocab() -> usize {
@@ -120,24 +120,15 @@ impl MistralConfig {
 
     /// The resolved RoPE parameters (one set for every layer).
     pub fn rope(&self) -> Result<RopeParameters> {
-        let p = self.rope.uniform(&self.rope_context())?;
-        p.refuse_partial_rotary("Mistral")?;
-        Ok(p)
-    }
-
-    fn rope_context(&self) -> RopeContext<'static> {
-        RopeContext {
-            default_theta: 10000.0,
-            max_position_embeddings: self.max_position_embeddings,
-            layer_types: None,
-        }
+        self.rope
+            .whole_head("Mistral", self.max_position_embeddings, None)
     }
 
     /// This config as transformers 5.x saves it (`rope_parameters`; `head_dim` and
     /// `num_key_value_heads` as derived).
     pub fn saved_form(&self) -> Result<Self> {
         let mut c = self.clone();
-        c.rope = self.rope.to_saved_form(&self.rope_context())?;
+        c.rope = self.rope.saved(self.max_position_embeddings, None)?;
         c.head_dim = Some(self.head_dim());
         c.num_key_value_heads = Some(self.num_key_value_heads());
         Ok(c)
