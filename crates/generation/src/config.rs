@@ -210,12 +210,20 @@ impl GenerationConfig {
                 .filter(|(k, v)| !v.is_null() && known.contains(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            return Self::default()
+            let mut cfg = Self::default()
                 .with_overrides(&options)
                 .map_err(|e| Error::Config {
                     path: p.display().to_string(),
                     message: format!("generation options: {e}"),
-                });
+                })?;
+            // Options that change the tokens but are not implemented: kept, so that
+            // `validate` refuses them by name.
+            for (key, _) in REFUSED_KEYS {
+                if let Some(v) = raw.get(*key).filter(|v| !v.is_null()) {
+                    cfg.extra.insert(key.to_string(), v.clone());
+                }
+            }
+            return Ok(cfg);
         }
         let to_ids = |v: &Option<Value>| -> Option<TokenIds> {
             v.as_ref()
@@ -377,9 +385,128 @@ impl GenerationConfig {
                 return bad("stop_strings cannot contain an empty string".into());
             }
         }
+        for (key, noop) in REFUSED_KEYS {
+            let Some(v) = self.extra.get(*key).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let harmless = noop.is_some_and(|n| {
+                serde_json::from_str::<Value>(n).is_ok_and(|n| match (n.as_f64(), v.as_f64()) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => n == *v,
+                })
+            });
+            if !harmless {
+                return bad(format!(
+                    "generation option `{key}` = {v} is not implemented (it would change the \
+                     tokens); remove it from generation_config.json or the call"
+                ));
+            }
+        }
         Ok(())
     }
 }
+
+/// Keys of Python's `GenerationConfig` (5.25) without a typed field here that cannot
+/// change the tokens generated (speed, extra outputs, assisted decoding, encoder-decoder
+/// models).
+pub const INERT_KEYS: &[(&str, &str)] = &[
+    ("transformers_version", "the version that wrote the file"),
+    (
+        "_from_model_config",
+        "a marker of how Python built the config",
+    ),
+    ("use_cache", "whether a KV cache is kept: the same tokens"),
+    (
+        "cache_implementation",
+        "the kind of KV cache: the same tokens",
+    ),
+    ("cache_config", "the KV cache's settings: the same tokens"),
+    ("max_cache_len", "the KV cache's size: the same tokens"),
+    ("compile_config", "torch.compile settings"),
+    ("disable_compile", "torch.compile settings"),
+    ("output_attentions", "extra outputs"),
+    ("output_hidden_states", "extra outputs"),
+    ("output_scores", "extra outputs"),
+    ("output_logits", "extra outputs"),
+    ("return_dict_in_generate", "the container of the outputs"),
+    (
+        "is_assistant",
+        "assisted decoding (an assistant model is passed to generate)",
+    ),
+    (
+        "num_assistant_tokens",
+        "assisted decoding: greedy tokens do not change",
+    ),
+    (
+        "num_assistant_tokens_schedule",
+        "assisted decoding: greedy tokens do not change",
+    ),
+    (
+        "assistant_confidence_threshold",
+        "assisted decoding: greedy tokens do not change",
+    ),
+    (
+        "assistant_lookbehind",
+        "assisted decoding across tokenizers",
+    ),
+    ("target_lookbehind", "assisted decoding across tokenizers"),
+    (
+        "assistant_early_exit",
+        "assisted decoding (self-speculative)",
+    ),
+    ("assistant_ensemble_weight", "assisted decoding"),
+    (
+        "prompt_lookup_num_tokens",
+        "prompt-lookup decoding: greedy tokens do not change",
+    ),
+    (
+        "max_matching_ngram_size",
+        "prompt-lookup decoding: greedy tokens do not change",
+    ),
+    (
+        "speculation_type",
+        "speculative decoding: greedy tokens do not change",
+    ),
+    (
+        "use_mtp",
+        "multi-token-prediction speculation: greedy tokens do not change",
+    ),
+    ("prefill_chunk_size", "chunked prefill: the same tokens"),
+    (
+        "continuous_batching_config",
+        "the serving engine's settings",
+    ),
+    ("decoder_start_token_id", "encoder-decoder models only"),
+    (
+        "encoder_no_repeat_ngram_size",
+        "encoder-decoder models only (Python skips it otherwise)",
+    ),
+];
+
+/// Keys of Python's `GenerationConfig` that change the tokens and are not implemented
+/// here: refused by name unless they hold a value that does nothing (null, or the one
+/// given). `validate` checks them.
+pub const REFUSED_KEYS: &[(&str, Option<&str>)] = &[
+    ("forced_bos_token_id", None),
+    ("forced_eos_token_id", None),
+    ("exponential_decay_length_penalty", None),
+    ("encoder_repetition_penalty", Some("1.0")),
+    ("sequence_bias", None),
+    ("guidance_scale", Some("1.0")),
+    ("renormalize_logits", Some("false")),
+    ("remove_invalid_values", Some("false")),
+    ("num_beam_groups", Some("1")),
+    ("diversity_penalty", Some("0.0")),
+    ("penalty_alpha", None),
+    ("dola_layers", None),
+    ("watermarking_config", None),
+    ("token_healing", Some("false")),
+    ("constraints", None),
+    ("force_words_ids", None),
+    ("max_time", None),
+    ("top_h", None),
+    ("low_memory", Some("false")),
+];
 
 /// The keys of a model's config.json that nothing reads: neither the model (its typed
 /// fields and [`rustformers_core::config::KeyPolicy`]) nor generation (the options
