@@ -26,6 +26,44 @@ pub trait FamilyConfig {
     fn max_input_positions(&self) -> usize;
 }
 
+/// Implements [`FamilyConfig`] for a family's config (a struct with a `base` field and
+/// a `validate` method), naming how to read its hidden size, its longest input and what
+/// it saves:
+///
+/// ```ignore
+/// family_config!(LlamaConfig, hidden: |c| c.hidden_size,
+///     positions: |c| c.max_position_embeddings, saved: |c| c.saved_form()?);
+/// ```
+macro_rules! family_config {
+    ($ty:ty, hidden: |$h:ident| $hidden:expr, positions: |$p:ident| $positions:expr,
+     saved: |$s:ident| $saved:expr) => {
+        impl $crate::family::FamilyConfig for $ty {
+            fn base(&self) -> &rustformers_core::PretrainedConfig {
+                &self.base
+            }
+            fn base_mut(&mut self) -> &mut rustformers_core::PretrainedConfig {
+                &mut self.base
+            }
+            fn validate(&self) -> rustformers_core::Result<()> {
+                <$ty>::validate(self)
+            }
+            fn to_json_string(&self, nulls: &[String]) -> rustformers_core::Result<String> {
+                let $s = self;
+                rustformers_core::config::config_to_json_string_with_nulls(&$saved, nulls)
+            }
+            fn hidden_size(&self) -> usize {
+                let $h = self;
+                $hidden
+            }
+            fn max_input_positions(&self) -> usize {
+                let $p = self;
+                $positions
+            }
+        }
+    };
+}
+pub(crate) use family_config;
+
 /// A family's static facts (the part of [`Family`] that does not depend on its config
 /// type).
 #[derive(Debug)]

@@ -125,26 +125,8 @@ impl DistilBertConfig {
     }
 }
 
-impl crate::family::FamilyConfig for DistilBertConfig {
-    fn base(&self) -> &PretrainedConfig {
-        &self.base
-    }
-    fn base_mut(&mut self) -> &mut PretrainedConfig {
-        &mut self.base
-    }
-    fn validate(&self) -> Result<()> {
-        DistilBertConfig::validate(self)
-    }
-    fn to_json_string(&self, nulls: &[String]) -> Result<String> {
-        rustformers_core::config::config_to_json_string_with_nulls(self, nulls)
-    }
-    fn hidden_size(&self) -> usize {
-        self.dim
-    }
-    fn max_input_positions(&self) -> usize {
-        self.max_position_embeddings
-    }
-}
+crate::family::family_config!(DistilBertConfig, hidden: |c| c.dim,
+    positions: |c| c.max_position_embeddings, saved: |c| c.clone());
 
 #[cfg(test)]
 mod tests {

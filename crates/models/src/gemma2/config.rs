@@ -238,23 +238,5 @@ impl Gemma2Config {
     }
 }
 
-impl crate::family::FamilyConfig for Gemma2Config {
-    fn base(&self) -> &PretrainedConfig {
-        &self.base
-    }
-    fn base_mut(&mut self) -> &mut PretrainedConfig {
-        &mut self.base
-    }
-    fn validate(&self) -> Result<()> {
-        Gemma2Config::validate(self)
-    }
-    fn to_json_string(&self, nulls: &[String]) -> Result<String> {
-        rustformers_core::config::config_to_json_string_with_nulls(&self.saved_form()?, nulls)
-    }
-    fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-    fn max_input_positions(&self) -> usize {
-        self.max_position_embeddings
-    }
-}
+crate::family::family_config!(Gemma2Config, hidden: |c| c.hidden_size,
+    positions: |c| c.max_position_embeddings, saved: |c| c.saved_form()?);

@@ -177,23 +177,5 @@ impl Gpt2Config {
     }
 }
 
-impl crate::family::FamilyConfig for Gpt2Config {
-    fn base(&self) -> &PretrainedConfig {
-        &self.base
-    }
-    fn base_mut(&mut self) -> &mut PretrainedConfig {
-        &mut self.base
-    }
-    fn validate(&self) -> Result<()> {
-        Gpt2Config::validate(self)
-    }
-    fn to_json_string(&self, nulls: &[String]) -> Result<String> {
-        rustformers_core::config::config_to_json_string_with_nulls(self, nulls)
-    }
-    fn hidden_size(&self) -> usize {
-        self.n_embd
-    }
-    fn max_input_positions(&self) -> usize {
-        self.n_positions
-    }
-}
+crate::family::family_config!(Gpt2Config, hidden: |c| c.n_embd,
+    positions: |c| c.n_positions, saved: |c| c.clone());

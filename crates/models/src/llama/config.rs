@@ -179,23 +179,5 @@ impl LlamaConfig {
     }
 }
 
-impl crate::family::FamilyConfig for LlamaConfig {
-    fn base(&self) -> &PretrainedConfig {
-        &self.base
-    }
-    fn base_mut(&mut self) -> &mut PretrainedConfig {
-        &mut self.base
-    }
-    fn validate(&self) -> Result<()> {
-        LlamaConfig::validate(self)
-    }
-    fn to_json_string(&self, nulls: &[String]) -> Result<String> {
-        rustformers_core::config::config_to_json_string_with_nulls(&self.saved_form()?, nulls)
-    }
-    fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-    fn max_input_positions(&self) -> usize {
-        self.max_position_embeddings
-    }
-}
+crate::family::family_config!(LlamaConfig, hidden: |c| c.hidden_size,
+    positions: |c| c.max_position_embeddings, saved: |c| c.saved_form()?);

@@ -200,26 +200,8 @@ impl RobertaConfig {
     }
 }
 
-impl crate::family::FamilyConfig for RobertaConfig {
-    fn base(&self) -> &PretrainedConfig {
-        &self.base
-    }
-    fn base_mut(&mut self) -> &mut PretrainedConfig {
-        &mut self.base
-    }
-    fn validate(&self) -> Result<()> {
-        RobertaConfig::validate(self)
-    }
-    fn to_json_string(&self, nulls: &[String]) -> Result<String> {
-        rustformers_core::config::config_to_json_string_with_nulls(self, nulls)
-    }
-    fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-    fn max_input_positions(&self) -> usize {
-        self.max_input_tokens()
-    }
-}
+crate::family::family_config!(RobertaConfig, hidden: |c| c.hidden_size,
+    positions: |c| c.max_input_tokens(), saved: |c| c.clone());
 
 #[cfg(test)]
 mod tests {
