@@ -467,11 +467,19 @@ impl AutoTokenizer {
             .map(|v| v as usize);
         let padding_side = parse_side(config.get("padding_side"), "padding_side")?;
         let truncation_side = parse_side(config.get("truncation_side"), "truncation_side")?;
-        // Python 4.46's default when tokenizer_config.json does not say.
+        // False when tokenizer_config.json does not say (5.25, as 4.46). 5.25 skips the
+        // clean-up for BPE models (it was made for WordPiece and corrupts BPE text such
+        // as "x != 2") unless the config insists.
+        let bpe = matches!(inner.get_model(), tokenizers::ModelWrapper::BPE(_));
+        let insists = config
+            .get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let clean_up_tokenization_spaces = config
             .get("clean_up_tokenization_spaces")
             .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+            .unwrap_or(false)
+            && (!bpe || insists);
         let chat_templates = named_templates(config.get("chat_template"))
             .map_err(|m| Error::Tokenizer(format!("tokenizer_config.json: {m}")))?;
         // Per-call settings decide padding and truncation, as in Python.
