@@ -118,32 +118,12 @@ impl PretrainedConfig {
         self.torch_dtype = None;
     }
 
-    /// Refuses the [`COMMON_KEYS`] set to what no family here implements: an
-    /// encoder-decoder config, cross-attention layers, pruned attention heads.
-    pub fn refuse_unsupported(&self) -> Result<()> {
-        let set = |k: &str| self.extra.get(k).filter(|v| !v.is_null());
-        let refuse = |k: &str, what: &str| {
-            Err(Error::Unsupported(format!(
-                "config.json `{k}`: {what} is not implemented for model type `{}`",
-                self.model_type
-            )))
-        };
-        self.refuse_true("is_encoder_decoder", "an encoder-decoder model")?;
-        self.refuse_true("add_cross_attention", "cross-attention layers")?;
-        if set("pruned_heads").is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty())) {
-            return refuse("pruned_heads", "a model with pruned attention heads");
-        }
-        Ok(())
-    }
-
-    /// Refuses `key` set to `true` (a switch to a variant of the model not implemented),
-    /// naming it.
-    pub fn refuse_true(&self, key: &str, what: &str) -> Result<()> {
-        if self.extra.get(key).and_then(|v| v.as_bool()) == Some(true) {
-            return Err(Error::Unsupported(format!(
-                "config.json `{key}`: {what} is not implemented for model type `{}`",
-                self.model_type
-            )));
+    /// Refuses the keys [`COMMON_KEYS`] and the family's `policy` refuse, set to a value
+    /// no family here implements (an encoder-decoder config, cross-attention, ...).
+    pub fn refuse_unsupported(&self, policy: &KeyPolicy) -> Result<()> {
+        let context = format!(" for model type `{}`", self.model_type);
+        for p in [&COMMON_KEYS, policy] {
+            p.check(|k| self.extra.get(k), "config.json", &context)?;
         }
         Ok(())
     }
@@ -192,8 +172,9 @@ impl PretrainedConfig {
 pub struct KeyPolicy {
     /// Keys whose value cannot change this family's outputs, with the reason.
     pub inert: &'static [(&'static str, &'static str)],
-    /// Keys `validate` refuses by name unless they hold Python's default, each with a
-    /// value that is refused (JSON text).
+    /// Keys that change the outputs and are not implemented, each with the value that
+    /// does nothing (JSON text): [`KeyPolicy::check`] refuses them by name when set to
+    /// anything else than that value or `null`.
     pub refused: &'static [(&'static str, &'static str)],
 }
 
@@ -206,6 +187,33 @@ impl KeyPolicy {
 
     fn covers(&self, key: &str) -> bool {
         self.inert.iter().any(|(k, _)| *k == key) || self.refused.iter().any(|(k, _)| *k == key)
+    }
+
+    /// Refuses the first `refused` key that `get` finds set to a value that acts: one
+    /// error `"{what} `key` = value is not implemented{context}"`.
+    pub fn check<'v>(
+        &self,
+        get: impl Fn(&str) -> Option<&'v serde_json::Value>,
+        what: &str,
+        context: &str,
+    ) -> Result<()> {
+        for (key, noop) in self.refused {
+            let Some(v) = get(key).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let quiet = serde_json::from_str::<serde_json::Value>(noop).is_ok_and(|n| {
+                match (n.as_f64(), v.as_f64()) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => n == *v,
+                }
+            });
+            if !quiet {
+                return Err(Error::Unsupported(format!(
+                    "{what} `{key}` = {v} is not implemented{context}"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -279,9 +287,10 @@ pub const COMMON_KEYS: KeyPolicy = KeyPolicy {
         ("base_config_key", "a marker of composite configs"),
     ],
     refused: &[
-        ("is_encoder_decoder", "true"),
-        ("add_cross_attention", "true"),
-        ("pruned_heads", "{\"0\": [1]}"),
+        // An encoder-decoder model, cross-attention layers, pruned attention heads.
+        ("is_encoder_decoder", "false"),
+        ("add_cross_attention", "false"),
+        ("pruned_heads", "{}"),
     ],
 };
 

@@ -385,23 +385,11 @@ impl GenerationConfig {
                 return bad("stop_strings cannot contain an empty string".into());
             }
         }
-        for (key, noop) in REFUSED_KEYS {
-            let Some(v) = self.extra.get(*key).filter(|v| !v.is_null()) else {
-                continue;
-            };
-            let harmless = noop.is_some_and(|n| {
-                serde_json::from_str::<Value>(n).is_ok_and(|n| match (n.as_f64(), v.as_f64()) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => n == *v,
-                })
-            });
-            if !harmless {
-                return bad(format!(
-                    "generation option `{key}` = {v} is not implemented (it would change the \
-                     tokens); remove it from generation_config.json or the call"
-                ));
-            }
-        }
+        KEY_POLICY.check(
+            |k| self.extra.get(k),
+            "generation option",
+            " (it would change the tokens); remove it from generation_config.json or the call",
+        )?;
         Ok(())
     }
 }
@@ -409,7 +397,7 @@ impl GenerationConfig {
 /// Keys of Python's `GenerationConfig` (5.25) without a typed field here that cannot
 /// change the tokens generated (speed, extra outputs, assisted decoding, encoder-decoder
 /// models).
-pub const INERT_KEYS: &[(&str, &str)] = &[
+const INERT_KEYS: &[(&str, &str)] = &[
     ("transformers_version", "the version that wrote the file"),
     (
         "_from_model_config",
@@ -484,29 +472,34 @@ pub const INERT_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Keys of Python's `GenerationConfig` that change the tokens and are not implemented
-/// here: refused by name unless they hold a value that does nothing (null, or the one
-/// given). `validate` checks them.
-pub const REFUSED_KEYS: &[(&str, Option<&str>)] = &[
-    ("forced_bos_token_id", None),
-    ("forced_eos_token_id", None),
-    ("exponential_decay_length_penalty", None),
-    ("encoder_repetition_penalty", Some("1.0")),
-    ("sequence_bias", None),
-    ("guidance_scale", Some("1.0")),
-    ("renormalize_logits", Some("false")),
-    ("remove_invalid_values", Some("false")),
-    ("num_beam_groups", Some("1")),
-    ("diversity_penalty", Some("0.0")),
-    ("penalty_alpha", None),
-    ("dola_layers", None),
-    ("watermarking_config", None),
-    ("token_healing", Some("false")),
-    ("constraints", None),
-    ("force_words_ids", None),
-    ("max_time", None),
-    ("top_h", None),
-    ("low_memory", Some("false")),
+/// here, with the value that does nothing: `validate` refuses them by name otherwise.
+const REFUSED_KEYS: &[(&str, &str)] = &[
+    ("forced_bos_token_id", "null"),
+    ("forced_eos_token_id", "null"),
+    ("exponential_decay_length_penalty", "null"),
+    ("encoder_repetition_penalty", "1.0"),
+    ("sequence_bias", "null"),
+    ("guidance_scale", "1.0"),
+    ("renormalize_logits", "false"),
+    ("remove_invalid_values", "false"),
+    ("num_beam_groups", "1"),
+    ("diversity_penalty", "0.0"),
+    ("penalty_alpha", "null"),
+    ("dola_layers", "null"),
+    ("watermarking_config", "null"),
+    ("token_healing", "false"),
+    ("constraints", "null"),
+    ("force_words_ids", "null"),
+    ("max_time", "null"),
+    ("top_h", "null"),
+    ("low_memory", "false"),
 ];
+
+/// The generation options without a typed field: inert ones and refused ones.
+pub const KEY_POLICY: rustformers_core::config::KeyPolicy = rustformers_core::config::KeyPolicy {
+    inert: INERT_KEYS,
+    refused: REFUSED_KEYS,
+};
 
 /// The keys of a model's config.json that nothing reads: neither the model (its typed
 /// fields and [`rustformers_core::config::KeyPolicy`]) nor generation (the options

@@ -16,6 +16,15 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
+/// A value that acts where `noop` (JSON text) does nothing.
+fn acting(noop: &str) -> Value {
+    match noop {
+        "false" => json!(true),
+        "{}" => json!({"0": [1]}),
+        _ => json!(3),
+    }
+}
+
 fn parse(v: &Value) -> rustformers_core::Result<ModelConfig> {
     ModelConfig::from_json_str(&v.to_string(), std::path::Path::new("config.json"))
 }
@@ -109,13 +118,21 @@ fn every_python_config_key_is_read_or_accounted_for() {
                 ));
             }
         }
-        for (key, value) in policy
+        for (key, noop) in policy
             .refused
             .iter()
             .chain(rustformers_core::config::COMMON_KEYS.refused)
         {
+            // The no-op value loads; one that acts is refused, naming the key.
             let mut v = json!({ "model_type": model_type });
-            v[*key] = serde_json::from_str(value).unwrap();
+            v[*key] = serde_json::from_str(noop).unwrap();
+            if let Err(e) = parse(&v) {
+                problems.push(format!(
+                    "{model_type}: `{key}` = {noop} (no-op) is refused: {e}"
+                ));
+            }
+            let value = acting(noop);
+            v[*key] = value.clone();
             match parse(&v) {
                 Ok(_) => problems.push(format!("{model_type}: `{key}` = {value} is not refused")),
                 Err(e) if !e.to_string().contains(key) => problems.push(format!(

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use rustformers_generation::config::{INERT_KEYS, REFUSED_KEYS};
+use rustformers_generation::config::KEY_POLICY;
 use rustformers_generation::GenerationConfig;
 
 fn recorded() -> Value {
@@ -33,20 +33,20 @@ fn every_python_generation_key_is_read_or_accounted_for() {
     for key in rec["keys"].as_array().unwrap() {
         let key = key.as_str().unwrap();
         let typed = known.iter().any(|k| k == key);
-        let inert = INERT_KEYS.iter().any(|(k, _)| *k == key);
-        let refused = REFUSED_KEYS.iter().any(|(k, _)| *k == key);
+        let inert = KEY_POLICY.inert.iter().any(|(k, _)| *k == key);
+        let refused = KEY_POLICY.refused.iter().any(|(k, _)| *k == key);
         if [typed, inert, refused].iter().filter(|b| **b).count() != 1 {
             problems.push(format!(
                 "`{key}`: typed {typed}, inert {inert}, refused {refused} (exactly one)"
             ));
         }
     }
-    for (key, noop) in REFUSED_KEYS {
+    for (key, noop) in KEY_POLICY.refused {
         // Set to something that acts: refused, naming the key.
         let acting = match *noop {
-            Some("false") => json!(true),
-            Some(_) => json!(2.5),
-            None => json!(3),
+            "false" => json!(true),
+            "null" => json!(3),
+            _ => json!(2.5),
         };
         let c = parse(json!({ *key: acting }));
         match c.validate() {
@@ -54,8 +54,7 @@ fn every_python_generation_key_is_read_or_accounted_for() {
             other => problems.push(format!("`{key}` = {acting}: {other:?}")),
         }
         // Null, or the value that does nothing: accepted.
-        let quiet =
-            parse(json!({ *key: noop.map_or(Value::Null, |n| serde_json::from_str(n).unwrap()) }));
+        let quiet = parse(json!({ *key: serde_json::from_str::<Value>(noop).unwrap() }));
         if let Err(e) = quiet.validate() {
             problems.push(format!("`{key}` at its no-op value is refused: {e}"));
         }

@@ -182,7 +182,7 @@ impl ModelConfig {
 
     /// Checks the config values.
     pub fn validate(&self) -> Result<()> {
-        self.base().refuse_unsupported()?;
+        self.base().refuse_unsupported(self.key_policy())?;
         self.config().validate()
     }
 

@@ -52,7 +52,7 @@ fn d_true() -> bool {
 pub const KEY_POLICY: KeyPolicy = KeyPolicy {
     inert: &[],
     // The model as a decoder (causal mask, for encoder-decoder use).
-    refused: &[("is_decoder", "true")],
+    refused: &[("is_decoder", "false")],
 };
 
 /// config.json of a BERT checkpoint.
@@ -95,8 +95,6 @@ pub struct BertConfig {
 impl BertConfig {
     /// Checks the values a forward pass relies on.
     pub fn validate(&self) -> Result<()> {
-        self.base
-            .refuse_true("is_decoder", "the model as a decoder (causal attention)")?;
         let err = |message: String| Error::Config {
             path: "config.json".into(),
             message,

@@ -64,7 +64,7 @@ fn d_true() -> bool {
 pub const KEY_POLICY: KeyPolicy = KeyPolicy {
     inert: &[],
     // The model as a decoder (causal mask, for encoder-decoder use).
-    refused: &[("is_decoder", "true")],
+    refused: &[("is_decoder", "false")],
 };
 
 /// config.json of a RoBERTa or XLM-RoBERTa checkpoint.
@@ -146,8 +146,6 @@ impl RobertaConfig {
 
     /// Checks the values a forward pass relies on.
     pub fn validate(&self) -> Result<()> {
-        self.base
-            .refuse_true("is_decoder", "the model as a decoder (causal attention)")?;
         let err = |message: String| Error::Config {
             path: "config.json".into(),
             message,
